@@ -1,0 +1,3 @@
+from survey_proc.cli import main
+import sys
+sys.exit(main())

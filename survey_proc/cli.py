@@ -1,0 +1,245 @@
+"""``survey-proc``: verbs only — parse, call one function, print a summary.
+
+Errors meant for the user (:class:`survey_proc.errors.SurveyProcError`) are printed as one message
+without a traceback, with exit status 2; an interrupted run exits 130 and says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from survey_proc import config
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def cmd_mock(args: argparse.Namespace) -> int:
+    from survey_proc.synth import MockConfig, write_mock
+
+    fields = {"nx": args.nx, "ny": args.ny, "seed": args.seed, "snr": args.snr, "redshift": args.redshift}
+    if args.like:
+        cfg = MockConfig.like_galaxy(args.like, **fields)
+    else:
+        defaults = {"nx": config.get("mock.nx"), "ny": config.get("mock.ny"), "seed": config.get("mock.seed"),
+                    "snr": config.get("mock.snr"), "redshift": config.get("mock.redshift")}
+        cfg = MockConfig(**{k: v if v is not None else defaults[k] for k, v in fields.items()})
+    cfg.chunk = args.chunk or default_chunk(cfg.nx, cfg.ny)
+    info = write_mock(args.out, cfg, progress=not args.quiet)
+    print(f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info['wavelengths']} wavelengths "
+          f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
+          f"in {info['seconds']:.1f} s; truth maps in its group 'truth'")
+    return 0
+
+
+def default_chunk(nx: int, ny: int) -> int:
+    """Spatial chunk: 32 for survey-size cubes, smaller for small ones so several workers share them."""
+    return int(min(32, max(8, -(-max(nx, ny) // 4))))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from survey_proc.stores._fits import ingest_muse_fits
+
+    info = ingest_muse_fits(args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm,
+                            chunk=args.chunk, progress=not args.quiet)
+    ny, nx, nw = info["shape"]
+    z = "not set (give --redshift to run)" if info["redshift"] is None else f"{info['redshift']:g}"
+    print(f"ingested {args.fits}: {ny} x {nx} spaxels x {nw} wavelengths ({info['wave'][0]:.1f}-"
+          f"{info['wave'][1]:.1f} A, {info['medium']}), {info['masked_fraction']:.2%} of pixels masked, "
+          f"redshift {z}; written to {args.out} in {info['seconds']:.1f} s")
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from survey_proc.stores._examples import MINICUBE_REDSHIFT, muse_minicube
+
+    path = muse_minicube()
+    print(path)
+    print(f"# ingest it with: survey-proc ingest {path} minicube.zarr --redshift {MINICUBE_REDSHIFT}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from survey_proc.engine import RunConfig, run
+
+    summary = run(RunConfig(cube=args.cube, out=args.out, model=args.model, cluster=args.cluster,
+                            workers=args.workers, redshift=args.redshift, min_snr=args.min_snr,
+                            overwrite=args.overwrite, progress=not args.quiet))
+    print(summary.format())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from survey_proc.stores import open_spectral_store
+
+    ds = open_spectral_store(args.store, require_redshift=False)
+    print(f"{args.store}: valid; dims {dict(ds['flux'].sizes)}, wave {float(ds.wave[0]):.1f}-"
+          f"{float(ds.wave[-1]):.1f} A ({ds.wave.attrs.get('frame')}, {ds.wave.attrs.get('medium')}), "
+          f"redshift {ds.attrs.get('redshift', 'not set')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    from survey_proc.analysis import accuracy_vs_truth, plot_maps_vs_truth
+    from survey_proc.engine import RunConfig, run
+    from survey_proc.synth import MockConfig, write_mock
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cube, maps_path = work / "demo.zarr", work / "demo.maps.zarr"
+    cfg = MockConfig(nx=args.nx, ny=args.nx, seed=args.seed, snr=args.snr, redshift=config.get("mock.redshift"),
+                     chunk=default_chunk(args.nx, args.nx))
+    print(f"1/3 building a {cfg.nx} x {cfg.ny} mock MUSE cube of a disc galaxy (S/N {cfg.snr:g}) ...")
+    write_mock(cube, cfg, progress=True)
+    print(f"2/3 running model '{args.model}' on a LocalCluster ...")
+    summary = run(RunConfig(cube=str(cube), out=str(maps_path), model=args.model, cluster=args.cluster,
+                            workers=args.workers, overwrite=True))
+    print(summary.format())
+    print("3/3 comparing with the truth ...")
+    maps = xr.open_zarr(maps_path)
+    truth = xr.open_zarr(cube, group="truth")
+    acc = accuracy_vs_truth(maps, truth)
+    png = plot_maps_vs_truth(maps, truth, work / "demo_maps_vs_truth.png",
+                             title=f"{summary.model_id} on a {cfg.nx}x{cfg.ny} mock, S/N {cfg.snr:g}")
+    (work / "demo_accuracy.json").write_text(json.dumps(acc, indent=2))
+    print(f"accuracy over {acc['used']} unflagged spaxels ({acc['flagged_fraction']:.0%} flagged):")
+    for name in ("log_age", "metallicity", "av", "sigma"):
+        if name in acc:
+            a = acc[name]
+            print(f"  {name:12s} bias {a['bias']:+.3f}  robust sigma {a['robust_sigma']:.3f} {a['units']}"
+                  + (f"  (68% interval holds {a['coverage_68']:.0%})" if "coverage_68" in a else ""))
+    print(f"figure: {png}\nnumbers: {work / 'demo_accuracy.json'}\ncube: {cube}\nmaps: {maps_path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from survey_proc.training._train import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.device:
+        cfg.device = args.device
+    bundle = train(cfg, args.out, progress=not args.quiet)
+    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube CUBE.zarr --model {bundle}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from survey_proc.estimators import load_manifest, packaged_models
+
+    for name in packaged_models():
+        m = load_manifest(name)
+        metrics = m.raw.get("metrics", {}).get("held_out", {}).get("30", {})
+        parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict)]
+        print(f"{name:12s} {m.model_id:28s} {m.raw.get('description', '')}")
+        if parts:
+            print(f"{'':12s} held-out robust sigma at S/N 30: {', '.join(parts)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from survey_proc import __version__
+
+    p = argparse.ArgumentParser(prog="survey-proc", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"survey-proc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mock", help="build a mock MUSE-like cube with truth maps")
+    m.add_argument("out", help="output cube store (.zarr)")
+    m.add_argument("--nx", type=_positive_int)
+    m.add_argument("--ny", type=_positive_int)
+    m.add_argument("--seed", type=int)
+    m.add_argument("--snr", type=float, help="S/N per Angstrom of the brightest spaxels")
+    m.add_argument("--redshift", type=float)
+    m.add_argument("--like", choices=["ngc4254"], help="a galaxy whose scale to copy (~65,000 spaxels)")
+    m.add_argument("--chunk", type=_positive_int, help="spatial chunk size (default: by cube size, <= 32)")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_mock)
+
+    i = sub.add_parser("ingest", help="MUSE-style FITS cube (DATA/STAT/DQ) into a cube store")
+    i.add_argument("fits")
+    i.add_argument("out")
+    i.add_argument("--redshift", type=float, help="systemic redshift (else from the header, if there)")
+    i.add_argument("--lsf-fwhm", type=float, help="instrumental FWHM in Angstrom (default for MUSE: Bacon+17)")
+    i.add_argument("--chunk", type=_positive_int, default=config.get("ingest.rows-per-chunk"))
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=cmd_ingest)
+
+    e = sub.add_parser("example", help="fetch a real example file and print its path")
+    e.add_argument("name", choices=["muse-minicube"])
+    e.set_defaults(func=cmd_example)
+
+    r = sub.add_parser("run", help="map an estimator over every spectrum of a cube")
+    r.add_argument("--cube", required=True)
+    r.add_argument("--out", help="maps store (default: <cube>.maps.zarr beside the cube)")
+    r.add_argument("--model", help="packaged model name or bundle folder (default: %(default)s)",
+                   default=config.get("run.model"))
+    r.add_argument("--cluster", help="local | none | scheduler address (default: %(default)s)",
+                   default=config.get("run.cluster"))
+    r.add_argument("--workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
+    r.add_argument("--redshift", type=float, help="override the cube's redshift")
+    r.add_argument("--min-snr", type=float, help="S/N per Angstrom under which spectra are flagged low_snr")
+    r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check that a store follows the cube / catalogue schema")
+    v.add_argument("store")
+    v.set_defaults(func=cmd_validate)
+
+    d = sub.add_parser("demo", help="mock cube -> default model on a LocalCluster -> maps + PNG vs truth")
+    d.add_argument("--dir", default="survey-proc-demo", help="folder for the cube, maps and figure")
+    d.add_argument("--nx", type=_positive_int, default=config.get("mock.nx"))
+    d.add_argument("--seed", type=int, default=config.get("mock.seed"))
+    d.add_argument("--snr", type=float, default=config.get("mock.snr"))
+    d.add_argument("--model", default=config.get("run.model"))
+    d.add_argument("--cluster", default=config.get("run.cluster"))
+    d.add_argument("--workers", type=_positive_int)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model from a YAML config and export a bundle")
+    t.add_argument("config")
+    t.add_argument("--out", required=True, help="folder for checkpoints, metrics and the bundle")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--device", help="cpu | cuda | auto")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    ls = sub.add_parser("models", help="list the packaged models")
+    ls.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from survey_proc.engine import RunInterrupted
+    from survey_proc.errors import SurveyProcError
+
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        return int(args.func(args) or 0)
+    except RunInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        return 130
+    except SurveyProcError as exc:
+        print(f"survey-proc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

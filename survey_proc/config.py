@@ -1,0 +1,44 @@
+"""Defaults in the ``dask.config`` namespace ``survey-proc`` and the dataclass configs built from them.
+
+The packaged YAML (``survey_proc/survey-proc.yaml``) is registered as dask defaults on import, the
+way dask-jobqueue does it, so users override any key in ``~/.config/dask/`` or with
+``DASK_SURVEY_PROC__...`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+
+_DEFAULTS_FILE = Path(__file__).with_name("survey-proc.yaml")
+
+
+def _register_defaults() -> None:
+    with open(_DEFAULTS_FILE) as f:
+        defaults = yaml.safe_load(f)
+    dask.config.update_defaults(defaults)
+
+
+_register_defaults()
+
+
+def get(key: str, default: Any = None) -> Any:
+    """A value from the ``survey-proc`` namespace, e.g. ``get("run.batch-size")``."""
+    return dask.config.get(f"survey-proc.{key}", default=default)
+
+
+def cache_dir() -> Path:
+    """The folder where fetched and converted data live (created on demand)."""
+    configured = os.environ.get("SURVEY_PROC_CACHE") or get("cache-dir")
+    if configured:
+        path = Path(configured).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_cache_dir("survey-proc"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,125 @@
+"""Template of a maps store and the regions that fill it.
+
+The template is an xarray Dataset of lazy arrays with every output variable, its attributes and
+chunks aligned to the input store's spatial chunks; writing it with ``compute=False`` lays down
+the metadata only. Each region then writes its own chunks (see :mod:`._region`). Three small
+bookkeeping arrays (one element per region) record which regions are complete and a checksum of
+what they wrote: ``region_done``, ``region_spectra``, ``region_checksum``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from survey_proc.estimators._base import Manifest
+from survey_proc.stores._cube import spatial_dims
+from survey_proc.stores._maps import flag_attrs, property_attrs
+
+
+@dataclass(frozen=True)
+class Region:
+    """One task's share of the store: a block of whole chunks along the spatial dims."""
+
+    index: tuple[int, ...]            #: position in the region grid
+    slices: tuple[tuple[str, int, int], ...]  #: (dim, start, stop) per spatial dim
+
+    def selection(self) -> dict[str, slice]:
+        return {d: slice(a, b) for d, a, b in self.slices}
+
+    @property
+    def size(self) -> int:
+        return int(np.prod([b - a for _, a, b in self.slices]))
+
+    @property
+    def key(self) -> str:
+        return "region-" + "-".join(str(i) for i in self.index)
+
+
+def spatial_chunks(ds: xr.Dataset) -> dict[str, int]:
+    """Chunk size of ``flux`` along each spatial dim, as stored."""
+    dims = spatial_dims(ds)
+    enc = ds["flux"].encoding.get("chunks")
+    if enc:
+        return {d: int(c) for d, c in zip(ds["flux"].dims, enc) if d in dims}
+    if ds["flux"].chunks:
+        return {d: int(max(c)) for d, c in zip(ds["flux"].dims, ds["flux"].chunks) if d in dims}
+    return {d: ds.sizes[d] for d in dims}
+
+
+def make_regions(sizes: Mapping[str, int], chunks: Mapping[str, int]) -> list[Region]:
+    """Regions covering ``sizes`` in blocks of ``chunks`` (row-major order)."""
+    dims = list(sizes)
+    ranges = [range(0, sizes[d], chunks[d]) for d in dims]
+    regions = []
+    for starts in itertools.product(*ranges):
+        index = tuple(s // chunks[d] for s, d in zip(starts, dims))
+        slices = tuple((d, s, min(s + chunks[d], sizes[d])) for d, s in zip(dims, starts))
+        regions.append(Region(index, slices))
+    return regions
+
+
+def region_grid_shape(sizes: Mapping[str, int], chunks: Mapping[str, int]) -> tuple[int, ...]:
+    return tuple(-(-sizes[d] // chunks[d]) for d in sizes)
+
+
+def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dict, dict]]:
+    """(name, extra dims, attrs, coords) of every float output the estimator writes."""
+    out = []
+    for spec in manifest.outputs:
+        attrs = property_attrs(spec.name, spec.units or None, spec.long_name or None)
+        out.append((spec.name, spec.dims, attrs, spec.coords))
+        if spec.error:
+            out.append((f"{spec.name}_err", spec.dims, property_attrs(f"{spec.name}_err", attrs["units"],
+                                                                      attrs["long_name"]), spec.coords))
+    for rule_name, rule in manifest.flag_rules.items():
+        out.append((rule["output"], (), {"units": "1", "long_name": f"score behind the {rule_name.lower()} flag",
+                                         "flag_threshold": rule["threshold"]}, {}))
+    return out
+
+
+def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Dataset:
+    """Lazy Dataset describing the maps store of ``cube`` for ``manifest`` (nothing computed)."""
+    dims = spatial_dims(cube)
+    sizes = {d: cube.sizes[d] for d in dims}
+    chunks = spatial_chunks(cube)
+    shape = tuple(sizes.values())
+    chunk_shape = tuple(chunks[d] for d in dims)
+    data_vars: dict[str, tuple] = {}
+    coords: dict[str, tuple] = {}
+    for name, extra, vattrs, vcoords in output_variables(manifest):
+        extra_shape = tuple(len(vcoords[e]) for e in extra)
+        arr = da.full(shape + extra_shape, np.nan, dtype=np.float32, chunks=chunk_shape + extra_shape)
+        data_vars[name] = (dims + tuple(extra), arr, vattrs)
+        for e in extra:
+            coords.setdefault(e, (e, np.asarray(vcoords[e], np.float64)))
+    data_vars["flag"] = (dims, da.zeros(shape, dtype=np.uint8, chunks=chunk_shape), flag_attrs())
+    data_vars["snr"] = (dims, da.full(shape, np.nan, dtype=np.float32, chunks=chunk_shape),
+                        {"units": "1", "long_name": "median S/N per Angstrom over the model's range"})
+    grid = region_grid_shape(sizes, chunks)
+    rdims = tuple(f"region_{d}" for d in dims)
+    ones = (1,) * len(grid)
+    data_vars["region_done"] = (rdims, da.zeros(grid, dtype=np.uint8, chunks=ones),
+                                {"long_name": "1 where the region's outputs are complete"})
+    data_vars["region_spectra"] = (rdims, da.zeros(grid, dtype=np.int32, chunks=ones),
+                                   {"long_name": "spectra written by the region"})
+    data_vars["region_checksum"] = (rdims, da.zeros(grid, dtype=np.uint32, chunks=ones),
+                                    {"long_name": "CRC-32 of the region's outputs as written"})
+    for c in ("ra", "dec"):
+        if c in cube.coords and set(cube[c].dims) <= set(dims):
+            coords[c] = cube[c].variable
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
+    for d in dims:
+        if d in cube.coords:
+            ds = ds.assign_coords({d: cube[d].values})
+    return ds
+
+
+def template_encoding(ds: xr.Dataset) -> dict[str, dict]:
+    """Zarr chunk encoding equal to the template's dask chunks."""
+    return {name: {"chunks": tuple(int(max(c)) for c in var.chunks)} for name, var in ds.data_vars.items()}

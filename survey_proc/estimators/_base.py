@@ -1,0 +1,143 @@
+"""The Estimator interface and the model-bundle manifest.
+
+An estimator takes a batch of preprocessed spectra (see :mod:`survey_proc.preprocess`) and returns
+named arrays. The engine only sees this interface and the manifest; which code computes the
+numbers (TorchScript, pPXF, ...) is the manifest's ``estimator`` field, resolved by
+:func:`survey_proc.estimators.load_estimator`.
+
+A bundle is a folder with ``manifest.json`` and the file(s) it names. The manifest declares
+everything the engine needs: input kind and preprocessing (``input``), outputs with units and grid
+axes (``outputs``), flag rules (``flags``), and the provenance of the model (training config,
+training-set hash, held-out metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from survey_proc.errors import ModelError
+from survey_proc.preprocess import InputSpec
+
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "survey-proc-bundle/1"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of an estimator.
+
+    name : variable name in the maps (``log_age``, ``weights``...).
+    units, long_name : CF attributes.
+    error : the estimator also returns ``<name>_err`` (1-sigma, same units).
+    dims : extra dims beyond the spatial ones (e.g. ``("age", "metal")``), with ``coords`` values.
+    """
+
+    name: str
+    units: str = "1"
+    long_name: str = ""
+    error: bool = False
+    dims: tuple[str, ...] = ()
+    coords: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, name: str, entry: dict[str, Any]) -> OutputSpec:
+        return cls(name=name, units=entry.get("units", "1"), long_name=entry.get("long_name", ""),
+                   error=bool(entry.get("error", False)), dims=tuple(entry.get("dims", ())),
+                   coords={k: list(v) for k, v in entry.get("coords", {}).items()})
+
+
+@dataclass
+class Manifest:
+    """A parsed bundle manifest (the raw dict is kept for provenance)."""
+
+    path: Path
+    raw: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.raw.get("name", self.path.parent.name)
+
+    @property
+    def estimator(self) -> str:
+        return self.raw["estimator"]
+
+    @property
+    def input_kind(self) -> str:
+        return self.raw["input"].get("kind", "spectrum")
+
+    @property
+    def input(self) -> InputSpec:
+        return InputSpec.from_manifest(self.raw["input"])
+
+    @property
+    def outputs(self) -> list[OutputSpec]:
+        return [OutputSpec.from_manifest(k, v) for k, v in self.raw["outputs"].items()]
+
+    @property
+    def flag_rules(self) -> dict[str, dict[str, Any]]:
+        """{flag name: {"output": name, "threshold": value}}: flag where output > threshold."""
+        return self.raw.get("flags", {})
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.raw.get("batch_size")
+
+    @property
+    def min_snr(self) -> float | None:
+        return self.raw.get("min_snr")
+
+    @property
+    def file(self) -> Path | None:
+        return self.path.parent / self.raw["file"] if self.raw.get("file") else None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.raw.get("sha256")
+
+    @property
+    def model_id(self) -> str:
+        digest = (self.sha256 or "")[:12]
+        return f"{self.name}@{digest}" if digest else self.name
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and check a manifest; ``path`` is the bundle folder or its manifest.json."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.exists():
+        raise ModelError(f"model manifest {path} does not exist (a bundle is a folder with "
+                         f"{MANIFEST_NAME} and the model file it names)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model manifest {path} is not valid JSON: {exc}") from exc
+    missing = [k for k in ("estimator", "input", "outputs") if k not in raw]
+    if missing:
+        raise ModelError(f"model manifest {path} lacks {', '.join(missing)}")
+    return Manifest(path=path, raw=raw)
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """What the engine calls: preprocessed batch in, named arrays out."""
+
+    manifest: Manifest
+
+    def predict(self, x: np.ndarray, meta: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Estimates for a batch.
+
+        x : (n, nchannels, nwave) float32, as made by :func:`survey_proc.preprocess.prepare`
+            with this estimator's ``manifest.input``.
+        meta : what the engine knows about the batch beyond the pixels: ``redshift`` (n,) and
+            ``lsf_fwhm_model`` (nwave,), the data's instrumental FWHM at the model's pixels in the
+            model's frame (Angstrom). Estimators that do not need it ignore it.
+        Returns {name: (n, *dims)} for every output in the manifest, ``<name>_err`` for those with
+        errors, and the scores named by the manifest's flag rules.
+        """
+        ...

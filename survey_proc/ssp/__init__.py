@@ -1,0 +1,22 @@
+"""SSP library (fetch, cache, load) and the instrument/physics applied to spectra."""
+
+from survey_proc.ssp._instrument import (
+    C_KMS,
+    FWHM_TO_SIGMA,
+    attenuate,
+    attenuation_curve,
+    convolve_variable_gaussian,
+    gaussian_pixel_weights,
+    log_wave_grid,
+    losvd_convolve,
+    match_lsf,
+    muse_lsf_fwhm,
+    resample,
+)
+from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SSPLibrary, load_ssp_library
+
+__all__ = [
+    "C_KMS", "EMILES_FWHM", "FWHM_TO_SIGMA", "LIGHT_WINDOW", "SSPLibrary", "attenuate",
+    "attenuation_curve", "convolve_variable_gaussian", "gaussian_pixel_weights", "load_ssp_library",
+    "log_wave_grid", "losvd_convolve", "match_lsf", "muse_lsf_fwhm", "resample",
+]

@@ -1,0 +1,23 @@
+"""Stores: the cube / spectra-catalogue and maps schemas, opening with validation, FITS ingest."""
+
+from survey_proc.stores._cube import (
+    CATALOGUE_DIMS,
+    CUBE_DIMS,
+    SPECTRAL_DIM,
+    create_cube_store,
+    lsf_fwhm_at,
+    open_cube,
+    open_spectral_store,
+    spatial_dims,
+    validate_spectral_store,
+    wave_attrs,
+    write_region,
+)
+from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
+
+__all__ = [
+    "CATALOGUE_DIMS", "CUBE_DIMS", "NOT_FITTED", "PROPERTIES", "SPECTRAL_DIM", "Flag",
+    "create_cube_store", "flag_attrs", "lsf_fwhm_at", "open_cube", "open_maps", "open_spectral_store",
+    "property_attrs", "robust_sigma", "spatial_dims", "validate_spectral_store", "wave_attrs",
+    "write_region",
+]

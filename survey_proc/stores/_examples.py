@@ -1,0 +1,40 @@
+"""Real example data fetched from the package registry (pinned) into the user cache."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from survey_proc import config
+from survey_proc._fetch import registry_file
+from survey_proc.errors import DataUnavailableError
+
+MPDAF_WHEEL = "mpdaf-3.6-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+MPDAF_SHA256 = "c76e20ae254012669ed966c35f2acd31ced81acc31946d9a04587cce3578ee17"
+MINICUBE_MEMBER = "mpdaf/data/sdetect/minicube.fits"
+#: systemic redshift of the Abell 478 brightest cluster galaxy in the minicube
+MINICUBE_REDSHIFT = 0.086
+
+
+def muse_minicube() -> Path:
+    """Path of ``minicube.fits``: a real MUSE cube (DATA/STAT/DQ, 3681 x 40 x 40, 4750-9350 A) of the
+    Abell 478 central galaxy, shipped in the ``mpdaf==3.6`` wheel; fetched once and cached."""
+    target = config.cache_dir() / "examples" / "mpdaf-3.6-minicube.fits"
+    if target.exists():
+        return target
+    how = ("To supply it by hand, download " + MPDAF_WHEEL + " from PyPI, unzip "
+           + MINICUBE_MEMBER + " from it and copy it to " + str(target))
+    wheel = registry_file("mpdaf==3.6", MPDAF_WHEEL, MPDAF_SHA256,
+                          pip_args=("--only-binary", ":all:", "--python-version", "3.11",
+                                    "--implementation", "cp", "--platform", "manylinux2014_x86_64"),
+                          how_to_supply=how)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(MINICUBE_MEMBER) as src, open(tmp, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise DataUnavailableError(f"{wheel} does not hold {MINICUBE_MEMBER} ({exc}). {how}") from exc
+    tmp.replace(target)
+    return target

@@ -1,0 +1,98 @@
+"""The Maps schema: per-pixel properties, their uncertainties, the quality flag and provenance.
+
+A maps store has the spatial dims of its input (``y, x`` or ``object``), plus ``age``/``metal`` for
+weight grids. Each property ``p`` has ``p_err`` (1-sigma, same units); ``flag`` is a bitmask
+(CF ``flag_masks``/``flag_meanings``); ``chi2`` is present where the estimator reconstructs the
+spectrum. A mock cube's ``truth`` group follows the same schema.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from survey_proc.errors import CubeError
+
+
+class Flag(enum.IntFlag):
+    """Per-pixel quality bits of the ``flag`` variable (0 = good)."""
+
+    NO_DATA = 1        #: every pixel of the spectrum is masked or NaN; outputs are NaN
+    OUT_OF_RANGE = 2   #: the spectrum does not cover the model's wavelength range; outputs are NaN
+    LOW_SNR = 4        #: median S/N per Angstrom below the configured minimum
+    OUT_OF_DISTRIBUTION = 8  #: input unlike the training set (novelty score above threshold)
+    MASKED = 16        #: too many model pixels masked to fit; outputs are NaN
+    FIT_FAILED = 32    #: the estimator raised or returned non-finite values; outputs are NaN
+
+
+#: flags that mean "no estimate was made" (outputs NaN)
+NOT_FITTED = Flag.NO_DATA | Flag.OUT_OF_RANGE | Flag.MASKED | Flag.FIT_FAILED
+
+
+def flag_attrs() -> dict:
+    """CF-style attributes describing the bits of ``flag``."""
+    return {
+        "long_name": "quality flag (bitmask, 0 = good)",
+        "flag_masks": [int(f) for f in Flag],
+        "flag_meanings": " ".join(f.name.lower() for f in Flag),
+        "units": "1",
+    }
+
+
+#: units and long names of the properties survey-proc knows; a manifest may add others.
+PROPERTIES: dict[str, dict[str, str]] = {
+    "log_age": {"units": "log10(yr)", "long_name": "light-weighted log10 stellar age"},
+    "metallicity": {"units": "dex", "long_name": "light-weighted stellar metallicity [M/H]"},
+    "log_age_mw": {"units": "log10(yr)", "long_name": "mass-weighted log10 stellar age"},
+    "metallicity_mw": {"units": "dex", "long_name": "mass-weighted stellar metallicity [M/H]"},
+    "av": {"units": "mag", "long_name": "V-band dust attenuation A_V"},
+    "ebv": {"units": "mag", "long_name": "colour excess E(B-V)"},
+    "sigma": {"units": "km/s", "long_name": "stellar line-of-sight velocity dispersion"},
+    "velocity": {"units": "km/s", "long_name": "stellar line-of-sight velocity relative to systemic"},
+    "chi2": {"units": "1", "long_name": "reduced chi-squared of the reconstructed spectrum"},
+    "weights": {"units": "1", "long_name": "light fraction per SSP (age, metallicity)"},
+    "log_mass_density": {"units": "log10(Msun/pix)", "long_name": "stellar mass per pixel"},
+}
+
+
+def property_attrs(name: str, units: str | None = None, long_name: str | None = None) -> dict:
+    """Attributes of a map variable (``name`` or ``name_err``)."""
+    base = name[:-4] if name.endswith("_err") else name
+    attrs = dict(PROPERTIES.get(base, {}))
+    if units is not None:
+        attrs["units"] = units
+    if long_name is not None:
+        attrs["long_name"] = long_name
+    attrs.setdefault("units", "1")
+    attrs.setdefault("long_name", base.replace("_", " "))
+    if name.endswith("_err"):
+        attrs["long_name"] = f"1-sigma uncertainty of {attrs['long_name']}"
+    return attrs
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """1.4826 x median absolute deviation of the finite values (a Gaussian's sigma)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
+def open_maps(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
+    """Open a maps store (or a cube's ``truth`` group); raises CubeError if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CubeError(f"{path}: no such maps store")
+    try:
+        ds = xr.open_zarr(path, group=group, consolidated=False)
+    except Exception as exc:
+        where = f"{path} (group {group!r})" if group else str(path)
+        raise CubeError(f"{where} is not a readable maps store ({type(exc).__name__}: {exc})") from exc
+    if "flag" not in ds and group != "truth":
+        raise CubeError(f"{path} has no 'flag' variable: not a survey-proc maps store")
+    return ds

@@ -1,0 +1,269 @@
+"""Mock MUSE-like cubes of a disc galaxy with their truth maps.
+
+The galaxy: exponential disc plus a Sersic bulge seen at an inclination, two logarithmic spiral
+arms with young stars, gas and dust, radial gradients in age and [M/H] with scatter, patchy dust,
+a rotating velocity field and a dispersion map. Every spaxel is a mixture of several SSPs of the
+E-MILES library (bulge, disc and arm components), observed through the MUSE LSF at the galaxy
+redshift, with nebular lines, sky-line residuals and noise set by surface brightness. The truth
+maps (light- and mass-weighted age and [M/H], A_V, sigma, velocity, the light-fraction grid) are
+computed from the very weights used, and written to the store's ``truth`` group.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+from scipy.ndimage import gaussian_filter
+
+from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm
+from survey_proc.stores._cube import consolidate, create_cube_store, write_region
+from survey_proc.stores._maps import property_attrs
+from survey_proc.synth._populations import light_weighted, mass_weighted, sample_cluster
+from survey_proc.synth._spectra import Synthesiser, emission_line_spectra, sky_line_profile
+
+#: galaxies a mock can be made "like": shape and distance parameters
+LIKE = {
+    # NGC 4254 (M99): a nearly face-on grand-design spiral at 2400 km/s; a PHANGS-MUSE mosaic
+    # holds ~65,000 spaxels after binning to 0.8"; we keep that scale.
+    "ngc4254": {"nx": 255, "ny": 255, "redshift": 0.00803, "inclination": 20.0,
+                "position_angle": 68.0},
+}
+
+
+@dataclass
+class MockConfig:
+    """Parameters of a mock cube (lengths in spaxels, wavelengths in Angstrom)."""
+
+    nx: int = 32
+    ny: int = 32
+    seed: int = 0
+    snr: float = 30.0                 #: S/N per Angstrom of the brightest spaxels
+    redshift: float = 0.008
+    inclination: float = 40.0         #: degrees (0 = face-on)
+    position_angle: float = 30.0      #: degrees, of the major axis, from +y towards +x
+    wave_start: float = 4750.0
+    wave_stop: float = 9350.0
+    wave_step: float = 1.25
+    chunk: int = 32                   #: spatial chunk of the store
+    peak_flux: float = 1000.0         #: continuum of the brightest spaxel, 1e-20 erg/s/cm2/A
+    sky_fraction: float = 0.05        #: sky variance as a fraction of the peak spaxel's source variance
+    bad_pixel_fraction: float = 2e-4  #: random detector pixels masked (flux NaN)
+    like: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def like_galaxy(cls, name: str, **overrides) -> MockConfig:
+        key = name.lower()
+        if key not in LIKE:
+            raise ValueError(f"unknown galaxy {name!r}; known: {', '.join(sorted(LIKE))}")
+        params = dict(LIKE[key]) | {k: v for k, v in overrides.items() if v is not None}
+        return cls(like=key, **params)
+
+    @property
+    def wave(self) -> np.ndarray:
+        n = int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1
+        return self.wave_start + self.wave_step * np.arange(n)
+
+
+@dataclass
+class GalaxyMaps:
+    """Per-spaxel inputs of the mock (all (ny, nx) unless stated)."""
+
+    radius: np.ndarray        #: deprojected radius, spaxels
+    light: np.ndarray         #: continuum surface brightness in the light window, before dust
+    weights: np.ndarray       #: (ny, nx, nmetal, nage) light fractions
+    av: np.ndarray            #: mag
+    velocity: np.ndarray      #: km/s, relative to systemic
+    sigma: np.ndarray         #: km/s
+    halpha: np.ndarray        #: H-alpha line flux before dust (flux x Angstrom)
+    r_e: float                #: effective (half-light) radius, spaxels, along the disc plane
+    gradients: dict           #: the input radial gradients (per R/R_e)
+
+
+def _disc_coordinates(cfg: MockConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deprojected radius, azimuth in the disc plane, and the major-axis coordinate."""
+    y, x = np.mgrid[0:cfg.ny, 0:cfg.nx].astype(np.float64)
+    x0, y0 = (cfg.nx - 1) / 2.0, (cfg.ny - 1) / 2.0
+    pa = np.deg2rad(cfg.position_angle)
+    major = (x - x0) * np.sin(pa) + (y - y0) * np.cos(pa)
+    minor = -(x - x0) * np.cos(pa) + (y - y0) * np.sin(pa)
+    cos_i = np.cos(np.deg2rad(cfg.inclination))
+    radius = np.hypot(major, minor / cos_i)
+    azimuth = np.arctan2(minor / cos_i, major)
+    return radius, azimuth, major
+
+
+def _half_light_radius(radius: np.ndarray, light: np.ndarray) -> float:
+    order = np.argsort(radius.ravel())
+    cum = np.cumsum(light.ravel()[order])
+    return float(radius.ravel()[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> GalaxyMaps:
+    """Draw the galaxy: surface brightness, populations, dust and kinematics per spaxel."""
+    radius, azimuth, _ = _disc_coordinates(cfg)
+    half = min(cfg.nx, cfg.ny) / 2.0
+    h = half / 2.0                     # disc scale length: the field spans ~2 scale lengths
+    r_b = 0.12 * half                  # bulge effective radius
+    disc = np.exp(-radius / h)
+    bulge = 0.8 * np.exp(-3.67 * ((radius / r_b) ** 0.5 - 1.0)) / np.exp(3.67)
+    light = disc + bulge
+    r_e = _half_light_radius(radius, light)
+    f_bulge = bulge / light
+
+    # two logarithmic spiral arms, where young stars, gas and dust concentrate
+    pitch = np.deg2rad(20.0)
+    phase = azimuth - np.log(np.maximum(radius, 0.5) / (0.3 * h)) / np.tan(pitch)
+    arms = np.clip(np.cos(2 * phase), 0, None) ** 4 * np.clip((radius - 0.4 * h) / h, 0, 1)
+    f_young = 0.35 * arms * (1 - f_bulge)
+
+    # radial gradients with spaxel-to-spaxel scatter (smooth, correlated over a few spaxels)
+    def field(scale: float) -> np.ndarray:
+        f = gaussian_filter(rng.standard_normal(radius.shape), 1.5)
+        return f / (f.std() + 1e-12) * scale
+
+    grad = {"log_age_disc": -0.30, "metallicity_disc": -0.25}
+    x = radius / r_e
+    disc_age = 9.85 + grad["log_age_disc"] * x + field(0.06)
+    disc_metal = 0.05 + grad["metallicity_disc"] * x + field(0.06)
+    bulge_age = 10.05 + field(0.03)
+    bulge_metal = 0.15 + field(0.04)
+
+    n = radius.size
+    w_bulge = sample_cluster(rng, lib, bulge_age.ravel(), bulge_metal.ravel(), np.full(n, 0.08),
+                             np.full(n, 0.10), np.full(n, 2), 2)
+    w_disc = sample_cluster(rng, lib, disc_age.ravel(), disc_metal.ravel(), np.full(n, 0.25),
+                            np.full(n, 0.15), rng.integers(2, 4, n), 3)
+    w_young = sample_cluster(rng, lib, rng.uniform(7.8, 8.4, n), disc_metal.ravel(),
+                             np.full(n, 0.1), np.full(n, 0.1), np.ones(n, int), 1)
+    fb, fy = f_bulge.ravel()[:, None, None], f_young.ravel()[:, None, None]
+    weights = fb * w_bulge + (1 - fb - fy) * w_disc + fy * w_young
+
+    dust = 0.25 + 0.9 * arms + field(0.18) - 0.1 * x
+    av = np.clip(dust, 0.0, 1.5)
+
+    v_max, r_turn = 200.0, 0.25 * h
+    sin_i = np.sin(np.deg2rad(cfg.inclination))
+    velocity = v_max * np.tanh(radius / r_turn) * sin_i * np.cos(azimuth) + field(5.0)
+    sigma = 45.0 + 140.0 * np.exp(-radius / (1.5 * r_b)) + field(5.0)
+    halpha = 40.0 * f_young / 0.35 * light * (arms > 0.05)  # EW(H-alpha) up to ~40 A in the arms
+
+    return GalaxyMaps(radius=radius, light=light, weights=weights.reshape(*radius.shape, *weights.shape[1:]),
+                      av=av, velocity=velocity, sigma=np.clip(sigma, 20.0, 400.0), halpha=halpha,
+                      r_e=r_e, gradients=grad)
+
+
+def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Dataset:
+    """The truth maps in the Maps schema."""
+    log_age, metal = light_weighted(maps.weights, lib)
+    log_age_mw, metal_mw = mass_weighted(maps.weights, lib)
+    dims = ("y", "x")
+    variables = {
+        "log_age": log_age, "metallicity": metal, "log_age_mw": log_age_mw,
+        "metallicity_mw": metal_mw, "av": maps.av, "sigma": maps.sigma, "velocity": maps.velocity,
+    }
+    ds = xr.Dataset({k: (dims, v.astype(np.float32), property_attrs(k)) for k, v in variables.items()})
+    ds["weights"] = (("y", "x", "age", "metal"), np.swapaxes(maps.weights, -1, -2).astype(np.float32),
+                     property_attrs("weights"))
+    ds["light"] = (dims, (maps.light * cfg.peak_flux / maps.light.max()).astype(np.float32),
+                   {"units": "1e-20 erg/s/cm2/Angstrom", "long_name": "mean continuum flux density "
+                    "in the rest-frame light window before dust"})
+    ds["halpha_flux"] = (dims, (maps.halpha * cfg.peak_flux / maps.light.max()).astype(np.float32),
+                         {"units": "1e-20 erg/s/cm2", "long_name": "H-alpha line flux before dust"})
+    ds["radius"] = (dims, maps.radius.astype(np.float32),
+                    {"units": "spaxel", "long_name": "deprojected galactocentric radius"})
+    ds = ds.assign_coords(age=("age", lib.log_age, {"units": "log10(yr)", "long_name": "SSP log age"}),
+                          metal=("metal", lib.metal, {"units": "dex", "long_name": "SSP [M/H]"}))
+    ds.attrs.update({
+        "title": "truth maps of a survey-proc mock cube",
+        "inclination_deg": cfg.inclination, "position_angle_deg": cfg.position_angle,
+        "centre_x": (cfg.nx - 1) / 2.0, "centre_y": (cfg.ny - 1) / 2.0, "r_e_spaxel": maps.r_e,
+        "input_gradients_per_r_e": str(maps.gradients),
+        "light_weighting": "fraction of rest-frame flux in 5070-5950 Angstrom before dust",
+    })
+    return ds
+
+
+def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None = None,
+               progress: bool = False) -> dict:
+    """Build a mock cube store at ``path``; returns a summary dict.
+
+    The store holds ``flux``, ``var``, ``mask`` (dims y, x, wave) and the truth maps in group
+    ``truth``. Regions of ``cfg.chunk`` spaxels are synthesised one at a time, so memory stays
+    bounded whatever the cube size; each region's noise has its own seed, so the cube does not
+    depend on the order of work.
+    """
+    from survey_proc import __version__
+
+    t0 = time.perf_counter()
+    lib = lib or load_ssp_library()
+    rng = np.random.default_rng(cfg.seed)
+    maps = galaxy_maps(cfg, lib, rng)
+    wave = cfg.wave
+    synth = Synthesiser(lib, wave, cfg.redshift, muse_lsf_fwhm)
+    lsf = muse_lsf_fwhm(wave)
+    sky_profiles = sky_line_profile(wave, muse_lsf_fwhm)
+    sky_amp = rng.normal(0.0, 1.0, sky_profiles.shape[0])
+
+    # noise model: var = a * F + sky; at the brightest spaxel S/N per Angstrom = cfg.snr
+    peak = cfg.peak_flux
+    snr_pix = cfg.snr * np.sqrt(cfg.wave_step)
+    gain = peak / (snr_pix**2 * (1 + cfg.sky_fraction))   # a
+    sky_var = cfg.sky_fraction * gain * peak              # continuum sky variance
+    sky_line_var = sky_var * 30.0 * sky_profiles.max(axis=0)
+    scale = maps.light / maps.light.max() * peak
+
+    attrs = {
+        "redshift": cfg.redshift, "instrument": "MUSE (mock)", "lsf": "MUSE, Bacon et al. (2017) eq. 8",
+        "source": "survey-proc mock", "software": f"survey-proc {__version__}",
+        "mock_config": str(asdict(cfg)), "ssp_library": lib.provenance.get("source", "E-MILES"),
+    }
+    create_cube_store(path, ny=cfg.ny, nx=cfg.nx, wave=wave, flux_units="1e-20 erg/s/cm2/Angstrom",
+                      attrs=attrs, chunk=cfg.chunk, lsf_fwhm=lsf)
+    truth = truth_dataset(maps, lib, cfg)
+    truth.to_zarr(path, group="truth", mode="w", zarr_format=3, consolidated=False)
+
+    regions = [(y0, x0) for y0 in range(0, cfg.ny, cfg.chunk) for x0 in range(0, cfg.nx, cfg.chunk)]
+    iterator = regions
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(regions, desc="mock regions", unit="region")
+    for k, (y0, x0) in enumerate(iterator):
+        ys, xs = slice(y0, min(y0 + cfg.chunk, cfg.ny)), slice(x0, min(x0 + cfg.chunk, cfg.nx))
+        sub = (ys, xs)
+        shape = (ys.stop - ys.start, xs.stop - xs.start)
+        r_rng = np.random.default_rng([cfg.seed, k])
+        w = maps.weights[sub].reshape(-1, *maps.weights.shape[2:])
+        flux = synth.observe(w, maps.av[sub].ravel(), maps.velocity[sub].ravel(),
+                             maps.sigma[sub].ravel(), scale[sub].ravel())
+        flux += emission_line_spectra(wave, cfg.redshift, (maps.halpha * peak / maps.light.max())[sub].ravel(),
+                                      maps.velocity[sub].ravel(), np.full(flux.shape[0], 30.0),
+                                      maps.av[sub].ravel(), muse_lsf_fwhm)
+        var = gain * np.clip(flux, 0, None) + sky_var + sky_line_var[None, :]
+        noise = r_rng.standard_normal(flux.shape).astype(np.float32) * np.sqrt(var)
+        sky_resid = (sky_amp[:, None] * sky_profiles).sum(axis=0) * np.sqrt(sky_line_var)
+        observed = flux + noise + sky_resid[None, :].astype(np.float32)
+        mask = r_rng.random(flux.shape) < cfg.bad_pixel_fraction
+        observed[mask] = np.nan
+        write_region(path, {"y": ys, "x": xs}, {
+            "flux": observed.reshape(*shape, -1).astype(np.float32),
+            "var": var.reshape(*shape, -1).astype(np.float32),
+            "mask": mask.reshape(*shape, -1),
+        })
+    consolidate(path)
+    return {"path": str(path), "spaxels": cfg.nx * cfg.ny, "wavelengths": wave.size,
+            "seconds": time.perf_counter() - t0, "r_e_spaxel": maps.r_e}
+
+
+def open_truth(path: str | os.PathLike) -> xr.Dataset:
+    """The truth maps of a mock cube."""
+    from survey_proc.stores._maps import open_maps
+
+    return open_maps(Path(path), group="truth")

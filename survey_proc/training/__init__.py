@@ -1,0 +1,1 @@
+"""Training: training sets from the SSP library, architectures, the train loop and bundle export."""

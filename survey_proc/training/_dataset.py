@@ -1,0 +1,218 @@
+"""Training sets: noise-free observed spectra with labels, and fresh noise per epoch.
+
+Spectra are synthesised in the *observed* frame of the instrument (MUSE grid and LSF at a random
+redshift), then each epoch draws new noise, bad pixels, high-noise patches and sky residuals and
+runs the engine's own :func:`survey_proc.preprocess.prepare` — so a model trains on exactly what
+the engine will feed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from survey_proc.preprocess import InputSpec, prepare
+from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm
+from survey_proc.synth import (
+    EMISSION_LINES,
+    Synthesiser,
+    emission_line_spectra,
+    light_weighted,
+    mass_weighted,
+    sample_training_mixtures,
+    sky_line_profile,
+)
+
+#: rest-frame windows (Angstrom) masked around nebular lines, wide enough for +-400 km/s and
+#: the lines' own width (after GalProTE, Anwar et al. 2025, Table 2)
+EMISSION_MASKS_REST = (
+    (4846.0, 4877.0), (4944.0, 4974.0), (4992.0, 5022.0), (5189.0, 5210.0), (5866.0, 5886.0),
+    (6285.0, 6316.0), (6350.0, 6380.0), (6530.0, 6600.0), (6700.0, 6747.0),
+)
+#: observed-frame windows masked around the strongest sky lines (Angstrom)
+SKY_MASKS_OBSERVED = ((5570.0, 5585.0), (5885.0, 5900.0), (6295.0, 6306.0), (6358.0, 6369.0),
+                      (6860.0, 6868.0))
+
+MUSE_WAVE = (4750.0, 9350.0, 1.25)
+
+
+def default_muse_input() -> InputSpec:
+    """The input of the default MUSE models: rest frame 4750-7100 A at 1.25 A (1881 pixels)."""
+    return InputSpec(wave_start=4750.0, wave_stop=7100.0, wave_step=1.25, frame="rest", medium="air",
+                     channels=("flux", "error", "mask"), normalise="median",
+                     masks_rest=EMISSION_MASKS_REST, masks_observed=SKY_MASKS_OBSERVED,
+                     max_masked_fraction=0.5, min_coverage=0.99,
+                     lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
+
+
+@dataclass
+class TrainsetConfig:
+    """How spectra of a training set are drawn (ranges are inclusive; units in names)."""
+
+    n: int = 20000
+    seed: int = 0
+    labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
+    redshift_range: tuple[float, float] = (0.0, 0.1)
+    av_range: tuple[float, float] = (0.0, 1.5)
+    sigma_range_kms: tuple[float, float] = (30.0, 300.0)
+    velocity_range_kms: tuple[float, float] = (-300.0, 300.0)
+    snr_range: tuple[float, float] = (5.0, 80.0)   #: S/N per Angstrom, log-uniform
+    noiseless_fraction: float = 0.05              #: spectra at S/N 300 (GalProTE's 0 % noise)
+    max_ssp: int = 5
+    young_fraction: float = 0.3
+    emission_fraction: float = 0.5
+    max_halpha_ew: float = 60.0                   #: Angstrom
+    bad_patches: tuple[int, int] = (0, 6)         #: masked patches of 3-15 pixels per spectrum
+    noisy_patch_fraction: float = 0.25            #: share of spectra with a high-noise patch
+    batch: int = 2048                             #: spectra synthesised per redshift draw
+    extra: dict = field(default_factory=dict)
+
+    def digest(self, lib: SSPLibrary, spec: InputSpec) -> str:
+        """Hash of everything that defines the set (config, library, model input)."""
+        payload = json.dumps({"cfg": asdict(self), "lib": lib.digest(), "input": spec.to_manifest()},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class NoiseFreeSet:
+    """Spectra before noise: observed frame, one row per spectrum."""
+
+    flux: np.ndarray           #: (n, nobs) float32, observed-frame flux on ``wave`` rows
+    wave_index: np.ndarray     #: (n,) index into the full instrument grid of each row's first pixel
+    redshift: np.ndarray       #: (n,)
+    snr: np.ndarray            #: (n,) target S/N per Angstrom
+    labels: np.ndarray         #: (n, nlabels) float32
+    label_names: tuple[str, ...]
+    weights: np.ndarray        #: (n, nmetal, nage) float32 light fractions
+
+    def __len__(self) -> int:
+        return self.flux.shape[0]
+
+    def subset(self, idx: np.ndarray) -> NoiseFreeSet:
+        return NoiseFreeSet(self.flux[idx], self.wave_index[idx], self.redshift[idx], self.snr[idx],
+                            self.labels[idx], self.label_names, self.weights[idx])
+
+
+def instrument_wave() -> np.ndarray:
+    start, stop, step = MUSE_WAVE
+    return start + step * np.arange(int(round((stop - start) / step)) + 1)
+
+
+def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, av: np.ndarray,
+                  sigma: np.ndarray) -> np.ndarray:
+    log_age, metal = light_weighted(weights, lib)
+    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma}
+    if any(n.endswith("_mw") for n in names):
+        cols["log_age_mw"], cols["metallicity_mw"] = mass_weighted(weights, lib)
+    return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
+
+
+def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: bool = False) -> NoiseFreeSet:
+    """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range."""
+    rng = np.random.default_rng(cfg.seed)
+    full = instrument_wave()
+    # every row covers the model grid at the largest redshift, plus a margin
+    lo_rest, hi_rest = spec.wave_start - 10.0, spec.wave_stop + 10.0
+    n_obs = int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / MUSE_WAVE[2])) + 2
+    rows_flux, rows_idx, rows_z, rows_snr, rows_lab, rows_w = [], [], [], [], [], []
+    batches = range(0, cfg.n, cfg.batch)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="synthesising", unit="batch")
+    for start in batches:
+        m = min(cfg.batch, cfg.n - start)
+        z = float(rng.uniform(*cfg.redshift_range))
+        i0 = int(np.clip(np.searchsorted(full, lo_rest * (1 + z)) - 1, 0, full.size - n_obs))
+        wave = full[i0:i0 + n_obs]
+        synth = Synthesiser(lib, wave, z, muse_lsf_fwhm)
+        weights = sample_training_mixtures(rng, lib, m, max_ssp=cfg.max_ssp, young_fraction=cfg.young_fraction)
+        av = rng.uniform(*cfg.av_range, m)
+        sigma = rng.uniform(*cfg.sigma_range_kms, m)
+        velocity = rng.uniform(*cfg.velocity_range_kms, m)
+        flux = synth.observe(weights, av, velocity, sigma)
+        emit = rng.random(m) < cfg.emission_fraction
+        if emit.any():
+            ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
+            cont = np.median(flux[emit], axis=1)
+            lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
+                                          rng.uniform(20, 80, ew.size), av[emit], muse_lsf_fwhm)
+            # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
+            flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
+        snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
+        snr[rng.random(m) < cfg.noiseless_fraction] = 300.0
+        rows_flux.append(flux.astype(np.float32))
+        rows_idx.append(np.full(m, i0))
+        rows_z.append(np.full(m, z))
+        rows_snr.append(snr)
+        rows_lab.append(_label_values(cfg.labels, weights, lib, av, sigma))
+        rows_w.append(weights.astype(np.float32))
+    return NoiseFreeSet(np.concatenate(rows_flux), np.concatenate(rows_idx), np.concatenate(rows_z),
+                        np.concatenate(rows_snr), np.concatenate(rows_lab), tuple(cfg.labels),
+                        np.concatenate(rows_w))
+
+
+def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One noise realisation: (flux, var, mask) arrays on each row's observed grid."""
+    flux = data.flux
+    n, npix = flux.shape
+    step = MUSE_WAVE[2]
+    med = np.median(flux, axis=1, keepdims=True)
+    sky = (rng.uniform(0.0, 0.5, (n, 1)) * med).astype(np.float32)
+    snr_pix = data.snr[:, None] * np.sqrt(step)
+    gain = (med / ((1.0 + sky / med) * snr_pix**2)).astype(np.float32)
+    # sky-line residuals and their extra variance, at the observed wavelengths of each row
+    full = instrument_wave()
+    profiles = sky_line_profile(full, muse_lsf_fwhm).sum(axis=0).astype(np.float32)
+    idx = data.wave_index[:, None] + np.arange(npix)[None, :]
+    sky_lines = profiles[idx] * (30 * gain * sky)
+    var = gain * (np.clip(flux, 0, None) + sky) + sky_lines
+    noisy = rng.random(n) < cfg.noisy_patch_fraction
+    if noisy.any():
+        length = rng.integers(20, npix // 4, n)
+        start = rng.integers(0, npix - length)
+        col = np.arange(npix)[None, :]
+        patch = noisy[:, None] & (col >= start[:, None]) & (col < (start + length)[:, None])
+        var = np.where(patch, var * rng.uniform(2, 10, (n, 1)).astype(np.float32), var)
+    noise = rng.standard_normal((n, npix), dtype=np.float32) * np.sqrt(var)
+    resid = rng.standard_normal((n, 1), dtype=np.float32) * np.sqrt(sky_lines)
+    mask = np.zeros((n, npix), bool)
+    n_patch = rng.integers(cfg.bad_patches[0], cfg.bad_patches[1] + 1, n)
+    col = np.arange(npix)[None, :]
+    for k in range(cfg.bad_patches[1]):
+        length = rng.integers(3, 16, n)[:, None]
+        start = rng.integers(0, npix - length)
+        mask |= (n_patch > k)[:, None] & (col >= start) & (col < start + length)
+    return (flux + noise + resid).astype(np.float32), var.astype(np.float32), mask
+
+
+def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig, spec: InputSpec,
+                chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model inputs for one noise realisation: (x, flags, snr) through the engine's ``prepare``."""
+    full = instrument_wave()
+    xs, flags, snrs = [], [], []
+    for start in range(0, len(data), chunk):
+        part = data.subset(np.arange(start, min(start + chunk, len(data))))
+        flux, var, mask = observe_noisy(part, rng, cfg)
+        # rows share a grid only within a redshift batch: prepare per grid
+        x = np.zeros((len(part), len(spec.channels), spec.wave.size), np.float32)
+        fl = np.zeros(len(part), np.uint8)
+        sn = np.zeros(len(part))
+        for i0 in np.unique(part.wave_index):
+            rows = part.wave_index == i0
+            wave = full[i0:i0 + flux.shape[1]]
+            prep = prepare(flux[rows], var[rows], mask[rows], wave, part.redshift[rows], spec)
+            x[rows], fl[rows], sn[rows] = prep.x, prep.flags, prep.snr
+        xs.append(x)
+        flags.append(fl)
+        snrs.append(sn)
+    return np.concatenate(xs), np.concatenate(flags), np.concatenate(snrs)
+
+
+__all__ = ["EMISSION_LINES", "EMISSION_MASKS_REST", "SKY_MASKS_OBSERVED", "NoiseFreeSet", "TrainsetConfig",
+           "default_muse_input", "make_inputs", "observe_noisy", "synthesise"]

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real SSP library (fetched once per machine), small mock cubes, bundles."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def ssp_lib():
+    from survey_proc.ssp import load_ssp_library
+
+    return load_ssp_library()
+
+
+@pytest.fixture(scope="session")
+def mock16(tmp_path_factory, ssp_lib) -> Path:
+    """The acceptance mock: 16 x 16, seed 7, S/N 30 (chunks of 8: four regions)."""
+    from survey_proc.synth import MockConfig, write_mock
+
+    path = tmp_path_factory.mktemp("mock") / "c.zarr"
+    write_mock(path, MockConfig(nx=16, ny=16, seed=7, snr=30.0, chunk=8), ssp_lib)
+    return path
+
+
+@pytest.fixture()
+def cube_copy(tmp_path, mock16) -> Path:
+    """A private copy of the 16 x 16 mock a test may modify."""
+    dst = tmp_path / "c.zarr"
+    shutil.copytree(mock16, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def default_bundle() -> Path:
+    from survey_proc.estimators import resolve_model
+
+    return resolve_model("default").parent
+
+
+def robust_sigma(x) -> float:
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))

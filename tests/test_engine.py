@@ -1,0 +1,209 @@
+"""The engine on real LocalClusters: accuracy on the acceptance mock, resume, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from survey_proc.engine import RunConfig, run
+from survey_proc.errors import CubeError, ModelError
+from survey_proc.stores import Flag
+
+from conftest import robust_sigma
+
+
+@pytest.fixture(scope="module")
+def acceptance_run(mock16, tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps") / "m.zarr"
+    summary = run(RunConfig(cube=str(mock16), out=str(out), workers=2, progress=False))
+    return summary, xr.open_zarr(out), xr.open_zarr(mock16, group="truth")
+
+
+def test_maps_are_measurably_right(acceptance_run):
+    """Issue 2 acceptance: 16x16 mock, seed 7, S/N 30 -> scatter vs truth within the bounds."""
+    summary, maps, truth = acceptance_run
+    assert summary.spectra == 256 and summary.regions == 4 and summary.workers == 2 and summary.verified
+    good = maps.flag.values == 0
+    assert good.mean() >= 0.8, f"{1 - good.mean():.0%} flagged"
+    bounds = {"log_age": 0.15, "metallicity": 0.15, "av": 0.10}
+    for name, bound in bounds.items():
+        scatter = robust_sigma((maps[name].values - truth[name].values)[good])
+        assert scatter <= bound, f"{name}: robust scatter {scatter:.3f} > {bound}"
+
+
+def test_maps_schema_and_provenance(acceptance_run):
+    summary, maps, _ = acceptance_run
+    for name in ("log_age", "metallicity", "av"):
+        assert maps[name].dims == ("y", "x")
+        assert maps[name].attrs["units"] and maps[name].attrs["long_name"]
+        assert f"{name}_err" in maps and np.nanmin(maps[f"{name}_err"].values) > 0
+    assert maps.flag.attrs["flag_meanings"].split()[:4] == ["no_data", "out_of_range", "low_snr", "out_of_distribution"]
+    for key in ("model_id", "model_sha256", "software", "run_options", "cube", "run_signature"):
+        assert maps.attrs[key]
+    assert maps.attrs["status"] == "complete"
+    assert maps.region_done.values.all() and maps.region_spectra.values.sum() == 256
+
+
+def test_nan_spaxels_are_flagged_not_fitted(cube_copy, tmp_path):
+    grp = zarr.open_group(str(cube_copy), mode="r+")
+    flux = grp["flux"]
+    flux[3, 4, :] = np.full(flux.shape[-1], np.nan, np.float32)
+    flux[10, 2, :] = np.full(flux.shape[-1], np.nan, np.float32)
+    out = tmp_path / "m.zarr"
+    run(RunConfig(cube=str(cube_copy), out=str(out), cluster="none", progress=False))
+    maps = xr.open_zarr(out)
+    for y, x in ((3, 4), (10, 2)):
+        assert maps.flag.values[y, x] & Flag.NO_DATA
+        assert np.isnan(maps.log_age.values[y, x]) and np.isnan(maps.log_age_err.values[y, x])
+    assert np.isfinite(maps.log_age.values[8, 8])
+
+
+def test_missing_variance_is_refused(cube_copy, tmp_path):
+    shutil.rmtree(cube_copy / "var")
+    meta = zarr.open_group(str(cube_copy), mode="r+")
+    with pytest.raises(CubeError, match=r"variable 'var' \(variance of flux\) is missing"):
+        run(RunConfig(cube=str(cube_copy), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
+    del meta
+
+
+def test_split_spectral_axis_is_refused(mock16, tmp_path):
+    ds = xr.open_zarr(mock16)
+    path = tmp_path / "split.zarr"
+    enc = {v: {"chunks": (8, 8, 1000)} for v in ("flux", "var", "mask")}
+    ds.chunk({"wave": 1000}).to_zarr(path, zarr_format=3, consolidated=False, encoding=enc)
+    with pytest.raises(CubeError, match="spectral axis of 'flux' is split across chunks"):
+        run(RunConfig(cube=str(path), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
+
+
+def test_wavelengths_that_miss_the_model_range_are_explained(mock16, tmp_path):
+    ds = xr.open_zarr(mock16).sel(wave=slice(4750, 6000))
+    path = tmp_path / "blue.zarr"
+    ds.to_zarr(path, zarr_format=3, consolidated=False,
+               encoding={v: {"chunks": (8, 8, ds.sizes["wave"])} for v in ("flux", "var", "mask")})
+    with pytest.raises(CubeError, match=r"covers 4750-6000 A .* needs 4750-7100 A rest-frame"):
+        run(RunConfig(cube=str(path), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
+
+
+def _bundle_copy(default_bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(default_bundle, dst)
+    return dst
+
+
+def test_corrupt_or_missing_model_file(mock16, tmp_path, default_bundle):
+    bundle = _bundle_copy(default_bundle, tmp_path)
+    data = bytearray((bundle / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.pt").write_bytes(bytes(data))
+    rc = RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False)
+    with pytest.raises(ModelError, match="is corrupt: its SHA-256 differs"):
+        run(rc)
+    (bundle / "model.pt").unlink()
+    with pytest.raises(ModelError, match="model file .*model.pt named by .*manifest.json is missing"):
+        run(rc)
+    # a file that matches its manifest but is not TorchScript
+    import json
+
+    (bundle / "model.pt").write_bytes(b"not a torchscript archive")
+    from survey_proc._fetch import sha256_of
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sha256"] = sha256_of(bundle / "model.pt")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="could not be loaded as TorchScript"):
+        run(rc)
+    with pytest.raises(ModelError, match="neither a bundle folder nor a packaged model"):
+        run(RunConfig(cube=str(mock16), model="no-such-model", cluster="none", progress=False))
+
+
+def test_cli_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "survey_proc", "run", "--cube", str(tmp_path / "nope.zarr")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "survey-proc run: error:" in proc.stderr and "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _done(out: Path) -> int:
+    try:
+        return int(np.asarray(zarr.open_group(str(out), mode="r")["region_done"][...]).sum())
+    except Exception:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def mock32(tmp_path_factory, ssp_lib):
+    from survey_proc.synth import MockConfig, write_mock
+
+    path = tmp_path_factory.mktemp("mock32") / "c32.zarr"
+    write_mock(path, MockConfig(nx=32, ny=32, seed=11, snr=30.0, chunk=8), ssp_lib)
+    return path
+
+
+def test_killed_run_resumes_without_recomputing(mock32, tmp_path):
+    """Kill a run (the CLI, its LocalCluster and workers) half-way; the rerun only does the rest."""
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "survey_proc", "run", "--cube", str(mock32), "--out", str(out),
+           "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while _done(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    done_before = _done(out)
+    assert 3 <= done_before < 16, f"{done_before} regions done when killed"
+    marks_before = np.asarray(zarr.open_group(str(out), mode="r")["region_done"][...]).copy()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "log_age" / "c").rglob("*") if p.is_file()}
+
+    resumed = run(RunConfig(cube=str(mock32), out=str(out), workers=2, progress=False))
+    assert resumed.regions_skipped == done_before
+    assert resumed.regions_run == 16 - done_before
+    assert resumed.verified
+    # the chunks of regions finished before the kill were not rewritten
+    done_chunks = [p for p in stamps if marks_before[tuple(int(i) for i in p.relative_to(out / "log_age" / "c").parts)]]
+    assert done_chunks and all(p.stat().st_mtime_ns == stamps[p] for p in done_chunks)
+
+    whole = tmp_path / "whole.zarr"
+    run(RunConfig(cube=str(mock32), out=str(whole), workers=2, progress=False))
+    a, b = xr.open_zarr(out), xr.open_zarr(whole)
+    for name in ("log_age", "metallicity", "av", "sigma", "log_age_err", "flag"):
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-6, equal_nan=True)
+
+
+def test_ctrl_c_interrupts_and_resumes(mock32, tmp_path):
+    out = tmp_path / "int.zarr"
+    cmd = [sys.executable, "-m", "survey_proc", "run", "--cube", str(mock32), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while _done(out) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    assert "Traceback" not in err
+    summary = run(RunConfig(cube=str(mock32), out=str(out), workers=2, progress=False))
+    assert summary.regions_skipped >= 2 and summary.verified
+
+
+def test_other_run_in_the_way_is_not_overwritten(mock16, tmp_path):
+    out = tmp_path / "m.zarr"
+    run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False))
+    with pytest.raises(CubeError, match="holds maps of another run"):
+        run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False, min_snr=10.0))
+    summary = run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False, min_snr=10.0,
+                            overwrite=True))
+    assert summary.regions_run == 4

@@ -1,0 +1,94 @@
+"""Preprocessing declared by a manifest: frames, masks, flags, S/N (pure NumPy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from survey_proc.preprocess import InputSpec, fill_gaps, masked_median, prepare
+from survey_proc.stores import Flag
+
+SPEC = InputSpec(wave_start=5000.0, wave_stop=6000.0, wave_step=1.0, frame="rest",
+                 masks_rest=((5400.0, 5410.0),), masks_observed=((5577.0, 5580.0),))
+
+
+def test_fill_gaps_interpolates_and_extends():
+    v = np.array([[1.0, 0.0, 0.0, 4.0, 0.0], [0.0, 2.0, 0.0, 0.0, 0.0], [0, 0, 0, 0, 0]])
+    ok = np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], bool)
+    np.testing.assert_allclose(fill_gaps(v, ok), [[1, 2, 3, 4, 4], [2, 2, 2, 2, 2], [0, 0, 0, 0, 0]])
+
+
+def test_masked_median_ignores_bad_entries():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 101))
+    good = rng.random((50, 101)) > 0.3
+    good[:, :2] = True
+    exact = np.array([np.median(r[g]) for r, g in zip(v, good)])
+    got = masked_median(v, good)
+    # exact up to one rank: compare with neighbouring order statistics
+    for r, g, m in zip(v, good, got):
+        s = np.sort(r[g])
+        k = np.searchsorted(s, m)
+        assert abs(k - len(s) / 2) <= 1.0
+    assert np.allclose(got, exact, atol=0.2)
+    assert np.isnan(masked_median(v[:1], np.zeros((1, 101), bool)))[0]
+
+
+def _spectra(n=4, z=0.05, snr=40.0, rng=None):
+    rng = rng or np.random.default_rng(1)
+    wave = np.arange(4800.0, 6600.0, 1.25)
+    rest = wave / (1 + z)
+    flux = 100.0 * (1 + 0.1 * np.sin(rest / 50.0))
+    flux = flux - 60.0 * np.exp(-0.5 * ((rest - 5500.0) / 2.0) ** 2)  # a line at 5500 A rest
+    flux = np.tile(flux, (n, 1))
+    sigma = 100.0 / (snr * np.sqrt(1.25))
+    var = np.full_like(flux, sigma**2)
+    return wave, flux + rng.normal(0, sigma, flux.shape), var, np.zeros(flux.shape, bool)
+
+
+def test_rest_frame_grid_puts_lines_at_rest_wavelengths():
+    wave, flux, var, mask = _spectra(z=0.05, snr=1e4)
+    p = prepare(flux, var, mask, wave, 0.05, SPEC)
+    assert p.x.shape == (4, 3, 1001)
+    assert np.all(p.flags == 0)
+    line = np.argmin(p.x[0, 0])
+    assert SPEC.wave[line] == pytest.approx(5500.0, abs=1.0)
+    assert np.median(p.x[:, 0]) == pytest.approx(1.0, abs=0.01)  # median-normalised
+
+
+def test_declared_masks_are_applied_in_their_frames():
+    wave, flux, var, mask = _spectra(z=0.05)
+    p = prepare(flux, var, mask, wave, 0.05, SPEC)
+    m = p.x[0, 2].astype(bool)
+    rest = SPEC.wave
+    assert m[(rest >= 5400) & (rest <= 5410)].all()
+    assert m[(rest * 1.05 >= 5577) & (rest * 1.05 <= 5580)].all()
+    assert m.sum() == pytest.approx(11 + 3, abs=2)
+
+
+def test_snr_per_angstrom_is_measured():
+    wave, flux, var, mask = _spectra(snr=25.0, n=200)
+    p = prepare(flux, var, mask, wave, 0.05, SPEC)
+    assert np.median(p.snr) == pytest.approx(25.0 * np.median(flux) / 100.0, rel=0.05)
+
+
+def test_flags_for_unusable_spectra():
+    wave, flux, var, mask = _spectra(n=5)
+    flux[0] = np.nan                    # nothing valid
+    mask[1, :] = True                   # everything masked
+    mask[2, 100:1200] = True            # most of the model range masked
+    var[3] = -1.0                       # negative variance = bad pixels
+    p = prepare(flux, var, mask, wave, 0.05, SPEC)
+    assert p.flags[0] & Flag.NO_DATA and p.flags[1] & Flag.NO_DATA and p.flags[3] & Flag.NO_DATA
+    assert p.flags[2] & Flag.MASKED
+    assert p.flags[4] == 0
+    assert np.all(np.isfinite(p.x))
+    assert list(p.fit) == [False, False, False, False, True]
+
+
+def test_out_of_range_when_the_data_miss_the_model_grid():
+    wave, flux, var, mask = _spectra(n=2)
+    p = prepare(flux, var, mask, wave, 0.2, SPEC)  # at z=0.2 the model needs 6000-7200 A observed
+    assert np.all(p.flags & Flag.OUT_OF_RANGE)
+    p = prepare(flux, var, mask, wave, np.array([0.05, 0.2]), SPEC)  # per-spectrum redshifts
+    assert p.flags[0] == 0 and p.flags[1] & Flag.OUT_OF_RANGE
