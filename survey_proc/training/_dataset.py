@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -36,7 +37,28 @@ EMISSION_MASKS_REST = (
 SKY_MASKS_OBSERVED = ((5570.0, 5585.0), (5885.0, 5900.0), (6295.0, 6306.0), (6358.0, 6369.0),
                       (6860.0, 6868.0))
 
-MUSE_WAVE = (4750.0, 9350.0, 1.25)
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """The observed-frame grid and resolution spectra of a training set are synthesised on."""
+
+    name: str
+    wave_start: float                        #: Angstrom, observed frame
+    wave_stop: float
+    wave_step: float
+    lsf_fwhm: Callable[[np.ndarray], np.ndarray]  #: FWHM (Angstrom) at observed wavelengths
+
+    @property
+    def wave(self) -> np.ndarray:
+        return self.wave_start + self.wave_step * np.arange(
+            int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1)
+
+
+#: instruments a training set can be drawn for (name in :class:`TrainsetConfig`)
+INSTRUMENTS: dict[str, Instrument] = {
+    "muse": Instrument("MUSE", 4750.0, 9350.0, 1.25, muse_lsf_fwhm),
+}
 
 
 def default_muse_input() -> InputSpec:
@@ -54,6 +76,7 @@ class TrainsetConfig:
 
     n: int = 20000
     seed: int = 0
+    instrument: str = "muse"
     labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
     redshift_range: tuple[float, float] = (0.0, 0.1)
     av_range: tuple[float, float] = (0.0, 1.5)
@@ -97,9 +120,11 @@ class NoiseFreeSet:
                             self.labels[idx], self.label_names, self.weights[idx])
 
 
-def instrument_wave() -> np.ndarray:
-    start, stop, step = MUSE_WAVE
-    return start + step * np.arange(int(round((stop - start) / step)) + 1)
+def instrument_of(cfg: TrainsetConfig) -> Instrument:
+    try:
+        return INSTRUMENTS[cfg.instrument]
+    except KeyError:
+        raise ValueError(f"unknown instrument {cfg.instrument!r}; known: {', '.join(INSTRUMENTS)}") from None
 
 
 def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, av: np.ndarray,
@@ -114,10 +139,11 @@ def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, 
 def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: bool = False) -> NoiseFreeSet:
     """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range."""
     rng = np.random.default_rng(cfg.seed)
-    full = instrument_wave()
+    inst = instrument_of(cfg)
+    full = inst.wave
     # every row covers the model grid at the largest redshift, plus a margin
     lo_rest, hi_rest = spec.wave_start - 10.0, spec.wave_stop + 10.0
-    n_obs = int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / MUSE_WAVE[2])) + 2
+    n_obs = int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / inst.wave_step)) + 2
     rows_flux, rows_idx, rows_z, rows_snr, rows_lab, rows_w = [], [], [], [], [], []
     batches = range(0, cfg.n, cfg.batch)
     if progress:
@@ -129,7 +155,7 @@ def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: 
         z = float(rng.uniform(*cfg.redshift_range))
         i0 = int(np.clip(np.searchsorted(full, lo_rest * (1 + z)) - 1, 0, full.size - n_obs))
         wave = full[i0:i0 + n_obs]
-        synth = Synthesiser(lib, wave, z, muse_lsf_fwhm)
+        synth = Synthesiser(lib, wave, z, inst.lsf_fwhm)
         weights = sample_training_mixtures(rng, lib, m, max_ssp=cfg.max_ssp, young_fraction=cfg.young_fraction)
         av = rng.uniform(*cfg.av_range, m)
         sigma = rng.uniform(*cfg.sigma_range_kms, m)
@@ -140,7 +166,7 @@ def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: 
             ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
             cont = np.median(flux[emit], axis=1)
             lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
-                                          rng.uniform(20, 80, ew.size), av[emit], muse_lsf_fwhm)
+                                          rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm)
             # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
             flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
         snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
@@ -161,14 +187,15 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
     """One noise realisation: (flux, var, mask) arrays on each row's observed grid."""
     flux = data.flux
     n, npix = flux.shape
-    step = MUSE_WAVE[2]
+    inst = instrument_of(cfg)
+    step = inst.wave_step
     med = np.median(flux, axis=1, keepdims=True)
     sky = (rng.uniform(0.0, 0.5, (n, 1)) * med).astype(np.float32)
     snr_pix = data.snr[:, None] * np.sqrt(step)
     gain = (med / ((1.0 + sky / med) * snr_pix**2)).astype(np.float32)
     # sky-line residuals and their extra variance, at the observed wavelengths of each row
-    full = instrument_wave()
-    profiles = sky_line_profile(full, muse_lsf_fwhm).sum(axis=0).astype(np.float32)
+    full = inst.wave
+    profiles = sky_line_profile(full, inst.lsf_fwhm).sum(axis=0).astype(np.float32)
     idx = data.wave_index[:, None] + np.arange(npix)[None, :]
     sky_lines = profiles[idx] * (30 * gain * sky)
     var = gain * (np.clip(flux, 0, None) + sky) + sky_lines
@@ -194,7 +221,7 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
 def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig, spec: InputSpec,
                 chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs for one noise realisation: (x, flags, snr) through the engine's ``prepare``."""
-    full = instrument_wave()
+    full = instrument_of(cfg).wave
     xs, flags, snrs = [], [], []
     for start in range(0, len(data), chunk):
         part = data.subset(np.arange(start, min(start + chunk, len(data))))
@@ -214,5 +241,5 @@ def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfi
     return np.concatenate(xs), np.concatenate(flags), np.concatenate(snrs)
 
 
-__all__ = ["EMISSION_LINES", "EMISSION_MASKS_REST", "SKY_MASKS_OBSERVED", "NoiseFreeSet", "TrainsetConfig",
-           "default_muse_input", "make_inputs", "observe_noisy", "synthesise"]
+__all__ = ["EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS", "SKY_MASKS_OBSERVED", "Instrument", "NoiseFreeSet",
+           "TrainsetConfig", "default_muse_input", "make_inputs", "observe_noisy", "synthesise"]
