@@ -13,5 +13,5 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
     n = workers or max(1, (os.cpu_count() or 1) // max(threads_per_worker, 1))
     return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        dashboard_address=None, memory_limit=config.get("cluster.memory-limit", "auto"),
+                        dashboard_address=":0", memory_limit=config.get("cluster.memory-limit", "auto"),
                         silence_logs=40)
