@@ -207,6 +207,10 @@ def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, out: Path, pr
         store = Path(cfg.trainset_store)
         store = store if store.is_absolute() else out / store  # relative paths live in the run folder
         train_set = write_trainset(ts, lib, spec, store, progress=progress)
+        import psutil
+
+        if train_set.nbytes < 0.3 * psutil.virtual_memory().available:
+            train_set = train_set.load()  # fits in memory: read once instead of every epoch
     else:
         train_set = synthesise(ts, lib, spec, progress=progress)
     val_set = synthesise(dataclasses.replace(ts, n=cfg.n_val, seed=ts.seed + 1_000_003), lib, spec)
