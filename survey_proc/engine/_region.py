@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
+from survey_proc.errors import CubeError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import prepare
@@ -168,6 +169,21 @@ def _recorded_result(out: zarr.Group, region: Region, index: tuple, marker: tupl
                         checksum=int(out["region_checksum"][marker].item()), worker=_worker_name(), reused=True)
 
 
+def read_region_inputs(cube_path: str, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``flux``, ``var``, ``mask`` of a region; a chunk that cannot be read raises a CubeError naming it."""
+    cube = _open(cube_path, "r")
+    index = tuple(slice(a, b) for _, a, b in region.slices)
+    arrays = []
+    for name in ("flux", "var", "mask"):
+        try:
+            arrays.append(np.asarray(cube[name][index]))
+        except Exception as exc:  # a truncated or corrupt chunk: the codec's own error type
+            where = ", ".join(f"{d} {a}:{b}" for d, a, b in region.slices)
+            raise CubeError(f"{cube_path}: variable '{name}' cannot be read at {region.key} ({where}): "
+                            f"{type(exc).__name__}: {exc} (the store is damaged there)") from None
+    return arrays[0], arrays[1], arrays[2]
+
+
 def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     """Read, estimate and write one region; returns counts and a checksum of what was written."""
     t0 = time.perf_counter()
@@ -179,14 +195,12 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     if out["region_done"][marker].item():
         return _recorded_result(out, region, index, marker, t0)
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
-    cube = _open(opts.cube, "r")
-    flux = np.asarray(cube["flux"][index])
-    var = np.asarray(cube["var"][index])
-    mask = np.asarray(cube["mask"][index])
+    flux, var, mask = read_region_inputs(opts.cube, region)
     t_read = time.perf_counter()
     spatial_shape = flux.shape[:-1]
     n = int(np.prod(spatial_shape))
     redshift: float | np.ndarray = opts.redshift
+    cube = _open(opts.cube, "r")
     if "redshift" in cube and dims == ("object",):  # catalogues carry one redshift per object
         redshift = np.asarray(cube["redshift"][index], np.float64)
     wave, lsf = _wave_and_lsf(opts.cube)

@@ -106,6 +106,8 @@ class RunSummary:
     workers: int = 0
     flagged: int = 0  #: spectra with any flag bit set
     pixel_maps: str = ""  #: group holding maps on the pixel grid (binned inputs)
+    started: float = 0.0  #: time.perf_counter() of the first region submitted (0: none ran)
+    finished: float = 0.0  #: time.perf_counter() of the last region back
 
     @property
     def flagged_fraction(self) -> float:
@@ -250,19 +252,33 @@ class CubeJob:
     names: list[str]
     binned: bool = False  #: the input is a binned catalogue carrying a pixel->bin map
     results: list[RegionResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  #: regions that failed after their retries, and why
+    abandoned: bool = False  #: too many regions failed: the rest of the cube is not attempted
     submitted: int = 0
+    returned: int = 0  #: submitted tasks back: results, failures and cancellations
     started: float | None = None
     finished: float | None = None
     error: str | None = None
 
     @property
-    def outstanding(self) -> int:
-        """Regions submitted whose result has not come back yet."""
-        return self.submitted - len(self.results)
+    def settled(self) -> bool:
+        """Nothing of this cube is left to submit or in flight."""
+        return self.submitted == self.returned and (self.abandoned or self.submitted == len(self.pending))
 
-    @property
-    def complete(self) -> bool:
-        return self.error is None and len(self.results) == len(self.pending)
+    def fail_region(self, message: str, limit: int) -> bool:
+        """Record a failed region; True when this makes the cube abandoned (``limit`` failures)."""
+        self.failures.append(message)
+        if len(self.failures) >= limit and not self.abandoned:
+            self.abandoned = True
+            return True
+        return False
+
+    def failure_summary(self) -> str | None:
+        if not self.failures:
+            return None
+        more = len(self.failures) - 1
+        tail = f" ({more} more region(s) failed{', the rest not attempted' if self.abandoned else ''})" if more else ""
+        return f"{self.failures[0]}{tail}. Finished regions are kept; rerun to resume."
 
 
 @dataclass
@@ -321,7 +337,8 @@ def finish_cube(job: CubeJob, workers: int) -> RunSummary:
                          fitted=fitted, regions=len(job.regions), regions_run=len(job.results),
                          regions_skipped=len(job.regions) - len(job.pending), seconds=elapsed,
                          estimator_seconds=sum(r.estimator_seconds for r in job.results), flag_counts=counts,
-                         verified=True, workers=workers, flagged=int((flag != 0).sum()))
+                         verified=True, workers=workers, flagged=int((flag != 0).sum()),
+                         started=job.started or 0.0, finished=job.finished or 0.0)
     if job.binned:
         from survey_proc.binning import write_pixel_maps
 
@@ -342,6 +359,7 @@ def _failure_reason(exc: BaseException) -> str:
 def _close(job: CubeJob, workers: int) -> CubeOutcome:
     """The outcome of a job whose tasks are all back (or that failed)."""
     rc = job.rc
+    job.error = job.error or job.failure_summary()
     if job.error is None:
         try:
             summary = finish_cube(job, workers)
@@ -366,7 +384,7 @@ class _Feeder:
             self.active.append((job, deque(job.pending)))
         while self.active:
             job, todo = self.active.popleft()
-            if job.error is not None or not todo:
+            if job.abandoned or not todo:
                 continue
             region = todo.popleft()
             if todo:
@@ -393,16 +411,20 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
     bar = tqdm(total=total, unit="spec", desc="spectra", disable=not rc.progress, smoothing=0.1)
     inflight: dict = {}
     try:
+        max_failed = int(config.get("survey.max-failed-regions", 3))
         if client is None:  # --cluster none: in this process, one region after another
             for job in jobs:
                 job.started = time.perf_counter()
                 for region in job.pending:
+                    if job.abandoned:
+                        break
+                    job.submitted += 1
                     try:
                         job.results.append(process_region(region, job.opts))
+                        bar.update(region.size)
                     except Exception as exc:
-                        job.error = f"{region.key} failed: {_failure_reason(exc)}"
-                        break
-                    bar.update(region.size)
+                        job.fail_region(f"{region.key} failed: {_failure_reason(exc)}", max_failed)
+                    job.returned += 1
                 job.finished = time.perf_counter()
                 on_close(job)
             return
@@ -414,8 +436,8 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
         pending_futures = as_completed()
 
         def top_up() -> None:
-            limit = max(8, queue_per_thread * _worker_threads(client) + 2)
-            while len(inflight) < limit:
+            queued = max(8, queue_per_thread * _worker_threads(client) + 2)
+            while len(inflight) < queued:
                 nxt = feeder.next()
                 if nxt is None:
                     return
@@ -431,20 +453,21 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
         top_up()
         for future in pending_futures:
             job, region, _ = inflight.pop(future.key)
-            try:
-                result = future.result()
-            except Exception as exc:
-                if job.error is None:
-                    job.error = (f"{region.key} failed after {rc.retries} retries: {_failure_reason(exc)}. "
-                                 "Finished regions are kept; rerun to resume.")
+            job.returned += 1
+            if future.cancelled():
+                pass
+            elif future.status == "error":
+                exc = future.exception()
+                message = f"{region.key} failed after {rc.retries} retries: {_failure_reason(exc)}"
+                if job.fail_region(message, max_failed):  # give up on this cube: cancel its queued regions
                     for other_job, _, other in list(inflight.values()):
                         if other_job is job:
                             other.cancel()
-                job.submitted -= 1
             else:
+                result = future.result()
                 job.results.append(result)
                 bar.update(result.spectra)
-            if job.outstanding == 0 and (job.complete or job.error is not None) and job.finished is None:
+            if job.settled and job.finished is None:
                 job.finished = time.perf_counter()
                 dup = [k for k, c in Counter(r.key for r in job.results).items() if c > 1]
                 if dup:

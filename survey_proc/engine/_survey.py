@@ -132,7 +132,7 @@ def format_table(outcomes: Sequence[CubeOutcome], seconds: float) -> str:
     rows = [("cube", "spectra", "seconds", "flagged", "status")]
     for o in outcomes:
         s = o.summary
-        status = o.status if not o.failed else f"failed: {o.reason.splitlines()[0][:160]}"
+        status = o.status if not o.failed else "failed (reason below)"
         rows.append((o.cube, f"{s.spectra}" if s else "-", f"{s.seconds:.1f}" if s else "-",
                      f"{s.flagged_fraction:.1%}" if s else "-", status))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -143,4 +143,8 @@ def format_table(outcomes: Sequence[CubeOutcome], seconds: float) -> str:
     rate = f" ({spectra_run / seconds:,.0f} spectra/s)" if seconds > 0 and spectra_run else ""
     lines.append(f"{len(outcomes)} cubes: {count['done']} done, {count['already done']} already done, "
                  f"{count['failed']} failed; {spectra_run} spectra processed in {seconds:.1f} s{rate}")
+    failed = [o for o in outcomes if o.failed]
+    if failed:
+        lines.append("failed:")
+        lines += [f"  {o.cube}: {' '.join(o.reason.split())}" for o in failed]
     return "\n".join(lines)
