@@ -55,7 +55,7 @@ class JobqueueBackend:
         if gpus:
             kwargs["processes"] = gpus  # one worker per GPU: cores and memory split between them
             kwargs["worker_command"] = GPU_WORKER_COMMAND
-            kwargs["worker_extra_args"] += ["--resources", ",".join(f"{k}={v}" for k, v in GPU_RESOURCE.items())]
+            kwargs["worker_extra_args"] += ["--resources", "GPU=1"]  # = GPU_RESOURCE, as the worker CLI spells it
             kwargs = self.gpu_request(kwargs, settings, gpus)
         return kwargs
 
