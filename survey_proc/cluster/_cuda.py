@@ -22,9 +22,12 @@ def local_cuda_cluster(workers: int | None = None):
         raise SurveyProcError("--cluster local-cuda needs dask-cuda, which is not installed "
                               "(pip install 'survey-proc[gpu]', on a machine with NVIDIA GPUs)") from exc
     settings = dict(config.get("cluster.local-cuda") or {})
+    devices = settings.get("devices")
+    if isinstance(devices, (list, tuple)):  # "0,1" from an environment variable arrives as (0, 1)
+        devices = ",".join(str(d) for d in devices)
     try:
         return LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=settings.get("devices"), n_workers=workers,
+            CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
             threads_per_worker=int(settings.get("threads-per-worker") or 1),
             memory_limit=settings.get("memory-limit", "auto"),
             rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False, jit_unspill=False,
