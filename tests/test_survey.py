@@ -208,3 +208,16 @@ def test_a_task_finding_its_region_done_does_not_rewrite_it(tmp_path, run_model,
     assert second.reused and not first.reused
     assert (second.spectra, second.checksum, second.fitted) == (first.spectra, first.checksum, first.fitted)
     assert chunk.stat().st_mtime_ns == stamp
+
+
+def test_cli_runs_several_cubes_given_on_the_command_line(three_cubes, run_model, tmp_path, capsys):
+    from survey_proc.cli import main
+
+    cubes = [str(three_cubes / "cubes" / f"gal{i}.zarr") for i in (0, 1)]
+    args = ["run", "--cube", cubes[0], "--cube", cubes[1], "--model", run_model, "--cluster", "none", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "m.zarr")]) == 2
+    assert "with several cubes use --out-dir" in capsys.readouterr().err
+    assert main(args + ["--out-dir", str(tmp_path / "maps")]) == 0
+    out = capsys.readouterr().out
+    assert "2 cubes: 2 done, 0 already done, 0 failed; 288 spectra processed" in out
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["gal0.maps.zarr", "gal1.maps.zarr"]

@@ -1,6 +1,6 @@
 """``--cluster local-cuda``: one dask-cuda worker per GPU of this machine (``LocalCUDACluster``).
 
-Each worker sees only its own GPU (``CUDA_VISIBLE_DEVICES`` is set per worker), so the model is
+Each worker has its own GPU first in ``CUDA_VISIBLE_DEVICES`` (set per worker), so the model is
 loaded on ``cuda`` = that GPU. No RMM pool is configured: torch's caching allocator manages the
 device memory, and an RMM pool would reserve most of it for nothing. Workers carry the resource
 ``GPU=1``; regions are submitted requiring it. Settings: ``survey_proc/cluster/local-cuda.yaml``.

@@ -6,7 +6,8 @@ dask-jobqueue classes to use and how the site asks for GPUs. Settings come from 
 which users override in ``~/.config/dask/``.
 
 A GPU job (``gpus-per-job > 0``) starts ``dask cuda worker`` (dask-cuda) instead of the plain
-worker: one worker process per GPU, each seeing only its own GPU, no RMM pool (torch keeps its
+worker: one worker process per GPU, each with its own GPU first in CUDA_VISIBLE_DEVICES (so
+``cuda`` = device 0 = its GPU), no RMM pool (torch keeps its
 own caching allocator), and every worker tagged with the resource ``GPU=1`` so that regions are
 only scheduled where a GPU is.
 """

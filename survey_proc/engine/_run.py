@@ -29,6 +29,7 @@ import xarray as xr
 import zarr
 
 from survey_proc import config
+from survey_proc.binning import PIXEL_MAP, write_pixel_maps
 from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.estimators import load_estimator, load_manifest
 from survey_proc.estimators._base import Manifest
@@ -158,6 +159,8 @@ def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_sn
         "model_sha256": manifest.sha256, "model": manifest.name, "estimator": manifest.estimator,
         "redshift": redshift, "min_snr": min_snr,
     }
+    if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
+        ident["binning"] = str(cube.attrs["binning"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -318,8 +321,6 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     if rc.progress and resumed and pending:
         print(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
-    from survey_proc.binning import PIXEL_MAP
-
     return CubeJob(rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names,
                    binned=PIXEL_MAP in cube)
 
@@ -340,8 +341,6 @@ def finish_cube(job: CubeJob, workers: int) -> RunSummary:
                          verified=True, workers=workers, flagged=int((flag != 0).sum()),
                          started=job.started or 0.0, finished=job.finished or 0.0)
     if job.binned:
-        from survey_proc.binning import write_pixel_maps
-
         summary.pixel_maps = write_pixel_maps(rc.cube, rc.out, job.names)
     grp = zarr.open_group(rc.out, mode="r+")
     grp.attrs.update({"status": "complete", "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -493,9 +492,12 @@ def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
 
     outcomes: dict[int, CubeOutcome] = {}
     index = {id(j): i for i, j in enumerate(jobs)}
-    state = {"workers": 0}
+    state: dict = {"client": None, "workers": 0}
 
     def on_close(job: CubeJob) -> None:
+        client = state["client"]
+        if client is not None:  # workers of batch jobs arrive during the run: count them now
+            state["workers"] = max(state["workers"], len(client.scheduler_info().get("workers", {})))
         outcome = _close(job, state["workers"])
         outcomes[index[id(job)]] = outcome
         if rc.progress and len(jobs) > 1:
@@ -507,8 +509,9 @@ def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
     todo = [j for j in jobs if j.pending]
     if todo:
         with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as client:
-            state["workers"] = len(client.scheduler_info()["workers"]) if client is not None else 1
+            state.update(client=client, workers=0 if client is not None else 1)
             _execute(client, todo, rc, on_close)
+        state["client"] = None
     for job in jobs:
         if not job.pending:
             on_close(job)
