@@ -24,16 +24,21 @@ def _packaged(backend: str) -> dict:
     return {f"survey-proc.cluster.{backend}": settings}
 
 
+@pytest.fixture()
+def jobqueue():
+    return pytest.importorskip("dask_jobqueue")  # the [hpc] extra (installed by .ci/run)
+
+
 @pytest.mark.parametrize("backend", ["slurm", "pbs"])
 @pytest.mark.parametrize("gpus", [0, 2])
-def test_job_scripts_match_golden_files(backend, gpus):
+def test_job_scripts_match_golden_files(backend, gpus, jobqueue):
     name = f"{backend}{'-gpu' if gpus else ''}-job.sh"
     with dask.config.set(_packaged(backend)), dask.config.set({f"survey-proc.cluster.{backend}.gpus-per-job": gpus}):
         script = job_script(backend).replace(sys.executable, "PYTHON")
     assert script == (GOLDEN / name).read_text()
 
 
-def test_gpu_jobs_request_gpus_and_tag_workers():
+def test_gpu_jobs_request_gpus_and_tag_workers(jobqueue):
     with dask.config.set(_packaged("slurm")), dask.config.set({"survey-proc.cluster.slurm.gpus-per-job": 4,
                                                                "survey-proc.cluster.slurm.job.cores": 16}):
         script = job_script("slurm")
@@ -47,7 +52,7 @@ def test_gpu_jobs_request_gpus_and_tag_workers():
         assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=94GB" in job_script("pbs")
 
 
-def test_user_config_overrides_packaged_defaults():
+def test_user_config_overrides_packaged_defaults(jobqueue):
     with dask.config.set({"survey-proc.cluster.slurm.job.queue": "gpu-long",
                           "survey-proc.cluster.slurm.job.account": "astro42",
                           "survey-proc.cluster.slurm.job.job-script-prologue": ["source ~/venv/bin/activate"]}):
@@ -84,7 +89,7 @@ def test_local_cuda_without_dask_cuda_says_what_to_install():
         pytest.skip("dask-cuda is installed here")
 
 
-def test_cli_prints_the_job_script():
+def test_cli_prints_the_job_script(jobqueue):
     proc = subprocess.run([sys.executable, "-m", "survey_proc", "cluster", "job-script", "--cluster", "pbs"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -432,7 +432,7 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
         resources = cluster_kind(rc.cluster).resources
         feeder = _Feeder(jobs, int(config.get("survey.concurrent-cubes", 4)))
         queue_per_thread = int(config.get("survey.tasks-per-thread", 2))
-        pending_futures = as_completed()
+        pending_futures = as_completed(loop=client.loop)  # this client's loop, not the default client's
 
         def top_up() -> None:
             queued = max(8, queue_per_thread * _worker_threads(client) + 2)
