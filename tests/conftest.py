@@ -51,21 +51,9 @@ def robust_sigma(x) -> float:
 
 
 @pytest.fixture(scope="session")
-def run_model(tmp_path_factory) -> str:
-    """A model for engine tests: the packaged default if there is one, else a toy bundle trained here."""
-    from survey_proc.errors import ModelError
-    from survey_proc.estimators import resolve_model
-
-    try:
-        return str(resolve_model("default").parent)
-    except (ModelError, FileNotFoundError):  # no packaged model yet (no models/ folder at all)
-        pass
-    from survey_proc.training._dataset import TrainsetConfig
-    from survey_proc.training._train import TrainConfig, train
-
-    cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=512, batch=512, seed=3), n_val=256, n_test=256,
-                      epochs=1, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1)
-    return str(train(cfg, tmp_path_factory.mktemp("toy-model"), progress=False))
+def run_model(default_bundle) -> str:
+    """The model of engine-scale tests (survey, binning, killed workers): the packaged default bundle."""
+    return str(default_bundle)
 
 
 def write_small_mock(path: Path, seed: int, n: int = 12, chunk: int = 8, **kw) -> Path:
