@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from survey_proc import config
+from survey_proc.errors import SurveyProcError
 
 
 def _positive_int(text: str) -> int:
@@ -69,12 +70,60 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from survey_proc.engine import RunConfig, run
+    import dataclasses
 
-    summary = run(RunConfig(cube=args.cube, out=args.out, model=args.model, cluster=args.cluster,
-                            workers=args.workers, redshift=args.redshift, min_snr=args.min_snr,
-                            overwrite=args.overwrite, progress=not args.quiet))
-    print(summary.format())
+    from survey_proc.engine import RunConfig, configs_for, format_table, read_survey, run, run_many
+
+    cubes = args.cube or []
+    if not cubes and not args.survey:
+        raise SurveyProcError("give the cube(s) to run: --cube CUBE (repeat it for several) or --survey FILE")
+    if args.out and (len(cubes) > 1 or args.survey):
+        raise SurveyProcError("--out names the maps of one cube; with several cubes use --out-dir "
+                              "(or 'out' per cube in the survey file)")
+    base = RunConfig(cube="", out=args.out, model=args.model, cluster=args.cluster, workers=args.workers,
+                     redshift=args.redshift, min_snr=args.min_snr, overwrite=args.overwrite,
+                     progress=not args.quiet, device=args.device)
+    if len(cubes) == 1 and not args.survey and not args.out_dir:
+        print(run(dataclasses.replace(base, cube=cubes[0])).format())
+        return 0
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    configs = read_survey(args.survey, base, out_dir=out_dir) if args.survey else []
+    configs += configs_for([{"cube": c} for c in cubes], base, out_dir=out_dir)
+    t0 = time.perf_counter()
+    outcomes = run_many(configs)
+    print(format_table(outcomes, time.perf_counter() - t0))
+    failed = sum(o.failed for o in outcomes)
+    if failed:
+        print(f"survey-proc run: {failed} of {len(outcomes)} cubes failed (see the table); the others are "
+              "complete, and rerunning the same command retries only what is not done", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bin(args: argparse.Namespace) -> int:
+    from survey_proc.binning import BinConfig, bin_cube, plot_bins
+
+    cfg = BinConfig(target_snr=args.target_snr, min_snr=args.min_snr,
+                    wave_range=tuple(args.wave_range) if args.wave_range else None,
+                    objects_per_chunk=args.chunk, overwrite=args.overwrite)
+    info = bin_cube(args.cube, args.out, cfg, progress=not args.quiet)
+    png = plot_bins(info, Path(args.out).with_suffix(".bins.png"), title=f"{args.cube}: Voronoi bins")
+    print(f"{info['spaxels']} spaxels -> {info['bins']} bins at target S/N {cfg.resolved().target_snr:g} per A "
+          f"(median expected bin S/N {info['median_bin_snr']:.1f}; {info['single_spaxel_bins']} single-spaxel "
+          f"bins; largest {info['max_spaxels_per_bin']} spaxels; {info['left_out']} spaxels below the minimum "
+          f"S/N left out) in {info['seconds']:.1f} s\n"
+          f"catalogue of bins written to {args.out} (pixel -> bin map: variable 'bin_id'); bin map: {png}\n"
+          f"run it with: survey-proc run --cube {args.out}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from survey_proc.cluster import PLACEHOLDER_ADDRESS, job_script
+
+    if args.action == "job-script":
+        print(job_script(args.cluster), end="")
+        print(f"# (the scheduler address {PLACEHOLDER_ADDRESS} and the worker name are filled in when "
+              f"`survey-proc run --cluster {args.cluster}` submits the jobs)", file=sys.stderr)
     return 0
 
 
@@ -217,19 +266,43 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("name", choices=["muse-minicube"])
     e.set_defaults(func=cmd_example)
 
-    r = sub.add_parser("run", help="map an estimator over every spectrum of a cube")
-    r.add_argument("--cube", required=True)
-    r.add_argument("--out", help="maps store (default: <cube>.maps.zarr beside the cube)")
-    r.add_argument("--model", help="packaged model name or bundle folder (default: %(default)s)",
-                   default=config.get("run.model"))
-    r.add_argument("--cluster", help="local | none | scheduler address (default: %(default)s)",
-                   default=config.get("run.cluster"))
-    r.add_argument("--workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
+    r = sub.add_parser("run", help="map an estimator over every spectrum of a cube, or of many cubes")
+    r.add_argument("--cube", action="append", help="cube or spectra catalogue store; repeat for several cubes")
+    r.add_argument("--survey", help="YAML file listing the cubes (paths or globs, each with its redshift "
+                                    "and options); see docs/survey.md")
+    r.add_argument("--out", help="maps store of a single cube (default: <cube>.maps.zarr beside the cube)")
+    r.add_argument("--out-dir", help="folder for the maps of several cubes (<name>.maps.zarr each)")
+    r.add_argument("--model", help=f"packaged model name or bundle folder (default: {config.get('run.model')})")
+    r.add_argument("--cluster", help="local | local-cuda | slurm | pbs | none | scheduler address "
+                                     "(default: %(default)s)", default=config.get("run.cluster"))
+    r.add_argument("--workers", type=_positive_int, help="workers (default: one per core; local-cuda: one per "
+                                                         "GPU; slurm/pbs: the configured number of jobs)")
+    r.add_argument("--device", choices=["cpu", "cuda"], help="where workers run the model (default: cuda on "
+                                                             "GPU clusters, else cpu)")
     r.add_argument("--redshift", type=float, help="override the cube's redshift")
     r.add_argument("--min-snr", type=float, help="S/N per Angstrom under which spectra are flagged low_snr")
     r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bin", help="Voronoi-bin a cube to a target S/N: a spectra catalogue of bins + pixel map")
+    b.add_argument("cube", help="cube store (y, x, wave)")
+    b.add_argument("out", help="catalogue store to write (object, wave)")
+    b.add_argument("--target-snr", type=float, help=f"S/N per Angstrom of each bin "
+                                                    f"(default: {config.get('bin.target-snr')})")
+    b.add_argument("--min-snr", type=float, help="spaxels below this S/N per Angstrom are left out "
+                                                 f"(default: {config.get('bin.min-snr')})")
+    b.add_argument("--wave-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="rest-frame Angstrom where S/N is measured (default: the whole cube)")
+    b.add_argument("--chunk", type=_positive_int, help="bins per chunk of the catalogue (= per region of a run)")
+    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bin)
+
+    c = sub.add_parser("cluster", help="cluster helpers: print the batch job script of --cluster slurm|pbs")
+    c.add_argument("action", choices=["job-script"])
+    c.add_argument("--cluster", required=True, choices=["slurm", "pbs"])
+    c.set_defaults(func=cmd_cluster)
 
     v = sub.add_parser("validate", help="check that a store follows the cube / catalogue schema")
     v.add_argument("store")
@@ -277,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from survey_proc.engine import RunInterrupted
-    from survey_proc.errors import SurveyProcError
 
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()

@@ -15,12 +15,14 @@ import dask.config
 import yaml
 
 _DEFAULTS_FILE = Path(__file__).with_name("survey-proc.yaml")
+#: packaged cluster defaults (survey-proc.cluster.<backend>), installed as package data
+_CLUSTER_FILES = sorted((Path(__file__).parent / "cluster").glob("*.yaml"))
 
 
 def _register_defaults() -> None:
-    with open(_DEFAULTS_FILE) as f:
-        defaults = yaml.safe_load(f)
-    dask.config.update_defaults(defaults)
+    for path in (_DEFAULTS_FILE, *_CLUSTER_FILES):
+        with open(path) as f:
+            dask.config.update_defaults(yaml.safe_load(f))
 
 
 _register_defaults()

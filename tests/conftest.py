@@ -48,3 +48,17 @@ def robust_sigma(x) -> float:
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+@pytest.fixture(scope="session")
+def run_model(default_bundle) -> str:
+    """The model of engine-scale tests (survey, binning, killed workers): the packaged default bundle."""
+    return str(default_bundle)
+
+
+def write_small_mock(path: Path, seed: int, n: int = 12, chunk: int = 8, **kw) -> Path:
+    """A small mock cube (n x n spaxels, chunks of ``chunk``) for survey-scale tests."""
+    from survey_proc.synth import MockConfig, write_mock
+
+    write_mock(path, MockConfig(nx=n, ny=n, seed=seed, snr=30.0, chunk=chunk, **kw))
+    return path

@@ -3,6 +3,8 @@
 :func:`estimate_region` is the pure part (arrays in, arrays out); :func:`process_region` adds the
 reads and writes. The region's outputs are written first and its ``region_done`` marker last, each
 chunk write being atomic, so a region is either complete and marked or recomputed on the next run.
+A task that finds its region already marked (its first attempt's worker died after marking, before
+reporting back) returns what is recorded without writing the region again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
+from survey_proc.errors import CubeError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import estimator_meta, prepare
@@ -49,6 +52,7 @@ class RegionResult:
     checksum: int
     worker: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    reused: bool = False  #: the region was found complete and was not written again
 
 
 def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
@@ -127,21 +131,62 @@ def _open(path: str, mode: str) -> zarr.Group:
     return zarr.open_group(path, mode=mode, zarr_format=3)
 
 
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
+def flag_counts(flags: np.ndarray) -> tuple[dict[str, int], int]:
+    """Spectra per flag bit, and spectra fitted (no NOT_FITTED bit)."""
+    counts = {f.name.lower(): int(((flags & np.uint8(f)) != 0).sum()) for f in Flag}
+    return counts, int(((flags & np.uint8(NOT_FITTED)) == 0).sum())
+
+
+def _recorded_result(out: zarr.Group, region: Region, index: tuple, marker: tuple, t0: float) -> RegionResult:
+    """The result of a region already complete in the store (nothing is written)."""
+    flags = np.asarray(out["flag"][index])
+    counts, fitted = flag_counts(flags)
+    return RegionResult(key=region.key, spectra=int(out["region_spectra"][marker].item()), fitted=fitted,
+                        flag_counts=counts, seconds=time.perf_counter() - t0, estimator_seconds=0.0,
+                        checksum=int(out["region_checksum"][marker].item()), worker=_worker_name(), reused=True)
+
+
+def read_region_inputs(cube_path: str, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``flux``, ``var``, ``mask`` of a region; a chunk that cannot be read raises a CubeError naming it."""
+    cube = _open(cube_path, "r")
+    index = tuple(slice(a, b) for _, a, b in region.slices)
+    arrays = []
+    for name in ("flux", "var", "mask"):
+        try:
+            arrays.append(np.asarray(cube[name][index]))
+        except Exception as exc:  # a truncated or corrupt chunk: the codec's own error type
+            where = ", ".join(f"{d} {a}:{b}" for d, a, b in region.slices)
+            raise CubeError(f"{cube_path}: variable '{name}' cannot be read at {region.key} ({where}): "
+                            f"{type(exc).__name__}: {exc} (the store is damaged there)") from None
+    return arrays[0], arrays[1], arrays[2]
+
+
 def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     """Read, estimate and write one region; returns counts and a checksum of what was written."""
     t0 = time.perf_counter()
-    estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
-    cube = _open(opts.cube, "r")
     sel = region.selection()
     dims = tuple(d for d, _, _ in region.slices)
     index = tuple(sel[d] for d in dims)
-    flux = np.asarray(cube["flux"][index])
-    var = np.asarray(cube["var"][index])
-    mask = np.asarray(cube["mask"][index])
+    marker = tuple(slice(i, i + 1) for i in region.index)
+    out = _open(opts.out, "r+")
+    if out["region_done"][marker].item():
+        return _recorded_result(out, region, index, marker, t0)
+    estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
+    flux, var, mask = read_region_inputs(opts.cube, region)
     t_read = time.perf_counter()
     spatial_shape = flux.shape[:-1]
     n = int(np.prod(spatial_shape))
     redshift: float | np.ndarray = opts.redshift
+    cube = _open(opts.cube, "r")
     if "redshift" in cube and dims == ("object",):  # catalogues carry one redshift per object
         redshift = np.asarray(cube["redshift"][index], np.float64)
     wave, lsf = _wave_and_lsf(opts.cube)
@@ -153,26 +198,17 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     arrays = {name: values.reshape(spatial_shape + values.shape[1:]) for name, values in outputs.items()}
     arrays["flag"] = flags.reshape(spatial_shape)
     arrays["snr"] = snr.reshape(spatial_shape)
-    out = _open(opts.out, "r+")
     for name, values in arrays.items():
         out[name][index] = values
     checksum = region_checksum(arrays)
-    marker = tuple(slice(i, i + 1) for i in region.index)
     out["region_spectra"][marker] = np.full((1,) * len(marker), n, np.int32)
     out["region_checksum"][marker] = np.full((1,) * len(marker), checksum, np.uint32)
     out["region_done"][marker] = np.ones((1,) * len(marker), np.uint8)  # last: marks completion
     t_end = time.perf_counter()
 
-    counts = {f.name.lower(): int(((flags & np.uint8(f)) != 0).sum()) for f in Flag}
-    fitted = int(((flags & np.uint8(NOT_FITTED)) == 0).sum())
-    try:
-        from distributed import get_worker
-
-        worker = get_worker().address
-    except (ImportError, ValueError):
-        worker = "local"
+    counts, fitted = flag_counts(flags)
     return RegionResult(key=region.key, spectra=n, fitted=fitted, flag_counts=counts, seconds=t_end - t0,
-                        estimator_seconds=est_seconds, checksum=checksum, worker=worker,
+                        estimator_seconds=est_seconds, checksum=checksum, worker=_worker_name(),
                         timings={"read": t_read - t0, "estimate": t_est - t_read, "write": t_end - t_est})
 
 

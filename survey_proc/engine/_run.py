@@ -1,11 +1,18 @@
-"""Orchestration of a run: template -> setup -> per-region tasks -> verification -> summary.
+"""Orchestration of a run over one cube or many: setup -> per-region tasks -> verification -> summary.
 
-1. open and validate the cube; read (and verify) the model's manifest; smoke-load the estimator
-   so a corrupt model fails before any cluster starts;
+1. open and validate each cube; read (and verify) the model's manifest; smoke-load the estimator
+   so a corrupt model fails before any cluster starts (:func:`prepare_cube`);
 2. write the maps store's metadata (or, if it exists from the same run, resume it);
-3. submit one task per region that is not marked done, on the Dask client, with retries, showing
-   progress; a worker that dies has its region recomputed elsewhere;
-4. verify every region (marker, spectra count, CRC-32 of the stored outputs) and print a summary.
+3. submit one task per region not marked done, on one Dask client shared by all cubes: regions of
+   several cubes are in flight together (round-robin over ``run.concurrent-cubes`` cubes, at most
+   a few tasks per worker thread queued), with retries; a worker that dies has its region
+   recomputed elsewhere, and a task finding its region already marked done does not rewrite it;
+4. as soon as a cube's regions are all back, verify every region (marker, spectra count, CRC-32 of
+   the stored outputs), write pixel maps for a binned input, and summarise (:func:`finish_cube`).
+
+A cube that cannot be opened, or whose regions keep failing, is reported as failed with its
+reason while the other cubes carry on (:func:`run_many`); :func:`run` is the one-cube case and
+raises instead.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,10 +29,18 @@ import xarray as xr
 import zarr
 
 from survey_proc import config
+from survey_proc.binning import PIXEL_MAP, write_pixel_maps
 from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.estimators import load_estimator, load_manifest
 from survey_proc.estimators._base import Manifest
-from survey_proc.engine._region import RegionOptions, RegionResult, process_region, read_region_outputs, region_checksum
+from survey_proc.engine._region import (
+    RegionOptions,
+    RegionResult,
+    flag_counts,
+    process_region,
+    read_region_outputs,
+    region_checksum,
+)
 from survey_proc.engine._template import (
     Region,
     make_regions,
@@ -35,7 +50,6 @@ from survey_proc.engine._template import (
     template_encoding,
 )
 from survey_proc.stores._cube import SPECTRAL_DIM, consolidate, open_spectral_store, spatial_dims
-from survey_proc.stores._maps import NOT_FITTED, Flag
 
 
 class RunInterrupted(SurveyProcError):
@@ -56,18 +70,22 @@ class RunConfig:
     min_snr: float | None = None
     overwrite: bool = False
     progress: bool = True
-    device: str = "cpu"
+    device: str | None = None  #: cpu | cuda; None: what the cluster provides (cuda on local-cuda)
     retries: int | None = None
 
     def resolved(self) -> RunConfig:
+        from survey_proc.cluster import cluster_kind
+
         get = config.get
+        cluster = self.cluster or get("run.cluster")
         return RunConfig(
             cube=str(Path(self.cube)), out=str(self.out or default_output(self.cube)),
-            model=self.model or get("run.model"), cluster=self.cluster or get("run.cluster"),
+            model=self.model or get("run.model"), cluster=cluster,
             workers=self.workers if self.workers is not None else get("run.workers"),
             threads_per_worker=self.threads_per_worker or get("run.threads-per-worker"),
             redshift=self.redshift, min_snr=self.min_snr, overwrite=self.overwrite, progress=self.progress,
-            device=self.device, retries=self.retries if self.retries is not None else get("run.retries"))
+            device=self.device or cluster_kind(cluster).device,
+            retries=self.retries if self.retries is not None else get("run.retries"))
 
 
 @dataclass
@@ -87,6 +105,14 @@ class RunSummary:
     flag_counts: dict[str, int] = field(default_factory=dict)
     verified: bool = False
     workers: int = 0
+    flagged: int = 0  #: spectra with any flag bit set
+    pixel_maps: str = ""  #: group holding maps on the pixel grid (binned inputs)
+    started: float = 0.0  #: time.perf_counter() of the first region submitted (0: none ran)
+    finished: float = 0.0  #: time.perf_counter() of the last region back
+
+    @property
+    def flagged_fraction(self) -> float:
+        return self.flagged / self.spectra if self.spectra else float("nan")
 
     @property
     def spectra_per_s(self) -> float:
@@ -113,6 +139,8 @@ class RunSummary:
             f"checks: {'every region verified (marker, count, CRC-32)' if self.verified else 'NOT VERIFIED'}",
             f"maps written to {self.out}",
         ]
+        if self.pixel_maps:
+            lines.append(f"maps on the pixel grid in its group '{self.pixel_maps}'")
         return "\n".join(lines)
 
 
@@ -131,6 +159,8 @@ def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_sn
         "model_sha256": manifest.sha256, "model": manifest.name, "estimator": manifest.estimator,
         "redshift": redshift, "min_snr": min_snr,
     }
+    if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
+        ident["binning"] = str(cube.attrs["binning"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -213,16 +243,69 @@ def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: f
     }
 
 
-def run(rc: RunConfig) -> RunSummary:
-    """Run an estimator over every spectrum of a cube (or catalogue) and write the maps store."""
-    from survey_proc.cluster import make_client
+@dataclass
+class CubeJob:
+    """One cube on its way through a run: options, model, its regions, what is left, what came back."""
 
+    rc: RunConfig
+    manifest: Manifest
+    regions: list[Region]
+    pending: list[Region]
+    opts: RegionOptions
+    names: list[str]
+    binned: bool = False  #: the input is a binned catalogue carrying a pixel->bin map
+    results: list[RegionResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  #: regions that failed after their retries, and why
+    abandoned: bool = False  #: too many regions failed: the rest of the cube is not attempted
+    submitted: int = 0
+    returned: int = 0  #: submitted tasks back: results, failures and cancellations
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing of this cube is left to submit or in flight."""
+        return self.submitted == self.returned and (self.abandoned or self.submitted == len(self.pending))
+
+    def fail_region(self, message: str, limit: int) -> bool:
+        """Record a failed region; True when this makes the cube abandoned (``limit`` failures)."""
+        self.failures.append(message)
+        if len(self.failures) >= limit and not self.abandoned:
+            self.abandoned = True
+            return True
+        return False
+
+    def failure_summary(self) -> str | None:
+        if not self.failures:
+            return None
+        more = len(self.failures) - 1
+        tail = f" ({more} more region(s) failed{', the rest not attempted' if self.abandoned else ''})" if more else ""
+        return f"{self.failures[0]}{tail}. Finished regions are kept; rerun to resume."
+
+
+@dataclass
+class CubeOutcome:
+    """What became of one cube of a batch: ``done``, ``already done`` or ``failed`` (with the reason)."""
+
+    cube: str
+    out: str
+    status: str
+    reason: str = ""
+    summary: RunSummary | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+def prepare_cube(rc: RunConfig) -> CubeJob:
+    """Validate the cube and the model, write (or resume) the maps store; returns the regions left."""
     rc = rc.resolved()
-    t0 = time.perf_counter()
     cube = open_spectral_store(rc.cube, require_redshift=rc.redshift is None)
     redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
     manifest = load_manifest(rc.model)
-    load_estimator(rc.model, device=rc.device)  # fail fast on a file that will not load
+    load_estimator(rc.model, device="cpu")  # fail fast on a file that will not load (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
     _check_coverage(cube, manifest, redshift, rc.cube)
 
@@ -233,78 +316,244 @@ def run(rc: RunConfig) -> RunSummary:
     regions = make_regions({d: cube.sizes[d] for d in dims}, spatial_chunks(cube))
     pending = _pending(rc.out, regions) if resumed else regions
     opts = RegionOptions(cube=str(Path(rc.cube).resolve()), out=str(Path(rc.out).resolve()),
-                         model=str(manifest.path), redshift=redshift, min_snr=min_snr, device=rc.device,
+                         model=str(manifest.path), redshift=redshift, min_snr=min_snr, device=str(rc.device),
                          threads=int(rc.threads_per_worker))
-    if rc.progress and resumed:
-        print(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
-
-    results: list[RegionResult] = []
-    n_workers = 0
-    t_compute = time.perf_counter()
-    if pending:
-        with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as client:
-            n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-            results = _execute(client, pending, opts, rc)
-    elapsed = time.perf_counter() - t_compute
-
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
-    problems = verify(rc.out, regions, names)
+    if rc.progress and resumed and pending:
+        print(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
+    return CubeJob(rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names,
+                   binned=PIXEL_MAP in cube)
+
+
+def finish_cube(job: CubeJob, workers: int) -> RunSummary:
+    """Verify every region of a cube whose tasks are all back, record the summary in the store."""
+    rc = job.rc
+    problems = verify(rc.out, job.regions, job.names)
     if problems:
         raise SurveyProcError(f"{rc.out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
     flag = np.asarray(zarr.open_group(rc.out, mode="r")["flag"][...])
-    counts = {f.name.lower(): int(((flag & np.uint8(f)) != 0).sum()) for f in Flag}
-    fitted = int(((flag & np.uint8(NOT_FITTED)) == 0).sum())
-    summary = RunSummary(cube=rc.cube, out=rc.out, model_id=manifest.model_id, spectra=int(flag.size),
-                         fitted=fitted, regions=len(regions), regions_run=len(results),
-                         regions_skipped=len(regions) - len(pending), seconds=elapsed,
-                         estimator_seconds=sum(r.estimator_seconds for r in results), flag_counts=counts,
-                         verified=True, workers=n_workers)
+    counts, fitted = flag_counts(flag)
+    elapsed = (job.finished - job.started) if job.started is not None and job.finished is not None else 0.0
+    summary = RunSummary(cube=rc.cube, out=rc.out, model_id=job.manifest.model_id, spectra=int(flag.size),
+                         fitted=fitted, regions=len(job.regions), regions_run=len(job.results),
+                         regions_skipped=len(job.regions) - len(job.pending), seconds=elapsed,
+                         estimator_seconds=sum(r.estimator_seconds for r in job.results), flag_counts=counts,
+                         verified=True, workers=workers, flagged=int((flag != 0).sum()),
+                         started=job.started or 0.0, finished=job.finished or 0.0)
+    if job.binned:
+        summary.pixel_maps = write_pixel_maps(rc.cube, rc.out, job.names)
     grp = zarr.open_group(rc.out, mode="r+")
     grp.attrs.update({"status": "complete", "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "spectra": summary.spectra, "fitted": fitted,
-                      "flag_counts": json.dumps(counts), "wall_seconds_last_run": time.perf_counter() - t0})
+                      "spectra": summary.spectra, "fitted": fitted, "flag_counts": json.dumps(counts)})
+    if job.results:
+        grp.attrs["wall_seconds_last_run"] = elapsed
     consolidate(rc.out)
     return summary
 
 
-def _execute(client, pending: list[Region], opts: RegionOptions, rc: RunConfig) -> list[RegionResult]:
-    """Run the pending regions, with a progress bar; Ctrl-C cancels and reports how to resume."""
+def _failure_reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, SurveyProcError) else f"{type(exc).__name__}: {exc}"
+
+
+def _close(job: CubeJob, workers: int) -> CubeOutcome:
+    """The outcome of a job whose tasks are all back (or that failed)."""
+    rc = job.rc
+    job.error = job.error or job.failure_summary()
+    if job.error is None:
+        try:
+            summary = finish_cube(job, workers)
+        except Exception as exc:  # a cube that cannot be verified fails alone
+            job.error = _failure_reason(exc)
+        else:
+            return CubeOutcome(rc.cube, rc.out, "done" if job.pending else "already done", summary=summary)
+    return CubeOutcome(rc.cube, rc.out, "failed", reason=job.error)
+
+
+class _Feeder:
+    """Regions to submit next: round-robin over a few active cubes, the next cube joining when one is out."""
+
+    def __init__(self, jobs: list[CubeJob], concurrent: int) -> None:
+        self.waiting = deque(j for j in jobs if j.pending)
+        self.active: deque[tuple[CubeJob, deque[Region]]] = deque()
+        self.concurrent = max(1, concurrent)
+
+    def next(self) -> tuple[CubeJob, Region] | None:
+        while len(self.active) < self.concurrent and self.waiting:
+            job = self.waiting.popleft()
+            self.active.append((job, deque(job.pending)))
+        while self.active:
+            job, todo = self.active.popleft()
+            if job.abandoned or not todo:
+                continue
+            region = todo.popleft()
+            if todo:
+                self.active.append((job, todo))
+            return job, region
+        return None
+
+
+def _worker_threads(client) -> int:
+    workers = client.scheduler_info().get("workers", {})
+    return sum(int(w.get("nthreads", 1)) for w in workers.values())
+
+
+def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
+    """Run the pending regions of every job; ``on_close(job)`` as soon as a job's tasks are all back.
+
+    Ctrl-C cancels what is in flight and raises :class:`RunInterrupted`.
+    """
     from tqdm import tqdm
 
-    total = sum(r.size for r in pending)
-    bar = tqdm(total=total, unit="spec", desc="regions", disable=not rc.progress, smoothing=0.1)
-    results: list[RegionResult] = []
-    futures: list = []
+    from survey_proc.cluster import cluster_kind
+
+    total = sum(r.size for j in jobs for r in j.pending)
+    bar = tqdm(total=total, unit="spec", desc="spectra", disable=not rc.progress, smoothing=0.1)
+    inflight: dict = {}
     try:
+        max_failed = int(config.get("survey.max-failed-regions", 3))
         if client is None:  # --cluster none: in this process, one region after another
-            for region in pending:
-                results.append(process_region(region, opts))
-                bar.update(region.size)
-            return results
+            for job in jobs:
+                job.started = time.perf_counter()
+                for region in job.pending:
+                    if job.abandoned:
+                        break
+                    job.submitted += 1
+                    try:
+                        job.results.append(process_region(region, job.opts))
+                        bar.update(region.size)
+                    except Exception as exc:
+                        job.fail_region(f"{region.key} failed: {_failure_reason(exc)}", max_failed)
+                    job.returned += 1
+                job.finished = time.perf_counter()
+                on_close(job)
+            return
         from distributed import as_completed
 
-        futures = [client.submit(process_region, r, opts, key=f"{r.key}-{opts.out}", retries=int(rc.retries),
-                                 pure=False) for r in pending]
-        for future in as_completed(futures):
-            try:
+        resources = cluster_kind(rc.cluster).resources
+        feeder = _Feeder(jobs, int(config.get("survey.concurrent-cubes", 4)))
+        queue_per_thread = int(config.get("survey.tasks-per-thread", 2))
+        pending_futures = as_completed(loop=client.loop)  # this client's loop, not the default client's
+
+        def top_up() -> None:
+            queued = max(8, queue_per_thread * _worker_threads(client) + 2)
+            while len(inflight) < queued:
+                nxt = feeder.next()
+                if nxt is None:
+                    return
+                job, region = nxt
+                if job.started is None:
+                    job.started = time.perf_counter()
+                future = client.submit(process_region, region, job.opts, key=f"{region.key}-{job.opts.out}",
+                                       retries=int(rc.retries), pure=False, resources=resources)
+                job.submitted += 1
+                inflight[future.key] = (job, region, future)
+                pending_futures.add(future)
+
+        top_up()
+        for future in pending_futures:
+            job, region, _ = inflight.pop(future.key)
+            job.returned += 1
+            if future.cancelled():
+                pass
+            elif future.status == "error":
+                exc = future.exception()
+                message = f"{region.key} failed after {rc.retries} retries: {_failure_reason(exc)}"
+                if job.fail_region(message, max_failed):  # give up on this cube: cancel its queued regions
+                    for other_job, _, other in list(inflight.values()):
+                        if other_job is job:
+                            other.cancel()
+            else:
                 result = future.result()
-            except Exception as exc:
-                for f in futures:
-                    f.cancel()
-                raise SurveyProcError(f"a region failed after {rc.retries} retries: "
-                                      f"{type(exc).__name__}: {exc}. Finished regions are kept; rerun to resume.") from exc
-            results.append(result)
-            bar.update(result.spectra)
-        seen = Counter(r.key for r in results)
-        dup = [k for k, c in seen.items() if c > 1]
-        if dup:
-            raise SurveyProcError(f"regions reported twice: {', '.join(dup)}")
-        return results
+                job.results.append(result)
+                bar.update(result.spectra)
+            if job.settled and job.finished is None:
+                job.finished = time.perf_counter()
+                dup = [k for k, c in Counter(r.key for r in job.results).items() if c > 1]
+                if dup:
+                    job.error = f"regions reported twice: {', '.join(dup)}"
+                on_close(job)
+            top_up()
     except KeyboardInterrupt:
+        futures = [f for *_, f in inflight.values()]
         if futures:
             client.cancel(futures)
+        done = sum(len(j.results) for j in jobs)
         raise RunInterrupted(
-            f"interrupted: {len(results)} of {len(pending)} pending regions finished and are kept in "
-            f"{rc.out}; run the same command again to resume") from None
+            f"interrupted: {done} of {sum(len(j.pending) for j in jobs)} pending regions finished and are kept "
+            f"in {', '.join(j.rc.out for j in jobs[:3])}{' ...' if len(jobs) > 3 else ''}; run the same "
+            "command again to resume") from None
     finally:
         bar.close()
+
+
+def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
+    """Run prepared jobs on one client (started only if a region is left); outcomes in job order."""
+    from survey_proc.cluster import make_client
+
+    outcomes: dict[int, CubeOutcome] = {}
+    index = {id(j): i for i, j in enumerate(jobs)}
+    state: dict = {"client": None, "workers": 0}
+
+    def on_close(job: CubeJob) -> None:
+        client = state["client"]
+        if client is not None:  # workers of batch jobs arrive during the run: count them now
+            state["workers"] = max(state["workers"], len(client.scheduler_info().get("workers", {})))
+        outcome = _close(job, state["workers"])
+        outcomes[index[id(job)]] = outcome
+        if rc.progress and len(jobs) > 1:
+            from tqdm import tqdm
+
+            tqdm.write(f"{outcome.cube}: {outcome.status}" + (f" ({outcome.reason.splitlines()[0]})"
+                                                                 if outcome.failed else ""))
+
+    todo = [j for j in jobs if j.pending]
+    if todo:
+        with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as client:
+            state.update(client=client, workers=0 if client is not None else 1)
+            _execute(client, todo, rc, on_close)
+        state["client"] = None
+    for job in jobs:
+        if not job.pending:
+            on_close(job)
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def run(rc: RunConfig) -> RunSummary:
+    """Run an estimator over every spectrum of a cube (or catalogue) and write the maps store."""
+    job = prepare_cube(rc)
+    outcome = run_jobs([job], job.rc)[0]
+    if outcome.failed:
+        raise SurveyProcError(f"{job.rc.cube}: {outcome.reason}")
+    assert outcome.summary is not None
+    return outcome.summary
+
+
+def run_many(rcs: list[RunConfig]) -> list[CubeOutcome]:
+    """Run several cubes on one shared client; a cube that fails is reported and the rest carry on.
+
+    Execution options (cluster, workers, threads, retries, progress) are those of the first config.
+    """
+    if not rcs:
+        return []
+    outs: dict[str, str] = {}
+    for rc in rcs:
+        key = str(Path(rc.out or default_output(rc.cube)).resolve())
+        if key in outs:
+            raise SurveyProcError(f"cubes {outs[key]} and {rc.cube} would both write {rc.out or key}; list a "
+                                  "cube once, or give each its own output")
+        outs[key] = str(rc.cube)
+    outcomes: list[CubeOutcome | None] = []
+    jobs: list[CubeJob] = []
+    for rc in rcs:
+        try:
+            job = prepare_cube(rc)
+        except Exception as exc:  # missing, corrupt or invalid cube: report it, carry on
+            out = str(rc.out or default_output(rc.cube))
+            outcomes.append(CubeOutcome(str(rc.cube), out, "failed", reason=_failure_reason(exc)))
+            if rc.progress:
+                print(f"{rc.cube}: failed ({_failure_reason(exc).splitlines()[0]})")
+            continue
+        jobs.append(job)
+        outcomes.append(None)
+    ran = iter(run_jobs(jobs, rcs[0].resolved()) if jobs else [])
+    return [o if o is not None else next(ran) for o in outcomes]

@@ -3,15 +3,56 @@
 The scripted module returns a ``Dict[str, Tensor]`` with every output of the manifest in physical
 units (label scaling lives inside the module), ``<name>_err`` where declared, and the scores used
 by the manifest's flag rules (e.g. ``ood_score``).
+
+On a GPU, batches go through one pinned (page-locked) host buffer with asynchronous copies, the
+batch size is chosen from the device's free memory (``survey-proc.gpu.*``), and the threads of a
+worker take turns on the device (a lock), so reads and preprocessing of other regions overlap
+with inference while torch's caching allocator alone manages the device memory.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
+from survey_proc import config
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Manifest
+
+
+def gpu_batch_size(free_bytes: float, bytes_per_spectrum: float, fraction: float, lo: int, hi: int) -> int:
+    """Spectra per forward pass: a power of two using ``fraction`` of ``free_bytes``, within [lo, hi]."""
+    n = int(free_bytes * fraction / max(bytes_per_spectrum, 1.0))
+    n = 1 << max(n.bit_length() - 1, 0) if n > 0 else lo
+    return int(min(max(n, lo), hi))
+
+
+def _bytes_per_spectrum(module, device: torch.device, shape: tuple[int, int], n: int = 256) -> float:
+    """Peak device memory of a forward pass per spectrum, measured on ``n`` zero spectra."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        module(torch.zeros((n, *shape), device=device))
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / n
+
+
+def batch_size_for(device: torch.device, manifest: Manifest, module) -> int:
+    """The manifest's batch size on CPU; on a GPU ``survey-proc.gpu.batch-size``, or from free memory."""
+    cpu_batch = int(manifest.batch_size or config.get("run.batch-size") or 1024)
+    if device.type != "cuda":
+        return cpu_batch
+    configured = config.get("gpu.batch-size", "auto")
+    if configured not in (None, "auto"):
+        return int(configured)
+    spec = manifest.input
+    per_spectrum = _bytes_per_spectrum(module, device, (len(spec.channels), spec.wave.size))
+    free, _ = torch.cuda.mem_get_info(device)
+    return gpu_batch_size(free, per_spectrum, float(config.get("gpu.memory-fraction", 0.5)), cpu_batch,
+                          int(config.get("gpu.max-batch-size", 65536)))
 
 
 class TorchScriptEstimator:
@@ -28,17 +69,36 @@ class TorchScriptEstimator:
             raise ModelError(f"model file {manifest.file} could not be loaded as TorchScript "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         self.module.eval()
-        self.batch_size = int(manifest.batch_size or 1024)
+        self.batch_size = batch_size_for(self.device, manifest, self.module)
+        self._gpu = self.device.type == "cuda"
+        self._lock = threading.Lock()
+        self._pinned: torch.Tensor | None = None
 
-    def predict(self, x: np.ndarray, meta: dict | None = None) -> dict[str, np.ndarray]:
-        """Run the model over ``x`` (n, C, L) float32; returns numpy arrays per output (``meta`` unused)."""
+    def _staged(self, chunk: np.ndarray) -> torch.Tensor:
+        """``chunk`` on the device; on a GPU copied through the pinned buffer, asynchronously."""
+        batch = torch.from_numpy(chunk)
+        if not self._gpu:
+            return batch
+        if self._pinned is None or self._pinned.shape[1:] != batch.shape[1:]:
+            self._pinned = torch.empty((self.batch_size, *batch.shape[1:]), dtype=batch.dtype, pin_memory=True)
+        staged = self._pinned[:batch.shape[0]]
+        staged.copy_(batch)
+        return staged.to(self.device, non_blocking=True)
+
+    def _predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
         pieces: dict[str, list[np.ndarray]] = {}
         with torch.inference_mode():
             for start in range(0, x.shape[0], self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size]))
-                out = self.module(batch.to(self.device, non_blocking=True))
-                for key, value in out.items():
+                out = self.module(self._staged(np.ascontiguousarray(x[start:start + self.batch_size])))
+                for key, value in out.items():  # .cpu() waits for the batch: the pinned buffer is free again
                     pieces.setdefault(key, []).append(value.float().cpu().numpy())
         if not pieces:
             return {}
         return {k: np.concatenate(v) for k, v in pieces.items()}
+
+    def predict(self, x: np.ndarray, meta: dict | None = None) -> dict[str, np.ndarray]:
+        """Run the model over ``x`` (n, C, L) float32; returns numpy arrays per output (``meta`` unused)."""
+        if self._gpu:
+            with self._lock:  # one batch at a time on the device; the pinned buffer is shared
+                return self._predict(x)
+        return self._predict(x)

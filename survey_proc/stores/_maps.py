@@ -27,10 +27,11 @@ class Flag(enum.IntFlag):
     OUT_OF_DISTRIBUTION = 8  #: input unlike the training set (novelty score above threshold)
     MASKED = 16        #: too many model pixels masked to fit; outputs are NaN
     FIT_FAILED = 32    #: the estimator raised or returned non-finite values; outputs are NaN
+    NOT_BINNED = 64    #: pixel maps of a binned input: the spaxel is in no bin (S/N below the binning minimum)
 
 
 #: flags that mean "no estimate was made" (outputs NaN)
-NOT_FITTED = Flag.NO_DATA | Flag.OUT_OF_RANGE | Flag.MASKED | Flag.FIT_FAILED
+NOT_FITTED = Flag.NO_DATA | Flag.OUT_OF_RANGE | Flag.MASKED | Flag.FIT_FAILED | Flag.NOT_BINNED
 
 
 def flag_attrs() -> dict:

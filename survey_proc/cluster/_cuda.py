@@ -1,0 +1,37 @@
+"""``--cluster local-cuda``: one dask-cuda worker per GPU of this machine (``LocalCUDACluster``).
+
+Each worker has its own GPU first in ``CUDA_VISIBLE_DEVICES`` (set per worker), so the model is
+loaded on ``cuda`` = that GPU. No RMM pool is configured: torch's caching allocator manages the
+device memory, and an RMM pool would reserve most of it for nothing. Workers carry the resource
+``GPU=1``; regions are submitted requiring it. Settings: ``survey_proc/cluster/local-cuda.yaml``.
+dask-cuda is imported here only (``pip install 'survey-proc[gpu]'``).
+"""
+
+from __future__ import annotations
+
+from survey_proc import config
+from survey_proc.cluster._jobqueue import GPU_RESOURCE
+from survey_proc.errors import SurveyProcError
+
+
+def local_cuda_cluster(workers: int | None = None):
+    """A LocalCUDACluster with one worker per visible GPU (or ``workers`` of them)."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise SurveyProcError("--cluster local-cuda needs dask-cuda, which is not installed "
+                              "(pip install 'survey-proc[gpu]', on a machine with NVIDIA GPUs)") from exc
+    settings = dict(config.get("cluster.local-cuda") or {})
+    devices = settings.get("devices")
+    if isinstance(devices, (list, tuple)):  # "0,1" from an environment variable arrives as (0, 1)
+        devices = ",".join(str(d) for d in devices)
+    try:
+        return LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
+            threads_per_worker=int(settings.get("threads-per-worker") or 1),
+            memory_limit=settings.get("memory-limit", "auto"),
+            rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False, jit_unspill=False,
+            resources=dict(GPU_RESOURCE), dashboard_address=":0", silence_logs=40)
+    except Exception as exc:  # no driver, no GPU visible, CUDA_VISIBLE_DEVICES naming a missing GPU
+        raise SurveyProcError(f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} "
+                              "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)") from exc

@@ -1,0 +1,136 @@
+"""Voronoi binning: the co-adding numerics, the catalogue of bins, a run over it and its pixel maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from survey_proc.binning import (
+    BinConfig,
+    bin_cube,
+    coadd,
+    finish_bins,
+    order_bins_by_chunk,
+    voronoi_bins,
+)
+from survey_proc.errors import CubeError
+from survey_proc.stores import Flag, open_spectral_store
+
+
+def test_coadd_sums_good_pixels_and_scales_for_bad_ones():
+    rng = np.random.default_rng(1)
+    flux = rng.normal(10, 1, (5, 6)).astype(np.float32)
+    var = rng.uniform(0.5, 2, (5, 6)).astype(np.float32)
+    mask = np.zeros((5, 6), bool)
+    mask[0, 2] = True          # one bad pixel in bin 7 (spectra 0, 1, 2)
+    flux[1, 3] = np.nan        # and a NaN
+    mask[0:3, 5] = [True, True, False]  # two of three bad at wavelength 5: masked in the bin
+    labels = np.array([7, 7, 7, 2, 2])
+    got_labels, s, v, n = coadd(flux, var, mask, labels)
+    assert got_labels.tolist() == [2, 7]
+    np.testing.assert_allclose(s[0], flux[3:5].sum(0), rtol=1e-6)
+    np.testing.assert_allclose(v[0], var[3:5].sum(0), rtol=1e-6)
+    assert n[1].tolist() == [3, 3, 2, 2, 3, 1]
+    f, e, bad = finish_bins(s, v, n, np.array([2, 3]))
+    # where one of 3 spaxels is bad, the 2 good ones are scaled to 3 spaxels' worth
+    np.testing.assert_allclose(f[1, 2], (flux[1, 2] + flux[2, 2]) * 1.5, rtol=1e-6)
+    np.testing.assert_allclose(e[1, 2], (var[1, 2] + var[2, 2]) * 1.5**2, rtol=1e-6)
+    np.testing.assert_allclose(f[1, 0], flux[0:3, 0].sum(), rtol=1e-6)
+    assert bad.tolist() == [[False] * 6, [False] * 5 + [True]] and np.isnan(f[1, 5])
+
+
+def test_bins_are_numbered_in_the_order_they_complete():
+    # 4x4 map, chunks of 2x2; bin 0 spans chunks 0 and 3, bin 1 lies in chunk 1, bin 2 in chunk 2
+    bin_id = np.array([[0, 0, 1, 1],
+                       [0, 0, 1, 1],
+                       [2, 2, 0, 0],
+                       [2, -1, 0, 0]])
+    new, last = order_bins_by_chunk(bin_id, 2, 2)
+    assert last.tolist() == [1, 2, 3]  # non-decreasing: finished after chunks 1, 2, 3
+    assert new[0, 2] == 0 and new[2, 0] == 1 and new[0, 0] == 2 and new[3, 1] == -1
+    assert (np.unique(new[new >= 0], return_counts=True)[1] == [4, 3, 8]).all()
+
+
+def test_voronoi_bins_reach_the_target():
+    pytest.importorskip("vorbin")  # the [binning] extra (installed by .ci/run)
+    yy, xx = np.indices((20, 20))
+    signal = 100.0 * np.exp(-np.hypot(yy - 10, xx - 10) / 4)
+    noise = np.full_like(signal, 10.0)
+    bin_id = voronoi_bins(signal, noise, target_snr=20.0, min_snr=0.5)
+    inside = bin_id >= 0
+    assert (~inside).sum() == ((signal / noise) < 0.5).sum()
+    ids = bin_id[inside]
+    snr = np.bincount(ids, signal[inside]) / np.sqrt(np.bincount(ids, noise[inside] ** 2))
+    assert np.median(snr) > 0.8 * 20 and bin_id.max() + 1 < inside.sum() / 2
+    # every spaxel above the target: each is its own bin; too little S/N overall: a clear error
+    assert voronoi_bins(signal + 1e4, noise, 20.0, 0.5).max() + 1 == 400
+    with pytest.raises(CubeError, match="below the target 1e\\+06"):
+        voronoi_bins(signal, noise, 1e6, 0.5)
+
+
+@pytest.fixture(scope="module")
+def binned(mock16, tmp_path_factory):
+    pytest.importorskip("vorbin")
+    out = tmp_path_factory.mktemp("bins") / "c.bins.zarr"
+    info = bin_cube(mock16, out, BinConfig(target_snr=30.0, min_snr=8.0, objects_per_chunk=16))
+    return out, info
+
+
+def test_binned_catalogue_follows_the_schema(binned, mock16):
+    out, info = binned
+    cat = open_spectral_store(out)
+    assert cat["flux"].dims == ("object", "wave") and cat.sizes["object"] == info["bins"]
+    assert 4 <= info["bins"] < 200 and info["left_out"] > 0  # the faint outskirts are below S/N 8
+    bin_id = cat.bin_id.values
+    assert bin_id.shape == (16, 16) and bin_id.max() + 1 == info["bins"]
+    assert (np.bincount(bin_id[bin_id >= 0]) == cat.bin_npix.values).all()
+    assert json.loads(cat.attrs["binning"])["target_snr"] == 30.0
+    assert (cat.redshift.values == xr.open_zarr(mock16).attrs["redshift"]).all()
+    # the co-added spectrum of the largest bin is the sum of its spaxels (where all are good)
+    cube = xr.open_zarr(mock16)
+    b = int(np.argmax(cat.bin_npix.values))
+    members = np.argwhere(bin_id == b)
+    flux = np.stack([cube.flux.values[y, x] for y, x in members])
+    var = np.stack([cube["var"].values[y, x] for y, x in members])
+    mask = np.stack([cube["mask"].values[y, x] for y, x in members]) | ~np.isfinite(flux)
+    clean = ~mask.any(0)
+    np.testing.assert_allclose(cat.flux.values[b][clean], flux.sum(0)[clean], rtol=1e-5)
+    np.testing.assert_allclose(cat["var"].values[b][clean], var.sum(0)[clean], rtol=1e-5)
+
+
+def test_run_over_bins_writes_maps_on_the_pixel_grid(binned, run_model, tmp_path):
+    from survey_proc.engine import RunConfig, run
+
+    out, info = binned
+    maps_path = tmp_path / "bins.maps.zarr"
+    summary = run(RunConfig(cube=str(out), out=str(maps_path), model=run_model, workers=2, progress=False))
+    assert summary.spectra == info["bins"] and summary.verified and summary.pixel_maps == "pixels"
+    per_bin = xr.open_zarr(maps_path)
+    pixels = xr.open_zarr(maps_path, group="pixels")
+    bin_id = pixels.bin_id.values
+    assert per_bin.log_age.dims == ("object",) and pixels.log_age.dims == ("y", "x")
+    # the S/N the engine measures on the co-added spectra is the binning target
+    fitted = per_bin.flag.values == 0
+    assert np.median(per_bin.snr.values[fitted]) == pytest.approx(30.0, rel=0.25)
+    # every binned spaxel carries its bin's values; the others are flagged not_binned, NaN
+    inside = bin_id >= 0
+    for name in ("log_age", "metallicity", "av", "snr", "flag"):
+        np.testing.assert_array_equal(pixels[name].values[inside], per_bin[name].values[bin_id[inside]])
+    assert (pixels.flag.values[~inside] & Flag.NOT_BINNED).all()
+    assert np.isnan(pixels.log_age.values[~inside]).all()
+
+
+def test_cli_bin_writes_catalogue_and_figure(mock16, tmp_path, capsys):
+    pytest.importorskip("vorbin")
+    from survey_proc.cli import main
+
+    out = tmp_path / "b.zarr"
+    assert main(["bin", str(mock16), str(out), "--target-snr", "25", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "256 spaxels ->" in text and f"survey-proc run --cube {out}" in text
+    assert (tmp_path / "b.bins.png").stat().st_size > 5000
+    assert main(["bin", str(mock16), str(out), "--quiet"]) == 2  # exists: refused without --overwrite
+    assert "exists; pass --overwrite" in capsys.readouterr().err
