@@ -69,9 +69,13 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from survey_proc.engine import RunConfig, run
+    from survey_proc.engine import RunConfig, default_output, run
 
-    summary = run(RunConfig(cube=args.cube, out=args.out, model=args.model, cluster=args.cluster,
+    model, out = args.model, args.out
+    if args.method == "ppxf":  # the packaged pPXF configuration, or a copy given with --model
+        model = model or "ppxf"
+        out = out or str(default_output(args.cube, "ppxf"))
+    summary = run(RunConfig(cube=args.cube, out=out, model=model, cluster=args.cluster,
                             workers=args.workers, redshift=args.redshift, min_snr=args.min_snr,
                             overwrite=args.overwrite, progress=not args.quiet))
     print(summary.format())
@@ -120,6 +124,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {name:12s} bias {a['bias']:+.3f}  robust sigma {a['robust_sigma']:.3f} {a['units']}"
                   + (f"  (68% interval holds {a['coverage_68']:.0%})" if "coverage_68" in a else ""))
     print(f"figure: {png}\nnumbers: {work / 'demo_accuracy.json'}\ncube: {cube}\nmaps: {maps_path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from survey_proc.analysis import compare_stores
+
+    a, b = Path(args.a), Path(args.b)
+    out = Path(args.out) if args.out else a.with_name(f"{a.name.removesuffix('.zarr')}_vs_{b.name.removesuffix('.zarr')}")
+    result = compare_stores(a, b, out, truth_cube=args.truth, good_only=not args.all_fitted)
+    print(f"compared over {result.used['both_good']} pixels "
+          f"{'fitted' if args.all_fitted else 'unflagged'} in both stores (differences: first - second)")
+    for pair, props in result.pairs.items():
+        print(f"{pair}:")
+        for name, st in props.items():
+            print(f"  {name:12s} bias {st['bias']:+9.3f}  robust sigma {st['robust_sigma']:8.3f}  "
+                  f"rms {st['rms']:8.3f}  r {st['correlation']:+.3f}  n {st['n']}  [{st['units']}]")
+    print(f"figures: {', '.join(result.figures)}\nnumbers: {out / 'compare.json'}")
     return 0
 
 
@@ -184,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="map an estimator over every spectrum of a cube")
     r.add_argument("--cube", required=True)
     r.add_argument("--out", help="maps store (default: <cube>.maps.zarr beside the cube)")
-    r.add_argument("--model", help="packaged model name or bundle folder (default: %(default)s)",
-                   default=config.get("run.model"))
+    r.add_argument("--model", help="packaged model name or bundle folder (default: "
+                   f"{config.get('run.model')}; with --method ppxf: ppxf)")
+    r.add_argument("--method", choices=["model", "ppxf"], default="model",
+                   help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
+                   "(maps default to <cube>.ppxf.zarr)")
     r.add_argument("--cluster", help="local | none | scheduler address (default: %(default)s)",
                    default=config.get("run.cluster"))
     r.add_argument("--workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
@@ -208,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cluster", default=config.get("run.cluster"))
     d.add_argument("--workers", type=_positive_int)
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compare", help="compare two maps stores (e.g. model and pPXF), optionally with a mock's truth")
+    c.add_argument("a", help="maps store A (e.g. the model's)")
+    c.add_argument("b", help="maps store B (e.g. pPXF's); the reference when no --truth is given")
+    c.add_argument("--truth", help="mock cube store whose 'truth' group both are compared with")
+    c.add_argument("--out", help="folder for compare.json and the PNGs (default: A_vs_B beside A)")
+    c.add_argument("--all-fitted", action="store_true", help="use every fitted pixel, not only flag == 0")
+    c.set_defaults(func=cmd_compare)
 
     t = sub.add_parser("train", help="train a model from a YAML config and export a bundle")
     t.add_argument("config")

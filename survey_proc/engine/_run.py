@@ -116,11 +116,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def default_output(cube: str | Path) -> Path:
-    """``<cube>.maps.zarr`` beside the cube (``c.zarr`` -> ``c.maps.zarr``)."""
+def default_output(cube: str | Path, kind: str = "maps") -> Path:
+    """``<cube>.<kind>.zarr`` beside the cube (``c.zarr`` -> ``c.maps.zarr``)."""
     cube = Path(cube)
     stem = cube.name[:-5] if cube.name.endswith(".zarr") else cube.name
-    return cube.with_name(f"{stem}.maps.zarr")
+    return cube.with_name(f"{stem}.{kind}.zarr")
 
 
 def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float) -> str:
@@ -128,7 +128,7 @@ def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_sn
     ident = {
         "sizes": dict(cube.sizes), "wave": [float(cube[SPECTRAL_DIM][0]), float(cube[SPECTRAL_DIM][-1])],
         "source": str(cube.attrs.get("source", "")), "mock_config": str(cube.attrs.get("mock_config", "")),
-        "model_sha256": manifest.sha256, "model": manifest.name, "estimator": manifest.estimator,
+        "model_sha256": manifest.digest, "model": manifest.name, "estimator": manifest.estimator,
         "redshift": redshift, "min_snr": min_snr,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -195,13 +195,15 @@ def verify(out: str, regions: list[Region], names: list[str]) -> list[str]:
     return problems
 
 
-def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float) -> dict:
+def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float,
+                estimator_info: dict | None = None) -> dict:
     from survey_proc import __version__
 
     training = manifest.raw.get("training", {})
     return {
         "title": "survey-proc maps",
-        "model_id": manifest.model_id, "model_name": manifest.name, "model_sha256": manifest.sha256 or "",
+        "model_id": manifest.model_id, "model_name": manifest.name, "model_sha256": manifest.digest,
+        "model_software": json.dumps(estimator_info or {}, default=str),
         "model_estimator": manifest.estimator, "model_manifest": str(manifest.path),
         "model_trainset_hash": training.get("trainset_hash", ""),
         "software": f"survey-proc {__version__}",
@@ -222,11 +224,12 @@ def run(rc: RunConfig) -> RunSummary:
     cube = open_spectral_store(rc.cube, require_redshift=rc.redshift is None)
     redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
     manifest = load_manifest(rc.model)
-    load_estimator(rc.model, device=rc.device)  # fail fast on a file that will not load
+    estimator = load_estimator(rc.model, device=rc.device)  # fail fast on a file that will not load
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
     _check_coverage(cube, manifest, redshift, rc.cube)
 
-    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr))
+    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr,
+                                                         getattr(estimator, "provenance", None)))
     signature = _run_signature(cube, manifest, redshift, min_snr)
     resumed = _setup_store(rc.out, template, signature, rc.overwrite)
     dims = spatial_dims(cube)
@@ -240,12 +243,13 @@ def run(rc: RunConfig) -> RunSummary:
 
     results: list[RegionResult] = []
     n_workers = 0
-    t_compute = time.perf_counter()
+    elapsed = 0.0
     if pending:
         with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as client:
             n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+            t_compute = time.perf_counter()  # the cluster is up: its start-up is not counted
             results = _execute(client, pending, opts, rc)
-    elapsed = time.perf_counter() - t_compute
+            elapsed = time.perf_counter() - t_compute
 
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     problems = verify(rc.out, regions, names)
