@@ -144,6 +144,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmarks_module():
+    """``benchmarks.bench`` of the source checkout this package runs from (it is not installed)."""
+    import importlib
+
+    from survey_proc.errors import SurveyProcError
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "bench.py").exists():
+        raise SurveyProcError(f"survey-proc bench needs the benchmarks/ folder of a source checkout (looked in "
+                              f"{root}); clone the repository and install it with pip install -e .")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("benchmarks.bench")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench = _benchmarks_module()
+    bench.run_bench(bench.config_from_args(args))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from survey_proc.training._train import TrainConfig, train
 
@@ -168,6 +189,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         if parts:
             print(f"{'':12s} held-out robust sigma at S/N 30: {', '.join(parts)}")
     return 0
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        _benchmarks_module().build_parser(parser)
+    except Exception:  # noqa: BLE001 - no source checkout: the verb explains itself when run
+        parser.add_argument("rest", nargs="*")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for compare.json and the PNGs (default: A_vs_B beside A)")
     c.add_argument("--all-fitted", action="store_true", help="use every fitted pixel, not only flag == 0")
     c.set_defaults(func=cmd_compare)
+
+    bp = sub.add_parser("bench", help="model vs pPXF through the same engine: speed, scaling, energy, accuracy")
+    _bench_arguments(bp)
+    bp.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train", help="train a model from a YAML config and export a bundle")
     t.add_argument("config")

@@ -181,10 +181,10 @@ def masked_median(values: np.ndarray, good: np.ndarray, width: int | None = None
     keep = good.any(axis=0)
     if n == 0 or not keep.any():
         return out
-    if not keep.all():  # columns bad in every row (declared masks) do not take part
-        values, good = values[:, keep], good[:, keep]
     n_good = good.sum(axis=-1)
-    filled = values if n_good.min() == values.shape[-1] else np.where(good, values, np.inf)
+    filled = np.where(good, values, np.inf)
+    if not keep.all():  # columns bad in every row (declared masks) do not take part
+        filled = np.compress(keep, filled, axis=-1)
     # bad entries: (width - n_good) // 2 at -inf (sorted first), the rest at +inf (sorted last)
     upper = length // 2 - (length - n_good) // 2        # rank among the good values
     lower = upper - 1 if length % 2 == 0 else upper

@@ -87,6 +87,7 @@ class RunSummary:
     flag_counts: dict[str, int] = field(default_factory=dict)
     verified: bool = False
     workers: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  #: summed over the regions run (seconds)
 
     @property
     def spectra_per_s(self) -> float:
@@ -262,13 +263,22 @@ def run(rc: RunConfig) -> RunSummary:
                          fitted=fitted, regions=len(regions), regions_run=len(results),
                          regions_skipped=len(regions) - len(pending), seconds=elapsed,
                          estimator_seconds=sum(r.estimator_seconds for r in results), flag_counts=counts,
-                         verified=True, workers=n_workers)
+                         verified=True, workers=n_workers, timings=summed_timings(results))
     grp = zarr.open_group(rc.out, mode="r+")
     grp.attrs.update({"status": "complete", "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "spectra": summary.spectra, "fitted": fitted,
                       "flag_counts": json.dumps(counts), "wall_seconds_last_run": time.perf_counter() - t0})
     consolidate(rc.out)
     return summary
+
+
+def summed_timings(results: list[RegionResult]) -> dict[str, float]:
+    """Per-stage seconds (read, prepare, estimator, write, their CPU seconds) summed over regions."""
+    total: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            total[key] = total.get(key, 0.0) + float(value)
+    return total
 
 
 def _execute(client, pending: list[Region], opts: RegionOptions, rc: RunConfig) -> list[RegionResult]:
