@@ -183,11 +183,47 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name in packaged_models():
         m = load_manifest(name)
-        metrics = m.raw.get("metrics", {}).get("held_out", {}).get("30", {})
-        parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict)]
         print(f"{name:12s} {m.model_id:28s} {m.raw.get('description', '')}")
+        held = m.raw.get("metrics", {}).get("held_out", {}).get("snr", {}).get("30", {}).get("model", {})
+        parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in held.items() if isinstance(v, dict) and "robust_sigma" in v]
         if parts:
             print(f"{'':12s} held-out robust sigma at S/N 30: {', '.join(parts)}")
+    return 0
+
+
+def cmd_trainset(args: argparse.Namespace) -> int:
+    from survey_proc.ssp import load_ssp_library
+    from survey_proc.training._dataset import write_trainset
+    from survey_proc.training._train import INPUT_PRESETS, TrainConfig
+
+    cfg = TrainConfig.from_yaml(args.config)
+    t0 = time.perf_counter()
+    store = write_trainset(cfg.trainset, load_ssp_library(), INPUT_PRESETS[cfg.input](), args.out,
+                           progress=not args.quiet)
+    print(f"training set of {len(store)} noise-free spectra ({', '.join(store.label_names)} + the "
+          f"age-[M/H] weight grid) written to {args.out} in {time.perf_counter() - t0:.0f} s; "
+          f"digest {store.digest}. Train on it with `trainset_store: {args.out}` in the config.")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from survey_proc.training._evaluate import evaluate, write_json
+
+    snrs = [float(v) for v in args.snr.split(",")]
+    png = args.png or (Path(args.json).with_suffix(".png") if args.json else Path("evaluate_predicted_vs_true.png"))
+    result = evaluate(args.model, snrs=snrs, n=args.n, baseline=args.baseline, seed=args.seed, png=png,
+                      progress=not args.quiet)
+    if args.json:
+        write_json(result, args.json)
+    for key, block in result["snr"].items():
+        for label, metrics in block.items():
+            parts = []
+            for name, m in metrics.items():
+                if isinstance(m, dict) and "robust_sigma" in m:
+                    parts.append(f"{name} bias {m['bias']:+.3f} sigma {m['robust_sigma']:.3f} "
+                                 f"c68 {m.get('coverage_68', float('nan')):.2f}")
+            print(f"S/N {key:>4s} {label:6s} n={metrics['n']:5d}  " + " | ".join(parts))
+    print(f"figure: {result.get('figure')}" + (f"\nnumbers: {args.json}" if args.json else ""))
     return 0
 
 
@@ -280,6 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu | cuda | auto")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    ts = sub.add_parser("trainset", help="synthesise a training set into a Zarr store (resumable)")
+    ts.add_argument("config", help="training YAML (its trainset section is used)")
+    ts.add_argument("out")
+    ts.add_argument("--quiet", action="store_true")
+    ts.set_defaults(func=cmd_trainset)
+
+    ev = sub.add_parser("evaluate", help="score a model (and a baseline) on held-out spectra against the truth")
+    ev.add_argument("model")
+    ev.add_argument("--snr", default="10,20,30,50", help="comma-separated S/N per Angstrom")
+    ev.add_argument("--n", type=_positive_int, default=500, help="held-out spectra per family and S/N")
+    ev.add_argument("--baseline", help="another estimator on the same spectra, e.g. ppxf")
+    ev.add_argument("--seed", type=int, help="held-out seed (default: training seed + 3000017)")
+    ev.add_argument("--json", help="write the numbers here")
+    ev.add_argument("--png", help="predicted-vs-true figure (default: beside --json)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
 
     ls = sub.add_parser("models", help="list the packaged models")
     ls.set_defaults(func=cmd_models)

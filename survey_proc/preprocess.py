@@ -339,3 +339,22 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     if not np.isfinite(x).all():
         x[~np.isfinite(x)] = 0.0
     return Prepared(x=x, flags=flags, snr=snr, norm=norm)
+
+
+def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray | None, spec: InputSpec) -> dict:
+    """What an estimator may need besides the pixels (the ``meta`` of ``Estimator.predict``).
+
+    ``redshift`` (n,); ``lsf_fwhm_model``: the data's instrumental FWHM (Angstrom) at the model's
+    pixels in the model's frame — (nwave,) when all redshifts are equal, else (n, nwave).
+    """
+    redshift = np.asarray(redshift, np.float64)
+    meta: dict = {"redshift": redshift}
+    if lsf_fwhm is not None and redshift.size:
+        if spec.frame == "rest":
+            same = np.ptp(redshift) == 0
+            z1 = 1.0 + (redshift[:1, None] if same else redshift[:, None])
+            fwhm = np.interp(spec.wave[None, :] * z1, wave, lsf_fwhm) / z1
+            meta["lsf_fwhm_model"] = fwhm[0] if same else fwhm
+        else:
+            meta["lsf_fwhm_model"] = np.interp(spec.wave, wave, lsf_fwhm)
+    return meta

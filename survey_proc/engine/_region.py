@@ -21,7 +21,7 @@ from zarr.core.sync import sync as zarr_sync
 
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
-from survey_proc.preprocess import prepare
+from survey_proc.preprocess import estimator_meta, prepare
 from survey_proc.stores._maps import NOT_FITTED, Flag
 from survey_proc.engine._template import Region, output_variables
 
@@ -54,20 +54,6 @@ class RegionResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def model_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray | None, manifest) -> dict:
-    """What an estimator may need besides the pixels: redshifts and the data's FWHM at its pixels."""
-    meta: dict = {"redshift": redshift}
-    if lsf_fwhm is not None:
-        spec = manifest.input
-        if spec.frame == "rest":
-            z1 = 1.0 + (redshift[:, None] if np.ptp(redshift) > 0 else redshift[:1, None])
-            fwhm = np.interp(spec.wave[None, :] * z1, wave, lsf_fwhm) / z1
-            meta["lsf_fwhm_model"] = fwhm if fwhm.shape[0] > 1 else fwhm[0]
-        else:
-            meta["lsf_fwhm_model"] = np.interp(spec.wave, wave, lsf_fwhm)
-    return meta
-
-
 def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
                     redshift: float | np.ndarray, estimator: Estimator, min_snr: float,
                     lsf_fwhm: np.ndarray | None = None, timings: dict[str, float] | None = None,
@@ -95,7 +81,7 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
     t0, c2 = time.perf_counter(), time.process_time()
     if fit.any():
         z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[fit]
-        pred = estimator.predict(prep.x[fit], model_meta(z, wave, lsf_fwhm, manifest))
+        pred = estimator.predict(prep.x[fit], estimator_meta(z, wave, lsf_fwhm, manifest.input))
     else:
         pred = {}
     est_seconds = time.perf_counter() - t0
@@ -115,10 +101,10 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
         vals = outputs[spec.name].reshape(n, -1)
         failed |= fit & ~np.isfinite(vals).all(axis=1)
     flags[failed] |= np.uint8(Flag.FIT_FAILED)
-    for rule_name, rule in manifest.flag_rules.items():
+    for flag_name, rule in manifest.flag_rules:
         with np.errstate(invalid="ignore"):
             hit = outputs[rule["output"]] > float(rule["threshold"])
-        flags[hit] |= np.uint8(Flag[rule_name])
+        flags[hit] |= np.uint8(Flag[flag_name])
     not_fitted = (flags & np.uint8(NOT_FITTED)) != 0
     for spec in manifest.outputs:  # no numbers where no estimate was made
         outputs[spec.name][not_fitted] = np.nan

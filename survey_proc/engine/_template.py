@@ -77,8 +77,12 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
         if spec.error:
             out.append((f"{spec.name}_err", spec.dims, property_attrs(f"{spec.name}_err", attrs["units"],
                                                                       attrs["long_name"]), spec.coords))
-    for rule_name, rule in manifest.flag_rules.items():
-        out.append((rule["output"], (), {"units": "1", "long_name": f"score behind the {rule_name.lower()} flag",
+    names = {name for name, *_ in out}
+    for flag_name, rule in manifest.flag_rules:
+        if rule["output"] in names:
+            continue
+        names.add(rule["output"])
+        out.append((rule["output"], (), {"units": "1", "long_name": f"score behind the {flag_name.lower()} flag",
                                          "flag_threshold": rule["threshold"]}, {}))
     return out
 

@@ -79,9 +79,16 @@ class Manifest:
         return [OutputSpec.from_manifest(k, v) for k, v in self.raw["outputs"].items()]
 
     @property
-    def flag_rules(self) -> dict[str, dict[str, Any]]:
-        """{flag name: {"output": name, "threshold": value}}: flag where output > threshold."""
-        return self.raw.get("flags", {})
+    def flag_rules(self) -> list[tuple[str, dict[str, Any]]]:
+        """[(flag name, {"output": name, "threshold": value}), ...]: flag where output > threshold.
+
+        The manifest's ``flags`` maps a :class:`survey_proc.stores.Flag` name to one rule or a list.
+        """
+        rules = []
+        for flag, entry in self.raw.get("flags", {}).items():
+            for rule in entry if isinstance(entry, list) else [entry]:
+                rules.append((flag, rule))
+        return rules
 
     @property
     def batch_size(self) -> int | None:

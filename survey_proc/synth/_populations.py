@@ -65,6 +65,62 @@ def sample_cluster(rng: np.random.Generator, lib: SSPLibrary, centre_log_age: np
     return weights
 
 
+def age_bin_widths(lib: SSPLibrary) -> np.ndarray:
+    """Width (yr) of the age interval each SSP of the grid stands for (edges midway in log age)."""
+    la = lib.log_age
+    edges = np.concatenate([[la[0] - 0.5 * (la[1] - la[0])], 0.5 * (la[1:] + la[:-1]),
+                            [la[-1] + 0.5 * (la[-1] - la[-2])]])
+    return np.diff(10.0**edges)
+
+
+def metal_split(lib: SSPLibrary, metal: np.ndarray) -> np.ndarray:
+    """Weights (..., nmetal) that place a continuous [M/H] between its two bracketing grid values,
+    so that the weighted mean of the grid equals ``metal`` (clipped to the grid's range)."""
+    m = np.clip(metal, lib.metal[0], lib.metal[-1])
+    hi = np.clip(np.searchsorted(lib.metal, m, side="right"), 1, lib.metal.size - 1)
+    lo = hi - 1
+    t = (m - lib.metal[lo]) / (lib.metal[hi] - lib.metal[lo])
+    out = np.zeros(m.shape + (lib.metal.size,))
+    np.put_along_axis(out, lo[..., None], (1 - t)[..., None], axis=-1)
+    np.put_along_axis(out, hi[..., None], t[..., None], axis=-1)
+    return out
+
+
+def sample_sfh_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, *, burst_fraction: float = 0.4
+                        ) -> np.ndarray:
+    """Light-fraction grids (n, nmetal, nage) of continuous star-formation histories.
+
+    Delayed-tau histories, SFR(t) ∝ t exp(-t/tau) with t the time since formation: formation
+    began 1-15.8 Gyr ago (uniform), tau log-uniform in 0.1-20 Gyr; a share ``burst_fraction`` gets a
+    burst younger than 2 Gyr holding 1-30 % of the mass formed on top. [M/H] rises with time (chemical
+    enrichment): from ``z0`` at formation to ``z1`` today, each drawn over the grid's range with
+    ``z1 >= z0``; continuous values are split between bracketing grid metallicities. Mass formed
+    per age bin becomes light through the SSPs' light per unit initial mass.
+    """
+    ages = 10.0**lib.log_age                      # lookback time of each bin, yr
+    width = age_bin_widths(lib)
+    start = rng.uniform(1e9, ages[-1], n)[:, None]
+    tau = np.exp(rng.uniform(np.log(1e8), np.log(2e10), n))[:, None]
+    t = np.clip(start - ages[None, :], 0.0, None)  # time since formation when the bin's stars formed
+    mass = t * np.exp(-t / tau) * width[None, :]
+    burst = rng.random(n) < burst_fraction
+    if burst.any():
+        k = int(burst.sum())
+        idx = nearest_index(lib.log_age, rng.uniform(lib.log_age[0], np.log10(2e9), k))
+        frac = rng.uniform(0.01, 0.3, k)
+        total = mass[burst].sum(axis=1)
+        mass[np.nonzero(burst)[0], idx] += frac * total / (1 - frac)
+    mass /= mass.sum(axis=1, keepdims=True)
+    z_a, z_b = rng.uniform(lib.metal[0], lib.metal[-1], (2, n))
+    z0, z1 = np.minimum(z_a, z_b), np.maximum(z_a, z_b)
+    frac_time = np.clip(1.0 - ages[None, :] / start, 0.0, 1.0)   # 0 at formation, 1 today
+    metal = z0[:, None] + (z1 - z0)[:, None] * frac_time
+    split = metal_split(lib, metal)                              # (n, nage, nmetal)
+    light_per_mass = lib.light_in_window()                       # (nmetal, nage) per unit initial mass
+    weights = np.einsum("na,nam,ma->nma", mass, split, light_per_mass)
+    return weights / weights.sum(axis=(1, 2), keepdims=True)
+
+
 def sample_training_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, *,
                              max_ssp: int = 5, young_fraction: float = 0.3) -> np.ndarray:
     """Light-fraction grids covering the age-[M/H] plane evenly (not one Gaussian blob).

@@ -1,14 +1,23 @@
-"""Network architectures and the TorchScript export wrapper.
+"""Network architectures, the spectrum reconstructor and the TorchScript export wrapper.
 
-Every network maps (n, C, L) model input to ``(mean, log_var, features)``: standardised label
-means, their log variances (Gaussian negative-log-likelihood heads, giving per-pixel
-uncertainties) and a feature vector used for the out-of-distribution score.
+Every network maps (n, C, L) model input to ``(mean, log_var, features, weights)``: standardised
+label means, their log variances (Gaussian negative-log-likelihood heads, giving per-pixel
+uncertainties), a feature vector (for the out-of-distribution score) and light fractions over the
+SSP grid (an empty (n, 0) tensor for networks that do not predict them).
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
+
+
+def conv_length(length: int, kernel: int, stride: int) -> int:
+    """Output length of a Conv1d with padding kernel // 2."""
+    return (length + 2 * (kernel // 2) - kernel) // stride + 1
 
 
 class SpectrumCNN(nn.Module):
@@ -19,7 +28,7 @@ class SpectrumCNN(nn.Module):
     (keeping where in the spectrum a feature is, which matters for absorption lines).
     """
 
-    def __init__(self, in_channels: int, length: int, n_outputs: int,
+    def __init__(self, in_channels: int, length: int, n_outputs: int, n_weights: int = 0,
                  widths: tuple[int, ...] = (24, 32, 48, 64, 64), kernels: tuple[int, ...] = (8, 5, 5, 5, 3),
                  stem_stride: int = 4, hidden: int = 128, dropout: float = 0.0) -> None:
         super().__init__()
@@ -28,20 +37,68 @@ class SpectrumCNN(nn.Module):
         for i, (width, k) in enumerate(zip(widths, kernels)):
             stride = stem_stride if i == 0 else 2
             layers += [nn.Conv1d(c_in, width, k, stride=stride, padding=k // 2), nn.BatchNorm1d(width), nn.GELU()]
-            n = (n + 2 * (k // 2) - k) // stride + 1
+            n = conv_length(n, k, stride)
             c_in = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * n, hidden), nn.GELU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, hidden), nn.GELU())
         self.mean = nn.Linear(hidden, n_outputs)
         self.log_var = nn.Linear(hidden, n_outputs)
+        self.weights = nn.Linear(hidden, n_weights) if n_weights else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.head(self.features(x))
-        return self.mean(h), self.log_var(h).clamp(-12.0, 6.0), h
+        w = torch.softmax(self.weights(h), dim=1) if self.weights is not None else h[:, :0]
+        return self.mean(h), self.log_var(h).clamp(-12.0, 6.0), h, w
 
 
-ARCHITECTURES = {"cnn": SpectrumCNN}
+class _Branch(nn.Module):
+    """One GalProTE encoder: strided convolution of kernel k, self-attention, a transformer layer."""
+
+    def __init__(self, in_channels: int, length: int, kernel: int, stride: int, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, d_model, kernel, stride=stride, padding=kernel // 2)
+        self.pos = nn.Parameter(torch.zeros(1, conv_length(length, kernel, stride), d_model))
+        self.norm = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
+                                                  batch_first=True, norm_first=True, activation="gelu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.conv(x)).transpose(1, 2) + self.pos
+        q = self.norm(h)
+        h = h + self.attn(q, q, q, need_weights=False)[0]
+        h = self.encoder(h)
+        return torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
+
+
+class GalProTENet(nn.Module):
+    """GalProTE-style model (Anwar et al. 2025): parallel encoders with kernels 11, 21, 31, 61.
+
+    Each branch convolves the spectrum with its kernel size (strided, to keep attention affordable
+    on CPUs), applies self-attention and a transformer encoder layer; the pooled branches feed a
+    head for the age-[M/H] light-fraction grid (softmax) and Gaussian heads for the labels. With a
+    :class:`Reconstructor` the predicted weights, A_V, velocity and sigma rebuild the spectrum.
+    """
+
+    def __init__(self, in_channels: int, length: int, n_outputs: int, n_weights: int = 150,
+                 kernels: tuple[int, ...] = (11, 21, 31, 61), stride: int = 8, d_model: int = 32,
+                 heads: int = 4, hidden: int = 256) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([_Branch(in_channels, length, k, stride, d_model, heads) for k in kernels])
+        self.trunk = nn.Sequential(nn.Linear(2 * d_model * len(kernels), hidden), nn.GELU(),
+                                   nn.Linear(hidden, hidden), nn.GELU())
+        self.mean = nn.Linear(hidden, n_outputs)
+        self.log_var = nn.Linear(hidden, n_outputs)
+        self.weights = nn.Linear(hidden, n_weights)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = [b(x) for b in self.branches]
+        h = self.trunk(torch.cat(feats, dim=1))
+        return self.mean(h), self.log_var(h).clamp(-12.0, 6.0), h, torch.softmax(self.weights(h), dim=1)
+
+
+ARCHITECTURES = {"cnn": SpectrumCNN, "galprote": GalProTENet}
 
 
 def build(arch: str, in_channels: int, length: int, n_outputs: int, **kwargs) -> nn.Module:
@@ -51,15 +108,73 @@ def build(arch: str, in_channels: int, length: int, n_outputs: int, **kwargs) ->
     return ARCHITECTURES[arch](in_channels, length, n_outputs, **kwargs)
 
 
+class Reconstructor(nn.Module):
+    """Rebuilds spectra on the model grid from light fractions, A_V, velocity and sigma.
+
+    Holds the SSP templates (LSF-matched, unit mean flux in the light window) on a ln(lambda) grid;
+    mixes them, applies screen dust, convolves with the Gaussian LOSVD by FFT (exact also below a
+    pixel, Cappellari 2017) and interpolates onto the model's linear grid. Differentiable.
+    """
+
+    def __init__(self, templates: torch.Tensor, dust_curve: torch.Tensor, velscale: float,
+                 index: torch.Tensor, frac: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("templates", templates.float())    # (ntemp, nlog)
+        self.register_buffer("dust_curve", dust_curve.float())  # (nlog,) A(lambda)/A_V
+        self.register_buffer("index", index.long())             # (nmodel,) left neighbour on the log grid
+        self.register_buffer("frac", frac.float())              # (nmodel,) interpolation weight
+        self.velscale = float(velscale)
+        self.nfft = 1 << int(math.ceil(math.log2(templates.shape[1] * 1.25)))
+        self.register_buffer("omega", (2.0 * math.pi * torch.fft.rfftfreq(self.nfft)).float())
+
+    @classmethod
+    def from_synthesiser(cls, synth, model_wave: np.ndarray) -> Reconstructor:
+        """From a :class:`survey_proc.synth.Synthesiser` built for the model's rest-frame grid."""
+        log_wave = synth.wave_log
+        idx = np.clip(np.searchsorted(log_wave, model_wave) - 1, 0, log_wave.size - 2)
+        frac = (model_wave - log_wave[idx]) / (log_wave[idx + 1] - log_wave[idx])
+        return cls(torch.from_numpy(synth.templates), torch.from_numpy(synth.dust_curve), synth.velscale,
+                   torch.from_numpy(idx), torch.from_numpy(frac))
+
+    def forward(self, weights: torch.Tensor, av: torch.Tensor, velocity: torch.Tensor,
+                sigma: torch.Tensor) -> torch.Tensor:
+        flux = weights @ self.templates
+        flux = flux * torch.pow(10.0, -0.4 * av[:, None] * self.dust_curve[None, :])
+        ft = torch.fft.rfft(flux, n=self.nfft, dim=1)
+        mu = (velocity / self.velscale)[:, None]
+        sig = (sigma / self.velscale)[:, None]
+        phase = -self.omega[None, :] * mu
+        amp = torch.exp(-0.5 * (self.omega[None, :] * sig) ** 2)
+        conv = torch.fft.irfft(ft * torch.complex(amp * torch.cos(phase), amp * torch.sin(phase)), n=self.nfft, dim=1)
+        left = conv[:, self.index]
+        return left + (conv[:, self.index + 1] - left) * self.frac[None, :]
+
+
+def reduced_chi2(x: torch.Tensor, model: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced chi^2 of ``model`` against input channels (flux, error, mask), with the best scale.
+
+    Returns (chi2 (n,), scaled model (n, L)). Masked pixels do not count; errors are floored.
+    """
+    flux, err, mask = x[:, 0], x[:, 1], x[:, 2]
+    w = (1.0 - mask) / torch.clamp(err, min=floor) ** 2
+    scale = (w * flux * model).sum(dim=1) / torch.clamp((w * model * model).sum(dim=1), min=1e-12)
+    fitted = model * scale[:, None]
+    chi2 = (w * (flux - fitted) ** 2).sum(dim=1) / torch.clamp((1.0 - mask).sum(dim=1), min=1.0)
+    return chi2, fitted
+
+
 class ExportedModel(nn.Module):
-    """What goes into the TorchScript file: physical units out, uncertainties and a novelty score.
+    """What goes into the TorchScript file: physical units out, calibrated uncertainties, scores.
 
     ``ood_score`` is the Mahalanobis distance of the features from the training features divided
-    by sqrt(dim): about 1 for inputs like the training set, large for inputs unlike it.
+    by sqrt(dim): about 1 for inputs like the training set, large for inputs unlike it. With a
+    reconstructor the module also returns the light-fraction grid ``weights`` (n, nage, nmetal) and
+    the reduced ``chi2`` of the rebuilt spectrum.
     """
 
     def __init__(self, net: nn.Module, names: list[str], label_mean: torch.Tensor, label_std: torch.Tensor,
-                 feat_mean: torch.Tensor, feat_prec: torch.Tensor, err_scale: torch.Tensor | None = None) -> None:
+                 feat_mean: torch.Tensor, feat_prec: torch.Tensor, err_scale: torch.Tensor | None = None,
+                 reconstructor: Reconstructor | None = None, grid_shape: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
         self.net = net
         self.names = names
@@ -69,9 +184,15 @@ class ExportedModel(nn.Module):
         self.register_buffer("feat_prec", feat_prec.float())
         scale = torch.ones_like(label_std) if err_scale is None else err_scale
         self.register_buffer("err_scale", scale.float())  # calibration of the uncertainties
+        self.reconstructor = reconstructor
+        self.n_metal = int(grid_shape[0])
+        self.n_age = int(grid_shape[1])
+        self.i_av = names.index("av") if "av" in names else -1
+        self.i_sigma = names.index("sigma") if "sigma" in names else -1
+        self.i_velocity = names.index("velocity") if "velocity" in names else -1
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mean, log_var, feat = self.net(x)
+        mean, log_var, feat, weights = self.net(x)
         value = mean * self.label_std + self.label_mean
         err = torch.exp(0.5 * log_var) * self.label_std * self.err_scale
         d = feat - self.feat_mean
@@ -80,4 +201,14 @@ class ExportedModel(nn.Module):
         for i, name in enumerate(self.names):
             out[name] = value[:, i]
             out[name + "_err"] = err[:, i]
+        recon = self.reconstructor
+        if recon is not None:
+            zeros = torch.zeros_like(value[:, 0])
+            av = value[:, self.i_av].clamp(min=0.0) if self.i_av >= 0 else zeros
+            sigma = value[:, self.i_sigma].clamp(min=1.0) if self.i_sigma >= 0 else zeros + 100.0
+            velocity = value[:, self.i_velocity] if self.i_velocity >= 0 else zeros
+            chi2, _ = reduced_chi2(x, recon(weights, av, velocity, sigma))
+            out["chi2"] = chi2
+            # (n, nmetal, nage) -> (n, nage, nmetal), the maps' (age, metal) order
+            out["weights"] = weights.reshape(-1, self.n_metal, self.n_age).transpose(1, 2)
         return out

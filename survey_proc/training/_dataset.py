@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +24,7 @@ from survey_proc.synth import (
     emission_line_spectra,
     light_weighted,
     mass_weighted,
+    sample_sfh_mixtures,
     sample_training_mixtures,
     sky_line_profile,
 )
@@ -72,7 +74,15 @@ def default_muse_input() -> InputSpec:
 
 @dataclass
 class TrainsetConfig:
-    """How spectra of a training set are drawn (ranges are inclusive; units in names)."""
+    """How spectra of a training set are drawn (ranges are inclusive; units in names).
+
+    Follows the GalProTE recipe (mixtures of 1-5 SSPs with random weights, dust A_V 0-1.5 mag on a
+    real attenuation law, noise from S/N 5 to noiseless, high-noise patches up to a quarter of the
+    spectrum, 15-25 masked patches of 3-15 pixels, emission-line and sky masks), extended with
+    continuous star-formation histories (delayed-tau with bursts and chemical enrichment), velocity
+    dispersions 30-300 km/s, velocity offsets of +-300 km/s relative to the assumed redshift
+    (rotation and redshift errors alike) and priors that cover the age-[M/H] plane evenly.
+    """
 
     n: int = 20000
     seed: int = 0
@@ -80,15 +90,18 @@ class TrainsetConfig:
     labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
     redshift_range: tuple[float, float] = (0.0, 0.1)
     av_range: tuple[float, float] = (0.0, 1.5)
+    dust_law: str = "calzetti00"
     sigma_range_kms: tuple[float, float] = (30.0, 300.0)
     velocity_range_kms: tuple[float, float] = (-300.0, 300.0)
     snr_range: tuple[float, float] = (5.0, 80.0)   #: S/N per Angstrom, log-uniform
     noiseless_fraction: float = 0.05              #: spectra at S/N 300 (GalProTE's 0 % noise)
     max_ssp: int = 5
-    young_fraction: float = 0.3
+    young_fraction: float = 0.3                   #: SSP mixtures with a young burst on top
+    sfh_fraction: float = 0.3                     #: spectra from continuous star-formation histories
     emission_fraction: float = 0.5
     max_halpha_ew: float = 60.0                   #: Angstrom
-    bad_patches: tuple[int, int] = (0, 6)         #: masked patches of 3-15 pixels per spectrum
+    bad_patches: tuple[int, int] = (15, 25)       #: masked patches of 3-15 pixels per spectrum ...
+    bad_patch_fraction: float = 0.5               #: ... in this share of the spectra
     noisy_patch_fraction: float = 0.25            #: share of spectra with a high-noise patch
     batch: int = 2048                             #: spectra synthesised per redshift draw
     extra: dict = field(default_factory=dict)
@@ -98,6 +111,10 @@ class TrainsetConfig:
         payload = json.dumps({"cfg": asdict(self), "lib": lib.digest(), "input": spec.to_manifest()},
                              sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+#: ``kind`` values of a training spectrum
+SSP_MIXTURE, CONTINUOUS_SFH = 0, 1
 
 
 @dataclass
@@ -111,13 +128,22 @@ class NoiseFreeSet:
     labels: np.ndarray         #: (n, nlabels) float32
     label_names: tuple[str, ...]
     weights: np.ndarray        #: (n, nmetal, nage) float32 light fractions
+    kind: np.ndarray           #: (n,) SSP_MIXTURE or CONTINUOUS_SFH
+    emission: np.ndarray       #: (n,) bool, nebular lines added
 
     def __len__(self) -> int:
         return self.flux.shape[0]
 
     def subset(self, idx: np.ndarray) -> NoiseFreeSet:
         return NoiseFreeSet(self.flux[idx], self.wave_index[idx], self.redshift[idx], self.snr[idx],
-                            self.labels[idx], self.label_names, self.weights[idx])
+                            self.labels[idx], self.label_names, self.weights[idx], self.kind[idx],
+                            self.emission[idx])
+
+    @classmethod
+    def concat(cls, parts: list[NoiseFreeSet]) -> NoiseFreeSet:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                     ("flux", "wave_index", "redshift", "snr", "labels")), parts[0].label_names,
+                   *(np.concatenate([getattr(p, f) for p in parts]) for f in ("weights", "kind", "emission")))
 
 
 def instrument_of(cfg: TrainsetConfig) -> Instrument:
@@ -128,58 +154,171 @@ def instrument_of(cfg: TrainsetConfig) -> Instrument:
 
 
 def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, av: np.ndarray,
-                  sigma: np.ndarray) -> np.ndarray:
+                  sigma: np.ndarray, velocity: np.ndarray) -> np.ndarray:
     log_age, metal = light_weighted(weights, lib)
-    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma}
+    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma, "velocity": velocity}
     if any(n.endswith("_mw") for n in names):
         cols["log_age_mw"], cols["metallicity_mw"] = mass_weighted(weights, lib)
+    unknown = [n for n in names if n not in cols]
+    if unknown:
+        raise ValueError(f"unknown label(s) {unknown}; known: {sorted(cols)}")
     return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
 
 
-def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: bool = False) -> NoiseFreeSet:
-    """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range."""
-    rng = np.random.default_rng(cfg.seed)
+def _grid_rows(cfg: TrainsetConfig, spec: InputSpec) -> int:
+    """Observed pixels per row: the model grid at the largest redshift, plus margins."""
+    lo_rest, hi_rest = spec.wave_start - 10.0, spec.wave_stop + 10.0
+    return int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / instrument_of(cfg).wave_step)) + 2
+
+
+def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, index: int) -> NoiseFreeSet:
+    """Batch ``index`` of the set: ``cfg.batch`` spectra at one redshift, seeded by (seed, index)."""
+    rng = np.random.default_rng([cfg.seed, index])
     inst = instrument_of(cfg)
     full = inst.wave
-    # every row covers the model grid at the largest redshift, plus a margin
-    lo_rest, hi_rest = spec.wave_start - 10.0, spec.wave_stop + 10.0
-    n_obs = int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / inst.wave_step)) + 2
-    rows_flux, rows_idx, rows_z, rows_snr, rows_lab, rows_w = [], [], [], [], [], []
-    batches = range(0, cfg.n, cfg.batch)
+    n_obs = _grid_rows(cfg, spec)
+    m = min(cfg.batch, cfg.n - index * cfg.batch)
+    z = float(rng.uniform(*cfg.redshift_range))
+    i0 = int(np.clip(np.searchsorted(full, (spec.wave_start - 10.0) * (1 + z)) - 1, 0, full.size - n_obs))
+    wave = full[i0:i0 + n_obs]
+    synth = Synthesiser(lib, wave, z, inst.lsf_fwhm, dust_law=cfg.dust_law)
+    kind = np.where(rng.random(m) < cfg.sfh_fraction, CONTINUOUS_SFH, SSP_MIXTURE).astype(np.uint8)
+    weights = np.empty((m, lib.metal.size, lib.log_age.size))
+    n_sfh = int((kind == CONTINUOUS_SFH).sum())
+    weights[kind == CONTINUOUS_SFH] = sample_sfh_mixtures(rng, lib, n_sfh)
+    weights[kind == SSP_MIXTURE] = sample_training_mixtures(rng, lib, m - n_sfh, max_ssp=cfg.max_ssp,
+                                                            young_fraction=cfg.young_fraction)
+    av = rng.uniform(*cfg.av_range, m)
+    sigma = rng.uniform(*cfg.sigma_range_kms, m)
+    velocity = rng.uniform(*cfg.velocity_range_kms, m)
+    flux = synth.observe(weights, av, velocity, sigma)
+    emit = rng.random(m) < cfg.emission_fraction
+    if emit.any():
+        ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
+        cont = np.median(flux[emit], axis=1)
+        lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
+                                      rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm, cfg.dust_law)
+        # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
+        flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
+    snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
+    snr[rng.random(m) < cfg.noiseless_fraction] = 300.0
+    return NoiseFreeSet(flux.astype(np.float32), np.full(m, i0), np.full(m, z), snr,
+                        _label_values(cfg.labels, weights, lib, av, sigma, velocity), tuple(cfg.labels),
+                        weights.astype(np.float32), kind, emit)
+
+
+def n_batches(cfg: TrainsetConfig) -> int:
+    return -(-cfg.n // cfg.batch)
+
+
+def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: bool = False) -> NoiseFreeSet:
+    """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range (in memory)."""
+    batches = range(n_batches(cfg))
     if progress:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="synthesising", unit="batch")
-    for start in batches:
-        m = min(cfg.batch, cfg.n - start)
-        z = float(rng.uniform(*cfg.redshift_range))
-        i0 = int(np.clip(np.searchsorted(full, lo_rest * (1 + z)) - 1, 0, full.size - n_obs))
-        wave = full[i0:i0 + n_obs]
-        synth = Synthesiser(lib, wave, z, inst.lsf_fwhm)
-        weights = sample_training_mixtures(rng, lib, m, max_ssp=cfg.max_ssp, young_fraction=cfg.young_fraction)
-        av = rng.uniform(*cfg.av_range, m)
-        sigma = rng.uniform(*cfg.sigma_range_kms, m)
-        velocity = rng.uniform(*cfg.velocity_range_kms, m)
-        flux = synth.observe(weights, av, velocity, sigma)
-        emit = rng.random(m) < cfg.emission_fraction
-        if emit.any():
-            ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
-            cont = np.median(flux[emit], axis=1)
-            lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
-                                          rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm)
-            # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
-            flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
-        snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
-        snr[rng.random(m) < cfg.noiseless_fraction] = 300.0
-        rows_flux.append(flux.astype(np.float32))
-        rows_idx.append(np.full(m, i0))
-        rows_z.append(np.full(m, z))
-        rows_snr.append(snr)
-        rows_lab.append(_label_values(cfg.labels, weights, lib, av, sigma))
-        rows_w.append(weights.astype(np.float32))
-    return NoiseFreeSet(np.concatenate(rows_flux), np.concatenate(rows_idx), np.concatenate(rows_z),
-                        np.concatenate(rows_snr), np.concatenate(rows_lab), tuple(cfg.labels),
-                        np.concatenate(rows_w))
+    return NoiseFreeSet.concat([synthesise_batch(cfg, lib, spec, k) for k in batches])
+
+
+class StoredSet:
+    """A training set in a Zarr store: labels and small columns in memory, spectra read on demand.
+
+    Quacks like :class:`NoiseFreeSet` where training needs it (``len``, ``labels``, ``subset``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import zarr
+
+        self.path = str(path)
+        self.group = zarr.open_group(self.path, mode="r")
+        attrs = dict(self.group.attrs)
+        done = np.asarray(self.group["batch_done"][...])
+        if not done.all():
+            raise ValueError(f"training set {path} is incomplete ({int(done.sum())} of {done.size} batches); "
+                             "rerun `survey-proc trainset` with the same arguments to finish it")
+        self.config = TrainsetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in json.loads(attrs["config"]).items()})
+        self.digest = attrs["digest"]
+        self.label_names = tuple(attrs["label_names"])
+        self.labels = np.asarray(self.group["labels"][...])
+        self.wave_index = np.asarray(self.group["wave_index"][...])
+        self.redshift = np.asarray(self.group["redshift"][...])
+        self.snr = np.asarray(self.group["snr"][...])
+        self.kind = np.asarray(self.group["kind"][...])
+        self.emission = np.asarray(self.group["emission"][...])
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, idx: np.ndarray) -> NoiseFreeSet:
+        idx = np.asarray(idx)
+        order = np.argsort(idx)
+        rows = idx[order]
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo <= 2 * rows.size:  # nearly contiguous: one slab read
+            flux = np.asarray(self.group["flux"][lo:hi])[rows - lo]
+            weights = np.asarray(self.group["weights"][lo:hi])[rows - lo]
+        else:
+            flux = np.asarray(self.group["flux"].get_orthogonal_selection((rows, slice(None))))
+            weights = np.asarray(self.group["weights"].get_orthogonal_selection((rows, slice(None), slice(None))))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        return NoiseFreeSet(flux[inverse], self.wave_index[idx], self.redshift[idx], self.snr[idx],
+                            self.labels[idx], self.label_names, weights[inverse], self.kind[idx],
+                            self.emission[idx])
+
+
+def write_trainset(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: str | os.PathLike,
+                   progress: bool = False) -> StoredSet:
+    """Synthesise the set batch by batch into a Zarr store (bounded memory; a rerun resumes).
+
+    Each batch is seeded by (seed, batch index), so the store does not depend on how often the
+    writing was interrupted.
+    """
+    import zarr
+
+    path = str(path)
+    nb = n_batches(cfg)
+    digest = cfg.digest(lib, spec)
+    n_obs = _grid_rows(cfg, spec)
+    try:
+        group = zarr.open_group(path, mode="r+")
+        if group.attrs.get("digest") != digest:
+            raise ValueError(f"{path} holds another training set (digest {group.attrs.get('digest')} vs "
+                             f"{digest}); choose another path or delete it")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        b = cfg.batch
+        group.create_array("flux", shape=(cfg.n, n_obs), chunks=(b, n_obs), dtype="float32")
+        group.create_array("weights", shape=(cfg.n, lib.metal.size, lib.log_age.size),
+                           chunks=(b, lib.metal.size, lib.log_age.size), dtype="float32")
+        group.create_array("labels", shape=(cfg.n, len(cfg.labels)), chunks=(b, len(cfg.labels)), dtype="float32")
+        for name, dtype in (("wave_index", "int32"), ("redshift", "float64"), ("snr", "float32"),
+                            ("kind", "uint8"), ("emission", "bool")):
+            group.create_array(name, shape=(cfg.n,), chunks=(b,), dtype=dtype)
+        group.create_array("batch_done", shape=(nb,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.attrs.update({"config": json.dumps(asdict(cfg), default=list), "digest": digest,
+                            "label_names": list(cfg.labels), "instrument": cfg.instrument,
+                            "input": json.dumps(spec.to_manifest()),
+                            "ssp_library": lib.provenance.get("source", ""),
+                            "description": "noise-free observed-frame training spectra; noise is drawn per epoch"})
+    done = np.asarray(group["batch_done"][...])
+    todo = [k for k in range(nb) if not done[k]]
+    if progress:
+        from tqdm import tqdm
+
+        todo = tqdm(todo, desc="training set", unit="batch")
+    for k in todo:
+        part = synthesise_batch(cfg, lib, spec, k)
+        sl = slice(k * cfg.batch, k * cfg.batch + len(part))
+        group["flux"][sl] = part.flux
+        group["weights"][sl] = part.weights
+        group["labels"][sl] = part.labels
+        for name in ("wave_index", "redshift", "snr", "kind", "emission"):
+            group[name][sl] = getattr(part, name)
+        group["batch_done"][k:k + 1] = np.ones(1, np.uint8)
+    return StoredSet(path)
 
 
 def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig
@@ -210,6 +349,7 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
     resid = rng.standard_normal((n, 1), dtype=np.float32) * np.sqrt(sky_lines)
     mask = np.zeros((n, npix), bool)
     n_patch = rng.integers(cfg.bad_patches[0], cfg.bad_patches[1] + 1, n)
+    n_patch[rng.random(n) >= cfg.bad_patch_fraction] = 0
     col = np.arange(npix)[None, :]
     for k in range(cfg.bad_patches[1]):
         length = rng.integers(3, 16, n)[:, None]

@@ -1,10 +1,12 @@
 """The training loop, calibration, out-of-distribution statistics and bundle export.
 
-``survey-proc train CONFIG`` runs :func:`train`: synthesise noise-free training, validation and
-held-out test sets from the SSP library (three different seeds), train with fresh noise every
-epoch (Gaussian negative log-likelihood), keep the best epoch on the validation set, checkpoint
-every epoch (a rerun resumes), calibrate the uncertainties and the novelty threshold on the
-validation set, export a TorchScript bundle, and score the exported file on the held-out set.
+``survey-proc train CONFIG`` runs :func:`train`: synthesise (or stream from a Zarr store) noise-free
+training spectra and a validation set (another seed), train with fresh noise every epoch (Gaussian
+negative log-likelihood; optionally cross-entropy on the age-[M/H] weight grid and the chi^2 of the
+spectrum rebuilt from the predicted weights), keep the best epoch on the validation set, checkpoint
+every epoch (a rerun resumes), calibrate the uncertainties and the novelty thresholds on the
+validation set, export a TorchScript bundle, and score the exported file on held-out spectra
+synthesised with a third seed.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ import yaml
 
 from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME
 from survey_proc.preprocess import InputSpec
-from survey_proc.ssp import load_ssp_library
-from survey_proc.stores._maps import NOT_FITTED, property_attrs
-from survey_proc.training._arch import ExportedModel, build
-from survey_proc.training._dataset import NoiseFreeSet, TrainsetConfig, default_muse_input, make_inputs, synthesise
-from survey_proc.training._metrics import score_predictions
+from survey_proc.ssp import SSPLibrary, load_ssp_library
+from survey_proc.stores._maps import property_attrs
+from survey_proc.synth import Synthesiser
+from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
+from survey_proc.training._dataset import (
+    NoiseFreeSet,
+    TrainsetConfig,
+    default_muse_input,
+    instrument_of,
+    make_inputs,
+    synthesise,
+    write_trainset,
+)
+from survey_proc.training._evaluate import evaluate
 
 INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input}
 
@@ -45,14 +56,18 @@ class TrainConfig:
     arch: str = "cnn"
     arch_kwargs: dict = field(default_factory=dict)
     trainset: TrainsetConfig = field(default_factory=TrainsetConfig)
+    trainset_store: str | None = None   #: Zarr store of the training set (written if absent), else in memory
     n_val: int = 4000
-    n_test: int = 4000
+    n_test: int = 4000                  #: held-out spectra per family (SSP mixtures, continuous SFHs)
     test_snr: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
     epochs: int = 30
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 6
+    weight_loss: float = 0.0            #: weight of the cross-entropy on the light-fraction grid (0: no grid)
+    recon_loss: float = 0.0             #: weight of the reduced chi^2 of the rebuilt spectrum
+    reconstruct: bool = False           #: export the reconstructor (weights grid + chi2 outputs)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -73,6 +88,7 @@ class TrainConfig:
             raise ValueError(f"unknown trainset option(s): {', '.join(sorted(set(ts) - ts_known))}")
         ts = {k: tuple(v) if isinstance(v, list) else v for k, v in ts.items()}
         raw = {k: tuple(v) if k == "test_snr" else v for k, v in raw.items()}
+        raw["arch_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.get("arch_kwargs", {}).items()}
         return cls(trainset=TrainsetConfig(**ts), **raw)
 
     @classmethod
@@ -82,6 +98,10 @@ class TrainConfig:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def predicts_weights(self) -> bool:
+        return self.weight_loss > 0 or self.recon_loss > 0 or self.reconstruct
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -96,16 +116,22 @@ def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor
     return (0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var))).sum(dim=1).mean()
 
 
-class _Epochs:
-    """Produces (x, y) chunks of fresh noise in a background thread while the model trains."""
+def grid_cross_entropy(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of predicted light fractions against the true ones, (n, ngrid)."""
+    return -(true * torch.log(pred + 1e-8)).sum(dim=1).mean()
 
-    def __init__(self, data: NoiseFreeSet, cfg: TrainConfig, spec: InputSpec, y: np.ndarray, epoch: int) -> None:
+
+class _Epochs:
+    """Produces (x, y, w) chunks of fresh noise in a background thread while the model trains."""
+
+    def __init__(self, data, cfg: TrainConfig, spec: InputSpec, y: np.ndarray, epoch: int) -> None:
         self.data, self.cfg, self.spec, self.y = data, cfg, spec, y
         rng = np.random.default_rng([cfg.seed, epoch])
         # shuffle at the level of redshift batches (rows of one batch share a grid), then within chunks
-        starts = np.arange(0, len(data), cfg.trainset.batch)
+        batch = cfg.trainset.batch
+        starts = np.arange(0, len(data), batch)
         rng.shuffle(starts)
-        order = np.concatenate([np.arange(s, min(s + cfg.trainset.batch, len(data))) for s in starts])
+        order = np.concatenate([np.arange(s, min(s + batch, len(data))) for s in starts])
         self.chunks = [order[i:i + cfg.chunk] for i in range(0, len(order), cfg.chunk)]
         self.rng = rng
         self.queue: queue.Queue = queue.Queue(maxsize=2)
@@ -114,14 +140,34 @@ class _Epochs:
 
     def _produce(self) -> None:
         for idx in self.chunks:
-            x, _, _ = make_inputs(self.data.subset(idx), self.rng, self.cfg.trainset, self.spec)
+            part = self.data.subset(idx)
+            x, _, _ = make_inputs(part, self.rng, self.cfg.trainset, self.spec)
             perm = self.rng.permutation(idx.size)
-            self.queue.put((x[perm], self.y[idx][perm]))
+            w = part.weights.reshape(len(part), -1)
+            self.queue.put((x[perm], self.y[idx][perm], w[perm]))
         self.queue.put(None)
 
     def __iter__(self):
         while (item := self.queue.get()) is not None:
             yield item
+
+
+def make_reconstructor(lib: SSPLibrary, spec: InputSpec, ts: TrainsetConfig) -> Reconstructor:
+    """The SSP templates on the model grid for the instrument at the middle of the redshift range."""
+    inst = instrument_of(ts)
+    z = 0.5 * (ts.redshift_range[0] + ts.redshift_range[1])
+    wave_obs = spec.wave * (1 + z) if spec.frame == "rest" else spec.wave
+    synth = Synthesiser(lib, wave_obs, z, inst.lsf_fwhm, max_velocity=1500.0, dust_law=ts.dust_law)
+    model_rest = spec.wave if spec.frame == "rest" else spec.wave / (1 + z)
+    return Reconstructor.from_synthesiser(synth, model_rest)
+
+
+def _physical(values: torch.Tensor, names: list[str], mean: torch.Tensor, std: torch.Tensor, name: str,
+              default: float, low: float) -> torch.Tensor:
+    if name not in names:
+        return torch.full_like(values[:, 0], default)
+    i = names.index(name)
+    return (values[:, i] * std[i] + mean[i]).clamp(min=low)
 
 
 def _predict_raw(net: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 2048
@@ -130,15 +176,11 @@ def _predict_raw(net: torch.nn.Module, x: np.ndarray, device: torch.device, batc
     means, logvars, feats = [], [], []
     with torch.inference_mode():
         for s in range(0, x.shape[0], batch):
-            m, lv, f = net(torch.from_numpy(x[s:s + batch]).to(device))
+            m, lv, f, _ = net(torch.from_numpy(x[s:s + batch]).to(device))
             means.append(m.float().cpu().numpy())
             logvars.append(lv.float().cpu().numpy())
             feats.append(f.float().cpu().numpy())
     return np.concatenate(means), np.concatenate(logvars), np.concatenate(feats)
-
-
-def _with_snr(data: NoiseFreeSet, snr: float) -> NoiseFreeSet:
-    return dataclasses.replace(data, snr=np.full(len(data), snr))
 
 
 def _plot_history(history: list[dict], path: Path) -> None:
@@ -150,22 +192,48 @@ def _plot_history(history: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [h["epoch"] for h in history]
     ax.plot(ep, [h["train_loss"] for h in history], label="training (fresh noise each epoch)")
-    ax.plot(ep, [h["val_loss"] for h in history], label="validation")
+    ax.plot(ep, [h["val_loss"] for h in history], label="validation (label NLL)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Gaussian NLL (standardised labels)")
+    ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, progress: bool):
+    ts = cfg.trainset
+    if cfg.trainset_store:
+        train_set = write_trainset(ts, lib, spec, cfg.trainset_store, progress=progress)
+    else:
+        train_set = synthesise(ts, lib, spec, progress=progress)
+    val_set = synthesise(dataclasses.replace(ts, n=cfg.n_val, seed=ts.seed + 1_000_003), lib, spec)
+    return train_set, val_set
+
+
+def _novelty_statistics(net, train_set, val_feats: np.ndarray, cfg: TrainConfig, spec: InputSpec):
+    """Feature mean and precision from training spectra (fresh noise); threshold from validation.
+
+    Estimating both on the same spectra would make in-sample distances look smaller than new ones.
+    """
+    ref = train_set.subset(np.arange(min(len(train_set), 20000)))
+    x_ref, _, _ = make_inputs(ref, np.random.default_rng([cfg.seed, 98]), cfg.trainset, spec)
+    _, _, feats = _predict_raw(net, x_ref, torch.device("cpu"))
+    feat_mean = feats.mean(axis=0)
+    cov = np.cov(feats, rowvar=False)
+    cov += np.eye(cov.shape[0]) * 1e-3 * np.trace(cov) / cov.shape[0]
+    prec = np.linalg.inv(cov)
+    d = val_feats - feat_mean
+    val_scores = np.sqrt(np.einsum("ij,jk,ik->i", d, prec, d) / d.shape[1])
+    return feat_mean, prec, float(np.quantile(val_scores, cfg.ood_quantile))
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Train, calibrate and export a bundle into ``out_dir/bundle``; returns the bundle path.
 
-    ``out_dir`` also receives ``checkpoint.pt`` (resume), ``metrics.json`` and ``loss_curve.png``.
+    ``out_dir`` also receives ``checkpoint.pt`` (resume), ``metrics.json``, ``loss_curve.png`` and
+    ``heldout_predicted_vs_true.png``.
     """
-    from survey_proc import __version__
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -180,11 +248,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
 
     t0 = time.perf_counter()
     ts = cfg.trainset
-    train_set = synthesise(ts, lib, spec, progress=progress)
-    val_set = synthesise(dataclasses.replace(ts, n=cfg.n_val, seed=ts.seed + 1_000_003), lib, spec)
-    test_set = synthesise(dataclasses.replace(ts, n=cfg.n_test, seed=ts.seed + 2_000_003), lib, spec)
-    say(f"synthesised {len(train_set)} training, {len(val_set)} validation, {len(test_set)} held-out "
-        f"spectra in {time.perf_counter() - t0:.0f} s")
+    train_set, val_set = _load_sets(cfg, lib, spec, progress)
+    say(f"{len(train_set)} training and {len(val_set)} validation spectra ready in {time.perf_counter() - t0:.0f} s")
 
     names = list(ts.labels)
     label_mean = train_set.labels.mean(axis=0)
@@ -192,8 +257,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     y_train = ((train_set.labels - label_mean) / label_std).astype(np.float32)
     x_val, _, _ = make_inputs(val_set, np.random.default_rng([cfg.seed, 99]), ts, spec)
     y_val = ((val_set.labels - label_mean) / label_std).astype(np.float32)
+    mean_t, std_t = torch.tensor(label_mean, device=device), torch.tensor(label_std, device=device)
 
-    net = build(cfg.arch, len(spec.channels), spec.wave.size, len(names), **cfg.arch_kwargs).to(device)
+    n_grid = lib.metal.size * lib.log_age.size if cfg.predicts_weights else 0
+    net = build(cfg.arch, len(spec.channels), spec.wave.size, len(names), n_weights=n_grid,
+                **cfg.arch_kwargs).to(device)
+    recon = make_reconstructor(lib, spec, ts).to(device) if (cfg.recon_loss > 0 or cfg.reconstruct) else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     amp = device.type == "cuda"
@@ -221,13 +290,23 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
             from tqdm import tqdm
 
             bar = tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="spec", leave=False)
-        for xc, yc in _Epochs(train_set, cfg, spec, y_train, epoch):
+        for xc, yc, wc in _Epochs(train_set, cfg, spec, y_train, epoch):
             for s in range(0, xc.shape[0], cfg.batch_size):
                 xb = torch.from_numpy(xc[s:s + cfg.batch_size]).to(device, non_blocking=True)
                 yb = torch.from_numpy(yc[s:s + cfg.batch_size]).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    mean, log_var, _ = net(xb)
-                loss = gaussian_nll(mean.float(), log_var.float(), yb)
+                    mean, log_var, _, weights = net(xb)
+                mean, log_var, weights = mean.float(), log_var.float(), weights.float()
+                loss = gaussian_nll(mean, log_var, yb)
+                if cfg.weight_loss > 0:
+                    wb = torch.from_numpy(wc[s:s + cfg.batch_size]).to(device, non_blocking=True)
+                    loss = loss + cfg.weight_loss * grid_cross_entropy(weights, wb)
+                if cfg.recon_loss > 0 and recon is not None:
+                    model = recon(weights, _physical(mean, names, mean_t, std_t, "av", 0.0, 0.0),
+                                  _physical(mean, names, mean_t, std_t, "velocity", 0.0, -1e4),
+                                  _physical(mean, names, mean_t, std_t, "sigma", 100.0, 1.0))
+                    chi2, _ = reduced_chi2(xb, model)
+                    loss = loss + cfg.recon_loss * torch.log1p(chi2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -260,87 +339,66 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
 
     net.load_state_dict(torch.load(best_path, map_location=device))
     net = net.cpu().eval()
-    # calibration on the validation set: uncertainty scale per output; novelty statistics from
-    # training spectra (fresh noise), its threshold from the validation set (estimating both on the
-    # same spectra would make in-sample distances look smaller than new ones)
+    recon = recon.cpu() if recon is not None else None
+    # uncertainty calibration on the validation set: the 68 % interval holds 68 % of its spectra
     m, lv, feats_val = _predict_raw(net, x_val, torch.device("cpu"))
-    z = np.abs(m - y_val) / np.exp(0.5 * lv)
-    err_scale = np.quantile(z, 0.6827, axis=0)  # makes the 68 % interval hold 68 % of validation spectra
-    ref = train_set.subset(np.arange(min(len(train_set), 20000)))
-    x_ref, _, _ = make_inputs(ref, np.random.default_rng([cfg.seed, 98]), ts, spec)
-    _, _, feats = _predict_raw(net, x_ref, torch.device("cpu"))
-    del x_ref
-    feat_mean = feats.mean(axis=0)
-    cov = np.cov(feats, rowvar=False)
-    cov += np.eye(cov.shape[0]) * 1e-3 * np.trace(cov) / cov.shape[0]
-    prec = np.linalg.inv(cov)
-    d = feats_val - feat_mean
-    val_scores = np.sqrt(np.einsum("ij,jk,ik->i", d, prec, d) / d.shape[1])
-    ood_threshold = float(np.quantile(val_scores, cfg.ood_quantile))
+    err_scale = np.quantile(np.abs(m - y_val) / np.exp(0.5 * lv), 0.6827, axis=0)
+    feat_mean, prec, ood_threshold = _novelty_statistics(net, train_set, feats_val, cfg, spec)
+    exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std), torch.tensor(feat_mean),
+                             torch.tensor(prec), torch.tensor(err_scale),
+                             recon if cfg.reconstruct else None, (lib.metal.size, lib.log_age.size))
+    rules: list[dict] = [{"output": "ood_score", "threshold": ood_threshold,
+                          "meaning": f"feature Mahalanobis score above the {cfg.ood_quantile:.1%} quantile of "
+                                     "validation spectra"}]
+    outputs = {n: {**property_attrs(n), "error": True} for n in names}
+    if cfg.reconstruct:
+        with torch.inference_mode():
+            chi2_val = np.concatenate([exported(torch.from_numpy(x_val[s:s + 2048]))["chi2"].numpy()
+                                       for s in range(0, x_val.shape[0], 2048)])
+        rules.append({"output": "chi2", "threshold": float(np.quantile(chi2_val, cfg.ood_quantile)),
+                      "meaning": f"reduced chi2 of the rebuilt spectrum above the {cfg.ood_quantile:.1%} quantile "
+                                 "of validation spectra"})
+        outputs["weights"] = {**property_attrs("weights"), "dims": ["age", "metal"],
+                              "coords": {"age": lib.log_age.tolist(), "metal": lib.metal.tolist()}}
+        outputs["chi2"] = property_attrs("chi2")
+    bundle = _export(exported, out, cfg, spec, lib, outputs, rules, {
+        "config": asdict(cfg), "config_digest": cfg.digest(), "trainset_hash": ts.digest(lib, spec),
+        "ssp_library": lib.provenance.get("source"), "n_train": len(train_set), "n_val": len(val_set),
+        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "uncertainty_scale": err_scale.tolist(),
+        "parameters": int(sum(p.numel() for p in net.parameters())), "device": str(device),
+        "seconds": time.perf_counter() - t0})
 
-    exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std),
-                             torch.tensor(feat_mean), torch.tensor(prec), torch.tensor(err_scale))
-    scripted = torch.jit.script(exported)
-    bundle = out / "bundle"
-    bundle.mkdir(exist_ok=True)
-    model_path = bundle / "model.pt"
-    scripted.save(str(model_path))
-
-    from survey_proc._fetch import sha256_of
-
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "name": cfg.name,
-        "description": cfg.description,
-        "estimator": "torchscript",
-        "file": "model.pt",
-        "sha256": sha256_of(model_path),
-        "input": spec.to_manifest(),
-        "outputs": {n: {**property_attrs(n), "error": True} for n in names},
-        "flags": {"OUT_OF_DISTRIBUTION": {"output": "ood_score", "threshold": ood_threshold,
-                                          "meaning": f"feature Mahalanobis score above the {cfg.ood_quantile:.1%} "
-                                                     "quantile of validation spectra"}},
-        "min_snr": cfg.min_snr,
-        "batch_size": 1024,
-        "training": {
-            "config": asdict(cfg), "config_digest": cfg.digest(),
-            "trainset_hash": ts.digest(lib, spec), "ssp_library": lib.provenance.get("source"),
-            "n_train": len(train_set), "n_val": len(val_set), "best_epoch": state["best_epoch"],
-            "epochs_run": state["epoch"], "uncertainty_scale": err_scale.tolist(),
-            "parameters": int(sum(p.numel() for p in net.parameters())), "device": str(device),
-            "seconds": time.perf_counter() - t0,
-        },
-        "software": f"survey-proc {__version__}, torch {torch.__version__}",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
-
-    metrics = evaluate_bundle(bundle, test_set, ts, spec, cfg.test_snr, seed=cfg.seed + 7)
+    metrics = evaluate(str(bundle), snrs=cfg.test_snr, n=cfg.n_test, seed=ts.seed + 2_000_003, lib=lib,
+                       png=out / "heldout_predicted_vs_true.png", progress=False)
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     manifest["metrics"] = {"held_out": metrics, "note": (
-        f"{cfg.n_test} spectra synthesised with a seed never used in training or validation, "
-        "scored with the exported TorchScript file through the engine's preprocessing")}
-    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
-    (out / "metrics.json").write_text(json.dumps({"held_out": metrics, "history": state["history"]}, indent=2))
+        f"{cfg.n_test} spectra per family (1-3 SSP mixtures; continuous SFHs) synthesised with a seed never "
+        "used in training or validation, scored with the exported TorchScript file through the engine's "
+        "preprocessing")}
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float))
+    (out / "metrics.json").write_text(json.dumps({"held_out": metrics, "history": state["history"]}, indent=2,
+                                                 default=float))
     say(f"bundle written to {bundle}")
     return bundle
 
 
-def evaluate_bundle(bundle: Path, test_set: NoiseFreeSet, ts: TrainsetConfig, spec: InputSpec,
-                    snrs: tuple[float, ...], seed: int = 0) -> dict[str, Any]:
-    """Held-out metrics of an exported bundle at fixed S/N values, through :func:`prepare`."""
-    from survey_proc.estimators import load_estimator
+def _export(exported: ExportedModel, out: Path, cfg: TrainConfig, spec: InputSpec, lib: SSPLibrary,
+            outputs: dict, rules: list[dict], training: dict) -> Path:
+    """Script the model, write model.pt and its manifest into ``out/bundle``."""
+    from survey_proc import __version__
+    from survey_proc._fetch import sha256_of
 
-    est = load_estimator(bundle)
-    names = list(test_set.label_names)
-    result: dict[str, Any] = {}
-    for snr in snrs:
-        x, flags, _ = make_inputs(_with_snr(test_set, snr), np.random.default_rng([seed, int(snr)]), ts, spec)
-        fit = (flags & int(NOT_FITTED)) == 0
-        pred = est.predict(x[fit])
-        truth = {n: test_set.labels[fit, i] for i, n in enumerate(names)}
-        result[f"{snr:g}"] = score_predictions(pred, truth, names)
-        result[f"{snr:g}"]["n"] = int(fit.sum())
-        thr = est.manifest.flag_rules.get("OUT_OF_DISTRIBUTION", {}).get("threshold")
-        if thr is not None:
-            result[f"{snr:g}"]["ood_flagged_fraction"] = float(np.mean(pred["ood_score"] > thr))
-    return result
+    bundle = out / "bundle"
+    bundle.mkdir(exist_ok=True)
+    model_path = bundle / "model.pt"
+    torch.jit.script(exported).save(str(model_path))
+    manifest = {
+        "format": BUNDLE_FORMAT, "name": cfg.name, "description": cfg.description,
+        "estimator": "torchscript", "file": "model.pt", "sha256": sha256_of(model_path),
+        "input": spec.to_manifest(), "outputs": outputs, "flags": {"OUT_OF_DISTRIBUTION": rules},
+        "min_snr": cfg.min_snr, "batch_size": 1024, "training": training,
+        "software": f"survey-proc {__version__}, torch {torch.__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+    return bundle
