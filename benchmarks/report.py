@@ -18,10 +18,32 @@ def _fmt(x: float, digits: int = 0) -> str:
 
 
 def _energy(r: dict) -> str:
-    label = r["energy_method"] + (" (estimate)" if r["energy_method"] == "estimate" else "")
+    label = {"estimate": "estimate: CPU-s x W/core", "rapl": "RAPL", "nvml": "NVML"}.get(r["energy_method"],
+                                                                                      r["energy_method"])
     j = r["joules_per_spectrum"]
     value = f"{j:.3g}" if np.isfinite(j) else "n/a"
     return f"{value} J ({label})"
+
+
+def stage_table(report: dict) -> list[str]:
+    """Microseconds per spectrum in each stage of a worker task (wall / CPU)."""
+    stages = (("read", None, "read (Zarr, decompress)"), ("prepare", "prepare_cpu", "preprocess"),
+              ("estimator", "estimator_cpu", "estimator"), ("write", None, "write (Zarr) + markers"),
+              (None, "cpu", "whole task, CPU"))
+    lines = ["| method | workers | " + " | ".join(label for *_, label in stages) + " |",
+             "|---|---:|" + "---:|" * len(stages)]
+    for r in report["results"]:
+        us = r.get("per_spectrum_us") or {}
+        cells = []
+        for wall, cpu, _ in stages:
+            parts = []
+            if wall:
+                parts.append(f"{us.get(wall, float('nan')):,.0f}")
+            if cpu:
+                parts.append(f"{us.get(cpu, float('nan')):,.0f} CPU")
+            cells.append(" / ".join(parts))
+        lines.append(f"| {r['method']} ({r['device']}) | {r['workers']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def results_table(report: dict) -> list[str]:
@@ -154,8 +176,13 @@ def markdown(report: dict, png_name: str) -> str:
         "",
         "End to end = the whole `survey-proc run` on a warm LocalCluster: open and validate the cube, write "
         "the maps store's metadata, read every region, preprocess, estimate, write, verify every region "
-        "(CRC-32), consolidate. pPXF runs on a central sample of the same cube (it costs the same per spectrum "
-        "everywhere); the model on the whole cube.",
+        "(CRC-32), consolidate. pPXF runs on a sample of spaxels spread evenly over the same cube "
+        "(its cost is per spectrum); the model on the whole cube and on the same sample.",
+        "",
+        "Where the time goes inside the worker tasks (microseconds per spectrum, wall / CPU; on a machine "
+        "shared with other jobs the CPU figures are the steadier ones):",
+        "",
+        *stage_table(report),
         "",
         "## Cost against cube size",
         "",

@@ -156,11 +156,14 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     flat = values.ravel()
     run = np.cumsum(new_run) - 1
     p, q = left[run], right[run]
-    safe_p, safe_q = np.where(whole_row[run], bad, p), np.where(whole_row[run], bad, q)
-    vp, vq = flat[safe_p], flat[safe_q]
+    if whole_row.any():  # rows without any valid entry: point at themselves, zeroed below
+        p, q = np.where(whole_row[run], bad, p), np.where(whole_row[run], bad, q)
+    vp, vq = flat[p], flat[q]
     t = np.where(q > p, (bad - p) / np.maximum(q - p, 1), 0.0).astype(np.float32)
     filled = vp + (vq - vp) * t
-    np.put(out, bad, np.where(whole_row[run], np.float32(0.0), filled))
+    if whole_row.any():
+        filled[whole_row[run]] = 0.0
+    out.reshape(-1)[bad] = filled
     return out
 
 
