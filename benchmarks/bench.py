@@ -296,8 +296,10 @@ def run_bench(cfg: BenchConfig) -> dict:
                      "per worker, estimator alone)")
 
     for g in (machine["gpus"] if cfg.gpu else []):
+        # every CPU worker feeds the one GPU (reading and preprocessing are CPU work); untested here:
+        # the machines this was written on have no GPU
         env = {"CUDA_VISIBLE_DEVICES": str(g["index"])}
-        with bench_cluster(1, env=env) as (client, address):
+        with bench_cluster(top, env=env) as (client, address):
             client.run(_warm_estimator, model_path, "cuda:0")
             r = timed_run(cube, work / f"model-gpu{g['index']}.maps.zarr", model_path, address, "cuda:0", "model",
                           [g["index"]], watts)
