@@ -130,7 +130,7 @@ def sample_cube(cube: Path, out: Path, n: int) -> Path:
 
 @contextmanager
 def bench_cluster(workers: int, env: dict | None = None):
-    """A warm LocalCluster like the engine's (one thread per worker); yields (client, address)."""
+    """A warm LocalCluster like the engine's (one thread per worker); yields its client."""
     from distributed import Client, LocalCluster
 
     from survey_proc import config
@@ -140,7 +140,7 @@ def bench_cluster(workers: int, env: dict | None = None):
                            **({"env": env} if env else {}))
     client = Client(cluster)
     try:
-        yield client, cluster.scheduler_address
+        yield client
     finally:
         client.close()
         cluster.close()
@@ -163,22 +163,47 @@ def _warm_estimator(model: str, device: str) -> str:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB): VmHWM on Linux, else ru_maxrss.
+
+    (ru_maxrss of a spawned worker also counts the parent's memory before the exec; VmHWM does not.)
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def _reset_peak_rss() -> bool:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def peak_rss_per_worker(client) -> list[float]:
     return sorted(client.run(_peak_rss_mb).values())
 
 
-def timed_run(cube: Path, out: Path, model: str, address: str, device: str, method: str,
+def timed_run(client, cube: Path, out: Path, model: str, device: str, method: str,
               meter_gpus: list[int] | None, watts: float) -> dict:
-    """One engine run on a warm cluster, timed and metered; a result row of the JSON."""
+    """One engine run on the warm cluster of ``client``, timed and metered; a result row of the JSON.
+
+    The engine connects to the cluster by its address, as ``survey-proc run --cluster ADDRESS`` does.
+    """
     from benchmarks.energy import EnergyMeter
     from survey_proc.engine import RunConfig, run
 
     shutil.rmtree(out, ignore_errors=True)
+    address = client.scheduler.address
+    client.run(_reset_peak_rss)
     with EnergyMeter(gpus=meter_gpus, watts_per_core=watts) as meter:
         t0 = time.perf_counter()
         s = run(RunConfig(cube=str(cube), out=str(out), model=model, cluster=address, progress=False,
@@ -200,6 +225,7 @@ def timed_run(cube: Path, out: Path, model: str, address: str, device: str, meth
         "energy_note": meter.note, "flag_counts": s.flag_counts,
         # where the time goes, per spectrum, summed over the worker tasks (wall and CPU microseconds)
         "per_spectrum_us": {k: v / s.spectra * 1e6 for k, v in sorted(s.timings.items())},
+        "peak_rss_mb_per_worker": peak_rss_per_worker(client),
     }
 
 
@@ -265,32 +291,32 @@ def run_bench(cfg: BenchConfig) -> dict:
     memory: dict[str, list[float]] = {}
     top = max(cfg.workers)
     for w in cfg.workers:
-        with bench_cluster(w) as (client, address):
+        with bench_cluster(w) as client:
             client.run(_warm_estimator, model_path, "cpu")
-            r = timed_run(cube, work / f"model-w{w}.maps.zarr", model_path, address, "cpu", "model", None, watts)
+            r = timed_run(client, cube, work / f"model-w{w}.maps.zarr", model_path, "cpu", "model", None, watts)
             r["kind"] = "model, whole cube"
             results.append(r)
             say(cfg, f"  model  cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
                      f"{r['spectra_per_s']:,.0f} spectra/s end to end ({r['estimator_spectra_per_s']:,.0f}/s estimator alone)")
             if w == top:
                 for side_cube in sizes:
-                    rs = timed_run(side_cube, work / f"model-{side_cube.stem}.maps.zarr", model_path, address, "cpu",
+                    rs = timed_run(client, side_cube, work / f"model-{side_cube.stem}.maps.zarr", model_path, "cpu",
                                    "model", None, watts)
                     rs["kind"] = "model, cube size"
                     size_rows.append(rs)
                     say(cfg, f"  model  cpu  {w} worker(s), {rs['spectra']:>6} spectra: {rs['seconds']:.2f} s")
-                rm = timed_run(sample, work / "model-sample.maps.zarr", model_path, address, "cpu", "model", None, watts)
+                rm = timed_run(client, sample, work / "model-sample.maps.zarr", model_path, "cpu", "model", None, watts)
                 rm["kind"] = "model, pPXF sample"
-            memory[f"model-w{w}"] = r["peak_rss_mb_per_worker"] = peak_rss_per_worker(client)
+            memory[f"model-w{w}"] = r["peak_rss_mb_per_worker"]
 
     ppxf_workers = cfg.workers if not cfg.quick else [top]
     for w in ppxf_workers:
-        with bench_cluster(w) as (client, address):
+        with bench_cluster(w) as client:
             client.run(_warm_estimator, ppxf_path, "cpu")
-            r = timed_run(sample, work / f"ppxf-w{w}.maps.zarr", ppxf_path, address, "cpu", "ppxf", None, watts)
+            r = timed_run(client, sample, work / f"ppxf-w{w}.maps.zarr", ppxf_path, "cpu", "ppxf", None, watts)
             r["kind"] = "pPXF, sample spread over the cube"
             results.append(r)
-            memory[f"ppxf-w{w}"] = r["peak_rss_mb_per_worker"] = peak_rss_per_worker(client)
+            memory[f"ppxf-w{w}"] = r["peak_rss_mb_per_worker"]
             say(cfg, f"  pPXF   cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
                      f"{r['spectra_per_s']:.2f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.2f}/s "
                      "per worker, estimator alone)")
@@ -299,13 +325,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         # every CPU worker feeds the one GPU (reading and preprocessing are CPU work); untested here:
         # the machines this was written on have no GPU
         env = {"CUDA_VISIBLE_DEVICES": str(g["index"])}
-        with bench_cluster(top, env=env) as (client, address):
+        with bench_cluster(top, env=env) as client:
             client.run(_warm_estimator, model_path, "cuda:0")
-            r = timed_run(cube, work / f"model-gpu{g['index']}.maps.zarr", model_path, address, "cuda:0", "model",
+            r = timed_run(client, cube, work / f"model-gpu{g['index']}.maps.zarr", model_path, "cuda:0", "model",
                           [g["index"]], watts)
             r["device"] = f"cuda:{g['index']}"
             r["kind"] = f"model, whole cube, GPU {g['name']}"
-            r["peak_rss_mb_per_worker"] = peak_rss_per_worker(client)
             results.append(r)
             say(cfg, f"  model  cuda:{g['index']}: {r['spectra_per_s']:,.0f} spectra/s end to end")
 

@@ -73,7 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     model, out = args.model, args.out
     if args.method == "ppxf":  # the packaged pPXF configuration, or a copy given with --model
+        from survey_proc.errors import ModelError
+        from survey_proc.estimators import load_manifest
+
         model = model or "ppxf"
+        if load_manifest(model).estimator != "ppxf":
+            raise ModelError(f"--method ppxf with --model {model}: that bundle's estimator is "
+                             f"{load_manifest(model).estimator!r}, not a pPXF configuration")
         out = out or str(default_output(args.cube, "ppxf"))
     summary = run(RunConfig(cube=args.cube, out=out, model=model, cluster=args.cluster,
                             workers=args.workers, redshift=args.redshift, min_snr=args.min_snr,

@@ -73,6 +73,30 @@ def test_one_fit_recovers_known_parameters(ssp_lib):
     assert 0 < out["sigma_err"][0] < 10 and 0 < out["velocity_err"][0] < 10
 
 
+def test_regularisation_is_a_manifest_option(tmp_path, ssp_lib):
+    """A copy of the packaged configuration with ``regul`` set gives a smoother weight grid."""
+    from survey_proc.ssp import muse_lsf_fwhm
+    from survey_proc.synth import Synthesiser
+
+    raw = json.loads(load_manifest("ppxf").path.read_text())
+    raw["ppxf"]["regul"] = 100.0
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    wave = 4750.0 + 1.25 * np.arange(3681)
+    weights = np.zeros((1, 6, 25))
+    weights[0, 3, 14:18] = 0.25
+    flux = Synthesiser(ssp_lib, wave, 0.0, muse_lsf_fwhm).observe(weights, np.array([0.2]), np.array([0.0]),
+                                                                  np.array([100.0]), 100.0)
+    var = (flux / 50.0) ** 2
+    fits = {}
+    for name, model in (("plain", "ppxf"), ("regularised", tmp_path)):
+        est = load_estimator(model, threads=1)
+        out, flags, _, _ = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, 0.0, est, 5.0,
+                                           muse_lsf_fwhm(wave))
+        assert flags[0] == 0
+        fits[name] = out["weights"][0]
+    assert (fits["regularised"] > 1e-3).sum() > (fits["plain"] > 1e-3).sum()
+
+
 def test_a_failed_fit_gives_nan_and_fit_failed(mock16):
     import zarr
 

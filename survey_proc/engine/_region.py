@@ -132,10 +132,6 @@ def _wave_and_lsf(cube: str) -> tuple[np.ndarray, np.ndarray | None]:
     return wave, (np.full(wave.size, float(fwhm)) if fwhm is not None else None)
 
 
-def _open(path: str, mode: str) -> zarr.Group:
-    return zarr.open_group(path, mode=mode, zarr_format=3)
-
-
 def read_arrays(path: str, names: list[str], index: tuple[slice, ...]) -> dict[str, np.ndarray | None]:
     """The ``index`` block of each named array of a store, read concurrently (None if absent)."""
     return zarr_sync(_read_arrays(path, names, index))
@@ -213,8 +209,11 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
 
 
 def read_region_outputs(out: str, region: Region, names: list[str]) -> dict[str, np.ndarray]:
-    """Arrays of a region as stored (used to verify checksums)."""
-    grp = _open(out, "r")
+    """Arrays of a region as stored (used to verify checksums), read concurrently."""
     sel = region.selection()
     index = tuple(sel[d] for d, _, _ in region.slices)
-    return {name: np.asarray(grp[name][index]) for name in names}
+    arrays = read_arrays(out, names, index)
+    missing = [name for name, values in arrays.items() if values is None]
+    if missing:
+        raise KeyError(f"{out} lacks {', '.join(missing)}")
+    return arrays
