@@ -130,14 +130,12 @@ def sample_cube(cube: Path, out: Path, n: int) -> Path:
 
 @contextmanager
 def bench_cluster(workers: int, env: dict | None = None):
-    """A warm LocalCluster like the engine's (one thread per worker); yields its client."""
-    from distributed import Client, LocalCluster
+    """A warm LocalCluster made exactly as the engine makes it (one thread per worker); yields its client."""
+    from distributed import Client
 
-    from survey_proc import config
+    from survey_proc.cluster._local import local_cluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           memory_limit=config.get("cluster.memory-limit", "auto"), silence_logs=40,
-                           **({"env": env} if env else {}))
+    cluster = local_cluster(workers, 1, **({"env": env} if env else {}))
     client = Client(cluster)
     try:
         yield client
@@ -269,6 +267,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     model_path = str(load_manifest(cfg.model).path)
+    from benchmarks.null_model import null_bundle
+
+    null_path = str(null_bundle(model_path, work / "null-model") / "manifest.json")
     ppxf_path = str(load_manifest("ppxf").path)
     watts = cfg.watts_per_core
     say(cfg, f"survey-proc bench ({'quick' if cfg.quick else 'full'}) on {machine['cpu']}, {machine['cores']} cores"
@@ -307,6 +308,10 @@ def run_bench(cfg: BenchConfig) -> dict:
                     say(cfg, f"  model  cpu  {w} worker(s), {rs['spectra']:>6} spectra: {rs['seconds']:.2f} s")
                 rm = timed_run(client, sample, work / "model-sample.maps.zarr", model_path, "cpu", "model", None, watts)
                 rm["kind"] = "model, pPXF sample"
+                client.run(_warm_estimator, null_path, "cpu")
+                engine = timed_run(client, cube, work / "null-model.maps.zarr", null_path, "cpu", "model", None, watts)
+                engine["kind"] = "engine alone: the model's manifest with a zero-cost TorchScript"
+                say(cfg, f"  engine alone (null model), {w} worker(s): {engine['spectra_per_s']:,.0f} spectra/s end to end")
             memory[f"model-w{w}"] = r["peak_rss_mb_per_worker"]
 
     ppxf_workers = cfg.workers if not cfg.quick else [top]
@@ -362,6 +367,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "acceptance_1000x": bool(speedup >= 1000.0)},
         "cube_size_scaling": {"rows": size_rows, "fit": linear_cost(size_rows)},
         "model_on_ppxf_sample": rm,
+        "engine_alone": engine,
         "peak_rss_mb_per_worker": memory,
         "accuracy": acc,
         "compare_figures": figures,

@@ -27,8 +27,8 @@ def _energy(r: dict) -> str:
 
 def stage_table(report: dict) -> list[str]:
     """Microseconds per spectrum in each stage of a worker task (wall / CPU)."""
-    stages = (("read", None, "read (Zarr, decompress)"), ("prepare", "prepare_cpu", "preprocess"),
-              ("estimator", "estimator_cpu", "estimator"), ("write", None, "write (Zarr) + markers"),
+    stages = (("read", "read_cpu", "read (Zarr, decompress)"), ("prepare", "prepare_cpu", "preprocess"),
+              ("estimator", "estimator_cpu", "estimator"), ("write", "write_cpu", "write (Zarr) + markers"),
               (None, "cpu", "whole task, CPU"))
     lines = ["| method | workers | " + " | ".join(label for *_, label in stages) + " |",
              "|---|---:|" + "---:|" * len(stages)]
@@ -152,6 +152,29 @@ def write_png(report: dict, path: Path) -> Path:
     return path
 
 
+def engine_line(report: dict) -> str:
+    """The engine's own ceiling: the model's manifest with a TorchScript that returns zeros."""
+    e = report.get("engine_alone")
+    if not e:
+        return ""
+    us = e.get("per_spectrum_us", {})
+    ppxf = [r for r in report["results"] if r["method"] == "ppxf"]
+    budget = ""
+    if ppxf:
+        p = max(ppxf, key=lambda r: r["workers"])
+        per_core_ppxf = p["spectra_per_s"] / p["workers"]
+        need = 1000 * per_core_ppxf
+        budget = (f" For 1,000x pPXF per core ({per_core_ppxf:.2f} spectra/s per core here) a model must sustain "
+                  f"{need:,.0f} spectra/s per core end to end, i.e. cost at most "
+                  f"{max(1e6 / need - 1e6 / (e['spectra_per_s'] / e['workers']), 0):,.0f} us per spectrum on top of "
+                  "the engine.")
+    return (f"Engine alone (the model's manifest with a TorchScript returning zeros, {e['workers']} worker(s)): "
+            f"{e['spectra_per_s']:,.0f} spectra/s end to end, {e['spectra_per_s'] / e['workers']:,.0f} per worker; "
+            f"task CPU {us.get('cpu', float('nan')):,.0f} us per spectrum (read {us.get('read_cpu', float('nan')):,.0f}, "
+            f"preprocess {us.get('prepare_cpu', float('nan')):,.0f}, write {us.get('write_cpu', float('nan')):,.0f})."
+            + budget)
+
+
 def markdown(report: dict, png_name: str) -> str:
     m = report["machine"]
     sp = report["speedup_per_core_detail"]
@@ -183,6 +206,8 @@ def markdown(report: dict, png_name: str) -> str:
         "shared with other jobs the CPU figures are the steadier ones):",
         "",
         *stage_table(report),
+        "",
+        engine_line(report),
         "",
         "## Cost against cube size",
         "",

@@ -168,7 +168,7 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     """Read, estimate and write one region; returns counts and a checksum of what was written."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)  # once per process
-    t_load = time.perf_counter()
+    t_load, c_load = time.perf_counter(), time.process_time()
     sel = region.selection()
     dims = tuple(d for d, _, _ in region.slices)
     index = tuple(sel[d] for d in dims)
@@ -176,7 +176,7 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     names = ["flux", "var", "mask"] + (["redshift"] if dims == ("object",) else [])
     read = read_arrays(opts.cube, names, index)  # catalogues carry one redshift per object
     flux, var, mask = read["flux"], read["var"], read["mask"]
-    t_read = time.perf_counter()
+    t_read, c_read = time.perf_counter(), time.process_time()
     spatial_shape = flux.shape[:-1]
     n = int(np.prod(spatial_shape))
     redshift: float | np.ndarray = opts.redshift
@@ -186,14 +186,14 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     outputs, flags, snr, est_seconds = estimate_region(
         flux.reshape(n, -1), var.reshape(n, -1), mask.reshape(n, -1), wave, redshift,
         estimator, opts.min_snr, lsf, timings)
-    t_est = time.perf_counter()
+    t_est, c_est = time.perf_counter(), time.process_time()
 
     arrays = {name: values.reshape(spatial_shape + values.shape[1:]) for name, values in outputs.items()}
     arrays["flag"] = flags.reshape(spatial_shape)
     arrays["snr"] = snr.reshape(spatial_shape)
     checksum = region_checksum(arrays)
     write_region_outputs(opts.out, index, arrays, region.index, n, checksum)
-    t_end = time.perf_counter()
+    t_end, c_end = time.perf_counter(), time.process_time()
 
     counts = {f.name.lower(): int(((flags & np.uint8(f)) != 0).sum()) for f in Flag}
     fitted = int(((flags & np.uint8(NOT_FITTED)) == 0).sum())
@@ -203,7 +203,8 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = "local"
-    timings.update(load=t_load - t0, read=t_read - t_load, estimate=t_est - t_read, write=t_end - t_est, cpu=time.process_time() - cpu0)
+    timings.update(load=t_load - t0, read=t_read - t_load, read_cpu=c_read - c_load, estimate=t_est - t_read,
+                   write=t_end - t_est, write_cpu=c_end - c_est, cpu=c_end - cpu0)
     return RegionResult(key=region.key, spectra=n, fitted=fitted, flag_counts=counts, seconds=t_end - t0,
                         estimator_seconds=est_seconds, checksum=checksum, worker=worker, timings=timings)
 
