@@ -29,22 +29,30 @@ def test_training_set_labels_cover_the_grid(ssp_lib):
     assert np.median(snr[ok] / data.snr[ok]) == pytest.approx(1.0, abs=0.1)
 
 
-def test_train_export_and_run(tmp_path, mock16):
+@pytest.fixture(scope="module")
+def toy_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
+                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1)
+    return train(cfg, out, progress=False), out
+
+
+def test_train_export_and_run(toy_bundle, tmp_path, mock16):
     from survey_proc.engine import RunConfig, run
     from survey_proc.estimators import load_estimator
 
-    cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=256,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1)
-    bundle = train(cfg, tmp_path / "run", progress=False)
+    bundle, run_dir = toy_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["estimator"] == "torchscript" and manifest["input"]["frame"] == "rest"
     assert manifest["training"]["trainset_hash"] and manifest["training"]["epochs_run"] == 2
-    held = manifest["metrics"]["held_out"]["30"]
-    assert held["n"] > 200 and set(held) >= {"log_age", "metallicity", "av", "sigma"}
-    assert 0.0 <= held["log_age"]["coverage_68"] <= 1.0
-    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
-    # a resumed run with the same config trains no further and exports the same weights
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    held = manifest["metrics"]["held_out"]
+    assert set(held["by_family"]) == {"ssp", "csfh"}
+    m30 = held["snr"]["30"]["model"]
+    assert m30["n"] >= 180 and set(m30) >= {"log_age", "metallicity", "av", "sigma"}
+    assert 0.0 <= m30["log_age"]["coverage_68"] <= 1.0 and "bias_high_edge" in m30["log_age"]
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert (run_dir / "heldout_predicted_vs_true.png").stat().st_size > 1000
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["epoch"] == 2
     est = load_estimator(bundle)
     out = est.predict(np.zeros((3, 3, 1881), np.float32))
@@ -54,3 +62,39 @@ def test_train_export_and_run(tmp_path, mock16):
                             cluster="none", progress=False))
     assert summary.verified and summary.spectra == 256
     assert np.isfinite(xr.open_zarr(tmp_path / "m.zarr").log_age.values).mean() > 0.9
+
+
+def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
+    from survey_proc.estimators import load_estimator
+
+    bundle, run_dir = toy_bundle
+    x = np.random.default_rng(0).normal(1, 0.1, (4, 3, 1881)).astype(np.float32)
+    x[:, 2] = 0
+    before = load_estimator(bundle).predict(x)
+    cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
+                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1)
+    again = train(cfg, run_dir, progress=False)   # the checkpoint says 2 of 2 epochs: nothing more to train
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 2
+    after = load_estimator(again).predict(x)
+    for key in ("log_age", "log_age_err", "ood_score"):
+        np.testing.assert_allclose(after[key], before[key], rtol=1e-5)
+
+
+def test_evaluate_cli_writes_the_documented_json(toy_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    bundle, _ = toy_bundle
+    out = tmp_path / "eval.json"
+    p = subprocess.run([sys.executable, "-m", "survey_proc", "evaluate", str(bundle), "--snr", "10,30", "--n", "60",
+                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(out.read_text())
+    for snr in ("10", "30"):
+        for name in ("log_age", "metallicity", "av"):
+            entry = data["snr"][snr]["model"][name]
+            assert set(entry) >= {"bias", "robust_sigma", "coverage_68", "coverage_95"}
+    assert set(data["by_family"]) == {"ssp", "csfh"}
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+    # noisier spectra are not estimated better than cleaner ones (a property of any sane estimator)
+    assert data["snr"]["10"]["model"]["log_age"]["robust_sigma"] >= 0.8 * data["snr"]["30"]["model"]["log_age"]["robust_sigma"]

@@ -23,7 +23,7 @@ def worker_environ() -> dict[str, str]:
 
 
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwargs):
-    """A LocalCluster with one process per worker (default: one per core), no dashboard.
+    """A LocalCluster with one process per worker (default: one per core), dashboard on a free port.
 
     ``kwargs`` go to ``LocalCluster`` (e.g. ``env`` for variables set after the worker starts).
     """
@@ -32,5 +32,5 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwa
     n = workers or max(1, (os.cpu_count() or 1) // max(threads_per_worker, 1))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=kwargs.pop("dashboard_address", None),
+                            dashboard_address=kwargs.pop("dashboard_address", ":0"),
                             memory_limit=config.get("cluster.memory-limit", "auto"), silence_logs=40, **kwargs)

@@ -145,8 +145,8 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     fb, fy = f_bulge.ravel()[:, None, None], f_young.ravel()[:, None, None]
     weights = fb * w_bulge + (1 - fb - fy) * w_disc + fy * w_young
 
-    dust = 0.25 + 0.9 * arms + field(0.18) - 0.1 * x
-    av = np.clip(dust, 0.0, 1.5)
+    # log-normal dust, thicker in the arms and towards the centre (as dust maps of discs look)
+    av = np.clip(0.3 * np.exp(1.2 * arms + field(0.45) - 0.25 * x), 0.0, 1.5)
 
     v_max, r_turn = 200.0, 0.25 * h
     sin_i = np.sin(np.deg2rad(cfg.inclination))

@@ -56,7 +56,7 @@ class TrainConfig:
     arch: str = "cnn"
     arch_kwargs: dict = field(default_factory=dict)
     trainset: TrainsetConfig = field(default_factory=TrainsetConfig)
-    trainset_store: str | None = None   #: Zarr store of the training set (written if absent), else in memory
+    trainset_store: str | None = None   #: Zarr store of the training set (written if absent; relative = in the run folder)
     n_val: int = 4000
     n_test: int = 4000                  #: held-out spectra per family (SSP mixtures, continuous SFHs)
     test_snr: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
@@ -201,10 +201,12 @@ def _plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, progress: bool):
+def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, out: Path, progress: bool):
     ts = cfg.trainset
     if cfg.trainset_store:
-        train_set = write_trainset(ts, lib, spec, cfg.trainset_store, progress=progress)
+        store = Path(cfg.trainset_store)
+        store = store if store.is_absolute() else out / store  # relative paths live in the run folder
+        train_set = write_trainset(ts, lib, spec, store, progress=progress)
     else:
         train_set = synthesise(ts, lib, spec, progress=progress)
     val_set = synthesise(dataclasses.replace(ts, n=cfg.n_val, seed=ts.seed + 1_000_003), lib, spec)
@@ -248,7 +250,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
 
     t0 = time.perf_counter()
     ts = cfg.trainset
-    train_set, val_set = _load_sets(cfg, lib, spec, progress)
+    train_set, val_set = _load_sets(cfg, lib, spec, out, progress)
     say(f"{len(train_set)} training and {len(val_set)} validation spectra ready in {time.perf_counter() - t0:.0f} s")
 
     names = list(ts.labels)
@@ -389,7 +391,7 @@ def _export(exported: ExportedModel, out: Path, cfg: TrainConfig, spec: InputSpe
     from survey_proc._fetch import sha256_of
 
     bundle = out / "bundle"
-    bundle.mkdir(exist_ok=True)
+    bundle.mkdir(parents=True, exist_ok=True)
     model_path = bundle / "model.pt"
     torch.jit.script(exported).save(str(model_path))
     manifest = {
