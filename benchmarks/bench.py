@@ -78,18 +78,21 @@ def say(cfg: BenchConfig, text: str) -> None:
 
 def mock_cube(path: Path, side: int, chunk: int = 32, seed: int = 1) -> Path:
     """A mock cube of ``side`` x ``side`` spaxels (S/N 30), reused when it already exists."""
+    from dataclasses import asdict
+
     from survey_proc.stores import open_spectral_store
     from survey_proc.synth import MockConfig, write_mock
 
+    cfg = MockConfig(nx=side, ny=side, seed=seed, snr=30.0, chunk=min(chunk, side))
     if path.exists():
         try:
             ds = open_spectral_store(path, check_data=False)
-            if ds.sizes.get("y") == side and ds.sizes.get("x") == side:
+            if ds.attrs.get("mock_config") == str(asdict(cfg)):
                 return path
         except Exception:  # noqa: BLE001 - a half-written store: rebuild it
             pass
         shutil.rmtree(path)
-    write_mock(path, MockConfig(nx=side, ny=side, seed=seed, snr=30.0, chunk=min(chunk, side)))
+    write_mock(path, cfg)
     return path
 
 
