@@ -259,6 +259,7 @@ def linear_cost(rows: list[dict]) -> dict:
 def run_bench(cfg: BenchConfig) -> dict:
     """Run every measurement; returns the report dict (also written as JSON, Markdown and PNG)."""
     from benchmarks.machine import machine_info
+    from benchmarks.null_model import null_bundle
     from benchmarks.report import write_report
     from survey_proc.estimators import load_manifest
 
@@ -270,8 +271,6 @@ def run_bench(cfg: BenchConfig) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     model_path = str(load_manifest(cfg.model).path)
-    from benchmarks.null_model import null_bundle
-
     null_path = str(null_bundle(model_path, work / "null-model") / "manifest.json")
     ppxf_path = str(load_manifest("ppxf").path)
     watts = cfg.watts_per_core
