@@ -72,7 +72,8 @@ def cmd_example(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from survey_proc.engine import RunConfig, configs_for, format_table, read_survey, run, run_many
+    from survey_proc.engine import (RunConfig, configs_for, default_output, format_table, read_survey, run,
+                                    run_many)
 
     cubes = args.cube or []
     if not cubes and not args.survey:
@@ -80,7 +81,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out and (len(cubes) > 1 or args.survey):
         raise SurveyProcError("--out names the maps of one cube; with several cubes use --out-dir "
                               "(or 'out' per cube in the survey file)")
-    base = RunConfig(cube="", out=args.out, model=args.model, cluster=args.cluster, workers=args.workers,
+    model, out = args.model, args.out
+    if args.method == "ppxf":  # the packaged pPXF configuration, or a copy given with --model
+        from survey_proc.errors import ModelError
+        from survey_proc.estimators import load_manifest
+
+        model = model or "ppxf"
+        if load_manifest(model).estimator != "ppxf":
+            raise ModelError(f"--method ppxf with --model {model}: that bundle's estimator is "
+                             f"{load_manifest(model).estimator!r}, not a pPXF configuration")
+        if len(cubes) == 1 and not args.survey and not args.out_dir:
+            out = out or str(default_output(cubes[0], "ppxf"))
+    base = RunConfig(cube="", out=out, model=model, cluster=args.cluster, workers=args.workers,
                      redshift=args.redshift, min_snr=args.min_snr, overwrite=args.overwrite,
                      progress=not args.quiet, device=args.device)
     if len(cubes) == 1 and not args.survey and not args.out_dir:
@@ -89,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else None
     configs = read_survey(args.survey, base, out_dir=out_dir) if args.survey else []
     configs += configs_for([{"cube": c} for c in cubes], base, out_dir=out_dir)
+    if args.method == "ppxf":  # <name>.ppxf.zarr rather than <name>.maps.zarr
+        configs = [dataclasses.replace(c, out=c.out[:-len(".maps.zarr")] + ".ppxf.zarr")
+                   if c.out and c.out.endswith(".maps.zarr") else c for c in configs]
     t0 = time.perf_counter()
     outcomes = run_many(configs)
     print(format_table(outcomes, time.perf_counter() - t0))
@@ -172,6 +187,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from survey_proc.analysis import compare_stores
+
+    a, b = Path(args.a), Path(args.b)
+    out = Path(args.out) if args.out else a.with_name(f"{a.name.removesuffix('.zarr')}_vs_{b.name.removesuffix('.zarr')}")
+    result = compare_stores(a, b, out, truth_cube=args.truth, good_only=not args.all_fitted)
+    print(f"compared over {result.used['both_good']} pixels "
+          f"{'fitted' if args.all_fitted else 'unflagged'} in both stores (differences: first - second)")
+    for pair, props in result.pairs.items():
+        print(f"{pair}:")
+        for name, st in props.items():
+            print(f"  {name:12s} bias {st['bias']:+9.3f}  robust sigma {st['robust_sigma']:8.3f}  "
+                  f"rms {st['rms']:8.3f}  r {st['correlation']:+.3f}  n {st['n']}  [{st['units']}]")
+    print(f"figures: {', '.join(result.figures)}\nnumbers: {out / 'compare.json'}")
+    return 0
+
+
+def _benchmarks_module():
+    """``benchmarks.bench`` of the source checkout this package runs from (it is not installed)."""
+    import importlib
+
+    from survey_proc.errors import SurveyProcError
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "bench.py").exists():
+        raise SurveyProcError(f"survey-proc bench needs the benchmarks/ folder of a source checkout (looked in "
+                              f"{root}); clone the repository and install it with pip install -e .")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("benchmarks.bench")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench = _benchmarks_module()
+    bench.run_bench(bench.config_from_args(args))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from survey_proc.training._train import TrainConfig, train
 
@@ -234,6 +287,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        _benchmarks_module().build_parser(parser)
+    except Exception:  # noqa: BLE001 - no source checkout: the verb explains itself when run
+        parser.add_argument("rest", nargs="*")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from survey_proc import __version__
 
@@ -279,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "GPU; slurm/pbs: the configured number of jobs)")
     r.add_argument("--device", choices=["cpu", "cuda"], help="where workers run the model (default: cuda on "
                                                              "GPU clusters, else cpu)")
+    r.add_argument("--method", choices=["model", "ppxf"], default="model",
+                   help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
+                   "(maps default to <cube>.ppxf.zarr)")
     r.add_argument("--redshift", type=float, help="override the cube's redshift")
     r.add_argument("--min-snr", type=float, help="S/N per Angstrom under which spectra are flagged low_snr")
     r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
@@ -317,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cluster", default=config.get("run.cluster"))
     d.add_argument("--workers", type=_positive_int)
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compare", help="compare two maps stores (e.g. model and pPXF), optionally with a mock's truth")
+    c.add_argument("a", help="maps store A (e.g. the model's)")
+    c.add_argument("b", help="maps store B (e.g. pPXF's); the reference when no --truth is given")
+    c.add_argument("--truth", help="mock cube store whose 'truth' group both are compared with")
+    c.add_argument("--out", help="folder for compare.json and the PNGs (default: A_vs_B beside A)")
+    c.add_argument("--all-fitted", action="store_true", help="use every fitted pixel, not only flag == 0")
+    c.set_defaults(func=cmd_compare)
+
+    bp = sub.add_parser("bench", help="model vs pPXF through the same engine: speed, scaling, energy, accuracy")
+    _bench_arguments(bp)
+    bp.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train", help="train a model from a YAML config and export a bundle")
     t.add_argument("config")

@@ -17,16 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from survey_proc.ssp._instrument import log_wave_grid
 from survey_proc.stores._maps import Flag
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a spectral model expects as input (the manifest's ``input`` section)."""
+    """What a spectral model expects as input (the manifest's ``input`` section).
+
+    The model grid is linear (``wave_step`` Angstrom per pixel, the default) or, for estimators that
+    work in ln(lambda) such as pPXF, logarithmic (``velscale`` km/s per pixel); give exactly one.
+    """
 
     wave_start: float
     wave_stop: float
-    wave_step: float
+    wave_step: float | None = None
     frame: str = "rest"
     medium: str = "air"
     channels: tuple[str, ...] = ("flux", "error", "mask")
@@ -36,14 +41,26 @@ class InputSpec:
     max_masked_fraction: float = 0.5
     min_coverage: float = 0.99
     lsf: Any = None
+    velscale: float | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.wave_step is None) == (self.velscale is None):
+            raise ValueError("an input grid needs exactly one of wave.step (Angstrom, linear grid) and "
+                             f"wave.velscale (km/s, ln-lambda grid); got step={self.wave_step}, "
+                             f"velscale={self.velscale}")
+        if (self.wave_step or self.velscale) <= 0 or self.wave_stop <= self.wave_start:
+            raise ValueError(f"bad input grid {self.wave_start}-{self.wave_stop} A, step={self.wave_step}, "
+                             f"velscale={self.velscale}")
 
     @classmethod
     def from_manifest(cls, section: Mapping[str, Any]) -> InputSpec:
         wave = section["wave"]
         masks = section.get("masks", {})
         return cls(
-            wave_start=float(wave["start"]), wave_stop=float(wave["stop"]), wave_step=float(wave["step"]),
+            wave_start=float(wave["start"]), wave_stop=float(wave["stop"]),
+            wave_step=float(wave["step"]) if wave.get("step") is not None else None,
+            velscale=float(wave["velscale"]) if wave.get("velscale") is not None else None,
             frame=section.get("frame", "rest"), medium=section.get("medium", "air"),
             channels=tuple(section.get("channels", ("flux", "error", "mask"))),
             normalise=section.get("normalise", "median"),
@@ -58,10 +75,10 @@ class InputSpec:
         )
 
     def to_manifest(self) -> dict[str, Any]:
+        grid = {"step": self.wave_step} if self.velscale is None else {"velscale": self.velscale}
         return {
             "kind": "spectrum", "frame": self.frame, "medium": self.medium,
-            "wave": {"start": self.wave_start, "stop": self.wave_stop, "step": self.wave_step,
-                     "units": "Angstrom"},
+            "wave": {"start": self.wave_start, "stop": self.wave_stop, **grid, "units": "Angstrom"},
             "channels": list(self.channels), "normalise": self.normalise,
             "masks": {"rest": [list(m) for m in self.masks_rest],
                       "observed": [list(m) for m in self.masks_observed]},
@@ -71,7 +88,9 @@ class InputSpec:
 
     @property
     def wave(self) -> np.ndarray:
-        """The model's wavelength grid (Angstrom, in the model's frame)."""
+        """The model's wavelength grid (Angstrom, in the model's frame): linear or ln-lambda."""
+        if self.velscale is not None:
+            return log_wave_grid(self.wave_start, self.wave_stop, self.velscale)
         n = int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1
         return self.wave_start + self.wave_step * np.arange(n)
 
@@ -111,48 +130,185 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Replace invalid entries of each row by linear interpolation between the nearest valid ones.
 
     Leading/trailing gaps take the nearest valid value; rows without any valid value become 0.
+    Works on the runs of invalid entries, so its cost grows with the number of invalid entries.
     """
-    values = np.asarray(values, np.float32)
+    values = np.ascontiguousarray(values, np.float32)
+    valid = np.ascontiguousarray(valid, bool)
     out = np.where(valid, values, np.float32(0.0))
-    rows = np.nonzero((~valid).any(axis=-1) & valid.any(axis=-1))[0]
-    if rows.size == 0:
+    if out.ndim != 2 or out.size == 0:
         return out
-    v, ok = values[rows], valid[rows]
-    n = v.shape[-1]
-    idx = np.arange(n, dtype=np.int32)[None, :]
-    prev = np.maximum.accumulate(np.where(ok, idx, -1), axis=-1)
-    nxt = np.minimum.accumulate(np.where(ok, idx, n)[:, ::-1], axis=-1)[:, ::-1]
-    p = np.where(prev >= 0, prev, nxt)
-    q = np.where(nxt < n, nxt, p)
-    vp = np.take_along_axis(v, p, axis=-1)
-    vq = np.take_along_axis(v, q, axis=-1)
-    t = np.where(q > p, (idx - p) / np.maximum(q - p, 1), 0.0).astype(np.float32)
-    out[rows] = np.where(ok, v, vp + (vq - vp) * t)
+    n, length = out.shape
+    bad = np.flatnonzero(~valid.ravel())
+    if bad.size == 0:
+        return out
+    col = bad % length
+    # runs of consecutive invalid entries within a row
+    new_run = np.ones(bad.size, bool)
+    new_run[1:] = (np.diff(bad) != 1) | (col[1:] == 0)
+    first = np.flatnonzero(new_run)
+    run_start = bad[first]
+    run_end = bad[np.append(first[1:], bad.size) - 1]
+    has_left = (run_start % length) != 0
+    has_right = (run_end % length) != length - 1
+    left = np.where(has_left, run_start - 1, run_end + 1)    # nearest valid entry on each side,
+    right = np.where(has_right, run_end + 1, left)            # or the other side's at a row edge
+    whole_row = ~has_left & ~has_right
+    flat = values.ravel()
+    run = np.cumsum(new_run) - 1
+    p, q = left[run], right[run]
+    if whole_row.any():  # rows without any valid entry: point at themselves, zeroed below
+        p, q = np.where(whole_row[run], bad, p), np.where(whole_row[run], bad, q)
+    vp, vq = flat[p], flat[q]
+    t = np.where(q > p, (bad - p) / np.maximum(q - p, 1), 0.0).astype(np.float32)
+    filled = vp + (vq - vp) * t
+    if whole_row.any():
+        filled[whole_row[run]] = 0.0
+    out.reshape(-1)[bad] = filled
     return out
 
 
-def masked_median(values: np.ndarray, good: np.ndarray) -> np.ndarray:
+def masked_median(values: np.ndarray, good: np.ndarray, width: int | None = None) -> np.ndarray:
     """Median of each row over ``good`` entries (NaN for rows without any), vectorised.
 
-    Bad entries are replaced alternately by +inf and -inf so a plain row median lands on the good
-    values; with an odd number of bad entries it is the upper of the two middle good values.
+    Defined as the plain median of the row (of ``width`` entries, default the row length; columns
+    beyond are bad) with its bad entries replaced alternately by +inf and -inf, which lands on the
+    good values; with an odd number of bad entries it is the upper of the two middle good values.
+    Computed as one or two order statistics of the good values at ranks that depend only on the
+    number of bad entries, so rows with the same count share one ``np.partition``.
     """
-    bad_rank = np.cumsum(~good, axis=-1)
-    fill = np.where(bad_rank % 2 == 1, np.inf, -np.inf).astype(values.dtype)
-    with np.errstate(invalid="ignore"):  # rows without good values average +inf and -inf
-        med = np.median(np.where(good, values, fill), axis=-1)
-    return np.where(good.any(axis=-1), med, np.nan)
+    values = np.asarray(values)
+    good = np.asarray(good, bool)
+    n = values.shape[0]
+    length = int(width if width is not None else values.shape[-1])
+    out = np.full(n, np.nan, np.result_type(values.dtype, np.float32))
+    keep = good.any(axis=0)
+    if n == 0 or not keep.any():
+        return out
+    n_good = good.sum(axis=-1)
+    filled = np.where(good, values, np.inf)
+    if not keep.all():  # columns bad in every row (declared masks) do not take part
+        filled = np.compress(keep, filled, axis=-1)
+    # bad entries: (width - n_good) // 2 at -inf (sorted first), the rest at +inf (sorted last)
+    upper = length // 2 - (length - n_good) // 2        # rank among the good values
+    lower = upper - 1 if length % 2 == 0 else upper
+    last = filled.shape[-1] - 1
+    for rank in np.unique(upper[n_good > 0]):
+        rows = np.flatnonzero((upper == rank) & (n_good > 0))
+        lo = int(rank - 1 if length % 2 == 0 else rank)
+        kth = sorted({min(max(lo, 0), last), min(int(rank), last)})
+        part = np.partition(filled if rows.size == n else filled[rows], kth, axis=-1)
+        g = n_good[rows]
+        hi_v = np.where(rank < g, part[:, kth[-1]], np.inf).astype(out.dtype)
+        if length % 2 == 0:
+            lo_v = np.where(lower[rows] < g, part[:, kth[0]], np.inf).astype(out.dtype)
+            out[rows] = np.mean(np.stack([lo_v, hi_v], axis=-1), axis=-1)
+        else:
+            out[rows] = hi_v
+    return out
 
 
-def snr_per_angstrom(flux: np.ndarray, var: np.ndarray, good: np.ndarray, step: float) -> np.ndarray:
-    """Median S/N per Angstrom of each row over ``good`` pixels of width ``step`` Angstrom."""
+def snr_per_angstrom(flux: np.ndarray, var: np.ndarray, good: np.ndarray, step: float,
+                     width: int | None = None) -> np.ndarray:
+    """Median S/N per Angstrom of each row over ``good`` pixels of width ``step`` Angstrom.
+
+    ``width``: the length of the rows the median is defined over (see :func:`masked_median`).
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(good, flux / np.sqrt(np.where(good, var, 1.0)), 0.0)
-    return masked_median(ratio, good) / np.sqrt(step)
+        ratio = flux / np.sqrt(var)
+    return masked_median(ratio, good, width) / np.sqrt(step)
+
+
+@dataclass(frozen=True)
+class _Resampling:
+    """How a model grid samples a data grid: shared by all rows (g = 1) or one row per spectrum.
+
+    lo, hi : the data columns the model grid touches (a crop of the data); ``width`` all columns.
+    left : (g, L) data column (relative to ``lo``) left of each model pixel; ``right_w`` its
+        interpolation weight of column ``left + 1``.
+    static_bad : (g, L) model pixels outside the data or inside a declared mask.
+    native : (g, hi - lo) data columns inside the model's range (S/N is measured on them).
+    coverage : (g,) fraction of the model grid the data cover.
+    """
+
+    lo: int
+    hi: int
+    width: int
+    left: np.ndarray
+    right_w: np.ndarray
+    static_bad: np.ndarray
+    native: np.ndarray
+    coverage: np.ndarray
+
+    def rows(self, start: int, stop: int) -> _Resampling:
+        if self.left.shape[0] == 1:
+            return self
+        return _Resampling(self.lo, self.hi, self.width, self.left[start:stop], self.right_w[start:stop],
+                           self.static_bad[start:stop], self.native[start:stop], self.coverage[start:stop])
+
+
+def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec) -> _Resampling:
+    z = np.asarray(redshift, np.float64)
+    if z.ndim == 0 or np.all(z == z.flat[0]):
+        z1 = np.full((1, 1), 1.0 + float(z.flat[0]))  # one grid shared by all rows: cheaper gathers
+    else:
+        z1 = (1.0 + np.broadcast_to(z, (n,)))[:, None]
+    model_wave = spec.wave[None, :]
+    # the model grid expressed in the data's frame (= the observed frame: masks_observed apply)
+    src = model_wave * z1 if spec.frame == "rest" else np.broadcast_to(model_wave, (z1.shape[0], model_wave.size))
+    coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
+    idx = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
+    w = ((src - wave[idx]) / (wave[idx + 1] - wave[idx])).astype(np.float32)
+    static_bad = (src < wave[0]) | (src > wave[-1])
+    static_bad |= in_ranges(model_wave if spec.frame == "rest" else model_wave / z1, spec.masks_rest)
+    static_bad |= in_ranges(src, spec.masks_observed)
+    lo, hi = int(idx.min()), int(idx.max()) + 2
+    crop = wave[None, lo:hi]
+    native = (crop >= src[:, :1]) & (crop <= src[:, -1:])
+    return _Resampling(lo, hi, wave.size, idx - lo, w, static_bad, native, coverage)
+
+
+def _gather(a: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.take(a, cols[0], axis=1) if cols.shape[0] == 1 else np.take_along_axis(a, cols, 1)
+
+
+def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
+                  step: float, x: np.ndarray, flags: np.ndarray, snr: np.ndarray, norm: np.ndarray) -> None:
+    """:func:`prepare` for a block of rows (already cropped to the columns of ``rs``), in place."""
+    with np.errstate(invalid="ignore"):
+        bad = mask | ~np.isfinite(flux) | ~((var > 0) & (var < np.inf))
+    clean_flux = np.where(bad, np.float32(0.0), flux)  # 0 * NaN would leak NaN through a zero weight
+    clean_var = np.where(bad, np.float32(1.0), var)
+    left, w1 = rs.left, rs.right_w
+    w0 = np.float32(1.0) - w1
+    m_bad = rs.static_bad | (_gather(bad, left) & (w1 < 1)) | (_gather(bad, left + 1) & (w1 > 0))
+    m_flux = _gather(clean_flux, left) * w0 + _gather(clean_flux, left + 1) * w1
+    m_var = _gather(clean_var, left) * (w0 * w0) + _gather(clean_var, left + 1) * (w1 * w1)
+    good = ~m_bad
+    flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
+    flags[m_bad.mean(axis=1) > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
+
+    if spec.normalise != "median":
+        raise ValueError(f"unknown normalisation {spec.normalise!r}")
+    med = masked_median(m_flux, good)
+    usable = np.isfinite(med) & (med > 0)
+    flags[~usable] |= np.uint8(Flag.NO_DATA)  # includes spectra without any valid pixel
+    norm[:] = np.where(np.isfinite(med), med, np.nan)
+    safe = np.where(usable, med, 1.0).astype(np.float32)[:, None]
+    snr[:] = snr_per_angstrom(clean_flux, clean_var, ~bad & rs.native, step, rs.width)
+
+    for k, name in enumerate(spec.channels):
+        if name == "flux":
+            x[:, k] = fill_gaps(m_flux / safe, good)
+        elif name == "error":
+            x[:, k] = np.where(good, np.sqrt(m_var) / safe, np.float32(0.0))
+        elif name == "mask":
+            x[:, k] = m_bad
+        else:
+            raise ValueError(f"unknown input channel {name!r}")
 
 
 def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
-            redshift: float | np.ndarray, spec: InputSpec) -> Prepared:
+            redshift: float | np.ndarray, spec: InputSpec, block: int = 128) -> Prepared:
     """Turn data spectra into a model's input.
 
     Parameters
@@ -161,76 +317,31 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     wave : (nwave,) data wavelengths (Angstrom, observed frame unless the data are rest frame).
     redshift : systemic redshift, scalar or (n,); use 0 for data already in the rest frame.
     spec : the model's :class:`InputSpec`.
+    block : rows processed together (small enough for the CPU cache; the result does not depend on it).
+
+    Only the data columns the model grid touches are read; pixels are linearly interpolated onto
+    the model grid (variances with the squared weights), declared masks applied, each spectrum
+    divided by its median over unmasked model pixels, gaps filled by interpolation in the flux
+    channel, and flags set for spectra without data, outside the model range or mostly masked.
     """
     flux = np.asarray(flux, np.float32)
     var = np.asarray(var, np.float32)
+    mask = np.asarray(mask, bool)
+    wave = np.asarray(wave, np.float64)
     n = flux.shape[0]
-    with np.errstate(invalid="ignore"):
-        bad = np.asarray(mask, bool) | ~np.isfinite(flux) | ~np.isfinite(var) | (var <= 0)
-    flags = np.zeros(n, np.uint8)
-    flags[bad.all(axis=1)] |= np.uint8(Flag.NO_DATA)
-
-    z = np.asarray(redshift, np.float64)
-    if z.ndim == 0 or np.all(z == z.flat[0]):
-        z1 = np.full((1, 1), 1.0 + float(z.flat[0]))  # one grid shared by all rows: cheaper gathers
-    else:
-        z1 = (1.0 + z)[:, None]
-    model_wave = spec.wave[None, :]
-    # model grid expressed in the data's frame, and in the observed frame
-    src = model_wave * z1 if spec.frame == "rest" else np.broadcast_to(model_wave, (z1.shape[0], model_wave.size))
-    obs = src
-    coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
-    flags[np.broadcast_to(coverage < spec.min_coverage, (n,))] |= np.uint8(Flag.OUT_OF_RANGE)
-
-    idx = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
-    w = ((src - wave[idx]) / (wave[idx + 1] - wave[idx])).astype(np.float32)
-    outside = (src < wave[0]) | (src > wave[-1])
-    if src.shape[0] == 1:
-        def gather(a: np.ndarray, i: np.ndarray) -> np.ndarray:
-            return a[:, i[0]]
-    else:
-        def gather(a: np.ndarray, i: np.ndarray) -> np.ndarray:
-            return np.take_along_axis(a, i, 1)
-    clean_flux = np.where(bad, np.float32(0.0), flux)  # 0 * NaN would leak NaN through a zero weight
-    clean_var = np.where(bad, np.float32(0.0), var)
-    f0, f1 = gather(clean_flux, idx), gather(clean_flux, idx + 1)
-    v0, v1 = gather(clean_var, idx), gather(clean_var, idx + 1)
-    b0, b1 = gather(bad, idx), gather(bad, idx + 1)
-    m_bad = outside | (b0 & (w < 1)) | (b1 & (w > 0))
-    with np.errstate(invalid="ignore"):
-        m_flux = np.where(m_bad, np.float32(0.0), f0 * (1 - w) + f1 * w)
-        m_var = np.where(m_bad, np.float32(0.0), v0 * (1 - w) ** 2 + v1 * w**2)
-    m_bad = m_bad | in_ranges(model_wave if spec.frame == "rest" else model_wave / z1, spec.masks_rest)
-    m_bad |= in_ranges(obs, spec.masks_observed)
-    masked_fraction = m_bad.mean(axis=1)
-    flags[masked_fraction > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
-
-    good = ~m_bad
-    if spec.normalise == "median":
-        norm = masked_median(m_flux, good)
-    else:
-        raise ValueError(f"unknown normalisation {spec.normalise!r}")
-    flags[~(np.isfinite(norm) & (norm > 0))] |= np.uint8(Flag.NO_DATA)
-    safe = np.where(np.isfinite(norm) & (norm > 0), norm, 1.0)[:, None]
-
-    # S/N on native pixels inside the model range
-    native_in = (wave[None, :] >= src[:, :1]) & (wave[None, :] <= src[:, -1:])
+    rs = _resampling(wave, redshift, n, spec)
     step = float(np.median(np.diff(wave)))
-    snr = snr_per_angstrom(flux, var, ~bad & native_in, step)
-
-    chans = []
-    for name in spec.channels:
-        if name == "flux":
-            chans.append(fill_gaps(m_flux / safe, good))
-        elif name == "error":
-            chans.append(np.where(good, np.sqrt(np.maximum(m_var, 0.0)) / safe, 0.0))
-        elif name == "mask":
-            chans.append(m_bad.astype(np.float32))
-        else:
-            raise ValueError(f"unknown input channel {name!r}")
-    x = np.stack(chans, axis=1).astype(np.float32)
-    x[~np.isfinite(x)] = 0.0
-    return Prepared(x=x, flags=flags, snr=snr, norm=np.where(np.isfinite(norm), norm, np.nan))
+    x = np.empty((n, len(spec.channels), rs.left.shape[1]), np.float32)
+    flags = np.zeros(n, np.uint8)
+    snr = np.empty(n, np.float64)
+    norm = np.empty(n, np.float64)
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        _prepare_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs.rows(a, b),
+                      spec, step, x[a:b], flags[a:b], snr[a:b], norm[a:b])
+    if not np.isfinite(x).all():
+        x[~np.isfinite(x)] = 0.0
+    return Prepared(x=x, flags=flags, snr=snr, norm=norm)
 
 
 def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray | None, spec: InputSpec) -> dict:

@@ -5,14 +5,33 @@ from __future__ import annotations
 import logging
 import os
 
+import dask.config
+
 from survey_proc import config
 
 
-def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
-    """A LocalCluster with one process per worker (default: one per core), its HTTP server on a free port."""
+def worker_environ() -> dict[str, str]:
+    """Environment set before each worker process starts: Dask's ``pre-spawn-environ`` plus ours.
+
+    Dask sets ``MALLOC_TRIM_THRESHOLD_=65536``, which (as any explicit malloc tunable does) also
+    turns off glibc's adaptive mmap threshold: every NumPy/torch temporary above 128 KiB is then a
+    fresh mmap with page faults, and preprocessing runs 3-4x slower. ``survey-proc.cluster.
+    worker-environ`` restores heap reuse (see survey-proc.yaml).
+    """
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    env.update({k: v for k, v in (config.get("cluster.worker-environ") or {}).items() if v is not None})
+    return env
+
+
+def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwargs):
+    """A LocalCluster with one process per worker (default: one per core), dashboard on a free port.
+
+    ``kwargs`` go to ``LocalCluster`` (e.g. ``env`` for variables set after the worker starts).
+    """
     from distributed import LocalCluster
 
     n = workers or max(1, (os.cpu_count() or 1) // max(threads_per_worker, 1))
-    return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        dashboard_address=":0", memory_limit=config.get("cluster.memory-limit", "auto"),
-                        silence_logs=logging.CRITICAL)  # task errors reach the user through the client
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                            dashboard_address=kwargs.pop("dashboard_address", ":0"),
+                            memory_limit=config.get("cluster.memory-limit", "auto"), silence_logs=logging.CRITICAL, **kwargs)  # task errors reach the user through the client

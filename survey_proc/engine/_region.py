@@ -9,6 +9,7 @@ reporting back) returns what is recorded without writing the region again.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import zlib
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous as zarr_async
+from zarr.core.sync import sync as zarr_sync
 
 from survey_proc.errors import CubeError
 from survey_proc.estimators import load_estimator
@@ -57,32 +60,38 @@ class RegionResult:
 
 def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
                     redshift: float | np.ndarray, estimator: Estimator, min_snr: float,
-                    lsf_fwhm: np.ndarray | None = None,
+                    lsf_fwhm: np.ndarray | None = None, timings: dict[str, float] | None = None,
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
     """Estimates for spectra (n, nwave): ({name: (n, ...)}, flag (n,), snr (n,), estimator seconds).
 
     ``lsf_fwhm`` (nwave,) is the data's instrumental FWHM in Angstrom, passed on to estimators
-    that model the instrument (pPXF).
+    that model the instrument (pPXF). ``timings``, if given, receives the wall and CPU seconds of
+    preprocessing and of the estimator (``prepare``, ``prepare_cpu``, ``estimator``, ``estimator_cpu``).
 
     Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
     outputs are flagged FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold)
     set their flags.
     """
     manifest = estimator.manifest
+    w0, c0 = time.perf_counter(), time.process_time()
     prep = prepare(flux, var, mask, wave, redshift, manifest.input)
+    w1, c1 = time.perf_counter(), time.process_time()
     n = flux.shape[0]
     flags = prep.flags.copy()
     with np.errstate(invalid="ignore"):
         flags[np.isfinite(prep.snr) & (prep.snr < min_snr)] |= np.uint8(Flag.LOW_SNR)
     fit = prep.fit
     outputs: dict[str, np.ndarray] = {}
-    t0 = time.perf_counter()
+    t0, c2 = time.perf_counter(), time.process_time()
     if fit.any():
         z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[fit]
         pred = estimator.predict(prep.x[fit], estimator_meta(z, wave, lsf_fwhm, manifest.input))
     else:
         pred = {}
     est_seconds = time.perf_counter() - t0
+    if timings is not None:
+        timings.update(prepare=w1 - w0, prepare_cpu=c1 - c0, estimator=est_seconds,
+                       estimator_cpu=time.process_time() - c2)
     for name, extra, _, coords in output_variables(manifest):
         shape = (n,) + tuple(len(coords[e]) for e in extra)
         full = np.full(shape, np.nan, np.float32)
@@ -131,6 +140,38 @@ def _open(path: str, mode: str) -> zarr.Group:
     return zarr.open_group(path, mode=mode, zarr_format=3)
 
 
+def read_arrays(path: str, names: list[str], index: tuple[slice, ...]) -> dict[str, np.ndarray | None]:
+    """The ``index`` block of each named array of a store, read concurrently (None if absent)."""
+    return zarr_sync(_read_arrays(path, names, index))
+
+
+async def _read_arrays(path: str, names: list[str], index: tuple[slice, ...]) -> dict[str, np.ndarray | None]:
+    grp = await zarr_async.open_group(store=path, mode="r", zarr_format=3)
+    present = [name for name in names if await grp.contains(name)]
+    arrays = await asyncio.gather(*[grp.getitem(name) for name in present])
+    values = await asyncio.gather(*[a.getitem(index) for a in arrays])
+    return {name: np.asarray(values[present.index(name)]) if name in present else None for name in names}
+
+
+def write_region_outputs(path: str, index: tuple[slice, ...], arrays: Mapping[str, np.ndarray],
+                         region_index: tuple[int, ...], spectra: int, checksum: int) -> None:
+    """Write a region's outputs and bookkeeping concurrently, then its ``region_done`` marker last."""
+    zarr_sync(_write_region_outputs(path, index, arrays, region_index, spectra, checksum))
+
+
+async def _write_region_outputs(path: str, index: tuple[slice, ...], arrays: Mapping[str, np.ndarray],
+                                region_index: tuple[int, ...], spectra: int, checksum: int) -> None:
+    grp = await zarr_async.open_group(store=path, mode="r+", zarr_format=3)
+    names = list(arrays) + ["region_spectra", "region_checksum", "region_done"]
+    handles = dict(zip(names, await asyncio.gather(*[grp.getitem(name) for name in names])))
+    marker = tuple(slice(i, i + 1) for i in region_index)
+    one = (1,) * len(marker)
+    await asyncio.gather(*[handles[name].setitem(index, values) for name, values in arrays.items()],
+                         handles["region_spectra"].setitem(marker, np.full(one, spectra, np.int32)),
+                         handles["region_checksum"].setitem(marker, np.full(one, checksum, np.uint32)))
+    await handles["region_done"].setitem(marker, np.ones(one, np.uint8))  # last: marks completion
+
+
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -155,66 +196,74 @@ def _recorded_result(out: zarr.Group, region: Region, index: tuple, marker: tupl
                         checksum=int(out["region_checksum"][marker].item()), worker=_worker_name(), reused=True)
 
 
-def read_region_inputs(cube_path: str, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``flux``, ``var``, ``mask`` of a region; a chunk that cannot be read raises a CubeError naming it."""
-    cube = _open(cube_path, "r")
+def read_region_inputs(cube_path: str, region: Region, with_redshift: bool = False) -> dict[str, np.ndarray | None]:
+    """``flux``, ``var``, ``mask`` (and ``redshift``) of a region, read concurrently.
+
+    A chunk that cannot be read raises a CubeError naming the store, the variable and the region.
+    """
     index = tuple(slice(a, b) for _, a, b in region.slices)
-    arrays = []
-    for name in ("flux", "var", "mask"):
-        try:
-            arrays.append(np.asarray(cube[name][index]))
-        except Exception as exc:  # a truncated or corrupt chunk: the codec's own error type
-            where = ", ".join(f"{d} {a}:{b}" for d, a, b in region.slices)
-            raise CubeError(f"{cube_path}: variable '{name}' cannot be read at {region.key} ({where}): "
-                            f"{type(exc).__name__}: {exc} (the store is damaged there)") from None
-    return arrays[0], arrays[1], arrays[2]
+    names = ["flux", "var", "mask"] + (["redshift"] if with_redshift else [])
+    try:
+        return read_arrays(cube_path, names, index)
+    except Exception:  # a truncated or corrupt chunk: the codec's own error type; find which variable
+        cube = _open(cube_path, "r")
+        where = ", ".join(f"{d} {a}:{b}" for d, a, b in region.slices)
+        for name in names:
+            try:
+                np.asarray(cube[name][index]) if name in cube else None
+            except Exception as exc:  # noqa: BLE001 - reported with the store and region named
+                raise CubeError(f"{cube_path}: variable '{name}' cannot be read at {region.key} ({where}): "
+                                f"{type(exc).__name__}: {exc} (the store is damaged there)") from None
+        raise
 
 
 def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     """Read, estimate and write one region; returns counts and a checksum of what was written."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     sel = region.selection()
     dims = tuple(d for d, _, _ in region.slices)
     index = tuple(sel[d] for d in dims)
     marker = tuple(slice(i, i + 1) for i in region.index)
-    out = _open(opts.out, "r+")
+    out = _open(opts.out, "r")
     if out["region_done"][marker].item():
         return _recorded_result(out, region, index, marker, t0)
-    estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
-    flux, var, mask = read_region_inputs(opts.cube, region)
-    t_read = time.perf_counter()
+    estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)  # once per process
+    t_load, c_load = time.perf_counter(), time.process_time()
+    wave, lsf = _wave_and_lsf(opts.cube)
+    read = read_region_inputs(opts.cube, region, with_redshift=dims == ("object",))
+    flux, var, mask = read["flux"], read["var"], read["mask"]
+    t_read, c_read = time.perf_counter(), time.process_time()
     spatial_shape = flux.shape[:-1]
     n = int(np.prod(spatial_shape))
     redshift: float | np.ndarray = opts.redshift
-    cube = _open(opts.cube, "r")
-    if "redshift" in cube and dims == ("object",):  # catalogues carry one redshift per object
-        redshift = np.asarray(cube["redshift"][index], np.float64)
-    wave, lsf = _wave_and_lsf(opts.cube)
+    if read.get("redshift") is not None:  # catalogues carry one redshift per object
+        redshift = np.asarray(read["redshift"], np.float64)
+    timings: dict[str, float] = {}
     outputs, flags, snr, est_seconds = estimate_region(
         flux.reshape(n, -1), var.reshape(n, -1), mask.reshape(n, -1), wave, redshift,
-        estimator, opts.min_snr, lsf)
-    t_est = time.perf_counter()
+        estimator, opts.min_snr, lsf, timings)
+    t_est, c_est = time.perf_counter(), time.process_time()
 
     arrays = {name: values.reshape(spatial_shape + values.shape[1:]) for name, values in outputs.items()}
     arrays["flag"] = flags.reshape(spatial_shape)
     arrays["snr"] = snr.reshape(spatial_shape)
-    for name, values in arrays.items():
-        out[name][index] = values
     checksum = region_checksum(arrays)
-    out["region_spectra"][marker] = np.full((1,) * len(marker), n, np.int32)
-    out["region_checksum"][marker] = np.full((1,) * len(marker), checksum, np.uint32)
-    out["region_done"][marker] = np.ones((1,) * len(marker), np.uint8)  # last: marks completion
-    t_end = time.perf_counter()
+    write_region_outputs(opts.out, index, arrays, region.index, n, checksum)
+    t_end, c_end = time.perf_counter(), time.process_time()
 
     counts, fitted = flag_counts(flags)
+    timings.update(load=t_load - t0, read=t_read - t_load, read_cpu=c_read - c_load, estimate=t_est - t_read,
+                   write=t_end - t_est, write_cpu=c_end - c_est, cpu=c_end - cpu0)
     return RegionResult(key=region.key, spectra=n, fitted=fitted, flag_counts=counts, seconds=t_end - t0,
-                        estimator_seconds=est_seconds, checksum=checksum, worker=_worker_name(),
-                        timings={"read": t_read - t0, "estimate": t_est - t_read, "write": t_end - t_est})
+                        estimator_seconds=est_seconds, checksum=checksum, worker=_worker_name(), timings=timings)
 
 
 def read_region_outputs(out: str, region: Region, names: list[str]) -> dict[str, np.ndarray]:
-    """Arrays of a region as stored (used to verify checksums)."""
-    grp = _open(out, "r")
+    """Arrays of a region as stored (used to verify checksums), read concurrently."""
     sel = region.selection()
     index = tuple(sel[d] for d, _, _ in region.slices)
-    return {name: np.asarray(grp[name][index]) for name in names}
+    arrays = read_arrays(out, names, index)
+    missing = [name for name, values in arrays.items() if values is None]
+    if missing:
+        raise KeyError(f"{out} lacks {', '.join(missing)}")
+    return arrays

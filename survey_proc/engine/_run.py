@@ -113,6 +113,7 @@ class RunSummary:
     @property
     def flagged_fraction(self) -> float:
         return self.flagged / self.spectra if self.spectra else float("nan")
+    timings: dict[str, float] = field(default_factory=dict)  #: summed over the regions run (seconds)
 
     @property
     def spectra_per_s(self) -> float:
@@ -144,11 +145,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def default_output(cube: str | Path) -> Path:
-    """``<cube>.maps.zarr`` beside the cube (``c.zarr`` -> ``c.maps.zarr``)."""
+def default_output(cube: str | Path, kind: str = "maps") -> Path:
+    """``<cube>.<kind>.zarr`` beside the cube (``c.zarr`` -> ``c.maps.zarr``)."""
     cube = Path(cube)
     stem = cube.name[:-5] if cube.name.endswith(".zarr") else cube.name
-    return cube.with_name(f"{stem}.maps.zarr")
+    return cube.with_name(f"{stem}.{kind}.zarr")
 
 
 def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float) -> str:
@@ -156,7 +157,7 @@ def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_sn
     ident = {
         "sizes": dict(cube.sizes), "wave": [float(cube[SPECTRAL_DIM][0]), float(cube[SPECTRAL_DIM][-1])],
         "source": str(cube.attrs.get("source", "")), "mock_config": str(cube.attrs.get("mock_config", "")),
-        "model_sha256": manifest.sha256, "model": manifest.name, "estimator": manifest.estimator,
+        "model_sha256": manifest.digest, "model": manifest.name, "estimator": manifest.estimator,
         "redshift": redshift, "min_snr": min_snr,
     }
     if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
@@ -225,13 +226,15 @@ def verify(out: str, regions: list[Region], names: list[str]) -> list[str]:
     return problems
 
 
-def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float) -> dict:
+def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float,
+                estimator_info: dict | None = None) -> dict:
     from survey_proc import __version__
 
     training = manifest.raw.get("training", {})
     return {
         "title": "survey-proc maps",
-        "model_id": manifest.model_id, "model_name": manifest.name, "model_sha256": manifest.sha256 or "",
+        "model_id": manifest.model_id, "model_name": manifest.name, "model_sha256": manifest.digest,
+        "model_software": json.dumps(estimator_info or {}, default=str),
         "model_estimator": manifest.estimator, "model_manifest": str(manifest.path),
         "model_trainset_hash": training.get("trainset_hash", ""),
         "software": f"survey-proc {__version__}",
@@ -309,7 +312,8 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
     _check_coverage(cube, manifest, redshift, rc.cube)
 
-    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr))
+    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr,
+                                                         getattr(estimator, "provenance", None)))
     signature = _run_signature(cube, manifest, redshift, min_snr)
     resumed = _setup_store(rc.out, template, signature, rc.overwrite)
     dims = spatial_dims(cube)
@@ -339,7 +343,8 @@ def finish_cube(job: CubeJob, workers: int) -> RunSummary:
                          regions_skipped=len(job.regions) - len(job.pending), seconds=elapsed,
                          estimator_seconds=sum(r.estimator_seconds for r in job.results), flag_counts=counts,
                          verified=True, workers=workers, flagged=int((flag != 0).sum()),
-                         started=job.started or 0.0, finished=job.finished or 0.0)
+                         started=job.started or 0.0, finished=job.finished or 0.0,
+                         timings=summed_timings(job.results))
     if job.binned:
         summary.pixel_maps = write_pixel_maps(rc.cube, rc.out, job.names)
     grp = zarr.open_group(rc.out, mode="r+")
@@ -349,6 +354,15 @@ def finish_cube(job: CubeJob, workers: int) -> RunSummary:
         grp.attrs["wall_seconds_last_run"] = elapsed
     consolidate(rc.out)
     return summary
+
+
+def summed_timings(results: list[RegionResult]) -> dict[str, float]:
+    """Per-stage seconds (read, prepare, estimator, write, their CPU seconds) summed over regions."""
+    total: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            total[key] = total.get(key, 0.0) + float(value)
+    return total
 
 
 def _failure_reason(exc: BaseException) -> str:

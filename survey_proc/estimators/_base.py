@@ -107,9 +107,17 @@ class Manifest:
         return self.raw.get("sha256")
 
     @property
+    def digest(self) -> str:
+        """SHA-256 of the model file, or of the manifest itself for estimators without one (pPXF)."""
+        if self.sha256:
+            return self.sha256
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
+
+    @property
     def model_id(self) -> str:
-        digest = (self.sha256 or "")[:12]
-        return f"{self.name}@{digest}" if digest else self.name
+        return f"{self.name}@{self.digest[:12]}"
 
 
 def read_manifest(path: Path) -> Manifest:

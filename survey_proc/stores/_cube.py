@@ -197,8 +197,30 @@ def create_cube_store(path: str | os.PathLike, *, ny: int, nx: int, wave: np.nda
                     attrs=dict(attrs))
     if coords:
         ds = ds.assign_coords(coords)
-    encoding = {v: {"chunks": chunks} for v in ("flux", "var", "mask")}
+    encoding = {v: {"chunks": chunks, "compressors": cube_compressors()} for v in ("flux", "var", "mask")}
     ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+
+
+def cube_compressors() -> tuple:
+    """Compressor of a cube's ``flux``/``var``/``mask`` chunks (dask config ``survey-proc.store.compressor``).
+
+    Default Blosc LZ4 with byte shuffle: noisy float32 spectra compress about as well as with Zstd
+    but decompress about twice as fast, and reading is on the engine's hot path.
+    """
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from survey_proc import config
+
+    opts = dict(config.get("store.compressor") or {})
+    name = opts.pop("name", "blosc")
+    if name == "blosc":
+        return (BloscCodec(**opts),)
+    if name == "zstd":
+        return (ZstdCodec(**opts),)
+    if name == "none":
+        return ()
+    raise CubeError(f"unknown store compressor {name!r} in dask config survey-proc.store.compressor "
+                    "(blosc | zstd | none)")
 
 
 def write_region(path: str | os.PathLike, region: Mapping[str, slice],

@@ -1,0 +1,75 @@
+"""What a benchmark ran on: CPU, cores, memory, GPUs and driver, library versions, machine load."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where it exists)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpus() -> list[dict]:
+    """Name, memory and driver of each NVIDIA GPU (NVML via nvidia-ml-py, else torch), or []."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            out = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                out.append({"index": i, "name": _text(pynvml.nvmlDeviceGetName(h)), "driver": _text(driver),
+                            "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1)})
+            return out
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML library, no driver or no GPU
+        pass
+    try:
+        import torch
+
+        return [{"index": i, "name": torch.cuda.get_device_name(i), "driver": "",
+                 "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
+                for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return ""
+
+
+def machine_info() -> dict:
+    """Everything a result needs to be read against (recorded with every benchmark)."""
+    import psutil
+
+    info = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    info["gpu"] = ", ".join(g["name"] for g in info["gpus"]) or None
+    info["driver"] = info["gpus"][0]["driver"] if info["gpus"] else None
+    info["versions"] = {p: _version(p) for p in ("survey-proc", "numpy", "torch", "dask", "distributed", "zarr",
+                                                  "xarray", "ppxf", "nvidia-ml-py")}
+    return info
