@@ -18,7 +18,6 @@ import zarr
 
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
-from survey_proc.preprocess import prepare
 from survey_proc.stores._maps import NOT_FITTED, Flag
 from survey_proc.engine._template import Region, output_variables
 
@@ -67,39 +66,41 @@ def model_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray | No
 
 def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
                     redshift: float | np.ndarray, estimator: Estimator, min_snr: float,
-                    lsf_fwhm: np.ndarray | None = None,
+                    lsf_fwhm: np.ndarray | None = None, shape: tuple[int, ...] | None = None,
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
     """Estimates for spectra (n, nwave): ({name: (n, ...)}, flag (n,), snr (n,), estimator seconds).
 
-    ``lsf_fwhm`` (nwave,) is the data's instrumental FWHM in Angstrom, passed on to estimators
-    that model the instrument (pPXF).
+    ``wave`` is the store's feature axis (wavelengths, or band names for photometry), ``shape``
+    the spatial shape of the n pixels (for image models). ``lsf_fwhm`` (nwave,) is the data's
+    instrumental FWHM in Angstrom, passed on to estimators that model the instrument (pPXF).
 
     Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
     outputs are flagged FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold)
     set their flags.
     """
     manifest = estimator.manifest
-    prep = prepare(flux, var, mask, wave, redshift, manifest.input)
+    prep = manifest.input.prepare_batch(flux, var, mask, wave, redshift, shape=shape)
     n = flux.shape[0]
     flags = prep.flags.copy()
     with np.errstate(invalid="ignore"):
         flags[np.isfinite(prep.snr) & (prep.snr < min_snr)] |= np.uint8(Flag.LOW_SNR)
     fit = prep.fit
+    x_in, rows = prep.batch()  # rows: the pixels the estimator's output rows belong to
     outputs: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     if fit.any():
-        z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[fit]
-        pred = estimator.predict(prep.x[fit], model_meta(z, wave, lsf_fwhm, manifest))
+        z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[rows]
+        pred = estimator.predict(x_in, model_meta(z, wave, lsf_fwhm, manifest))
     else:
         pred = {}
     est_seconds = time.perf_counter() - t0
     for name, extra, _, coords in output_variables(manifest):
-        shape = (n,) + tuple(len(coords[e]) for e in extra)
-        full = np.full(shape, np.nan, np.float32)
+        out_shape = (n,) + tuple(len(coords[e]) for e in extra)
+        full = np.full(out_shape, np.nan, np.float32)
         if fit.any():
             if name not in pred:
                 raise KeyError(f"estimator {manifest.name} did not return '{name}' declared in its manifest")
-            full[fit] = pred[name]
+            full[rows] = pred[name]
         outputs[name] = full
     failed = np.zeros(n, bool)
     for spec in manifest.outputs:
@@ -127,14 +128,28 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(cube: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The cube's wavelengths and instrumental FWHM per wavelength (Angstrom), once per process."""
+def _wave_and_lsf(cube: str, feature_dim: str = "wave") -> tuple[np.ndarray, np.ndarray | None]:
+    """The store's feature axis (wavelengths in Angstrom, or band names) and, for spectra, the
+    instrumental FWHM per wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
+    if feature_dim != "wave":
+        return np.asarray(grp[feature_dim][:]).astype(str), None
     wave = np.asarray(grp["wave"][:], np.float64)
     if "lsf_fwhm" in grp:
         return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
     fwhm = grp.attrs.get("lsf_fwhm")
     return wave, (np.full(wave.size, float(fwhm)) if fwhm is not None else None)
+
+
+def halo_window(region: Region, halo: int, sizes: Mapping[str, int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(slices to read, the region's core inside them): the region grown by ``halo`` pixels on every
+    side along its dims, clipped to the store's ``sizes``."""
+    read, core = [], []
+    for d, a, b in region.slices:
+        lo, hi = max(a - halo, 0), min(b + halo, sizes[d])
+        read.append(slice(lo, hi))
+        core.append(slice(a - lo, b - lo))
+    return tuple(read), tuple(core)
 
 
 def _open(path: str, mode: str) -> zarr.Group:
@@ -145,28 +160,33 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     """Read, estimate and write one region; returns counts and a checksum of what was written."""
     t0 = time.perf_counter()
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
+    spec = estimator.manifest.input
     cube = _open(opts.cube, "r")
     sel = region.selection()
     dims = tuple(d for d, _, _ in region.slices)
     index = tuple(sel[d] for d in dims)
-    flux = np.asarray(cube["flux"][index])
-    var = np.asarray(cube["var"][index])
-    mask = np.asarray(cube["mask"][index])
+    # image models see the region plus a halo of neighbouring pixels; only the core is written
+    read, core = halo_window(region, spec.halo_pixels, dict(zip(dims, cube["flux"].shape)))
+    flux = np.asarray(cube["flux"][read])
+    var = np.asarray(cube["var"][read])
+    mask = np.asarray(cube["mask"][read])
     t_read = time.perf_counter()
     spatial_shape = flux.shape[:-1]
     n = int(np.prod(spatial_shape))
     redshift: float | np.ndarray = opts.redshift
     if "redshift" in cube and dims == ("object",):  # catalogues carry one redshift per object
-        redshift = np.asarray(cube["redshift"][index], np.float64)
-    wave, lsf = _wave_and_lsf(opts.cube)
+        redshift = np.asarray(cube["redshift"][read], np.float64)
+    wave, lsf = _wave_and_lsf(opts.cube, spec.feature_dim)
     outputs, flags, snr, est_seconds = estimate_region(
         flux.reshape(n, -1), var.reshape(n, -1), mask.reshape(n, -1), wave, redshift,
-        estimator, opts.min_snr, lsf)
+        estimator, opts.min_snr, lsf, shape=spatial_shape)
     t_est = time.perf_counter()
 
-    arrays = {name: values.reshape(spatial_shape + values.shape[1:]) for name, values in outputs.items()}
-    arrays["flag"] = flags.reshape(spatial_shape)
-    arrays["snr"] = snr.reshape(spatial_shape)
+    arrays = {name: values.reshape(spatial_shape + values.shape[1:])[core] for name, values in outputs.items()}
+    arrays["flag"] = flags.reshape(spatial_shape)[core]
+    arrays["snr"] = snr.reshape(spatial_shape)[core]
+    flags = arrays["flag"].ravel()
+    n = region.size
     out = _open(opts.out, "r+")
     for name, values in arrays.items():
         out[name][index] = values
