@@ -33,10 +33,52 @@ def cmd_mock(args: argparse.Namespace) -> int:
                     "snr": config.get("mock.snr"), "redshift": config.get("mock.redshift")}
         cfg = MockConfig(**{k: v if v is not None else defaults[k] for k, v in fields.items()})
     cfg.chunk = args.chunk or default_chunk(cfg.nx, cfg.ny)
+    if args.wave_range:
+        cfg.wave_start, cfg.wave_stop = args.wave_range
+    if args.pixel_scale:
+        cfg.pixel_scale_arcsec = args.pixel_scale
+    if args.photometry:
+        return _mock_photometry(args, cfg)
     info = write_mock(args.out, cfg, progress=not args.quiet)
     print(f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info['wavelengths']} wavelengths "
           f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
           f"in {info['seconds']:.1f} s; truth maps in its group 'truth'")
+    return 0
+
+
+def _mock_photometry(args: argparse.Namespace, cfg) -> int:
+    from survey_proc.synth import write_mock_photometry
+
+    cfg.psf_fwhm_pixels = args.psf_fwhm or 0.0
+    info = write_mock_photometry(args.out, cfg, _filters(args.photometry))
+    print(f"mock photometry {cfg.ny} x {cfg.nx} pixels x {info['bands']} {args.photometry} bands (S/N {cfg.snr:g} "
+          f"per band at the brightest pixel, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} in "
+          f"{info['seconds']:.1f} s; truth maps in its group 'truth' (the same galaxy `survey-proc mock` "
+          "makes with these options)")
+    return 0
+
+
+def _filters(name: str):
+    from survey_proc.ssp import load_filters
+
+    try:
+        return load_filters(name)
+    except ValueError as exc:
+        from survey_proc.errors import SurveyProcError
+
+        raise SurveyProcError(str(exc)) from exc
+
+
+def cmd_photometry(args: argparse.Namespace) -> int:
+    from survey_proc.synth import photometry_from_store
+
+    info = photometry_from_store(args.cube, _filters(args.filters), args.out, cluster=args.cluster,
+                                 workers=args.workers, progress=not args.quiet)
+    short = info["bands_short_of_coverage"]
+    print(f"synthetic photometry: {info['spectra']} spectra x {info['bands']} {args.filters} bands in "
+          f"{info['seconds']:.1f} s ({info['spectra_per_s']:,.0f} spectra/s, cluster start-up excluded) written to {args.out}"
+          + (f"; masked everywhere for lack of wavelength coverage: {', '.join(short)}" if short else "")
+          + ("; truth maps copied to its group 'truth'" if info["truth"] else ""))
     return 0
 
 
@@ -124,8 +166,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
     from survey_proc.training._train import TrainConfig, train
 
+    with open(args.config) as f:
+        kind = (yaml.safe_load(f) or {}).get("kind", "spectrum")
+    if kind in ("sed", "image"):  # photometric models, trained on mock galaxies
+        return _train_photometric(args)
     cfg = TrainConfig.from_yaml(args.config)
     if args.epochs is not None:
         cfg.epochs = args.epochs
@@ -133,6 +181,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.device = args.device
     bundle = train(cfg, args.out, progress=not args.quiet)
     print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube CUBE.zarr --model {bundle}")
+    return 0
+
+
+def _train_photometric(args: argparse.Namespace) -> int:
+    from survey_proc.training._photometric import PhotTrainConfig, train_photometric
+
+    cfg = PhotTrainConfig.from_yaml(args.config)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.device:
+        cfg.device = args.device
+    bundle = train_photometric(cfg, args.out, progress=not args.quiet)
+    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube PHOTOMETRY.zarr --model {bundle}")
     return 0
 
 
@@ -165,8 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--redshift", type=float)
     m.add_argument("--like", choices=["ngc4254"], help="a galaxy whose scale to copy (~65,000 spaxels)")
     m.add_argument("--chunk", type=_positive_int, help="spatial chunk size (default: by cube size, <= 32)")
+    m.add_argument("--wave-range", type=float, nargs=2, metavar=("START", "STOP"),
+                   help="observed wavelengths of the cube, Angstrom (default 4750 9350, MUSE; the SSP library "
+                        "allows about 2600-10400 at low redshift)")
+    m.add_argument("--photometry", metavar="FILTERS",
+                   help="write mock photometry (jpas | jpas36 | sdss) of the same galaxy instead of a cube")
+    m.add_argument("--pixel-scale", type=float, help="arcsec per pixel (default 0.2)")
+    m.add_argument("--psf-fwhm", type=float, help="seeing FWHM in pixels for mock photometry (default 0)")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_mock)
+
+    ph = sub.add_parser("photometry", help="synthetic photometry of a cube or catalogue through a filter set")
+    ph.add_argument("cube", help="cube or spectra-catalogue store (.zarr)")
+    ph.add_argument("out", help="photometric store to write (.zarr)")
+    ph.add_argument("--filters", required=True, help="jpas (54 bands) | jpas36 | sdss (ugriz)")
+    ph.add_argument("--cluster", default=config.get("run.cluster"), help="local | none | scheduler address")
+    ph.add_argument("--workers", type=_positive_int)
+    ph.add_argument("--quiet", action="store_true")
+    ph.set_defaults(func=cmd_photometry)
 
     i = sub.add_parser("ingest", help="MUSE-style FITS cube (DATA/STAT/DQ) into a cube store")
     i.add_argument("fits")

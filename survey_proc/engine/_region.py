@@ -133,7 +133,7 @@ def _wave_and_lsf(cube: str, feature_dim: str = "wave") -> tuple[np.ndarray, np.
     instrumental FWHM per wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
     if feature_dim != "wave":
-        return np.asarray(grp[feature_dim][:]).astype(str), None
+        return np.array([str(v) for v in grp[feature_dim][:]], dtype=object), None
     wave = np.asarray(grp["wave"][:], np.float64)
     if "lsf_fwhm" in grp:
         return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
