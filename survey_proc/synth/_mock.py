@@ -21,6 +21,7 @@ import xarray as xr
 import zarr
 from scipy.ndimage import gaussian_filter
 
+from survey_proc.geometry import disc_coordinates, half_light_radius
 from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm
 from survey_proc.stores._cube import consolidate, create_cube_store, write_region
 from survey_proc.stores._maps import property_attrs
@@ -140,21 +141,8 @@ def galaxy_centre(cfg: MockConfig) -> tuple[float, float]:
 
 def _disc_coordinates(cfg: MockConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deprojected radius, azimuth in the disc plane, and the major-axis coordinate."""
-    y, x = np.mgrid[0:cfg.ny, 0:cfg.nx].astype(np.float64)
     x0, y0 = galaxy_centre(cfg)
-    pa = np.deg2rad(cfg.position_angle)
-    major = (x - x0) * np.sin(pa) + (y - y0) * np.cos(pa)
-    minor = -(x - x0) * np.cos(pa) + (y - y0) * np.sin(pa)
-    cos_i = np.cos(np.deg2rad(cfg.inclination))
-    radius = np.hypot(major, minor / cos_i)
-    azimuth = np.arctan2(minor / cos_i, major)
-    return radius, azimuth, major
-
-
-def _half_light_radius(radius: np.ndarray, light: np.ndarray) -> float:
-    order = np.argsort(radius.ravel())
-    cum = np.cumsum(light.ravel()[order])
-    return float(radius.ravel()[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    return disc_coordinates((cfg.ny, cfg.nx), x0, y0, cfg.inclination, cfg.position_angle)
 
 
 def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> GalaxyMaps:
@@ -167,7 +155,7 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     disc = np.exp(-radius / h)
     bulge = g.bulge_amplitude * np.exp(-3.67 * ((radius / r_b) ** 0.5 - 1.0)) / np.exp(3.67)
     light = disc + bulge
-    r_e = _half_light_radius(radius, light)
+    r_e = half_light_radius(radius, light)
     f_bulge = bulge / light
 
     # two logarithmic spiral arms, where young stars, gas and dust concentrate

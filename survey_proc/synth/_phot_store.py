@@ -20,7 +20,7 @@ import xarray as xr
 
 from survey_proc.ssp import SSPLibrary, load_ssp_library
 from survey_proc.ssp._filters import FilterSet
-from survey_proc.stores._cube import consolidate, open_spectral_store, spatial_dims, write_region
+from survey_proc.stores._cube import consolidate, lsf_fwhm_at, open_spectral_store, spatial_dims, write_region
 from survey_proc.stores._photometry import FLUX_UNITS, create_photometry_store, filter_dataset
 from survey_proc.synth._mock import MockConfig, galaxy_maps, truth_dataset
 from survey_proc.synth._photometry import (
@@ -28,6 +28,7 @@ from survey_proc.synth._photometry import (
     ab_magnitude,
     band_noise,
     flux_unit_cgs,
+    sky_line_windows,
     synthetic_photometry,
 )
 
@@ -48,9 +49,12 @@ def _copy_truth(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
 
 def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str | os.PathLike, *,
                           cluster: str | None = None, workers: int | None = None, min_coverage: float = 0.99,
-                          max_masked: float = 0.1, progress: bool = True) -> dict:
+                          max_masked: float = 0.2, mask_sky: bool = True, progress: bool = True) -> dict:
     """Synthetic photometry of every spectrum of ``cube`` through ``filters``, written to ``out``.
 
+    ``mask_sky`` leaves the pixels within 2 FWHM of the bright night-sky lines (:data:`SKY_LINES`) out
+    of the band integrals, as the spectral models mask them: IFU sky-subtraction residuals there would
+    otherwise bias the narrow bands that hold them by several per cent in faint pixels.
     Returns a summary dict (spectra, seconds, spectra/s, bands masked for coverage, output path).
     """
     from survey_proc import __version__
@@ -63,11 +67,13 @@ def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str 
     wave = np.asarray(ds["wave"].values, np.float64)
     unit = flux_unit_cgs(str(ds["flux"].attrs["units"]))
     nb = len(filters)
+    sky = sky_line_windows(wave, lsf_fwhm_at(ds)) if mask_sky else np.zeros(wave.size, bool)
 
     def block(flux: np.ndarray, var: np.ndarray, mask: np.ndarray):
         shape = flux.shape[:-1]
         ph = synthetic_photometry(flux.reshape(-1, flux.shape[-1]), var.reshape(-1, var.shape[-1]),
-                                  mask.reshape(-1, mask.shape[-1]), wave, filters, unit, min_coverage, max_masked)
+                                  mask.reshape(-1, mask.shape[-1]) | sky[None, :], wave, filters, unit,
+                                  min_coverage, max_masked)
         mag, err = ph.ab()
         return tuple(a.reshape(*shape, nb) for a in (ph.flux, ph.var, ph.mask, mag.astype(np.float32),
                                                      err.astype(np.float32)))
@@ -92,6 +98,7 @@ def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str 
     result.attrs = {**fds.attrs, "photometric_system": "AB",
                     **{k: ds.attrs[k] for k in _KEPT_ATTRS if k in ds.attrs},
                     "synthetic_photometry_of": str(Path(cube).resolve()),
+                    "sky_lines_masked": int(mask_sky),
                     "band_coverage": [float(c) for c in coverage], "software": f"survey-proc {__version__}"}
     chunks = {d: int(max(ds["flux"].chunks[i])) for i, d in enumerate(ds["flux"].dims) if d in dims}
     encoding = {n: {"chunks": tuple(chunks[d] for d in dims) + (nb,)} for n in names}
@@ -123,8 +130,9 @@ def write_mock_photometry(path: str | os.PathLike, cfg: MockConfig, filters: Fil
 
     The galaxy, its populations and truth are those :func:`~survey_proc.synth.write_mock` builds
     for the same config; fluxes come from :class:`PhotometrySynthesiser` (nebular lines included),
-    noise per band with S/N ``cfg.snr`` at each band's brightest pixel, and a fraction
-    ``cfg.bad_pixel_fraction`` of measurements masked.
+    noise per band from the cube's noise model (:func:`band_noise`: S/N ``cfg.snr`` per Angstrom at the
+    brightest spaxel, integrated over each band), and a fraction ``cfg.bad_pixel_fraction`` of
+    measurements masked.
     """
     from survey_proc import __version__
 
@@ -166,7 +174,7 @@ def mock_band_fluxes(cfg: MockConfig, lib: SSPLibrary, filters: FilterSet,
 
         sigma = cfg.psf_fwhm_pixels / 2.3548
         flux = gaussian_filter(flux.reshape(shape), (sigma, sigma, 0), mode="constant").reshape(flux.shape)
-    var = band_noise(flux, cfg.snr, cfg.sky_fraction)
+    var = band_noise(flux, filters, cfg.snr, cfg.sky_fraction, cfg.peak_flux)
     if not noise:
         return maps, flux.reshape(shape), var.reshape(shape), np.zeros(shape, bool)
     n_rng = np.random.default_rng([cfg.seed, 1_000_001])

@@ -27,7 +27,7 @@ import numpy as np
 from survey_proc.ssp import C_KMS, LIGHT_WINDOW, SSPLibrary, attenuation_curve
 from survey_proc.ssp._filters import FilterSet
 from survey_proc.stores._photometry import ZP_NJY
-from survey_proc.synth._spectra import EMISSION_LINES
+from survey_proc.synth._spectra import EMISSION_LINES, SKY_LINES
 
 C_ANGSTROM_S = 2.99792458e18
 #: 1 nJy in erg/s/cm2/Hz
@@ -98,7 +98,7 @@ def ab_magnitude(flux_njy: np.ndarray, var: np.ndarray | None = None) -> tuple[n
 
 def synthetic_photometry(flux: np.ndarray, var: np.ndarray | None, mask: np.ndarray | None, wave: np.ndarray,
                          filters: FilterSet, flux_unit: float = 1.0, min_coverage: float = 0.99,
-                         max_masked: float = 0.1) -> BandPhotometry:
+                         max_masked: float = 0.2) -> BandPhotometry:
     """Band photometry of spectra (n, nwave) in units of ``flux_unit`` erg/s/cm2/Angstrom.
 
     ``var`` (same units squared) may be None (noise-free spectra: zero variance); ``mask`` True = bad.
@@ -123,6 +123,18 @@ def synthetic_photometry(flux: np.ndarray, var: np.ndarray | None, mask: np.ndar
     f_nu[den <= 0] = np.nan
     v_nu[den <= 0] = np.nan
     return BandPhotometry(f_nu.astype(np.float32), v_nu.astype(np.float32), bad, coverage)
+
+
+def sky_line_windows(wave: np.ndarray, lsf_fwhm: np.ndarray, lines: tuple[float, ...] = SKY_LINES,
+                     half_width_fwhm: float = 2.0) -> np.ndarray:
+    """Boolean (nwave,): within ``half_width_fwhm`` x the instrumental FWHM of a bright night-sky line
+    (observed frame), where sky-subtraction residuals live in IFU cubes."""
+    wave = np.asarray(wave, np.float64)
+    out = np.zeros(wave.size, bool)
+    for line in lines:
+        if wave[0] <= line <= wave[-1]:
+            out |= np.abs(wave - line) <= half_width_fwhm * np.interp(line, wave, lsf_fwhm)
+    return out
 
 
 def library_observed_range(lib: SSPLibrary, redshift: float, max_velocity: float = 2500.0) -> tuple[float, float]:
@@ -207,10 +219,22 @@ class PhotometrySynthesiser:
         return out.astype(np.float32)
 
 
-def band_noise(flux: np.ndarray, snr: float, sky_fraction: float) -> np.ndarray:
-    """Variance (n, nband) of band fluxes: var = g F + sky per band, with S/N = ``snr`` at each band's
-    brightest pixel and a sky variance of ``sky_fraction`` of that pixel's source variance (as the
-    mock cubes' noise model)."""
-    peak = np.nanmax(flux, axis=0, keepdims=True)
-    gain = peak / (snr**2 * (1.0 + sky_fraction))
-    return (gain * np.clip(flux, 0.0, None) + sky_fraction * gain * peak).astype(np.float32)
+def band_noise(flux: np.ndarray, filters: FilterSet, snr: float, sky_fraction: float, peak_flux: float,
+               flux_unit: float = 1e-20) -> np.ndarray:
+    """Variance (n, nband) nJy^2 of band fluxes (n, nband) nJy under the mock cubes' noise model.
+
+    Per Angstrom of spectrum the variance of f_lambda is ``g f_lambda + s`` with S/N per Angstrom ``snr``
+    for the continuum ``peak_flux`` (flux_unit) and a sky of ``sky_fraction`` of its source variance, as
+    :func:`~survey_proc.synth.write_mock` draws it; a band averages that noise over its response, so
+    mock photometry is as noisy as synthetic photometry of the corresponding mock cube (narrow and
+    blue bands of red galaxies are the noisiest).
+    """
+    wave = filters.wave
+    a, b, _ = band_weights(wave, filters)
+    step = trapezoid_widths(wave)[:, None]
+    to_njy = flux_unit / NJY_CGS
+    per_flambda = a.sum(axis=0) / b.sum(axis=0) * to_njy          # nJy per flux_unit of a flat f_lambda
+    var_factor = (a**2 / step).sum(axis=0) / b.sum(axis=0) ** 2 * to_njy**2  # nJy^2 per (flux_unit^2 / A)
+    f_lambda = np.clip(np.asarray(flux, np.float64), 0.0, None) / per_flambda
+    per_angstrom = (peak_flux * f_lambda + sky_fraction * peak_flux**2) / (snr**2 * (1.0 + sky_fraction))
+    return (per_angstrom * var_factor).astype(np.float32)

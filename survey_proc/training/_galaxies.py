@@ -29,7 +29,7 @@ class GalaxySetConfig:
     size: int = 32                                         #: pixels per side
     filters: str = "jpas36"
     redshifts: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03)
-    snr_range: tuple[float, float] = (10.0, 100.0)         #: per band at the brightest pixel, log-uniform
+    snr_range: tuple[float, float] = (1.0, 20.0)           #: per Angstrom at the brightest pixel, log-uniform
     peak_flux_range: tuple[float, float] = (300.0, 3000.0)  #: 1e-20 erg/s/cm2/A per pixel, log-uniform
     sky_fraction_range: tuple[float, float] = (0.02, 0.2)
     inclination_range: tuple[float, float] = (0.0, 75.0)

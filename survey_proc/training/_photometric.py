@@ -70,8 +70,10 @@ class SEDCNN(nn.Module):
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU(),
-                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU())
+    # no normalisation layers: every output pixel depends on its neighbourhood only (tiles can be cut
+    # anywhere), and batch statistics of small, augmented image batches made validation erratic
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                         nn.GELU())
 
 
 class ImageUNet(nn.Module):
@@ -162,6 +164,7 @@ class PhotTrainConfig:
     test_fraction: float = 0.15             #: galaxies never trained on (Set B)
     pixel_holdout: float = 0.15             #: sed: pixels of training galaxies held out (Set A)
     min_train_snr: float = 2.0              #: sed: pixels with a lower expected band S/N are not trained on
+    pixels_per_epoch: int | None = None     #: sed: random training pixels seen per epoch (None: all)
     redshift_range: tuple[float, float] = (0.0, 0.035)
     epochs: int = 25
     batch_size: int = 512
@@ -366,12 +369,15 @@ def train_sed(cfg: PhotTrainConfig, data: GalaxySet, out: Path, device: torch.de
 
     def epoch_batches(epoch: int):
         erng = np.random.default_rng([cfg.seed, epoch])
-        prep = _sed_inputs(train_px, spec, erng, cfg.galaxies.mask_fraction)
+        rows = np.arange(y_train.shape[0])
+        if cfg.pixels_per_epoch and cfg.pixels_per_epoch < rows.size:
+            rows = np.sort(erng.choice(rows.size, cfg.pixels_per_epoch, replace=False))
+        prep = _sed_inputs({k: v[rows] for k, v in train_px.items()}, spec, erng, cfg.galaxies.mask_fraction)
         idx = np.nonzero(prep.fit)[0]
         erng.shuffle(idx)
         for s in range(0, idx.size, cfg.batch_size):
             b = idx[s:s + cfg.batch_size]
-            yield prep.x[b], y_train[b]
+            yield prep.x[b], y_train[rows[b]]
 
     def val_batches():
         for s in range(0, x_val.shape[0], 4096):
