@@ -168,32 +168,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from survey_proc.training._train import TrainConfig, train
-
     with open(args.config) as f:
         kind = (yaml.safe_load(f) or {}).get("kind", "spectrum")
     if kind in ("sed", "image"):  # photometric models, trained on mock galaxies
-        return _train_photometric(args)
-    cfg = TrainConfig.from_yaml(args.config)
+        from survey_proc.training._photometric import PhotTrainConfig as Config
+        from survey_proc.training._photometric import train_photometric as train
+        store = "PHOTOMETRY.zarr"
+    else:
+        from survey_proc.training._train import TrainConfig as Config
+        from survey_proc.training._train import train
+        store = "CUBE.zarr"
+    cfg = Config.from_yaml(args.config)
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.device:
         cfg.device = args.device
     bundle = train(cfg, args.out, progress=not args.quiet)
-    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube CUBE.zarr --model {bundle}")
-    return 0
-
-
-def _train_photometric(args: argparse.Namespace) -> int:
-    from survey_proc.training._photometric import PhotTrainConfig, train_photometric
-
-    cfg = PhotTrainConfig.from_yaml(args.config)
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    if args.device:
-        cfg.device = args.device
-    bundle = train_photometric(cfg, args.out, progress=not args.quiet)
-    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube PHOTOMETRY.zarr --model {bundle}")
+    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube {store} --model {bundle}")
     return 0
 
 

@@ -114,3 +114,26 @@ def test_unknown_input_kind_is_a_model_error(jpas_mock, tmp_path):
     with pytest.raises(ModelError, match="unknown input kind 'hologram'"):
         run(RunConfig(cube=str(jpas_mock), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none",
                       progress=False))
+
+
+def test_object_catalogue_of_band_fluxes_gives_the_same_estimates(jpas_mock, tmp_path):
+    """An (object, band) store of the same fluxes: the per-pixel model gives the same numbers per object."""
+    img = xr.open_zarr(jpas_mock)
+    n = img.sizes["y"] * img.sizes["x"]
+    cat = xr.Dataset(
+        {v: (("object", "band"), img[v].values.reshape(n, -1), img[v].attrs) for v in ("flux", "var", "mask")},
+        coords={"band": img.band.values.astype(object), "pivot_wave": ("band", img.pivot_wave.values),
+                "filter_wave": img.filter_wave.values},
+        attrs=dict(img.attrs))
+    cat["filter_response"] = img["filter_response"].load()
+    cat["redshift"] = (("object",), np.full(n, img.attrs["redshift"]))
+    cat.to_zarr(tmp_path / "cat.zarr", zarr_format=3, consolidated=False,
+                encoding={v: {"chunks": (100, img.sizes["band"])} for v in ("flux", "var", "mask")})
+    run(RunConfig(cube=str(tmp_path / "cat.zarr"), out=str(tmp_path / "cat.maps.zarr"), model="narrowband",
+                  cluster="none", progress=False))
+    run(RunConfig(cube=str(jpas_mock), out=str(tmp_path / "img.maps.zarr"), model="narrowband", cluster="none",
+                  progress=False))
+    a, b = xr.open_zarr(tmp_path / "cat.maps.zarr"), xr.open_zarr(tmp_path / "img.maps.zarr")
+    assert a.log_age.dims == ("object",) and a.sizes["object"] == n
+    np.testing.assert_allclose(a.log_age.values, b.log_age.values.ravel(), atol=1e-5)
+    np.testing.assert_array_equal(a.flag.values, b.flag.values.ravel())

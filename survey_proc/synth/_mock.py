@@ -223,18 +223,37 @@ def log_mass_surface_density(window_flux: np.ndarray, mass_light: np.ndarray, re
         return np.log10(sigma)
 
 
-def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> dict[str, np.ndarray]:
+def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: bool = True) -> dict[str, np.ndarray]:
     """The per-spaxel truth (ny, nx) of the mock: light- and mass-weighted age and [M/H], A_V, kinematics,
-    stellar mass surface density."""
+    stellar mass surface density.
+
+    With a seeing (``cfg.psf_fwhm_pixels`` > 0, mock photometry) and ``at_psf``, the truth is given at the
+    images' resolution: mass density convolved with the PSF, light-weighted quantities as the PSF-convolved
+    light x value over the PSF-convolved light (mass-weighted ones likewise with mass). The populations of
+    each pixel are drawn independently, so their pixel-to-pixel scatter is below the PSF and cannot be
+    recovered from the images.
+    """
     log_age, metal = light_weighted(maps.weights, lib)
     log_age_mw, metal_mw = mass_weighted(maps.weights, lib)
     window_flux = maps.light * cfg.peak_flux / maps.light.max()
-    return {
-        "log_age": log_age, "metallicity": metal, "log_age_mw": log_age_mw,
-        "metallicity_mw": metal_mw, "av": maps.av, "sigma": maps.sigma, "velocity": maps.velocity,
-        "log_mass_surface_density": log_mass_surface_density(
-            window_flux, mass_to_light(maps.weights, lib), cfg.redshift, cfg.pixel_scale_arcsec),
-    }
+    log_sigma = log_mass_surface_density(window_flux, mass_to_light(maps.weights, lib), cfg.redshift,
+                                         cfg.pixel_scale_arcsec)
+    values = {"log_age": log_age, "metallicity": metal, "log_age_mw": log_age_mw, "metallicity_mw": metal_mw,
+              "av": maps.av, "sigma": maps.sigma, "velocity": maps.velocity, "log_mass_surface_density": log_sigma}
+    if not (at_psf and cfg.psf_fwhm_pixels > 0):
+        return values
+    sigma_px = cfg.psf_fwhm_pixels / 2.3548
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return gaussian_filter(a, sigma_px, mode="constant")
+
+    mass = 10.0 ** log_sigma
+    light_b, mass_b = blur(window_flux), blur(mass)
+    out = {k: blur(window_flux * v) / light_b for k, v in values.items() if not k.endswith("_mw")
+           and k != "log_mass_surface_density"}
+    out.update({k: blur(mass * values[k]) / mass_b for k in ("log_age_mw", "metallicity_mw")})
+    out["log_mass_surface_density"] = np.log10(mass_b)
+    return out
 
 
 def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Dataset:
@@ -242,6 +261,9 @@ def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Data
     dims = ("y", "x")
     ds = xr.Dataset({k: (dims, v.astype(np.float32), property_attrs(k))
                      for k, v in truth_values(maps, lib, cfg).items()})
+    if cfg.psf_fwhm_pixels > 0:  # the pixel-level truth too, beside the truth at the images' resolution
+        for k, v in truth_values(maps, lib, cfg, at_psf=False).items():
+            ds[f"{k}_intrinsic"] = (dims, v.astype(np.float32), property_attrs(k))
     ds["weights"] = (("y", "x", "age", "metal"), np.swapaxes(maps.weights, -1, -2).astype(np.float32),
                      property_attrs("weights"))
     ds["light"] = (dims, (maps.light * cfg.peak_flux / maps.light.max()).astype(np.float32),
@@ -260,6 +282,8 @@ def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Data
         "input_gradients_per_r_e": str(maps.gradients),
         "light_weighting": "fraction of rest-frame flux in 5070-5950 Angstrom before dust",
         "pixel_scale_arcsec": cfg.pixel_scale_arcsec, "redshift": cfg.redshift,
+        "truth_resolution": (f"PSF-matched: Gaussian seeing of FWHM {cfg.psf_fwhm_pixels:g} pixels (pixel-level "
+                             "truth in <name>_intrinsic)" if cfg.psf_fwhm_pixels > 0 else "per spaxel"),
     })
     return ds
 
