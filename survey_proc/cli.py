@@ -34,10 +34,52 @@ def cmd_mock(args: argparse.Namespace) -> int:
                     "snr": config.get("mock.snr"), "redshift": config.get("mock.redshift")}
         cfg = MockConfig(**{k: v if v is not None else defaults[k] for k, v in fields.items()})
     cfg.chunk = args.chunk or default_chunk(cfg.nx, cfg.ny)
+    if args.wave_range:
+        cfg.wave_start, cfg.wave_stop = args.wave_range
+    if args.pixel_scale:
+        cfg.pixel_scale_arcsec = args.pixel_scale
+    if args.photometry:
+        return _mock_photometry(args, cfg)
     info = write_mock(args.out, cfg, progress=not args.quiet)
     print(f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info['wavelengths']} wavelengths "
           f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
           f"in {info['seconds']:.1f} s; truth maps in its group 'truth'")
+    return 0
+
+
+def _mock_photometry(args: argparse.Namespace, cfg) -> int:
+    from survey_proc.synth import write_mock_photometry
+
+    cfg.psf_fwhm_pixels = args.psf_fwhm or 0.0
+    info = write_mock_photometry(args.out, cfg, _filters(args.photometry))
+    print(f"mock photometry {cfg.ny} x {cfg.nx} pixels x {info['bands']} {args.photometry} bands (S/N {cfg.snr:g} "
+          f"per A at the brightest pixel, integrated over each band; z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} in "
+          f"{info['seconds']:.1f} s; truth maps in its group 'truth' (the same galaxy `survey-proc mock` "
+          "makes with these options)")
+    return 0
+
+
+def _filters(name: str):
+    from survey_proc.ssp import load_filters
+
+    try:
+        return load_filters(name)
+    except ValueError as exc:
+        from survey_proc.errors import SurveyProcError
+
+        raise SurveyProcError(str(exc)) from exc
+
+
+def cmd_photometry(args: argparse.Namespace) -> int:
+    from survey_proc.synth import photometry_from_store
+
+    info = photometry_from_store(args.cube, _filters(args.filters), args.out, cluster=args.cluster,
+                                 workers=args.workers, mask_sky=not args.keep_sky_lines, progress=not args.quiet)
+    short = info["bands_short_of_coverage"]
+    print(f"synthetic photometry: {info['spectra']} spectra x {info['bands']} {args.filters} bands in "
+          f"{info['seconds']:.1f} s ({info['spectra_per_s']:,.0f} spectra/s, cluster start-up excluded) written to {args.out}"
+          + (f"; masked everywhere for lack of wavelength coverage: {', '.join(short)}" if short else "")
+          + ("; truth maps copied to its group 'truth'" if info["truth"] else ""))
     return 0
 
 
@@ -226,15 +268,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from survey_proc.training._train import TrainConfig, train
+    import yaml
 
-    cfg = TrainConfig.from_yaml(args.config)
+    with open(args.config) as f:
+        kind = (yaml.safe_load(f) or {}).get("kind", "spectrum")
+    if kind in ("sed", "image"):  # photometric models, trained on mock galaxies
+        from survey_proc.training._photometric import PhotTrainConfig as Config
+        from survey_proc.training._photometric import train_photometric as train
+        store = "PHOTOMETRY.zarr"
+    else:
+        from survey_proc.training._train import TrainConfig as Config
+        from survey_proc.training._train import train
+        store = "CUBE.zarr"
+    cfg = Config.from_yaml(args.config)
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.device:
         cfg.device = args.device
     bundle = train(cfg, args.out, progress=not args.quiet)
-    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube CUBE.zarr --model {bundle}")
+    print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube {store} --model {bundle}")
+    return 0
+
+
+def cmd_gradients(args: argparse.Namespace) -> int:
+    from survey_proc.analysis import gradient_report
+
+    overrides = {"centre_x": args.centre[0] if args.centre else None,
+                 "centre_y": args.centre[1] if args.centre else None,
+                 "inclination_deg": args.inclination, "position_angle_deg": args.position_angle,
+                 "r_e_pixels": args.r_e}
+    for maps in args.maps:
+        rep = gradient_report(maps, compare=args.compare, out_dir=args.out, properties=args.properties,
+                              geometry_overrides=overrides, r_max=args.r_max, n_draws=args.draws,
+                              fraction=args.fraction, min_inside=args.min_inside)
+        g = rep["geometry"]
+        print(f"{maps}: R_e {g['r_e_pixels']:.1f} px, inclination {g['inclination_deg']:.0f} deg, PA "
+              f"{g['position_angle_deg']:.0f} deg, centre ({g['centre_x']:.1f}, {g['centre_y']:.1f}) from {g['source']}")
+        other = rep.get("compare", {})
+        for p, fit in rep["gradients"].items():
+            line = (f"  {p:26s} " + (f"{fit['slope']:+.3f} ± {fit['slope_err']:.3f} per R_e ({fit['n_inside']} px "
+                                      "inside R_e)" if fit else "not fitted (too few pixels inside R_e or none outside)"))
+            d = other.get("differences", {}).get(p)
+            if d:
+                line += f"; {other['with']}: {d['slope_b']:+.3f}, difference {d['difference']:+.3f} ({d['n_sigma']:.1f} sigma)"
+            print(line)
+        if "input_gradients_per_r_e" in other:
+            print(f"  mock input gradients of the disc component: {other['input_gradients_per_r_e']}")
+        print(f"  figure: {rep['figure']}\n  numbers: {rep['json']}")
     return 0
 
 
@@ -310,8 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--redshift", type=float)
     m.add_argument("--like", choices=["ngc4254"], help="a galaxy whose scale to copy (~65,000 spaxels)")
     m.add_argument("--chunk", type=_positive_int, help="spatial chunk size (default: by cube size, <= 32)")
+    m.add_argument("--wave-range", type=float, nargs=2, metavar=("START", "STOP"),
+                   help="observed wavelengths of the cube, Angstrom (default 4750 9350, MUSE; the SSP library "
+                        "allows about 2600-10400 at low redshift)")
+    m.add_argument("--photometry", metavar="FILTERS",
+                   help="write mock photometry (jpas | jpas36 | sdss) of the same galaxy instead of a cube")
+    m.add_argument("--pixel-scale", type=float, help="arcsec per pixel (default 0.2)")
+    m.add_argument("--psf-fwhm", type=float, help="seeing FWHM in pixels for mock photometry (default 0)")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_mock)
+
+    ph = sub.add_parser("photometry", help="synthetic photometry of a cube or catalogue through a filter set")
+    ph.add_argument("cube", help="cube or spectra-catalogue store (.zarr)")
+    ph.add_argument("out", help="photometric store to write (.zarr)")
+    ph.add_argument("--filters", required=True, help="jpas (54 bands) | jpas36 | sdss (ugriz)")
+    ph.add_argument("--cluster", default=config.get("run.cluster"), help="local | none | scheduler address")
+    ph.add_argument("--workers", type=_positive_int)
+    ph.add_argument("--keep-sky-lines", action="store_true",
+                    help="integrate over the bright night-sky lines too (default: left out, +-2 FWHM)")
+    ph.add_argument("--quiet", action="store_true")
+    ph.set_defaults(func=cmd_photometry)
 
     i = sub.add_parser("ingest", help="MUSE-style FITS cube (DATA/STAT/DQ) into a cube store")
     i.add_argument("fits")
@@ -417,6 +515,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--png", help="predicted-vs-true figure (default: beside --json)")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser("gradients", help="radial gradients of map properties within R_e, with bootstrap errors")
+    g.add_argument("maps", nargs="+", help="maps store(s), one galaxy each")
+    g.add_argument("--compare", help="'truth' (the mock cube's truth maps) or another maps store of the same galaxy")
+    g.add_argument("--properties", nargs="+", default=["log_age", "metallicity", "av", "log_mass_surface_density"])
+    g.add_argument("--inclination", type=float, help="degrees (default: from the mock's truth attributes)")
+    g.add_argument("--position-angle", type=float, help="of the major axis, degrees from +y towards +x")
+    g.add_argument("--centre", type=float, nargs=2, metavar=("X", "Y"), help="galaxy centre, pixels")
+    g.add_argument("--r-e", type=float, help="effective radius along the disc, pixels")
+    g.add_argument("--r-max", type=float, default=1.0, help="fit inside this many R_e (default 1)")
+    g.add_argument("--draws", type=_positive_int, default=100, help="Monte Carlo draws (default 100)")
+    g.add_argument("--fraction", type=float, default=0.75, help="share of pixels per draw (default 0.75)")
+    g.add_argument("--min-inside", type=_positive_int, default=25, help="pixels needed inside R_e (default 25)")
+    g.add_argument("--out", help="folder for the JSON and PNG (default: beside the maps)")
+    g.set_defaults(func=cmd_gradients)
 
     ls = sub.add_parser("models", help="list the packaged models")
     ls.set_defaults(func=cmd_models)

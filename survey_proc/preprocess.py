@@ -11,9 +11,10 @@ under which a spectrum is not fitted.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -28,6 +29,10 @@ class InputSpec:
     The model grid is linear (``wave_step`` Angstrom per pixel, the default) or, for estimators that
     work in ln(lambda) such as pPXF, logarithmic (``velscale`` km/s per pixel); give exactly one.
     """
+
+    kind: ClassVar[str] = "spectrum"
+    feature_dim: ClassVar[str] = "wave"   #: the store's last dim this kind reads
+    halo_pixels: ClassVar[int] = 0        #: neighbouring pixels a task reads around its region
 
     wave_start: float
     wave_stop: float
@@ -94,6 +99,29 @@ class InputSpec:
         n = int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1
         return self.wave_start + self.wave_step * np.arange(n)
 
+    def prepare_batch(self, flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: np.ndarray,
+                      redshift: float | np.ndarray, shape: tuple[int, ...] | None = None) -> Prepared:
+        """:func:`prepare` (``axis`` is the store's ``wave``; ``shape`` is not needed)."""
+        return prepare(flux, var, mask, axis, redshift, self)
+
+    def check_store(self, ds: Any, redshift: float, path: str, model: str) -> None:
+        """Fail early (CubeError) when no spectrum of ``ds`` can cover the model's wavelength range."""
+        from survey_proc.errors import CubeError
+
+        wave = ds["wave"].values
+        if "object" in ds["flux"].dims:
+            return  # per-object redshifts: coverage is judged (and flagged) per spectrum
+        need = self.wave * (1 + redshift) if self.frame == "rest" else self.wave
+        inside = ((need >= wave[0]) & (need <= wave[-1])).mean()
+        if inside < self.min_coverage:
+            frame = f"{self.frame}-frame"
+            raise CubeError(
+                f"{path}: the cube covers {wave[0]:.0f}-{wave[-1]:.0f} A (observed) = "
+                f"{wave[0] / (1 + redshift):.0f}-{wave[-1] / (1 + redshift):.0f} A rest frame at z={redshift:g}, "
+                f"but model {model} needs {self.wave_start:.0f}-{self.wave_stop:.0f} A {frame} "
+                f"({inside:.0%} covered, {self.min_coverage:.0%} required): every spectrum would be "
+                "flagged out_of_range. Choose a model for this wavelength range.")
+
 
 @dataclass
 class Prepared:
@@ -110,12 +138,24 @@ class Prepared:
     flags: np.ndarray
     snr: np.ndarray
     norm: np.ndarray
+    per_pixel: bool = True  #: False: ``x`` is one tile (1, C, H, W) whose outputs cover every pixel
 
     @property
     def fit(self) -> np.ndarray:
         from survey_proc.stores._maps import NOT_FITTED
 
         return (self.flags & int(NOT_FITTED)) == 0
+
+    def batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(estimator input, rows): the pixels (n,) bool the estimator's output rows belong to.
+
+        Per-pixel kinds give the estimator only the pixels to fit; a tile goes in whole and its
+        outputs cover every pixel in raster order (unfitted ones are blanked afterwards).
+        """
+        if self.per_pixel:
+            fit = self.fit
+            return self.x[fit], fit
+        return self.x, np.ones(self.flags.shape[0], bool)
 
 
 def in_ranges(wave: np.ndarray, ranges: Sequence[Sequence[float]]) -> np.ndarray:
@@ -361,3 +401,24 @@ def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray 
         else:
             meta["lsf_fwhm_model"] = np.interp(spec.wave, wave, lsf_fwhm)
     return meta
+
+
+#: input kind (the manifest's ``input.kind``) -> "module:class" of its spec. A spec class has
+#: ``from_manifest``, ``to_manifest``, ``feature_dim`` (the store's last dim: ``wave`` or ``band``),
+#: ``halo_pixels``, ``prepare_batch(flux, var, mask, axis, redshift, shape)`` and
+#: ``check_store(ds, redshift, path, model)``; the engine calls only these.
+INPUT_KINDS: dict[str, str] = {
+    "spectrum": "survey_proc.preprocess:InputSpec",
+    "sed": "survey_proc.preprocess_bands:SEDInputSpec",
+    "image": "survey_proc.preprocess_bands:ImageInputSpec",
+}
+
+
+def input_spec(section: Mapping[str, Any]) -> Any:
+    """The spec object of a manifest's ``input`` section, by its declared ``kind``."""
+    kind = section.get("kind", "spectrum")
+    target = INPUT_KINDS.get(kind)
+    if target is None:
+        raise ValueError(f"unknown input kind {kind!r}; known: {', '.join(INPUT_KINDS)}")
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name).from_manifest(section)

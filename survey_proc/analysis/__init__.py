@@ -1,4 +1,4 @@
-"""Analysis of maps: accuracy against truth, comparison of two runs, figures."""
+"""Analysis of maps: accuracy against truth, comparison of two runs, radial gradients, figures."""
 
 from survey_proc.analysis._accuracy import DEFAULT_PROPERTIES, accuracy_vs_truth, plot_maps_vs_truth
 from survey_proc.analysis._compare import (
@@ -11,8 +11,22 @@ from survey_proc.analysis._compare import (
     plot_comparison,
     running_difference,
 )
+from survey_proc.analysis._gradients import (
+    DEFAULT_GRADIENT_PROPERTIES,
+    Geometry,
+    GradientFit,
+    compare_gradients,
+    geometry_from,
+    gradient_report,
+    gradients_of,
+    linear_fit,
+    plot_gradients,
+    radial_gradient,
+)
 
 __all__ = [
-    "COMPARED", "Comparison", "DEFAULT_PROPERTIES", "accuracy_vs_truth", "compare_maps", "compare_stores",
-    "difference_stats", "pearson", "plot_comparison", "plot_maps_vs_truth", "running_difference",
+    "COMPARED", "Comparison", "DEFAULT_GRADIENT_PROPERTIES", "DEFAULT_PROPERTIES", "Geometry", "GradientFit",
+    "accuracy_vs_truth", "compare_gradients", "compare_maps", "compare_stores", "difference_stats",
+    "geometry_from", "gradient_report", "gradients_of", "linear_fit", "pearson", "plot_comparison",
+    "plot_gradients", "plot_maps_vs_truth", "radial_gradient", "running_difference",
 ]

@@ -24,7 +24,7 @@ from zarr.core.sync import sync as zarr_sync
 from survey_proc.errors import CubeError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
-from survey_proc.preprocess import estimator_meta, prepare
+from survey_proc.preprocess import estimator_meta
 from survey_proc.stores._maps import NOT_FITTED, Flag
 from survey_proc.engine._template import Region, output_variables
 
@@ -61,12 +61,15 @@ class RegionResult:
 def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
                     redshift: float | np.ndarray, estimator: Estimator, min_snr: float,
                     lsf_fwhm: np.ndarray | None = None, timings: dict[str, float] | None = None,
+                    shape: tuple[int, ...] | None = None,
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
     """Estimates for spectra (n, nwave): ({name: (n, ...)}, flag (n,), snr (n,), estimator seconds).
 
-    ``lsf_fwhm`` (nwave,) is the data's instrumental FWHM in Angstrom, passed on to estimators
-    that model the instrument (pPXF). ``timings``, if given, receives the wall and CPU seconds of
-    preprocessing and of the estimator (``prepare``, ``prepare_cpu``, ``estimator``, ``estimator_cpu``).
+    ``wave`` is the store's feature axis (wavelengths, or band names for photometry), ``shape``
+    the spatial shape of the n pixels (for image models). ``lsf_fwhm`` (nwave,) is the data's
+    instrumental FWHM in Angstrom, passed on to estimators that model the instrument (pPXF).
+    ``timings``, if given, receives the wall and CPU seconds of preprocessing and of the estimator
+    (``prepare``, ``prepare_cpu``, ``estimator``, ``estimator_cpu``).
 
     Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
     outputs are flagged FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold)
@@ -74,18 +77,19 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
     """
     manifest = estimator.manifest
     w0, c0 = time.perf_counter(), time.process_time()
-    prep = prepare(flux, var, mask, wave, redshift, manifest.input)
+    prep = manifest.input.prepare_batch(flux, var, mask, wave, redshift, shape=shape)
     w1, c1 = time.perf_counter(), time.process_time()
     n = flux.shape[0]
     flags = prep.flags.copy()
     with np.errstate(invalid="ignore"):
         flags[np.isfinite(prep.snr) & (prep.snr < min_snr)] |= np.uint8(Flag.LOW_SNR)
     fit = prep.fit
+    x_in, rows = prep.batch()  # rows: the pixels the estimator's output rows belong to
     outputs: dict[str, np.ndarray] = {}
     t0, c2 = time.perf_counter(), time.process_time()
     if fit.any():
-        z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[fit]
-        pred = estimator.predict(prep.x[fit], estimator_meta(z, wave, lsf_fwhm, manifest.input))
+        z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[rows]
+        pred = estimator.predict(x_in, estimator_meta(z, wave, lsf_fwhm, manifest.input))
     else:
         pred = {}
     est_seconds = time.perf_counter() - t0
@@ -93,12 +97,12 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
         timings.update(prepare=w1 - w0, prepare_cpu=c1 - c0, estimator=est_seconds,
                        estimator_cpu=time.process_time() - c2)
     for name, extra, _, coords in output_variables(manifest):
-        shape = (n,) + tuple(len(coords[e]) for e in extra)
-        full = np.full(shape, np.nan, np.float32)
+        out_shape = (n,) + tuple(len(coords[e]) for e in extra)
+        full = np.full(out_shape, np.nan, np.float32)
         if fit.any():
             if name not in pred:
                 raise KeyError(f"estimator {manifest.name} did not return '{name}' declared in its manifest")
-            full[fit] = pred[name]
+            full[rows] = pred[name]
         outputs[name] = full
     failed = np.zeros(n, bool)
     for spec in manifest.outputs:
@@ -126,14 +130,28 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(cube: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The cube's wavelengths and instrumental FWHM per wavelength (Angstrom), once per process."""
+def _wave_and_lsf(cube: str, feature_dim: str = "wave") -> tuple[np.ndarray, np.ndarray | None]:
+    """The store's feature axis (wavelengths in Angstrom, or band names) and, for spectra, the
+    instrumental FWHM per wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
+    if feature_dim != "wave":
+        return np.array([str(v) for v in grp[feature_dim][:]], dtype=object), None
     wave = np.asarray(grp["wave"][:], np.float64)
     if "lsf_fwhm" in grp:
         return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
     fwhm = grp.attrs.get("lsf_fwhm")
     return wave, (np.full(wave.size, float(fwhm)) if fwhm is not None else None)
+
+
+def halo_window(region: Region, halo: int, sizes: Mapping[str, int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(slices to read, the region's core inside them): the region grown by ``halo`` pixels on every
+    side along its dims, clipped to the store's ``sizes``."""
+    read, core = [], []
+    for d, a, b in region.slices:
+        lo, hi = max(a - halo, 0), min(b + halo, sizes[d])
+        read.append(slice(lo, hi))
+        core.append(slice(a - lo, b - lo))
+    return tuple(read), tuple(core)
 
 
 def _open(path: str, mode: str) -> zarr.Group:
@@ -196,12 +214,14 @@ def _recorded_result(out: zarr.Group, region: Region, index: tuple, marker: tupl
                         checksum=int(out["region_checksum"][marker].item()), worker=_worker_name(), reused=True)
 
 
-def read_region_inputs(cube_path: str, region: Region, with_redshift: bool = False) -> dict[str, np.ndarray | None]:
-    """``flux``, ``var``, ``mask`` (and ``redshift``) of a region, read concurrently.
+def read_region_inputs(cube_path: str, region: Region, with_redshift: bool = False,
+                       window: tuple[slice, ...] | None = None) -> dict[str, np.ndarray | None]:
+    """``flux``, ``var``, ``mask`` (and ``redshift``) of a region (or of ``window``, the region
+    with its halo), read concurrently.
 
     A chunk that cannot be read raises a CubeError naming the store, the variable and the region.
     """
-    index = tuple(slice(a, b) for _, a, b in region.slices)
+    index = window if window is not None else tuple(slice(a, b) for _, a, b in region.slices)
     names = ["flux", "var", "mask"] + (["redshift"] if with_redshift else [])
     try:
         return read_arrays(cube_path, names, index)
@@ -228,9 +248,14 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     if out["region_done"][marker].item():
         return _recorded_result(out, region, index, marker, t0)
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)  # once per process
+    spec = estimator.manifest.input
     t_load, c_load = time.perf_counter(), time.process_time()
-    wave, lsf = _wave_and_lsf(opts.cube)
-    read = read_region_inputs(opts.cube, region, with_redshift=dims == ("object",))
+    wave, lsf = _wave_and_lsf(opts.cube, spec.feature_dim)
+    # image models see the region plus a halo of neighbouring pixels; only the core is written
+    window, core = index, tuple(slice(None) for _ in dims)
+    if spec.halo_pixels:
+        window, core = halo_window(region, spec.halo_pixels, dict(zip(dims, _open(opts.cube, "r")["flux"].shape)))
+    read = read_region_inputs(opts.cube, region, with_redshift=dims == ("object",), window=window)
     flux, var, mask = read["flux"], read["var"], read["mask"]
     t_read, c_read = time.perf_counter(), time.process_time()
     spatial_shape = flux.shape[:-1]
@@ -241,12 +266,14 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     timings: dict[str, float] = {}
     outputs, flags, snr, est_seconds = estimate_region(
         flux.reshape(n, -1), var.reshape(n, -1), mask.reshape(n, -1), wave, redshift,
-        estimator, opts.min_snr, lsf, timings)
+        estimator, opts.min_snr, lsf, timings, shape=spatial_shape)
     t_est, c_est = time.perf_counter(), time.process_time()
 
-    arrays = {name: values.reshape(spatial_shape + values.shape[1:]) for name, values in outputs.items()}
-    arrays["flag"] = flags.reshape(spatial_shape)
-    arrays["snr"] = snr.reshape(spatial_shape)
+    arrays = {name: values.reshape(spatial_shape + values.shape[1:])[core] for name, values in outputs.items()}
+    arrays["flag"] = flags.reshape(spatial_shape)[core]
+    arrays["snr"] = snr.reshape(spatial_shape)[core]
+    flags = arrays["flag"].ravel()
+    n = region.size
     checksum = region_checksum(arrays)
     write_region_outputs(opts.out, index, arrays, region.index, n, checksum)
     t_end, c_end = time.perf_counter(), time.process_time()

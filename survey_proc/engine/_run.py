@@ -49,7 +49,8 @@ from survey_proc.engine._template import (
     spatial_chunks,
     template_encoding,
 )
-from survey_proc.stores._cube import SPECTRAL_DIM, consolidate, open_spectral_store, spatial_dims
+from survey_proc.stores._cube import consolidate, spatial_dims
+from survey_proc.stores._inputs import open_input_store
 
 
 class RunInterrupted(SurveyProcError):
@@ -154,8 +155,11 @@ def default_output(cube: str | Path, kind: str = "maps") -> Path:
 
 def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float) -> str:
     """Identity of a run's numbers: the cube's shape/grid/provenance, the model file, the options."""
+    axis = cube[manifest.input.feature_dim].values  # wavelengths or band names
+    ends = [axis[0], axis[-1]]
     ident = {
-        "sizes": dict(cube.sizes), "wave": [float(cube[SPECTRAL_DIM][0]), float(cube[SPECTRAL_DIM][-1])],
+        "sizes": dict(cube.sizes),
+        "wave": [float(e) for e in ends] if np.issubdtype(axis.dtype, np.number) else [str(e) for e in ends],
         "source": str(cube.attrs.get("source", "")), "mock_config": str(cube.attrs.get("mock_config", "")),
         "model_sha256": manifest.digest, "model": manifest.name, "estimator": manifest.estimator,
         "redshift": redshift, "min_snr": min_snr,
@@ -163,24 +167,6 @@ def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_sn
     if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
         ident["binning"] = str(cube.attrs["binning"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _check_coverage(cube: xr.Dataset, manifest: Manifest, redshift: float, cube_path: str) -> None:
-    """Fail early when no spectrum of the cube can cover the model's wavelength range."""
-    spec = manifest.input
-    wave = cube[SPECTRAL_DIM].values
-    if "object" in cube["flux"].dims:
-        return  # per-object redshifts: coverage is judged (and flagged) per spectrum
-    need = spec.wave * (1 + redshift) if spec.frame == "rest" else spec.wave
-    inside = ((need >= wave[0]) & (need <= wave[-1])).mean()
-    if inside < spec.min_coverage:
-        frame = f"{spec.frame}-frame"
-        raise CubeError(
-            f"{cube_path}: the cube covers {wave[0]:.0f}-{wave[-1]:.0f} A (observed) = "
-            f"{wave[0] / (1 + redshift):.0f}-{wave[-1] / (1 + redshift):.0f} A rest frame at z={redshift:g}, "
-            f"but model {manifest.name} needs {spec.wave_start:.0f}-{spec.wave_stop:.0f} A {frame} "
-            f"({inside:.0%} covered, {spec.min_coverage:.0%} required): every spectrum would be "
-            "flagged out_of_range. Choose a model for this wavelength range.")
 
 
 def _setup_store(out: str, template: xr.Dataset, signature: str, overwrite: bool) -> bool:
@@ -305,12 +291,13 @@ class CubeOutcome:
 def prepare_cube(rc: RunConfig) -> CubeJob:
     """Validate the cube and the model, write (or resume) the maps store; returns the regions left."""
     rc = rc.resolved()
-    cube = open_spectral_store(rc.cube, require_redshift=rc.redshift is None)
-    redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
     manifest = load_manifest(rc.model)
+    spec = manifest.input  # the declared input kind says which store to expect
+    cube = open_input_store(rc.cube, spec.feature_dim, require_redshift=rc.redshift is None)
+    redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
-    _check_coverage(cube, manifest, redshift, rc.cube)
+    spec.check_store(cube, redshift, rc.cube, manifest.name)
 
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr,
                                                          getattr(estimator, "provenance", None)))

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from survey_proc.errors import ModelError
-from survey_proc.preprocess import InputSpec
+from survey_proc.preprocess import InputSpec, input_spec
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "survey-proc-bundle/1"
@@ -72,7 +72,11 @@ class Manifest:
 
     @property
     def input(self) -> InputSpec:
-        return InputSpec.from_manifest(self.raw["input"])
+        """The input spec of the declared kind (spectrum, sed, image; see ``preprocess.INPUT_KINDS``)."""
+        try:
+            return input_spec(self.raw["input"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"model manifest {self.path}: its 'input' section is not usable ({exc})") from exc
 
     @property
     def outputs(self) -> list[OutputSpec]:

@@ -13,9 +13,11 @@ from survey_proc.ssp._instrument import (
     muse_lsf_fwhm,
     resample,
 )
+from survey_proc.ssp._filters import FILTER_SETS, FilterSet, jpas_filters, load_filters, sdss_filters
 from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SSPLibrary, load_ssp_library
 
 __all__ = [
+    "FILTER_SETS", "FilterSet", "jpas_filters", "load_filters", "sdss_filters",
     "C_KMS", "EMILES_FWHM", "FWHM_TO_SIGMA", "LIGHT_WINDOW", "SSPLibrary", "attenuate",
     "attenuation_curve", "convolve_variable_gaussian", "gaussian_pixel_weights", "load_ssp_library",
     "log_wave_grid", "losvd_convolve", "match_lsf", "muse_lsf_fwhm", "resample",

@@ -13,10 +13,23 @@ from survey_proc.stores._cube import (
     wave_attrs,
     write_region,
 )
+from survey_proc.stores._inputs import open_input_store
+from survey_proc.stores._photometry import (
+    BAND_DIM,
+    FLUX_UNITS,
+    ZP_NJY,
+    create_photometry_store,
+    filter_dataset,
+    filters_from_store,
+    open_photometry_store,
+    validate_photometry_store,
+)
 from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
 
 __all__ = [
-    "CATALOGUE_DIMS", "CUBE_DIMS", "NOT_FITTED", "PROPERTIES", "SPECTRAL_DIM", "Flag",
+    "BAND_DIM", "CATALOGUE_DIMS", "CUBE_DIMS", "FLUX_UNITS", "ZP_NJY", "create_photometry_store",
+    "filter_dataset", "filters_from_store", "open_input_store", "open_photometry_store",
+    "validate_photometry_store", "NOT_FITTED", "PROPERTIES", "SPECTRAL_DIM", "Flag",
     "create_cube_store", "flag_attrs", "lsf_fwhm_at", "open_cube", "open_maps", "open_spectral_store",
     "property_attrs", "robust_sigma", "spatial_dims", "validate_spectral_store", "wave_attrs",
     "write_region",

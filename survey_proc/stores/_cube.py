@@ -36,9 +36,13 @@ def _problem_list(name: str, problems: Sequence[str]) -> CubeError:
     return CubeError(f"{name} is not a valid spectral store:\n  - {lines}")
 
 
+#: the last dim of an input store's ``flux``: wavelengths (cubes, catalogues) or bands (photometry)
+FEATURE_DIMS = (SPECTRAL_DIM, "band")
+
+
 def spatial_dims(ds: xr.Dataset) -> tuple[str, ...]:
-    """The dims of ``flux`` other than the spectral one: ``("y", "x")`` or ``("object",)``."""
-    return tuple(d for d in ds["flux"].dims if d != SPECTRAL_DIM)
+    """The dims of ``flux`` other than the spectral/band one: ``("y", "x")`` or ``("object",)``."""
+    return tuple(d for d in ds["flux"].dims if d not in FEATURE_DIMS)
 
 
 def _stored_chunks(var: xr.DataArray) -> tuple[int, ...] | None:

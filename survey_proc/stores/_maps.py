@@ -57,6 +57,8 @@ PROPERTIES: dict[str, dict[str, str]] = {
     "chi2": {"units": "1", "long_name": "reduced chi-squared of the reconstructed spectrum"},
     "weights": {"units": "1", "long_name": "light fraction per SSP (age, metallicity)"},
     "log_mass_density": {"units": "log10(Msun/pix)", "long_name": "stellar mass per pixel"},
+    "log_mass_surface_density": {"units": "log10(Msun/kpc2)",
+                                 "long_name": "stellar mass surface density (stars and remnants)"},
 }
 
 

@@ -21,10 +21,11 @@ import xarray as xr
 import zarr
 from scipy.ndimage import gaussian_filter
 
+from survey_proc.geometry import disc_coordinates, half_light_radius
 from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm
 from survey_proc.stores._cube import consolidate, create_cube_store, write_region
 from survey_proc.stores._maps import property_attrs
-from survey_proc.synth._populations import light_weighted, mass_weighted, sample_cluster
+from survey_proc.synth._populations import light_weighted, mass_to_light, mass_weighted, sample_cluster
 from survey_proc.synth._spectra import Synthesiser, emission_line_spectra, sky_line_profile
 
 #: galaxies a mock can be made "like": shape and distance parameters
@@ -34,6 +35,50 @@ LIKE = {
     "ngc4254": {"nx": 255, "ny": 255, "redshift": 0.00803, "inclination": 20.0,
                 "position_angle": 68.0},
 }
+
+
+@dataclass
+class GalaxyParams:
+    """What the mock galaxy is made of (lengths as fractions of half the field, ages log10 yr, [M/H] dex,
+    gradients per R/R_e). The defaults are the original mock disc galaxy; :meth:`draw` varies them."""
+
+    disc_scale: float = 0.5           #: exponential scale length, fraction of half the smaller side
+    bulge_radius: float = 0.12        #: bulge effective radius, fraction of half the smaller side
+    bulge_amplitude: float = 0.8      #: bulge central surface brightness relative to the disc's
+    centre_dx: float = 0.0            #: centre offset from the field centre, fraction of the side
+    centre_dy: float = 0.0
+    arm_pitch_deg: float = 20.0
+    arm_strength: float = 0.35        #: light fraction of young stars on the arm crests
+    disc_log_age: float = 9.85        #: at the centre (R = 0)
+    grad_log_age: float = -0.30       #: d log_age / d(R/R_e) of the disc
+    disc_metallicity: float = 0.05
+    grad_metallicity: float = -0.25
+    bulge_log_age: float = 10.05
+    bulge_metallicity: float = 0.15
+    population_scatter: float = 0.06  #: smooth spaxel-to-spaxel scatter of the disc centres (dex)
+    young_log_age: tuple[float, float] = (7.8, 8.4)
+    dust_profile: str = "lognormal"   #: lognormal: A_V = base exp(arms + scatter + gradient); linear: their sum
+    dust_base: float = 0.3            #: A_V of the disc at the centre (mag)
+    dust_arms: float = 1.2            #: arm crests: extra ln A_V (lognormal) or A_V (linear)
+    dust_gradient: float = -0.25      #: d ln A_V / d(R/R_e) (lognormal) or d A_V / d(R/R_e) (linear)
+    dust_scatter: float = 0.45        #: patchiness, in ln A_V (lognormal) or A_V (linear)
+    av_max: float = 1.5
+    halpha_ew: float = 40.0           #: Angstrom, on the arm crests
+    v_max: float = 200.0              #: km/s
+    sigma_centre: float = 140.0       #: km/s above the disc's 45 km/s
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> GalaxyParams:
+        """A random galaxy for training sets: sizes, bulge, gradients, ages, dust, arms, centre."""
+        u = rng.uniform
+        return cls(
+            disc_scale=u(0.3, 0.8), bulge_radius=u(0.05, 0.2), bulge_amplitude=10 ** u(-1.5, 0.4),
+            centre_dx=u(-0.12, 0.12), centre_dy=u(-0.12, 0.12), arm_pitch_deg=u(10, 35),
+            arm_strength=u(0.0, 0.6), disc_log_age=u(9.1, 10.1), grad_log_age=u(-0.5, 0.15),
+            disc_metallicity=u(-0.8, 0.2), grad_metallicity=u(-0.5, 0.15), bulge_log_age=u(9.5, 10.2),
+            bulge_metallicity=u(-0.4, 0.22), population_scatter=u(0.03, 0.12), dust_profile="linear", dust_base=u(0.0, 0.7),
+            dust_arms=u(0.0, 1.2), dust_gradient=u(-0.2, 0.05), dust_scatter=u(0.05, 0.25), av_max=2.0,
+            halpha_ew=u(0.0, 80.0), v_max=u(80, 280), sigma_centre=u(40, 180))
 
 
 @dataclass
@@ -54,7 +99,10 @@ class MockConfig:
     peak_flux: float = 1000.0         #: continuum of the brightest spaxel, 1e-20 erg/s/cm2/A
     sky_fraction: float = 0.05        #: sky variance as a fraction of the peak spaxel's source variance
     bad_pixel_fraction: float = 2e-4  #: random detector pixels masked (flux NaN)
+    pixel_scale_arcsec: float = 0.2   #: spaxel size (MUSE WFM); sets surface brightness and mass density
+    psf_fwhm_pixels: float = 0.0      #: Gaussian seeing applied to mock photometry (images) only
     like: str | None = None
+    galaxy: GalaxyParams = field(default_factory=GalaxyParams)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -86,89 +134,143 @@ class GalaxyMaps:
     gradients: dict           #: the input radial gradients (per R/R_e)
 
 
+def galaxy_centre(cfg: MockConfig) -> tuple[float, float]:
+    """(x0, y0) of the galaxy centre, spaxels."""
+    return ((cfg.nx - 1) / 2.0 + cfg.galaxy.centre_dx * cfg.nx,
+            (cfg.ny - 1) / 2.0 + cfg.galaxy.centre_dy * cfg.ny)
+
+
 def _disc_coordinates(cfg: MockConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deprojected radius, azimuth in the disc plane, and the major-axis coordinate."""
-    y, x = np.mgrid[0:cfg.ny, 0:cfg.nx].astype(np.float64)
-    x0, y0 = (cfg.nx - 1) / 2.0, (cfg.ny - 1) / 2.0
-    pa = np.deg2rad(cfg.position_angle)
-    major = (x - x0) * np.sin(pa) + (y - y0) * np.cos(pa)
-    minor = -(x - x0) * np.cos(pa) + (y - y0) * np.sin(pa)
-    cos_i = np.cos(np.deg2rad(cfg.inclination))
-    radius = np.hypot(major, minor / cos_i)
-    azimuth = np.arctan2(minor / cos_i, major)
-    return radius, azimuth, major
-
-
-def _half_light_radius(radius: np.ndarray, light: np.ndarray) -> float:
-    order = np.argsort(radius.ravel())
-    cum = np.cumsum(light.ravel()[order])
-    return float(radius.ravel()[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    x0, y0 = galaxy_centre(cfg)
+    return disc_coordinates((cfg.ny, cfg.nx), x0, y0, cfg.inclination, cfg.position_angle)
 
 
 def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> GalaxyMaps:
-    """Draw the galaxy: surface brightness, populations, dust and kinematics per spaxel."""
+    """Draw the galaxy of ``cfg.galaxy``: surface brightness, populations, dust and kinematics per spaxel."""
+    g = cfg.galaxy
     radius, azimuth, _ = _disc_coordinates(cfg)
     half = min(cfg.nx, cfg.ny) / 2.0
-    h = half / 2.0                     # disc scale length: the field spans ~2 scale lengths
-    r_b = 0.12 * half                  # bulge effective radius
+    h = g.disc_scale * half            # disc scale length (default: the field spans ~2 scale lengths)
+    r_b = g.bulge_radius * half        # bulge effective radius
     disc = np.exp(-radius / h)
-    bulge = 0.8 * np.exp(-3.67 * ((radius / r_b) ** 0.5 - 1.0)) / np.exp(3.67)
+    bulge = g.bulge_amplitude * np.exp(-3.67 * ((radius / r_b) ** 0.5 - 1.0)) / np.exp(3.67)
     light = disc + bulge
-    r_e = _half_light_radius(radius, light)
+    r_e = half_light_radius(radius, light)
     f_bulge = bulge / light
 
     # two logarithmic spiral arms, where young stars, gas and dust concentrate
-    pitch = np.deg2rad(20.0)
+    pitch = np.deg2rad(g.arm_pitch_deg)
     phase = azimuth - np.log(np.maximum(radius, 0.5) / (0.3 * h)) / np.tan(pitch)
     arms = np.clip(np.cos(2 * phase), 0, None) ** 4 * np.clip((radius - 0.4 * h) / h, 0, 1)
-    f_young = 0.35 * arms * (1 - f_bulge)
+    f_young = g.arm_strength * arms * (1 - f_bulge)
 
     # radial gradients with spaxel-to-spaxel scatter (smooth, correlated over a few spaxels)
     def field(scale: float) -> np.ndarray:
         f = gaussian_filter(rng.standard_normal(radius.shape), 1.5)
         return f / (f.std() + 1e-12) * scale
 
-    grad = {"log_age_disc": -0.30, "metallicity_disc": -0.25}
+    grad = {"log_age_disc": g.grad_log_age, "metallicity_disc": g.grad_metallicity}
     x = radius / r_e
-    disc_age = 9.85 + grad["log_age_disc"] * x + field(0.06)
-    disc_metal = 0.05 + grad["metallicity_disc"] * x + field(0.06)
-    bulge_age = 10.05 + field(0.03)
-    bulge_metal = 0.15 + field(0.04)
+    disc_age = g.disc_log_age + grad["log_age_disc"] * x + field(g.population_scatter)
+    disc_metal = g.disc_metallicity + grad["metallicity_disc"] * x + field(g.population_scatter)
+    bulge_age = g.bulge_log_age + field(0.03)
+    bulge_metal = g.bulge_metallicity + field(0.04)
 
     n = radius.size
     w_bulge = sample_cluster(rng, lib, bulge_age.ravel(), bulge_metal.ravel(), np.full(n, 0.08),
                              np.full(n, 0.10), np.full(n, 2), 2)
     w_disc = sample_cluster(rng, lib, disc_age.ravel(), disc_metal.ravel(), np.full(n, 0.25),
                             np.full(n, 0.15), rng.integers(2, 4, n), 3)
-    w_young = sample_cluster(rng, lib, rng.uniform(7.8, 8.4, n), disc_metal.ravel(),
+    w_young = sample_cluster(rng, lib, rng.uniform(*g.young_log_age, n), disc_metal.ravel(),
                              np.full(n, 0.1), np.full(n, 0.1), np.ones(n, int), 1)
     fb, fy = f_bulge.ravel()[:, None, None], f_young.ravel()[:, None, None]
     weights = fb * w_bulge + (1 - fb - fy) * w_disc + fy * w_young
 
-    # log-normal dust, thicker in the arms and towards the centre (as dust maps of discs look)
-    av = np.clip(0.3 * np.exp(1.2 * arms + field(0.45) - 0.25 * x), 0.0, 1.5)
+    # dust thicker in the arms and towards the centre (log-normal, as dust maps of discs look)
+    if g.dust_profile == "lognormal":
+        dust = g.dust_base * np.exp(g.dust_arms * arms + field(g.dust_scatter) + g.dust_gradient * x)
+    elif g.dust_profile == "linear":  # the parameterised galaxies the photometric models were trained on
+        dust = g.dust_base + g.dust_arms * arms + field(g.dust_scatter) + g.dust_gradient * x
+    else:
+        raise ValueError(f"unknown dust_profile {g.dust_profile!r} (lognormal | linear)")
+    av = np.clip(dust, 0.0, g.av_max)
 
-    v_max, r_turn = 200.0, 0.25 * h
+    v_max, r_turn = g.v_max, 0.25 * h
     sin_i = np.sin(np.deg2rad(cfg.inclination))
     velocity = v_max * np.tanh(radius / r_turn) * sin_i * np.cos(azimuth) + field(5.0)
-    sigma = 45.0 + 140.0 * np.exp(-radius / (1.5 * r_b)) + field(5.0)
-    halpha = 40.0 * f_young / 0.35 * light * (arms > 0.05)  # EW(H-alpha) up to ~40 A in the arms
+    sigma = 45.0 + g.sigma_centre * np.exp(-radius / (1.5 * r_b)) + field(5.0)
+    # H-alpha equivalent width up to ``halpha_ew`` on the arm crests
+    halpha = g.halpha_ew * f_young / max(g.arm_strength, 1e-6) * light * (arms > 0.05)
 
     return GalaxyMaps(radius=radius, light=light, weights=weights.reshape(*radius.shape, *weights.shape[1:]),
                       av=av, velocity=velocity, sigma=np.clip(sigma, 20.0, 400.0), halpha=halpha,
                       r_e=r_e, gradients=grad)
 
 
-def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Dataset:
-    """The truth maps in the Maps schema."""
+#: the flux unit of mock cubes, in erg/s/cm2/Angstrom
+MOCK_FLUX_UNIT_CGS = 1e-20
+_L_SUN_ERG_S = 3.828e33
+_KPC_CM = 3.0856775814913673e21
+_ARCSEC_RAD = np.pi / 180.0 / 3600.0
+
+
+def log_mass_surface_density(window_flux: np.ndarray, mass_light: np.ndarray, redshift: float,
+                             pixel_scale_arcsec: float, flux_unit_cgs: float = MOCK_FLUX_UNIT_CGS) -> np.ndarray:
+    """log10 stellar mass surface density (M_sun / kpc^2) from the observed mean flux density in the
+    (redshifted) light window before dust and the mass per unit window light (M_sun per L_sun/A).
+
+    Sigma = 4 pi (1+z)^5 f M/L / Omega_pixel: independent of distance (surface brightness dimming
+    included), so a model can learn it from surface brightness.
+    """
+    omega = (pixel_scale_arcsec * _ARCSEC_RAD) ** 2
+    sigma = (4 * np.pi * (1 + redshift) ** 5 * np.asarray(window_flux, np.float64) * flux_unit_cgs
+             * np.asarray(mass_light, np.float64) * _KPC_CM**2 / (_L_SUN_ERG_S * omega))
+    with np.errstate(divide="ignore"):
+        return np.log10(sigma)
+
+
+def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: bool = True) -> dict[str, np.ndarray]:
+    """The per-spaxel truth (ny, nx) of the mock: light- and mass-weighted age and [M/H], A_V, kinematics,
+    stellar mass surface density.
+
+    With a seeing (``cfg.psf_fwhm_pixels`` > 0, mock photometry) and ``at_psf``, the truth is given at the
+    images' resolution: mass density convolved with the PSF, light-weighted quantities as the PSF-convolved
+    light x value over the PSF-convolved light (mass-weighted ones likewise with mass). The populations of
+    each pixel are drawn independently, so their pixel-to-pixel scatter is below the PSF and cannot be
+    recovered from the images.
+    """
     log_age, metal = light_weighted(maps.weights, lib)
     log_age_mw, metal_mw = mass_weighted(maps.weights, lib)
+    window_flux = maps.light * cfg.peak_flux / maps.light.max()
+    log_sigma = log_mass_surface_density(window_flux, mass_to_light(maps.weights, lib), cfg.redshift,
+                                         cfg.pixel_scale_arcsec)
+    values = {"log_age": log_age, "metallicity": metal, "log_age_mw": log_age_mw, "metallicity_mw": metal_mw,
+              "av": maps.av, "sigma": maps.sigma, "velocity": maps.velocity, "log_mass_surface_density": log_sigma}
+    if not (at_psf and cfg.psf_fwhm_pixels > 0):
+        return values
+    sigma_px = cfg.psf_fwhm_pixels / 2.3548
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return gaussian_filter(a, sigma_px, mode="constant")
+
+    mass = 10.0 ** log_sigma
+    light_b, mass_b = blur(window_flux), blur(mass)
+    out = {k: blur(window_flux * v) / light_b for k, v in values.items() if not k.endswith("_mw")
+           and k != "log_mass_surface_density"}
+    out.update({k: blur(mass * values[k]) / mass_b for k in ("log_age_mw", "metallicity_mw")})
+    out["log_mass_surface_density"] = np.log10(mass_b)
+    return out
+
+
+def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Dataset:
+    """The truth maps in the Maps schema."""
     dims = ("y", "x")
-    variables = {
-        "log_age": log_age, "metallicity": metal, "log_age_mw": log_age_mw,
-        "metallicity_mw": metal_mw, "av": maps.av, "sigma": maps.sigma, "velocity": maps.velocity,
-    }
-    ds = xr.Dataset({k: (dims, v.astype(np.float32), property_attrs(k)) for k, v in variables.items()})
+    ds = xr.Dataset({k: (dims, v.astype(np.float32), property_attrs(k))
+                     for k, v in truth_values(maps, lib, cfg).items()})
+    if cfg.psf_fwhm_pixels > 0:  # the pixel-level truth too, beside the truth at the images' resolution
+        for k, v in truth_values(maps, lib, cfg, at_psf=False).items():
+            ds[f"{k}_intrinsic"] = (dims, v.astype(np.float32), property_attrs(k))
     ds["weights"] = (("y", "x", "age", "metal"), np.swapaxes(maps.weights, -1, -2).astype(np.float32),
                      property_attrs("weights"))
     ds["light"] = (dims, (maps.light * cfg.peak_flux / maps.light.max()).astype(np.float32),
@@ -183,9 +285,12 @@ def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Data
     ds.attrs.update({
         "title": "truth maps of a survey-proc mock cube",
         "inclination_deg": cfg.inclination, "position_angle_deg": cfg.position_angle,
-        "centre_x": (cfg.nx - 1) / 2.0, "centre_y": (cfg.ny - 1) / 2.0, "r_e_spaxel": maps.r_e,
+        "centre_x": galaxy_centre(cfg)[0], "centre_y": galaxy_centre(cfg)[1], "r_e_spaxel": maps.r_e,
         "input_gradients_per_r_e": str(maps.gradients),
         "light_weighting": "fraction of rest-frame flux in 5070-5950 Angstrom before dust",
+        "pixel_scale_arcsec": cfg.pixel_scale_arcsec, "redshift": cfg.redshift,
+        "truth_resolution": (f"PSF-matched: Gaussian seeing of FWHM {cfg.psf_fwhm_pixels:g} pixels (pixel-level "
+                             "truth in <name>_intrinsic)" if cfg.psf_fwhm_pixels > 0 else "per spaxel"),
     })
     return ds
 
@@ -223,6 +328,7 @@ def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None 
         "redshift": cfg.redshift, "instrument": "MUSE (mock)", "lsf": "MUSE, Bacon et al. (2017) eq. 8",
         "source": "survey-proc mock", "software": f"survey-proc {__version__}",
         "mock_config": str(asdict(cfg)), "ssp_library": lib.provenance.get("source", "E-MILES"),
+        "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
     }
     create_cube_store(path, ny=cfg.ny, nx=cfg.nx, wave=wave, flux_units="1e-20 erg/s/cm2/Angstrom",
                       attrs=attrs, chunk=cfg.chunk, lsf_fwhm=lsf)

@@ -27,6 +27,13 @@ def mass_fractions(weights: np.ndarray, lib: SSPLibrary) -> np.ndarray:
     return m / m.sum(axis=(-2, -1), keepdims=True)
 
 
+def mass_to_light(weights: np.ndarray, lib: SSPLibrary) -> np.ndarray:
+    """Stellar mass (stars + remnants) per unit mean light in the light window of light-fraction grids
+    (..., nmetal, nage): M_sun per (L_sun / Angstrom), before dust."""
+    w = weights / weights.sum(axis=(-2, -1), keepdims=True)
+    return np.einsum("...ma,ma->...", w, lib.mass / lib.light_in_window())
+
+
 def mass_weighted(weights: np.ndarray, lib: SSPLibrary) -> tuple[np.ndarray, np.ndarray]:
     """Mass-weighted log10 age (yr) and [M/H] (dex) of light-fraction grids."""
     return light_weighted(mass_fractions(weights, lib), lib)
