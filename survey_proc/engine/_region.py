@@ -19,6 +19,7 @@ import zarr
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import prepare
+from survey_proc.ssp import to_medium
 from survey_proc.stores._maps import NOT_FITTED, Flag
 from survey_proc.engine._template import Region, output_variables
 
@@ -127,10 +128,14 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(cube: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The cube's wavelengths and instrumental FWHM per wavelength (Angstrom), once per process."""
+def _wave_and_lsf(cube: str, medium: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cube's wavelengths (in ``medium``, the model's, when given) and instrumental FWHM per
+    wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
     wave = np.asarray(grp["wave"][:], np.float64)
+    data_medium = grp["wave"].attrs.get("medium")
+    if medium and data_medium and data_medium != medium:  # e.g. SDSS (vacuum) data, E-MILES (air) model
+        wave = to_medium(wave, data_medium, medium)
     if "lsf_fwhm" in grp:
         return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
     fwhm = grp.attrs.get("lsf_fwhm")
@@ -158,7 +163,7 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     redshift: float | np.ndarray = opts.redshift
     if "redshift" in cube and dims == ("object",):  # catalogues carry one redshift per object
         redshift = np.asarray(cube["redshift"][index], np.float64)
-    wave, lsf = _wave_and_lsf(opts.cube)
+    wave, lsf = _wave_and_lsf(opts.cube, estimator.manifest.input.medium)
     outputs, flags, snr, est_seconds = estimate_region(
         flux.reshape(n, -1), var.reshape(n, -1), mask.reshape(n, -1), wave, redshift,
         estimator, opts.min_snr, lsf)

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from survey_proc.preprocess import InputSpec, prepare
-from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm
+from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm, sdss_lsf_fwhm, vacuum_to_air
 from survey_proc.synth import (
     EMISSION_LINES,
+    LINE_SETS,
     Synthesiser,
     emission_line_spectra,
     light_weighted,
@@ -48,17 +49,34 @@ class Instrument:
     wave_stop: float
     wave_step: float
     lsf_fwhm: Callable[[np.ndarray], np.ndarray]  #: FWHM (Angstrom) at observed wavelengths
+    medium: str = "air"                      #: medium of the grid (SDSS: vacuum)
 
     @property
     def wave(self) -> np.ndarray:
         return self.wave_start + self.wave_step * np.arange(
             int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1)
 
+    @property
+    def wave_air(self) -> np.ndarray:
+        """The grid in air (the medium of the SSP library and of the line lists), Angstrom."""
+        return self.wave if self.medium == "air" else vacuum_to_air(self.wave)
+
 
 #: instruments a training set can be drawn for (name in :class:`TrainsetConfig`)
 INSTRUMENTS: dict[str, Instrument] = {
     "muse": Instrument("MUSE", 4750.0, 9350.0, 1.25, muse_lsf_fwhm),
+    # SDSS: vacuum wavelengths, ~1.15 A pixels (the native 1e-4 dex at 5000 A), resolution from
+    # the spectra's own wdisp (ssp.sdss_lsf_fwhm)
+    "sdss": Instrument("SDSS", 3700.0, 9300.0, 1.15, sdss_lsf_fwhm, medium="vacuum"),
 }
+
+#: Calzetti et al. (2000) R_V = A_V / E(B-V) of the attenuation law the spectra are reddened with;
+#: the label ``ebv`` is A_V / CALZETTI_RV
+CALZETTI_RV = 4.05
+
+#: sky-line windows masked in SDSS spectra (observed frame, vacuum Angstrom: [OI]5577, NaD,
+#: [OI]6300, [OI]6363, the strongest residuals of the SDSS sky subtraction)
+SDSS_SKY_MASKS_VACUUM = ((5572.0, 5586.0), (5885.0, 5904.0), (6295.0, 6310.0), (6359.0, 6373.0))
 
 
 def default_muse_input() -> InputSpec:
@@ -70,6 +88,17 @@ def default_muse_input() -> InputSpec:
                      lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
 
 
+def sdss_observed_input() -> InputSpec:
+    """The input of SDSS-like models (after Wang et al. 2024): observed frame 3800-8900 A
+    (vacuum) at 1 A (5101 pixels), normalised by the median in 4950-5050 A, no de-redshifting;
+    strong sky-line residuals masked."""
+    return InputSpec(wave_start=3800.0, wave_stop=8900.0, wave_step=1.0, frame="observed", medium="vacuum",
+                     channels=("flux", "error", "mask"), normalise="window",
+                     normalise_window=(4950.0, 5050.0), masks_observed=SDSS_SKY_MASKS_VACUUM,
+                     max_masked_fraction=0.5, min_coverage=0.99,
+                     lsf="SDSS, R ~ 1800-2700 (ssp.sdss_lsf_fwhm), observed frame")
+
+
 @dataclass
 class TrainsetConfig:
     """How spectra of a training set are drawn (ranges are inclusive; units in names)."""
@@ -79,6 +108,7 @@ class TrainsetConfig:
     instrument: str = "muse"
     labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
     redshift_range: tuple[float, float] = (0.0, 0.1)
+    redshift_distribution: str = "uniform"        #: uniform | sdss (see draw_redshift)
     av_range: tuple[float, float] = (0.0, 1.5)
     sigma_range_kms: tuple[float, float] = (30.0, 300.0)
     velocity_range_kms: tuple[float, float] = (-300.0, 300.0)
@@ -88,6 +118,7 @@ class TrainsetConfig:
     young_fraction: float = 0.3
     emission_fraction: float = 0.5
     max_halpha_ew: float = 60.0                   #: Angstrom
+    line_set: str = "default"                     #: nebular lines drawn: default | optical
     bad_patches: tuple[int, int] = (0, 6)         #: masked patches of 3-15 pixels per spectrum
     noisy_patch_fraction: float = 0.25            #: share of spectra with a high-noise patch
     batch: int = 2048                             #: spectra synthesised per redshift draw
@@ -127,10 +158,44 @@ def instrument_of(cfg: TrainsetConfig) -> Instrument:
         raise ValueError(f"unknown instrument {cfg.instrument!r}; known: {', '.join(INSTRUMENTS)}") from None
 
 
+def draw_redshift(rng: np.random.Generator, cfg: TrainsetConfig) -> float:
+    """One redshift inside ``cfg.redshift_range``.
+
+    ``uniform``: uniform over the range. ``sdss``: 70 % from n(z) ~ z^2 exp(-(z/0.0708)^1.5)
+    (median z = 0.10, like the SDSS main galaxy sample), 30 % uniform over the range (the
+    luminous-red tail), both truncated to the range.
+    """
+    lo, hi = cfg.redshift_range
+    if cfg.redshift_distribution == "uniform" or hi <= lo:
+        return float(rng.uniform(lo, hi))
+    if cfg.redshift_distribution != "sdss":
+        raise ValueError(f"unknown redshift_distribution {cfg.redshift_distribution!r} (uniform | sdss)")
+    if rng.random() < 0.3:
+        return float(rng.uniform(lo, hi))
+    for _ in range(1000):
+        z = 0.0708 * rng.gamma(3.0 / 1.5, 1.0) ** (1 / 1.5)
+        if lo <= z <= hi:
+            return float(z)
+    return float(rng.uniform(lo, hi))
+
+
+def _row_window(spec: InputSpec, inst: Instrument, z: float, z_max: float) -> tuple[int, int]:
+    """(first index into the instrument grid, pixels) of the rows synthesised at redshift ``z``:
+    they cover the model grid (rest-frame models: at the largest redshift) plus a margin."""
+    full = inst.wave
+    lo, hi = spec.wave_start - 10.0, spec.wave_stop + 10.0
+    if spec.frame == "observed":
+        n_obs = int(np.ceil((hi - lo) / inst.wave_step)) + 2
+        return int(np.clip(np.searchsorted(full, lo) - 1, 0, full.size - n_obs)), n_obs
+    n_obs = int(np.ceil((hi * (1 + z_max) - lo) / inst.wave_step)) + 2
+    return int(np.clip(np.searchsorted(full, lo * (1 + z)) - 1, 0, full.size - n_obs)), n_obs
+
+
 def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, av: np.ndarray,
                   sigma: np.ndarray) -> np.ndarray:
     log_age, metal = light_weighted(weights, lib)
-    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma}
+    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma,
+            "ebv": av / CALZETTI_RV}  # E(B-V) of the Calzetti law the spectra are reddened with
     if any(n.endswith("_mw") for n in names):
         cols["log_age_mw"], cols["metallicity_mw"] = mass_weighted(weights, lib)
     return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
@@ -140,10 +205,8 @@ def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: 
     """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range."""
     rng = np.random.default_rng(cfg.seed)
     inst = instrument_of(cfg)
-    full = inst.wave
-    # every row covers the model grid at the largest redshift, plus a margin
-    lo_rest, hi_rest = spec.wave_start - 10.0, spec.wave_stop + 10.0
-    n_obs = int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / inst.wave_step)) + 2
+    full = inst.wave_air  # the SSP library and line lists are in air
+    line_list = LINE_SETS[cfg.line_set]
     rows_flux, rows_idx, rows_z, rows_snr, rows_lab, rows_w = [], [], [], [], [], []
     batches = range(0, cfg.n, cfg.batch)
     if progress:
@@ -152,8 +215,8 @@ def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: 
         batches = tqdm(batches, desc="synthesising", unit="batch")
     for start in batches:
         m = min(cfg.batch, cfg.n - start)
-        z = float(rng.uniform(*cfg.redshift_range))
-        i0 = int(np.clip(np.searchsorted(full, lo_rest * (1 + z)) - 1, 0, full.size - n_obs))
+        z = draw_redshift(rng, cfg)
+        i0, n_obs = _row_window(spec, inst, z, cfg.redshift_range[1])
         wave = full[i0:i0 + n_obs]
         synth = Synthesiser(lib, wave, z, inst.lsf_fwhm)
         weights = sample_training_mixtures(rng, lib, m, max_ssp=cfg.max_ssp, young_fraction=cfg.young_fraction)
@@ -166,7 +229,8 @@ def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: 
             ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
             cont = np.median(flux[emit], axis=1)
             lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
-                                          rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm)
+                                          rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm,
+                                          lines=line_list)
             # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
             flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
         snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
@@ -194,7 +258,7 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
     snr_pix = data.snr[:, None] * np.sqrt(step)
     gain = (med / ((1.0 + sky / med) * snr_pix**2)).astype(np.float32)
     # sky-line residuals and their extra variance, at the observed wavelengths of each row
-    full = inst.wave
+    full = inst.wave_air
     profiles = sky_line_profile(full, inst.lsf_fwhm).sum(axis=0).astype(np.float32)
     idx = data.wave_index[:, None] + np.arange(npix)[None, :]
     sky_lines = profiles[idx] * (30 * gain * sky)
@@ -241,5 +305,6 @@ def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfi
     return np.concatenate(xs), np.concatenate(flags), np.concatenate(snrs)
 
 
-__all__ = ["EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS", "SKY_MASKS_OBSERVED", "Instrument", "NoiseFreeSet",
-           "TrainsetConfig", "default_muse_input", "make_inputs", "observe_noisy", "synthesise"]
+__all__ = ["CALZETTI_RV", "EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS", "SDSS_SKY_MASKS_VACUUM",
+           "SKY_MASKS_OBSERVED", "Instrument", "NoiseFreeSet", "TrainsetConfig", "default_muse_input",
+           "draw_redshift", "make_inputs", "observe_noisy", "sdss_observed_input", "synthesise"]

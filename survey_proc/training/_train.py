@@ -29,10 +29,17 @@ from survey_proc.preprocess import InputSpec
 from survey_proc.ssp import load_ssp_library
 from survey_proc.stores._maps import NOT_FITTED, property_attrs
 from survey_proc.training._arch import ExportedModel, build
-from survey_proc.training._dataset import NoiseFreeSet, TrainsetConfig, default_muse_input, make_inputs, synthesise
+from survey_proc.training._dataset import (
+    NoiseFreeSet,
+    TrainsetConfig,
+    default_muse_input,
+    make_inputs,
+    sdss_observed_input,
+    synthesise,
+)
 from survey_proc.training._metrics import score_predictions
 
-INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input}
+INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input, "sdss-observed-3800-8900": sdss_observed_input}
 
 
 @dataclass
