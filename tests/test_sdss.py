@@ -234,3 +234,34 @@ def test_sdss_bundle_on_the_real_spectra(real_store, tmp_path):
     assert summary.fitted == 3
     for name in ("log_age", "metallicity", "ebv", "sigma"):
         assert np.isfinite(maps[name].values).all() and (maps[f"{name}_err"].values > 0).all()
+
+
+def test_engine_reads_wavelengths_in_the_models_medium(real_store):
+    """SDSS data are vacuum; a model declaring air (E-MILES, pPXF) gets air wavelengths."""
+    from survey_proc.engine._region import _wave_and_lsf
+
+    vac = xr.open_zarr(real_store).wave.values
+    same, _ = _wave_and_lsf(str(real_store), "vacuum")
+    air, lsf = _wave_and_lsf(str(real_store), "air")
+    np.testing.assert_array_equal(same, vac)
+    np.testing.assert_allclose(air, vacuum_to_air(vac))
+    assert np.all((vac - air > 1.0) & (vac - air < 2.6)) and lsf.shape == vac.shape
+
+
+def test_window_normalisation_is_declared_and_checked():
+    spec = sdss_observed_input()
+    manifest = spec.to_manifest()
+    assert manifest["normalise"] == "window" and manifest["normalise_window"] == [4950.0, 5050.0]
+    from survey_proc.preprocess import InputSpec
+
+    assert InputSpec.from_manifest(manifest) == spec
+    wave = np.arange(3700.0, 9000.0, 1.0)
+    flux = np.ones((1, wave.size))
+    with pytest.raises(ValueError, match="needs normalise_window"):
+        prepare(flux, flux, flux == 0, wave, 0.1, dataclasses.replace(spec, normalise_window=None))
+    with pytest.raises(ValueError, match=r"unknown normalisation 'peak' \(known: median, window\)"):
+        prepare(flux, flux, flux == 0, wave, 0.1, dataclasses.replace(spec, normalise="peak"))
+    # a spectrum whose 5000 A window is all masked is not fitted (no_data), not divided by NaN
+    mask = (wave > 4940) & (wave < 5060)
+    prep = prepare(flux, flux, mask[None], wave, 0.1, spec)
+    assert prep.flags[0] & 1 and np.isfinite(prep.x).all()

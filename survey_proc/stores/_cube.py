@@ -200,6 +200,19 @@ def wave_attrs(frame: str = "observed", medium: str = "air") -> dict[str, str]:
     return {"units": "Angstrom", "frame": frame, "medium": medium, "long_name": "wavelength"}
 
 
+def _spectral_variables(dims: tuple[str, ...], shape: tuple[int, ...], chunks: tuple[int, ...],
+                        flux_units: str) -> dict[str, tuple]:
+    """Lazy, empty ``flux``, ``var`` and ``mask`` variables of a cube or catalogue (for templates)."""
+    return {
+        "flux": (dims, da.zeros(shape, chunks=chunks, dtype=np.float32),
+                 {"units": flux_units, "long_name": "flux density"}),
+        "var": (dims, da.zeros(shape, chunks=chunks, dtype=np.float32),
+                {"units": f"({flux_units})**2", "long_name": "variance of flux"}),
+        "mask": (dims, da.zeros(shape, chunks=chunks, dtype=bool),
+                 {"long_name": "bad pixel (True = do not use)"}),
+    }
+
+
 def create_cube_store(path: str | os.PathLike, *, ny: int, nx: int, wave: np.ndarray,
                       flux_units: str, attrs: Mapping[str, Any], chunk: int = 32,
                       frame: str = "observed", medium: str = "air",
@@ -208,14 +221,7 @@ def create_cube_store(path: str | os.PathLike, *, ny: int, nx: int, wave: np.nda
     """Write the metadata of an empty cube store (arrays filled region by region afterwards)."""
     shape = (ny, nx, wave.size)
     chunks = (min(chunk, ny), min(chunk, nx), wave.size)
-    data_vars = {
-        "flux": (CUBE_DIMS, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                 {"units": flux_units, "long_name": "flux density"}),
-        "var": (CUBE_DIMS, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                {"units": f"({flux_units})**2", "long_name": "variance of flux"}),
-        "mask": (CUBE_DIMS, da.zeros(shape, chunks=chunks, dtype=bool),
-                 {"long_name": "bad pixel (True = do not use)"}),
-    }
+    data_vars = _spectral_variables(CUBE_DIMS, shape, chunks, flux_units)
     if lsf_fwhm is not None:
         data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), np.asarray(lsf_fwhm, dtype=np.float64),
                                  {"units": "Angstrom", "long_name": "instrumental FWHM"})
@@ -241,16 +247,9 @@ def create_catalogue_store(path: str | os.PathLike, *, n: int, wave: np.ndarray,
     """
     shape = (n, wave.size)
     chunks = (min(chunk, n), wave.size)
-    data_vars: dict[str, tuple] = {
-        "flux": (CATALOGUE_DIMS, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                 {"units": flux_units, "long_name": "flux density"}),
-        "var": (CATALOGUE_DIMS, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                {"units": f"({flux_units})**2", "long_name": "variance of flux"}),
-        "mask": (CATALOGUE_DIMS, da.ones(shape, chunks=chunks, dtype=bool),
-                 {"long_name": "bad pixel (True = do not use)"}),
-        "lsf_fwhm": ((SPECTRAL_DIM,), np.full(wave.size, np.nan),
-                     {"units": "Angstrom", "long_name": "instrumental FWHM"}),
-    }
+    data_vars = _spectral_variables(CATALOGUE_DIMS, shape, chunks, flux_units)
+    data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), np.full(wave.size, np.nan),
+                             {"units": "Angstrom", "long_name": "instrumental FWHM"})
     for name, (values, vattrs) in (object_vars or {}).items():
         data_vars[name] = (("object",), np.asarray(values), dict(vattrs))
     all_coords: dict[str, tuple] = {
