@@ -65,7 +65,7 @@ def ppxf_fit(wave_vac: np.ndarray, flux: np.ndarray, var: np.ndarray, bad: np.nd
     return {"log_age": float((w.sum(axis=0) * lib.log_age).sum()), "metallicity": float((w.sum(axis=1) * lib.metal).sum()),
             "ebv": float(pp.reddening / 4.05), "av": float(pp.reddening), "sigma": float(pp.sol[1]),
             "velocity": float(pp.sol[0]), "chi2": float(pp.chi2), "seconds": seconds,
-            "fit": {"wave": np.exp(ln_lam).tolist(), "galaxy": gal_ln.tolist(), "bestfit": pp.bestfit.tolist(),
+            "fit": {"wave": np.exp(ln_lam).tolist(), "galaxy": np.where(bad_ln, np.nan, gal_ln).tolist(), "bestfit": pp.bestfit.tolist(),
                     "good": goodpix.tolist()}}
 
 

@@ -57,9 +57,10 @@ def trainset_of(manifest_raw: dict) -> TrainsetConfig:
 
 def evaluate_held_out(bundle: str | os.PathLike, out_dir: str | os.PathLike, *, n_per_class: int = 2000,
                       seed: int = 90_000_001, snr_edges: tuple[float, ...] = (5, 10, 20, 35, 50.01),
-                      z_edges: tuple[float, ...] | None = None, progress: bool = True) -> dict:
+                      z_edges: tuple[float, ...] | None = None, batch: int = 32, progress: bool = True) -> dict:
     """Evaluate ``bundle`` on new synthetic spectra (``seed`` never used in training); returns the
-    numbers written to ``out_dir/evaluation.json``."""
+    numbers written to ``out_dir/evaluation.json``. ``batch``: spectra per redshift draw (small, so
+    the redshift bins hold many redshifts)."""
     from survey_proc.estimators import load_estimator
     from survey_proc.ssp import load_ssp_library
 
@@ -74,7 +75,8 @@ def evaluate_held_out(bundle: str | os.PathLike, out_dir: str | os.PathLike, *, 
     say = print if progress else (lambda *a, **k: None)
     rows: dict[str, list] = {"pred": [], "truth": [], "snr": [], "z": [], "cls": []}
     for k, (cls, overrides) in enumerate(CLASSES.items()):
-        cfg = dataclasses.replace(ts, n=n_per_class, seed=seed + k, noiseless_fraction=0.0, **overrides)
+        cfg = dataclasses.replace(ts, n=n_per_class, seed=seed + k, noiseless_fraction=0.0, batch=batch,
+                                  **overrides)
         data = synthesise(cfg, lib, spec)
         x, flags, _ = make_inputs(data, np.random.default_rng([seed, k]), cfg, spec)
         fit = (flags & int(NOT_FITTED)) == 0
@@ -90,7 +92,7 @@ def evaluate_held_out(bundle: str | os.PathLike, out_dir: str | os.PathLike, *, 
     truth = {n: truth_arr[:, i] for i, n in enumerate(names)}
     snr, z, cls = np.concatenate(rows["snr"]), np.concatenate(rows["z"]), np.concatenate(rows["cls"])
     lo, hi = ts.redshift_range
-    z_edges = z_edges or tuple(np.round(np.linspace(lo, hi, 5), 4)[:-1].tolist()) + (hi + 1e-6,)
+    z_edges = z_edges or tuple(np.round(np.linspace(lo, hi, 6), 4)[:-1].tolist()) + (hi + 1e-6,)
     result = {
         "bundle": str(Path(bundle)), "model_id": est.manifest.model_id,
         "note": (f"{n_per_class} spectra per class synthesised with seed {seed} (+class index), never used in "
@@ -137,7 +139,7 @@ def plot_pred_vs_true(pred: dict, truth: dict, names: list[str], snr: np.ndarray
 
     from survey_proc.stores._maps import PROPERTIES
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), layout="constrained")
     for ax, name in zip(np.atleast_1d(axes), names):
         t, p = truth[name], pred[name]
         for c, marker in (("passive", "."), ("star_forming", "x")):
