@@ -170,11 +170,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name in packaged_models():
         m = load_manifest(name)
-        metrics = m.raw.get("metrics", {}).get("held_out", {}).get("30", {})
+        held = m.raw.get("metrics", {}).get("held_out", {})
+        snr = min(held, key=lambda k: abs(float(k) - 30.0)) if held else None  # S/N 30 or the nearest
+        metrics = held.get(snr, {}) if snr else {}
         parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict)]
         print(f"{name:12s} {m.model_id:28s} {m.raw.get('description', '')}")
         if parts:
-            print(f"{'':12s} held-out robust sigma at S/N 30: {', '.join(parts)}")
+            print(f"{'':12s} held-out robust sigma at S/N {snr}: {', '.join(parts)}")
     return 0
 
 
