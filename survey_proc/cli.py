@@ -70,8 +70,8 @@ def cmd_ingest_spectra(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from survey_proc.training._evaluate import evaluate_held_out
+def cmd_evaluate_bins(args: argparse.Namespace) -> int:
+    from survey_proc.training._evaluate_bins import evaluate_held_out
 
     evaluate_held_out(args.model, args.out, n_per_class=args.n, seed=args.seed, progress=not args.quiet)
     print(f"numbers: {Path(args.out) / 'evaluation.json'}\nfigures: {Path(args.out) / 'pred_vs_true.png'}, "
@@ -257,13 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="held-out accuracy of a bundle by S/N, redshift and spectral class")
+    ev = sub.add_parser("evaluate-bins", help="held-out accuracy of a bundle by S/N, redshift and spectral class")
     ev.add_argument("model", help="packaged model name or bundle folder")
     ev.add_argument("--out", required=True, help="folder for evaluation.json and the figures")
     ev.add_argument("--n", type=_positive_int, default=2000, help="spectra per class (default: %(default)s)")
     ev.add_argument("--seed", type=int, default=90_000_001, help="a seed never used in training")
     ev.add_argument("--quiet", action="store_true")
-    ev.set_defaults(func=cmd_evaluate)
+    ev.set_defaults(func=cmd_evaluate_bins)
 
     ls = sub.add_parser("models", help="list the packaged models")
     ls.set_defaults(func=cmd_models)

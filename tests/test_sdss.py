@@ -188,7 +188,7 @@ def test_training_spectra_put_lines_at_observed_vacuum_wavelengths(ssp_lib):
 def _synthetic_catalogue(path: Path, n: int, seed: int, ssp_lib) -> np.ndarray:
     """A catalogue store of n held-out synthetic SDSS spectra (seed never used in training); returns labels."""
     from survey_proc.estimators import load_manifest
-    from survey_proc.training._evaluate import trainset_of
+    from survey_proc.training._evaluate_bins import trainset_of
 
     manifest = load_manifest("sdss-cnn")
     ts = dataclasses.replace(trainset_of(manifest.raw), n=n, seed=seed, batch=16, noiseless_fraction=0.0)

@@ -1,6 +1,6 @@
 """Held-out evaluation of a bundle by S/N bin, redshift bin and spectral class, with figures.
 
-``survey-proc evaluate BUNDLE`` synthesises new spectra from the bundle's own training-set recipe
+``survey-proc evaluate-bins BUNDLE`` synthesises new spectra from the bundle's own training-set recipe
 (read from its manifest) with a seed that training never used, in two classes — ``passive`` (no
 emission lines) and ``star_forming`` (nebular lines on every spectrum, H-alpha EW 0-max) — runs
 them through the engine's ``prepare`` and the exported model file, and reports, per bin, the
