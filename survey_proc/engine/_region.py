@@ -25,6 +25,7 @@ from survey_proc.errors import CubeError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import estimator_meta, prepare
+from survey_proc.ssp import to_medium
 from survey_proc.stores._maps import NOT_FITTED, Flag
 from survey_proc.engine._template import Region, output_variables
 
@@ -126,10 +127,14 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(cube: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The cube's wavelengths and instrumental FWHM per wavelength (Angstrom), once per process."""
+def _wave_and_lsf(cube: str, medium: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cube's wavelengths (in ``medium``, the model's, when given) and instrumental FWHM per
+    wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
     wave = np.asarray(grp["wave"][:], np.float64)
+    data_medium = grp["wave"].attrs.get("medium")
+    if medium and data_medium and data_medium != medium:  # e.g. SDSS (vacuum) data, E-MILES (air) model
+        wave = to_medium(wave, data_medium, medium)
     if "lsf_fwhm" in grp:
         return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
     fwhm = grp.attrs.get("lsf_fwhm")
@@ -229,7 +234,7 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
         return _recorded_result(out, region, index, marker, t0)
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)  # once per process
     t_load, c_load = time.perf_counter(), time.process_time()
-    wave, lsf = _wave_and_lsf(opts.cube)
+    wave, lsf = _wave_and_lsf(opts.cube, estimator.manifest.input.medium)
     read = read_region_inputs(opts.cube, region, with_redshift=dims == ("object",))
     flux, var, mask = read["flux"], read["var"], read["mask"]
     t_read, c_read = time.perf_counter(), time.process_time()

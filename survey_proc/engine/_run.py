@@ -308,7 +308,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     cube = open_spectral_store(rc.cube, require_redshift=rc.redshift is None)
     redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
     manifest = load_manifest(rc.model)
-    load_estimator(rc.model, device="cpu")  # fail fast on a file that will not load (workers use rc.device)
+    estimator = load_estimator(rc.model, device="cpu")  # fail fast on a file that will not load (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
     _check_coverage(cube, manifest, redshift, rc.cube)
 

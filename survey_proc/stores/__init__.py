@@ -4,6 +4,7 @@ from survey_proc.stores._cube import (
     CATALOGUE_DIMS,
     CUBE_DIMS,
     SPECTRAL_DIM,
+    create_catalogue_store,
     create_cube_store,
     lsf_fwhm_at,
     open_cube,
@@ -13,11 +14,12 @@ from survey_proc.stores._cube import (
     wave_attrs,
     write_region,
 )
+from survey_proc.stores._sdss import SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
 from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
 
 __all__ = [
     "CATALOGUE_DIMS", "CUBE_DIMS", "NOT_FITTED", "PROPERTIES", "SPECTRAL_DIM", "Flag",
-    "create_cube_store", "flag_attrs", "lsf_fwhm_at", "open_cube", "open_maps", "open_spectral_store",
+    "create_catalogue_store", "create_cube_store", "flag_attrs", "lsf_fwhm_at", "open_cube", "open_maps", "open_spectral_store",
     "property_attrs", "robust_sigma", "spatial_dims", "validate_spectral_store", "wave_attrs",
-    "write_region",
+    "write_region", "SDSSSpectrum", "ingest_sdss_spectra", "read_sdss_spectrum",
 ]

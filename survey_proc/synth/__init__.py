@@ -14,6 +14,8 @@ from survey_proc.synth._populations import (
 )
 from survey_proc.synth._spectra import (
     EMISSION_LINES,
+    EMISSION_LINES_OPTICAL,
+    LINE_SETS,
     SKY_LINES,
     Synthesiser,
     emission_line_spectra,
@@ -22,7 +24,8 @@ from survey_proc.synth._spectra import (
 
 __all__ = [
     "age_bin_widths", "metal_split", "sample_sfh_mixtures",
-    "EMISSION_LINES", "LIKE", "SKY_LINES", "GalaxyMaps", "MockConfig", "Synthesiser",
+    "EMISSION_LINES", "EMISSION_LINES_OPTICAL", "LINE_SETS", "LIKE", "SKY_LINES", "GalaxyMaps", "MockConfig",
+    "Synthesiser",
     "emission_line_spectra", "galaxy_maps", "light_weighted", "mass_fractions", "mass_weighted",
     "nearest_index", "open_truth", "sample_cluster", "sample_training_mixtures", "sky_line_profile",
     "truth_dataset", "write_mock",
