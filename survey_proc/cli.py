@@ -101,7 +101,36 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest_spectra(args: argparse.Namespace) -> int:
+    from survey_proc.stores._sdss import ingest_sdss_spectra
+
+    info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=args.chunk,
+                               progress=not args.quiet)
+    print(f"ingested {info['spectra']} SDSS spectra x {info['wavelengths']} wavelengths ({info['wave'][0]:.1f}-"
+          f"{info['wave'][1]:.1f} A, {info['medium']}), z {info['redshift'][0]:.4f}-{info['redshift'][1]:.4f}, "
+          f"{info['masked_fraction_covered']:.2%} of covered pixels masked; written to {args.out} in "
+          f"{info['seconds']:.1f} s ({info['spectra'] / max(info['seconds'], 1e-9):.0f} spectra/s)")
+    return 0
+
+
+def cmd_evaluate_bins(args: argparse.Namespace) -> int:
+    from survey_proc.training._evaluate_bins import evaluate_held_out
+
+    evaluate_held_out(args.model, args.out, n_per_class=args.n, seed=args.seed, progress=not args.quiet)
+    print(f"numbers: {Path(args.out) / 'evaluation.json'}\nfigures: {Path(args.out) / 'pred_vs_true.png'}, "
+          f"{Path(args.out) / 'scatter_by_bin.png'}")
+    return 0
+
+
 def cmd_example(args: argparse.Namespace) -> int:
+    if args.name == "sdss-spectra":
+        from survey_proc.stores._examples import sdss_spectra
+
+        paths = sdss_spectra()
+        print(" ".join(str(p) for p in paths))
+        print("# ingest them with: survey-proc ingest-spectra $(survey-proc example sdss-spectra) sdss.zarr",
+              file=sys.stderr)
+        return 0
     from survey_proc.stores._examples import MINICUBE_REDSHIFT, muse_minicube
 
     path = muse_minicube()
@@ -323,11 +352,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name in packaged_models():
         m = load_manifest(name)
+        held = m.raw.get("metrics", {}).get("held_out", {})
+        by_snr = held.get("snr", {}) if "snr" in held else held  # `evaluate` layout, or {snr: scores} of older bundles
+        snr = min(by_snr, key=lambda k: abs(float(k) - 30.0)) if by_snr else None  # S/N 30 or the nearest
+        metrics = by_snr[snr].get("model", by_snr[snr]) if snr else {}
+        parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict) and "robust_sigma" in v]
         print(f"{name:12s} {m.model_id:28s} {m.raw.get('description', '')}")
-        held = m.raw.get("metrics", {}).get("held_out", {}).get("snr", {}).get("30", {}).get("model", {})
-        parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in held.items() if isinstance(v, dict) and "robust_sigma" in v]
         if parts:
-            print(f"{'':12s} held-out robust sigma at S/N 30: {', '.join(parts)}")
+            print(f"{'':12s} held-out robust sigma at S/N {snr}: {', '.join(parts)}")
     return 0
 
 
@@ -420,8 +452,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--quiet", action="store_true")
     i.set_defaults(func=cmd_ingest)
 
+    si = sub.add_parser("ingest-spectra", help="SDSS spectrum FITS files into one spectra catalogue (object, wave)")
+    si.add_argument("files", nargs="+", help="SDSS spec/spec-lite (DR9+) or DR8 CAS table FITS files")
+    si.add_argument("out", help="output catalogue store (.zarr)")
+    si.add_argument("--redshift", type=float, help="redshift for files that carry none")
+    si.add_argument("--chunk", type=_positive_int, default=config.get("ingest.spectra-per-chunk"),
+                    help="spectra per stored chunk (default: %(default)s)")
+    si.add_argument("--quiet", action="store_true")
+    si.set_defaults(func=cmd_ingest_spectra)
+
     e = sub.add_parser("example", help="fetch a real example file and print its path")
-    e.add_argument("name", choices=["muse-minicube"])
+    e.add_argument("name", choices=["muse-minicube", "sdss-spectra"])
     e.set_defaults(func=cmd_example)
 
     r = sub.add_parser("run", help="map an estimator over every spectrum of a cube, or of many cubes")
@@ -530,6 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-inside", type=_positive_int, default=25, help="pixels needed inside R_e (default 25)")
     g.add_argument("--out", help="folder for the JSON and PNG (default: beside the maps)")
     g.set_defaults(func=cmd_gradients)
+
+    eb = sub.add_parser("evaluate-bins", help="held-out accuracy of a bundle by S/N, redshift and spectral class")
+    eb.add_argument("model", help="packaged model name or bundle folder")
+    eb.add_argument("--out", required=True, help="folder for evaluation.json and the figures")
+    eb.add_argument("--n", type=_positive_int, default=2000, help="spectra per class (default: %(default)s)")
+    eb.add_argument("--seed", type=int, default=90_000_001, help="a seed never used in training")
+    eb.add_argument("--quiet", action="store_true")
+    eb.set_defaults(func=cmd_evaluate_bins)
 
     ls = sub.add_parser("models", help="list the packaged models")
     ls.set_defaults(func=cmd_models)

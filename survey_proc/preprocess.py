@@ -5,7 +5,9 @@ time exactly the kind of input it was trained on. Pure NumPy; wavelengths in Ang
 
 The ``input`` section of a manifest (see :class:`InputSpec`) declares the frame of the model grid
 (``rest``: data wavelengths are divided by 1+z; ``observed``: used as they are), the grid itself,
-the normalisation, masked wavelength ranges (rest and observed frame), the channels and the limits
+the normalisation (``median`` of the whole model range, or ``window``: median inside
+``normalise_window``, Angstrom in the model's frame), masked wavelength ranges (rest and observed
+frame), the channels and the limits
 under which a spectrum is not fitted.
 """
 
@@ -41,6 +43,7 @@ class InputSpec:
     medium: str = "air"
     channels: tuple[str, ...] = ("flux", "error", "mask")
     normalise: str = "median"
+    normalise_window: tuple[float, float] | None = None  #: Angstrom, model frame; for "window"
     masks_rest: tuple[tuple[float, float], ...] = ()
     masks_observed: tuple[tuple[float, float], ...] = ()
     max_masked_fraction: float = 0.5
@@ -69,22 +72,25 @@ class InputSpec:
             frame=section.get("frame", "rest"), medium=section.get("medium", "air"),
             channels=tuple(section.get("channels", ("flux", "error", "mask"))),
             normalise=section.get("normalise", "median"),
+            normalise_window=(tuple(float(w) for w in section["normalise_window"])
+                              if section.get("normalise_window") is not None else None),
             masks_rest=tuple(tuple(map(float, m)) for m in masks.get("rest", ())),
             masks_observed=tuple(tuple(map(float, m)) for m in masks.get("observed", ())),
             max_masked_fraction=float(section.get("max_masked_fraction", 0.5)),
             min_coverage=float(section.get("min_coverage", 0.99)),
             lsf=section.get("lsf"),
             extra={k: v for k, v in section.items() if k not in {
-                "wave", "frame", "medium", "channels", "normalise", "masks", "max_masked_fraction",
+                "wave", "frame", "medium", "channels", "normalise", "normalise_window", "masks", "max_masked_fraction",
                 "min_coverage", "lsf", "kind"}},
         )
 
     def to_manifest(self) -> dict[str, Any]:
+        window = {"normalise_window": list(self.normalise_window)} if self.normalise == "window" else {}
         grid = {"step": self.wave_step} if self.velscale is None else {"velscale": self.velscale}
         return {
             "kind": "spectrum", "frame": self.frame, "medium": self.medium,
             "wave": {"start": self.wave_start, "stop": self.wave_stop, **grid, "units": "Angstrom"},
-            "channels": list(self.channels), "normalise": self.normalise,
+            "channels": list(self.channels), "normalise": self.normalise, **window,
             "masks": {"rest": [list(m) for m in self.masks_rest],
                       "observed": [list(m) for m in self.masks_observed]},
             "max_masked_fraction": self.max_masked_fraction, "min_coverage": self.min_coverage,
@@ -327,9 +333,7 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
     flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
     flags[m_bad.mean(axis=1) > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
 
-    if spec.normalise != "median":
-        raise ValueError(f"unknown normalisation {spec.normalise!r}")
-    med = masked_median(m_flux, good)
+    med = normalisation(m_flux, good, spec)
     usable = np.isfinite(med) & (med > 0)
     flags[~usable] |= np.uint8(Flag.NO_DATA)  # includes spectra without any valid pixel
     norm[:] = np.where(np.isfinite(med), med, np.nan)
@@ -345,6 +349,31 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
             x[:, k] = m_bad
         else:
             raise ValueError(f"unknown input channel {name!r}")
+
+
+#: normalisation methods an InputSpec may declare
+NORMALISATIONS = ("median", "window")
+
+
+def normalisation(flux: np.ndarray, good: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Per-row normalisation (flux units) of spectra on the model grid, as ``spec`` declares.
+
+    ``median``: masked median over the whole model range. ``window``: masked median over
+    ``spec.normalise_window`` (Angstrom, model frame), e.g. 4950-5050 A for "normalised at 5000 A";
+    a row with no good pixel there gets NaN (and is flagged no_data by :func:`prepare`).
+    """
+    if spec.normalise == "median":
+        return masked_median(flux, good)
+    if spec.normalise == "window":
+        if spec.normalise_window is None:
+            raise ValueError("normalise 'window' needs normalise_window (Angstrom, model frame)")
+        lo, hi = spec.normalise_window
+        sel = (spec.wave >= lo) & (spec.wave <= hi)
+        if not sel.any():
+            raise ValueError(f"normalise_window {lo}-{hi} A lies outside the model grid "
+                             f"{spec.wave_start}-{spec.wave_stop} A")
+        return masked_median(flux[:, sel], good[:, sel])
+    raise ValueError(f"unknown normalisation {spec.normalise!r} (known: {', '.join(NORMALISATIONS)})")
 
 
 def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,

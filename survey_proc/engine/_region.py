@@ -25,6 +25,7 @@ from survey_proc.errors import CubeError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import estimator_meta
+from survey_proc.ssp import to_medium
 from survey_proc.stores._maps import NOT_FITTED, Flag
 from survey_proc.engine._template import Region, output_variables
 
@@ -130,13 +131,17 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(cube: str, feature_dim: str = "wave") -> tuple[np.ndarray, np.ndarray | None]:
-    """The store's feature axis (wavelengths in Angstrom, or band names) and, for spectra, the
-    instrumental FWHM per wavelength (Angstrom), once per process."""
+def _wave_and_lsf(cube: str, feature_dim: str = "wave", medium: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The store's feature axis (wavelengths in Angstrom — in ``medium``, the model's, when given —
+    or band names) and, for spectra, the instrumental FWHM per wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
     if feature_dim != "wave":
         return np.array([str(v) for v in grp[feature_dim][:]], dtype=object), None
     wave = np.asarray(grp["wave"][:], np.float64)
+    data_medium = grp["wave"].attrs.get("medium")
+    if medium and data_medium and data_medium != medium:  # e.g. SDSS (vacuum) data, E-MILES (air) model
+        wave = to_medium(wave, data_medium, medium)
     if "lsf_fwhm" in grp:
         return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
     fwhm = grp.attrs.get("lsf_fwhm")
@@ -250,7 +255,7 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)  # once per process
     spec = estimator.manifest.input
     t_load, c_load = time.perf_counter(), time.process_time()
-    wave, lsf = _wave_and_lsf(opts.cube, spec.feature_dim)
+    wave, lsf = _wave_and_lsf(opts.cube, spec.feature_dim, getattr(spec, "medium", None))
     # image models see the region plus a halo of neighbouring pixels; only the core is written
     window, core = index, tuple(slice(None) for _ in dims)
     if spec.halo_pixels:

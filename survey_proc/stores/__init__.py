@@ -4,6 +4,7 @@ from survey_proc.stores._cube import (
     CATALOGUE_DIMS,
     CUBE_DIMS,
     SPECTRAL_DIM,
+    create_catalogue_store,
     create_cube_store,
     lsf_fwhm_at,
     open_cube,
@@ -24,13 +25,14 @@ from survey_proc.stores._photometry import (
     open_photometry_store,
     validate_photometry_store,
 )
+from survey_proc.stores._sdss import SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
 from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
 
 __all__ = [
-    "BAND_DIM", "CATALOGUE_DIMS", "CUBE_DIMS", "FLUX_UNITS", "ZP_NJY", "create_photometry_store",
+    "BAND_DIM", "CATALOGUE_DIMS", "SDSSSpectrum", "create_catalogue_store", "ingest_sdss_spectra", "read_sdss_spectrum", "CUBE_DIMS", "FLUX_UNITS", "ZP_NJY", "create_photometry_store",
     "filter_dataset", "filters_from_store", "open_input_store", "open_photometry_store",
     "validate_photometry_store", "NOT_FITTED", "PROPERTIES", "SPECTRAL_DIM", "Flag",
     "create_cube_store", "flag_attrs", "lsf_fwhm_at", "open_cube", "open_maps", "open_spectral_store",
     "property_attrs", "robust_sigma", "spatial_dims", "validate_spectral_store", "wave_attrs",
-    "write_region",
+    "write_region", "SDSSSpectrum", "ingest_sdss_spectra", "read_sdss_spectrum",
 ]

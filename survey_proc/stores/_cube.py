@@ -115,7 +115,9 @@ def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data
                     f"{ds[var].shape[axis]} wavelengths per chunk); each spectrum must be one chunk "
                     "along 'wave' — rewrite the store with chunks {'wave': -1}")
 
-    if "object" not in flux.dims:  # a catalogue carries a per-object redshift variable instead
+    if "object" in flux.dims:  # a catalogue carries a per-object redshift variable
+        _check_object_redshift(ds, problems, require_redshift, check_data)
+    else:
         z = ds.attrs.get("redshift")
         if require_redshift and (z is None or not np.isfinite(float(z))):
             problems.append("attribute 'redshift' is missing or not finite (set it with "
@@ -130,6 +132,31 @@ def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data
         raise _problem_list(name, problems)
     if check_data and not _has_finite_flux(flux):
         raise _problem_list(name, ["variable 'flux' is NaN (or infinite) everywhere: no spectrum to fit"])
+
+
+def _check_object_redshift(ds: xr.Dataset, problems: list[str], require: bool, check_data: bool) -> None:
+    """Problems with a catalogue's per-object ``redshift`` variable, appended to ``problems``."""
+    if "redshift" not in ds:
+        if require:
+            problems.append("variable 'redshift' (one per object, dims ('object',)) is missing: a spectra "
+                            "catalogue carries the redshift of each spectrum")
+        return
+    z = ds["redshift"]
+    if z.dims != ("object",):
+        problems.append(f"variable 'redshift' has dims {z.dims}, expected ('object',)")
+        return
+    if not check_data:
+        return
+    values = np.asarray(z.values, np.float64)
+    bad = ~np.isfinite(values)
+    if require and bad.any():
+        problems.append(f"variable 'redshift' is NaN or infinite for {int(bad.sum())} of {values.size} objects "
+                        f"(first: object {int(np.argmax(bad))})")
+    out = np.isfinite(values) & ~((values >= -0.01) & (values < 10))
+    if out.any():
+        i = int(np.argmax(out))
+        problems.append(f"variable 'redshift' is outside the plausible range [-0.01, 10) for {int(out.sum())} "
+                        f"objects (first: object {i}, z = {values[i]:g})")
 
 
 def _has_finite_flux(flux: xr.DataArray) -> bool:
@@ -177,6 +204,19 @@ def wave_attrs(frame: str = "observed", medium: str = "air") -> dict[str, str]:
     return {"units": "Angstrom", "frame": frame, "medium": medium, "long_name": "wavelength"}
 
 
+def _spectral_variables(dims: tuple[str, ...], shape: tuple[int, ...], chunks: tuple[int, ...],
+                        flux_units: str) -> dict[str, tuple]:
+    """Lazy, empty ``flux``, ``var`` and ``mask`` variables of a cube or catalogue (for templates)."""
+    return {
+        "flux": (dims, da.zeros(shape, chunks=chunks, dtype=np.float32),
+                 {"units": flux_units, "long_name": "flux density"}),
+        "var": (dims, da.zeros(shape, chunks=chunks, dtype=np.float32),
+                {"units": f"({flux_units})**2", "long_name": "variance of flux"}),
+        "mask": (dims, da.zeros(shape, chunks=chunks, dtype=bool),
+                 {"long_name": "bad pixel (True = do not use)"}),
+    }
+
+
 def create_cube_store(path: str | os.PathLike, *, ny: int, nx: int, wave: np.ndarray,
                       flux_units: str, attrs: Mapping[str, Any], chunk: int = 32,
                       frame: str = "observed", medium: str = "air",
@@ -185,14 +225,7 @@ def create_cube_store(path: str | os.PathLike, *, ny: int, nx: int, wave: np.nda
     """Write the metadata of an empty cube store (arrays filled region by region afterwards)."""
     shape = (ny, nx, wave.size)
     chunks = (min(chunk, ny), min(chunk, nx), wave.size)
-    data_vars = {
-        "flux": (CUBE_DIMS, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                 {"units": flux_units, "long_name": "flux density"}),
-        "var": (CUBE_DIMS, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                {"units": f"({flux_units})**2", "long_name": "variance of flux"}),
-        "mask": (CUBE_DIMS, da.zeros(shape, chunks=chunks, dtype=bool),
-                 {"long_name": "bad pixel (True = do not use)"}),
-    }
+    data_vars = _spectral_variables(CUBE_DIMS, shape, chunks, flux_units)
     if lsf_fwhm is not None:
         data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), np.asarray(lsf_fwhm, dtype=np.float64),
                                  {"units": "Angstrom", "long_name": "instrumental FWHM"})
@@ -225,6 +258,39 @@ def cube_compressors() -> tuple:
         return ()
     raise CubeError(f"unknown store compressor {name!r} in dask config survey-proc.store.compressor "
                     "(blosc | zstd | none)")
+
+
+def create_catalogue_store(path: str | os.PathLike, *, n: int, wave: np.ndarray, flux_units: str,
+                           attrs: Mapping[str, Any], chunk: int = 256, frame: str = "observed",
+                           medium: str = "vacuum",
+                           object_vars: Mapping[str, tuple[np.ndarray, dict]] | None = None,
+                           coords: Mapping[str, tuple[np.ndarray, dict]] | None = None) -> None:
+    """Write the metadata of an empty spectra catalogue ``(object, wave)`` (filled block by block).
+
+    ``object_vars``: per-object data variables (name -> (values, attrs)), e.g. ``redshift``;
+    ``coords``: per-object coordinates (``ra``, ``dec``, names). A ``lsf_fwhm(wave)`` variable
+    (Angstrom) is laid down empty, to be written once the spectra are read.
+    """
+    shape = (n, wave.size)
+    chunks = (min(chunk, n), wave.size)
+    data_vars = _spectral_variables(CATALOGUE_DIMS, shape, chunks, flux_units)
+    data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), np.full(wave.size, np.nan),
+                             {"units": "Angstrom", "long_name": "instrumental FWHM"})
+    for name, (values, vattrs) in (object_vars or {}).items():
+        data_vars[name] = (("object",), np.asarray(values), dict(vattrs))
+    all_coords: dict[str, tuple] = {
+        SPECTRAL_DIM: (SPECTRAL_DIM, np.asarray(wave, np.float64), wave_attrs(frame, medium)),
+        "object": ("object", np.arange(n, dtype=np.int64), {"long_name": "index of the spectrum"}),
+    }
+    for name, (values, cattrs) in (coords or {}).items():
+        all_coords[name] = ("object", np.asarray(values), dict(cattrs))
+    ds = xr.Dataset(data_vars, coords=all_coords, attrs=dict(attrs))
+    encoding = {v: {"chunks": chunks, "compressors": cube_compressors()} for v in ("flux", "var", "mask")}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr notes that string arrays are not yet in the v3 spec
+        ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
 
 
 def write_region(path: str | os.PathLike, region: Mapping[str, slice],

@@ -38,3 +38,38 @@ def muse_minicube() -> Path:
         raise DataUnavailableError(f"{wheel} does not hold {MINICUBE_MEMBER} ({exc}). {how}") from exc
     tmp.replace(target)
     return target
+
+
+#: real SDSS spectra shipped in the pinned ppxf source distribution (ppxf/spectra/)
+SDSS_SPECTRA = ("NGC3073_SDSS_DR8.fits", "NGC3522_SDSS_DR8.fits", "NGC4636_SDSS_DR12.fits")
+
+
+def sdss_spectra() -> list[Path]:
+    """Paths of three real SDSS galaxy spectra (NGC 3073 and NGC 3522: DR8 CAS tables; NGC 4636:
+    a DR12 spec file) shipped in ``ppxf/spectra/`` of the pinned ``ppxf`` sdist; fetched once
+    (the sdist is the one the SSP library comes from) and cached."""
+    import tarfile
+
+    from survey_proc.ssp._library import _SDIST
+
+    folder = config.cache_dir() / "examples" / "sdss"
+    targets = [folder / name for name in SDSS_SPECTRA]
+    if all(t.exists() for t in targets):
+        return targets
+    how = (f"To supply them by hand, download {_SDIST} from PyPI, extract ppxf/spectra/ from it and copy "
+           f"{', '.join(SDSS_SPECTRA)} to {folder}")
+    sdist = registry_file(config.get("ssp.package"), _SDIST, config.get("ssp.sha256"),
+                          pip_args=("--no-binary", ":all:"), how_to_supply=how)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if "/spectra/" in member.name and name in SDSS_SPECTRA and member.isfile():
+                src = tar.extractfile(member)
+                tmp = folder / (name + ".partial")
+                tmp.write_bytes(src.read())
+                tmp.replace(folder / name)
+    missing = [t.name for t in targets if not t.exists()]
+    if missing:
+        raise DataUnavailableError(f"{sdist} does not hold {', '.join(missing)}. {how}")
+    return targets

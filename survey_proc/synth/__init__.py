@@ -38,6 +38,8 @@ from survey_proc.synth._populations import (
 )
 from survey_proc.synth._spectra import (
     EMISSION_LINES,
+    EMISSION_LINES_OPTICAL,
+    LINE_SETS,
     SKY_LINES,
     Synthesiser,
     emission_line_spectra,
@@ -49,7 +51,7 @@ __all__ = [
     "BandPhotometry", "GalaxyParams", "PhotometrySynthesiser", "ab_magnitude", "band_noise", "band_weights",
     "flux_unit_cgs", "galaxy_centre", "library_observed_range", "log_mass_surface_density", "mass_to_light",
     "mock_band_fluxes", "photometry_from_store", "synthetic_photometry", "write_mock_photometry",
-    "EMISSION_LINES", "LIKE", "SKY_LINES", "GalaxyMaps", "MockConfig", "Synthesiser",
+    "EMISSION_LINES", "EMISSION_LINES_OPTICAL", "LINE_SETS", "LIKE", "SKY_LINES", "GalaxyMaps", "MockConfig", "Synthesiser",
     "emission_line_spectra", "galaxy_maps", "light_weighted", "mass_fractions", "mass_weighted",
     "nearest_index", "open_truth", "sample_cluster", "sample_training_mixtures", "sky_line_profile",
     "truth_dataset", "truth_values", "write_mock",

@@ -36,6 +36,22 @@ EMISSION_LINES: dict[str, tuple[float, float]] = {
     "[SII]6731": (6730.82, 0.15),
 }
 
+#: :data:`EMISSION_LINES` plus the blue nebular lines an SDSS-like range (3800-8900 A observed)
+#: reaches: [OII], [NeIII], H-delta, H-gamma (case B, ratios for a typical star-forming HII
+#: region, Osterbrock & Ferland 2006) and [OI]6300
+EMISSION_LINES_OPTICAL: dict[str, tuple[float, float]] = {
+    "[OII]3726": (3726.03, 0.45 * 1.0),
+    "[OII]3729": (3728.82, 0.45 * 1.2),
+    "[NeIII]3869": (3868.75, 0.1 / 2.86),
+    "Hdelta": (4101.74, 0.259 / 2.86),
+    "Hgamma": (4340.47, 0.468 / 2.86),
+    **EMISSION_LINES,
+    "[OI]6300": (6300.30, 0.03),
+}
+
+#: line sets a training set can draw from (``TrainsetConfig.line_set``)
+LINE_SETS = {"default": EMISSION_LINES, "optical": EMISSION_LINES_OPTICAL}
+
 #: bright night-sky lines (air, observed frame, Angstrom) whose subtraction leaves residuals
 SKY_LINES = (5577.34, 5889.95, 5895.92, 6300.30, 6363.78, 6863.96, 7340.89, 8344.60, 8399.17,
              8827.10, 8885.85, 8919.64)
@@ -109,16 +125,18 @@ class Synthesiser:
 def emission_line_spectra(wave_obs: np.ndarray, redshift: float, halpha_flux: np.ndarray,
                           velocity: np.ndarray, sigma_gas: np.ndarray, av: np.ndarray,
                           lsf_fwhm: Callable[[np.ndarray], np.ndarray],
-                          dust_law: str = "calzetti00") -> np.ndarray:
+                          dust_law: str = "calzetti00",
+                          lines: dict[str, tuple[float, float]] | None = None) -> np.ndarray:
     """Gaussian nebular lines (n, len(wave_obs)) in flux density units per Angstrom.
 
     ``halpha_flux`` is the unattenuated H-alpha line flux (flux density x Angstrom); the other lines
-    follow :data:`EMISSION_LINES`, all attenuated by the screen ``av`` (mag) at their wavelengths.
+    follow ``lines`` (default :data:`EMISSION_LINES`; air wavelengths, ratio to H-alpha), all attenuated by the screen ``av`` (mag) at their wavelengths.
     """
     n = np.size(halpha_flux)
     out = np.zeros((n, wave_obs.size), np.float32)
-    rest = np.array([w for w, _ in EMISSION_LINES.values()])
-    ratio = np.array([r for _, r in EMISSION_LINES.values()])
+    lines = EMISSION_LINES if lines is None else lines
+    rest = np.array([w for w, _ in lines.values()])
+    ratio = np.array([r for _, r in lines.values()])
     k = attenuation_curve(rest, dust_law)
     z1 = (1 + redshift) * (1 + np.asarray(velocity, np.float64) / C_KMS)
     for j in range(rest.size):

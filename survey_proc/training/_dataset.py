@@ -1,6 +1,6 @@
 """Training sets: noise-free observed spectra with labels, and fresh noise per epoch.
 
-Spectra are synthesised in the *observed* frame of the instrument (MUSE grid and LSF at a random
+Spectra are synthesised in the *observed* frame of the instrument (MUSE or SDSS grid and LSF at a random
 redshift), then each epoch draws new noise, bad pixels, high-noise patches and sky residuals and
 runs the engine's own :func:`survey_proc.preprocess.prepare` — so a model trains on exactly what
 the engine will feed it.
@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from survey_proc.preprocess import InputSpec, prepare
-from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm
+from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
 from survey_proc.synth import (
     EMISSION_LINES,
+    LINE_SETS,
     Synthesiser,
     emission_line_spectra,
     light_weighted,
@@ -50,17 +51,40 @@ class Instrument:
     wave_stop: float
     wave_step: float
     lsf_fwhm: Callable[[np.ndarray], np.ndarray]  #: FWHM (Angstrom) at observed wavelengths
+    medium: str = "air"                      #: medium of the grid (SDSS: vacuum)
 
     @property
     def wave(self) -> np.ndarray:
         return self.wave_start + self.wave_step * np.arange(
             int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1)
 
+    @property
+    def wave_air(self) -> np.ndarray:
+        """The grid in air (the medium of the SSP library and of the line lists), Angstrom."""
+        return self.wave_in("air")
+
+    def wave_in(self, medium: str) -> np.ndarray:
+        """The grid expressed in ``medium`` (a model's declared medium), Angstrom."""
+        return self.wave if medium == self.medium else to_medium(self.wave, self.medium, medium)
+
 
 #: instruments a training set can be drawn for (name in :class:`TrainsetConfig`)
 INSTRUMENTS: dict[str, Instrument] = {
     "muse": Instrument("MUSE", 4750.0, 9350.0, 1.25, muse_lsf_fwhm),
+    # SDSS: vacuum wavelengths, ~1.15 A pixels (the native 1e-4 dex at 5000 A), resolution from
+    # the spectra's own wdisp (ssp.sdss_lsf_fwhm)
+    "sdss": Instrument("SDSS", 3700.0, 9300.0, 1.15, sdss_lsf_fwhm, medium="vacuum"),
 }
+
+#: Calzetti et al. (2000) R_V = A_V / E(B-V) of the attenuation law the spectra are reddened with;
+#: the label ``ebv`` is A_V / CALZETTI_RV
+CALZETTI_RV = 4.05
+#: R_V = A_V / E(B-V) of each dust law a set can be reddened with (ssp.attenuation_curve), for ``ebv``
+DUST_LAW_RV = {"calzetti00": CALZETTI_RV, "ccm89": 3.1, "odonnell94": 3.1, "fitzpatrick99": 3.1}
+
+#: sky-line windows masked in SDSS spectra (observed frame, vacuum Angstrom: [OI]5577, NaD,
+#: [OI]6300, [OI]6363, the strongest residuals of the SDSS sky subtraction)
+SDSS_SKY_MASKS_VACUUM = ((5572.0, 5586.0), (5885.0, 5904.0), (6295.0, 6310.0), (6359.0, 6373.0))
 
 
 def default_muse_input() -> InputSpec:
@@ -70,6 +94,17 @@ def default_muse_input() -> InputSpec:
                      masks_rest=EMISSION_MASKS_REST, masks_observed=SKY_MASKS_OBSERVED,
                      max_masked_fraction=0.5, min_coverage=0.99,
                      lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
+
+
+def sdss_observed_input() -> InputSpec:
+    """The input of SDSS-like models (after Wang et al. 2024): observed frame 3800-8900 A
+    (vacuum) at 1 A (5101 pixels), normalised by the median in 4950-5050 A, no de-redshifting;
+    strong sky-line residuals masked."""
+    return InputSpec(wave_start=3800.0, wave_stop=8900.0, wave_step=1.0, frame="observed", medium="vacuum",
+                     channels=("flux", "error", "mask"), normalise="window",
+                     normalise_window=(4950.0, 5050.0), masks_observed=SDSS_SKY_MASKS_VACUUM,
+                     max_masked_fraction=0.5, min_coverage=0.99,
+                     lsf="SDSS, R ~ 1800-2700 (ssp.sdss_lsf_fwhm), observed frame")
 
 
 @dataclass
@@ -89,6 +124,7 @@ class TrainsetConfig:
     instrument: str = "muse"
     labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
     redshift_range: tuple[float, float] = (0.0, 0.1)
+    redshift_distribution: str = "uniform"        #: uniform | sdss (see draw_redshift)
     av_range: tuple[float, float] = (0.0, 1.5)
     dust_law: str = "calzetti00"
     sigma_range_kms: tuple[float, float] = (30.0, 300.0)
@@ -100,17 +136,39 @@ class TrainsetConfig:
     sfh_fraction: float = 0.3                     #: spectra from continuous star-formation histories
     emission_fraction: float = 0.5
     max_halpha_ew: float = 60.0                   #: Angstrom
+    line_set: str = "default"                     #: nebular lines drawn: default | optical (LINE_SETS)
     bad_patches: tuple[int, int] = (15, 25)       #: masked patches of 3-15 pixels per spectrum ...
     bad_patch_fraction: float = 0.5               #: ... in this share of the spectra
     noisy_patch_fraction: float = 0.25            #: share of spectra with a high-noise patch
     batch: int = 2048                             #: spectra synthesised per redshift draw
     extra: dict = field(default_factory=dict)
 
+    def identity(self) -> dict:
+        """The fields that define the set, for digests: options added later are left out while they
+        hold the value that reproduces sets drawn before them (so older stores and checkpoints resume)."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
+
     def digest(self, lib: SSPLibrary, spec: InputSpec) -> str:
         """Hash of everything that defines the set (config, library, model input)."""
-        payload = json.dumps({"cfg": asdict(self), "lib": lib.digest(), "input": spec.to_manifest()},
+        payload = json.dumps({"cfg": self.identity(), "lib": lib.digest(), "input": spec.to_manifest()},
                              sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+#: options added to TrainsetConfig after training sets were first digested, at their neutral values
+_LATER_OPTIONS = {"line_set": "default", "redshift_distribution": "uniform"}
+
+#: values that reproduce the draws of bundles recorded before these options existed (the recipe of
+#: the first SDSS bundle: SSP mixtures only, bad patches in every spectrum)
+_RECORDED_BEFORE = {"sfh_fraction": 0.0, "bad_patch_fraction": 1.0}
+
+
+def trainset_from_record(recorded: dict) -> TrainsetConfig:
+    """The :class:`TrainsetConfig` recorded in a manifest or store (lists back to tuples); an
+    option the record predates gets the value that reproduces how that set was drawn."""
+    values = {**_RECORDED_BEFORE, **recorded} if recorded else {}
+    return TrainsetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 #: ``kind`` values of a training spectrum
@@ -153,10 +211,44 @@ def instrument_of(cfg: TrainsetConfig) -> Instrument:
         raise ValueError(f"unknown instrument {cfg.instrument!r}; known: {', '.join(INSTRUMENTS)}") from None
 
 
+def draw_redshift(rng: np.random.Generator, cfg: TrainsetConfig) -> float:
+    """One redshift inside ``cfg.redshift_range``.
+
+    ``uniform``: uniform over the range. ``sdss``: 70 % from n(z) ~ z^2 exp(-(z/0.0708)^1.5)
+    (median z = 0.10, like the SDSS main galaxy sample), 30 % uniform over the range (the
+    luminous-red tail), both truncated to the range.
+    """
+    lo, hi = cfg.redshift_range
+    if cfg.redshift_distribution == "uniform" or hi <= lo:
+        return float(rng.uniform(lo, hi))
+    if cfg.redshift_distribution != "sdss":
+        raise ValueError(f"unknown redshift_distribution {cfg.redshift_distribution!r} (uniform | sdss)")
+    if rng.random() < 0.3:
+        return float(rng.uniform(lo, hi))
+    for _ in range(1000):
+        z = 0.0708 * rng.gamma(3.0 / 1.5, 1.0) ** (1 / 1.5)
+        if lo <= z <= hi:
+            return float(z)
+    return float(rng.uniform(lo, hi))
+
+
+def _row_window(spec: InputSpec, inst: Instrument, z: float, z_max: float) -> tuple[int, int]:
+    """(first index into the instrument grid, pixels) of the rows synthesised at redshift ``z``:
+    they cover the model grid (rest-frame models: at the largest redshift) plus a margin."""
+    full = inst.wave
+    lo, hi = spec.wave_start - 10.0, spec.wave_stop + 10.0
+    if spec.frame == "observed":
+        n_obs = int(np.ceil((hi - lo) / inst.wave_step)) + 2
+        return int(np.clip(np.searchsorted(full, lo) - 1, 0, full.size - n_obs)), n_obs
+    n_obs = int(np.ceil((hi * (1 + z_max) - lo) / inst.wave_step)) + 2
+    return int(np.clip(np.searchsorted(full, lo * (1 + z)) - 1, 0, full.size - n_obs)), n_obs
+
+
 def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, av: np.ndarray,
-                  sigma: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+                  sigma: np.ndarray, velocity: np.ndarray, dust_law: str = "calzetti00") -> np.ndarray:
     log_age, metal = light_weighted(weights, lib)
-    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma, "velocity": velocity}
+    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma, "velocity": velocity,
+            "ebv": av / DUST_LAW_RV[dust_law]}  # E(B-V) of the law the spectra are reddened with
     if any(n.endswith("_mw") for n in names):
         cols["log_age_mw"], cols["metallicity_mw"] = mass_weighted(weights, lib)
     unknown = [n for n in names if n not in cols]
@@ -166,21 +258,25 @@ def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, 
 
 
 def _grid_rows(cfg: TrainsetConfig, spec: InputSpec) -> int:
-    """Observed pixels per row: the model grid at the largest redshift, plus margins."""
-    lo_rest, hi_rest = spec.wave_start - 10.0, spec.wave_stop + 10.0
-    return int(np.ceil((hi_rest * (1 + cfg.redshift_range[1]) - lo_rest) / instrument_of(cfg).wave_step)) + 2
+    """Observed pixels per row (the same for every batch of a set)."""
+    return _row_window(spec, instrument_of(cfg), cfg.redshift_range[0], cfg.redshift_range[1])[1]
+
+
+def _line_list(cfg: TrainsetConfig) -> dict[str, tuple[float, float]]:
+    try:
+        return LINE_SETS[cfg.line_set]
+    except KeyError:
+        raise ValueError(f"unknown line_set {cfg.line_set!r}; known: {', '.join(LINE_SETS)}") from None
 
 
 def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, index: int) -> NoiseFreeSet:
     """Batch ``index`` of the set: ``cfg.batch`` spectra at one redshift, seeded by (seed, index)."""
     rng = np.random.default_rng([cfg.seed, index])
     inst = instrument_of(cfg)
-    full = inst.wave
-    n_obs = _grid_rows(cfg, spec)
     m = min(cfg.batch, cfg.n - index * cfg.batch)
-    z = float(rng.uniform(*cfg.redshift_range))
-    i0 = int(np.clip(np.searchsorted(full, (spec.wave_start - 10.0) * (1 + z)) - 1, 0, full.size - n_obs))
-    wave = full[i0:i0 + n_obs]
+    z = draw_redshift(rng, cfg)
+    i0, n_obs = _row_window(spec, inst, z, cfg.redshift_range[1])
+    wave = inst.wave_air[i0:i0 + n_obs]  # the SSP library and the line lists are in air
     synth = Synthesiser(lib, wave, z, inst.lsf_fwhm, dust_law=cfg.dust_law)
     kind = np.where(rng.random(m) < cfg.sfh_fraction, CONTINUOUS_SFH, SSP_MIXTURE).astype(np.uint8)
     weights = np.empty((m, lib.metal.size, lib.log_age.size))
@@ -197,14 +293,15 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
         ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
         cont = np.median(flux[emit], axis=1)
         lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
-                                      rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm, cfg.dust_law)
+                                      rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm, cfg.dust_law,
+                                      lines=_line_list(cfg))
         # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
         flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
     snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
     snr[rng.random(m) < cfg.noiseless_fraction] = 300.0
     return NoiseFreeSet(flux.astype(np.float32), np.full(m, i0), np.full(m, z), snr,
-                        _label_values(cfg.labels, weights, lib, av, sigma, velocity), tuple(cfg.labels),
-                        weights.astype(np.float32), kind, emit)
+                        _label_values(cfg.labels, weights, lib, av, sigma, velocity, cfg.dust_law),
+                        tuple(cfg.labels), weights.astype(np.float32), kind, emit)
 
 
 def n_batches(cfg: TrainsetConfig) -> int:
@@ -213,6 +310,7 @@ def n_batches(cfg: TrainsetConfig) -> int:
 
 def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: bool = False) -> NoiseFreeSet:
     """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range (in memory)."""
+    _line_list(cfg)  # unknown options fail before any work
     batches = range(n_batches(cfg))
     if progress:
         from tqdm import tqdm
@@ -237,8 +335,7 @@ class StoredSet:
         if not done.all():
             raise ValueError(f"training set {path} is incomplete ({int(done.sum())} of {done.size} batches); "
                              "rerun `survey-proc trainset` with the same arguments to finish it")
-        self.config = TrainsetConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in json.loads(attrs["config"]).items()})
+        self.config = trainset_from_record(json.loads(attrs["config"]))
         self.digest = attrs["digest"]
         self.label_names = tuple(attrs["label_names"])
         self.labels = np.asarray(self.group["labels"][...])
@@ -342,7 +439,7 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
     snr_pix = data.snr[:, None] * np.sqrt(step)
     gain = (med / ((1.0 + sky / med) * snr_pix**2)).astype(np.float32)
     # sky-line residuals and their extra variance, at the observed wavelengths of each row
-    full = inst.wave
+    full = inst.wave_air
     profiles = sky_line_profile(full, inst.lsf_fwhm).sum(axis=0).astype(np.float32)
     idx = data.wave_index[:, None] + np.arange(npix)[None, :]
     sky_lines = profiles[idx] * (30 * gain * sky)
@@ -370,7 +467,7 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
 def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig, spec: InputSpec,
                 chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs for one noise realisation: (x, flags, snr) through the engine's ``prepare``."""
-    full = instrument_of(cfg).wave
+    full = instrument_of(cfg).wave_in(spec.medium)  # the engine, too, hands the data in the model's medium
     xs, flags, snrs = [], [], []
     for start in range(0, len(data), chunk):
         part = data.subset(np.arange(start, min(start + chunk, len(data))))
@@ -390,5 +487,7 @@ def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfi
     return np.concatenate(xs), np.concatenate(flags), np.concatenate(snrs)
 
 
-__all__ = ["EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS", "SKY_MASKS_OBSERVED", "Instrument", "NoiseFreeSet",
-           "TrainsetConfig", "default_muse_input", "make_inputs", "observe_noisy", "synthesise"]
+__all__ = ["CALZETTI_RV", "CONTINUOUS_SFH", "DUST_LAW_RV", "EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS",
+           "SDSS_SKY_MASKS_VACUUM", "SKY_MASKS_OBSERVED", "SSP_MIXTURE", "Instrument", "NoiseFreeSet", "StoredSet",
+           "TrainsetConfig", "default_muse_input", "draw_redshift", "make_inputs", "n_batches", "observe_noisy",
+           "sdss_observed_input", "synthesise", "synthesise_batch", "trainset_from_record", "write_trainset"]

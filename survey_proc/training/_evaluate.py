@@ -29,6 +29,7 @@ from survey_proc.training._dataset import (
     instrument_of,
     observe_noisy,
     synthesise,
+    trainset_from_record,
 )
 from survey_proc.training._metrics import score_predictions
 
@@ -53,8 +54,8 @@ def predict_noisy(est: Estimator, data: NoiseFreeSet, flux: np.ndarray, var: np.
                   cfg: TrainsetConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run ``est`` on noisy observed spectra through its own preprocessing; returns (pred, fitted)."""
     inst = instrument_of(cfg)
-    full = inst.wave
     spec = est.manifest.input
+    full = inst.wave_in(spec.medium)  # as the engine hands data to a model: in its declared medium
     n = len(data)
     fitted = np.zeros(n, bool)
     parts: dict[str, np.ndarray] = {}
@@ -119,8 +120,7 @@ def evaluate(model: str, snrs: Sequence[float] = (10, 20, 30, 50), n: int = 500,
     est = load_estimator(model)
     raw = est.manifest.raw
     training = raw.get("training", {}).get("config", {})
-    tcfg = TrainsetConfig(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in training.get("trainset", {}).items()}) if training else TrainsetConfig()
+    tcfg = trainset_from_record(training.get("trainset", {}))
     train_seed = tcfg.seed
     seed = train_seed + EVAL_SEED_OFFSET if seed is None else seed
     used = {train_seed, train_seed + 1_000_003}  # training and validation

@@ -28,7 +28,7 @@ import yaml
 
 from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME
 from survey_proc.preprocess import InputSpec
-from survey_proc.ssp import SSPLibrary, load_ssp_library
+from survey_proc.ssp import SSPLibrary, load_ssp_library, to_medium
 from survey_proc.stores._maps import property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
@@ -38,12 +38,13 @@ from survey_proc.training._dataset import (
     default_muse_input,
     instrument_of,
     make_inputs,
+    sdss_observed_input,
     synthesise,
     write_trainset,
 )
 from survey_proc.training._evaluate import evaluate
 
-INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input}
+INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input, "sdss-observed-3800-8900": sdss_observed_input}
 
 
 @dataclass
@@ -97,7 +98,8 @@ class TrainConfig:
             return cls.from_dict(yaml.safe_load(f) or {})
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        identity = {**asdict(self), "trainset": self.trainset.identity()}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def predicts_weights(self) -> bool:
@@ -156,9 +158,10 @@ def make_reconstructor(lib: SSPLibrary, spec: InputSpec, ts: TrainsetConfig) -> 
     """The SSP templates on the model grid for the instrument at the middle of the redshift range."""
     inst = instrument_of(ts)
     z = 0.5 * (ts.redshift_range[0] + ts.redshift_range[1])
-    wave_obs = spec.wave * (1 + z) if spec.frame == "rest" else spec.wave
+    model_wave = to_medium(spec.wave, spec.medium, "air")  # the SSP library is in air
+    wave_obs = model_wave * (1 + z) if spec.frame == "rest" else model_wave
     synth = Synthesiser(lib, wave_obs, z, inst.lsf_fwhm, max_velocity=1500.0, dust_law=ts.dust_law)
-    model_rest = spec.wave if spec.frame == "rest" else spec.wave / (1 + z)
+    model_rest = model_wave if spec.frame == "rest" else model_wave / (1 + z)
     return Reconstructor.from_synthesiser(synth, model_rest)
 
 
