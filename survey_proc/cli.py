@@ -347,6 +347,14 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from survey_proc.estimators import load_manifest, packaged_models
 
@@ -354,6 +362,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         m = load_manifest(name)
         held = m.raw.get("metrics", {}).get("held_out", {})
         by_snr = held.get("snr", {}) if "snr" in held else held  # `evaluate` layout, or {snr: scores} of older bundles
+        by_snr = {k: v for k, v in by_snr.items() if _is_number(k) and isinstance(v, dict)}  # photometric: set_a, ...
         snr = min(by_snr, key=lambda k: abs(float(k) - 30.0)) if by_snr else None  # S/N 30 or the nearest
         metrics = by_snr[snr].get("model", by_snr[snr]) if snr else {}
         parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict) and "robust_sigma" in v]

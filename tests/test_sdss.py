@@ -241,8 +241,8 @@ def test_engine_reads_wavelengths_in_the_models_medium(real_store):
     from survey_proc.engine._region import _wave_and_lsf
 
     vac = xr.open_zarr(real_store).wave.values
-    same, _ = _wave_and_lsf(str(real_store), "vacuum")
-    air, lsf = _wave_and_lsf(str(real_store), "air")
+    same, _ = _wave_and_lsf(str(real_store), medium="vacuum")
+    air, lsf = _wave_and_lsf(str(real_store), medium="air")
     np.testing.assert_array_equal(same, vac)
     np.testing.assert_allclose(air, vacuum_to_air(vac))
     assert np.all((vac - air > 1.0) & (vac - air < 2.6)) and lsf.shape == vac.shape
