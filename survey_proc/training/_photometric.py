@@ -42,7 +42,7 @@ from survey_proc.stores._maps import NOT_FITTED, property_attrs
 from survey_proc.training._arch import ExportedModel
 from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, noisy, split_galaxies, synthesise_galaxies
 from survey_proc.training._metrics import score_predictions
-from survey_proc.training._train import _plot_history, gaussian_nll, pick_device
+from survey_proc.training._train import end_epoch, gaussian_nll, pick_device, resume_state
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -212,18 +212,8 @@ def fit(net: nn.Module, epoch_batches: Callable[[int], Iterable[tuple[np.ndarray
     curve; leaves the best weights (lowest validation loss) in ``net``; returns the state."""
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    state = {"epoch": 0, "best_val": float("inf"), "best_epoch": -1, "history": [], "stale": 0}
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("config_digest") == cfg.digest():
-            net.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["opt"])
-            sched.load_state_dict(ckpt["sched"])
-            state = ckpt["state"]
-            say(f"resuming from {ckpt_path} after epoch {state['epoch']}")
-        else:
-            say(f"{ckpt_path} belongs to another configuration; starting afresh")
+    state = resume_state(ckpt_path, net, opt, sched, cfg.digest(), device, say)
 
     def evaluate() -> float:
         net.eval()
@@ -249,21 +239,8 @@ def fit(net: nn.Module, epoch_batches: Callable[[int], Iterable[tuple[np.ndarray
             seen += xb.shape[0]
         sched.step()
         val_loss = evaluate()
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                                 "seconds": time.perf_counter() - t_ep, "lr": sched.get_last_lr()[0]})
-        if val_loss < state["best_val"]:
-            state.update(best_val=val_loss, best_epoch=epoch + 1, stale=0)
-            torch.save(net.state_dict(), best_path)
-        else:
-            state["stale"] += 1
-        say(f"epoch {epoch + 1}/{cfg.epochs}: train {np.mean(losses):.4f}  val {val_loss:.4f}  "
-            f"({seen / (time.perf_counter() - t_ep):.0f} samples/s)")
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "state": state, "config_digest": cfg.digest()}, tmp)
-        os.replace(tmp, ckpt_path)
-        _plot_history(state["history"], out / "loss_curve.png")
+        end_epoch(state, f"epoch {epoch + 1}/{cfg.epochs}", float(np.mean(losses)), val_loss,
+                  time.perf_counter() - t_ep, seen, "samples/s", net, opt, sched, cfg.digest(), out, say)
     net.load_state_dict(torch.load(best_path, map_location=device))
     return state
 

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,47 @@ def _novelty_statistics(net, train_set, val_feats: np.ndarray, cfg: TrainConfig,
     return feat_mean, prec, float(np.quantile(val_scores, cfg.ood_quantile))
 
 
+def resume_state(ckpt_path: Path, net: torch.nn.Module, opt, sched, digest: str, device: torch.device,
+                 say: Callable[..., None]) -> dict:
+    """The loop state: fresh, or from ``ckpt_path`` (weights, optimiser, schedule restored in place)
+    when that checkpoint was written for the configuration of this ``digest``."""
+    state = {"epoch": 0, "best_val": float("inf"), "best_epoch": -1, "history": [], "stale": 0}
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("config_digest") == digest:
+            net.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            sched.load_state_dict(ckpt["sched"])
+            state = ckpt["state"]
+            say(f"resuming from {ckpt_path} after epoch {state['epoch']}")
+        else:
+            say(f"{ckpt_path} belongs to another configuration; starting afresh")
+    return state
+
+
+def end_epoch(state: dict, label: str, train_loss: float, val_loss: float, seconds: float, samples: int,
+              unit: str, net: torch.nn.Module, opt, sched, digest: str, out: Path,
+              say: Callable[..., None]) -> None:
+    """After an epoch of ``samples`` in ``seconds`` (``sched`` already stepped): history, best weights
+    (``out/best.pt``), early-stopping count, a log line, the checkpoint (written atomically), loss curve."""
+    epoch = state["epoch"] + 1
+    state["epoch"] = epoch
+    state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                             "seconds": seconds, "lr": sched.get_last_lr()[0]})
+    if val_loss < state["best_val"]:
+        state.update(best_val=val_loss, best_epoch=epoch, stale=0)
+        torch.save(net.state_dict(), out / "best.pt")
+    else:
+        state["stale"] += 1
+    say(f"{label}: train {train_loss:.4f}  val {val_loss:.4f}  ({samples / seconds:.0f} {unit})")
+    ckpt_path = out / "checkpoint.pt"
+    tmp = ckpt_path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "state": state, "config_digest": digest}, tmp)
+    os.replace(tmp, ckpt_path)
+    _plot_history(state["history"], out / "loss_curve.png")
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Train, calibrate and export a bundle into ``out_dir/bundle``; returns the bundle path.
 
@@ -275,19 +317,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     amp = device.type == "cuda"
-    state = {"epoch": 0, "best_val": float("inf"), "best_epoch": -1, "history": [], "stale": 0}
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("config_digest") == cfg.digest():
-            net.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["opt"])
-            sched.load_state_dict(ckpt["sched"])
-            state = ckpt["state"]
-            say(f"resuming from {ckpt_path} after epoch {state['epoch']}")
-        else:
-            say(f"{ckpt_path} belongs to another configuration; starting afresh")
-    best_path = out / "best.pt"
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    state = resume_state(ckpt_path, net, opt, sched, cfg.digest(), device, say)
 
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
@@ -330,21 +361,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         sched.step()
         m, lv, _ = _predict_raw(net, x_val, device)
         val_loss = float(gaussian_nll(torch.from_numpy(m), torch.from_numpy(lv), torch.from_numpy(y_val)))
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                                 "seconds": time.perf_counter() - t_ep, "lr": sched.get_last_lr()[0]})
-        if val_loss < state["best_val"]:
-            state.update(best_val=val_loss, best_epoch=epoch + 1, stale=0)
-            torch.save(net.state_dict(), best_path)
-        else:
-            state["stale"] += 1
-        say(f"epoch {epoch + 1}: train {np.mean(losses):.4f}  val {val_loss:.4f}  "
-            f"({seen / (time.perf_counter() - t_ep):.0f} spectra/s)")
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "state": state, "config_digest": cfg.digest()}, tmp)
-        os.replace(tmp, ckpt_path)
-        _plot_history(state["history"], out / "loss_curve.png")
+        end_epoch(state, f"epoch {epoch + 1}", float(np.mean(losses)), val_loss, time.perf_counter() - t_ep, seen,
+                  "spectra/s", net, opt, sched, cfg.digest(), out, say)
 
     net.load_state_dict(torch.load(best_path, map_location=device))
     net = net.cpu().eval()
