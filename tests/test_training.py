@@ -33,7 +33,8 @@ def test_training_set_labels_cover_the_grid(ssp_lib):
 def toy_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
     cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1)
+                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1,
+                      n_calib=1500)
     return train(cfg, out, progress=False), out
 
 
@@ -72,7 +73,8 @@ def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
     x[:, 2] = 0
     before = load_estimator(bundle).predict(x)
     cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1)
+                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1,
+                      n_calib=1500)
     again = train(cfg, run_dir, progress=False)   # the checkpoint says 2 of 2 epochs: nothing more to train
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 2
     after = load_estimator(again).predict(x)
@@ -98,3 +100,33 @@ def test_evaluate_cli_writes_the_documented_json(toy_bundle, tmp_path):
     assert (tmp_path / "eval.png").stat().st_size > 1000
     # noisier spectra are not estimated better than cleaner ones (a property of any sane estimator)
     assert data["snr"]["10"]["model"]["log_age"]["robust_sigma"] >= 0.8 * data["snr"]["30"]["model"]["log_age"]["robust_sigma"]
+
+
+def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_path, mock16):
+    """The GalProTE-style architecture (parallel kernels 11/21/31/61, attention, transformer) at toy
+    size: it predicts the age-[M/H] weight grid, rebuilds the spectrum from the library and writes
+    the reduced chi2, whose out-of-distribution rule is in the manifest; the engine runs it unchanged."""
+    from survey_proc.engine import RunConfig, run
+
+    cfg = TrainConfig(name="toy-galprote", arch="galprote", arch_kwargs={"d_model": 8, "stride": 16, "heads": 2},
+                      trainset=TrainsetConfig(n=512, batch=512, seed=4,
+                                              labels=("log_age", "metallicity", "av", "sigma", "velocity")),
+                      n_val=128, n_test=50, epochs=1, chunk=512, batch_size=64, test_snr=(30.0,),
+                      weight_loss=0.2, recon_loss=0.2, reconstruct=True, threads=1, n_calib=1500)
+    bundle = train(cfg, tmp_path / "run", progress=False)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["outputs"]["weights"]["dims"] == ["age", "metal"]
+    assert {r["output"] for r in manifest["flags"]["OUT_OF_DISTRIBUTION"]} == {"ood_score", "chi2"}
+    summary = run(RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle),
+                            cluster="none", progress=False))
+    assert summary.verified and summary.spectra == 256
+    maps = xr.open_zarr(tmp_path / "m.zarr")
+    ok = maps.flag.values == 0
+    assert ok.mean() > 0.5
+    weights = maps.weights.transpose("y", "x", "age", "metal").values[ok]
+    assert weights.shape[1:] == (25, 6)
+    # light fractions: non-negative, summing to one in every fitted spaxel
+    assert (weights >= 0).all() and np.allclose(weights.sum(axis=(1, 2)), 1.0, atol=1e-3)
+    chi2 = maps.chi2.values[ok]
+    assert np.isfinite(chi2).all() and (chi2 > 0).all()
+    assert np.isfinite(maps.velocity.values[ok]).all() and (maps.velocity_err.values[ok] > 0).all()

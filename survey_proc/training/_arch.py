@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from survey_proc.training._edges import EdgeTable, apply_edge_table, noise_level
+
 
 def conv_length(length: int, kernel: int, stride: int) -> int:
     """Output length of a Conv1d with padding kernel // 2."""
@@ -169,12 +171,15 @@ class ExportedModel(nn.Module):
     ``ood_score`` is the Mahalanobis distance of the features from the training features divided
     by sqrt(dim): about 1 for inputs like the training set, large for inputs unlike it. With a
     reconstructor the module also returns the light-fraction grid ``weights`` (n, nage, nmetal) and
-    the reduced ``chi2`` of the rebuilt spectrum.
+    the reduced ``chi2`` of the rebuilt spectrum. Outputs with an edge table (:mod:`._edges`) are
+    de-shrunk at the grid edges, their uncertainties scaled by the slope of the correction.
     """
 
     def __init__(self, net: nn.Module, names: list[str], label_mean: torch.Tensor, label_std: torch.Tensor,
                  feat_mean: torch.Tensor, feat_prec: torch.Tensor, err_scale: torch.Tensor | None = None,
-                 reconstructor: Reconstructor | None = None, grid_shape: tuple[int, int] = (0, 0)) -> None:
+                 reconstructor: Reconstructor | None = None, grid_shape: tuple[int, int] = (0, 0),
+                 edge_tables: dict[str, EdgeTable] | None = None,
+                 noise_channels: tuple[int, int, int] = (0, 1, 2)) -> None:
         super().__init__()
         self.net = net
         self.names = names
@@ -190,11 +195,38 @@ class ExportedModel(nn.Module):
         self.i_av = names.index("av") if "av" in names else -1
         self.i_sigma = names.index("sigma") if "sigma" in names else -1
         self.i_velocity = names.index("velocity") if "velocity" in names else -1
+        self.i_flux, self.i_error, self.i_mask = (int(c) for c in noise_channels)  # for noise_level
+        self.set_edge_tables(edge_tables or {})
+
+    def set_edge_tables(self, tables: dict[str, EdgeTable]) -> None:
+        """Edge de-shrinkage (:mod:`._edges`) of the named outputs; an empty dict turns it off."""
+        names = [n for n in self.names if n in tables]
+        n_err = max([tables[n].noise.size for n in names] or [1])
+        n_true = max([tables[n].true.size for n in names] or [2])
+        for n in names:
+            if tables[n].noise.size != n_err or tables[n].true.size != n_true:
+                raise ValueError("edge tables of one model must share their shape")
+        self.register_buffer("edge_index", torch.tensor([self.names.index(n) for n in names], dtype=torch.long))
+        stack = (lambda f, shape: torch.tensor(np.array([f(tables[n]) for n in names]), dtype=torch.float32)
+                 if names else torch.zeros(shape))
+        self.register_buffer("edge_noise", stack(lambda t: t.noise, (0, n_err)))
+        self.register_buffer("edge_true", stack(lambda t: t.true, (0, n_true)))
+        self.register_buffer("edge_table", stack(lambda t: t.table, (0, n_err, n_true)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mean, log_var, feat, weights = self.net(x)
         value = mean * self.label_std + self.label_mean
         err = torch.exp(0.5 * log_var) * self.label_std * self.err_scale
+        if self.edge_index.shape[0] > 0:
+            noise = noise_level(x, self.i_flux, self.i_error, self.i_mask)
+        else:
+            noise = torch.zeros_like(value[:, 0])
+        for k in range(self.edge_index.shape[0]):
+            i = int(self.edge_index[k])
+            v, e = apply_edge_table(value[:, i], err[:, i], noise, self.edge_noise[k], self.edge_true[k],
+                                    self.edge_table[k])
+            value = torch.cat([value[:, :i], v[:, None], value[:, i + 1:]], dim=1)
+            err = torch.cat([err[:, :i], e[:, None], err[:, i + 1:]], dim=1)
         d = feat - self.feat_mean
         score = torch.sqrt((d @ self.feat_prec * d).sum(dim=1) / float(d.shape[1]))
         out: dict[str, torch.Tensor] = {"ood_score": score}

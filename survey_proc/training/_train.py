@@ -43,6 +43,7 @@ from survey_proc.training._dataset import (
     synthesise,
     write_trainset,
 )
+from survey_proc.training._edges import fit_edge_table, noise_level
 from survey_proc.training._evaluate import evaluate
 
 INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input, "sdss-observed-3800-8900": sdss_observed_input}
@@ -76,6 +77,9 @@ class TrainConfig:
     min_snr: float = 5.0
     ood_quantile: float = 0.995
     chunk: int = 8192
+    edge_correction: bool = True        #: de-shrink log_age and [M/H] at the grid edges (training._edges)
+    n_calib: int = 20000                #: calibration spectra (own seed) the edge tables are fitted on
+    edge_min_snr: float = 20.0          #: S/N per Angstrom below which the edge correction fades out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
@@ -99,12 +103,19 @@ class TrainConfig:
             return cls.from_dict(yaml.safe_load(f) or {})
 
     def digest(self) -> str:
-        identity = {**asdict(self), "trainset": self.trainset.identity()}
+        """Hash of what the training loop depends on (calibration after training is left out, so a
+        finished run re-exports with new calibration options instead of training again)."""
+        identity = {k: v for k, v in asdict(self).items() if k not in _AFTER_TRAINING}
+        identity["trainset"] = self.trainset.identity()
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def predicts_weights(self) -> bool:
         return self.weight_loss > 0 or self.recon_loss > 0 or self.reconstruct
+
+
+#: options used only after the training loop (calibration, export)
+_AFTER_TRAINING = ("edge_correction", "n_calib", "edge_min_snr")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -236,6 +247,50 @@ def _novelty_statistics(net, train_set, val_feats: np.ndarray, cfg: TrainConfig,
     d = val_feats - feat_mean
     val_scores = np.sqrt(np.einsum("ij,jk,ik->i", d, prec, d) / d.shape[1])
     return feat_mean, prec, float(np.quantile(val_scores, cfg.ood_quantile))
+
+
+_EDGE_NOTE = ("median prediction (table[i][j]) of true value true[j] at noise level noise[i] (1 / median S/N "
+              "per pixel of the model input), from "
+              "calibration spectra of their own seed; outputs are this curve inverted (survey_proc.training._edges)")
+
+
+def _fit_edge_tables(exported: ExportedModel, cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec) -> dict:
+    """Edge tables for log_age and metallicity from ``cfg.n_calib`` spectra of seeds of their own (not
+    training, validation or held-out): half 1-3 SSP mixtures, half continuous SFHs (the populations
+    the held-out scores are about), noised like the training set at S/N 5-80."""
+    from survey_proc.training._evaluate import FAMILIES, heldout_config
+
+    grid = {"log_age": (lib.log_age[0], lib.log_age[-1]), "metallicity": (lib.metal[0], lib.metal[-1])}
+    names = [n for n in exported.names if n in grid]
+    if not names:
+        return {}
+    if "error" not in spec.channels:
+        return {}  # the noise level is measured from the error channel
+    preds: dict[str, list] = {}
+    for k, family in enumerate(FAMILIES):
+        # S/N over the training range; no noiseless spectra (they would fill the smallest-noise bin)
+        ts = dataclasses.replace(heldout_config(cfg.trainset, family, cfg.n_calib // len(FAMILIES),
+                                                cfg.trainset.seed + 1_500_007 + k), noiseless_fraction=0.0)
+        calib = synthesise(ts, lib, spec)
+        x, _, _ = make_inputs(calib, np.random.default_rng([cfg.seed, 97, k]), ts, spec)
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            outs = [exported(xt[s:s + 2048]) for s in range(0, x.shape[0], 2048)]
+            noise = noise_level(xt, *exported_noise_channels(spec)).numpy()
+        for n in names:
+            true = calib.labels[:, list(calib.label_names).index(n)]
+            preds.setdefault(n, []).append((torch.cat([o[n] for o in outs]).numpy(), true, noise))
+    # (pred, true, noise) per family -> pooled arrays
+    step = spec.wave_step or float(np.median(np.diff(spec.wave)))  # Angstrom per model pixel
+    max_noise = 1.0 / (cfg.edge_min_snr * np.sqrt(step))          # S/N per Angstrom -> per pixel
+    return {n: fit_edge_table(*(np.concatenate(col) for col in zip(*parts)), *grid[n], max_noise=max_noise)
+            for n, parts in preds.items()}
+
+
+def exported_noise_channels(spec: InputSpec) -> tuple[int, int, int]:
+    """(flux, error, mask) channel indices of a model input (-1: no mask channel)."""
+    ch = list(spec.channels)
+    return ch.index("flux"), ch.index("error"), ch.index("mask") if "mask" in ch else -1
 
 
 def resume_state(ckpt_path: Path, net: torch.nn.Module, opt, sched, digest: str, device: torch.device,
@@ -373,7 +428,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     feat_mean, prec, ood_threshold = _novelty_statistics(net, train_set, feats_val, cfg, spec)
     exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std), torch.tensor(feat_mean),
                              torch.tensor(prec), torch.tensor(err_scale),
-                             recon if cfg.reconstruct else None, (lib.metal.size, lib.log_age.size))
+                             recon if cfg.reconstruct else None, (lib.metal.size, lib.log_age.size),
+                             noise_channels=exported_noise_channels(spec) if "error" in spec.channels else (0, 0, -1))
+    edge_tables = _fit_edge_tables(exported, cfg, lib, spec) if cfg.edge_correction else {}
+    exported.set_edge_tables(edge_tables)
     rules: list[dict] = [{"output": "ood_score", "threshold": ood_threshold,
                           "meaning": f"feature Mahalanobis score above the {cfg.ood_quantile:.1%} quantile of "
                                      "validation spectra"}]
@@ -392,8 +450,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         "config": asdict(cfg), "config_digest": cfg.digest(), "trainset_hash": ts.digest(lib, spec),
         "ssp_library": lib.provenance.get("source"), "n_train": len(train_set), "n_val": len(val_set),
         "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "uncertainty_scale": err_scale.tolist(),
+        "edge_correction": {"note": _EDGE_NOTE, **{n: t.to_manifest() for n, t in edge_tables.items()}}
+        if edge_tables else None,
         "parameters": int(sum(p.numel() for p in net.parameters())), "device": str(device),
-        "seconds": time.perf_counter() - t0})
+        "seconds": time.perf_counter() - t0,  # this invocation (a resumed run: calibration and export only)
+        "epoch_seconds": float(sum(h["seconds"] for h in state["history"]))})
 
     metrics = evaluate(str(bundle), snrs=cfg.test_snr, n=cfg.n_test, seed=ts.seed + 2_000_003, lib=lib,
                        png=out / "heldout_predicted_vs_true.png", progress=False)
