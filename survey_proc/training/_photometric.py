@@ -64,9 +64,11 @@ class SEDCNN(nn.Module):
         self.mean = nn.Linear(hidden[1], n_outputs)
         self.log_var = nn.Linear(hidden[1], n_outputs)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, log_var, features, weights) like every spectral network (``_arch``), so the shared
+        export wrapper runs it; ``weights`` is empty (n, 0): no light-fraction grid."""
         h = self.head(self.features(x))
-        return self.mean(h), self.log_var(h).clamp(-12.0, 6.0), h
+        return self.mean(h), self.log_var(h).clamp(-12.0, 6.0), h, h.new_zeros((h.shape[0], 0))
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -361,17 +363,20 @@ def train_sed(cfg: PhotTrainConfig, data: GalaxySet, out: Path, device: torch.de
             yield x_val[s:s + 4096], y_val[s:s + 4096]
 
     def loss_fn(model, xb, yb):
-        mean, log_var, _ = model(xb)
+        mean, log_var = model(xb)[:2]
         return gaussian_nll(mean, log_var, yb)
 
     state = fit(net, epoch_batches, val_batches, loss_fn, cfg, out, device, say)
     net = net.cpu().eval()
     with torch.inference_mode():
-        m, lv, feats_val = (t.numpy() for t in net(torch.from_numpy(x_val)))
+        m, lv, feats_val = (t.numpy() for t in net(torch.from_numpy(x_val))[:3])
         ref = _sed_inputs({k: v[:50000] for k, v in train_px.items()}, spec, np.random.default_rng([cfg.seed, 98]),
                           cfg.galaxies.mask_fraction)
-        _, _, feats_ref = net(torch.from_numpy(ref.x[ref.fit]))
-    err_scale = np.quantile(np.abs(m - y_val) / np.exp(0.5 * lv), 0.6827, axis=0)
+        feats_ref = net(torch.from_numpy(ref.x[ref.fit]))[2]
+    # calibrated on the validation pixels the engine reports (measured S/N >= min_snr; fainter ones are
+    # flagged low_snr, and their wider, over-covered errors would shrink the scale for all the others)
+    reported = prep_val.snr[ok_val] >= cfg.min_snr
+    err_scale = np.quantile((np.abs(m - y_val) / np.exp(0.5 * lv))[reported], 0.6827, axis=0)
     feat_mean, prec, thr = _novelty_stats(feats_ref.numpy(), feats_val, cfg.ood_quantile)
     exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std), torch.tensor(feat_mean),
                              torch.tensor(prec), torch.tensor(err_scale))
