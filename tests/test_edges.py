@@ -24,7 +24,7 @@ def _apply(table, pred, err, noise=None):
     """The table inverted; here the noise level is the uncertainty itself (as in the toy estimator)."""
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     est, e = apply_edge_table(t(pred), t(err), t(err if noise is None else noise), t(table.noise), t(table.true),
-                              t(table.table))
+                              t(table.table), t(table.factors()))
     return est.numpy().astype(np.float64), e.numpy().astype(np.float64)
 
 
@@ -87,13 +87,34 @@ def test_noise_level_is_one_over_the_median_snr_of_unmasked_pixels():
     assert torch.isinf(noise[2])       # no usable pixel
 
 
-def test_rows_noisier_than_max_noise_are_left_alone():
+def test_rows_below_min_snr_are_left_alone():
     pred, true, err = _shrinking_estimator(60000, 4)
-    table = fit_edge_table(pred, true, err, 0.0, 1.0, max_noise=0.05)     # corrects only the err 0.03 row
+    snr = 1.0 / err                                                       # 33 and 12.5
+    table = fit_edge_table(pred, true, err, 0.0, 1.0, snr=snr, min_snr=20.0)   # corrects the err 0.03 row only
     assert table.noise.tolist() == pytest.approx([0.03, 0.08])
     np.testing.assert_allclose(table.table[1], table.true)
+    assert np.abs(table.table[0] - table.true).max() > 0.02                 # a 6 % pull at the edges
     est, _ = _apply(table, np.array([0.1, 0.9]), np.full(2, 0.08))
     np.testing.assert_allclose(est, [0.1, 0.9], atol=1e-6)
+
+
+def test_noise_in_the_middle_of_the_grid_is_not_turned_into_a_correction():
+    """An unbiased estimator with few spectra per cell: the table stays (close to) the identity,
+    and the slopes that scale the uncertainties do not jump from cell to cell."""
+    rng = np.random.default_rng(5)
+    true = rng.uniform(0.0, 1.0, 1200)                 # 50 spectra per cell
+    err = np.full(true.size, 0.1)
+    table = fit_edge_table(true + rng.normal(0, 0.1, true.size), true, err, 0.0, 1.0, n_err=1, min_count=5)
+    assert np.abs(table.table[0] - table.true).max() < 0.035
+    # cell medians themselves would give slopes above 2.6 here (60 seeds tried: all of them)
+    slopes = np.diff(table.true) / np.diff(table.table[0])
+    assert slopes.min() > 0.6 and slopes.max() < 2.3
+
+
+def test_non_finite_predictions_pass_through():
+    table = fit_edge_table(*_shrinking_estimator(60000, 6), 0.0, 1.0)
+    est, e = _apply(table, np.array([np.nan, np.inf, 0.5]), np.array([0.05, 0.05, 0.05]))
+    assert np.isnan(est[0]) and np.isinf(est[1]) and np.isfinite(est[2]) and np.isfinite(e).all()
 
 
 def test_the_shipped_model_is_less_biased_at_the_grid_edges_with_its_tables(ssp_lib):
@@ -134,3 +155,18 @@ def test_the_shipped_model_is_less_biased_at_the_grid_edges_with_its_tables(ssp_
         assert mad["on"] < 1.15 * mad["off"], (name, mad)
     # the four edge biases (|median| at both ends of age and [M/H]) together: roughly halved
     assert total["on"] < 0.7 * total["off"], total
+
+
+def test_uncertainties_are_calibrated_per_noise_row():
+    """Given the predicted uncertainties, each row gets a factor so that 68 % of its spectra fall
+    inside the corrected uncertainty; here the toy's errors are 1.5x too large in the noisy row."""
+    pred, true, err = _shrinking_estimator(60000, 7)
+    claimed = np.where(err > 0.05, 1.5 * err, err)
+    table = fit_edge_table(pred, true, err, 0.0, 1.0, err=claimed)
+    assert table.factors()[1] == pytest.approx(1 / 1.5, rel=0.1)
+    test_pred, test_true, test_err = _shrinking_estimator(40000, 8)
+    test_claimed = np.where(test_err > 0.05, 1.5 * test_err, test_err)
+    est, est_err = _apply(table, test_pred, test_claimed, noise=test_err)
+    for level in (0.03, 0.08):
+        sel = test_err == level
+        assert 0.64 < np.mean(np.abs(est[sel] - test_true[sel]) <= est_err[sel]) < 0.72

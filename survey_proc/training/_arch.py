@@ -206,12 +206,15 @@ class ExportedModel(nn.Module):
         for n in names:
             if tables[n].noise.size != n_err or tables[n].true.size != n_true:
                 raise ValueError("edge tables of one model must share their shape")
-        self.register_buffer("edge_index", torch.tensor([self.names.index(n) for n in names], dtype=torch.long))
-        stack = (lambda f, shape: torch.tensor(np.array([f(tables[n]) for n in names]), dtype=torch.float32)
-                 if names else torch.zeros(shape))
+        device = self.label_mean.device
+        self.register_buffer("edge_index", torch.tensor([self.names.index(n) for n in names], dtype=torch.long,
+                                                        device=device))
+        stack = (lambda f, shape: torch.tensor(np.array([f(tables[n]) for n in names]), dtype=torch.float32,
+                                               device=device) if names else torch.zeros(shape, device=device))
         self.register_buffer("edge_noise", stack(lambda t: t.noise, (0, n_err)))
         self.register_buffer("edge_true", stack(lambda t: t.true, (0, n_true)))
         self.register_buffer("edge_table", stack(lambda t: t.table, (0, n_err, n_true)))
+        self.register_buffer("edge_err_factor", stack(lambda t: t.factors(), (0, n_err)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mean, log_var, feat, weights = self.net(x)
@@ -224,7 +227,7 @@ class ExportedModel(nn.Module):
         for k in range(self.edge_index.shape[0]):
             i = int(self.edge_index[k])
             v, e = apply_edge_table(value[:, i], err[:, i], noise, self.edge_noise[k], self.edge_true[k],
-                                    self.edge_table[k])
+                                    self.edge_table[k], self.edge_err_factor[k])
             value = torch.cat([value[:, :i], v[:, None], value[:, i + 1:]], dim=1)
             err = torch.cat([err[:, :i], e[:, None], err[:, i + 1:]], dim=1)
         d = feat - self.feat_mean

@@ -10,13 +10,16 @@ the published models show). The fix is the calibration curve read backwards:
    (1 / median S/N per pixel, measured from the input by :func:`noise_level`, so the correction
    grows as the data get worse; binning on the predicted uncertainty instead would select on the
    residual, which the uncertainty is correlated with);
-2. make each row increasing with a slope of at least ``1 / max_slope`` (so inverting it amplifies
-   noise at most ``max_slope`` times), working outwards from the middle of the grid;
+2. shrink each cell's offset from the identity by its significance and smooth it (so noise in the
+   middle of the grid does not become a correction), and make each row increasing with a slope of
+   at least ``1 / max_slope`` (inverting it amplifies noise at most ``max_slope`` times), working
+   outwards from the middle; rows below ``min_snr`` stay the identity;
 3. at run time invert it: the estimate is the true value whose median prediction is the observed
-   one, and the uncertainty is multiplied by the local slope of the inverse.
+   one, and the uncertainty is multiplied by the local slope of the inverse and by a factor per
+   noise row that makes 68 % of the calibration spectra fall inside it.
 
-Estimates may then step a little beyond the grid (as an unbiased estimator must); away from the
-edges ``g`` is the identity and nothing changes. The table is fitted in NumPy and applied inside the
+Estimates may then step a little beyond the grid (as an unbiased estimator must); where the
+calibration finds no significant pull, ``g`` is the identity and nothing changes. The table is fitted in NumPy and applied inside the
 exported TorchScript module by :func:`apply_edge_table`.
 """
 
@@ -35,27 +38,43 @@ class EdgeTable:
     noise: np.ndarray    #: (ne,) bin centres of the noise level (1 / median S/N per pixel)
     true: np.ndarray     #: (nt,) bin centres of the true value (label units)
     table: np.ndarray    #: (ne, nt) median prediction, increasing along the last axis
+    err_factor: np.ndarray | None = None  #: (ne,) uncertainty calibration per noise row (None: ones)
+
+    def factors(self) -> np.ndarray:
+        return np.ones(self.noise.size) if self.err_factor is None else self.err_factor
 
     def to_manifest(self) -> dict:
-        return {"noise": self.noise.tolist(), "true": self.true.tolist(), "table": self.table.tolist()}
+        return {"noise": self.noise.tolist(), "true": self.true.tolist(), "table": self.table.tolist(),
+                "err_factor": self.factors().tolist()}
 
 
 def fit_edge_table(pred: np.ndarray, true: np.ndarray, noise: np.ndarray, lo: float, hi: float,
                    n_true: int = 24, n_err: int = 6, max_slope: float = 3.0, min_count: int = 8,
-                   max_noise: float = np.inf) -> EdgeTable:
+                   snr: np.ndarray | None = None, min_snr: float = 0.0,
+                   err: np.ndarray | None = None) -> EdgeTable:
     """Tabulate the median prediction against the truth on [lo, hi], per quantile bin of ``noise``.
 
-    Rows noisier than ``max_noise`` are the identity (no correction): at low S/N the pull towards
-    the middle is strong, and undoing it would multiply the scatter and depend on how well the
-    calibration spectra resemble the data; the correction fades in between the last identity row
-    and the first corrected one.
+    Rows whose spectra have a median ``snr`` (S/N per Angstrom as the engine measures it) below
+    ``min_snr`` are the identity (no correction): at low S/N the pull towards the middle is strong,
+    and undoing it would multiply the scatter and depend on how well the calibration spectra
+    resemble the data; the correction fades in between the last identity row and the first
+    corrected one.
 
-    Cells with fewer than ``min_count`` spectra are interpolated from their row's neighbours;
-    rows are made increasing with steps of at least (bin width) / ``max_slope``.
+    Each cell's offset from the identity is shrunk by its significance (factor 1 - (se / offset)^2,
+    se the standard error of the cell's median), so the middle of the grid, where the offsets are
+    noise, stays the identity, then smoothed with a [1, 2, 1] / 4 kernel, so slopes (which scale the
+    uncertainties) do not jump from cell to cell. Cells with fewer than
+    ``min_count`` spectra are interpolated from their row's neighbours; rows are made increasing
+    with steps of at least (bin width) / ``max_slope``.
+
+    With the predictions' uncertainties ``err``, each row also gets a factor that makes the corrected
+    uncertainties hold 68.27 % of its spectra (the uncertainties calibrated per noise level).
     """
-    pred, true, err = (np.asarray(a, np.float64) for a in (pred, true, noise))
+    snr = np.full(np.shape(pred), np.inf) if snr is None else snr
+    unc = np.full(np.shape(pred), np.nan) if err is None else err
+    pred, true, err, snr, unc = (np.asarray(a, np.float64) for a in (pred, true, noise, snr, unc))
     ok = np.isfinite(pred) & np.isfinite(true) & np.isfinite(err)
-    pred, true, err = pred[ok], true[ok], err[ok]
+    pred, true, err, snr, unc = pred[ok], true[ok], err[ok], snr[ok], unc[ok]
     if pred.size < n_true * n_err * min_count:
         raise ValueError(f"{pred.size} calibration spectra are too few for a {n_err} x {n_true} edge table")
     edges_e = np.quantile(err, np.linspace(0.0, 1.0, n_err + 1))
@@ -68,16 +87,42 @@ def fit_edge_table(pred: np.ndarray, true: np.ndarray, noise: np.ndarray, lo: fl
     for i in np.unique(ie):  # (tied uncertainties leave some quantile bins empty)
         row = ie == i
         centres_e.append(np.median(err[row]))
-        med = np.full(n_true, np.nan)
+        offset = np.full(n_true, np.nan)
         for j in range(n_true):
             cell = row & (it == j)
             if cell.sum() >= min_count:
-                med[j] = np.median(pred[cell])
-        have = np.isfinite(med)
-        med = np.interp(centres_t, centres_t[have], med[have]) if have.any() else centres_t.copy()
-        rows.append(_increasing_from_middle(med, step) if centres_e[-1] <= max_noise else centres_t.copy())
+                p = pred[cell]
+                d = np.median(p) - centres_t[j]
+                se = 1.2533 * 1.4826 * np.median(np.abs(p - np.median(p))) / np.sqrt(cell.sum())
+                offset[j] = d * max(0.0, 1.0 - (se / d) ** 2) if d != 0 else 0.0
+        have = np.isfinite(offset)
+        if not have.any() or np.median(snr[row]) < min_snr:
+            rows.append(centres_t.copy())
+            continue
+        offset = np.interp(centres_t, centres_t[have], offset[have])
+        padded = np.concatenate([offset[:1], offset, offset[-1:]])
+        offset = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]   # [1, 2, 1] / 4 smoothing
+        med = centres_t + offset
+        rows.append(_increasing_from_middle(med, step))
     table = np.array(rows)
-    return EdgeTable(np.array(centres_e), centres_t, table)
+    factors = np.ones(len(rows))
+    if np.isfinite(unc).any():
+        for k, i in enumerate(np.unique(ie)):
+            row = (ie == i) & np.isfinite(unc) & (unc > 0)
+            if row.sum() >= min_count:
+                est, slope = _invert_row(pred[row], table[k], centres_t)
+                factors[k] = np.quantile(np.abs(est - true[row]) / (unc[row] * slope), 0.6827)
+    return EdgeTable(np.array(centres_e), centres_t, table, factors)
+
+
+def _invert_row(value: np.ndarray, g: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of one row of :func:`apply_edge_table`: (estimate, slope), slope 1 beyond the row."""
+    j = np.clip(np.searchsorted(g, value) - 1, 0, g.size - 2)
+    slope = (true[j + 1] - true[j]) / np.maximum(g[j + 1] - g[j], 1e-9)
+    est = true[j] + (value - g[j]) * slope
+    below, above = value < g[0], value > g[-1]
+    est = np.where(below, true[0] + value - g[0], np.where(above, true[-1] + value - g[-1], est))
+    return est, np.where(below | above, 1.0, slope)
 
 
 def _increasing_from_middle(values: np.ndarray, step: float) -> np.ndarray:
@@ -108,13 +153,14 @@ def noise_level(x: torch.Tensor, i_flux: int, i_error: int, i_mask: int, stride:
 
 
 def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor, noise_centres: torch.Tensor,
-                     true: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     true: torch.Tensor, table: torch.Tensor, err_factor: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert the table: (estimate, uncertainty) for predictions ``value`` with uncertainties ``err``
     from spectra of noise level ``noise``.
 
     Per row of the table the inverse is piecewise linear (slope 1 beyond the tabulated range); the
     rows are blended linearly in ``noise`` (the nearest row outside their range); the uncertainty is
-    multiplied by the slope. TorchScript-able.
+    multiplied by the slope and by the row's ``err_factor`` (blended likewise). TorchScript-able.
     """
     err_centres = noise_centres
     n_err = err_centres.shape[0]
@@ -132,11 +178,12 @@ def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor
         est = torch.where(above, true[-1] + (value - g[-1]), est)
         slope = torch.where(below | above, torch.ones_like(slope), slope)
         estimates.append(est)
-        slopes.append(slope)
+        slopes.append(slope * err_factor[i])
     est_rows = torch.stack(estimates)          # (ne, n)
     slope_rows = torch.stack(slopes)
     if n_err == 1:
-        return est_rows[0], err * slope_rows[0]
+        finite1 = torch.isfinite(value)
+        return torch.where(finite1, est_rows[0], value), torch.where(finite1, err * slope_rows[0], err)
     e = torch.clamp(noise, float(err_centres[0]), float(err_centres[-1]))
     k = torch.clamp(torch.searchsorted(err_centres.contiguous(), e.contiguous()) - 1, 0, n_err - 2)
     e0, e1 = err_centres[k], err_centres[k + 1]
@@ -144,4 +191,5 @@ def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor
     cols = torch.arange(value.shape[0], device=value.device)
     est = est_rows[k, cols] * (1 - w) + est_rows[k + 1, cols] * w
     slope = slope_rows[k, cols] * (1 - w) + slope_rows[k + 1, cols] * w
-    return est, err * slope
+    finite = torch.isfinite(value)   # a non-finite prediction passes through unchanged
+    return torch.where(finite, est, value), torch.where(finite, err * slope, err)

@@ -376,6 +376,8 @@ def train_sed(cfg: PhotTrainConfig, data: GalaxySet, out: Path, device: torch.de
     # calibrated on the validation pixels the engine reports (measured S/N >= min_snr; fainter ones are
     # flagged low_snr, and their wider, over-covered errors would shrink the scale for all the others)
     reported = prep_val.snr[ok_val] >= cfg.min_snr
+    if reported.sum() < 1000:  # too few to calibrate on: all validation pixels
+        reported[:] = True
     err_scale = np.quantile((np.abs(m - y_val) / np.exp(0.5 * lv))[reported], 0.6827, axis=0)
     feat_mean, prec, thr = _novelty_stats(feats_ref.numpy(), feats_val, cfg.ood_quantile)
     exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std), torch.tensor(feat_mean),

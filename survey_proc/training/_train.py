@@ -30,7 +30,7 @@ import yaml
 from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME
 from survey_proc.preprocess import InputSpec
 from survey_proc.ssp import SSPLibrary, load_ssp_library, to_medium
-from survey_proc.stores._maps import property_attrs
+from survey_proc.stores._maps import NOT_FITTED, property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
 from survey_proc.training._dataset import (
@@ -78,7 +78,7 @@ class TrainConfig:
     ood_quantile: float = 0.995
     chunk: int = 8192
     edge_correction: bool = True        #: de-shrink log_age and [M/H] at the grid edges (training._edges)
-    n_calib: int = 20000                #: calibration spectra (own seed) the edge tables are fitted on
+    n_calib: int = 40000                #: calibration spectra (own seeds) the edge tables are fitted on
     edge_min_snr: float = 20.0          #: S/N per Angstrom below which the edge correction fades out
 
     @classmethod
@@ -272,19 +272,22 @@ def _fit_edge_tables(exported: ExportedModel, cfg: TrainConfig, lib: SSPLibrary,
         ts = dataclasses.replace(heldout_config(cfg.trainset, family, cfg.n_calib // len(FAMILIES),
                                                 cfg.trainset.seed + 1_500_007 + k), noiseless_fraction=0.0)
         calib = synthesise(ts, lib, spec)
-        x, _, _ = make_inputs(calib, np.random.default_rng([cfg.seed, 97, k]), ts, spec)
-        xt = torch.from_numpy(x)
+        x, flags, snr = make_inputs(calib, np.random.default_rng([cfg.seed, 97, k]), ts, spec)
+        fitted = (flags & int(NOT_FITTED)) == 0   # spectra the engine would not fit do not calibrate
+        xt = torch.from_numpy(x[fitted])
         with torch.inference_mode():
-            outs = [exported(xt[s:s + 2048]) for s in range(0, x.shape[0], 2048)]
+            outs = [exported(xt[s:s + 2048]) for s in range(0, xt.shape[0], 2048)]
             noise = noise_level(xt, *exported_noise_channels(spec)).numpy()
         for n in names:
-            true = calib.labels[:, list(calib.label_names).index(n)]
-            preds.setdefault(n, []).append((torch.cat([o[n] for o in outs]).numpy(), true, noise))
-    # (pred, true, noise) per family -> pooled arrays
-    step = spec.wave_step or float(np.median(np.diff(spec.wave)))  # Angstrom per model pixel
-    max_noise = 1.0 / (cfg.edge_min_snr * np.sqrt(step))          # S/N per Angstrom -> per pixel
-    return {n: fit_edge_table(*(np.concatenate(col) for col in zip(*parts)), *grid[n], max_noise=max_noise)
-            for n, parts in preds.items()}
+            true = calib.labels[fitted, list(calib.label_names).index(n)]
+            preds.setdefault(n, []).append((torch.cat([o[n] for o in outs]).numpy(), true, noise, snr[fitted],
+                                            torch.cat([o[n + "_err"] for o in outs]).numpy()))
+    # (pred, true, noise, snr, err) per family -> pooled arrays
+    tables = {}
+    for n, parts in preds.items():
+        pred, true, noise, snr, err = (np.concatenate(col) for col in zip(*parts))
+        tables[n] = fit_edge_table(pred, true, noise, *grid[n], snr=snr, min_snr=cfg.edge_min_snr, err=err)
+    return tables
 
 
 def exported_noise_channels(spec: InputSpec) -> tuple[int, int, int]:
