@@ -62,3 +62,9 @@ def write_small_mock(path: Path, seed: int, n: int = 12, chunk: int = 8, **kw) -
 
     write_mock(path, MockConfig(nx=n, ny=n, seed=seed, snr=30.0, chunk=chunk, **kw))
     return path
+
+
+def is_chunk_key(path: Path, root: Path) -> bool:
+    """A finished Zarr chunk file under ``root`` (``c/0/1``), not the temporary file of a write in
+    progress or cut short by a kill (``0.<uuid>.partial``)."""
+    return path.is_file() and all(part.isdigit() for part in path.relative_to(root).parts)
