@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from survey_proc._figures import save_figure
 
 MODELS = {
     "narrowband": {"filters": "jpas36", "size": 32, "pixel_scale": 0.2, "psf": 0.0, "snr": (1.0, 20.0),
@@ -119,10 +120,8 @@ def plot(result: dict, out: Path) -> list[str]:
         ax.set_xlabel("gradient of the truth maps [per R_e]")
         ax.set_ylabel(f"gradient from {model} [per R_e]")
     fig.suptitle(f"{model}: radial gradients within R_e of {result['galaxies']} new mock galaxies", fontsize=10)
-    fig.tight_layout()
     g_png = out / f"{model}_gradients.png"
-    fig.savefig(g_png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, g_png, dpi=90)
 
     bins = [b for b in result["accuracy_by_snr"] if b != "all"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -134,10 +133,8 @@ def plot(result: dict, out: Path) -> list[str]:
     ax.set_ylabel("model - truth [dex]")
     ax.legend(fontsize=7)
     ax.set_title(f"{model} on {result['galaxies']} new mock galaxies (pixels with flag = 0)", fontsize=9)
-    fig.tight_layout()
     a_png = out / f"{model}_accuracy.png"
-    fig.savefig(a_png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, a_png, dpi=90)
     return [str(g_png), str(a_png)]
 
 

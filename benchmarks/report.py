@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from survey_proc._figures import save_figure
 
 PROPS = ("log_age", "metallicity", "av", "sigma", "velocity")
 
@@ -146,9 +147,7 @@ def write_png(report: dict, path: Path) -> Path:
     m = report["machine"]
     fig.suptitle(f"survey-proc bench, {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'} "
                  f"({report['created']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     return path
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from throughput import machine  # noqa: E402  (same machine description as the throughput benchmark)
+from survey_proc._figures import save_figure
 
 
 def _peak_rss_mb() -> float:
@@ -112,9 +113,7 @@ def plot(report: dict, path: Path) -> Path:
     m = report["machine"]
     fig.suptitle(f"{m['cpu']}, {m['cores']} cores; {rows[0]['model']}; LocalCluster of {report['workers']} workers",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from survey_proc._figures import save_figure
 
 C_KMS = 299792.458
 PROPS = ("log_age", "metallicity", "ebv", "sigma")
@@ -151,9 +152,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_title(k)
         if j == 0:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 if __name__ == "__main__":

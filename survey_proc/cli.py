@@ -297,11 +297,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
+    from survey_proc.config import read_yaml
 
-    with open(args.config) as f:
-        kind = (yaml.safe_load(f) or {}).get("kind", "spectrum")
-    if kind in ("sed", "image"):  # photometric models, trained on mock galaxies
+    raw = read_yaml(args.config)
+    if raw.get("kind", "spectrum") in ("sed", "image"):  # photometric models, trained on mock galaxies
         from survey_proc.training._photometric import PhotTrainConfig as Config
         from survey_proc.training._photometric import train_photometric as train
         store = "PHOTOMETRY.zarr"
@@ -309,7 +308,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from survey_proc.training._train import TrainConfig as Config
         from survey_proc.training._train import train
         store = "CUBE.zarr"
-    cfg = Config.from_yaml(args.config)
+    cfg = Config.from_dict(raw)
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.device:

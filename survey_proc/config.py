@@ -7,7 +7,9 @@ way dask-jobqueue does it, so users override any key in ``~/.config/dask/`` or w
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,20 @@ def cache_dir() -> Path:
         path = Path(platformdirs.user_cache_dir("survey-proc"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file's top-level mapping (an empty file gives ``{}``)."""
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def dataclass_options(cls: type, raw: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``raw`` (read from YAML or JSON) as keyword arguments of the dataclass ``cls``: a key that is
+    not one of its fields is a ValueError naming it (``unknown <what> option(s): ...``); lists
+    become tuples (YAML and JSON have no tuples)."""
+    raw = dict(raw or {})
+    unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} option(s): {', '.join(sorted(unknown))}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from survey_proc._figures import save_figure
 from survey_proc.stores._maps import robust_sigma
 
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
@@ -78,8 +79,5 @@ def plot_maps_vs_truth(maps: xr.Dataset, truth: xr.Dataset, path: str | os.PathL
             ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=90)
     return path

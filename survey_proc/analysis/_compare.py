@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from survey_proc._figures import save_figure
 from survey_proc.stores._maps import robust_sigma
 
 #: properties compared by default, where both stores have them
@@ -195,10 +196,7 @@ def plot_comparison(a: xr.Dataset, b: xr.Dataset, name: str, path: str | os.Path
     ax.set_ylabel(f"difference [{units}]", fontsize=8)
     ax.set_title("running median, 16-84 %", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=90)
     return path
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from survey_proc._figures import save_figure
 from survey_proc.errors import CubeError
 from survey_proc.geometry import disc_coordinates
 
@@ -189,10 +190,7 @@ def plot_gradients(sets: Mapping[str, tuple[xr.Dataset, dict[str, GradientFit | 
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=90)
     return path
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from survey_proc._figures import save_figure
 from survey_proc import config
 from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.preprocess import masked_median, snr_per_angstrom
@@ -356,8 +357,5 @@ def plot_bins(info: dict, path: str | Path, title: str = "") -> Path:
           title="S/N of the bins")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=100)
     return path

@@ -57,14 +57,33 @@ def _stored_chunks(var: xr.DataArray) -> tuple[int, ...] | None:
     return None
 
 
+def _missing_variables(ds: xr.Dataset, required: Mapping[str, str]) -> list[str]:
+    """One problem per variable of ``required`` (name -> what it holds) that ``ds`` lacks."""
+    found = ", ".join(sorted(ds.data_vars)) or "none"
+    return [f"variable '{var}' ({what}) is missing; found: {found}" for var, what in required.items() if var not in ds]
+
+
+def _dims_unlike_flux(ds: xr.Dataset) -> list[str]:
+    """One problem per ``var`` / ``mask`` whose dims differ from ``flux``'s."""
+    return [f"variable '{var}' has dims {ds[var].dims}, expected {ds['flux'].dims} like 'flux'"
+            for var in ("var", "mask") if var in ds and ds[var].dims != ds["flux"].dims]
+
+
+def open_zarr_store(path: str | os.PathLike) -> xr.Dataset:
+    """Open a Zarr store lazily (v2 or v3, not consolidated); CubeError if it is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise CubeError(f"{path}: no such file or directory")
+    try:
+        return xr.open_zarr(path, consolidated=False, zarr_format=None)
+    except Exception as exc:  # zarr raises several types for a folder that is not a store
+        raise CubeError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from exc
+
+
 def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data: bool = True,
                             require_redshift: bool = True) -> None:
     """Raise :class:`CubeError` listing every way ``ds`` breaks the cube/catalogue schema."""
-    problems: list[str] = []
-    present = sorted(ds.data_vars)
-    for var, what in REQUIRED_VARS.items():
-        if var not in ds:
-            problems.append(f"variable '{var}' ({what}) is missing; found: {', '.join(present) or 'none'}")
+    problems = _missing_variables(ds, REQUIRED_VARS)
     if "flux" not in ds:
         raise _problem_list(name, problems)
 
@@ -72,9 +91,7 @@ def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data
     if flux.dims not in (CUBE_DIMS, CATALOGUE_DIMS):
         problems.append(f"variable 'flux' has dims {flux.dims}, expected {CUBE_DIMS} (cube) or "
                         f"{CATALOGUE_DIMS} (spectra catalogue)")
-    for var in ("var", "mask"):
-        if var in ds and ds[var].dims != flux.dims:
-            problems.append(f"variable '{var}' has dims {ds[var].dims}, expected {flux.dims} like 'flux'")
+    problems += _dims_unlike_flux(ds)
     if "mask" in ds and not (ds["mask"].dtype == bool or np.issubdtype(ds["mask"].dtype, np.integer)):
         problems.append(f"variable 'mask' has dtype {ds['mask'].dtype}, expected bool (True = bad)")
     if not flux.attrs.get("units"):
@@ -178,13 +195,7 @@ def open_spectral_store(path: str | os.PathLike, *, check_data: bool = True,
     Raises :class:`CubeError` with every problem found (missing variable, wrong dims, spectral axis
     split across chunks, non-monotonic wavelengths, all-NaN flux, missing units or redshift).
     """
-    path = Path(path)
-    if not path.exists():
-        raise CubeError(f"{path}: no such file or directory")
-    try:
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=None)
-    except Exception as exc:  # zarr raises several types for a folder that is not a store
-        raise CubeError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from exc
+    ds = open_zarr_store(path)
     validate_spectral_store(ds, str(path), check_data=check_data, require_redshift=require_redshift)
     return ds
 

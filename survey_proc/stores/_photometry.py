@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -88,20 +87,21 @@ def create_photometry_store(path: str | os.PathLike, *, spatial: Mapping[str, in
 def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_data: bool = True,
                               require_redshift: bool = False) -> None:
     """Raise :class:`CubeError` listing every way ``ds`` breaks the photometric schema."""
-    from survey_proc.stores._cube import _has_finite_flux, _problem_list, _stored_chunks
+    from survey_proc.stores._cube import (
+        _dims_unlike_flux,
+        _has_finite_flux,
+        _missing_variables,
+        _problem_list,
+        _stored_chunks,
+    )
 
-    problems: list[str] = []
-    for var, what in {"flux": "band flux", "var": "variance of flux", "mask": "bad-measurement mask"}.items():
-        if var not in ds:
-            problems.append(f"variable '{var}' ({what}) is missing; found: {', '.join(sorted(ds.data_vars)) or 'none'}")
+    problems = _missing_variables(ds, {"flux": "band flux", "var": "variance of flux", "mask": "bad-measurement mask"})
     if "flux" not in ds:
         raise _problem_list(name, problems)
     flux = ds["flux"]
     if flux.dims not in (IMAGE_DIMS, OBJECT_DIMS):
         problems.append(f"variable 'flux' has dims {flux.dims}, expected {IMAGE_DIMS} (images) or {OBJECT_DIMS} (objects)")
-    for var in ("var", "mask"):
-        if var in ds and ds[var].dims != flux.dims:
-            problems.append(f"variable '{var}' has dims {ds[var].dims}, expected {flux.dims} like 'flux'")
+    problems += _dims_unlike_flux(ds)
     if str(flux.attrs.get("units", "")) != FLUX_UNITS:
         problems.append(f"variable 'flux' has units {flux.attrs.get('units')!r}, expected {FLUX_UNITS!r} (AB f_nu)")
     if BAND_DIM not in ds.coords:
@@ -145,13 +145,9 @@ def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_da
 def open_photometry_store(path: str | os.PathLike, *, check_data: bool = True,
                           require_redshift: bool = False) -> xr.Dataset:
     """Open a photometric store lazily and validate it (CubeError listing every problem)."""
-    path = Path(path)
-    if not path.exists():
-        raise CubeError(f"{path}: no such file or directory")
-    try:
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=None)
-    except Exception as exc:
-        raise CubeError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from exc
+    from survey_proc.stores._cube import open_zarr_store
+
+    ds = open_zarr_store(path)
     validate_photometry_store(ds, str(path), check_data=check_data, require_redshift=require_redshift)
     return ds
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from survey_proc.config import dataclass_options
 from survey_proc.preprocess import InputSpec, prepare
 from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
 from survey_proc.synth import (
@@ -168,7 +169,7 @@ def trainset_from_record(recorded: dict) -> TrainsetConfig:
     """The :class:`TrainsetConfig` recorded in a manifest or store (lists back to tuples); an
     option the record predates gets the value that reproduces how that set was drawn."""
     values = {**_RECORDED_BEFORE, **recorded} if recorded else {}
-    return TrainsetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return TrainsetConfig(**dataclass_options(TrainsetConfig, values, "recorded trainset"))
 
 
 #: ``kind`` values of a training spectrum

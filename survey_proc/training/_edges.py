@@ -107,22 +107,14 @@ def fit_edge_table(pred: np.ndarray, true: np.ndarray, noise: np.ndarray, lo: fl
     table = np.array(rows)
     factors = np.ones(len(rows))
     if np.isfinite(unc).any():
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
         for k, i in enumerate(np.unique(ie)):
             row = (ie == i) & np.isfinite(unc) & (unc > 0)
-            if row.sum() >= min_count:
-                est, slope = _invert_row(pred[row], table[k], centres_t)
-                factors[k] = np.quantile(np.abs(est - true[row]) / (unc[row] * slope), 0.6827)
+            if row.sum() >= min_count:  # this row alone, with unit uncertainties: (estimate, slope)
+                est, slope = apply_edge_table(t(pred[row]), t(np.ones(row.sum())), t(err[row]), t(centres_e[k:k + 1]),
+                                              t(centres_t), t(table[k:k + 1]), t([1.0]))
+                factors[k] = np.quantile(np.abs(est.numpy() - true[row]) / (unc[row] * slope.numpy()), 0.6827)
     return EdgeTable(np.array(centres_e), centres_t, table, factors)
-
-
-def _invert_row(value: np.ndarray, g: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy twin of one row of :func:`apply_edge_table`: (estimate, slope), slope 1 beyond the row."""
-    j = np.clip(np.searchsorted(g, value) - 1, 0, g.size - 2)
-    slope = (true[j + 1] - true[j]) / np.maximum(g[j + 1] - g[j], 1e-9)
-    est = true[j] + (value - g[j]) * slope
-    below, above = value < g[0], value > g[-1]
-    est = np.where(below, true[0] + value - g[0], np.where(above, true[-1] + value - g[-1], est))
-    return est, np.where(below | above, 1.0, slope)
 
 
 def _increasing_from_middle(values: np.ndarray, step: float) -> np.ndarray:
@@ -162,11 +154,10 @@ def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor
     rows are blended linearly in ``noise`` (the nearest row outside their range); the uncertainty is
     multiplied by the slope and by the row's ``err_factor`` (blended likewise). TorchScript-able.
     """
-    err_centres = noise_centres
-    n_err = err_centres.shape[0]
+    n_rows = noise_centres.shape[0]
     estimates = []
     slopes = []
-    for i in range(n_err):
+    for i in range(n_rows):
         g = table[i].contiguous()
         j = torch.clamp(torch.searchsorted(g, value.contiguous()) - 1, 0, g.shape[0] - 2)
         g0, g1 = g[j], g[j + 1]
@@ -179,17 +170,16 @@ def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor
         slope = torch.where(below | above, torch.ones_like(slope), slope)
         estimates.append(est)
         slopes.append(slope * err_factor[i])
-    est_rows = torch.stack(estimates)          # (ne, n)
-    slope_rows = torch.stack(slopes)
-    if n_err == 1:
-        finite1 = torch.isfinite(value)
-        return torch.where(finite1, est_rows[0], value), torch.where(finite1, err * slope_rows[0], err)
-    e = torch.clamp(noise, float(err_centres[0]), float(err_centres[-1]))
-    k = torch.clamp(torch.searchsorted(err_centres.contiguous(), e.contiguous()) - 1, 0, n_err - 2)
-    e0, e1 = err_centres[k], err_centres[k + 1]
-    w = (e - e0) / torch.clamp(e1 - e0, min=1e-12)
-    cols = torch.arange(value.shape[0], device=value.device)
-    est = est_rows[k, cols] * (1 - w) + est_rows[k + 1, cols] * w
-    slope = slope_rows[k, cols] * (1 - w) + slope_rows[k + 1, cols] * w
+    if n_rows == 1:
+        est, slope = estimates[0], slopes[0]
+    else:
+        est_rows, slope_rows = torch.stack(estimates), torch.stack(slopes)   # (rows, n)
+        e = torch.clamp(noise, float(noise_centres[0]), float(noise_centres[-1]))
+        k = torch.clamp(torch.searchsorted(noise_centres.contiguous(), e.contiguous()) - 1, 0, n_rows - 2)
+        e0, e1 = noise_centres[k], noise_centres[k + 1]
+        w = (e - e0) / torch.clamp(e1 - e0, min=1e-12)
+        cols = torch.arange(value.shape[0], device=value.device)
+        est = est_rows[k, cols] * (1 - w) + est_rows[k + 1, cols] * w
+        slope = slope_rows[k, cols] * (1 - w) + slope_rows[k + 1, cols] * w
     finite = torch.isfinite(value)   # a non-finite prediction passes through unchanged
     return torch.where(finite, est, value), torch.where(finite, err * slope, err)

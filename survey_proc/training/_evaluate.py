@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from survey_proc._figures import save_figure
 from survey_proc.estimators import Estimator, load_estimator
 from survey_proc.preprocess import estimator_meta, prepare
 from survey_proc.ssp import SSPLibrary
-from survey_proc.stores._maps import NOT_FITTED
 from survey_proc.training._dataset import (
     CONTINUOUS_SFH,
     NoiseFreeSet,
@@ -201,10 +201,7 @@ def plot_predicted_vs_true(curves: dict, names: Sequence[str], path: str | os.Pa
                 ax.set_title(f"{label} S/N {key}: {name}\nbias {np.nanmedian(d):+.3f} sigma {robust_sigma(d):.3f}",
                              fontsize=8)
                 ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=80)
     return path
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from survey_proc._figures import save_figure
 from survey_proc.stores._maps import NOT_FITTED
 from survey_proc.training._dataset import TrainsetConfig, make_inputs, synthesise, trainset_from_record
 from survey_proc.training._metrics import score_predictions
@@ -152,8 +153,7 @@ def plot_pred_vs_true(pred: dict, truth: dict, names: list[str], snr: np.ndarray
         ax.legend(loc="upper left", fontsize=7, markerscale=3)
     fig.colorbar(sc, ax=axes, label="S/N per Angstrom", shrink=0.8)
     fig.suptitle(f"{title}: held-out synthetic spectra")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90, tight=False)
     return path
 
 
@@ -177,7 +177,5 @@ def plot_scatter_by_bin(result: dict, names: list[str], path: Path) -> Path:
     axes[0, 0].set_ylabel("robust scatter")
     axes[1, 0].set_ylabel("median bias")
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     return path

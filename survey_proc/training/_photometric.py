@@ -19,7 +19,6 @@ engine's own preprocessing.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
+from survey_proc._figures import save_figure
+from survey_proc.config import dataclass_options, read_yaml
 from survey_proc.estimators import BUNDLE_FORMAT, MANIFEST_NAME
 from survey_proc.preprocess_bands import ImageInputSpec, SEDInputSpec
 from survey_proc.ssp import load_ssp_library
@@ -42,7 +42,14 @@ from survey_proc.stores._maps import NOT_FITTED, property_attrs
 from survey_proc.training._arch import ExportedModel
 from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, noisy, split_galaxies, synthesise_galaxies
 from survey_proc.training._metrics import score_predictions
-from survey_proc.training._train import end_epoch, gaussian_nll, pick_device, resume_state
+from survey_proc.training._train import (
+    end_epoch,
+    gaussian_nll,
+    novelty_stats,
+    optimiser_step,
+    resume_state,
+    start_run,
+)
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -182,24 +189,15 @@ class PhotTrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PhotTrainConfig:
-        raw = dict(raw)
-        gal = raw.pop("galaxies", {}) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(raw) - known:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(set(raw) - known))}")
-        g_known = {f.name for f in dataclasses.fields(GalaxySetConfig)}
-        if set(gal) - g_known:
-            raise ValueError(f"unknown galaxies option(s): {', '.join(sorted(set(gal) - g_known))}")
+        raw = dataclass_options(cls, raw, "training")
+        galaxies = GalaxySetConfig(**dataclass_options(GalaxySetConfig, raw.pop("galaxies", None), "galaxies"))
         if raw.get("kind", "sed") not in ("sed", "image"):
             raise ValueError(f"kind must be sed or image, not {raw.get('kind')!r}")
-        gal = {k: tuple(v) if isinstance(v, list) else v for k, v in gal.items()}
-        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        return cls(galaxies=GalaxySetConfig(**gal), **raw)
+        return cls(galaxies=galaxies, **raw)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> PhotTrainConfig:
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
+        return cls.from_dict(read_yaml(path))
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -233,11 +231,7 @@ def fit(net: nn.Module, epoch_batches: Callable[[int], Iterable[tuple[np.ndarray
         losses, seen, t_ep = [], 0, time.perf_counter()
         for xb, yb in epoch_batches(epoch):
             loss = loss_fn(net, torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimiser_step(net, opt, loss))
             seen += xb.shape[0]
         sched.step()
         val_loss = evaluate()
@@ -245,18 +239,6 @@ def fit(net: nn.Module, epoch_batches: Callable[[int], Iterable[tuple[np.ndarray
                   time.perf_counter() - t_ep, seen, "samples/s", net, opt, sched, cfg.digest(), out, say)
     net.load_state_dict(torch.load(best_path, map_location=device))
     return state
-
-
-def _novelty_stats(feats_ref: np.ndarray, feats_val: np.ndarray, quantile: float
-                   ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(feature mean, precision, threshold): Mahalanobis score / sqrt(dim), threshold from validation."""
-    feat_mean = feats_ref.mean(axis=0)
-    cov = np.cov(feats_ref, rowvar=False)
-    cov += np.eye(cov.shape[0]) * 1e-3 * np.trace(cov) / cov.shape[0]
-    prec = np.linalg.inv(cov)
-    d = feats_val - feat_mean
-    scores = np.sqrt(np.einsum("ij,jk,ik->i", d, prec, d) / d.shape[1])
-    return feat_mean, prec, float(np.quantile(scores, quantile))
 
 
 def metrics_by_snr(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], snr: np.ndarray,
@@ -379,7 +361,7 @@ def train_sed(cfg: PhotTrainConfig, data: GalaxySet, out: Path, device: torch.de
     if reported.sum() < 1000:  # too few to calibrate on: all validation pixels
         reported[:] = True
     err_scale = np.quantile((np.abs(m - y_val) / np.exp(0.5 * lv))[reported], 0.6827, axis=0)
-    feat_mean, prec, thr = _novelty_stats(feats_ref.numpy(), feats_val, cfg.ood_quantile)
+    feat_mean, prec, thr = novelty_stats(feats_ref.numpy(), feats_val, cfg.ood_quantile)
     exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std), torch.tensor(feat_mean),
                              torch.tensor(prec), torch.tensor(err_scale))
     bundle = _export(exported, out)
@@ -484,7 +466,7 @@ def train_image(cfg: PhotTrainConfig, data: GalaxySet, out: Path, device: torch.
                             0.6827, axis=0)
     feats = lambda a: a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])  # noqa: E731
     sub = np.random.default_rng(5).permutation(feats(fv).shape[0])[:200000]
-    feat_mean, prec, thr = _novelty_stats(feats(fr.numpy()), feats(fv)[sub], cfg.ood_quantile)
+    feat_mean, prec, thr = novelty_stats(feats(fr.numpy()), feats(fv)[sub], cfg.ood_quantile)
     exported = ExportedImageModel(net, names, torch.tensor(label_mean), torch.tensor(label_std),
                                   torch.tensor(feat_mean), torch.tensor(prec), torch.tensor(err_scale),
                                   ImageUNet.multiple)
@@ -552,9 +534,7 @@ def _plot_vs_truth(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], sn
         ax.set_xlabel(f"true {n}")
         ax.set_ylabel(f"predicted {n}")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def train_photometric(cfg: PhotTrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
@@ -563,12 +543,7 @@ def train_photometric(cfg: PhotTrainConfig, out_dir: str | os.PathLike, progress
     ``out_dir`` also receives ``checkpoint.pt`` (resume), ``metrics.json``, ``loss_curve.png`` and a PNG of
     held-out predictions against the truth.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    out, device = start_run(out_dir, cfg.device, cfg.threads, cfg.seed)
     say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
     lib = load_ssp_library()

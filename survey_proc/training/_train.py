@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from survey_proc._figures import save_figure
+from survey_proc.config import dataclass_options, read_yaml
 from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME
 from survey_proc.preprocess import InputSpec
 from survey_proc.ssp import SSPLibrary, load_ssp_library, to_medium
@@ -34,7 +35,6 @@ from survey_proc.stores._maps import NOT_FITTED, property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
 from survey_proc.training._dataset import (
-    NoiseFreeSet,
     TrainsetConfig,
     default_muse_input,
     instrument_of,
@@ -83,24 +83,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        raw = dict(raw)
-        ts = raw.pop("trainset", {}) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        ts_known = {f.name for f in dataclasses.fields(TrainsetConfig)}
-        if set(ts) - ts_known:
-            raise ValueError(f"unknown trainset option(s): {', '.join(sorted(set(ts) - ts_known))}")
-        ts = {k: tuple(v) if isinstance(v, list) else v for k, v in ts.items()}
-        raw = {k: tuple(v) if k == "test_snr" else v for k, v in raw.items()}
+        raw = dataclass_options(cls, raw, "training")
+        trainset = TrainsetConfig(**dataclass_options(TrainsetConfig, raw.pop("trainset", None), "trainset"))
         raw["arch_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.get("arch_kwargs", {}).items()}
-        return cls(trainset=TrainsetConfig(**ts), **raw)
+        return cls(trainset=trainset, **raw)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
+        return cls.from_dict(read_yaml(path))
 
     def digest(self) -> str:
         """Hash of what the training loop depends on (calibration after training is left out, so a
@@ -123,6 +113,16 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def start_run(out_dir: str | os.PathLike, device: str, threads: int | None, seed: int) -> tuple[Path, torch.device]:
+    """The run folder (created), the device, torch's CPU threads and seed: how every training run starts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return out, pick_device(device)
 
 
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -211,9 +211,7 @@ def _plot_history(history: list[dict], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, out: Path, progress: bool):
@@ -240,13 +238,20 @@ def _novelty_statistics(net, train_set, val_feats: np.ndarray, cfg: TrainConfig,
     ref = train_set.subset(np.arange(min(len(train_set), 20000)))
     x_ref, _, _ = make_inputs(ref, np.random.default_rng([cfg.seed, 98]), cfg.trainset, spec)
     _, _, feats = _predict_raw(net, x_ref, torch.device("cpu"))
-    feat_mean = feats.mean(axis=0)
-    cov = np.cov(feats, rowvar=False)
+    return novelty_stats(feats, val_feats, cfg.ood_quantile)
+
+
+def novelty_stats(feats_ref: np.ndarray, feats_val: np.ndarray, quantile: float
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(feature mean, precision, threshold): the mean and (lightly regularised) precision of the
+    reference features, and the ``quantile`` of the validation features' Mahalanobis score / sqrt(dim)."""
+    feat_mean = feats_ref.mean(axis=0)
+    cov = np.cov(feats_ref, rowvar=False)
     cov += np.eye(cov.shape[0]) * 1e-3 * np.trace(cov) / cov.shape[0]
     prec = np.linalg.inv(cov)
-    d = val_feats - feat_mean
-    val_scores = np.sqrt(np.einsum("ij,jk,ik->i", d, prec, d) / d.shape[1])
-    return feat_mean, prec, float(np.quantile(val_scores, cfg.ood_quantile))
+    d = feats_val - feat_mean
+    scores = np.sqrt(np.einsum("ij,jk,ik->i", d, prec, d) / d.shape[1])
+    return feat_mean, prec, float(np.quantile(scores, quantile))
 
 
 _EDGE_NOTE = ("median prediction (table[i][j]) of true value true[j] at noise level noise[i] (1 / median S/N "
@@ -262,10 +267,8 @@ def _fit_edge_tables(exported: ExportedModel, cfg: TrainConfig, lib: SSPLibrary,
 
     grid = {"log_age": (lib.log_age[0], lib.log_age[-1]), "metallicity": (lib.metal[0], lib.metal[-1])}
     names = [n for n in exported.names if n in grid]
-    if not names:
+    if not names or "error" not in spec.channels:  # (the noise level is measured from the error channel)
         return {}
-    if "error" not in spec.channels:
-        return {}  # the noise level is measured from the error channel
     preds: dict[str, list] = {}
     for k, family in enumerate(FAMILIES):
         # S/N over the training range; no noiseless spectra (they would fill the smallest-noise bin)
@@ -294,6 +297,16 @@ def exported_noise_channels(spec: InputSpec) -> tuple[int, int, int]:
     """(flux, error, mask) channel indices of a model input (-1: no mask channel)."""
     ch = list(spec.channels)
     return ch.index("flux"), ch.index("error"), ch.index("mask") if "mask" in ch else -1
+
+
+def optimiser_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One update of ``net``: gradients of ``loss``, their norm clipped at 5, the optimiser's step;
+    returns the loss value (both training loops, spectral and photometric, step through here)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    opt.step()
+    return float(loss.detach())
 
 
 def resume_state(ckpt_path: Path, net: torch.nn.Module, opt, sched, digest: str, device: torch.device,
@@ -343,12 +356,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     ``out_dir`` also receives ``checkpoint.pt`` (resume), ``metrics.json``, ``loss_curve.png`` and
     ``heldout_predicted_vs_true.png``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    out, device = start_run(out_dir, cfg.device, cfg.threads, cfg.seed)
     lib = load_ssp_library()
     if cfg.input not in INPUT_PRESETS:
         raise ValueError(f"unknown input preset {cfg.input!r}; known: {', '.join(INPUT_PRESETS)}")
@@ -405,11 +413,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
                                   _physical(mean, names, mean_t, std_t, "sigma", 100.0, 1.0))
                     chi2, _ = reduced_chi2(xb, model)
                     loss = loss + cfg.recon_loss * torch.log1p(chi2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(optimiser_step(net, opt, loss))
                 seen += xb.shape[0]
                 if bar is not None:
                     bar.update(xb.shape[0])
