@@ -105,3 +105,22 @@ def test_gpu_batch_size_from_free_memory():
     assert gpu_batch_size(8e9, 2e5, 0.5, 1024, 65536) == 16384
     assert gpu_batch_size(1e6, 2e5, 0.5, 1024, 65536) == 1024  # never below the CPU batch
     assert gpu_batch_size(0, 2e5, 0.5, 1024, 65536) == 1024
+
+
+def _worker_settings():
+    import os
+
+    import dask.config
+
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_local_workers_start_with_our_settings():
+    """Heap reuse (malloc tunables) and no sampling profiler in every local worker, as configured."""
+    from distributed import Client
+
+    from survey_proc.cluster._local import local_cluster
+
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
+        settings = set(client.run(_worker_settings).values())
+    assert settings == {("67108864", False)}

@@ -67,7 +67,9 @@ def test_maps_schema_and_provenance(acceptance_run):
     for key in ("model_id", "model_sha256", "software", "run_options", "cube", "run_signature"):
         assert maps.attrs[key]
     assert maps.attrs["status"] == "complete"
+    assert maps.attrs["network_precision"] == "float32"  # the default (survey-proc.run.cpu-precision)
     assert maps.region_done.values.all() and maps.region_spectra.values.sum() == 256
+    assert summary.setup_seconds > 0 and "loading the model on the workers" in summary.format()
 
 
 def test_nan_spaxels_are_flagged_not_fitted(cube_copy, tmp_path):

@@ -9,6 +9,8 @@ dask-cuda is imported here only (``pip install 'survey-proc[gpu]'``).
 
 from __future__ import annotations
 
+import dask.config
+
 from survey_proc import config
 from survey_proc.cluster._jobqueue import GPU_RESOURCE
 from survey_proc.errors import SurveyProcError
@@ -25,13 +27,16 @@ def local_cuda_cluster(workers: int | None = None):
     devices = settings.get("devices")
     if isinstance(devices, (list, tuple)):  # "0,1" from an environment variable arrives as (0, 1)
         devices = ",".join(str(d) for d in devices)
+    from survey_proc.cluster._local import worker_config
+
     try:
-        return LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
-            threads_per_worker=int(settings.get("threads-per-worker") or 1),
-            memory_limit=settings.get("memory-limit", "auto"),
-            rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False, jit_unspill=False,
-            resources=dict(GPU_RESOURCE), dashboard_address=":0", silence_logs=40)
+        with dask.config.set(worker_config()):
+            return LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
+                threads_per_worker=int(settings.get("threads-per-worker") or 1),
+                memory_limit=settings.get("memory-limit", "auto"),
+                rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False, jit_unspill=False,
+                resources=dict(GPU_RESOURCE), dashboard_address=":0", silence_logs=40)
     except Exception as exc:  # no driver, no GPU visible, CUDA_VISIBLE_DEVICES naming a missing GPU
         raise SurveyProcError(f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} "
                               "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)") from exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from survey_proc.engine._region import (
     flag_counts,
     process_region,
     read_region_outputs,
+    setup_worker,
     region_checksum,
 )
 from survey_proc.engine._template import (
@@ -110,6 +112,7 @@ class RunSummary:
     pixel_maps: str = ""  #: group holding maps on the pixel grid (binned inputs)
     started: float = 0.0  #: time.perf_counter() of the first region submitted (0: none ran)
     finished: float = 0.0  #: time.perf_counter() of the last region back
+    setup_seconds: float = 0.0  #: loading the estimator on the workers (not in ``seconds``)
 
     @property
     def flagged_fraction(self) -> float:
@@ -130,8 +133,9 @@ class RunSummary:
         flagged = ", ".join(f"{k} {v}" for k, v in self.flag_counts.items() if v) or "none"
         if self.regions_run:
             head = (f"spectra processed: {self.spectra_run} of {self.spectra} in {self.seconds:.1f} s "
-                    f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s), cluster start-up "
-                    f"excluded; {self.regions_run} regions run, {self.regions_skipped} already done)")
+                    f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); cluster start-up and "
+                    f"loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
+                    f"{self.regions_run} regions run, {self.regions_skipped} already done)")
         else:
             head = f"nothing to do: all {self.regions} regions ({self.spectra} spectra) were already done"
         lines = [
@@ -213,7 +217,9 @@ def verify(out: str, regions: list[Region], names: list[str]) -> list[str]:
 
 
 def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float,
-                estimator_info: dict | None = None) -> dict:
+                estimator_info: dict | None = None, precision: str = "") -> dict:
+    """The maps store's provenance attributes. ``precision``: the network's arithmetic on the workers
+    (``float32``/``bfloat16``; empty for estimators without a network)."""
     from survey_proc import __version__
 
     training = manifest.raw.get("training", {})
@@ -226,6 +232,7 @@ def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: f
         "software": f"survey-proc {__version__}",
         "cube": str(Path(rc.cube).resolve()), "cube_source": str(cube.attrs.get("source", "")),
         "redshift": redshift, "min_snr": min_snr,
+        "network_precision": precision,
         "run_options": json.dumps({k: v for k, v in asdict(rc).items() if k != "progress"}, default=str),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": "running",
@@ -251,6 +258,7 @@ class CubeJob:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    setup_seconds: float = 0.0  #: loading the estimator on the workers, before the timed regions
 
     @property
     def settled(self) -> bool:
@@ -299,8 +307,11 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
     spec.check_store(cube, redshift, rc.cube, manifest.name)
 
+    precision = getattr(estimator, "precision", "")
+    if precision and str(rc.device).startswith("cuda"):
+        precision = "float32"  # CPU workers decide bfloat16 for themselves (survey-proc.run.cpu-precision)
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr,
-                                                         getattr(estimator, "provenance", None)))
+                                                         getattr(estimator, "provenance", None), precision))
     signature = _run_signature(cube, manifest, redshift, min_snr)
     resumed = _setup_store(rc.out, template, signature, rc.overwrite)
     dims = spatial_dims(cube)
@@ -330,7 +341,7 @@ def finish_cube(job: CubeJob, workers: int) -> RunSummary:
                          regions_skipped=len(job.regions) - len(job.pending), seconds=elapsed,
                          estimator_seconds=sum(r.estimator_seconds for r in job.results), flag_counts=counts,
                          verified=True, workers=workers, flagged=int((flag != 0).sum()),
-                         started=job.started or 0.0, finished=job.finished or 0.0,
+                         started=job.started or 0.0, finished=job.finished or 0.0, setup_seconds=job.setup_seconds,
                          timings=summed_timings(job.results))
     if job.binned:
         summary.pixel_maps = write_pixel_maps(rc.cube, rc.out, job.names)
@@ -398,6 +409,24 @@ def _worker_threads(client) -> int:
     return sum(int(w.get("nthreads", 1)) for w in workers.values())
 
 
+def _setup_workers(client, jobs: list[CubeJob], resources) -> float:
+    """Load each job's estimator on every worker present before any region is timed; wall seconds.
+
+    Workers that join later (batch-queue jobs) load it with their first region. A failure here is
+    left for the regions to report (with the store and region named).
+    """
+    t0 = time.perf_counter()
+    opts = list({(j.opts.model, j.opts.device, j.opts.threads): j.opts for j in jobs}.values())
+    futures = [client.submit(setup_worker, o, key=f"setup-{uuid.uuid4().hex}", workers=[addr],
+                             allow_other_workers=False, pure=False, resources=resources)
+               for addr in client.scheduler_info().get("workers", {}) for o in opts]
+    try:
+        client.gather(futures)
+    except Exception:  # noqa: BLE001 - reported by the regions themselves
+        pass
+    return time.perf_counter() - t0
+
+
 def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
     """Run the pending regions of every job; ``on_close(job)`` as soon as a job's tasks are all back.
 
@@ -450,6 +479,9 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
                 inflight[future.key] = (job, region, future)
                 pending_futures.add(future)
 
+        setup = _setup_workers(client, jobs, resources)
+        for job in jobs:
+            job.setup_seconds = setup
         top_up()
         for future in pending_futures:
             job, region, _ = inflight.pop(future.key)

@@ -196,6 +196,9 @@ class ExportedModel(nn.Module):
         self.i_sigma = names.index("sigma") if "sigma" in names else -1
         self.i_velocity = names.index("velocity") if "velocity" in names else -1
         self.i_flux, self.i_error, self.i_mask = (int(c) for c in noise_channels)  # for noise_level
+        #: run ``net`` in bfloat16 (set at load time by the estimator, with ``net`` cast to bfloat16);
+        #: everything after the network (units, edge tables, scores) stays float32
+        self.net_bf16 = False
         self.set_edge_tables(edge_tables or {})
 
     def set_edge_tables(self, tables: dict[str, EdgeTable]) -> None:
@@ -217,7 +220,11 @@ class ExportedModel(nn.Module):
         self.register_buffer("edge_err_factor", stack(lambda t: t.factors(), (0, n_err)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        mean, log_var, feat, weights = self.net(x)
+        if self.net_bf16:
+            mean, log_var, feat, weights = self.net(x.to(torch.bfloat16))
+            mean, log_var, feat, weights = mean.float(), log_var.float(), feat.float(), weights.float()
+        else:
+            mean, log_var, feat, weights = self.net(x)
         value = mean * self.label_std + self.label_mean
         err = torch.exp(0.5 * log_var) * self.label_std * self.err_scale
         if self.edge_index.shape[0] > 0:
