@@ -17,21 +17,21 @@ from survey_proc.estimators import load_estimator, load_manifest  # noqa: E402
 from survey_proc.stores import Flag  # noqa: E402
 
 
-def test_packaged_configuration_matches_the_default_model_inputs(ssp_lib):
-    from survey_proc.training._dataset import EMISSION_MASKS_REST, SKY_MASKS_OBSERVED, default_muse_input
-
-    m = load_manifest("ppxf")
-    spec, default = m.input, default_muse_input()
+@pytest.mark.parametrize("ppxf, model", [("ppxf", "default"), ("ppxf-7100", "muse-7100")])
+def test_packaged_configuration_matches_the_model_inputs(ssp_lib, ppxf, model):
+    """Each packaged pPXF configuration fits the range, and masks, of the neural model it is compared with."""
+    m = load_manifest(ppxf)
+    spec, neural = m.input, load_manifest(model).input
     assert m.estimator == "ppxf" and m.file is None
-    assert spec.masks_rest == default.masks_rest == EMISSION_MASKS_REST
-    assert spec.masks_observed == default.masks_observed == SKY_MASKS_OBSERVED
-    assert (spec.frame, spec.wave_start) == ("rest", 4750.0) and 7090 < spec.wave[-1] <= 7100
+    assert spec.masks_rest == neural.masks_rest and spec.masks_observed == neural.masks_observed
+    assert (spec.frame, spec.wave_start) == ("rest", neural.wave_start)
+    assert neural.wave_stop - 10 < spec.wave[-1] <= neural.wave_stop
     dln = np.diff(np.log(spec.wave))
     np.testing.assert_allclose(dln * 299792.458, spec.velscale, rtol=1e-9)  # a ln-lambda grid
     weights = {o.name: o for o in m.outputs}["weights"]
     np.testing.assert_allclose(weights.coords["age"], ssp_lib.log_age, atol=1e-5)
     np.testing.assert_allclose(weights.coords["metal"], ssp_lib.metal, atol=1e-5)
-    assert m.model_id.startswith("ppxf@") and len(m.digest) == 64  # no file: the manifest is hashed
+    assert m.model_id.startswith(f"{ppxf}@") and len(m.digest) == 64  # no file: the manifest is hashed
 
 
 def test_templates_are_light_normalised_and_lsf_matched(ssp_lib):

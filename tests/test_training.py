@@ -130,3 +130,29 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
     chi2 = maps.chi2.values[ok]
     assert np.isfinite(chi2).all() and (chi2 > 0).all()
     assert np.isfinite(maps.velocity.values[ok]).all() and (maps.velocity_err.values[ok] > 0).all()
+
+
+def test_wide_input_and_weights_from_a_shorter_range_model():
+    """The default's input covers rest 4750-8800 A with the red sky lines and telluric bands masked;
+    its convolutions can start from a 4750-7100 A bundle (same shapes), the dense layer cannot."""
+    from survey_proc.estimators import load_manifest
+    from survey_proc.training._arch import build
+    from survey_proc.training._dataset import wide_muse_input
+    from survey_proc.training._train import initial_weights
+
+    spec = wide_muse_input()
+    assert spec.wave.size == 3241 and spec.wave[-1] == 8800.0
+    assert (7590.0, 7700.0) in spec.masks_observed and (7310.0, 7340.0) in spec.masks_rest
+    old = load_manifest("muse-7100")
+    assert old.input.wave_stop == 7100.0
+    net = build("cnn", 3, spec.wave.size, 4, widths=(16, 32, 48, 64, 64))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loaded = initial_weights(net, "muse-7100")
+    theirs = torch.jit.load(str(old.file)).net.state_dict()
+    assert "features.0.weight" in loaded and "head.1.weight" not in loaded  # flattened length differs
+    for k in loaded:
+        assert torch.equal(net.state_dict()[k], theirs[k])
+    assert torch.equal(net.state_dict()["head.1.weight"], before["head.1.weight"])
+    with pytest.raises(ValueError, match="no tensor"):
+        initial_weights(build("galprote", 3, 64, 3, n_weights=0, kernels=(11,), d_model=8, heads=2, hidden=16),
+                        "muse-7100")

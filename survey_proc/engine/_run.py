@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -296,16 +297,42 @@ class CubeOutcome:
         return self.status == "failed"
 
 
+def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError) -> str | None:
+    """``survey-proc.run.fallback-model`` when the default model does not cover a cube (e.g. the
+    default reads rest 4750-8800 A, which MUSE covers only to z = 0.062) and the fallback does;
+    None (the default's error stands) otherwise. Said on stderr, recorded in the maps' model_id."""
+    fallback = config.get("run.fallback-model", None)
+    if not fallback:
+        return None
+    manifest = load_manifest(fallback)
+    try:
+        manifest.input.check_store(cube, redshift, path, manifest.name)
+    except CubeError:
+        return None
+    reason = str(exc).split(": ", 1)[-1].split(" (")[0]
+    print(f"note: the default model does not cover {path} ({reason}); using {fallback} "
+          f"({manifest.raw.get('description', manifest.name)})", file=sys.stderr)
+    return str(fallback)
+
+
 def prepare_cube(rc: RunConfig) -> CubeJob:
     """Validate the cube and the model, write (or resume) the maps store; returns the regions left."""
+    model_named = rc.model is not None
     rc = rc.resolved()
     manifest = load_manifest(rc.model)
     spec = manifest.input  # the declared input kind says which store to expect
     cube = open_input_store(rc.cube, spec.feature_dim, require_redshift=rc.redshift is None)
     redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
+    try:
+        spec.check_store(cube, redshift, rc.cube, manifest.name)
+    except CubeError as exc:
+        fallback = None if model_named else _fallback_model(cube, redshift, rc.cube, exc)
+        if fallback is None:
+            raise
+        rc, manifest = replace(rc, model=fallback), load_manifest(fallback)
+        spec = manifest.input
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
-    spec.check_store(cube, redshift, rc.cube, manifest.name)
 
     precision = getattr(estimator, "precision", "")
     if precision and str(rc.device).startswith("cuda"):
@@ -327,12 +354,26 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
                    binned=PIXEL_MAP in cube)
 
 
+def remove_partial_writes(out: str) -> int:
+    """Delete the ``<key>.<uuid>.partial`` temporaries that a write cut short (a killed worker) left in
+    a store; returns how many. Call it only once every region is verified: they are never read."""
+    removed = 0
+    for path in Path(out).rglob("*.partial"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def finish_cube(job: CubeJob, workers: int) -> RunSummary:
     """Verify every region of a cube whose tasks are all back, record the summary in the store."""
     rc = job.rc
     problems = verify(rc.out, job.regions, job.names)
     if problems:
         raise SurveyProcError(f"{rc.out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
+    remove_partial_writes(rc.out)
     flag = np.asarray(zarr.open_group(rc.out, mode="r")["flag"][...])
     counts, fitted = flag_counts(flag)
     elapsed = (job.finished - job.started) if job.started is not None and job.finished is not None else 0.0

@@ -133,7 +133,7 @@ class TorchScriptEstimator:
         spec = self.manifest.input
         if spec.kind != "spectrum":  # photometric inputs have shapes of their own; their networks are small
             return
-        x = np.zeros((self.batch_size, len(spec.channels), spec.wave.size), np.float32)
+        x = np.zeros((min(self.batch_size, 4096), len(spec.channels), spec.wave.size), np.float32)
         for _ in range(2):
             self._predict(x)
 

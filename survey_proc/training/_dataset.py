@@ -41,6 +41,11 @@ EMISSION_MASKS_REST = (
 SKY_MASKS_OBSERVED = ((5570.0, 5585.0), (5885.0, 5900.0), (6295.0, 6306.0), (6358.0, 6369.0),
                       (6860.0, 6868.0))
 
+#: rest-frame lines beyond 7100 A masked by the wide MUSE input ([Ar III] 7136, [O II] 7320/7330)
+EMISSION_MASKS_REST_RED = ((7126.0, 7146.0), (7310.0, 7340.0))
+#: observed-frame sky lines and telluric bands of the red half of MUSE's range (Angstrom)
+SKY_MASKS_OBSERVED_RED = ((6865.0, 6935.0), (7334.0, 7348.0), (7590.0, 7700.0), (8338.0, 8351.0),
+                          (8393.0, 8406.0), (8821.0, 8834.0), (8879.0, 8893.0), (8913.0, 8926.0))
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,18 @@ def default_muse_input() -> InputSpec:
     return InputSpec(wave_start=4750.0, wave_stop=7100.0, wave_step=1.25, frame="rest", medium="air",
                      channels=("flux", "error", "mask"), normalise="median",
                      masks_rest=EMISSION_MASKS_REST, masks_observed=SKY_MASKS_OBSERVED,
+                     max_masked_fraction=0.5, min_coverage=0.99,
+                     lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
+
+
+def wide_muse_input() -> InputSpec:
+    """MUSE rest frame 4750-8800 A at 1.25 A (3241 pixels): the red half of MUSE's range adds the
+    dust lever arm and the Ca triplet; it needs z <= 0.062 for MUSE's 9350 A red end. Telluric bands
+    and the red sky lines are masked in the observed frame."""
+    return InputSpec(wave_start=4750.0, wave_stop=8800.0, wave_step=1.25, frame="rest", medium="air",
+                     channels=("flux", "error", "mask"), normalise="median",
+                     masks_rest=EMISSION_MASKS_REST + EMISSION_MASKS_REST_RED,
+                     masks_observed=SKY_MASKS_OBSERVED + SKY_MASKS_OBSERVED_RED,
                      max_masked_fraction=0.5, min_coverage=0.99,
                      lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
 
@@ -491,4 +508,4 @@ def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfi
 __all__ = ["CALZETTI_RV", "CONTINUOUS_SFH", "DUST_LAW_RV", "EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS",
            "SDSS_SKY_MASKS_VACUUM", "SKY_MASKS_OBSERVED", "SSP_MIXTURE", "Instrument", "NoiseFreeSet", "StoredSet",
            "TrainsetConfig", "default_muse_input", "draw_redshift", "make_inputs", "n_batches", "observe_noisy",
-           "sdss_observed_input", "synthesise", "synthesise_batch", "trainset_from_record", "write_trainset"]
+           "sdss_observed_input", "wide_muse_input", "synthesise", "synthesise_batch", "trainset_from_record", "write_trainset"]

@@ -42,12 +42,14 @@ from survey_proc.training._dataset import (
     make_inputs,
     sdss_observed_input,
     synthesise,
+    wide_muse_input,
     write_trainset,
 )
 from survey_proc.training._edges import fit_edge_table, noise_level
 from survey_proc.training._evaluate import evaluate
 
-INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input, "sdss-observed-3800-8900": sdss_observed_input}
+INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input, "muse-rest-4750-8800": wide_muse_input,
+                 "sdss-observed-3800-8900": sdss_observed_input}
 
 
 @dataclass
@@ -75,6 +77,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    init_from: str | None = None        #: start from the weights of this bundle (name or path) where shapes match
     min_snr: float = 5.0
     ood_quantile: float = 0.995
     chunk: int = 8192
@@ -351,6 +354,20 @@ def end_epoch(state: dict, label: str, train_loss: float, val_loss: float, secon
     _plot_history(state["history"], out / "loss_curve.png")
 
 
+def initial_weights(net: torch.nn.Module, source: str) -> list[str]:
+    """Copy into ``net`` the tensors of a bundle's network (name or path) whose names and shapes
+    match (e.g. the convolutions of a model trained on a shorter wavelength range); their names."""
+    from survey_proc.estimators import load_manifest
+
+    theirs = torch.jit.load(str(load_manifest(source).file), map_location="cpu").net.state_dict()
+    ours = net.state_dict()
+    loaded = [k for k, v in theirs.items() if k in ours and ours[k].shape == v.shape]
+    if not loaded:
+        raise ValueError(f"init_from {source}: no tensor of its network matches this architecture")
+    net.load_state_dict({**ours, **{k: theirs[k].to(ours[k].device) for k in loaded}})
+    return loaded
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Train, calibrate and export a bundle into ``out_dir/bundle``; returns the bundle path.
 
@@ -385,6 +402,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     amp = device.type == "cuda"
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    if cfg.init_from and not ckpt_path.exists():
+        loaded = initial_weights(net, cfg.init_from)
+        say(f"initial weights from {cfg.init_from}: {len(loaded)} tensors ({', '.join(loaded[:4])}, ...)")
     state = resume_state(ckpt_path, net, opt, sched, cfg.digest(), device, say)
 
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
