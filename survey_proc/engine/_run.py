@@ -134,9 +134,10 @@ class RunSummary:
         flagged = ", ".join(f"{k} {v}" for k, v in self.flag_counts.items() if v) or "none"
         if self.regions_run:
             head = (f"spectra processed: {self.spectra_run} of {self.spectra} in {self.seconds:.1f} s "
-                    f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); cluster start-up and "
-                    f"loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
-                    f"{self.regions_run} regions run, {self.regions_skipped} already done)")
+                    f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); "
+                    + (f"cluster start-up and loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
+                       if self.setup_seconds > 0 else "")
+                    + f"{self.regions_run} regions run, {self.regions_skipped} already done)")
         else:
             head = f"nothing to do: all {self.regions} regions ({self.spectra} spectra) were already done"
         lines = [
@@ -304,10 +305,10 @@ def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError
     fallback = config.get("run.fallback-model", None)
     if not fallback:
         return None
-    manifest = load_manifest(fallback)
     try:
+        manifest = load_manifest(fallback)
         manifest.input.check_store(cube, redshift, path, manifest.name)
-    except CubeError:
+    except SurveyProcError:  # a fallback that is missing, broken or does not cover the cube either
         return None
     reason = str(exc).split(": ", 1)[-1].split(" (")[0]
     print(f"note: the default model does not cover {path} ({reason}); using {fallback} "
@@ -317,7 +318,7 @@ def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError
 
 def prepare_cube(rc: RunConfig) -> CubeJob:
     """Validate the cube and the model, write (or resume) the maps store; returns the regions left."""
-    model_named = rc.model is not None
+    model_named = rc.model is not None or config.get("run.model") != "default"  # only the packaged default falls back
     rc = rc.resolved()
     manifest = load_manifest(rc.model)
     spec = manifest.input  # the declared input kind says which store to expect
@@ -461,10 +462,13 @@ def _setup_workers(client, jobs: list[CubeJob], resources) -> float:
     futures = [client.submit(setup_worker, o, key=f"setup-{uuid.uuid4().hex}", workers=[addr],
                              allow_other_workers=False, pure=False, resources=resources)
                for addr in client.scheduler_info().get("workers", {}) for o in opts]
-    try:
-        client.gather(futures)
-    except Exception:  # noqa: BLE001 - reported by the regions themselves
+    from distributed import wait
+
+    try:  # a worker that dies during setup comes back at another address: do not wait for it
+        wait(futures, timeout=float(config.get("run.setup-timeout", 300)))
+    except Exception:  # noqa: BLE001 - timeouts and failures are reported by the regions themselves
         pass
+    client.cancel([f for f in futures if not f.done()])
     return time.perf_counter() - t0
 
 

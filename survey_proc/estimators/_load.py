@@ -61,7 +61,8 @@ def load_manifest(spec: str | Path) -> Manifest:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(manifest_path: str, mtime: float, device: str, threads: int | None) -> Estimator:
+def _load_cached(manifest_path: str, mtime: float, device: str, threads: int | None,
+                 precision: str | None = None) -> Estimator:
     manifest = read_manifest(Path(manifest_path))
     verify_bundle(manifest)
     target = IMPLEMENTATIONS.get(manifest.estimator)
@@ -83,4 +84,7 @@ def load_estimator(spec: str | Path, device: str = "cpu", threads: int | None = 
     ``threads`` sets the number of CPU threads the implementation may use (None: its default).
     """
     path = resolve_model(spec)
-    return _load_cached(str(path), path.stat().st_mtime, device, threads)
+    from survey_proc import config
+
+    # the CPU precision setting changes what is loaded (survey-proc.run.cpu-precision): part of the key
+    return _load_cached(str(path), path.stat().st_mtime, device, threads, config.get("run.cpu-precision", None))

@@ -135,7 +135,7 @@ class TorchScriptEstimator:
             return
         x = np.zeros((min(self.batch_size, 4096), len(spec.channels), spec.wave.size), np.float32)
         for _ in range(2):
-            self._predict(x)
+            self.predict(x)
 
     def _staged(self, chunk: np.ndarray) -> torch.Tensor:
         """``chunk`` on the device; on a GPU copied through the pinned buffer, asynchronously."""

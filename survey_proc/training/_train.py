@@ -100,6 +100,8 @@ class TrainConfig:
         """Hash of what the training loop depends on (calibration after training is left out, so a
         finished run re-exports with new calibration options instead of training again)."""
         identity = {k: v for k, v in asdict(self).items() if k not in _AFTER_TRAINING}
+        if identity.get("init_from") is None:  # runs from before the option keep their digest
+            identity.pop("init_from", None)
         identity["trainset"] = self.trainset.identity()
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -402,7 +404,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     amp = device.type == "cuda"
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
-    if cfg.init_from and not ckpt_path.exists():
+    if cfg.init_from:  # a checkpoint of this run, if any, overwrites them in resume_state
         loaded = initial_weights(net, cfg.init_from)
         say(f"initial weights from {cfg.init_from}: {len(loaded)} tensors ({', '.join(loaded[:4])}, ...)")
     state = resume_state(ckpt_path, net, opt, sched, cfg.digest(), device, say)
