@@ -148,18 +148,14 @@ def bench_cluster(workers: int, env: dict | None = None):
 
 
 def _warm_estimator(model: str, device: str) -> str:
-    """Load the estimator in a worker (as the engine will) and run it once on a dummy batch."""
+    """Load the estimator in a worker (as the engine will) and warm it up as the engine's worker setup
+    does (``warm_up``: TorchScript's first calls; pPXF has none and warms up in its first region)."""
     from survey_proc.estimators import load_estimator
 
     est = load_estimator(model, device=device, threads=1)
-    spec = est.manifest.input
-    x = np.zeros((8, len(spec.channels), spec.wave.size), np.float32)
-    x[:, 0] = 1.0
-    for _ in range(2):  # TorchScript optimises on its first calls
-        try:
-            est.predict(x, {})
-        except Exception:  # noqa: BLE001 - estimators that need more (pPXF: the LSF) warm up in the run
-            break
+    warm_up = getattr(est, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
     return est.manifest.model_id
 
 

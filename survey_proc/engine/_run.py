@@ -457,13 +457,13 @@ def _setup_workers(client, jobs: list[CubeJob], resources) -> float:
     Workers that join later (batch-queue jobs) load it with their first region. A failure here is
     left for the regions to report (with the store and region named).
     """
+    from distributed import wait
+
     t0 = time.perf_counter()
     opts = list({(j.opts.model, j.opts.device, j.opts.threads): j.opts for j in jobs}.values())
     futures = [client.submit(setup_worker, o, key=f"setup-{uuid.uuid4().hex}", workers=[addr],
                              allow_other_workers=False, pure=False, resources=resources)
                for addr in client.scheduler_info().get("workers", {}) for o in opts]
-    from distributed import wait
-
     try:  # a worker that dies during setup comes back at another address: do not wait for it
         wait(futures, timeout=float(config.get("run.setup-timeout", 300)))
     except Exception:  # noqa: BLE001 - timeouts and failures are reported by the regions themselves

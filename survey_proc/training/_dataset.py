@@ -8,6 +8,7 @@ the engine will feed it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -106,12 +107,9 @@ def wide_muse_input() -> InputSpec:
     """MUSE rest frame 4750-8800 A at 1.25 A (3241 pixels): the red half of MUSE's range adds the
     dust lever arm and the Ca triplet; it needs z <= 0.062 for MUSE's 9350 A red end. Telluric bands
     and the red sky lines are masked in the observed frame."""
-    return InputSpec(wave_start=4750.0, wave_stop=8800.0, wave_step=1.25, frame="rest", medium="air",
-                     channels=("flux", "error", "mask"), normalise="median",
-                     masks_rest=EMISSION_MASKS_REST + EMISSION_MASKS_REST_RED,
-                     masks_observed=SKY_MASKS_OBSERVED + SKY_MASKS_OBSERVED_RED,
-                     max_masked_fraction=0.5, min_coverage=0.99,
-                     lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
+    return dataclasses.replace(default_muse_input(), wave_stop=8800.0,
+                               masks_rest=EMISSION_MASKS_REST + EMISSION_MASKS_REST_RED,
+                               masks_observed=SKY_MASKS_OBSERVED + SKY_MASKS_OBSERVED_RED)
 
 
 def sdss_observed_input() -> InputSpec:
