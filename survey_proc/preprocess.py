@@ -231,22 +231,29 @@ def masked_median(values: np.ndarray, good: np.ndarray, width: int | None = None
     if n == 0 or not keep.any():
         return out
     n_good = good.sum(axis=-1)
-    filled = np.where(good, values, np.inf)
-    if not keep.all():  # columns bad in every row (declared masks) do not take part
-        filled = np.compress(keep, filled, axis=-1)
+    dtype = values.dtype if values.dtype.kind == "f" else out.dtype
+    if keep.all():
+        filled, bad = np.array(values, dtype=dtype), ~good
+    else:  # columns bad in every row (declared masks) do not take part
+        filled = np.compress(keep, values, axis=-1).astype(dtype, copy=False)
+        bad = ~np.compress(keep, good, axis=-1)
+    np.copyto(filled, np.inf, where=bad)  # one copy of the values, partitioned in place below
     # bad entries: (width - n_good) // 2 at -inf (sorted first), the rest at +inf (sorted last)
     upper = length // 2 - (length - n_good) // 2        # rank among the good values
     lower = upper - 1 if length % 2 == 0 else upper
     last = filled.shape[-1] - 1
     for rank in np.unique(upper[n_good > 0]):
         rows = np.flatnonzero((upper == rank) & (n_good > 0))
-        lo = int(rank - 1 if length % 2 == 0 else rank)
-        kth = sorted({min(max(lo, 0), last), min(int(rank), last)})
-        part = np.partition(filled if rows.size == n else filled[rows], kth, axis=-1)
+        k = min(int(rank), last)
+        part = filled if rows.size == n else filled[rows]
+        part.partition(k, axis=-1)  # in place: partitioning permutes a row, keeping its values
         g = n_good[rows]
-        hi_v = np.where(rank < g, part[:, kth[-1]], np.inf).astype(out.dtype)
+        hi_v = np.where(rank < g, part[:, k], np.inf).astype(out.dtype)
         if length % 2 == 0:
-            lo_v = np.where(lower[rows] < g, part[:, kth[0]], np.inf).astype(out.dtype)
+            # the next smaller order statistic is the largest entry left of the partition point
+            lo_k = min(max(int(rank) - 1, 0), last)
+            below = part[:, lo_k] if lo_k == k else part[:, :k].max(axis=-1)
+            lo_v = np.where(lower[rows] < g, below, np.inf).astype(out.dtype)
             out[rows] = np.mean(np.stack([lo_v, hi_v], axis=-1), axis=-1)
         else:
             out[rows] = hi_v
@@ -274,6 +281,8 @@ class _Resampling:
     static_bad : (g, L) model pixels outside the data or inside a declared mask.
     native : (g, hi - lo) data columns inside the model's range (S/N is measured on them).
     coverage : (g,) fraction of the model grid the data cover.
+    static_fill : for a shared grid, how :func:`fill_gaps` fills the static gaps of a row without
+        other bad pixels: (columns, left neighbour, right neighbour, weight of the right one).
     """
 
     lo: int
@@ -284,12 +293,27 @@ class _Resampling:
     static_bad: np.ndarray
     native: np.ndarray
     coverage: np.ndarray
+    static_fill: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def rows(self, start: int, stop: int) -> _Resampling:
         if self.left.shape[0] == 1:
             return self
         return _Resampling(self.lo, self.hi, self.width, self.left[start:stop], self.right_w[start:stop],
                            self.static_bad[start:stop], self.native[start:stop], self.coverage[start:stop])
+
+
+def gap_neighbours(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(columns, left, right, t) of one row's invalid entries, as :func:`fill_gaps` fills them:
+    ``v[left] + (v[right] - v[left]) * t``; at a row's ends both neighbours are the nearest valid one."""
+    length = valid.size
+    idx = np.arange(length)
+    left_valid = np.maximum.accumulate(np.where(valid, idx, -1))
+    right_valid = np.minimum.accumulate(np.where(valid, idx, length)[::-1])[::-1]
+    cols = np.flatnonzero(~valid)
+    p, q = left_valid[cols], right_valid[cols]
+    p, q = np.where(p < 0, q, p), np.where(q >= length, p, q)
+    t = np.where(q > p, (cols - p) / np.maximum(q - p, 1), 0.0).astype(np.float32)
+    return cols, p, q, t
 
 
 def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec) -> _Resampling:
@@ -310,7 +334,31 @@ def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: In
     lo, hi = int(idx.min()), int(idx.max()) + 2
     crop = wave[None, lo:hi]
     native = (crop >= src[:, :1]) & (crop <= src[:, -1:])
-    return _Resampling(lo, hi, wave.size, idx - lo, w, static_bad, native, coverage)
+    static_fill = gap_neighbours(~static_bad[0]) if static_bad.shape[0] == 1 and not static_bad.all() else None
+    return _Resampling(lo, hi, wave.size, idx - lo, w, static_bad, native, coverage, static_fill)
+
+
+def _fill_flux(values: np.ndarray, good: np.ndarray, n_bad: np.ndarray, rs: _Resampling) -> np.ndarray:
+    """:func:`fill_gaps` of ``values`` (a fresh float32 array, filled in place), the same numbers.
+
+    The static gaps (declared masks, outside the data; the same in every row) are filled from the
+    precomputed neighbours of ``rs.static_fill``. In a row with other bad pixels, those and the
+    static gaps whose neighbour is one of them are filled again by :func:`fill_gaps`: each of their
+    runs is bounded by valid pixels, so its cost grows only with these few pixels.
+    """
+    if rs.static_fill is None:
+        return fill_gaps(values, good)
+    cols, p, q, t = rs.static_fill
+    vp, vq = values[:, p], values[:, q]
+    values[:, cols] = vp + (vq - vp) * t
+    other = np.flatnonzero(n_bad > cols.size)  # rows with bad pixels beyond the static ones
+    if other.size:
+        dynamic = ~good[other]
+        dynamic[:, cols] = False
+        redo = dynamic.copy()
+        redo[:, cols] = dynamic[:, p] | dynamic[:, q]
+        values[other] = fill_gaps(values[other], ~redo)
+    return values
 
 
 def _gather(a: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -330,8 +378,9 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
     m_flux = _gather(clean_flux, left) * w0 + _gather(clean_flux, left + 1) * w1
     m_var = _gather(clean_var, left) * (w0 * w0) + _gather(clean_var, left + 1) * (w1 * w1)
     good = ~m_bad
+    n_bad = m_bad.sum(axis=1)
     flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
-    flags[m_bad.mean(axis=1) > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
+    flags[n_bad / m_bad.shape[1] > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
 
     med = normalisation(m_flux, good, spec)
     usable = np.isfinite(med) & (med > 0)
@@ -342,7 +391,7 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
 
     for k, name in enumerate(spec.channels):
         if name == "flux":
-            x[:, k] = fill_gaps(m_flux / safe, good)
+            x[:, k] = _fill_flux(m_flux / safe, good, n_bad, rs)
         elif name == "error":
             x[:, k] = np.where(good, np.sqrt(m_var) / safe, np.float32(0.0))
         elif name == "mask":

@@ -124,3 +124,30 @@ def test_local_workers_start_with_our_settings():
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         settings = set(client.run(_worker_settings).values())
     assert settings == {("67108864", False)}
+
+
+def _zarr_threads():
+    import zarr
+
+    return zarr.config.get("threading.max_workers", None)
+
+
+def test_worker_setup_sizes_the_zarr_decoding_pool():
+    """setup_worker gives each CPU worker a Zarr pool of its own threads (not one per core of the
+    machine per worker); GPU workers keep Zarr's default; a configured number wins."""
+    import zarr
+    from distributed import Client
+
+    from survey_proc.cluster._local import local_cluster
+    from survey_proc.engine._region import RegionOptions, limit_io_threads
+
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
+        opts = RegionOptions(cube="c.zarr", out="m.zarr", model="default", redshift=0.0, min_snr=5.0, threads=1)
+        client.run(limit_io_threads, opts)
+        assert set(client.run(_zarr_threads).values()) == {1}
+    with zarr.config.set({"threading.max_workers": None}):
+        limit_io_threads(RegionOptions("c", "m", "default", 0.0, 5.0, device="cuda:0", threads=1))
+        assert _zarr_threads() is None
+        with dask.config.set({"survey-proc.run.io-threads": 3}):
+            limit_io_threads(RegionOptions("c", "m", "default", 0.0, 5.0, threads=1))
+        assert _zarr_threads() == 3

@@ -34,6 +34,54 @@ def test_masked_median_ignores_bad_entries():
     assert np.isnan(masked_median(v[:1], np.zeros((1, 101), bool)))[0]
 
 
+def _median_by_definition(row, good, width):
+    """masked_median's definition: the plain median of the row padded to ``width`` entries, its
+    bad entries replaced alternately by -inf and +inf ((width - n_good) // 2 of them at -inf)."""
+    vals = np.sort(row[good].astype(np.float64))
+    n_bad = width - vals.size
+    if vals.size == 0:
+        return np.nan
+    full = np.concatenate([np.full(n_bad // 2, -np.inf), vals, np.full(n_bad - n_bad // 2, np.inf)])
+    mid = width // 2
+    return full[mid] if width % 2 else (full[mid - 1] + full[mid]) / 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_masked_median_matches_its_definition_exactly(dtype):
+    """Even and odd widths, ties, all-bad columns, rows with few or no good entries."""
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        n, length = int(rng.integers(1, 6)), int(rng.integers(1, 14))
+        v = rng.integers(-3, 4, (n, length)).astype(dtype)
+        good = rng.random((n, length)) < rng.uniform(0.0, 1.0)
+        good[:, int(rng.integers(0, length))] = False  # a column bad in every row
+        width = length + int(rng.integers(0, 3))
+        got = masked_median(v, good, width)
+        want = [_median_by_definition(r, g, width) for r, g in zip(v, good)]
+        np.testing.assert_array_equal(got, np.array(want, got.dtype))
+
+
+def test_fill_of_static_gaps_equals_the_generic_fill():
+    """prepare's fill (precomputed neighbours of the declared masks, fill_gaps only where other bad
+    pixels touch them) gives fill_gaps' numbers exactly, on spectra with bad pixels next to masks."""
+    from survey_proc.preprocess import _fill_flux, _resampling
+
+    rng = np.random.default_rng(2)
+    wave = np.arange(4800.0, 6600.0, 1.25)
+    rs = _resampling(wave, 0.05, 6, SPEC)
+    static = rs.static_bad[0]
+    values = rng.normal(1.0, 0.1, (6, static.size)).astype(np.float32)
+    good = np.broadcast_to(~static, values.shape).copy()
+    edges = np.flatnonzero(np.diff(static.astype(int)))  # the pixels around each masked range
+    good[1, edges[0]] = good[1, edges[0] + 1] = False     # next to a mask, both sides
+    good[2, edges[-1] + 1] = False
+    good[3, 10:40] = False                                # a run of its own
+    good[4, :edges[0] + 3] = False                        # from the row's start into a mask
+    good[5] = False                                       # nothing valid
+    n_bad = (~good).sum(axis=1)
+    np.testing.assert_array_equal(_fill_flux(values.copy(), good, n_bad, rs), fill_gaps(values, good))
+
+
 def _spectra(n=4, z=0.05, snr=40.0, rng=None):
     rng = rng or np.random.default_rng(1)
     wave = np.arange(4800.0, 6600.0, 1.25)
