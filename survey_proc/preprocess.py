@@ -160,7 +160,7 @@ class Prepared:
         """
         if self.per_pixel:
             fit = self.fit
-            return self.x[fit], fit
+            return (self.x if fit.all() else self.x[fit]), fit  # no copy when every pixel is fitted
         return self.x, np.ones(self.flags.shape[0], bool)
 
 

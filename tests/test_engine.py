@@ -235,3 +235,24 @@ def test_cube_beyond_the_default_range_falls_back_when_no_model_is_named(tmp_pat
     maps = xr.open_zarr(tmp_path / "m.zarr")
     assert maps.attrs["model_manifest"].endswith("muse-7100/manifest.json")
     assert summary.fitted > 0 and maps.attrs["model_id"] == summary.model_id
+
+
+def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
+    """verify re-reads the outputs a strip of regions at a time; a region whose stored values changed
+    after its CRC-32 was recorded, and one without its marker, are named; the others pass."""
+    from survey_proc.engine._run import verify
+    from survey_proc.engine._template import make_regions, output_variables
+    from survey_proc.estimators import load_manifest
+
+    out = tmp_path / "m.zarr"
+    run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False))
+    maps = xr.open_zarr(out)
+    regions = make_regions({"y": maps.sizes["y"], "x": maps.sizes["x"]}, {"y": 8, "x": 8})
+    names = [name for name, *_ in output_variables(load_manifest(maps.attrs["model_manifest"]))] + ["flag", "snr"]
+    assert len(regions) == 4 and verify(str(out), regions, names) == []
+    grp = zarr.open_group(str(out), mode="r+")
+    grp["log_age"][9, 3] = grp["log_age"][9, 3] + np.float32(0.01)  # region (1, 0)
+    grp["region_done"][0, 1] = 0
+    problems = verify(str(out), regions, names)
+    assert problems == ["region-0-1: not marked done",
+                        "region-1-0: CRC-32 of the stored outputs differs from the one written"]

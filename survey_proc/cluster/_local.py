@@ -23,6 +23,29 @@ def worker_environ() -> dict[str, str]:
     return env
 
 
+#: glibc mallopt parameters of the malloc variables in ``worker-environ`` (malloc.h)
+_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}
+
+
+def tune_heap() -> bool:
+    """Give this process the heap settings local workers start with (``worker-environ``), via glibc's
+    ``mallopt``: for work done in the driver (``--cluster none``, evaluation, training), where
+    batches of large temporaries otherwise go back to the system after each use (measured: the
+    default network ~1.8x slower per spectrum). False where there is no glibc (nothing changed).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    env = config.get("cluster.worker-environ") or {}
+    for key, param in _MALLOPT.items():
+        if env.get(key) is not None:
+            libc.mallopt(param, int(env[key]))
+    return True
+
+
 def worker_config() -> dict:
     """Dask settings local worker processes start with (their environment; Dask's sampling profiler,
     whose 10 ms stack walks cost ~15 % of a core, off unless ``survey-proc.cluster.worker-profile``)."""

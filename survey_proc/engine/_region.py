@@ -73,38 +73,44 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
     ``timings``, if given, receives the wall and CPU seconds of preprocessing and of the estimator
     (``prepare``, ``prepare_cpu``, ``estimator``, ``estimator_cpu``).
 
-    Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
+    Spectra go through preprocessing and the estimator in blocks of :func:`stream_block` (the
+    numbers do not depend on it). Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
     outputs are flagged FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold)
     set their flags.
     """
     manifest = estimator.manifest
-    w0, c0 = time.perf_counter(), time.process_time()
-    prep = manifest.input.prepare_batch(flux, var, mask, wave, redshift, shape=shape)
-    w1, c1 = time.perf_counter(), time.process_time()
+    input_spec = manifest.input
     n = flux.shape[0]
-    flags = prep.flags.copy()
+    block = stream_block(estimator, n)
+    z_all = np.broadcast_to(np.asarray(redshift, np.float64), (n,))
+    flags, snr, fit = np.zeros(n, np.uint8), np.full(n, np.nan), np.zeros(n, bool)
+    parts: list[tuple[int, np.ndarray, dict]] = []  # (first row, rows estimated, outputs) per block
+    spent = np.zeros(4)  # prepare wall, prepare CPU, estimator wall, estimator CPU
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        w0, c0 = time.perf_counter(), time.process_time()
+        prep = input_spec.prepare_batch(flux[a:b], var[a:b], mask[a:b], wave,
+                                  redshift if np.ndim(redshift) == 0 else redshift[a:b], shape=shape)
+        w1, c1 = time.perf_counter(), time.process_time()
+        flags[a:b], snr[a:b], fit[a:b] = prep.flags, prep.snr, prep.fit
+        x_in, rows = prep.batch()  # rows: the pixels (of this block) the estimator's output rows belong to
+        if prep.fit.any():
+            parts.append((a, rows, estimator.predict(x_in, estimator_meta(z_all[a:b][rows], wave, lsf_fwhm, input_spec))))
+        del prep, x_in
+        spent += (w1 - w0, c1 - c0, time.perf_counter() - w1, time.process_time() - c1)
     with np.errstate(invalid="ignore"):
-        flags[np.isfinite(prep.snr) & (prep.snr < min_snr)] |= np.uint8(Flag.LOW_SNR)
-    fit = prep.fit
-    x_in, rows = prep.batch()  # rows: the pixels the estimator's output rows belong to
-    outputs: dict[str, np.ndarray] = {}
-    t0, c2 = time.perf_counter(), time.process_time()
-    if fit.any():
-        z = np.broadcast_to(np.asarray(redshift, np.float64), (n,))[rows]
-        pred = estimator.predict(x_in, estimator_meta(z, wave, lsf_fwhm, manifest.input))
-    else:
-        pred = {}
-    est_seconds = time.perf_counter() - t0
+        flags[np.isfinite(snr) & (snr < min_snr)] |= np.uint8(Flag.LOW_SNR)
+    est_seconds = float(spent[2])
     if timings is not None:
-        timings.update(prepare=w1 - w0, prepare_cpu=c1 - c0, estimator=est_seconds,
-                       estimator_cpu=time.process_time() - c2)
+        timings.update(prepare=spent[0], prepare_cpu=spent[1], estimator=spent[2], estimator_cpu=spent[3])
+    outputs: dict[str, np.ndarray] = {}
     for name, extra, _, coords in output_variables(manifest):
         out_shape = (n,) + tuple(len(coords[e]) for e in extra)
         full = np.full(out_shape, np.nan, np.float32)
-        if fit.any():
+        for a, rows, pred in parts:
             if name not in pred:
                 raise KeyError(f"estimator {manifest.name} did not return '{name}' declared in its manifest")
-            full[rows] = pred[name]
+            full[a:a + rows.size][rows] = pred[name]
         outputs[name] = full
     failed = np.zeros(n, bool)
     for spec in manifest.outputs:
@@ -120,7 +126,18 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
         outputs[spec.name][not_fitted] = np.nan
         if spec.error:
             outputs[f"{spec.name}_err"][not_fitted] = np.nan
-    return outputs, flags, prep.snr.astype(np.float32), est_seconds
+    return outputs, flags, snr.astype(np.float32), est_seconds
+
+
+def stream_block(estimator: Estimator, n: int) -> int:
+    """Spectra prepared and estimated together within a region: the estimator's batch (on CPUs a
+    few hundred: the model input of a whole region, ~40 MB, would be a fresh mmap per region and
+    leave the caches before the network reads it), the whole region for estimators without one
+    and for image models (a tile goes in whole)."""
+    batch = getattr(estimator, "batch_size", None)
+    if not batch or getattr(estimator.manifest.input, "kind", "spectrum") == "image":
+        return max(n, 1)
+    return max(int(batch), 1)
 
 
 def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
@@ -322,14 +339,3 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
                    write=t_end - t_est, write_cpu=c_end - c_est, cpu=c_end - cpu0)
     return RegionResult(key=region.key, spectra=n, fitted=fitted, flag_counts=counts, seconds=t_end - t0,
                         estimator_seconds=est_seconds, checksum=checksum, worker=_worker_name(), timings=timings)
-
-
-def read_region_outputs(out: str, region: Region, names: list[str]) -> dict[str, np.ndarray]:
-    """Arrays of a region as stored (used to verify checksums), read concurrently."""
-    sel = region.selection()
-    index = tuple(sel[d] for d, _, _ in region.slices)
-    arrays = read_arrays(out, names, index)
-    missing = [name for name, values in arrays.items() if values is None]
-    if missing:
-        raise KeyError(f"{out} lacks {', '.join(missing)}")
-    return arrays

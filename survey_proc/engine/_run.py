@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from survey_proc.engine._region import (
     RegionResult,
     flag_counts,
     process_region,
-    read_region_outputs,
+    read_arrays,
     setup_worker,
     region_checksum,
 )
@@ -201,20 +202,52 @@ def _pending(out: str, regions: list[Region]) -> list[Region]:
     return [r for r in regions if not done[r.index]]
 
 
+def _strips(regions: list[Region], max_spectra: int = 1 << 16) -> Iterator[list[Region]]:
+    """Regions in groups read as one block: those sharing every spatial slice but the last (a strip
+    of a cube's rows; a run of a catalogue's objects), at most ``max_spectra`` spectra a group."""
+    groups: dict[tuple, list[Region]] = {}
+    for region in regions:
+        groups.setdefault(region.slices[:-1], []).append(region)
+    for members in groups.values():
+        members.sort(key=lambda r: r.slices[-1][1])
+        batch: list[Region] = []
+        for region in members:
+            if batch and sum(r.size for r in batch) + region.size > max_spectra:
+                yield batch
+                batch = []
+            batch.append(region)
+        yield batch
+
+
 def verify(out: str, regions: list[Region], names: list[str]) -> list[str]:
-    """Problems found re-reading the store: regions unmarked, miscounted or with a wrong CRC-32."""
+    """Problems found re-reading the store: regions unmarked, miscounted or with a wrong CRC-32.
+
+    The outputs are read a strip of regions at a time (one read per array and strip, not per
+    region), and each region's CRC-32 is taken over its part of the strip: the same bytes.
+    """
     grp = zarr.open_group(out, mode="r")
     done = np.asarray(grp["region_done"][...])
     counts = np.asarray(grp["region_spectra"][...])
     sums = np.asarray(grp["region_checksum"][...])
-    problems = []
+    problems, complete = [], []
     for region in regions:
         if not done[region.index]:
             problems.append(f"{region.key}: not marked done")
         elif counts[region.index] != region.size:
             problems.append(f"{region.key}: {counts[region.index]} spectra recorded, {region.size} expected")
-        elif region_checksum(read_region_outputs(out, region, names)) != int(sums[region.index]):
-            problems.append(f"{region.key}: CRC-32 of the stored outputs differs from the one written")
+        else:
+            complete.append(region)
+    for strip in _strips(complete):
+        lead = tuple(slice(a, b) for _, a, b in strip[0].slices[:-1])
+        lo, hi = strip[0].slices[-1][1], max(r.slices[-1][2] for r in strip)
+        arrays = read_arrays(out, names, lead + (slice(lo, hi),))
+        missing = [name for name, values in arrays.items() if values is None]
+        if missing:
+            raise KeyError(f"{out} lacks {', '.join(missing)}")
+        for region in strip:
+            part = (slice(None),) * len(lead) + (slice(region.slices[-1][1] - lo, region.slices[-1][2] - lo),)
+            if region_checksum({k: v[part] for k, v in arrays.items()}) != int(sums[region.index]):
+                problems.append(f"{region.key}: CRC-32 of the stored outputs differs from the one written")
     return problems
 
 

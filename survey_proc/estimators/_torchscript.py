@@ -110,10 +110,13 @@ class TorchScriptEstimator:
 
         Activations of 1024 spectra overflow the CPU caches: batches of ``run.cpu-batch-size``
         (default 256) run ~1.8x faster per spectrum; freezing (weights as constants, folded ops) ~10 %.
-        Neither changes the numbers beyond float rounding.
+        Neither changes the numbers beyond float rounding. The process keeps its freed heap for the
+        next batch (:func:`~survey_proc.cluster._local.tune_heap`; local workers start that way).
         """
         from survey_proc import config
+        from survey_proc.cluster._local import tune_heap
 
+        tune_heap()
         cpu_batch = config.get("run.cpu-batch-size")
         if cpu_batch:
             self.batch_size = min(self.batch_size, int(cpu_batch))
