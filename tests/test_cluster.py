@@ -112,18 +112,20 @@ def _worker_settings():
 
     import dask.config
 
-    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"))
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"))
 
 
 def test_local_workers_start_with_our_settings():
-    """Heap reuse (malloc tunables) and no sampling profiler in every local worker, as configured."""
+    """Heap reuse (malloc tunables), no sampling profiler and a slow housekeeping tick in every local
+    worker, as configured."""
     from distributed import Client
 
     from survey_proc.cluster._local import local_cluster
 
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         settings = set(client.run(_worker_settings).values())
-    assert settings == {("67108864", False)}
+    assert settings == {("67108864", False, "1s")}
 
 
 def _zarr_threads():
