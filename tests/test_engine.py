@@ -238,8 +238,9 @@ def test_cube_beyond_the_default_range_falls_back_when_no_model_is_named(tmp_pat
 
 
 def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
-    """verify re-reads the outputs a strip of regions at a time; a region whose stored values changed
-    after its CRC-32 was recorded, and one without its marker, are named; the others pass."""
+    """verify re-reads the outputs a strip of regions at a time (here or on the workers); a region
+    whose stored values changed after its CRC-32 was recorded, and one without its marker, are
+    named; the others pass."""
     from survey_proc.engine._run import verify
     from survey_proc.engine._template import make_regions, output_variables
     from survey_proc.estimators import load_manifest
@@ -253,6 +254,12 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
     grp = zarr.open_group(str(out), mode="r+")
     grp["log_age"][9, 3] = grp["log_age"][9, 3] + np.float32(0.01)  # region (1, 0)
     grp["region_done"][0, 1] = 0
-    problems = verify(str(out), regions, names)
-    assert problems == ["region-0-1: not marked done",
-                        "region-1-0: CRC-32 of the stored outputs differs from the one written"]
+    expected = ["region-0-1: not marked done",
+                "region-1-0: CRC-32 of the stored outputs differs from the one written"]
+    assert verify(str(out), regions, names) == expected
+    from distributed import Client
+
+    from survey_proc.cluster._local import local_cluster
+
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:  # the strips read on the workers
+        assert verify(str(out), regions, names, client) == expected

@@ -219,11 +219,11 @@ def _strips(regions: list[Region], max_spectra: int = 1 << 16) -> Iterator[list[
         yield batch
 
 
-def verify(out: str, regions: list[Region], names: list[str]) -> list[str]:
+def verify(out: str, regions: list[Region], names: list[str], client=None) -> list[str]:
     """Problems found re-reading the store: regions unmarked, miscounted or with a wrong CRC-32.
 
     The outputs are read a strip of regions at a time (one read per array and strip, not per
-    region), and each region's CRC-32 is taken over its part of the strip: the same bytes.
+    region), on the cluster's workers when a ``client`` is given, else here.
     """
     grp = zarr.open_group(out, mode="r")
     done = np.asarray(grp["region_done"][...])
@@ -237,17 +237,30 @@ def verify(out: str, regions: list[Region], names: list[str]) -> list[str]:
             problems.append(f"{region.key}: {counts[region.index]} spectra recorded, {region.size} expected")
         else:
             complete.append(region)
-    for strip in _strips(complete):
-        lead = tuple(slice(a, b) for _, a, b in strip[0].slices[:-1])
-        lo, hi = strip[0].slices[-1][1], max(r.slices[-1][2] for r in strip)
-        arrays = read_arrays(out, names, lead + (slice(lo, hi),))
-        missing = [name for name, values in arrays.items() if values is None]
-        if missing:
-            raise KeyError(f"{out} lacks {', '.join(missing)}")
-        for region in strip:
-            part = (slice(None),) * len(lead) + (slice(region.slices[-1][1] - lo, region.slices[-1][2] - lo),)
-            if region_checksum({k: v[part] for k, v in arrays.items()}) != int(sums[region.index]):
-                problems.append(f"{region.key}: CRC-32 of the stored outputs differs from the one written")
+    strips = [(strip, [int(sums[r.index]) for r in strip]) for strip in _strips(complete)]
+    if client is not None and len(strips) > 1:
+        found = client.gather(client.map(verify_strip, [s for s, _ in strips], [c for _, c in strips],
+                                         out=out, names=names, pure=False))
+    else:
+        found = [verify_strip(strip, crcs, out, names) for strip, crcs in strips]
+    order = {r.key: i for i, r in enumerate(regions)}
+    return sorted(problems + [p for f in found for p in f], key=lambda p: order[p.split(":")[0]])
+
+
+def verify_strip(strip: list[Region], crcs: list[int], out: str, names: list[str]) -> list[str]:
+    """Problems of a strip of regions (see :func:`_strips`): each region's CRC-32 recomputed over its
+    part of one read of the strip (the same bytes as reading the region) against ``crcs``."""
+    lead = tuple(slice(a, b) for _, a, b in strip[0].slices[:-1])
+    lo, hi = strip[0].slices[-1][1], max(r.slices[-1][2] for r in strip)
+    arrays = read_arrays(out, names, lead + (slice(lo, hi),))
+    missing = [name for name, values in arrays.items() if values is None]
+    if missing:
+        raise KeyError(f"{out} lacks {', '.join(missing)}")
+    problems = []
+    for region, crc in zip(strip, crcs):
+        part = (slice(None),) * len(lead) + (slice(region.slices[-1][1] - lo, region.slices[-1][2] - lo),)
+        if region_checksum({k: v[part] for k, v in arrays.items()}) != crc:
+            problems.append(f"{region.key}: CRC-32 of the stored outputs differs from the one written")
     return problems
 
 
@@ -401,10 +414,11 @@ def remove_partial_writes(out: str) -> int:
     return removed
 
 
-def finish_cube(job: CubeJob, workers: int) -> RunSummary:
-    """Verify every region of a cube whose tasks are all back, record the summary in the store."""
+def finish_cube(job: CubeJob, workers: int, client=None) -> RunSummary:
+    """Verify every region of a cube whose tasks are all back (on the ``client``'s workers when
+    given), record the summary in the store."""
     rc = job.rc
-    problems = verify(rc.out, job.regions, job.names)
+    problems = verify(rc.out, job.regions, job.names, client)
     if problems:
         raise SurveyProcError(f"{rc.out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
     remove_partial_writes(rc.out)
@@ -442,13 +456,13 @@ def _failure_reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, SurveyProcError) else f"{type(exc).__name__}: {exc}"
 
 
-def _close(job: CubeJob, workers: int) -> CubeOutcome:
+def _close(job: CubeJob, workers: int, client=None) -> CubeOutcome:
     """The outcome of a job whose tasks are all back (or that failed)."""
     rc = job.rc
     job.error = job.error or job.failure_summary()
     if job.error is None:
         try:
-            summary = finish_cube(job, workers)
+            summary = finish_cube(job, workers, client)
         except Exception as exc:  # a cube that cannot be verified fails alone
             job.error = _failure_reason(exc)
         else:
@@ -609,7 +623,7 @@ def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
         client = state["client"]
         if client is not None:  # workers of batch jobs arrive during the run: count them now
             state["workers"] = max(state["workers"], len(client.scheduler_info().get("workers", {})))
-        outcome = _close(job, state["workers"])
+        outcome = _close(job, state["workers"], client)
         outcomes[index[id(job)]] = outcome
         if rc.progress and len(jobs) > 1:
             from tqdm import tqdm
