@@ -153,3 +153,5 @@ def test_worker_setup_sizes_the_zarr_decoding_pool():
         with dask.config.set({"survey-proc.run.io-threads": 3}):
             limit_io_threads(RegionOptions("c", "m", "default", 0.0, 5.0, threads=1))
         assert _zarr_threads() == 3
+        with dask.config.set({"survey-proc.run.io-threads": 0}), pytest.raises(ValueError, match="io-threads"):
+            limit_io_threads(RegionOptions("c", "m", "default", 0.0, 5.0, threads=1))

@@ -39,10 +39,14 @@ def tune_heap() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    env = config.get("cluster.worker-environ") or {}
+    env = worker_environ()
     for key, param in _MALLOPT.items():
-        if env.get(key) is not None:
-            libc.mallopt(param, int(env[key]))
+        try:
+            value = int(env[key])
+        except (KeyError, TypeError, ValueError):
+            continue  # unset, or not a plain byte count (mallopt takes a C int): glibc's default stays
+        if 0 <= value < 2**31:
+            libc.mallopt(param, value)
     return True
 
 

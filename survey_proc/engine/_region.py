@@ -73,8 +73,9 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
     ``timings``, if given, receives the wall and CPU seconds of preprocessing and of the estimator
     (``prepare``, ``prepare_cpu``, ``estimator``, ``estimator_cpu``).
 
-    Spectra go through preprocessing and the estimator in blocks of :func:`stream_block` (the
-    numbers do not depend on it). Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
+    Spectra go through preprocessing and the estimator in blocks of :func:`stream_block`; the numbers
+    do not depend on it (where a block has unfitted spectra, the network's batches are smaller than
+    with the whole region at once, which can move outputs in the last bits of float32). Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
     outputs are flagged FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold)
     set their flags.
     """
@@ -90,7 +91,7 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
         b = min(a + block, n)
         w0, c0 = time.perf_counter(), time.process_time()
         prep = input_spec.prepare_batch(flux[a:b], var[a:b], mask[a:b], wave,
-                                  redshift if np.ndim(redshift) == 0 else redshift[a:b], shape=shape)
+                                        redshift if np.ndim(redshift) == 0 else z_all[a:b], shape=shape)
         w1, c1 = time.perf_counter(), time.process_time()
         flags[a:b], snr[a:b], fit[a:b] = prep.flags, prep.snr, prep.fit
         x_in, rows = prep.batch()  # rows: the pixels (of this block) the estimator's output rows belong to
@@ -271,6 +272,8 @@ def limit_io_threads(opts: RegionOptions) -> None:
     wanted = config.get("run.io-threads", "auto")
     if wanted in (None, "auto"):
         wanted = None if opts.device.startswith("cuda") else max(1, int(opts.threads or 1))
+    elif int(wanted) < 1:
+        raise ValueError(f"survey-proc.run.io-threads must be auto or at least 1, not {wanted!r}")
     if wanted is not None and zarr.config.get("threading.max_workers", None) != int(wanted):
         zarr.config.set({"threading.max_workers": int(wanted)})
 
@@ -300,6 +303,7 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     dims = tuple(d for d, _, _ in region.slices)
     index = tuple(sel[d] for d in dims)
     marker = tuple(slice(i, i + 1) for i in region.index)
+    limit_io_threads(opts)  # also on workers that joined (or were restarted) after the setup
     out = _open(opts.out, "r")
     if out["region_done"][marker].item():
         return _recorded_result(out, region, index, marker, t0)

@@ -238,9 +238,10 @@ def verify(out: str, regions: list[Region], names: list[str], client=None) -> li
         else:
             complete.append(region)
     strips = [(strip, [int(sums[r.index]) for r in strip]) for strip in _strips(complete)]
-    if client is not None and len(strips) > 1:
+    if client is not None and len(strips) > 1 and client.scheduler_info().get("workers"):
+        # ahead of queued regions of other cubes; with no worker left, the driver reads them itself
         found = client.gather(client.map(verify_strip, [s for s, _ in strips], [c for _, c in strips],
-                                         out=out, names=names, pure=False))
+                                         out=out, names=names, pure=False, priority=10))
     else:
         found = [verify_strip(strip, crcs, out, names) for strip, crcs in strips]
     order = {r.key: i for i, r in enumerate(regions)}
