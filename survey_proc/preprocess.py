@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from survey_proc import _prepare_fused
 from survey_proc.ssp._instrument import log_wave_grid
 from survey_proc.stores._maps import Flag
 
@@ -238,6 +239,14 @@ def masked_median(values: np.ndarray, good: np.ndarray, width: int | None = None
         filled = np.compress(keep, values, axis=-1).astype(dtype, copy=False)
         bad = ~np.compress(keep, good, axis=-1)
     np.copyto(filled, np.inf, where=bad)  # one copy of the values, partitioned in place below
+    return median_of_filled(filled, n_good, length, out)
+
+
+def median_of_filled(filled: np.ndarray, n_good: np.ndarray, length: int, out: np.ndarray) -> np.ndarray:
+    """:func:`masked_median` from ``filled`` (n, k): each row's good values, +inf elsewhere
+    (partitioned in place), ``n_good`` (n,) good values per row, rows of ``length`` entries; into
+    ``out`` (n,), which keeps its value (NaN) for rows without good values."""
+    n = filled.shape[0]
     # bad entries: (width - n_good) // 2 at -inf (sorted first), the rest at +inf (sorted last)
     upper = length // 2 - (length - n_good) // 2        # rank among the good values
     lower = upper - 1 if length % 2 == 0 else upper
@@ -400,6 +409,41 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
             raise ValueError(f"unknown input channel {name!r}")
 
 
+def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
+                        step: float, x: np.ndarray, flags: np.ndarray, snr: np.ndarray, norm: np.ndarray) -> None:
+    """:func:`_prepare_rows` for one shared grid: compiled passes around NumPy's medians (same numbers)."""
+    n, length = x.shape[0], rs.left.shape[1]
+    snr_values = np.empty(flux.shape, np.float32)
+    m_flux, m_var = np.empty((n, length), np.float32), np.empty((n, length), np.float32)
+    m_bad = np.empty((n, length), bool)
+    keep = ~rs.static_bad[0]  # masked_median leaves out the columns bad in every row
+    keep_pos = np.where(keep, np.cumsum(keep) - 1, -1)
+    filled = np.empty((n, int(keep.sum())), np.float32)
+    n_snr, n_good = np.empty(n, np.int64), np.empty(n, np.int64)
+    _prepare_fused.resample_rows(flux, var, mask, rs.left[0], rs.right_w[0], rs.static_bad[0], rs.native[0],
+                                 keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
+    flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
+    flags[(length - n_good) / length > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
+    snr[:] = median_of_filled(snr_values, n_snr, rs.width, np.full(n, np.nan, np.float32)) / np.sqrt(step)
+    med = median_of_filled(filled, n_good, length, np.full(n, np.nan, np.float32))
+    usable = np.isfinite(med) & (med > 0)
+    flags[~usable] |= np.uint8(Flag.NO_DATA)
+    norm[:] = np.where(np.isfinite(med), med, np.nan)
+    safe = np.where(usable, med, 1.0).astype(np.float32)
+    channel = {name: (spec.channels.index(name) if name in spec.channels else -1) for name in KNOWN_CHANNELS}
+    _prepare_fused.write_channels(m_flux, m_var, m_bad, safe, x, channel["flux"], channel["error"], channel["mask"])
+
+
+#: input channels a spectral model may declare
+KNOWN_CHANNELS = ("flux", "error", "mask")
+
+
+def _fused_applies(rs: _Resampling, spec: InputSpec) -> bool:
+    """The fused pass covers one grid shared by all rows, ``median`` normalisation, known channels."""
+    return (_prepare_fused.available() and rs.left.shape[0] == 1 and spec.normalise == "median"
+            and all(name in KNOWN_CHANNELS for name in spec.channels) and rs.hi - rs.lo >= 2)
+
+
 #: normalisation methods an InputSpec may declare
 NORMALISATIONS = ("median", "window")
 
@@ -426,7 +470,7 @@ def normalisation(flux: np.ndarray, good: np.ndarray, spec: InputSpec) -> np.nda
 
 
 def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
-            redshift: float | np.ndarray, spec: InputSpec, block: int = 128) -> Prepared:
+            redshift: float | np.ndarray, spec: InputSpec, block: int = 128, fused: bool | None = None) -> Prepared:
     """Turn data spectra into a model's input.
 
     Parameters
@@ -436,6 +480,8 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     redshift : systemic redshift, scalar or (n,); use 0 for data already in the rest frame.
     spec : the model's :class:`InputSpec`.
     block : rows processed together (small enough for the CPU cache; the result does not depend on it).
+    fused : compute spectra sharing one grid in one compiled pass each (``survey_proc._prepare_fused``,
+        the same numbers); None: where it applies and Numba is present, False: NumPy only.
 
     Only the data columns the model grid touches are read; pixels are linearly interpolated onto
     the model grid (variances with the squared weights), declared masks applied, each spectrum
@@ -453,6 +499,12 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     flags = np.zeros(n, np.uint8)
     snr = np.empty(n, np.float64)
     norm = np.empty(n, np.float64)
+    if fused is not False and _fused_applies(rs, spec):
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            _prepare_fused_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs, spec, step,
+                                x[a:b], flags[a:b], snr[a:b], norm[a:b])
+        return Prepared(x=x, flags=flags, snr=snr, norm=norm)
     for a in range(0, n, block):
         b = min(a + block, n)
         _prepare_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs.rows(a, b),

@@ -289,7 +289,10 @@ def setup_worker(opts: RegionOptions) -> float:
     limit_io_threads(opts)
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
     spec = estimator.manifest.input
-    _wave_and_lsf(opts.cube, spec.feature_dim, getattr(spec, "medium", None))
+    axis, _ = _wave_and_lsf(opts.cube, spec.feature_dim, getattr(spec, "medium", None))
+    if getattr(spec, "kind", "") == "spectrum":  # load (or compile) preprocessing's compiled passes
+        ones = np.ones((2, axis.size), np.float32)
+        spec.prepare_batch(ones, ones, np.zeros(ones.shape, bool), axis, opts.redshift)
     warm_up = getattr(estimator, "warm_up", None)
     if warm_up is not None:
         warm_up()

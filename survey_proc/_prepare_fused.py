@@ -1,0 +1,135 @@
+"""The hot path of :func:`survey_proc.preprocess.prepare`, fused per spectrum (Numba).
+
+For spectra that share one model grid (a cube: one redshift), two compiled passes replace some
+thirty NumPy passes over the whole block: one reads each spectrum once (bad-pixel mask, S/N
+values, resampling), the other writes the model input (normalisation, gap filling, channels);
+the two medians between them stay with NumPy's partition, which is vectorised and faster than a
+compiled quickselect on these rows. The arithmetic is the NumPy path's, operation by operation in
+float32, so the numbers are the same bit for bit (``tests/test_preprocess.py`` compares both on
+damaged spectra); the NumPy path stays for other grids, ``window`` normalisation and where Numba
+is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps the NumPy path usable
+    numba = None
+
+def available() -> bool:
+    """Whether the fused path can run (Numba imports)."""
+    return numba is not None
+
+
+def resample_rows(flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
+                  m_bad, filled, n_snr, n_good):
+    """Phase 1, one spectrum at a time: flux, var, mask (n, m) are the data columns the grid
+    touches; left, right_w, static_bad (L,) the grid; native (m,) the columns inside its range.
+
+    Writes ``snr_values`` (n, m): flux / sqrt(var) of the good native pixels, +inf elsewhere;
+    ``m_flux``, ``m_var``, ``m_bad`` (n, L): the spectra on the model grid; ``filled`` (n, K): m_flux
+    at the K columns outside the static masks (``keep_pos`` (L,): their position, -1 for the others),
+    +inf where bad; ``n_snr``, ``n_good`` (n,): the good entries (the medians' inputs, as
+    ``masked_median`` builds them).
+    """
+    n, m = flux.shape
+    length = left.size
+    bad = np.empty(m, np.bool_)
+    clean_f = np.empty(m, np.float32)
+    clean_v = np.empty(m, np.float32)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    inf = np.float32(np.inf)
+    for r in range(n):
+        count = 0
+        for c in range(m):
+            f, v = flux[r, c], var[r, c]
+            b = mask[r, c] or not np.isfinite(f) or not (v > 0 and v < np.inf)
+            bad[c] = b
+            clean_f[c] = zero if b else f
+            clean_v[c] = one if b else v
+            if not b and native[c]:
+                snr_values[r, c] = clean_f[c] / np.sqrt(clean_v[c])
+                count += 1
+            else:
+                snr_values[r, c] = inf
+        n_snr[r] = count
+        count = 0
+        for j in range(length):
+            lj = left[j]
+            w1 = right_w[j]
+            w0 = one - w1
+            mb = static_bad[j] or (bad[lj] and w1 < 1) or (bad[lj + 1] and w1 > 0)
+            m_bad[r, j] = mb
+            m_flux[r, j] = clean_f[lj] * w0 + clean_f[lj + 1] * w1
+            m_var[r, j] = clean_v[lj] * (w0 * w0) + clean_v[lj + 1] * (w1 * w1)
+            if keep_pos[j] >= 0:
+                filled[r, keep_pos[j]] = inf if mb else m_flux[r, j]
+            if not mb:
+                count += 1
+        n_good[r] = count
+
+
+def write_channels(m_flux, m_var, m_bad, safe, x, i_flux, i_error, i_mask):
+    """Phase 2: the model input ``x`` (n, C, L) from the resampled spectra and their float32
+    normalisations ``safe`` (n,); channel indices ``i_*`` (-1: absent). Gaps of the flux channel
+    are filled as :func:`survey_proc.preprocess.fill_gaps` does; no NaN or inf reaches ``x``."""
+    n, length = m_flux.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for r in range(n):
+        if i_flux >= 0:
+            out = x[r, i_flux]
+            _fill_row(m_flux[r], m_bad[r], safe[r], out)
+            for j in range(length):
+                if not np.isfinite(out[j]):
+                    out[j] = zero
+        if i_error >= 0:
+            for j in range(length):
+                e = zero if m_bad[r, j] else np.sqrt(m_var[r, j]) / safe[r]
+                x[r, i_error, j] = e if np.isfinite(e) else zero
+        if i_mask >= 0:
+            for j in range(length):
+                x[r, i_mask, j] = one if m_bad[r, j] else zero
+
+
+def _fill_row(m_flux, m_bad, safe, out):
+    """``fill_gaps(m_flux / safe, ~m_bad)`` of one row, into ``out``."""
+    length = m_flux.size
+    prev = -1
+    for j in range(length):
+        if not m_bad[j]:
+            out[j] = m_flux[j] / safe
+            if j - prev > 1:
+                _fill_gap(out, prev, j, length)
+            prev = j
+    if prev < length - 1:
+        _fill_gap(out, prev, length, length)
+
+
+def _fill_gap(out, p, q, length):
+    """Fill ``out[p + 1:q]`` between the valid entries p and q as fill_gaps does: p = -1 or q =
+    ``length`` where the row ends (the nearest valid value), zeros where the row has none."""
+    start, stop = p + 1, q
+    if p < 0 and q >= length:
+        for j in range(length):
+            out[j] = np.float32(0.0)
+        return
+    if p < 0:
+        p = q
+    if q >= length:
+        q = p
+    vp, vq = out[p], out[q]
+    for j in range(start, stop):
+        t = np.float32((j - p) / max(q - p, 1)) if q > p else np.float32(0.0)
+        out[j] = vp + (vq - vp) * t
+
+
+if numba is not None:
+    _fill_gap = numba.njit(cache=True, nogil=True)(_fill_gap)
+    _fill_row = numba.njit(cache=True, nogil=True)(_fill_row)
+    resample_rows = numba.njit(cache=True, nogil=True)(resample_rows)
+    write_channels = numba.njit(cache=True, nogil=True)(write_channels)
