@@ -47,6 +47,14 @@ def stage_table(report: dict) -> list[str]:
     return lines
 
 
+def _warm_note(report: dict) -> str:
+    """How many untimed runs preceded each timed model and pPXF run (rows of older reports: none)."""
+    warm = {r.get("warm_up_runs", 0) for r in report["results"]}
+    n = max(warm) if warm else 0
+    return (f" Each timed run of the model and of pPXF followed {n} untimed run{'s' if n > 1 else ''} of the "
+            "same estimator on the same cube and cluster." if n else "")
+
+
 def results_table(report: dict) -> list[str]:
     lines = ["| method | device | workers | spectra | seconds | spectra/s end to end | per worker | "
              "estimator alone, spectra/s | energy per spectrum | peak RSS per worker (MB) |",
@@ -204,7 +212,8 @@ def markdown(report: dict, png_name: str) -> str:
         "End to end = the whole `survey-proc run` on a warm LocalCluster: open and validate the cube, write "
         "the maps store's metadata, read every region, preprocess, estimate, write, verify every region "
         "(CRC-32), consolidate. pPXF runs on a sample of spaxels spread evenly over the same cube "
-        "(its cost is per spectrum); the model on the whole cube and on the same sample.",
+        "(its cost is per spectrum); the model on the whole cube and on the same sample."
+        + _warm_note(report),
         "",
         "Where the time goes inside the worker tasks (microseconds per spectrum, wall / CPU; on a machine "
         "shared with other jobs the CPU figures are the steadier ones):",
