@@ -290,8 +290,6 @@ class _Resampling:
     static_bad : (g, L) model pixels outside the data or inside a declared mask.
     native : (g, hi - lo) data columns inside the model's range (S/N is measured on them).
     coverage : (g,) fraction of the model grid the data cover.
-    static_fill : for a shared grid, how :func:`fill_gaps` fills the static gaps of a row without
-        other bad pixels: (columns, left neighbour, right neighbour, weight of the right one).
     """
 
     lo: int
@@ -302,27 +300,12 @@ class _Resampling:
     static_bad: np.ndarray
     native: np.ndarray
     coverage: np.ndarray
-    static_fill: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def rows(self, start: int, stop: int) -> _Resampling:
         if self.left.shape[0] == 1:
             return self
         return _Resampling(self.lo, self.hi, self.width, self.left[start:stop], self.right_w[start:stop],
                            self.static_bad[start:stop], self.native[start:stop], self.coverage[start:stop])
-
-
-def gap_neighbours(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(columns, left, right, t) of one row's invalid entries, as :func:`fill_gaps` fills them:
-    ``v[left] + (v[right] - v[left]) * t``; at a row's ends both neighbours are the nearest valid one."""
-    length = valid.size
-    idx = np.arange(length)
-    left_valid = np.maximum.accumulate(np.where(valid, idx, -1))
-    right_valid = np.minimum.accumulate(np.where(valid, idx, length)[::-1])[::-1]
-    cols = np.flatnonzero(~valid)
-    p, q = left_valid[cols], right_valid[cols]
-    p, q = np.where(p < 0, q, p), np.where(q >= length, p, q)
-    t = np.where(q > p, (cols - p) / np.maximum(q - p, 1), 0.0).astype(np.float32)
-    return cols, p, q, t
 
 
 def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec) -> _Resampling:
@@ -343,35 +326,24 @@ def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: In
     lo, hi = int(idx.min()), int(idx.max()) + 2
     crop = wave[None, lo:hi]
     native = (crop >= src[:, :1]) & (crop <= src[:, -1:])
-    static_fill = gap_neighbours(~static_bad[0]) if static_bad.shape[0] == 1 and not static_bad.all() else None
-    return _Resampling(lo, hi, wave.size, idx - lo, w, static_bad, native, coverage, static_fill)
-
-
-def _fill_flux(values: np.ndarray, good: np.ndarray, n_bad: np.ndarray, rs: _Resampling) -> np.ndarray:
-    """:func:`fill_gaps` of ``values`` (a fresh float32 array, filled in place), the same numbers.
-
-    The static gaps (declared masks, outside the data; the same in every row) are filled from the
-    precomputed neighbours of ``rs.static_fill``. In a row with other bad pixels, those and the
-    static gaps whose neighbour is one of them are filled again by :func:`fill_gaps`: each of their
-    runs is bounded by valid pixels, so its cost grows only with these few pixels.
-    """
-    if rs.static_fill is None:
-        return fill_gaps(values, good)
-    cols, p, q, t = rs.static_fill
-    vp, vq = values[:, p], values[:, q]
-    values[:, cols] = vp + (vq - vp) * t
-    other = np.flatnonzero(n_bad > cols.size)  # rows with bad pixels beyond the static ones
-    if other.size:
-        dynamic = ~good[other]
-        dynamic[:, cols] = False
-        redo = dynamic.copy()
-        redo[:, cols] = dynamic[:, p] | dynamic[:, q]
-        values[other] = fill_gaps(values[other], ~redo)
-    return values
+    return _Resampling(lo, hi, wave.size, idx - lo, w, static_bad, native, coverage)
 
 
 def _gather(a: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.take(a, cols[0], axis=1) if cols.shape[0] == 1 else np.take_along_axis(a, cols, 1)
+
+
+def _flag_and_normalise(rs: _Resampling, spec: InputSpec, n_bad: np.ndarray, med: np.ndarray, flags: np.ndarray,
+                        norm: np.ndarray) -> np.ndarray:
+    """Flags from coverage, masked fraction (``n_bad`` of the model's pixels) and the normalisation
+    ``med`` (flux units), set in ``flags``; ``norm`` filled; returns the float32 divisors (1 where
+    ``med`` is unusable)."""
+    flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
+    flags[n_bad / rs.left.shape[1] > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
+    usable = np.isfinite(med) & (med > 0)
+    flags[~usable] |= np.uint8(Flag.NO_DATA)  # includes spectra without any valid pixel
+    norm[:] = np.where(np.isfinite(med), med, np.nan)
+    return np.where(usable, med, 1.0).astype(np.float32)
 
 
 def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
@@ -387,20 +359,12 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
     m_flux = _gather(clean_flux, left) * w0 + _gather(clean_flux, left + 1) * w1
     m_var = _gather(clean_var, left) * (w0 * w0) + _gather(clean_var, left + 1) * (w1 * w1)
     good = ~m_bad
-    n_bad = m_bad.sum(axis=1)
-    flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
-    flags[n_bad / m_bad.shape[1] > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
-
-    med = normalisation(m_flux, good, spec)
-    usable = np.isfinite(med) & (med > 0)
-    flags[~usable] |= np.uint8(Flag.NO_DATA)  # includes spectra without any valid pixel
-    norm[:] = np.where(np.isfinite(med), med, np.nan)
-    safe = np.where(usable, med, 1.0).astype(np.float32)[:, None]
+    safe = _flag_and_normalise(rs, spec, m_bad.sum(axis=1), normalisation(m_flux, good, spec), flags, norm)[:, None]
     snr[:] = snr_per_angstrom(clean_flux, clean_var, ~bad & rs.native, step, rs.width)
 
     for k, name in enumerate(spec.channels):
         if name == "flux":
-            x[:, k] = _fill_flux(m_flux / safe, good, n_bad, rs)
+            x[:, k] = fill_gaps(m_flux / safe, good)
         elif name == "error":
             x[:, k] = np.where(good, np.sqrt(m_var) / safe, np.float32(0.0))
         elif name == "mask":
@@ -422,14 +386,9 @@ def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs:
     n_snr, n_good = np.empty(n, np.int64), np.empty(n, np.int64)
     _prepare_fused.resample_rows(flux, var, mask, rs.left[0], rs.right_w[0], rs.static_bad[0], rs.native[0],
                                  keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
-    flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
-    flags[(length - n_good) / length > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
     snr[:] = median_of_filled(snr_values, n_snr, rs.width, np.full(n, np.nan, np.float32)) / np.sqrt(step)
     med = median_of_filled(filled, n_good, length, np.full(n, np.nan, np.float32))
-    usable = np.isfinite(med) & (med > 0)
-    flags[~usable] |= np.uint8(Flag.NO_DATA)
-    norm[:] = np.where(np.isfinite(med), med, np.nan)
-    safe = np.where(usable, med, 1.0).astype(np.float32)
+    safe = _flag_and_normalise(rs, spec, length - n_good, med, flags, norm)
     channel = {name: (spec.channels.index(name) if name in spec.channels else -1) for name in KNOWN_CHANNELS}
     _prepare_fused.write_channels(m_flux, m_var, m_bad, safe, x, channel["flux"], channel["error"], channel["mask"])
 
@@ -441,7 +400,7 @@ KNOWN_CHANNELS = ("flux", "error", "mask")
 def _fused_applies(rs: _Resampling, spec: InputSpec) -> bool:
     """The fused pass covers one grid shared by all rows, ``median`` normalisation, known channels."""
     return (_prepare_fused.available() and rs.left.shape[0] == 1 and spec.normalise == "median"
-            and all(name in KNOWN_CHANNELS for name in spec.channels) and rs.hi - rs.lo >= 2)
+            and all(name in KNOWN_CHANNELS for name in spec.channels))
 
 
 #: normalisation methods an InputSpec may declare

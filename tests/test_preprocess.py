@@ -61,27 +61,6 @@ def test_masked_median_matches_its_definition_exactly(dtype):
         np.testing.assert_array_equal(got, np.array(want, got.dtype))
 
 
-def test_fill_of_static_gaps_equals_the_generic_fill():
-    """prepare's fill (precomputed neighbours of the declared masks, fill_gaps only where other bad
-    pixels touch them) gives fill_gaps' numbers exactly, on spectra with bad pixels next to masks."""
-    from survey_proc.preprocess import _fill_flux, _resampling
-
-    rng = np.random.default_rng(2)
-    wave = np.arange(4800.0, 6600.0, 1.25)
-    rs = _resampling(wave, 0.05, 6, SPEC)
-    static = rs.static_bad[0]
-    values = rng.normal(1.0, 0.1, (6, static.size)).astype(np.float32)
-    good = np.broadcast_to(~static, values.shape).copy()
-    edges = np.flatnonzero(np.diff(static.astype(int)))  # the pixels around each masked range
-    good[1, edges[0]] = good[1, edges[0] + 1] = False     # next to a mask, both sides
-    good[2, edges[-1] + 1] = False
-    good[3, 10:40] = False                                # a run of its own
-    good[4, :edges[0] + 3] = False                        # from the row's start into a mask
-    good[5] = False                                       # nothing valid
-    n_bad = (~good).sum(axis=1)
-    np.testing.assert_array_equal(_fill_flux(values.copy(), good, n_bad, rs), fill_gaps(values, good))
-
-
 def _spectra(n=4, z=0.05, snr=40.0, rng=None):
     rng = rng or np.random.default_rng(1)
     wave = np.arange(4800.0, 6600.0, 1.25)
