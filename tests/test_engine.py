@@ -60,6 +60,10 @@ def test_maps_schema_and_provenance(acceptance_run):
     assert maps.attrs["status"] == "complete"
     assert maps.attrs["network_precision"] == "float32"  # the default (survey-proc.run.cpu-precision)
     assert maps.region_done.values.all() and maps.region_spectra.values.sum() == 256
+    # one Zarr chunk per region (the mock's 8x8 spatial chunks), one element per bookkeeping chunk
+    store = zarr.open_group(summary.out, mode="r")
+    assert store["log_age"].chunks == (8, 8) and store["flag"].chunks == (8, 8)
+    assert store["region_done"].chunks == (1, 1) and store["region_done"].shape == (2, 2)
     assert summary.setup_seconds > 0 and "loading the model on the workers" in summary.format()
 
 

@@ -33,7 +33,7 @@ def test_training_set_labels_cover_the_grid(ssp_lib):
 def toy_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
     cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1,
+                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"}, threads=1,
                       n_calib=1500)
     return train(cfg, out, progress=False), out
 
@@ -46,6 +46,7 @@ def test_train_export_and_run(toy_bundle, tmp_path, mock16):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["estimator"] == "torchscript" and manifest["input"]["frame"] == "rest"
     assert manifest["training"]["trainset_hash"] and manifest["training"]["epochs_run"] == 2
+    assert manifest["training"]["config"]["arch_kwargs"]["activation"] == "relu"
     held = manifest["metrics"]["held_out"]
     assert set(held["by_family"]) == {"ssp", "csfh"}
     m30 = held["snr"]["30"]["model"]
@@ -65,6 +66,17 @@ def test_train_export_and_run(toy_bundle, tmp_path, mock16):
     assert np.isfinite(xr.open_zarr(tmp_path / "m.zarr").log_age.values).mean() > 0.9
 
 
+def test_spectrum_cnn_activations():
+    from survey_proc.training._arch import SpectrumCNN
+
+    relu = SpectrumCNN(3, 400, 4, widths=(4, 4, 4, 4, 4), activation="relu")
+    assert any(isinstance(m, torch.nn.ReLU) for m in relu.modules())
+    assert not any(isinstance(m, torch.nn.GELU) for m in relu.modules())
+    assert any(isinstance(m, torch.nn.GELU) for m in SpectrumCNN(3, 400, 4, widths=(4, 4, 4, 4, 4)).modules())
+    with pytest.raises(ValueError, match="activation 'tanh': expected one of gelu, relu"):
+        SpectrumCNN(3, 400, 4, activation="tanh")
+
+
 def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
     from survey_proc.estimators import load_estimator
 
@@ -73,7 +85,7 @@ def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
     x[:, 2] = 0
     before = load_estimator(bundle).predict(x)
     cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8)}, threads=1,
+                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"}, threads=1,
                       n_calib=1500)
     again = train(cfg, run_dir, progress=False)   # the checkpoint says 2 of 2 epochs: nothing more to train
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 2

@@ -575,6 +575,7 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
         setup = _setup_workers(client, jobs, resources)
         for job in jobs:
             job.setup_seconds = setup
+        bar.reset()  # the bar's clock (spectra/s, time left) starts with the first region, as the summary's
         top_up()
         for future in pending_futures:
             job, region, _ = inflight.pop(future.key)
