@@ -267,3 +267,29 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
 
     with local_cluster(2, 1) as cluster, Client(cluster) as client:  # the strips read on the workers
         assert verify(str(out), regions, names, client) == expected
+    # regions written by this run (their tasks read them back before marking them) are checked
+    # against the CRC-32 their tasks reported instead of being read again
+    recorded = {r.key: int(grp["region_checksum"][r.index]) for r in regions}
+    assert verify(str(out), regions, names, written={**recorded, "region-1-1": recorded["region-1-1"] ^ 1}) == [
+        "region-0-1: not marked done",
+        "region-1-1: recorded CRC-32 differs from the one its task wrote and read back"]
+
+
+def test_a_region_that_does_not_read_back_as_written_stays_unmarked(mock16, tmp_path):
+    from survey_proc.engine import region_checksum
+    from survey_proc.engine._region import RegionWriteError, write_region_outputs
+
+    out = tmp_path / "m.zarr"
+    run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False))
+    grp = zarr.open_group(str(out), mode="r+")
+    index = (slice(8, 16), slice(8, 16))
+    names = [k for k in grp.array_keys() if not k.startswith("region_")]
+    arrays = {k: np.asarray(grp[k][index]) for k in names}
+    arrays["log_age"] = arrays["log_age"] + np.float32(0.01)
+    grp["region_done"][1, 1] = 0
+    with pytest.raises(RegionWriteError, match=r"outputs read back at \[8:16, 8:16\] differ from those written"):
+        # the CRC-32 of other values than those sent: what a store that loses or alters writes looks like
+        write_region_outputs(str(out), index, arrays, (1, 1), 64, region_checksum(arrays) ^ 1)
+    assert grp["region_done"][1, 1] == 0
+    write_region_outputs(str(out), index, arrays, (1, 1), 64, region_checksum(arrays))
+    assert grp["region_done"][1, 1] == 1 and grp["region_checksum"][1, 1] == region_checksum(arrays)

@@ -1,8 +1,10 @@
 """One task: read a region of the input store, preprocess, estimate, write, mark done.
 
 :func:`estimate_region` is the pure part (arrays in, arrays out); :func:`process_region` adds the
-reads and writes. The region's outputs are written first and its ``region_done`` marker last, each
-chunk write being atomic, so a region is either complete and marked or recomputed on the next run.
+reads and writes. The region's outputs are written first, read back and checked against the CRC-32
+of what was computed, and its ``region_done`` marker written last, each chunk write being atomic,
+so a region is either complete, verified and marked, or recomputed (a failed check fails the task,
+which Dask retries).
 A task that finds its region already marked (its first attempt's worker died after marking, before
 reporting back) returns what is recorded without writing the region again.
 """
@@ -22,7 +24,7 @@ import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync as zarr_sync
 
 from survey_proc import config
-from survey_proc.errors import CubeError
+from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import estimator_meta
@@ -142,7 +144,7 @@ def stream_block(estimator: Estimator, n: int) -> int:
 
 
 def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
-    """CRC-32 over the arrays' bytes in name order (verifies a region after the run)."""
+    """CRC-32 over the arrays' bytes in name order (verifies a region's outputs as stored)."""
     crc = 0
     for name in sorted(arrays):
         crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
@@ -197,8 +199,17 @@ async def _read_arrays(path: str, names: list[str], index: tuple[slice, ...]) ->
 
 def write_region_outputs(path: str, index: tuple[slice, ...], arrays: Mapping[str, np.ndarray],
                          region_index: tuple[int, ...], spectra: int, checksum: int) -> None:
-    """Write a region's outputs and bookkeeping concurrently, then its ``region_done`` marker last."""
+    """Write a region's outputs and bookkeeping concurrently, read the outputs back and check their
+    CRC-32 against ``checksum``, then write its ``region_done`` marker last.
+
+    Raises :class:`RegionWriteError` (the region stays unmarked) when what the store returns is not
+    what was written.
+    """
     zarr_sync(_write_region_outputs(path, index, arrays, region_index, spectra, checksum))
+
+
+class RegionWriteError(SurveyProcError):
+    """A region's outputs read back from the store differ from those written."""
 
 
 async def _write_region_outputs(path: str, index: tuple[slice, ...], arrays: Mapping[str, np.ndarray],
@@ -211,6 +222,11 @@ async def _write_region_outputs(path: str, index: tuple[slice, ...], arrays: Map
     await asyncio.gather(*[handles[name].setitem(index, values) for name, values in arrays.items()],
                          handles["region_spectra"].setitem(marker, np.full(one, spectra, np.int32)),
                          handles["region_checksum"].setitem(marker, np.full(one, checksum, np.uint32)))
+    stored = await asyncio.gather(*[handles[name].getitem(index) for name in arrays])
+    if region_checksum({name: np.asarray(v) for name, v in zip(arrays, stored)}) != checksum:
+        where = ", ".join(f"{s.start}:{s.stop}" for s in index)
+        raise RegionWriteError(f"{path}: the outputs read back at [{where}] differ from those written "
+                               "(CRC-32); the region is left unmarked")
     await handles["region_done"].setitem(marker, np.ones(one, np.uint8))  # last: marks completion
 
 

@@ -7,8 +7,10 @@
    several cubes are in flight together (round-robin over ``run.concurrent-cubes`` cubes, at most
    a few tasks per worker thread queued), with retries; a worker that dies has its region
    recomputed elsewhere, and a task finding its region already marked done does not rewrite it;
-4. as soon as a cube's regions are all back, verify every region (marker, spectra count, CRC-32 of
-   the stored outputs), write pixel maps for a binned input, and summarise (:func:`finish_cube`).
+4. each task reads its outputs back and checks their CRC-32 before it marks its region done; as soon
+   as a cube's regions are all back, verify every region (marker, spectra count, recorded CRC-32;
+   regions not written by this run, i.e. resumed ones, are re-read), write pixel maps for a binned
+   input, and summarise (:func:`finish_cube`).
 
 A cube that cannot be opened, or whose regions keep failing, is reported as failed with its
 reason while the other cubes carry on (:func:`run_many`); :func:`run` is the one-cube case and
@@ -23,7 +25,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -219,25 +221,33 @@ def _strips(regions: list[Region], max_spectra: int = 1 << 16) -> Iterator[list[
         yield batch
 
 
-def verify(out: str, regions: list[Region], names: list[str], client=None) -> list[str]:
+def verify(out: str, regions: list[Region], names: list[str], client=None,
+           written: Mapping[str, int] | None = None) -> list[str]:
     """Problems found re-reading the store: regions unmarked, miscounted or with a wrong CRC-32.
 
-    The outputs are read a strip of regions at a time (one read per array and strip, not per
-    region), on the cluster's workers when a ``client`` is given, else here.
+    ``written``: region key -> CRC-32 of the regions this run wrote, whose tasks read their outputs
+    back and checked them before marking them done; their recorded CRC-32 must match it and they
+    are not read again. The other regions' outputs are read a strip of regions at a time (one read
+    per array and strip, not per region), on the cluster's workers when a ``client`` is given,
+    else here.
     """
+    written = written or {}
     grp = zarr.open_group(out, mode="r")
     done = np.asarray(grp["region_done"][...])
     counts = np.asarray(grp["region_spectra"][...])
     sums = np.asarray(grp["region_checksum"][...])
-    problems, complete = [], []
+    problems, reread = [], []
     for region in regions:
         if not done[region.index]:
             problems.append(f"{region.key}: not marked done")
         elif counts[region.index] != region.size:
             problems.append(f"{region.key}: {counts[region.index]} spectra recorded, {region.size} expected")
+        elif region.key in written:
+            if int(sums[region.index]) != int(written[region.key]):
+                problems.append(f"{region.key}: recorded CRC-32 differs from the one its task wrote and read back")
         else:
-            complete.append(region)
-    strips = [(strip, [int(sums[r.index]) for r in strip]) for strip in _strips(complete)]
+            reread.append(region)
+    strips = [(strip, [int(sums[r.index]) for r in strip]) for strip in _strips(reread)]
     if client is not None and len(strips) > 1 and client.scheduler_info().get("workers"):
         # ahead of queued regions of other cubes; with no worker left, the driver reads them itself
         found = client.gather(client.map(verify_strip, [s for s, _ in strips], [c for _, c in strips],
@@ -416,10 +426,11 @@ def remove_partial_writes(out: str) -> int:
 
 
 def finish_cube(job: CubeJob, workers: int, client=None) -> RunSummary:
-    """Verify every region of a cube whose tasks are all back (on the ``client``'s workers when
-    given), record the summary in the store."""
+    """Verify every region of a cube whose tasks are all back (re-reading those this run did not
+    write, on the ``client``'s workers when given), record the summary in the store."""
     rc = job.rc
-    problems = verify(rc.out, job.regions, job.names, client)
+    written = {r.key: r.checksum for r in job.results if not r.reused}
+    problems = verify(rc.out, job.regions, job.names, client, written)
     if problems:
         raise SurveyProcError(f"{rc.out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
     remove_partial_writes(rc.out)
