@@ -36,7 +36,7 @@ def _scatter(maps, truth, name):
 
 def test_maps_are_measurably_right(acceptance_run):
     """Issue 2 acceptance on a 16x16 mock, seed 7, S/N 30: log_age and [M/H] within 0.15 dex, A_V
-    within 0.10 mag (the shipped default, rest 4750-8800 A: 0.076, 0.065, 0.068 on this machine;
+    within 0.10 mag (the shipped default, muse-cnn-fast: 0.062, 0.069, 0.068 on this machine;
     the earlier 4750-7100 A model, now muse-7100, missed A_V with 0.112)."""
     summary, maps, truth = acceptance_run
     assert summary.spectra == 256 and summary.regions == 4 and summary.workers == 2 and summary.verified
