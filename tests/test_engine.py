@@ -159,7 +159,8 @@ def mock32(tmp_path_factory, ssp_lib):
     from survey_proc.synth import MockConfig, write_mock
 
     path = tmp_path_factory.mktemp("mock32") / "c32.zarr"
-    write_mock(path, MockConfig(nx=32, ny=32, seed=11, snr=30.0, chunk=8), ssp_lib)
+    # 64 regions of 4x4: a run killed or interrupted "half-way" has room to be, even on a loaded machine
+    write_mock(path, MockConfig(nx=32, ny=32, seed=11, snr=30.0, chunk=4), ssp_lib)
     return path
 
 
@@ -175,7 +176,7 @@ def test_killed_run_resumes_without_recomputing(mock32, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done_before = _done(out)
-    assert 3 <= done_before < 16, f"{done_before} regions done when killed"
+    assert 3 <= done_before < 64, f"{done_before} regions done when killed"
     marks_before = np.asarray(zarr.open_group(str(out), mode="r")["region_done"][...]).copy()
     chunks = out / "log_age" / "c"
     stamps = {p: p.stat().st_mtime_ns for p in chunks.rglob("*") if is_chunk_key(p, chunks)}
@@ -183,7 +184,7 @@ def test_killed_run_resumes_without_recomputing(mock32, tmp_path):
 
     resumed = run(RunConfig(cube=str(mock32), out=str(out), workers=2, progress=False))
     assert resumed.regions_skipped == done_before
-    assert resumed.regions_run == 16 - done_before
+    assert resumed.regions_run == 64 - done_before
     assert resumed.verified
     # the chunks of regions finished before the kill were not rewritten
     done_chunks = [p for p in stamps if marks_before[tuple(int(i) for i in p.relative_to(out / "log_age" / "c").parts)]]
