@@ -53,7 +53,6 @@ from survey_proc.engine._template import (
     maps_template,
     output_variables,
     spatial_chunks,
-    template_encoding,
 )
 from survey_proc.stores._cube import consolidate, spatial_dims
 from survey_proc.stores._inputs import open_input_store
@@ -194,8 +193,7 @@ def _setup_store(out: str, template: xr.Dataset, signature: str, overwrite: bool
                         f"{attrs.get('run_signature')} vs {signature}); pass --overwrite to replace it "
                         "or --out to write elsewhere")
     template.attrs["run_signature"] = signature
-    template.to_zarr(out, mode="w", compute=False, zarr_format=3, consolidated=False,
-                     encoding=template_encoding(template))
+    template.to_zarr(out, mode="w", compute=False, zarr_format=3, consolidated=False)  # chunks: its encoding
     return False
 
 

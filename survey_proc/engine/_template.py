@@ -133,10 +133,3 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
 def _lazy(shape: tuple[int, ...], dtype, fill) -> da.Array:
     """A lazy array of ``fill`` in one dask chunk (a template's variable: never computed)."""
     return da.full(shape, fill, dtype=dtype, chunks=-1)
-
-
-def template_encoding(ds: xr.Dataset) -> dict[str, dict]:
-    """Zarr chunk encoding of each variable: ``encoding["chunks"]`` where the template set it, else
-    its dask chunks."""
-    return {name: {"chunks": tuple(int(c) for c in var.encoding["chunks"]) if var.encoding.get("chunks")
-                   else tuple(int(max(c)) for c in var.chunks)} for name, var in ds.data_vars.items()}
