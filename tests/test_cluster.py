@@ -89,6 +89,17 @@ def test_local_cuda_without_dask_cuda_says_what_to_install():
         pytest.skip("dask-cuda is installed here")
 
 
+def test_gpu_workers_share_the_cores_among_them():
+    from survey_proc.cluster._cuda import gpu_worker_threads
+
+    assert gpu_worker_threads("auto", 16, 1) == 16  # one GPU: every core feeds it
+    assert gpu_worker_threads(None, 16, 4) == 4
+    assert gpu_worker_threads("auto", 2, 4) == 1  # more GPUs than cores: still one thread each
+    assert gpu_worker_threads(3, 16, 1) == 3  # a number is taken as it is
+    with pytest.raises(SurveyProcError, match="threads-per-worker must be auto or at least 1"):
+        gpu_worker_threads(0, 16, 1)
+
+
 def test_cli_prints_the_job_script(jobqueue):
     proc = subprocess.run([sys.executable, "-m", "survey_proc", "cluster", "job-script", "--cluster", "pbs"],
                           capture_output=True, text=True, timeout=120)

@@ -10,10 +10,36 @@ dask-cuda is imported here only (``pip install 'survey-proc[gpu]'``).
 from __future__ import annotations
 
 import dask.config
+from dask.system import CPU_COUNT  # cores this process may use (affinity, cgroup quota)
 
 from survey_proc import config
 from survey_proc.cluster._jobqueue import GPU_RESOURCE
 from survey_proc.errors import SurveyProcError
+
+
+def gpu_worker_threads(setting: int | str | None, cores: int, gpus: int) -> int:
+    """Threads of each GPU worker: ``setting``, or for ``auto``/None the machine's ``cores`` shared
+    among its ``gpus`` workers (at least 1). Each thread reads and preprocesses regions on the CPU
+    (the compiled passes and NumPy's partitions release the GIL) while another thread's batch runs
+    on the GPU, so one worker per GPU needs the cores to feed it."""
+    if setting in (None, "auto"):
+        return max(1, int(cores) // max(1, int(gpus)))
+    threads = int(setting)
+    if threads < 1:
+        raise SurveyProcError(f"survey-proc.cluster.local-cuda.threads-per-worker must be auto or at least 1, "
+                              f"not {setting!r}")
+    return threads
+
+
+def _visible_gpus(devices: str | None, workers: int | None) -> int:
+    """How many GPU workers the cluster will start: ``workers``, the ``devices`` listed, or every GPU."""
+    if workers:
+        return int(workers)
+    if devices:
+        return len([d for d in str(devices).split(",") if d.strip()])
+    from dask_cuda.utils import get_n_gpus
+
+    return int(get_n_gpus())
 
 
 def local_cuda_cluster(workers: int | None = None):
@@ -30,10 +56,16 @@ def local_cuda_cluster(workers: int | None = None):
     from survey_proc.cluster._local import worker_config
 
     try:
+        gpus = _visible_gpus(devices, workers)
+    except Exception as exc:  # no driver: NVML cannot start
+        raise SurveyProcError(f"--cluster local-cuda found no GPU: {type(exc).__name__}: {exc} "
+                              "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)") from exc
+    threads = gpu_worker_threads(settings.get("threads-per-worker"), CPU_COUNT, gpus)
+    try:
         with dask.config.set(worker_config()):
             return LocalCUDACluster(
                 CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
-                threads_per_worker=int(settings.get("threads-per-worker") or 1),
+                threads_per_worker=threads,
                 memory_limit=settings.get("memory-limit", "auto"),
                 rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False, jit_unspill=False,
                 resources=dict(GPU_RESOURCE), dashboard_address=":0", silence_logs=40)

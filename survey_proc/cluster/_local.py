@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import dask.config
+from dask.system import CPU_COUNT  # cores this process may use (affinity, cgroup quota)
 
 from survey_proc import config
 
@@ -72,7 +72,7 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwa
     """
     from distributed import LocalCluster
 
-    n = workers or max(1, (os.cpu_count() or 1) // max(threads_per_worker, 1))
+    n = workers or max(1, CPU_COUNT // max(threads_per_worker, 1))
     with dask.config.set(worker_config()):
         return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
                             dashboard_address=kwargs.pop("dashboard_address", ":0"),
