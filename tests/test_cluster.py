@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from survey_proc.cluster import cluster_kind, job_script, make_client
+from survey_proc.cluster._jobqueue import GPU_RESOURCE, GPU_TASK
 from survey_proc.errors import SurveyProcError
 
 PACKAGED = Path(__file__).parents[1] / "survey_proc" / "cluster"
@@ -46,7 +47,7 @@ def test_gpu_jobs_request_gpus_and_tag_workers(jobqueue):
     assert "#SBATCH --gres=gpu:4" in script
     assert "-m dask cuda worker" in script and "--resources GPU=1" in script
     assert "--nthreads 4" in script  # 16 cores shared by one worker per GPU
-    assert kind.device == "cuda" and kind.resources == {"GPU": 1}
+    assert kind.device == "cuda" and 0 < kind.resources["GPU"] < 1  # a share of the worker's GPU=1
     with dask.config.set(_packaged("pbs")), dask.config.set({"survey-proc.cluster.pbs.gpus-per-job": 1,
                                                              "survey-proc.cluster.pbs.job.memory": "100GB"}):
         assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=94GB" in job_script("pbs")
@@ -68,7 +69,7 @@ def test_documented_copies_equal_the_packaged_yaml():
 
 def test_cluster_kinds_and_errors():
     assert cluster_kind("local").device == "cpu" and cluster_kind("local").resources is None
-    assert cluster_kind("local-cuda").device == "cuda" and cluster_kind("local-cuda").resources == {"GPU": 1}
+    assert cluster_kind("local-cuda").device == "cuda" and cluster_kind("local-cuda").resources == GPU_TASK
     assert cluster_kind("tcp://10.0.0.1:8786").device == "cpu"
     assert cluster_kind("slurm").device == "cpu"  # packaged default: CPU jobs
     with pytest.raises(SurveyProcError, match="unknown --cluster 'kubernetes'"):
@@ -98,6 +99,28 @@ def test_gpu_workers_share_the_cores_among_them():
     assert gpu_worker_threads(3, 16, 1) == 3  # a number is taken as it is
     with pytest.raises(SurveyProcError, match="threads-per-worker must be auto or at least 1"):
         gpu_worker_threads(0, 16, 1)
+
+
+def _meet(mine: str, other: str) -> bool:
+    """Set event ``mine``, then wait for ``other``: True only if both tasks ran at the same time."""
+    from distributed import Event
+
+    Event(mine).set()
+    return Event(other).wait(timeout=60)
+
+
+def test_regions_on_a_gpu_worker_run_on_all_its_threads_at_once():
+    """Region tasks ask for a share of a GPU worker's GPU=1, not all of it: a worker with two threads
+    runs two regions together (each task waits for the other; asking for the whole GPU, as before,
+    the first waited alone: [False, True])."""
+    from distributed import Client, LocalCluster
+
+    resources = cluster_kind("local-cuda").resources
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources=dict(GPU_RESOURCE),
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        a = client.submit(_meet, "a", "b", resources=resources, pure=False)
+        b = client.submit(_meet, "b", "a", resources=resources, pure=False)
+        assert client.gather([a, b]) == [True, True]
 
 
 def test_cli_prints_the_job_script(jobqueue):

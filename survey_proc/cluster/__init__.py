@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from survey_proc.cluster._jobqueue import GPU_RESOURCE, PLACEHOLDER_ADDRESS, JobqueueBackend
+from survey_proc.cluster._jobqueue import GPU_TASK, PLACEHOLDER_ADDRESS, JobqueueBackend
 from survey_proc.cluster._pbs import PBS
 from survey_proc.cluster._slurm import SLURM
 from survey_proc.errors import SurveyProcError
@@ -30,7 +30,8 @@ class ClusterKind:
     """What a ``--cluster`` spec means for the tasks.
 
     device : where workers run the model (``cpu`` or ``cuda``: the worker's own GPU).
-    resources : worker resources every region task requires (``{"GPU": 1}`` on GPU clusters).
+    resources : worker resources every region task requires (on GPU clusters a share of the worker's
+        ``GPU=1``, :data:`GPU_TASK`, so that all its threads run regions at once).
     """
 
     spec: str
@@ -45,10 +46,10 @@ def _is_address(spec: str) -> bool:
 def cluster_kind(spec: str) -> ClusterKind:
     """The :class:`ClusterKind` of a ``--cluster`` spec (nothing is started)."""
     if spec == "local-cuda":
-        return ClusterKind(spec, "cuda", dict(GPU_RESOURCE))
+        return ClusterKind(spec, "cuda", dict(GPU_TASK))
     if spec in JOBQUEUE:
         gpu = JOBQUEUE[spec].gpus_per_job() > 0
-        return ClusterKind(spec, "cuda" if gpu else "cpu", dict(GPU_RESOURCE) if gpu else None)
+        return ClusterKind(spec, "cuda" if gpu else "cpu", dict(GPU_TASK) if gpu else None)
     if spec in ("local", "none") or _is_address(spec):
         return ClusterKind(spec)
     raise SurveyProcError(f"unknown --cluster {spec!r}: use one of {', '.join(KNOWN)} or a scheduler address "

@@ -67,7 +67,7 @@ def local_cuda_cluster(workers: int | None = None):
                 CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
                 threads_per_worker=threads,
                 memory_limit=settings.get("memory-limit", "auto"),
-                rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False, jit_unspill=False,
+                rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False,
                 resources=dict(GPU_RESOURCE), dashboard_address=":0", silence_logs=40)
     except Exception as exc:  # no driver, no GPU visible, CUDA_VISIBLE_DEVICES naming a missing GPU
         raise SurveyProcError(f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} "

@@ -25,7 +25,12 @@ from survey_proc.errors import SurveyProcError
 #: the scheduler address in a job script printed before any scheduler exists (as dask-jobqueue does)
 PLACEHOLDER_ADDRESS = "tcp://<insert-scheduler-address-here>:8786"
 GPU_WORKER_COMMAND = "dask cuda worker"  # run as `python -m dask cuda worker` (dask-cuda's CLI)
-GPU_RESOURCE = {"GPU": 1}
+GPU_RESOURCE = {"GPU": 1}  #: what a GPU worker offers (one GPU)
+#: what a region task asks of a GPU worker: a share of its GPU, so that every thread of the worker
+#: runs a region at once (reads and preprocessing on the CPU overlap inference; the estimator takes
+#: turns on the device). Asking for the whole GPU would run one region at a time per worker.
+#: A power of two, so the scheduler's sums of shares are exact.
+GPU_TASK = {"GPU": 2.0**-10}
 
 
 @dataclass(frozen=True)
