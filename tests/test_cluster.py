@@ -141,6 +141,30 @@ def test_gpu_batch_size_from_free_memory():
     assert gpu_batch_size(0, 2e5, 0.5, 1024, 65536) == 1024
 
 
+def test_gpu_pinned_buffer_fits_the_chunks_not_the_batch():
+    from survey_proc.estimators._torchscript import pinned_rows
+
+    assert pinned_rows(1024, 65536) == 1024  # a region of 1,024 spectra pins 1,024 rows, not 65,536
+    assert pinned_rows(1000, 65536) == 1024
+    assert pinned_rows(3000, 2048) == 3000  # never fewer rows than the chunk
+    assert pinned_rows(1, 65536) == 1
+
+
+@pytest.mark.parametrize("model", ["narrowband", "ugriz-maps"])
+def test_photometric_models_keep_their_batch_on_a_gpu(model):
+    """Sizing batches from device memory measures (n, channels, wavelengths) inputs: photometric
+    bundles (SEDs, image tiles) keep their own batch size on a GPU instead of failing to load.
+    (Decided before any CUDA call, so it is checked here on a CPU.)"""
+    import torch
+
+    from survey_proc.estimators import load_manifest
+    from survey_proc.estimators._torchscript import batch_size_for
+
+    manifest = load_manifest(model)
+    with dask.config.set({"survey-proc.gpu.batch-size": "auto"}):
+        assert batch_size_for(torch.device("cuda"), manifest, None) == int(manifest.batch_size or 1024)
+
+
 def _worker_settings():
     import os
 

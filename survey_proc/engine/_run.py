@@ -391,8 +391,8 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
 
     precision = getattr(estimator, "precision", "")
-    if precision and str(rc.device).startswith("cuda"):
-        precision = "float32"  # CPU workers decide bfloat16 for themselves (survey-proc.run.cpu-precision)
+    if precision and str(rc.device).startswith("cuda"):  # bfloat16 is a CPU setting; TF32 a GPU one
+        precision = "tf32" if config.get("gpu.tf32", False) else "float32"
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr,
                                                          getattr(estimator, "provenance", None), precision))
     signature = _run_signature(cube, manifest, redshift, min_snr)

@@ -9,6 +9,7 @@ itself.
 from __future__ import annotations
 
 import functools
+import threading
 import importlib
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def load_manifest(spec: str | Path) -> Manifest:
     return manifest
 
 
+_LOADING = threading.Lock()
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(manifest_path: str, mtime: float, device: str, threads: int | None,
                  precision: str | None = None) -> Estimator:
@@ -87,4 +91,5 @@ def load_estimator(spec: str | Path, device: str = "cpu", threads: int | None = 
     from survey_proc import config
 
     # the CPU precision setting changes what is loaded (survey-proc.run.cpu-precision): part of the key
-    return _load_cached(str(path), path.stat().st_mtime, device, threads, config.get("run.cpu-precision", None))
+    with _LOADING:  # threads of one worker asking at once load the model once (the others find it cached)
+        return _load_cached(str(path), path.stat().st_mtime, device, threads, config.get("run.cpu-precision", None))

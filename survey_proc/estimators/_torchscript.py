@@ -4,10 +4,12 @@ The scripted module returns a ``Dict[str, Tensor]`` with every output of the man
 units (label scaling lives inside the module), ``<name>_err`` where declared, and the scores used
 by the manifest's flag rules (e.g. ``ood_score``).
 
-On a GPU, batches go through one pinned (page-locked) host buffer with asynchronous copies, the
-batch size is chosen from the device's free memory (``survey-proc.gpu.*``), and the threads of a
-worker take turns on the device (a lock), so reads and preprocessing of other regions overlap
-with inference while torch's caching allocator alone manages the device memory.
+On a GPU, batches go through a pinned (page-locked) host buffer with asynchronous copies, the
+batch size is chosen from the device's free memory (``survey-proc.gpu.*``; halved and retried if
+the device runs out), convolutions run in IEEE float32 (not TF32, torch's default for cuDNN:
+``survey-proc.gpu.tf32``), and the threads of a worker take turns on the device (one lock per
+process), so reads and preprocessing of other regions overlap with inference while torch's
+caching allocator alone manages the device memory.
 """
 
 from __future__ import annotations
@@ -40,8 +42,14 @@ def _bytes_per_spectrum(module, device: torch.device, shape: tuple[int, int], n:
     return (torch.cuda.max_memory_allocated(device) - base) / n
 
 
+#: the device's turn: one batch at a time per process, whichever estimator (and thread) runs it, so
+#: that the free memory a batch size was chosen from is there when the batch runs
+_GPU_LOCK = threading.Lock()
+
+
 def batch_size_for(device: torch.device, manifest: Manifest, module) -> int:
-    """The manifest's batch size on CPU; on a GPU ``survey-proc.gpu.batch-size``, or from free memory."""
+    """The manifest's batch size on CPU; on a GPU ``survey-proc.gpu.batch-size``, or from free memory
+    (spectral models; photometric ones, whose batches are small SEDs or one image tile, keep theirs)."""
     cpu_batch = int(manifest.batch_size or config.get("run.batch-size") or 1024)
     if device.type != "cuda":
         return cpu_batch
@@ -49,10 +57,18 @@ def batch_size_for(device: torch.device, manifest: Manifest, module) -> int:
     if configured not in (None, "auto"):
         return int(configured)
     spec = manifest.input
+    if getattr(spec, "kind", "") != "spectrum":
+        return cpu_batch
     per_spectrum = _bytes_per_spectrum(module, device, (len(spec.channels), spec.wave.size))
     free, _ = torch.cuda.mem_get_info(device)
     return gpu_batch_size(free, per_spectrum, float(config.get("gpu.memory-fraction", 0.5)), cpu_batch,
                           int(config.get("gpu.max-batch-size", 65536)))
+
+
+def pinned_rows(rows: int, batch_size: int) -> int:
+    """Rows of the pinned host buffer for a chunk of ``rows`` spectra: the next power of two, at most
+    ``batch_size`` (and at least ``rows``)."""
+    return max(int(rows), min(1 << max(int(rows) - 1, 0).bit_length(), int(batch_size)))
 
 
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -97,14 +113,35 @@ class TorchScriptEstimator:
             raise ModelError(f"model file {manifest.file} could not be loaded as TorchScript "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         self.module.eval()
-        self.batch_size = batch_size_for(self.device, manifest, self.module)
         self._gpu = self.device.type == "cuda"
-        self._lock = threading.Lock()
+        self._lock = _GPU_LOCK if self._gpu else threading.Lock()
         self._pinned: torch.Tensor | None = None
         self.precision = "float32"  #: arithmetic of the network (:func:`cpu_precision` on CPUs)
         self._warmed = False
-        if self.device.type == "cpu":
+        if self._gpu:
+            with self._lock:
+                self._tune_for_gpu()
+        else:
+            self.batch_size = batch_size_for(self.device, manifest, self.module)
             self._tune_for_cpu()
+
+    def _tune_for_gpu(self) -> None:
+        """GPU inference: IEEE float32 convolutions unless ``gpu.tf32``, a frozen module (BatchNorm folded
+        into the convolutions, as on CPUs), and the batch size from the free device memory."""
+        if not config.get("gpu.tf32", False):
+            torch.backends.cudnn.conv.fp32_precision = "ieee"  # torch's default for cuDNN is TF32
+            torch.backends.cuda.matmul.fp32_precision = "ieee"
+        else:
+            self.precision = "tf32"
+        self._freeze()
+        self.batch_size = batch_size_for(self.device, self.manifest, self.module)
+
+    def _freeze(self) -> None:
+        if config.get("run.freeze-torchscript", True):
+            try:
+                self.module = torch.jit.freeze(self.module)
+            except Exception:  # noqa: BLE001 - a module that cannot be frozen runs as exported
+                pass
 
     def _tune_for_cpu(self) -> None:
         """CPU inference: cache-sized batches, and a frozen module where freezing works.
@@ -114,7 +151,6 @@ class TorchScriptEstimator:
         Neither changes the numbers beyond float rounding. The process keeps its freed heap for the
         next batch (:func:`~survey_proc.cluster._local.tune_heap`; local workers start that way).
         """
-        from survey_proc import config
         from survey_proc.cluster._local import tune_heap
 
         tune_heap()
@@ -125,11 +161,7 @@ class TorchScriptEstimator:
         if self.precision == "bfloat16":
             self.module.net.to(torch.bfloat16)
             self.module.net_bf16 = True
-        if config.get("run.freeze-torchscript", True):
-            try:
-                self.module = torch.jit.freeze(self.module)
-            except Exception:  # noqa: BLE001 - a module that cannot be frozen runs as exported
-                pass
+        self._freeze()
 
     def warm_up(self) -> None:
         """Two forward passes on a batch of zeros: TorchScript's profiling executor optimises the graph
@@ -144,23 +176,43 @@ class TorchScriptEstimator:
         self._warmed = True
 
     def _staged(self, chunk: np.ndarray) -> torch.Tensor:
-        """``chunk`` on the device; on a GPU copied through the pinned buffer, asynchronously."""
+        """``chunk`` on the device; on a GPU copied through the pinned buffer, asynchronously.
+
+        The buffer holds the rows of the largest chunk seen so far (rounded up to a power of two),
+        not a whole batch: a batch size chosen from an 80 GB device would pin gigabytes of host
+        memory per worker for regions of a thousand spectra."""
         batch = torch.from_numpy(chunk)
         if not self._gpu:
             return batch
-        if self._pinned is None or self._pinned.shape[1:] != batch.shape[1:]:
-            self._pinned = torch.empty((self.batch_size, *batch.shape[1:]), dtype=batch.dtype, pin_memory=True)
+        if (self._pinned is None or self._pinned.shape[1:] != batch.shape[1:]
+                or self._pinned.shape[0] < batch.shape[0]):
+            rows = pinned_rows(batch.shape[0], self.batch_size)
+            self._pinned = None  # free the old buffer first
+            self._pinned = torch.empty((rows, *batch.shape[1:]), dtype=batch.dtype, pin_memory=True)
         staged = self._pinned[:batch.shape[0]]
         staged.copy_(batch)
         return staged.to(self.device, non_blocking=True)
 
     def _predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
         pieces: dict[str, list[np.ndarray]] = {}
+        start = 0
         with torch.inference_mode():
-            for start in range(0, x.shape[0], self.batch_size):
-                out = self.module(self._staged(np.ascontiguousarray(x[start:start + self.batch_size])))
-                for key, value in out.items():  # .cpu() waits for the batch: the pinned buffer is free again
-                    pieces.setdefault(key, []).append(value.float().cpu().numpy())
+            while start < x.shape[0]:
+                stop = start + self.batch_size
+                try:
+                    out = self.module(self._staged(np.ascontiguousarray(x[start:stop])))
+                    got = {key: value.float().cpu().numpy() for key, value in out.items()}
+                except torch.cuda.OutOfMemoryError:  # another process took the memory: smaller batches
+                    if not self._gpu or self.batch_size == 1:
+                        raise
+                    got = None
+                if got is None:  # out of the handler, so the failed batch's tensors are released
+                    torch.cuda.empty_cache()
+                    self.batch_size = max(1, self.batch_size // 2)
+                    continue
+                for key, value in got.items():  # .cpu() waited for the batch: the pinned buffer is free again
+                    pieces.setdefault(key, []).append(value)
+                start = stop
         if not pieces:
             return {}
         return {k: np.concatenate(v) for k, v in pieces.items()}
