@@ -227,6 +227,9 @@ def timed_run(client, cube: Path, out: Path, model: str, device: str, method: st
         "method": method, "device": device, "workers": s.workers, "spectra": s.spectra, "seconds": wall,
         "spectra_per_s": s.spectra / wall, "joules_per_spectrum": meter.joules / s.spectra,
         "energy_method": meter.method,
+        # the host's share (RAPL or estimate; the same as the above on CPU runs) and the sum
+        "host_joules_per_spectrum": meter.host_joules / s.spectra, "host_energy_method": meter.host_method,
+        "total_joules_per_spectrum": meter.total_joules / s.spectra,
         # details beyond the issue's schema
         "model_id": s.model_id, "cube": str(cube), "maps": str(out), "fitted": s.fitted,
         "spectra_per_s_per_worker": s.spectra / wall / w,
@@ -239,6 +242,83 @@ def timed_run(client, cube: Path, out: Path, model: str, device: str, method: st
         "per_spectrum_us": {k: v / s.spectra * 1e6 for k, v in sorted(s.timings.items())},
         "peak_rss_mb_per_worker": peak_rss_per_worker(client),
     }
+
+
+# --- GPUs ---------------------------------------------------------------------------------------------
+
+def _cuda_ready() -> str:
+    """'' where torch can use CUDA in this environment, else why not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return (f"torch {torch.__version__} cannot use CUDA here (a CPU build, or no driver): install a CUDA "
+                "build of torch to benchmark the GPU")
+    return ""
+
+
+def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_path: str, watts: float,
+             cpu_workers: int) -> tuple[list[dict], list[str]]:
+    """The model on each GPU, two ways, each on a warm cluster; returns (result rows, notes).
+
+    - ``local-cuda``: what ``survey-proc run --cluster local-cuda`` starts for that GPU (dask-cuda,
+      one worker whose threads, the machine's cores, read and preprocess while one batch at a time
+      runs on the GPU);
+    - ``processes``: ``cpu_workers`` single-threaded worker processes sharing the GPU (each its own
+      CUDA context and a share of the device memory), for comparison.
+
+    A GPU or way that cannot run (no CUDA build of torch, no dask-cuda, a failure) is noted and
+    skipped: the CPU results already measured are kept. Written without a GPU to test on (this
+    project's sessions never had one): the first GPU run checks it.
+    """
+    import dask.config
+
+    from survey_proc.cluster._cuda import local_cuda_cluster
+
+    why = _cuda_ready()
+    if why:
+        return [], [why]
+    rows: list[dict] = []
+    notes: list[str] = []
+    for g in gpus:
+        device = g.get("uuid") or str(g["index"])  # NVML's index is not CUDA's order; a UUID is the same in both
+        ways = {"local-cuda": lambda: _local_cuda_client(local_cuda_cluster, device),
+                "processes": lambda: bench_cluster(cpu_workers, env={"CUDA_VISIBLE_DEVICES": device})}
+        for way, start in ways.items():
+            settings = {"survey-proc.run.io-threads": 1, "survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} \
+                if way == "processes" else {}
+            try:
+                with dask.config.set(settings), start() as client:
+                    client.run(_warm_estimator, model_path, "cuda:0")
+                    r = warm_timed_run(client, cube, work / f"model-gpu{g['index']}-{way}.maps.zarr", model_path,
+                                       "cuda:0", "model", [g["index"]], watts)
+            except Exception as exc:  # noqa: BLE001 - recorded; the benchmark goes on
+                notes.append(f"GPU {g['index']} ({g['name']}), {way}: not measured: {type(exc).__name__}: {exc}")
+                say(cfg, f"  {notes[-1]}")
+                continue
+            r["device"] = f"cuda:{g['index']}"
+            r["cluster"] = way
+            r["kind"] = f"model, whole cube, GPU {g['name']} ({way})"
+            r["gpu_acceptance_50k"] = bool(r["spectra_per_s"] >= 50_000)
+            rows.append(r)
+            say(cfg, f"  model  cuda:{g['index']} ({way}, {r['workers']} worker(s)): "
+                     f"{r['spectra_per_s']:,.0f} spectra/s end to end")
+    return rows, notes
+
+
+@contextmanager
+def _local_cuda_client(start_cluster, device: str):
+    """A client of the ``local-cuda`` cluster ``survey-proc run`` would start, on one GPU."""
+    import dask.config
+    from distributed import Client
+
+    with dask.config.set({"survey-proc.cluster.local-cuda.devices": device}):
+        cluster = start_cluster(1)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
 
 
 # --- the benchmark ------------------------------------------------------------------------------------
@@ -339,18 +419,10 @@ def run_bench(cfg: BenchConfig) -> dict:
                      f"{r['spectra_per_s']:.2f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.2f}/s "
                      "per worker, estimator alone)")
 
-    for g in (machine["gpus"] if cfg.gpu else []):
-        # every CPU worker feeds the one GPU (reading and preprocessing are CPU work); untested here:
-        # the machines this was written on have no GPU
-        env = {"CUDA_VISIBLE_DEVICES": str(g["index"])}
-        with bench_cluster(top, env=env) as client:
-            client.run(_warm_estimator, model_path, "cuda:0")
-            r = warm_timed_run(client, cube, work / f"model-gpu{g['index']}.maps.zarr", model_path, "cuda:0",
-                               "model", [g["index"]], watts)
-            r["device"] = f"cuda:{g['index']}"
-            r["kind"] = f"model, whole cube, GPU {g['name']}"
-            results.append(r)
-            say(cfg, f"  model  cuda:{g['index']}: {r['spectra_per_s']:,.0f} spectra/s end to end")
+    gpu_notes: list[str] = []
+    if cfg.gpu and machine["gpus"]:
+        rows, gpu_notes = gpu_runs(cfg, machine["gpus"], cube, work, model_path, watts, top)
+        results += rows
 
     model_top = next(r for r in results if r["method"] == "model" and r["device"] == "cpu" and r["workers"] == top)
     ppxf_top = next(r for r in results if r["method"] == "ppxf" and r["workers"] == top)
@@ -385,8 +457,11 @@ def run_bench(cfg: BenchConfig) -> dict:
         "accuracy": acc,
         "compare_figures": figures,
         "config": asdict(cfg) | {"cube": str(cube), "ppxf_sample": str(sample), "model_path": model_path},
-        "energy_methods_note": "nvml: GPU board counter; rapl: CPU package counter; estimate: CPU-seconds x "
-                               f"{watts:g} W per busy core (no counter readable)",
+        "energy_methods_note": "nvml: GPU board counter (GPU rows; their host share, RAPL or estimate, is in "
+                               "host_joules_per_spectrum and the sum in total_joules_per_spectrum); rapl: CPU "
+                               f"package counter; estimate: CPU-seconds x {watts:g} W per busy core (no counter "
+                               "readable)",
+        "gpu_notes": gpu_notes,
         "command": " ".join(["survey-proc", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"]
         else " ".join(sys.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -63,22 +63,33 @@ def _nvml_handles(indices: list[int]):
     import pynvml
 
     pynvml.nvmlInit()
-    return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+    try:
+        return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+    except Exception:
+        pynvml.nvmlShutdown()
+        raise
 
 
 @dataclass
 class EnergyMeter:
     """Context manager measuring joules (and CPU-seconds) between enter and exit.
 
-    ``gpus``: indices of the GPUs whose NVML counters to read (a GPU run); None for a CPU run,
-    which uses RAPL where readable, else the estimate. Not tested on a GPU machine in this repo's
-    CI (none has one); the NVML path follows nvidia-ml-py's documented API.
+    The host is always metered: RAPL where readable, else the estimate (``host_method``,
+    ``host_joules``). ``gpus``: NVML indices of the GPUs used (a GPU run); their board energy is
+    then ``joules`` with ``method`` ``nvml`` (the GPU's own counter, as issue 4 defines it), and
+    ``total_joules`` adds the host's, which did the reading, preprocessing and writing. Where NVML
+    cannot be read (no library or driver, a counter the GPU lacks) ``method`` is the host's, with
+    a note. Not run on a GPU machine by this repo's sessions (none had one); the NVML path follows
+    nvidia-ml-py's documented API.
     """
 
     gpus: list[int] | None = None
     watts_per_core: float = 10.0
     method: str = ""
     joules: float = float("nan")
+    host_method: str = ""
+    host_joules: float = float("nan")
+    total_joules: float = float("nan")
     cpu_seconds: float = 0.0
     seconds: float = 0.0
     note: str = ""
@@ -89,17 +100,21 @@ class EnergyMeter:
         if self.gpus:
             try:
                 nvml, handles = _nvml_handles(self.gpus)
-                self._start["nvml"] = (nvml, handles, [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles])
-                self.method = "nvml"
-            except Exception as exc:  # noqa: BLE001 - no NVML: fall back to the CPU methods
+            except Exception as exc:  # noqa: BLE001 - no NVML: the host's energy alone
                 self.note = f"NVML unavailable ({type(exc).__name__}); "
-        if not self.method:
-            domains = rapl_domains()
-            if domains:
-                self._start["rapl"] = (domains, _rapl_read(domains))
-                self.method = "rapl"
             else:
-                self.method = "estimate"
+                try:
+                    self._start["nvml"] = (nvml, handles,
+                                           [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles])
+                except Exception as exc:  # noqa: BLE001 - e.g. a GPU without the energy counter
+                    nvml.nvmlShutdown()
+                    self.note = f"NVML energy counter unreadable ({type(exc).__name__}); "
+        domains = rapl_domains()
+        if domains:
+            self._start["rapl"] = (domains, _rapl_read(domains))
+            self.host_method = "rapl"
+        else:
+            self.host_method = "estimate"
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,20 +122,33 @@ class EnergyMeter:
         now = process_cpu_seconds()
         before = self._start["cpu"]
         self.cpu_seconds = sum(max(t - before.get(pid, 0.0), 0.0) for pid, t in now.items())
-        if self.method == "nvml":
-            nvml, handles, start = self._start["nvml"]
-            end = [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles]
-            self.joules = sum(e - s for s, e in zip(start, end)) / 1000.0
-            self.note += f"GPU board energy of GPU(s) {self.gpus} (NVML counter); host CPU not included"
-            nvml.nvmlShutdown()
-        elif self.method == "rapl":
+        if self.host_method == "rapl":
             domains, start = self._start["rapl"]
             total = 0
             for (e0, wrap), (e1, _) in zip(start, _rapl_read(domains)):
                 total += e1 - e0 if e1 >= e0 else e1 + wrap - e0
-            self.joules = total / 1e6
-            self.note += f"CPU package energy (RAPL, {len(domains)} package(s)) of the whole machine"
+            self.host_joules = total / 1e6
+            host_note = f"CPU package energy (RAPL, {len(domains)} package(s)) of the whole machine"
         else:
-            self.joules = self.cpu_seconds * self.watts_per_core
-            self.note += (f"estimate: {self.cpu_seconds:.2f} CPU-seconds of the run's processes x "
-                          f"{self.watts_per_core:g} W per busy core (no NVML/RAPL counter readable here)")
+            self.host_joules = self.cpu_seconds * self.watts_per_core
+            host_note = (f"estimate: {self.cpu_seconds:.2f} CPU-seconds of the run's processes x "
+                         f"{self.watts_per_core:g} W per busy core (no RAPL counter readable)")
+        gpu_joules = None
+        if "nvml" in self._start:
+            nvml, handles, start = self._start["nvml"]
+            try:
+                end = [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles]
+                gpu_joules = sum(e - s for s, e in zip(start, end)) / 1000.0  # millijoules
+            except Exception as exc:  # noqa: BLE001 - the run's numbers stay; its GPU energy is lost
+                self.note += f"NVML energy counter unreadable at the end ({type(exc).__name__}); "
+            finally:
+                nvml.nvmlShutdown()
+        if gpu_joules is not None:
+            self.method, self.joules = "nvml", gpu_joules
+            self.total_joules = gpu_joules + self.host_joules
+            self.note += (f"GPU board energy of GPU(s) {self.gpus} (NVML counter); host, in total_joules: "
+                          + host_note)
+        else:
+            self.method, self.joules = self.host_method, self.host_joules
+            self.total_joules = self.host_joules
+            self.note += host_note

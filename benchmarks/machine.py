@@ -20,18 +20,25 @@ def cpu_model() -> str:
 
 
 def gpus() -> list[dict]:
-    """Name, memory and driver of each NVIDIA GPU (NVML via nvidia-ml-py, else torch), or []."""
+    """Name, memory, driver and UUID of each NVIDIA GPU (NVML via nvidia-ml-py, else torch), or [].
+
+    Indices are NVML's (PCI bus order), which CUDA's default order need not follow: select a GPU for
+    CUDA by its ``uuid``. GPUs hidden by an inherited ``CUDA_VISIBLE_DEVICES`` are left out."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
             driver = pynvml.nvmlSystemGetDriverVersion()
+            visible = _visible_devices()
             out = []
             for i in range(pynvml.nvmlDeviceGetCount()):
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                uuid = _text(pynvml.nvmlDeviceGetUUID(h))  # CUDA_VISIBLE_DEVICES takes it
+                if visible is not None and str(i) not in visible and uuid not in visible:
+                    continue
                 out.append({"index": i, "name": _text(pynvml.nvmlDeviceGetName(h)), "driver": _text(driver),
-                            "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1)})
+                            "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1), "uuid": uuid})
             return out
         finally:
             pynvml.nvmlShutdown()
@@ -45,6 +52,14 @@ def gpus() -> list[dict]:
                 for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001
         return []
+
+
+def _visible_devices() -> set[str] | None:
+    """The GPUs an inherited ``CUDA_VISIBLE_DEVICES`` names (indices or UUIDs), or None when unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
 
 
 def _text(value) -> str:

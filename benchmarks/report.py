@@ -23,6 +23,10 @@ def _energy(r: dict) -> str:
                                                                                       r["energy_method"])
     j = r["joules_per_spectrum"]
     value = f"{j:.3g}" if np.isfinite(j) else "n/a"
+    host = r.get("host_joules_per_spectrum")
+    if r["energy_method"] == "nvml" and host is not None:  # a GPU row: the host fed the GPU
+        host_label = "RAPL" if r.get("host_energy_method") == "rapl" else "estimate"
+        return f"{value} J (GPU, NVML) + {host:.3g} J (host, {host_label})"
     return f"{value} J ({label})"
 
 
@@ -61,7 +65,8 @@ def results_table(report: dict) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in report["results"]:
         rss = max(r.get("peak_rss_mb_per_worker") or [float("nan")])
-        lines.append(f"| {r['method']} | {r['device']} | {r['workers']} | {r['spectra']:,} | {r['seconds']:.2f} | "
+        device = r["device"] + (f", {r['cluster']}" if r.get("cluster") else "")
+        lines.append(f"| {r['method']} | {device} | {r['workers']} | {r['spectra']:,} | {r['seconds']:.2f} | "
                      f"{_fmt(r['spectra_per_s'], 2 if r['spectra_per_s'] < 100 else 0)} | "
                      f"{_fmt(r['spectra_per_s_per_worker'], 2 if r['spectra_per_s_per_worker'] < 100 else 0)} | "
                      f"{_fmt(r['estimator_spectra_per_s'], 2 if r['estimator_spectra_per_s'] < 100 else 0)} | "
@@ -241,6 +246,14 @@ def markdown(report: dict, png_name: str) -> str:
         f"![benchmark]({png_name})",
         "",
     ]
+    gpu_rows = [r for r in report["results"] if r["device"] != "cpu"]
+    if gpu_rows:
+        lines += ["## GPU", "", *[
+            f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
+            f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
+            for r in gpu_rows], ""]
+    if report.get("gpu_notes"):
+        lines += ["GPU runs not measured: " + "; ".join(report["gpu_notes"]), ""]
     if report.get("compare_figures"):
         lines += ["Model and pPXF on the same spectra (`survey-proc compare`): "
                   + ", ".join(f"[{Path(f).stem}]({f})" for f in report["compare_figures"]), ""]

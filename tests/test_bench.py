@@ -6,13 +6,13 @@ import json
 import math
 import subprocess
 import sys
+import types
 
 import pytest
 
-pytest.importorskip("ppxf")
-
 
 def test_bench_quick_writes_the_documented_json(tmp_path):
+    pytest.importorskip("ppxf")
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "survey_proc", "bench", "--quick", "--json", str(out), "--main-size", "16",
            "--sizes", "8", "16", "--ppxf-spectra", "4", "--workers", "1", "2", "--workdir", str(tmp_path / "work")]
@@ -54,3 +54,75 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["compare_figures"] and all((tmp_path / f).exists() for f in report["compare_figures"])
     assert "speed-up per core" in proc.stdout and str(out) in proc.stdout
+    assert all(r["host_energy_method"] == r["energy_method"] for r in results)  # CPU rows: the host is all
+
+    # how a GPU row reads (this machine has none): GPU energy beside the host's, and the 50,000/s check
+    from benchmarks.report import write_report
+
+    gpu = dict(model[-1], device="cuda:0", cluster="local-cuda", kind="model, whole cube, GPU X (local-cuda)",
+               energy_method="nvml", joules_per_spectrum=1e-4, host_joules_per_spectrum=2e-4,
+               host_energy_method="estimate", spectra_per_s=60_000.0, gpu_acceptance_50k=True)
+    report["results"].append(gpu)
+    write_report(report, out)
+    md = out.with_suffix(".md").read_text()
+    assert "cuda:0, local-cuda" in md and "0.0001 J (GPU, NVML) + 0.0002 J (host, estimate)" in md
+    assert "acceptance (>= 50,000 spectra/s): **met**" in md
+
+
+class _FakeNVML(types.ModuleType):
+    """pynvml's calls the meter uses, with a counter advancing 1,500 mJ per read (no GPU here)."""
+
+    def __init__(self, readable: bool = True):
+        super().__init__("pynvml")
+        self.readable, self.mj, self.open = readable, 0, 0
+
+    def nvmlInit(self):
+        self.open += 1
+
+    def nvmlShutdown(self):
+        self.open -= 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.readable:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        self.mj += 1500
+        return self.mj
+
+
+def test_energy_meter_adds_the_host_to_the_gpu_and_falls_back(monkeypatch):
+    """NVML's counter is read in millijoules around the window (per GPU); the host is metered too;
+    a GPU without the counter leaves the host's figure, named, and NVML is shut down either way."""
+    from benchmarks.energy import EnergyMeter
+
+    nvml = _FakeNVML()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with EnergyMeter(gpus=[0, 1], watts_per_core=10.0) as meter:
+        sum(range(200_000))
+    assert meter.method == "nvml" and meter.host_method in ("rapl", "estimate")
+    # reads: 1500, 3000 at the start; 4500, 6000 at the end: (4500 - 1500 + 6000 - 3000) mJ = 6 J
+    assert meter.joules == pytest.approx(6.0)
+    assert meter.total_joules == pytest.approx(6.0 + meter.host_joules) and "host" in meter.note
+    assert nvml.open == 0
+
+    unsupported = _FakeNVML(readable=False)
+    monkeypatch.setitem(sys.modules, "pynvml", unsupported)
+    with EnergyMeter(gpus=[0]) as meter:
+        pass
+    assert meter.method == meter.host_method and meter.joules == meter.host_joules
+    assert "unreadable" in meter.note and unsupported.open == 0
+
+
+def test_gpu_runs_say_why_they_did_not_run_without_cuda(tmp_path):
+    """A GPU that torch cannot use (a CPU build of torch, no driver) is noted, nothing is started."""
+    import torch
+
+    from benchmarks.bench import BenchConfig, gpu_runs
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rows, notes = gpu_runs(BenchConfig(progress=False), [{"index": 0, "name": "X", "uuid": "GPU-0"}],
+                           tmp_path / "cube.zarr", tmp_path, "default", 10.0, 2)
+    assert rows == [] and len(notes) == 1 and "cannot use CUDA" in notes[0]
