@@ -417,17 +417,25 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from survey_proc import __version__
 
-    p = argparse.ArgumentParser(prog="survey-proc", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="survey-proc",
+        description="Maps of stellar-population properties (log age, [M/H], A_V, velocity dispersion, each "
+                    "with an uncertainty and a quality flag) from IFU cubes, spectra catalogues and photometry: "
+                    "trained estimators (or pPXF) run over every spectrum with Dask, Zarr in and out.")
     p.add_argument("--version", action="version", version=f"survey-proc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mock", help="build a mock MUSE-like cube with truth maps")
     m.add_argument("out", help="output cube store (.zarr)")
-    m.add_argument("--nx", type=_positive_int)
-    m.add_argument("--ny", type=_positive_int)
-    m.add_argument("--seed", type=int)
-    m.add_argument("--snr", type=float, help="S/N per Angstrom of the brightest spaxels")
-    m.add_argument("--redshift", type=float)
+    m.add_argument("--nx", type=_positive_int, help=f"spaxels along x (default: {config.get('mock.nx')}; "
+                                                   "with --like: the galaxy's)")
+    m.add_argument("--ny", type=_positive_int, help=f"spaxels along y (default: {config.get('mock.ny')}; "
+                                                   "with --like: the galaxy's)")
+    m.add_argument("--seed", type=int, help=f"random seed (default: {config.get('mock.seed')})")
+    m.add_argument("--snr", type=float, help="S/N per Angstrom of the brightest spaxels "
+                                             f"(default: {config.get('mock.snr')})")
+    m.add_argument("--redshift", type=float, help=f"systemic redshift (default: {config.get('mock.redshift')}; "
+                                                  "with --like: the galaxy's)")
     m.add_argument("--like", choices=["ngc4254"], help="a galaxy whose scale to copy (~65,000 spaxels)")
     m.add_argument("--chunk", type=_positive_int, help="spatial chunk size (default: by cube size, <= 32)")
     m.add_argument("--wave-range", type=float, nargs=2, metavar=("START", "STOP"),
@@ -490,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
                    "(maps default to <cube>.ppxf.zarr)")
     r.add_argument("--redshift", type=float, help="override the cube's redshift")
-    r.add_argument("--min-snr", type=float, help="S/N per Angstrom under which spectra are flagged low_snr")
+    r.add_argument("--min-snr", type=float, help="S/N per Angstrom under which spectra are flagged low_snr "
+                                                 "(default: the model manifest's min_snr; survey-proc.run.min-snr "
+                                                 "for bundles without one)")
     r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
@@ -556,19 +566,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a model (and a baseline) on held-out spectra against the truth")
     ev.add_argument("model")
-    ev.add_argument("--snr", default="10,20,30,50", help="comma-separated S/N per Angstrom")
-    ev.add_argument("--n", type=_positive_int, default=500, help="held-out spectra per family and S/N")
+    ev.add_argument("--snr", default="10,20,30,50", help="comma-separated S/N per Angstrom (default: %(default)s)")
+    ev.add_argument("--n", type=_positive_int, default=500,
+                    help="held-out spectra per family and S/N (default: %(default)s)")
     ev.add_argument("--baseline", help="another estimator on the same spectra, e.g. ppxf")
     ev.add_argument("--seed", type=int, help="held-out seed (default: training seed + 3000017)")
     ev.add_argument("--json", help="write the numbers here")
-    ev.add_argument("--png", help="predicted-vs-true figure (default: beside --json)")
+    ev.add_argument("--png", help="predicted-vs-true figure (default: the --json path with .png, else "
+                                  "evaluate_predicted_vs_true.png)")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
-    g = sub.add_parser("gradients", help="radial gradients of map properties within R_e, with bootstrap errors")
+    g = sub.add_parser("gradients", help="radial gradients of map properties within R_e, with delete-d "
+                                         "jackknife errors from random subsamples")
     g.add_argument("maps", nargs="+", help="maps store(s), one galaxy each")
     g.add_argument("--compare", help="'truth' (the mock cube's truth maps) or another maps store of the same galaxy")
-    g.add_argument("--properties", nargs="+", default=["log_age", "metallicity", "av", "log_mass_surface_density"])
+    g.add_argument("--properties", nargs="+", default=["log_age", "metallicity", "av", "log_mass_surface_density"],
+                   help="map variables to fit, where present in the store (default: log_age metallicity av "
+                        "log_mass_surface_density)")
     g.add_argument("--inclination", type=float, help="degrees (default: from the mock's truth attributes)")
     g.add_argument("--position-angle", type=float, help="of the major axis, degrees from +y towards +x")
     g.add_argument("--centre", type=float, nargs=2, metavar=("X", "Y"), help="galaxy centre, pixels")

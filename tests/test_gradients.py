@@ -1,4 +1,4 @@
-"""Radial gradients: deprojection, the bootstrap fit, qualification rules, the CLI report."""
+"""Radial gradients: deprojection, the subsample (jackknife) errors of the fit, qualification rules, the CLI report."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_deprojected_radius_of_an_inclined_disc():
     assert half_light_radius(r, light) == pytest.approx(5 * 1.678, rel=0.05)  # exponential disc: R_e = 1.678 h
 
 
-def test_bootstrap_recovers_a_known_slope():
+def test_subsampled_fit_recovers_a_known_slope():
     rng = np.random.default_rng(3)
     geo = Geometry(24.5, 24.5, 45.0, 30.0, 10.0)
     x = geo.radius_re((50, 50))
@@ -35,7 +35,7 @@ def test_bootstrap_recovers_a_known_slope():
         errs.append(fit.slope_err)
     slopes = np.array(slopes)
     assert abs(slopes.mean() + 0.3) < 0.01
-    # the scaled bootstrap error is the standard error of the slope (pixels independent here)
+    # the scaled subsample (jackknife) error is the standard error of the slope (pixels independent here)
     assert np.std(slopes) == pytest.approx(np.mean(errs), rel=0.35)
     assert fit.slope_err_draws == pytest.approx(fit.slope_err * np.sqrt(0.25 / 0.75), rel=1e-6)
     assert fit.n_inside > 25 and fit.n_outside > 0
@@ -90,7 +90,7 @@ def test_gradients_cli_against_truth(tmp_path, mock16):
 def test_gradients_recovered_from_a_mock_cube(tmp_path, ssp_lib):
     """Acceptance: a mock cube with known input gradients -> J-PAS-like synthetic photometry (2-worker
     LocalCluster) -> the packaged narrow-band model through the engine -> gradients within R_e agree with
-    those of the truth maps (same geometry) within 2 combined bootstrap errors. At S/N 15 per Angstrom at the
+    those of the truth maps (same geometry) within 2 combined jackknife errors. At S/N 15 per Angstrom at the
     brightest pixel; at S/N 5 the shipped model's metallicity gradient comes out 3.4 sigma too steep and its
     age gradient 2.1 sigma too shallow (the age-metallicity degeneracy; docs/gradients.md)."""
     from survey_proc.analysis import gradient_report

@@ -1,4 +1,4 @@
-"""Radial gradients of map properties: deprojected radius, linear fits within R_e, bootstrap errors.
+"""Radial gradients of map properties: deprojected radius, linear fits within R_e, subsample (delete-d jackknife) errors.
 
 Following Liew-Cain et al. (2021): each property is fitted linearly against R/R_e over the pixels
 inside R_e (deprojected with the galaxy's inclination and position angle); the uncertainty comes from
@@ -53,7 +53,7 @@ class GradientFit:
     """A linear fit value = intercept + slope * R/R_e within ``r_max`` R_e."""
 
     slope: float                 #: per R/R_e (property units)
-    slope_err: float             #: standard error (scaled bootstrap, see the module docstring)
+    slope_err: float             #: standard error (scaled 75 % subsamples: a delete-d jackknife, see the module docstring)
     slope_err_draws: float       #: standard deviation of the 75 % draws (Liew-Cain et al.)
     intercept: float
     intercept_err: float
