@@ -258,7 +258,8 @@ def _cuda_ready() -> str:
 
 def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_path: str, watts: float,
              cpu_workers: int) -> tuple[list[dict], list[str]]:
-    """The model on each GPU, two ways, each on a warm cluster; returns (result rows, notes).
+    """The model on each GPU, two ways, each on a warm cluster (and on all GPUs together where there
+    are several); returns (result rows, notes).
 
     - ``local-cuda``: what ``survey-proc run --cluster local-cuda`` starts for that GPU (dask-cuda,
       one worker whose threads, the machine's cores, read and preprocess while one batch at a time
@@ -279,40 +280,50 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
         return [], [why]
     rows: list[dict] = []
     notes: list[str] = []
+
+    def measure(label: str, way: str, start, indices: list[int], out_name: str) -> None:
+        settings = {"survey-proc.run.io-threads": 1, "survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} \
+            if way == "processes" else {}
+        try:
+            with dask.config.set(settings), start() as client:
+                client.run(_warm_estimator, model_path, "cuda:0")
+                r = warm_timed_run(client, cube, work / out_name, model_path, "cuda:0", "model", indices, watts)
+        except Exception as exc:  # noqa: BLE001 - recorded; the benchmark goes on
+            notes.append(f"{label}, {way}: not measured: {type(exc).__name__}: {exc}")
+            say(cfg, f"  {notes[-1]}")
+            return
+        r["device"] = ",".join(f"cuda:{i}" for i in indices)
+        r["cluster"] = way
+        r["kind"] = f"model, whole cube, {label} ({way})"
+        r["gpu_acceptance_50k"] = bool(r["spectra_per_s"] >= 50_000)
+        rows.append(r)
+        say(cfg, f"  model  {r['device']} ({way}, {r['workers']} worker(s)): {r['spectra_per_s']:,.0f} spectra/s "
+                 "end to end")
+
+    # NVML's index is not CUDA's order: CUDA_VISIBLE_DEVICES gets the UUID, the same in both
+    ids = {g["index"]: g.get("uuid") or str(g["index"]) for g in gpus}
     for g in gpus:
-        device = g.get("uuid") or str(g["index"])  # NVML's index is not CUDA's order; a UUID is the same in both
-        ways = {"local-cuda": lambda: _local_cuda_client(local_cuda_cluster, device),
-                "processes": lambda: bench_cluster(cpu_workers, env={"CUDA_VISIBLE_DEVICES": device})}
-        for way, start in ways.items():
-            settings = {"survey-proc.run.io-threads": 1, "survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} \
-                if way == "processes" else {}
-            try:
-                with dask.config.set(settings), start() as client:
-                    client.run(_warm_estimator, model_path, "cuda:0")
-                    r = warm_timed_run(client, cube, work / f"model-gpu{g['index']}-{way}.maps.zarr", model_path,
-                                       "cuda:0", "model", [g["index"]], watts)
-            except Exception as exc:  # noqa: BLE001 - recorded; the benchmark goes on
-                notes.append(f"GPU {g['index']} ({g['name']}), {way}: not measured: {type(exc).__name__}: {exc}")
-                say(cfg, f"  {notes[-1]}")
-                continue
-            r["device"] = f"cuda:{g['index']}"
-            r["cluster"] = way
-            r["kind"] = f"model, whole cube, GPU {g['name']} ({way})"
-            r["gpu_acceptance_50k"] = bool(r["spectra_per_s"] >= 50_000)
-            rows.append(r)
-            say(cfg, f"  model  cuda:{g['index']} ({way}, {r['workers']} worker(s)): "
-                     f"{r['spectra_per_s']:,.0f} spectra/s end to end")
+        device = ids[g["index"]]
+        measure(f"GPU {g['name']}", "local-cuda", lambda: _local_cuda_client(local_cuda_cluster, device, 1),
+                [g["index"]], f"model-gpu{g['index']}-local-cuda.maps.zarr")
+        measure(f"GPU {g['name']}", "processes",
+                lambda: bench_cluster(cpu_workers, env={"CUDA_VISIBLE_DEVICES": device}),
+                [g["index"]], f"model-gpu{g['index']}-processes.maps.zarr")
+    if len(gpus) > 1:  # scaling with the GPUs: every GPU, one local-cuda worker each
+        measure(f"{len(gpus)} GPUs", "local-cuda", lambda: _local_cuda_client(local_cuda_cluster, ",".join(ids.values()),
+                                                                              len(gpus)),
+                list(ids), "model-gpus-local-cuda.maps.zarr")
     return rows, notes
 
 
 @contextmanager
-def _local_cuda_client(start_cluster, device: str):
-    """A client of the ``local-cuda`` cluster ``survey-proc run`` would start, on one GPU."""
+def _local_cuda_client(start_cluster, devices: str, workers: int):
+    """A client of the ``local-cuda`` cluster ``survey-proc run`` would start, on ``devices``."""
     import dask.config
     from distributed import Client
 
-    with dask.config.set({"survey-proc.cluster.local-cuda.devices": device}):
-        cluster = start_cluster(1)
+    with dask.config.set({"survey-proc.cluster.local-cuda.devices": devices}):
+        cluster = start_cluster(workers)
     client = Client(cluster)
     try:
         yield client
