@@ -1,13 +1,12 @@
 """The hot path of :func:`survey_proc.preprocess.prepare`, fused per spectrum (Numba).
 
-For spectra that share one model grid (a cube: one redshift), two compiled passes replace some
-thirty NumPy passes over the whole block: one reads each spectrum once (bad-pixel mask, S/N
+Two compiled passes replace some thirty NumPy passes over a block of spectra, whether they share
+one model grid (a cube: one redshift) or each has its own (a catalogue: one redshift per object): one reads each spectrum once (bad-pixel mask, S/N
 values, resampling), the other writes the model input (normalisation, gap filling, channels);
 the two medians between them stay with NumPy's partition, which is vectorised and faster than a
 compiled quickselect on these rows. The arithmetic is the NumPy path's, operation by operation in
 float32, so the numbers are the same bit for bit (``tests/test_preprocess.py`` compares both on
-damaged spectra); the NumPy path stays for other grids, ``window`` normalisation and where Numba
-is missing.
+damaged spectra); the NumPy path stays for ``window`` normalisation and where Numba is missing.
 """
 
 from __future__ import annotations
@@ -24,6 +23,37 @@ def available() -> bool:
     return numba is not None
 
 
+def grid_rows(wave, src, left, right_w, outside):
+    """The model grid ``src`` (g, L) (Angstrom, in the data's frame, increasing along each row) on the
+    data grid ``wave`` (m,): ``left`` (g, L) the data column left of each model pixel (clipped to
+    [0, m - 2]), ``right_w`` its float32 interpolation weight of ``left + 1``, ``outside`` True
+    beyond the data. What NumPy's searchsorted gives, by one walk along both grids per row."""
+    g, length = src.shape
+    m = wave.size
+    for r in range(g):
+        i = 0
+        for j in range(length):
+            s = src[r, j]
+            while i < m and wave[i] < s:  # i = searchsorted(wave, s, "left"); s grows along the row
+                i += 1
+            k = min(max(i - 1, 0), m - 2)
+            left[r, j] = k
+            right_w[r, j] = np.float32((s - wave[k]) / (wave[k + 1] - wave[k]))
+            outside[r, j] = s < wave[0] or s > wave[m - 1]
+
+
+def mark_ranges(coord, ranges, out):
+    """``out[r, j] |= lo <= coord[r, j] <= hi`` for each [lo, hi] of ``ranges`` (R, 2); the rows of
+    ``coord`` (g, L) increase, so each range is two binary searches per row."""
+    for r in range(coord.shape[0]):
+        row = coord[r]
+        for q in range(ranges.shape[0]):
+            a = np.searchsorted(row, ranges[q, 0], side="left")
+            b = np.searchsorted(row, ranges[q, 1], side="right")
+            for j in range(a, b):
+                out[r, j] = True
+
+
 def resample_rows(flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
                   m_bad, filled, n_snr, n_good):
     """Phase 1, one spectrum at a time: flux, var, mask (n, m) are the data columns the grid
@@ -35,42 +65,64 @@ def resample_rows(flux, var, mask, left, right_w, static_bad, native, keep_pos, 
     +inf where bad; ``n_snr``, ``n_good`` (n,): the good entries (the medians' inputs, as
     ``masked_median`` builds them).
     """
-    n, m = flux.shape
-    length = left.size
+    m = flux.shape[1]
     bad = np.empty(m, np.bool_)
     clean_f = np.empty(m, np.float32)
     clean_v = np.empty(m, np.float32)
+    for r in range(flux.shape[0]):
+        _resample_row(r, flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
+                      m_bad, filled, n_snr, n_good, bad, clean_f, clean_v)
+
+
+def resample_rows_each(flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
+                       m_bad, filled, n_snr, n_good):
+    """:func:`resample_rows` where each spectrum has a grid of its own (per-object redshifts):
+    left, right_w, static_bad (n, L) and native (n, m), row r for spectrum r."""
+    m = flux.shape[1]
+    bad = np.empty(m, np.bool_)
+    clean_f = np.empty(m, np.float32)
+    clean_v = np.empty(m, np.float32)
+    for r in range(flux.shape[0]):
+        _resample_row(r, flux, var, mask, left[r], right_w[r], static_bad[r], native[r], keep_pos, snr_values,
+                      m_flux, m_var, m_bad, filled, n_snr, n_good, bad, clean_f, clean_v)
+
+
+def _resample_row(r, flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
+                  m_bad, filled, n_snr, n_good, bad, clean_f, clean_v):
+    """Row ``r`` of :func:`resample_rows` on the grid ``left``, ``right_w``, ``static_bad`` (L,),
+    ``native`` (m,); ``bad``, ``clean_f``, ``clean_v`` (m,) are scratch."""
+    m = flux.shape[1]
+    length = left.size
     one = np.float32(1.0)
     zero = np.float32(0.0)
     inf = np.float32(np.inf)
-    for r in range(n):
-        count = 0
-        for c in range(m):
-            f, v = flux[r, c], var[r, c]
-            b = mask[r, c] or not np.isfinite(f) or not (v > 0 and v < np.inf)
-            bad[c] = b
-            clean_f[c] = zero if b else f
-            clean_v[c] = one if b else v
-            if not b and native[c]:
-                snr_values[r, c] = clean_f[c] / np.sqrt(clean_v[c])
-                count += 1
-            else:
-                snr_values[r, c] = inf
-        n_snr[r] = count
-        count = 0
-        for j in range(length):
-            lj = left[j]
-            w1 = right_w[j]
-            w0 = one - w1
-            mb = static_bad[j] or (bad[lj] and w1 < 1) or (bad[lj + 1] and w1 > 0)
-            m_bad[r, j] = mb
-            m_flux[r, j] = clean_f[lj] * w0 + clean_f[lj + 1] * w1
-            m_var[r, j] = clean_v[lj] * (w0 * w0) + clean_v[lj + 1] * (w1 * w1)
-            if keep_pos[j] >= 0:
-                filled[r, keep_pos[j]] = inf if mb else m_flux[r, j]
-            if not mb:
-                count += 1
-        n_good[r] = count
+    count = 0
+    for c in range(m):
+        f, v = flux[r, c], var[r, c]
+        b = mask[r, c] or not np.isfinite(f) or not (v > 0 and v < np.inf)
+        bad[c] = b
+        clean_f[c] = zero if b else f
+        clean_v[c] = one if b else v
+        if not b and native[c]:
+            snr_values[r, c] = clean_f[c] / np.sqrt(clean_v[c])
+            count += 1
+        else:
+            snr_values[r, c] = inf
+    n_snr[r] = count
+    count = 0
+    for j in range(length):
+        lj = left[j]
+        w1 = right_w[j]
+        w0 = one - w1
+        mb = static_bad[j] or (bad[lj] and w1 < 1) or (bad[lj + 1] and w1 > 0)
+        m_bad[r, j] = mb
+        m_flux[r, j] = clean_f[lj] * w0 + clean_f[lj + 1] * w1
+        m_var[r, j] = clean_v[lj] * (w0 * w0) + clean_v[lj + 1] * (w1 * w1)
+        if keep_pos[j] >= 0:
+            filled[r, keep_pos[j]] = inf if mb else m_flux[r, j]
+        if not mb:
+            count += 1
+    n_good[r] = count
 
 
 def write_channels(m_flux, m_var, m_bad, safe, x, i_flux, i_error, i_mask):
@@ -131,5 +183,9 @@ def _fill_gap(out, p, q, length):
 if numba is not None:
     _fill_gap = numba.njit(cache=True, nogil=True)(_fill_gap)
     _fill_row = numba.njit(cache=True, nogil=True)(_fill_row)
+    grid_rows = numba.njit(cache=True, nogil=True)(grid_rows)
+    mark_ranges = numba.njit(cache=True, nogil=True)(mark_ranges)
+    _resample_row = numba.njit(cache=True, nogil=True)(_resample_row)
     resample_rows = numba.njit(cache=True, nogil=True)(resample_rows)
+    resample_rows_each = numba.njit(cache=True, nogil=True)(resample_rows_each)
     write_channels = numba.njit(cache=True, nogil=True)(write_channels)

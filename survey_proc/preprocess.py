@@ -308,7 +308,18 @@ class _Resampling:
                            self.static_bad[start:stop], self.native[start:stop], self.coverage[start:stop])
 
 
-def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec) -> _Resampling:
+def _ranges(ranges: Sequence[Sequence[float]]) -> np.ndarray:
+    return np.asarray(ranges, np.float64).reshape(-1, 2)
+
+
+def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec,
+                compiled: bool | None = None) -> _Resampling:
+    """How ``spec``'s grid samples the data grid ``wave`` at ``redshift`` (scalar or (n,)).
+
+    ``compiled``: with per-object redshifts (a grid per row), walk the grids in compiled code
+    (:func:`survey_proc._prepare_fused.grid_rows`, the same numbers; ~10x cheaper than NumPy's
+    searchsorted and range tests on (n, L) arrays); None: where Numba is present, False: NumPy only.
+    """
     z = np.asarray(redshift, np.float64)
     if z.ndim == 0 or np.all(z == z.flat[0]):
         z1 = np.full((1, 1), 1.0 + float(z.flat[0]))  # one grid shared by all rows: cheaper gathers
@@ -317,12 +328,27 @@ def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: In
     model_wave = spec.wave[None, :]
     # the model grid expressed in the data's frame (= the observed frame: masks_observed apply)
     src = model_wave * z1 if spec.frame == "rest" else np.broadcast_to(model_wave, (z1.shape[0], model_wave.size))
-    coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
-    idx = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
-    w = ((src - wave[idx]) / (wave[idx + 1] - wave[idx])).astype(np.float32)
-    static_bad = (src < wave[0]) | (src > wave[-1])
-    static_bad |= in_ranges(model_wave if spec.frame == "rest" else model_wave / z1, spec.masks_rest)
-    static_bad |= in_ranges(src, spec.masks_observed)
+    rest = model_wave if spec.frame == "rest" else model_wave / z1  # the model grid in the rest frame
+    if z1.shape[0] > 1 and compiled is not False and _prepare_fused.available():
+        src = np.ascontiguousarray(src)
+        idx = np.empty(src.shape, np.int64)
+        w = np.empty(src.shape, np.float32)
+        static_bad = np.empty(src.shape, bool)
+        _prepare_fused.grid_rows(wave, src, idx, w, static_bad)
+        coverage = (~static_bad).mean(axis=1)
+        if rest.shape[0] == 1:  # a rest-frame model: its rest-frame masks are the same for every row
+            static_bad |= in_ranges(rest, spec.masks_rest)
+        elif spec.masks_rest:
+            _prepare_fused.mark_ranges(np.ascontiguousarray(rest), _ranges(spec.masks_rest), static_bad)
+        if spec.masks_observed:
+            _prepare_fused.mark_ranges(src, _ranges(spec.masks_observed), static_bad)
+    else:
+        coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
+        idx = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
+        w = ((src - wave[idx]) / (wave[idx + 1] - wave[idx])).astype(np.float32)
+        static_bad = (src < wave[0]) | (src > wave[-1])
+        static_bad |= in_ranges(rest, spec.masks_rest)
+        static_bad |= in_ranges(src, spec.masks_observed)
     lo, hi = int(idx.min()), int(idx.max()) + 2
     crop = wave[None, lo:hi]
     native = (crop >= src[:, :1]) & (crop <= src[:, -1:])
@@ -375,17 +401,22 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
 
 def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
                         step: float, x: np.ndarray, flags: np.ndarray, snr: np.ndarray, norm: np.ndarray) -> None:
-    """:func:`_prepare_rows` for one shared grid: compiled passes around NumPy's medians (same numbers)."""
+    """:func:`_prepare_rows` in compiled passes around NumPy's medians (same numbers), for rows sharing
+    one grid or (per-object redshifts) each on its own."""
     n, length = x.shape[0], rs.left.shape[1]
     snr_values = np.empty(flux.shape, np.float32)
     m_flux, m_var = np.empty((n, length), np.float32), np.empty((n, length), np.float32)
     m_bad = np.empty((n, length), bool)
-    keep = ~rs.static_bad[0]  # masked_median leaves out the columns bad in every row
-    keep_pos = np.where(keep, np.cumsum(keep) - 1, -1)
+    keep = ~rs.static_bad.all(axis=0)  # the medians leave out the columns bad in every row (the values
+    keep_pos = np.where(keep, np.cumsum(keep) - 1, -1)  # do not depend on it: bad entries are +inf)
     filled = np.empty((n, int(keep.sum())), np.float32)
     n_snr, n_good = np.empty(n, np.int64), np.empty(n, np.int64)
-    _prepare_fused.resample_rows(flux, var, mask, rs.left[0], rs.right_w[0], rs.static_bad[0], rs.native[0],
-                                 keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
+    if rs.left.shape[0] == 1:
+        _prepare_fused.resample_rows(flux, var, mask, rs.left[0], rs.right_w[0], rs.static_bad[0], rs.native[0],
+                                     keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
+    else:
+        _prepare_fused.resample_rows_each(flux, var, mask, rs.left, rs.right_w, rs.static_bad, rs.native,
+                                          keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
     snr[:] = median_of_filled(snr_values, n_snr, rs.width, np.full(n, np.nan, np.float32)) / np.sqrt(step)
     med = median_of_filled(filled, n_good, length, np.full(n, np.nan, np.float32))
     safe = _flag_and_normalise(rs, spec, length - n_good, med, flags, norm)
@@ -398,8 +429,8 @@ KNOWN_CHANNELS = ("flux", "error", "mask")
 
 
 def _fused_applies(rs: _Resampling, spec: InputSpec) -> bool:
-    """The fused pass covers one grid shared by all rows, ``median`` normalisation, known channels."""
-    return (_prepare_fused.available() and rs.left.shape[0] == 1 and spec.normalise == "median"
+    """The fused pass covers ``median`` normalisation and the known channels."""
+    return (_prepare_fused.available() and spec.normalise == "median"
             and all(name in KNOWN_CHANNELS for name in spec.channels))
 
 
@@ -439,8 +470,9 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     redshift : systemic redshift, scalar or (n,); use 0 for data already in the rest frame.
     spec : the model's :class:`InputSpec`.
     block : rows processed together (small enough for the CPU cache; the result does not depend on it).
-    fused : compute spectra sharing one grid in one compiled pass each (``survey_proc._prepare_fused``,
-        the same numbers); None: where it applies and Numba is present, False: NumPy only.
+    fused : compute each spectrum in compiled passes, on one grid for all or one per spectrum
+        (``survey_proc._prepare_fused``, the same numbers); None: where it applies and Numba is
+        present, False: NumPy only.
 
     Only the data columns the model grid touches are read; pixels are linearly interpolated onto
     the model grid (variances with the squared weights), declared masks applied, each spectrum
@@ -461,8 +493,8 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     if fused is not False and _fused_applies(rs, spec):
         for a in range(0, n, block):
             b = min(a + block, n)
-            _prepare_fused_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs, spec, step,
-                                x[a:b], flags[a:b], snr[a:b], norm[a:b])
+            _prepare_fused_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs.rows(a, b),
+                                spec, step, x[a:b], flags[a:b], snr[a:b], norm[a:b])
         return Prepared(x=x, flags=flags, snr=snr, norm=norm)
     for a in range(0, n, block):
         b = min(a + block, n)

@@ -123,7 +123,7 @@ def test_out_of_range_when_the_data_miss_the_model_grid():
 
 @pytest.mark.parametrize("model", ["default", "muse-7100", "sdss-cnn"])
 def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
-    """The compiled per-spectrum pass (spectra sharing one grid) against the NumPy path, on MUSE-like
+    """The compiled per-spectrum pass (spectra sharing one grid, or one grid each) against the NumPy path, on MUSE-like
     spectra with NaN and infinite fluxes, zero and infinite variances, masked runs (also from a
     row's start and to its end), rows without any valid pixel and negative fluxes."""
     from survey_proc import _prepare_fused
@@ -150,9 +150,32 @@ def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
     mask[3] = True
     flux[4] = np.nan
     flux[6] = -50.0
-    for z in (0.008, 0.0):
+    per_object = np.linspace(0.0, 0.06, n)  # a catalogue: a grid per spectrum (and some out of range)
+    for z in (0.008, 0.0, per_object):
         a = prepare(flux, var, mask, wave, z, spec, fused=False)
         b = prepare(flux, var, mask, wave, z, spec, fused=True)
+        where = f"{model}, z={'per object' if np.ndim(z) else z}"
         for name in ("x", "flags", "snr", "norm"):
-            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"{model}, z={z}: {name}")
-    assert a.flags[3] and a.flags[4] and not a.flags[0]  # the case has flagged and clean spectra
+            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"{where}: {name}")
+        assert a.flags[3] and a.flags[4] and not a.flags[0]  # the case has flagged and clean spectra
+
+
+@pytest.mark.parametrize("model", ["default", "muse-7100", "sdss-cnn"])
+def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
+    """A grid per spectrum (a catalogue's redshifts, 0-0.35, some beyond the data): the compiled walk
+    gives NumPy's columns, weights, masks (rest and observed frame) and coverage exactly."""
+    from survey_proc import _prepare_fused
+    from survey_proc.estimators import load_manifest
+    from survey_proc.preprocess import _resampling
+
+    if not _prepare_fused.available():
+        pytest.skip("numba is not installed")
+    spec = load_manifest(model).input
+    wave = (10 ** np.arange(np.log10(4000), np.log10(9300), 1e-4) if spec.frame == "observed"  # misses the blue
+            else np.arange(4750.0, 9350.0, 1.25))
+    z = np.linspace(0.0, 0.35, 300)
+    a = _resampling(wave, z, z.size, spec, compiled=False)
+    b = _resampling(wave, z, z.size, spec, compiled=True)
+    assert a.left.shape == (z.size, spec.wave.size) and a.static_bad.any() and (a.coverage < 1).any()
+    for name in ("lo", "hi", "width", "left", "right_w", "static_bad", "native", "coverage"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"{model}: {name}")
