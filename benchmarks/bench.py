@@ -139,11 +139,10 @@ def bench_cluster(workers: int, env: dict | None = None):
     from survey_proc.cluster._local import local_cluster
 
     cluster = local_cluster(workers, 1, **({"env": env} if env else {}))
-    client = Client(cluster)
     try:
-        yield client
+        with Client(cluster) as client:
+            yield client
     finally:
-        client.close()
         cluster.close()
 
 
@@ -324,11 +323,10 @@ def _local_cuda_client(start_cluster, devices: str, workers: int):
 
     with dask.config.set({"survey-proc.cluster.local-cuda.devices": devices}):
         cluster = start_cluster(workers)
-    client = Client(cluster)
     try:
-        yield client
+        with Client(cluster) as client:
+            yield client
     finally:
-        client.close()
         cluster.close()
 
 

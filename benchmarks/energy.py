@@ -110,11 +110,11 @@ class EnergyMeter:
                     nvml.nvmlShutdown()
                     self.note = f"NVML energy counter unreadable ({type(exc).__name__}); "
         domains = rapl_domains()
-        if domains:
-            self._start["rapl"] = (domains, _rapl_read(domains))
-            self.host_method = "rapl"
-        else:
-            self.host_method = "estimate"
+        try:
+            self._start["rapl"] = (domains, _rapl_read(domains)) if domains else None
+        except (OSError, ValueError):  # readable a moment ago, not now
+            self._start["rapl"] = None
+        self.host_method = "rapl" if self._start["rapl"] else "estimate"
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,10 +122,17 @@ class EnergyMeter:
         now = process_cpu_seconds()
         before = self._start["cpu"]
         self.cpu_seconds = sum(max(t - before.get(pid, 0.0), 0.0) for pid, t in now.items())
+        end = None
         if self.host_method == "rapl":
             domains, start = self._start["rapl"]
+            try:
+                end = _rapl_read(domains)
+            except (OSError, ValueError):
+                self.host_method = "estimate"
+                self.note += "RAPL unreadable at the end; "
+        if end is not None:
             total = 0
-            for (e0, wrap), (e1, _) in zip(start, _rapl_read(domains)):
+            for (e0, wrap), (e1, _) in zip(start, end):
                 total += e1 - e0 if e1 >= e0 else e1 + wrap - e0
             self.host_joules = total / 1e6
             host_note = f"CPU package energy (RAPL, {len(domains)} package(s)) of the whole machine"

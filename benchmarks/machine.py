@@ -35,7 +35,7 @@ def gpus() -> list[dict]:
             for i in range(pynvml.nvmlDeviceGetCount()):
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
                 uuid = _text(pynvml.nvmlDeviceGetUUID(h))  # CUDA_VISIBLE_DEVICES takes it
-                if visible is not None and str(i) not in visible and uuid not in visible:
+                if visible is not None and not _is_visible(i, uuid, visible):
                     continue
                 out.append({"index": i, "name": _text(pynvml.nvmlDeviceGetName(h)), "driver": _text(driver),
                             "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1), "uuid": uuid})
@@ -60,6 +60,13 @@ def _visible_devices() -> set[str] | None:
     if value is None:
         return None
     return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def _is_visible(index: int, uuid: str, visible: set[str]) -> bool:
+    """Whether an inherited ``CUDA_VISIBLE_DEVICES`` names this GPU: by UUID (or a UUID's prefix, as
+    CUDA accepts), or by index. An index is taken as NVML's, which is CUDA's only with
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (batch systems' usual setting); UUIDs are exact."""
+    return any(v == str(index) or (v.startswith("GPU-") and uuid.startswith(v)) for v in visible)
 
 
 def _text(value) -> str:

@@ -54,7 +54,7 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["compare_figures"] and all((tmp_path / f).exists() for f in report["compare_figures"])
     assert "speed-up per core" in proc.stdout and str(out) in proc.stdout
-    assert all(r["host_energy_method"] == r["energy_method"] for r in results)  # CPU rows: the host is all
+    assert all(r["host_energy_method"] == r["energy_method"] for r in results if r["device"] == "cpu")  # the host is all
 
     # how a GPU row reads (this machine has none): GPU energy beside the host's, and the 50,000/s check
     from benchmarks.report import write_report
@@ -126,3 +126,12 @@ def test_gpu_runs_say_why_they_did_not_run_without_cuda(tmp_path):
     rows, notes = gpu_runs(BenchConfig(progress=False), [{"index": 0, "name": "X", "uuid": "GPU-0"}],
                            tmp_path / "cube.zarr", tmp_path, "default", 10.0, 2)
     assert rows == [] and len(notes) == 1 and "cannot use CUDA" in notes[0]
+
+
+def test_inherited_cuda_visible_devices_by_uuid_prefix_or_index():
+    from benchmarks.machine import _is_visible
+
+    uuid = "GPU-dae76d0e-3414-958a-8f3e-fc6682b36f31"
+    assert _is_visible(0, uuid, {"0"}) and not _is_visible(1, uuid, {"0"})
+    assert _is_visible(3, uuid, {"GPU-dae76d0e"}) and _is_visible(3, uuid, {uuid})
+    assert not _is_visible(3, uuid, {"GPU-60f2c95a"})

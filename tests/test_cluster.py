@@ -141,6 +141,20 @@ def test_gpu_batch_size_from_free_memory():
     assert gpu_batch_size(0, 2e5, 0.5, 1024, 65536) == 1024
 
 
+def test_gpu_settings_read_as_meant():
+    """Device lists count their GPUs (0 from an environment variable is GPU 0, not "unset"); an
+    out-of-memory error is recognised also as TorchScript raises it (a RuntimeError naming it)."""
+    import torch
+
+    from survey_proc.cluster._cuda import _visible_gpus
+    from survey_proc.estimators._torchscript import is_out_of_memory
+
+    assert _visible_gpus(0, None) == 1 and _visible_gpus("0,1", None) == 2 and _visible_gpus(None, 3) == 3
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA error"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
 def test_gpu_pinned_buffer_fits_the_chunks_not_the_batch():
     from survey_proc.estimators._torchscript import pinned_rows
 

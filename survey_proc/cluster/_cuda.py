@@ -35,7 +35,7 @@ def _visible_gpus(devices: str | None, workers: int | None) -> int:
     """How many GPU workers the cluster will start: ``workers``, the ``devices`` listed, or every GPU."""
     if workers:
         return int(workers)
-    if devices:
+    if devices is not None and str(devices).strip():  # "0" (or 0 from an environment variable) is one GPU
         return len([d for d in str(devices).split(",") if d.strip()])
     from dask_cuda.utils import get_n_gpus
 

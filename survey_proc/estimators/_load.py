@@ -66,7 +66,7 @@ _LOADING = threading.Lock()
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(manifest_path: str, mtime: float, device: str, threads: int | None,
-                 precision: str | None = None) -> Estimator:
+                 settings: tuple = ()) -> Estimator:
     manifest = read_manifest(Path(manifest_path))
     verify_bundle(manifest)
     target = IMPLEMENTATIONS.get(manifest.estimator)
@@ -90,6 +90,7 @@ def load_estimator(spec: str | Path, device: str = "cpu", threads: int | None = 
     path = resolve_model(spec)
     from survey_proc import config
 
-    # the CPU precision setting changes what is loaded (survey-proc.run.cpu-precision): part of the key
+    # the precision settings change what is loaded (survey-proc.run.cpu-precision, gpu.tf32): part of the key
+    settings = (config.get("run.cpu-precision", None), bool(config.get("gpu.tf32", False)))
     with _LOADING:  # threads of one worker asking at once load the model once (the others find it cached)
-        return _load_cached(str(path), path.stat().st_mtime, device, threads, config.get("run.cpu-precision", None))
+        return _load_cached(str(path), path.stat().st_mtime, device, threads, settings)

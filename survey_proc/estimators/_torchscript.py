@@ -65,6 +65,12 @@ def batch_size_for(device: torch.device, manifest: Manifest, module) -> int:
                           int(config.get("gpu.max-batch-size", 65536)))
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device ran out of memory (``torch.OutOfMemoryError`` when raised by
+    eager code; a ``RuntimeError`` naming it when raised inside a TorchScript module)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc)
+
+
 def pinned_rows(rows: int, batch_size: int) -> int:
     """Rows of the pinned host buffer for a chunk of ``rows`` spectra: the next power of two, at most
     ``batch_size`` (and at least ``rows``)."""
@@ -128,11 +134,11 @@ class TorchScriptEstimator:
     def _tune_for_gpu(self) -> None:
         """GPU inference: IEEE float32 convolutions unless ``gpu.tf32``, a frozen module (BatchNorm folded
         into the convolutions, as on CPUs), and the batch size from the free device memory."""
-        if not config.get("gpu.tf32", False):
-            torch.backends.cudnn.conv.fp32_precision = "ieee"  # torch's default for cuDNN is TF32
-            torch.backends.cuda.matmul.fp32_precision = "ieee"
-        else:
-            self.precision = "tf32"
+        tf32 = bool(config.get("gpu.tf32", False))
+        mode = "tf32" if tf32 else "ieee"  # torch's default for cuDNN convolutions is TF32
+        torch.backends.cudnn.conv.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = mode
+        self.precision = "tf32" if tf32 else "float32"
         self._freeze()
         self.batch_size = batch_size_for(self.device, self.manifest, self.module)
 
@@ -187,7 +193,7 @@ class TorchScriptEstimator:
         if (self._pinned is None or self._pinned.shape[1:] != batch.shape[1:]
                 or self._pinned.shape[0] < batch.shape[0]):
             rows = pinned_rows(batch.shape[0], self.batch_size)
-            self._pinned = None  # free the old buffer first
+            self._pinned = None  # back to torch's pinned-memory cache before the larger one is taken
             self._pinned = torch.empty((rows, *batch.shape[1:]), dtype=batch.dtype, pin_memory=True)
         staged = self._pinned[:batch.shape[0]]
         staged.copy_(batch)
@@ -202,13 +208,13 @@ class TorchScriptEstimator:
                 try:
                     out = self.module(self._staged(np.ascontiguousarray(x[start:stop])))
                     got = {key: value.float().cpu().numpy() for key, value in out.items()}
-                except torch.cuda.OutOfMemoryError:  # another process took the memory: smaller batches
-                    if not self._gpu or self.batch_size == 1:
+                except RuntimeError as exc:  # TorchScript reports the device's OOM as a plain RuntimeError
+                    if not (self._gpu and is_out_of_memory(exc) and min(self.batch_size, x.shape[0] - start) > 1):
                         raise
                     got = None
                 if got is None:  # out of the handler, so the failed batch's tensors are released
-                    torch.cuda.empty_cache()
-                    self.batch_size = max(1, self.batch_size // 2)
+                    torch.cuda.empty_cache()  # another process took the memory: smaller batches from here on
+                    self.batch_size = max(1, min(self.batch_size, x.shape[0] - start) // 2)
                     continue
                 for key, value in got.items():  # .cpu() waited for the batch: the pinned buffer is free again
                     pieces.setdefault(key, []).append(value)
