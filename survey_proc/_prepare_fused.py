@@ -3,8 +3,9 @@
 Two compiled passes replace some thirty NumPy passes over a block of spectra, whether they share
 one model grid (a cube: one redshift) or each has its own (a catalogue: one redshift per object): one reads each spectrum once (bad-pixel mask, S/N
 values, resampling), the other writes the model input (normalisation, gap filling, channels);
-the two medians between them stay with NumPy's partition, which is vectorised and faster than a
-compiled quickselect on these rows. The arithmetic is the NumPy path's, operation by operation in
+the two medians between them (S/N and normalisation) are found by bucket selection
+(:func:`median_rows`: a histogram over the row's range, then the few values of one bin), about
+twice as fast as NumPy's partition on these rows, which was faster than a compiled quickselect. The arithmetic is the NumPy path's, operation by operation in
 float32, so the numbers are the same bit for bit (``tests/test_preprocess.py`` compares both on
 damaged spectra); the NumPy path stays for ``window`` normalisation and where Numba is missing.
 """
@@ -125,6 +126,81 @@ def _resample_row(r, flux, var, mask, left, right_w, static_bad, native, keep_po
     n_good[r] = count
 
 
+def median_rows(filled, n_good, length, out):
+    """:func:`survey_proc.preprocess.median_of_filled` in compiled code, the same numbers: ``filled``
+    (n, K) holds each row's ``n_good`` good values (finite) and +inf elsewhere; the rows are of
+    ``length`` entries. The order statistics are found by :func:`_kth_finite` instead of a
+    partition; ``filled`` is reordered in place. ``out`` keeps its value for rows without good values."""
+    n, width = filled.shape
+    hist = np.empty(_BINS, np.int32)
+    cand = np.empty(width, np.float32)
+    two = np.float32(2.0)
+    inf = np.float32(np.inf)
+    last = width - 1
+    for r in range(n):
+        g = n_good[r]
+        if g <= 0:
+            continue
+        upper = length // 2 - (length - g) // 2  # the rank among the good values (see masked_median)
+        k = min(upper, last)
+        row = filled[r]
+        hi_v = _kth_finite(row, k, hist, cand) if upper < g else inf
+        if length % 2 == 0:
+            lo_k = max(k - 1, 0)
+            lo_v = (_kth_finite(row, lo_k, hist, cand) if lo_k != k else hi_v) if upper - 1 < g else inf
+            out[r] = (lo_v + hi_v) / two
+        else:
+            out[r] = hi_v
+
+
+#: bins of one level of :func:`_kth_finite` (its histogram stays in the L1 cache)
+_BINS = 2048
+
+
+def _kth_finite(row, k, hist, cand):
+    """The k-th smallest (0-based) finite value of a float32 row (k below their count; +inf
+    entries ignored): bucket selection. Bins uniform between the candidates' min and max; the bin
+    of a value is monotone in it, so the k-th value lies in the bin where the counts pass k; that
+    bin's values become the candidates, until few are left, which are sorted."""
+    nb = hist.size
+    c = 0
+    for i in range(row.size):  # the finite values are the candidates
+        v = row[i]
+        if v < np.inf:
+            cand[c] = v
+            c += 1
+    while c > 32:
+        lo = cand[0]
+        hi = cand[0]
+        for i in range(c):
+            v = cand[i]
+            lo = min(lo, v)
+            hi = max(hi, v)
+        if not hi > lo:  # all equal
+            return lo
+        scale = (nb - 1) / (np.float64(hi) - np.float64(lo))
+        for j in range(nb):
+            hist[j] = 0
+        for i in range(c):
+            hist[int((np.float64(cand[i]) - np.float64(lo)) * scale)] += 1
+        acc = 0
+        sel = nb - 1
+        for j in range(nb):
+            if acc + hist[j] > k:
+                sel = j
+                break
+            acc += hist[j]
+        k -= acc
+        kept = 0
+        for i in range(c):
+            v = cand[i]
+            if int((np.float64(v) - np.float64(lo)) * scale) == sel:
+                cand[kept] = v
+                kept += 1
+        c = kept
+    return np.sort(cand[:c])[k]
+
+
 def write_channels(m_flux, m_var, m_bad, safe, x, i_flux, i_error, i_mask):
     """Phase 2: the model input ``x`` (n, C, L) from the resampled spectra and their float32
     normalisations ``safe`` (n,); channel indices ``i_*`` (-1: absent). Gaps of the flux channel
@@ -183,6 +259,8 @@ def _fill_gap(out, p, q, length):
 if numba is not None:
     _fill_gap = numba.njit(cache=True, nogil=True)(_fill_gap)
     _fill_row = numba.njit(cache=True, nogil=True)(_fill_row)
+    _kth_finite = numba.njit(cache=True, nogil=True)(_kth_finite)
+    median_rows = numba.njit(cache=True, nogil=True)(median_rows)
     grid_rows = numba.njit(cache=True, nogil=True)(grid_rows)
     mark_ranges = numba.njit(cache=True, nogil=True)(mark_ranges)
     _resample_row = numba.njit(cache=True, nogil=True)(_resample_row)

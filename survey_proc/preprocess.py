@@ -417,8 +417,11 @@ def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs:
     else:
         _prepare_fused.resample_rows_each(flux, var, mask, rs.left, rs.right_w, rs.static_bad, rs.native,
                                           keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
-    snr[:] = median_of_filled(snr_values, n_snr, rs.width, np.full(n, np.nan, np.float32)) / np.sqrt(step)
-    med = median_of_filled(filled, n_good, length, np.full(n, np.nan, np.float32))
+    snr_median = np.full(n, np.nan, np.float32)
+    _prepare_fused.median_rows(snr_values, n_snr, rs.width, snr_median)
+    snr[:] = snr_median / np.sqrt(step)
+    med = np.full(n, np.nan, np.float32)
+    _prepare_fused.median_rows(filled, n_good, length, med)
     safe = _flag_and_normalise(rs, spec, length - n_good, med, flags, norm)
     channel = {name: (spec.channels.index(name) if name in spec.channels else -1) for name in KNOWN_CHANNELS}
     _prepare_fused.write_channels(m_flux, m_var, m_bad, safe, x, channel["flux"], channel["error"], channel["mask"])

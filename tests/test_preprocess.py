@@ -179,3 +179,33 @@ def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
     assert a.left.shape == (z.size, spec.wave.size) and a.static_bad.any() and (a.coverage < 1).any()
     for name in ("lo", "hi", "width", "left", "right_w", "static_bad", "native", "coverage"):
         np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"{model}: {name}")
+
+
+def test_compiled_medians_are_the_partition_medians():
+    """The compiled bucket selection gives median_of_filled's numbers on rows with ties, zeros of
+    both signs, far outliers, heavy tails, constant rows, rows without good values, odd and even
+    lengths (the values bit for bit; zeros may differ in sign only)."""
+    from survey_proc import _prepare_fused
+    from survey_proc.preprocess import median_of_filled
+
+    if not _prepare_fused.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(5)
+    for trial in range(240):
+        n, k = int(rng.integers(1, 30)), int(rng.integers(1, 400))
+        length = k + int(rng.integers(0, 50))
+        values = {0: lambda: rng.normal(100, 5, (n, k)),
+                  1: lambda: rng.integers(0, 5, (n, k)),                         # ties
+                  2: lambda: np.where(rng.random((n, k)) < 0.3, 1e30, rng.normal(0, 1, (n, k))),  # outliers
+                  3: lambda: np.where(rng.random((n, k)) < 0.5, -0.0, 0.0),      # signed zeros
+                  4: lambda: rng.standard_cauchy((n, k)) * 1e3,                   # heavy tails
+                  5: lambda: np.full((n, k), 7.0)}[trial % 6]().astype(np.float32)
+        bad = rng.random((n, k)) < rng.random()
+        bad[0] = True  # a row without good values keeps NaN
+        filled = np.where(bad, np.float32(np.inf), values)
+        n_good = (~bad).sum(axis=1)
+        want = median_of_filled(filled.copy(), n_good, length, np.full(n, np.nan, np.float32))
+        got = np.full(n, np.nan, np.float32)
+        _prepare_fused.median_rows(filled.copy(), n_good, length, got)
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+        assert np.isnan(got[0])
