@@ -1,13 +1,15 @@
 """The hot path of :func:`survey_proc.preprocess.prepare`, fused per spectrum (Numba).
 
 Two compiled passes replace some thirty NumPy passes over a block of spectra, whether they share
-one model grid (a cube: one redshift) or each has its own (a catalogue: one redshift per object): one reads each spectrum once (bad-pixel mask, S/N
-values, resampling), the other writes the model input (normalisation, gap filling, channels);
-the two medians between them (S/N and normalisation) are found by bucket selection
-(:func:`median_rows`: a histogram over the row's range, then the few values of one bin), about
-twice as fast as NumPy's partition on these rows, which was faster than a compiled quickselect. The arithmetic is the NumPy path's, operation by operation in
-float32, so the numbers are the same bit for bit (``tests/test_preprocess.py`` compares both on
-damaged spectra); the NumPy path stays for ``window`` normalisation and where Numba is missing.
+one model grid (a cube: one redshift) or each has its own (a catalogue: one redshift per object).
+One reads each spectrum once (bad-pixel mask, S/N values, resampling), the other writes the model
+input (normalisation, gap filling, channels). The two medians between them (S/N and
+normalisation) are found by bucket selection (:func:`median_rows`: a histogram over the row's
+range, then the few values of one bin), about twice as fast as NumPy's partition on these rows,
+which was faster than a compiled quickselect. The arithmetic is the NumPy path's, operation by
+operation in float32, so the numbers are the same bit for bit (``tests/test_preprocess.py``
+compares both on damaged spectra); the NumPy path stays for ``window`` normalisation and where
+Numba is missing.
 """
 
 from __future__ import annotations
