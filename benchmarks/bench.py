@@ -263,8 +263,9 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
     - ``local-cuda``: what ``survey-proc run --cluster local-cuda`` starts for that GPU (dask-cuda,
       one worker whose threads, the machine's cores, read and preprocess while one batch at a time
       runs on the GPU);
-    - ``processes``: ``cpu_workers`` single-threaded worker processes sharing the GPU (each its own
-      CUDA context and a share of the device memory), for comparison.
+    - ``processes``: ``cpu_workers`` single-threaded worker processes sharing the GPU, as
+      ``survey-proc run --cluster local --device cuda`` starts them (each its own CUDA context, one
+      Zarr thread, and here a share of the device memory for its batches), for comparison.
 
     A GPU or way that cannot run (no CUDA build of torch, no dask-cuda, a failure) is noted and
     skipped: the CPU results already measured are kept. Written without a GPU to test on (this
@@ -281,7 +282,7 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
     notes: list[str] = []
 
     def measure(label: str, way: str, start, indices: list[int], out_name: str) -> None:
-        settings = {"survey-proc.run.io-threads": 1, "survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} \
+        settings = {"survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} \
             if way == "processes" else {}
         try:
             with dask.config.set(settings), start() as client:

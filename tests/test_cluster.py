@@ -206,9 +206,25 @@ def _zarr_threads():
     return zarr.config.get("threading.max_workers", None)
 
 
+def _limited_pool(opts) -> int | None:
+    from survey_proc.engine._region import limit_io_threads
+
+    limit_io_threads(opts)
+    return _zarr_threads()
+
+
+def _pool_in_each_worker(client, opts) -> set:
+    """Zarr's pool size after limit_io_threads, run as a task on each worker (as the engine does)."""
+    return {client.submit(_limited_pool, opts, workers=[w], pure=False).result()
+            for w in client.scheduler_info()["workers"]}
+
+
 def test_worker_setup_sizes_the_zarr_decoding_pool():
-    """setup_worker gives each CPU worker a Zarr pool of its own threads (not one per core of the
-    machine per worker); GPU workers keep Zarr's default; a configured number wins."""
+    """setup_worker gives each worker a Zarr pool of its own threads (not one per core of the
+    machine per worker), on CPUs and GPUs alike (a local-cuda worker has the cores as threads);
+    outside a worker GPUs keep Zarr's default; a configured number wins."""
+    from dataclasses import replace
+
     import zarr
     from distributed import Client
 
@@ -217,8 +233,10 @@ def test_worker_setup_sizes_the_zarr_decoding_pool():
 
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         opts = RegionOptions(cube="c.zarr", out="m.zarr", model="default", redshift=0.0, min_snr=5.0, threads=1)
-        client.run(limit_io_threads, opts)
-        assert set(client.run(_zarr_threads).values()) == {1}
+        assert _pool_in_each_worker(client, opts) == {1}
+        assert _pool_in_each_worker(client, replace(opts, device="cuda:0")) == {1}  # processes sharing a GPU
+    with local_cluster(1, 2) as cluster, Client(cluster) as client:  # a GPU worker with threads
+        assert _pool_in_each_worker(client, replace(opts, device="cuda:0")) == {2}
     with zarr.config.set({"threading.max_workers": None}):
         limit_io_threads(RegionOptions("c", "m", "default", 0.0, 5.0, device="cuda:0", threads=1))
         assert _zarr_threads() is None
