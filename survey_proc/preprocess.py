@@ -301,12 +301,6 @@ class _Resampling:
     native: np.ndarray
     coverage: np.ndarray
 
-    def rows(self, start: int, stop: int) -> _Resampling:
-        if self.left.shape[0] == 1:
-            return self
-        return _Resampling(self.lo, self.hi, self.width, self.left[start:stop], self.right_w[start:stop],
-                           self.static_bad[start:stop], self.native[start:stop], self.coverage[start:stop])
-
 
 def _ranges(ranges: Sequence[Sequence[float]]) -> np.ndarray:
     return np.asarray(ranges, np.float64).reshape(-1, 2)
@@ -431,7 +425,7 @@ def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs:
 KNOWN_CHANNELS = ("flux", "error", "mask")
 
 
-def _fused_applies(rs: _Resampling, spec: InputSpec) -> bool:
+def _fused_applies(spec: InputSpec) -> bool:
     """The fused pass covers ``median`` normalisation and the known channels."""
     return (_prepare_fused.available() and spec.normalise == "median"
             and all(name in KNOWN_CHANNELS for name in spec.channels))
@@ -487,23 +481,23 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     mask = np.asarray(mask, bool)
     wave = np.asarray(wave, np.float64)
     n = flux.shape[0]
-    rs = _resampling(wave, redshift, n, spec)
+    z = np.asarray(redshift, np.float64)
+    # one grid for all rows, or (per-object redshifts) a grid per row, made a block at a time so its
+    # (rows, model pixels) arrays stay as small as the block's data
+    shared = _resampling(wave, z, n, spec) if z.ndim == 0 or n == 0 or np.all(z == z.flat[0]) else None
     step = float(np.median(np.diff(wave)))
-    x = np.empty((n, len(spec.channels), rs.left.shape[1]), np.float32)
+    x = np.empty((n, len(spec.channels), spec.wave.size), np.float32)
     flags = np.zeros(n, np.uint8)
     snr = np.empty(n, np.float64)
     norm = np.empty(n, np.float64)
-    if fused is not False and _fused_applies(rs, spec):
-        for a in range(0, n, block):
-            b = min(a + block, n)
-            _prepare_fused_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs.rows(a, b),
-                                spec, step, x[a:b], flags[a:b], snr[a:b], norm[a:b])
-        return Prepared(x=x, flags=flags, snr=snr, norm=norm)
+    compiled = fused is not False and _fused_applies(spec)
+    rows = _prepare_fused_rows if compiled else _prepare_rows
     for a in range(0, n, block):
         b = min(a + block, n)
-        _prepare_rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs.rows(a, b),
-                      spec, step, x[a:b], flags[a:b], snr[a:b], norm[a:b])
-    if not np.isfinite(x).all():
+        rs = shared if shared is not None else _resampling(wave, np.broadcast_to(z, (n,))[a:b], b - a, spec)
+        rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs, spec, step, x[a:b],
+             flags[a:b], snr[a:b], norm[a:b])
+    if not compiled and not np.isfinite(x).all():  # the compiled pass writes no NaN or inf
         x[~np.isfinite(x)] = 0.0
     return Prepared(x=x, flags=flags, snr=snr, norm=norm)
 
