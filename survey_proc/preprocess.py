@@ -484,7 +484,9 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     z = np.asarray(redshift, np.float64)
     # one grid for all rows, or (per-object redshifts) a grid per row, made a block at a time so its
     # (rows, model pixels) arrays stay as small as the block's data
-    shared = _resampling(wave, z, n, spec) if z.ndim == 0 or n == 0 or np.all(z == z.flat[0]) else None
+    if z.size == 0:  # no spectra (and no redshifts): any grid will do
+        z = np.zeros(())
+    shared = _resampling(wave, z, n, spec) if z.ndim == 0 or np.all(z == z.flat[0]) else None
     step = float(np.median(np.diff(wave)))
     x = np.empty((n, len(spec.channels), spec.wave.size), np.float32)
     flags = np.zeros(n, np.uint8)

@@ -209,3 +209,12 @@ def test_compiled_medians_are_the_partition_medians():
         _prepare_fused.median_rows(filled.copy(), n_good, length, got)
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
         assert np.isnan(got[0])
+
+
+def test_no_spectra_give_empty_inputs():
+    """A block without spectra (per-object redshifts: an empty array) gives empty model inputs."""
+    empty = np.zeros((0, 4000), np.float32)
+    wave = np.linspace(4000.0, 8000.0, 4000)
+    for z in (0.01, np.zeros(0)):
+        p = prepare(empty, empty, empty.astype(bool), wave, z, SPEC)
+        assert p.x.shape == (0, len(SPEC.channels), SPEC.wave.size) and p.flags.shape == (0,)
