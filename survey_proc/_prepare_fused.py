@@ -160,17 +160,28 @@ _BINS = 2048
 
 
 def _kth_finite(row, k, hist, cand):
-    """The k-th smallest (0-based) finite value of a float32 row (k below their count; +inf
-    entries ignored): bucket selection. Bins uniform between the candidates' min and max; the bin
-    of a value is monotone in it, so the k-th value lies in the bin where the counts pass k; that
-    bin's values become the candidates, until few are left, which are sorted."""
+    """The k-th smallest (0-based) value of a float32 row without NaN, where k is below the number
+    of good values and the bad ones are +inf: bucket selection. -inf and +inf values (a good value
+    can overflow to either) are counted, not binned. Among the finite ones, bins are uniform
+    between the candidates' min and max; the bin of a value is monotone in it, so the k-th value
+    lies in the bin where the counts pass k; that bin's values become the candidates, until few are
+    left, which are sorted."""
     nb = hist.size
     c = 0
+    below = 0
     for i in range(row.size):  # the finite values are the candidates
         v = row[i]
         if v < np.inf:
-            cand[c] = v
-            c += 1
+            if v > -np.inf:
+                cand[c] = v
+                c += 1
+            else:
+                below += 1
+    if k < below:
+        return np.float32(-np.inf)
+    k -= below
+    if k >= c:  # beyond the finite values: +inf (a good value that overflowed, or k past the good ones)
+        return np.float32(np.inf)
     while c > 32:
         lo = cand[0]
         hi = cand[0]

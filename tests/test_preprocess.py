@@ -183,8 +183,9 @@ def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
 
 def test_compiled_medians_are_the_partition_medians():
     """The compiled bucket selection gives median_of_filled's numbers on rows with ties, zeros of
-    both signs, far outliers, heavy tails, constant rows, rows without good values, odd and even
-    lengths (the values bit for bit; zeros may differ in sign only)."""
+    both signs, far outliers, heavy tails, good values that overflowed to -inf or +inf, constant
+    rows, rows without good values, odd and even lengths (the values bit for bit; zeros may differ
+    in sign only)."""
     from survey_proc import _prepare_fused
     from survey_proc.preprocess import median_of_filled
 
@@ -199,11 +200,13 @@ def test_compiled_medians_are_the_partition_medians():
                   2: lambda: np.where(rng.random((n, k)) < 0.3, 1e30, rng.normal(0, 1, (n, k))),  # outliers
                   3: lambda: np.where(rng.random((n, k)) < 0.5, -0.0, 0.0),      # signed zeros
                   4: lambda: rng.standard_cauchy((n, k)) * 1e3,                   # heavy tails
-                  5: lambda: np.full((n, k), 7.0)}[trial % 6]().astype(np.float32)
+                  5: lambda: np.full((n, k), 7.0),
+                  6: lambda: np.where(rng.random((n, k)) < 0.2, np.inf * rng.choice([-1, 1], (n, k)),
+                                      rng.normal(0, 1, (n, k)))}[trial % 7]().astype(np.float32)  # overflows
         bad = rng.random((n, k)) < rng.random()
         bad[0] = True  # a row without good values keeps NaN
         filled = np.where(bad, np.float32(np.inf), values)
-        n_good = (~bad).sum(axis=1)
+        n_good = (~bad).sum(axis=1)  # good values that are +inf count as good
         want = median_of_filled(filled.copy(), n_good, length, np.full(n, np.nan, np.float32))
         got = np.full(n, np.nan, np.float32)
         _prepare_fused.median_rows(filled.copy(), n_good, length, got)
