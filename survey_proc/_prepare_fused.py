@@ -39,7 +39,7 @@ def grid_rows(wave, src, left, right_w, outside):
             s = src[r, j]
             while i < m and wave[i] < s:  # i = searchsorted(wave, s, "left"); s grows along the row
                 i += 1
-            k = min(max(i - 1, 0), m - 2)
+            k = min(max((m if s != s else i) - 1, 0), m - 2)  # searchsorted puts NaN after everything
             left[r, j] = k
             right_w[r, j] = np.float32((s - wave[k]) / (wave[k + 1] - wave[k]))
             outside[r, j] = s < wave[0] or s > wave[m - 1]

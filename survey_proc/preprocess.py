@@ -329,7 +329,7 @@ def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: In
         w = np.empty(src.shape, np.float32)
         static_bad = np.empty(src.shape, bool)
         _prepare_fused.grid_rows(wave, src, idx, w, static_bad)
-        coverage = (~static_bad).mean(axis=1)
+        coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)  # as below, also for a NaN
         if rest.shape[0] == 1:  # a rest-frame model: its rest-frame masks are the same for every row
             static_bad |= in_ranges(rest, spec.masks_rest)
         elif spec.masks_rest:

@@ -174,6 +174,7 @@ def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
     wave = (10 ** np.arange(np.log10(4000), np.log10(9300), 1e-4) if spec.frame == "observed"  # misses the blue
             else np.arange(4750.0, 9350.0, 1.25))
     z = np.linspace(0.0, 0.35, 300)
+    z[7] = np.nan  # (the engine refuses such a catalogue; the grids still agree)
     a = _resampling(wave, z, z.size, spec, compiled=False)
     b = _resampling(wave, z, z.size, spec, compiled=True)
     assert a.left.shape == (z.size, spec.wave.size) and a.static_bad.any() and (a.coverage < 1).any()
