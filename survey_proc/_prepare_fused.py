@@ -4,9 +4,9 @@ Two compiled passes replace some thirty NumPy passes over a block of spectra, wh
 one model grid (a cube: one redshift) or each has its own (a catalogue: one redshift per object).
 One reads each spectrum once (bad-pixel mask, S/N values, resampling), the other writes the model
 input (normalisation, gap filling, channels). The two medians between them (S/N and
-normalisation) are found by bucket selection (:func:`median_rows`: a histogram over the row's
-range, then the few values of one bin), about twice as fast as NumPy's partition on these rows,
-which was faster than a compiled quickselect. The arithmetic is the NumPy path's, operation by
+normalisation) are found by radix selection (:func:`median_rows`: counts of the values' leading
+bits, then of the next bits among those holding the rank), about twice as fast as NumPy's
+partition on these rows, which was faster than a compiled quickselect. The arithmetic is the NumPy path's, operation by
 operation in float32, so the numbers are the same bit for bit (``tests/test_preprocess.py``
 compares both on damaged spectra); the NumPy path stays for ``window`` normalisation and where
 Numba is missing.
@@ -130,12 +130,12 @@ def _resample_row(r, flux, var, mask, left, right_w, static_bad, native, keep_po
 
 def median_rows(filled, n_good, length, out):
     """:func:`survey_proc.preprocess.median_of_filled` in compiled code, the same numbers: ``filled``
-    (n, K) holds each row's ``n_good`` good values (finite) and +inf elsewhere; the rows are of
-    ``length`` entries. The order statistics are found by :func:`_kth_finite` instead of a
-    partition; ``filled`` is reordered in place. ``out`` keeps its value for rows without good values."""
+    (n, K) holds each row's ``n_good`` good values and +inf elsewhere; the rows are of ``length``
+    entries. The order statistics are found by :func:`_kth` instead of a partition (``filled`` is
+    left as it is). ``out`` keeps its value for rows without good values."""
     n, width = filled.shape
-    hist = np.empty(_BINS, np.int32)
-    cand = np.empty(width, np.float32)
+    hist = np.empty(8192, np.int32)
+    cand = np.empty(width, np.uint32)
     two = np.float32(2.0)
     inf = np.float32(np.inf)
     last = width - 1
@@ -146,72 +146,72 @@ def median_rows(filled, n_good, length, out):
         upper = length // 2 - (length - g) // 2  # the rank among the good values (see masked_median)
         k = min(upper, last)
         row = filled[r]
-        hi_v = _kth_finite(row, k, hist, cand) if upper < g else inf
+        hi_v = _kth(row, k, hist, cand) if upper < g else inf
         if length % 2 == 0:
-            lo_k = max(k - 1, 0)
-            lo_v = (_kth_finite(row, lo_k, hist, cand) if lo_k != k else hi_v) if upper - 1 < g else inf
+            lo_k = min(max(upper - 1, 0), last)  # the ranks median_of_filled reads
+            if upper - 1 >= g:
+                lo_v = inf
+            elif lo_k == k and upper < g:
+                lo_v = hi_v
+            else:
+                lo_v = _kth(row, lo_k, hist, cand)
             out[r] = (lo_v + hi_v) / two
         else:
             out[r] = hi_v
 
 
-#: bins of one level of :func:`_kth_finite` (its histogram stays in the L1 cache)
-_BINS = 2048
+def _sortable(bits):
+    """The float32 with these bits as an unsigned key in the same order (negative values reversed)."""
+    return ~bits if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
 
 
-def _kth_finite(row, k, hist, cand):
-    """The k-th smallest (0-based) value of a float32 row without NaN, where k is below the number
-    of good values and the bad ones are +inf: bucket selection. -inf and +inf values (a good value
-    can overflow to either) are counted, not binned. Among the finite ones, bins are uniform
-    between the candidates' min and max; the bin of a value is monotone in it, so the k-th value
-    lies in the bin where the counts pass k; that bin's values become the candidates, until few are
-    left, which are sorted."""
-    nb = hist.size
+def _kth(row, k, hist, cand):
+    """The k-th smallest (0-based) value of a float32 row, as a partition finds it (+inf and -inf in
+    their places, NaN after everything): radix selection on order-preserving uint32 keys, 13 + 10
+    + 9 bits. Each level counts the keys' next digit, keeps the keys whose digit holds rank k, and
+    stops when one key is left; values spread over any range take at most three levels."""
+    bits = row.view(np.uint32)
+    m = bits.size
+    top = np.uint32(19)
+    for j in range(8192):
+        hist[j] = 0
+    for i in range(m):
+        hist[_sortable(bits[i]) >> top] += 1
+    digit, k = _digit_of_rank(hist, 8192, k)
     c = 0
-    below = 0
-    for i in range(row.size):  # the finite values are the candidates
-        v = row[i]
-        if v < np.inf:
-            if v > -np.inf:
-                cand[c] = v
-                c += 1
-            else:
-                below += 1
-    if k < below:
-        return np.float32(-np.inf)
-    k -= below
-    if k >= c:  # beyond the finite values: +inf (a good value that overflowed, or k past the good ones)
-        return np.float32(np.inf)
-    while c > 32:
-        lo = cand[0]
-        hi = cand[0]
-        for i in range(c):
-            v = cand[i]
-            lo = min(lo, v)
-            hi = max(hi, v)
-        if not hi > lo:  # all equal
-            return lo
-        scale = (nb - 1) / (np.float64(hi) - np.float64(lo))
-        for j in range(nb):
+    for i in range(m):
+        key = _sortable(bits[i])
+        if key >> top == digit:
+            cand[c] = key
+            c += 1
+    for shift, size in ((np.uint32(9), 1024), (np.uint32(0), 512)):
+        if c == 1:
+            break
+        for j in range(size):
             hist[j] = 0
+        low = np.uint32(size - 1)
         for i in range(c):
-            hist[int((np.float64(cand[i]) - np.float64(lo)) * scale)] += 1
-        acc = 0
-        sel = nb - 1
-        for j in range(nb):
-            if acc + hist[j] > k:
-                sel = j
-                break
-            acc += hist[j]
-        k -= acc
+            hist[(cand[i] >> shift) & low] += 1
+        digit, k = _digit_of_rank(hist, size, k)
         kept = 0
         for i in range(c):
-            v = cand[i]
-            if int((np.float64(v) - np.float64(lo)) * scale) == sel:
-                cand[kept] = v
+            if ((cand[i] >> shift) & low) == digit:
+                cand[kept] = cand[i]
                 kept += 1
         c = kept
-    return np.sort(cand[:c])[k]
+    key = cand[0]  # all keys left are equal
+    out = np.empty(1, np.uint32)
+    out[0] = key & np.uint32(0x7FFFFFFF) if key >> np.uint32(31) else ~key
+    return out.view(np.float32)[0]
+
+
+def _digit_of_rank(hist, size, k):
+    """The digit whose count holds rank k, and k's rank among the keys with that digit."""
+    for j in range(size):
+        if k < hist[j]:
+            return np.uint32(j), k
+        k -= hist[j]
+    return np.uint32(size - 1), k
 
 
 def write_channels(m_flux, m_var, m_bad, safe, x, i_flux, i_error, i_mask):
@@ -272,7 +272,9 @@ def _fill_gap(out, p, q, length):
 if numba is not None:
     _fill_gap = numba.njit(cache=True, nogil=True)(_fill_gap)
     _fill_row = numba.njit(cache=True, nogil=True)(_fill_row)
-    _kth_finite = numba.njit(cache=True, nogil=True)(_kth_finite)
+    _sortable = numba.njit(cache=True, nogil=True, inline="always")(_sortable)
+    _digit_of_rank = numba.njit(cache=True, nogil=True)(_digit_of_rank)
+    _kth = numba.njit(cache=True, nogil=True)(_kth)
     median_rows = numba.njit(cache=True, nogil=True)(median_rows)
     grid_rows = numba.njit(cache=True, nogil=True)(grid_rows)
     mark_ranges = numba.njit(cache=True, nogil=True)(mark_ranges)

@@ -358,6 +358,7 @@ def _flag_and_normalise(rs: _Resampling, spec: InputSpec, n_bad: np.ndarray, med
     """Flags from coverage, masked fraction (``n_bad`` of the model's pixels) and the normalisation
     ``med`` (flux units), set in ``flags``; ``norm`` filled; returns the float32 divisors (1 where
     ``med`` is unusable)."""
+    med = med + np.float32(0.0)  # a median of zeros is +0.0 whichever zeros the row has
     flags[np.broadcast_to(rs.coverage < spec.min_coverage, flags.shape)] |= np.uint8(Flag.OUT_OF_RANGE)
     flags[n_bad / rs.left.shape[1] > spec.max_masked_fraction] |= np.uint8(Flag.MASKED)
     usable = np.isfinite(med) & (med > 0)
@@ -380,7 +381,7 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
     m_var = _gather(clean_var, left) * (w0 * w0) + _gather(clean_var, left + 1) * (w1 * w1)
     good = ~m_bad
     safe = _flag_and_normalise(rs, spec, m_bad.sum(axis=1), normalisation(m_flux, good, spec), flags, norm)[:, None]
-    snr[:] = snr_per_angstrom(clean_flux, clean_var, ~bad & rs.native, step, rs.width)
+    snr[:] = snr_per_angstrom(clean_flux, clean_var, ~bad & rs.native, step, rs.width) + 0.0  # +0.0, not -0.0
 
     for k, name in enumerate(spec.channels):
         if name == "flux":
@@ -395,7 +396,7 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
 
 def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
                         step: float, x: np.ndarray, flags: np.ndarray, snr: np.ndarray, norm: np.ndarray) -> None:
-    """:func:`_prepare_rows` in compiled passes around NumPy's medians (same numbers), for rows sharing
+    """:func:`_prepare_rows` in compiled passes and compiled medians (same numbers), for rows sharing
     one grid or (per-object redshifts) each on its own."""
     n, length = x.shape[0], rs.left.shape[1]
     snr_values = np.empty(flux.shape, np.float32)
@@ -413,7 +414,7 @@ def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs:
                                           keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
     snr_median = np.full(n, np.nan, np.float32)
     _prepare_fused.median_rows(snr_values, n_snr, rs.width, snr_median)
-    snr[:] = snr_median / np.sqrt(step)
+    snr[:] = snr_median / np.sqrt(step) + 0.0  # +0.0, not -0.0
     med = np.full(n, np.nan, np.float32)
     _prepare_fused.median_rows(filled, n_good, length, med)
     safe = _flag_and_normalise(rs, spec, length - n_good, med, flags, norm)
@@ -484,6 +485,8 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     z = np.asarray(redshift, np.float64)
     # one grid for all rows, or (per-object redshifts) a grid per row, made a block at a time so its
     # (rows, model pixels) arrays stay as small as the block's data
+    if z.ndim and z.size not in (1, n):
+        raise ValueError(f"{z.size} redshifts for {n} spectra")
     if z.size == 0:  # no spectra (and no redshifts): any grid will do
         z = np.zeros(())
     shared = _resampling(wave, z, n, spec) if z.ndim == 0 or np.all(z == z.flat[0]) else None

@@ -150,6 +150,7 @@ def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
     mask[3] = True
     flux[4] = np.nan
     flux[6] = -50.0
+    flux[8] = np.where(rng.random(wave.size) < 0.5, -0.0, 0.0)  # zeros of both signs: medians of +0.0
     per_object = np.linspace(0.0, 0.06, n)  # a catalogue: a grid per spectrum (and some out of range)
     for z in (0.008, 0.0, per_object):
         a = prepare(flux, var, mask, wave, z, spec, fused=False)
@@ -157,6 +158,7 @@ def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
         where = f"{model}, z={'per object' if np.ndim(z) else z}"
         for name in ("x", "flags", "snr", "norm"):
             np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"{where}: {name}")
+            np.testing.assert_array_equal(np.signbit(getattr(b, name)), np.signbit(getattr(a, name)))  # bits
         assert a.flags[3] and a.flags[4] and not a.flags[0]  # the case has flagged and clean spectra
 
 
@@ -183,7 +185,7 @@ def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
 
 
 def test_compiled_medians_are_the_partition_medians():
-    """The compiled bucket selection gives median_of_filled's numbers on rows with ties, zeros of
+    """The compiled radix selection gives median_of_filled's numbers on rows with ties, zeros of
     both signs, far outliers, heavy tails, good values that overflowed to -inf or +inf, constant
     rows, rows without good values, odd and even lengths (the values bit for bit; zeros may differ
     in sign only)."""
