@@ -218,9 +218,13 @@ def test_compiled_medians_are_the_partition_medians():
 
 
 def test_no_spectra_give_empty_inputs():
-    """A block without spectra (per-object redshifts: an empty array) gives empty model inputs."""
+    """A block without spectra (per-object redshifts: an empty array) gives empty model inputs; a
+    redshift array of another length than the spectra is refused."""
     empty = np.zeros((0, 4000), np.float32)
     wave = np.linspace(4000.0, 8000.0, 4000)
     for z in (0.01, np.zeros(0)):
         p = prepare(empty, empty, empty.astype(bool), wave, z, SPEC)
         assert p.x.shape == (0, len(SPEC.channels), SPEC.wave.size) and p.flags.shape == (0,)
+    three = np.ones((3, 4000), np.float32)
+    with pytest.raises(ValueError, match="2 redshifts for 3 spectra"):
+        prepare(three, three, three < 0, wave, np.array([0.01, 0.02]), SPEC)
