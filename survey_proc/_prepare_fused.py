@@ -6,10 +6,10 @@ One reads each spectrum once (bad-pixel mask, S/N values, resampling), the other
 input (normalisation, gap filling, channels). The two medians between them (S/N and
 normalisation) are found by radix selection (:func:`median_rows`: counts of the values' leading
 bits, then of the next bits among those holding the rank), about twice as fast as NumPy's
-partition on these rows, which was faster than a compiled quickselect. The arithmetic is the NumPy path's, operation by
-operation in float32, so the numbers are the same bit for bit (``tests/test_preprocess.py``
-compares both on damaged spectra); the NumPy path stays for ``window`` normalisation and where
-Numba is missing.
+partition on these rows, which was faster than a compiled quickselect. The arithmetic is the
+NumPy path's, operation by operation in float32, so the numbers are the same bit for bit
+(``tests/test_preprocess.py`` compares both on damaged spectra); the NumPy path stays for
+``window`` normalisation and where Numba is missing.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def mark_ranges(coord, ranges, out):
 def resample_rows(flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
                   m_bad, filled, n_snr, n_good):
     """Phase 1, one spectrum at a time: flux, var, mask (n, m) are the data columns the grid
-    touches; left, right_w, static_bad (L,) the grid; native (m,) the columns inside its range.
+    touches; left, right_w, static_bad (g, L) the grid and native (g, m) the columns inside its
+    range, for all spectra (g = 1) or one row per spectrum (g = n, per-object redshifts).
 
     Writes ``snr_values`` (n, m): flux / sqrt(var) of the good native pixels, +inf elsewhere;
     ``m_flux``, ``m_var``, ``m_bad`` (n, L): the spectra on the model grid; ``filled`` (n, K): m_flux
@@ -68,64 +69,44 @@ def resample_rows(flux, var, mask, left, right_w, static_bad, native, keep_pos, 
     +inf where bad; ``n_snr``, ``n_good`` (n,): the good entries (the medians' inputs, as
     ``masked_median`` builds them).
     """
-    m = flux.shape[1]
+    n, m = flux.shape
+    length = left.shape[1]
+    each = left.shape[0] > 1
     bad = np.empty(m, np.bool_)
     clean_f = np.empty(m, np.float32)
     clean_v = np.empty(m, np.float32)
-    for r in range(flux.shape[0]):
-        _resample_row(r, flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
-                      m_bad, filled, n_snr, n_good, bad, clean_f, clean_v)
-
-
-def resample_rows_each(flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
-                       m_bad, filled, n_snr, n_good):
-    """:func:`resample_rows` where each spectrum has a grid of its own (per-object redshifts):
-    left, right_w, static_bad (n, L) and native (n, m), row r for spectrum r."""
-    m = flux.shape[1]
-    bad = np.empty(m, np.bool_)
-    clean_f = np.empty(m, np.float32)
-    clean_v = np.empty(m, np.float32)
-    for r in range(flux.shape[0]):
-        _resample_row(r, flux, var, mask, left[r], right_w[r], static_bad[r], native[r], keep_pos, snr_values,
-                      m_flux, m_var, m_bad, filled, n_snr, n_good, bad, clean_f, clean_v)
-
-
-def _resample_row(r, flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
-                  m_bad, filled, n_snr, n_good, bad, clean_f, clean_v):
-    """Row ``r`` of :func:`resample_rows` on the grid ``left``, ``right_w``, ``static_bad`` (L,),
-    ``native`` (m,); ``bad``, ``clean_f``, ``clean_v`` (m,) are scratch."""
-    m = flux.shape[1]
-    length = left.size
     one = np.float32(1.0)
     zero = np.float32(0.0)
     inf = np.float32(np.inf)
-    count = 0
-    for c in range(m):
-        f, v = flux[r, c], var[r, c]
-        b = mask[r, c] or not np.isfinite(f) or not (v > 0 and v < np.inf)
-        bad[c] = b
-        clean_f[c] = zero if b else f
-        clean_v[c] = one if b else v
-        if not b and native[c]:
-            snr_values[r, c] = clean_f[c] / np.sqrt(clean_v[c])
-            count += 1
-        else:
-            snr_values[r, c] = inf
-    n_snr[r] = count
-    count = 0
-    for j in range(length):
-        lj = left[j]
-        w1 = right_w[j]
-        w0 = one - w1
-        mb = static_bad[j] or (bad[lj] and w1 < 1) or (bad[lj + 1] and w1 > 0)
-        m_bad[r, j] = mb
-        m_flux[r, j] = clean_f[lj] * w0 + clean_f[lj + 1] * w1
-        m_var[r, j] = clean_v[lj] * (w0 * w0) + clean_v[lj + 1] * (w1 * w1)
-        if keep_pos[j] >= 0:
-            filled[r, keep_pos[j]] = inf if mb else m_flux[r, j]
-        if not mb:
-            count += 1
-    n_good[r] = count
+    for r in range(n):
+        q = r if each else 0  # the row of the grid
+        count = 0
+        for c in range(m):
+            f, v = flux[r, c], var[r, c]
+            b = mask[r, c] or not np.isfinite(f) or not (v > 0 and v < np.inf)
+            bad[c] = b
+            clean_f[c] = zero if b else f
+            clean_v[c] = one if b else v
+            if not b and native[q, c]:
+                snr_values[r, c] = clean_f[c] / np.sqrt(clean_v[c])
+                count += 1
+            else:
+                snr_values[r, c] = inf
+        n_snr[r] = count
+        count = 0
+        for j in range(length):
+            lj = left[q, j]
+            w1 = right_w[q, j]
+            w0 = one - w1
+            mb = static_bad[q, j] or (bad[lj] and w1 < 1) or (bad[lj + 1] and w1 > 0)
+            m_bad[r, j] = mb
+            m_flux[r, j] = clean_f[lj] * w0 + clean_f[lj + 1] * w1
+            m_var[r, j] = clean_v[lj] * (w0 * w0) + clean_v[lj + 1] * (w1 * w1)
+            if keep_pos[j] >= 0:
+                filled[r, keep_pos[j]] = inf if mb else m_flux[r, j]
+            if not mb:
+                count += 1
+        n_good[r] = count
 
 
 def median_rows(filled, n_good, length, out):
@@ -136,6 +117,7 @@ def median_rows(filled, n_good, length, out):
     n, width = filled.shape
     hist = np.empty(8192, np.int32)
     cand = np.empty(width, np.uint32)
+    word = np.empty(1, np.uint32)  # a key's float32, read through a view
     two = np.float32(2.0)
     inf = np.float32(np.inf)
     last = width - 1
@@ -146,7 +128,7 @@ def median_rows(filled, n_good, length, out):
         upper = length // 2 - (length - g) // 2  # the rank among the good values (see masked_median)
         k = min(upper, last)
         row = filled[r]
-        hi_v = _kth(row, k, hist, cand) if upper < g else inf
+        hi_v = _kth(row, k, hist, cand, word) if upper < g else inf
         if length % 2 == 0:
             lo_k = min(max(upper - 1, 0), last)  # the ranks median_of_filled reads
             if upper - 1 >= g:
@@ -154,7 +136,7 @@ def median_rows(filled, n_good, length, out):
             elif lo_k == k and upper < g:
                 lo_v = hi_v
             else:
-                lo_v = _kth(row, lo_k, hist, cand)
+                lo_v = _kth(row, lo_k, hist, cand, word)
             out[r] = (lo_v + hi_v) / two
         else:
             out[r] = hi_v
@@ -165,11 +147,12 @@ def _sortable(bits):
     return ~bits if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
 
 
-def _kth(row, k, hist, cand):
+def _kth(row, k, hist, cand, word):
     """The k-th smallest (0-based) value of a float32 row, as a partition finds it (+inf and -inf in
     their places, NaN after everything): radix selection on order-preserving uint32 keys, 13 + 10
     + 9 bits. Each level counts the keys' next digit, keeps the keys whose digit holds rank k, and
-    stops when one key is left; values spread over any range take at most three levels."""
+    stops when one key is left; values spread over any range take at most three levels. ``hist``,
+    ``cand`` and ``word`` (1,) are scratch."""
     bits = row.view(np.uint32)
     m = bits.size
     top = np.uint32(19)
@@ -200,9 +183,8 @@ def _kth(row, k, hist, cand):
                 kept += 1
         c = kept
     key = cand[0]  # all keys left are equal
-    out = np.empty(1, np.uint32)
-    out[0] = key & np.uint32(0x7FFFFFFF) if key >> np.uint32(31) else ~key
-    return out.view(np.float32)[0]
+    word[0] = key & np.uint32(0x7FFFFFFF) if key >> np.uint32(31) else ~key
+    return word.view(np.float32)[0]
 
 
 def _digit_of_rank(hist, size, k):
@@ -278,7 +260,5 @@ if numba is not None:
     median_rows = numba.njit(cache=True, nogil=True)(median_rows)
     grid_rows = numba.njit(cache=True, nogil=True)(grid_rows)
     mark_ranges = numba.njit(cache=True, nogil=True)(mark_ranges)
-    _resample_row = numba.njit(cache=True, nogil=True)(_resample_row)
     resample_rows = numba.njit(cache=True, nogil=True)(resample_rows)
-    resample_rows_each = numba.njit(cache=True, nogil=True)(resample_rows_each)
     write_channels = numba.njit(cache=True, nogil=True)(write_channels)

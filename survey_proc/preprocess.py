@@ -323,13 +323,13 @@ def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: In
     # the model grid expressed in the data's frame (= the observed frame: masks_observed apply)
     src = model_wave * z1 if spec.frame == "rest" else np.broadcast_to(model_wave, (z1.shape[0], model_wave.size))
     rest = model_wave if spec.frame == "rest" else model_wave / z1  # the model grid in the rest frame
+    coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
     if z1.shape[0] > 1 and compiled is not False and _prepare_fused.available():
         src = np.ascontiguousarray(src)
         idx = np.empty(src.shape, np.int64)
         w = np.empty(src.shape, np.float32)
         static_bad = np.empty(src.shape, bool)
         _prepare_fused.grid_rows(wave, src, idx, w, static_bad)
-        coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)  # as below, also for a NaN
         if rest.shape[0] == 1:  # a rest-frame model: its rest-frame masks are the same for every row
             static_bad |= in_ranges(rest, spec.masks_rest)
         elif spec.masks_rest:
@@ -337,7 +337,6 @@ def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: In
         if spec.masks_observed:
             _prepare_fused.mark_ranges(src, _ranges(spec.masks_observed), static_bad)
     else:
-        coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
         idx = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
         w = ((src - wave[idx]) / (wave[idx + 1] - wave[idx])).astype(np.float32)
         static_bad = (src < wave[0]) | (src > wave[-1])
@@ -406,12 +405,8 @@ def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs:
     keep_pos = np.where(keep, np.cumsum(keep) - 1, -1)  # do not depend on it: bad entries are +inf)
     filled = np.empty((n, int(keep.sum())), np.float32)
     n_snr, n_good = np.empty(n, np.int64), np.empty(n, np.int64)
-    if rs.left.shape[0] == 1:
-        _prepare_fused.resample_rows(flux, var, mask, rs.left[0], rs.right_w[0], rs.static_bad[0], rs.native[0],
-                                     keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
-    else:
-        _prepare_fused.resample_rows_each(flux, var, mask, rs.left, rs.right_w, rs.static_bad, rs.native,
-                                          keep_pos, snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
+    _prepare_fused.resample_rows(flux, var, mask, rs.left, rs.right_w, rs.static_bad, rs.native, keep_pos,
+                                 snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
     snr_median = np.full(n, np.nan, np.float32)
     _prepare_fused.median_rows(snr_values, n_snr, rs.width, snr_median)
     snr[:] = snr_median / np.sqrt(step) + 0.0  # +0.0, not -0.0

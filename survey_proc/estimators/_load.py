@@ -9,8 +9,8 @@ itself.
 from __future__ import annotations
 
 import functools
-import threading
 import importlib
+import threading
 from pathlib import Path
 
 from survey_proc._fetch import sha256_of
