@@ -273,8 +273,6 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
     """
     import dask.config
 
-    from survey_proc.cluster._cuda import local_cuda_cluster
-
     why = _cuda_ready()
     if why:
         return [], [why]
@@ -304,31 +302,27 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
     ids = {g["index"]: g.get("uuid") or str(g["index"]) for g in gpus}
     for g in gpus:
         device = ids[g["index"]]
-        measure(f"GPU {g['name']}", "local-cuda", lambda: _local_cuda_client(local_cuda_cluster, device, 1),
+        measure(f"GPU {g['name']}", "local-cuda", lambda: _local_cuda_client(device, 1),
                 [g["index"]], f"model-gpu{g['index']}-local-cuda.maps.zarr")
         measure(f"GPU {g['name']}", "processes",
                 lambda: bench_cluster(cpu_workers, env={"CUDA_VISIBLE_DEVICES": device}),
                 [g["index"]], f"model-gpu{g['index']}-processes.maps.zarr")
     if len(gpus) > 1:  # scaling with the GPUs: every GPU, one local-cuda worker each
-        measure(f"{len(gpus)} GPUs", "local-cuda", lambda: _local_cuda_client(local_cuda_cluster, ",".join(ids.values()),
-                                                                              len(gpus)),
+        measure(f"{len(gpus)} GPUs", "local-cuda", lambda: _local_cuda_client(",".join(ids.values()), len(gpus)),
                 list(ids), "model-gpus-local-cuda.maps.zarr")
     return rows, notes
 
 
 @contextmanager
-def _local_cuda_client(start_cluster, devices: str, workers: int):
+def _local_cuda_client(devices: str, workers: int):
     """A client of the ``local-cuda`` cluster ``survey-proc run`` would start, on ``devices``."""
     import dask.config
-    from distributed import Client
 
-    with dask.config.set({"survey-proc.cluster.local-cuda.devices": devices}):
-        cluster = start_cluster(workers)
-    try:
-        with Client(cluster) as client:
-            yield client
-    finally:
-        cluster.close()
+    from survey_proc.cluster import make_client
+
+    with dask.config.set({"survey-proc.cluster.local-cuda.devices": devices}), \
+            make_client("local-cuda", workers) as client:
+        yield client
 
 
 # --- the benchmark ------------------------------------------------------------------------------------

@@ -122,34 +122,8 @@ class EnergyMeter:
         now = process_cpu_seconds()
         before = self._start["cpu"]
         self.cpu_seconds = sum(max(t - before.get(pid, 0.0), 0.0) for pid, t in now.items())
-        end = None
-        if self.host_method == "rapl":
-            domains, start = self._start["rapl"]
-            try:
-                end = _rapl_read(domains)
-            except (OSError, ValueError):
-                self.host_method = "estimate"
-                self.note += "RAPL unreadable at the end; "
-        if end is not None:
-            total = 0
-            for (e0, wrap), (e1, _) in zip(start, end):
-                total += e1 - e0 if e1 >= e0 else e1 + wrap - e0
-            self.host_joules = total / 1e6
-            host_note = f"CPU package energy (RAPL, {len(domains)} package(s)) of the whole machine"
-        else:
-            self.host_joules = self.cpu_seconds * self.watts_per_core
-            host_note = (f"estimate: {self.cpu_seconds:.2f} CPU-seconds of the run's processes x "
-                         f"{self.watts_per_core:g} W per busy core (no RAPL counter readable)")
-        gpu_joules = None
-        if "nvml" in self._start:
-            nvml, handles, start = self._start["nvml"]
-            try:
-                end = [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles]
-                gpu_joules = sum(e - s for s, e in zip(start, end)) / 1000.0  # millijoules
-            except Exception as exc:  # noqa: BLE001 - the run's numbers stay; its GPU energy is lost
-                self.note += f"NVML energy counter unreadable at the end ({type(exc).__name__}); "
-            finally:
-                nvml.nvmlShutdown()
+        host_note = self._read_host()
+        gpu_joules = self._read_gpus()
         if gpu_joules is not None:
             self.method, self.joules = "nvml", gpu_joules
             self.total_joules = gpu_joules + self.host_joules
@@ -159,3 +133,37 @@ class EnergyMeter:
             self.method, self.joules = self.host_method, self.host_joules
             self.total_joules = self.host_joules
             self.note += host_note
+
+    def _read_host(self) -> str:
+        """``host_joules`` of the window (RAPL, else the estimate); returns how it was measured."""
+        if self.host_method == "rapl":
+            domains, start = self._start["rapl"]
+            try:
+                end = _rapl_read(domains)
+            except (OSError, ValueError):
+                self.host_method = "estimate"
+                self.note += "RAPL unreadable at the end; "
+            else:
+                total = 0
+                for (e0, wrap), (e1, _) in zip(start, end):
+                    total += e1 - e0 if e1 >= e0 else e1 + wrap - e0
+                self.host_joules = total / 1e6
+                return f"CPU package energy (RAPL, {len(domains)} package(s)) of the whole machine"
+        self.host_joules = self.cpu_seconds * self.watts_per_core
+        return (f"estimate: {self.cpu_seconds:.2f} CPU-seconds of the run's processes x "
+                f"{self.watts_per_core:g} W per busy core (no RAPL counter readable)")
+
+    def _read_gpus(self) -> float | None:
+        """Joules of the GPUs' boards in the window (NVML counters, millijoules), or None; NVML is
+        shut down either way."""
+        if "nvml" not in self._start:
+            return None
+        nvml, handles, start = self._start["nvml"]
+        try:
+            end = [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles]
+            return sum(e - s for s, e in zip(start, end)) / 1000.0
+        except Exception as exc:  # noqa: BLE001 - the run's numbers stay; its GPU energy is lost
+            self.note += f"NVML energy counter unreadable at the end ({type(exc).__name__}); "
+            return None
+        finally:
+            nvml.nvmlShutdown()
