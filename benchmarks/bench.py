@@ -96,10 +96,11 @@ def mock_cube(path: Path, side: int, chunk: int = 32, seed: int = 1) -> Path:
     return path
 
 
-def sample_cube(cube: Path, out: Path, n: int) -> Path:
+def sample_cube(cube: Path, out: Path, n: int, regions: int = 4) -> Path:
     """~``n`` spectra spread evenly over ``cube`` (a strided grid of spaxels, with its truth) as a
-    cube store of four regions: a coarse image of the whole galaxy, so the sample has the cube's
-    mix of surface brightness and S/N (catalogues: every k-th object)."""
+    cube store of at least ``regions`` regions (one per worker, so that every worker fits its share):
+    a coarse image of the whole galaxy, so the sample has the cube's mix of surface brightness and S/N
+    (catalogues: every k-th object)."""
     import xarray as xr
 
     from survey_proc.stores._cube import consolidate, cube_compressors
@@ -110,13 +111,14 @@ def sample_cube(cube: Path, out: Path, n: int) -> Path:
         stride = max(1, ds.sizes["object"] // n)
         sel = {"object": slice(stride // 2, None, stride)}
         count = len(range(stride // 2, ds.sizes["object"], stride))
-        chunks = (max(1, -(-count // 4)), ds.sizes["wave"])
+        chunks = (max(1, -(-count // regions)), ds.sizes["wave"])
     else:
         side = max(1, min(math.ceil(math.sqrt(n)), ds.sizes["y"], ds.sizes["x"]))
         sy, sx = max(1, ds.sizes["y"] // side), max(1, ds.sizes["x"] // side)
         sel = {"y": slice(sy // 2, sy // 2 + sy * side, sy), "x": slice(sx // 2, sx // 2 + sx * side, sx)}
-        half = max(1, -(-side // 2))
-        chunks = (half, half, ds.sizes["wave"])
+        per_axis = math.ceil(math.sqrt(regions))
+        block = max(1, -(-side // per_axis))
+        chunks = (block, block, ds.sizes["wave"])
     sub = ds.isel(sel).compute()
     enc = {v: {"chunks": chunks, "compressors": cube_compressors()} for v in ("flux", "var", "mask")}
     shutil.rmtree(out, ignore_errors=True)
@@ -327,6 +329,25 @@ def _local_cuda_client(devices: str, workers: int):
 
 # --- the benchmark ------------------------------------------------------------------------------------
 
+def gpu_speedups(results: list[dict], ppxf_row: dict, cores: int) -> dict | None:
+    """The fastest single-GPU row against pPXF on this machine's CPU cores, from the same run: per core,
+    against every core, and in energy per spectrum (None without GPU rows)."""
+    rows = [r for r in results if r["device"] != "cpu" and "," not in r["device"]]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["spectra_per_s"])
+    ppxf_rate = ppxf_row["spectra_per_s"]
+    return {
+        "row": best["kind"], "spectra_per_s": best["spectra_per_s"],
+        "vs_ppxf_per_core": best["spectra_per_s"] / (ppxf_rate / cores),
+        "vs_ppxf_all_cores": best["spectra_per_s"] / ppxf_rate,
+        "energy_ratio": ppxf_row["total_joules_per_spectrum"] / best["total_joules_per_spectrum"],
+        "definition": f"(model spectra/s on one GPU, end to end) / (pPXF spectra/s per core, and on all {cores} "
+                      "cores), both through the engine in this run; energy_ratio: pPXF's joules per spectrum "
+                      "(host) over the GPU row's (GPU board by NVML + host)",
+    }
+
+
 def accuracy(maps: str, cube: Path) -> dict | None:
     """Bias and robust scatter of a run's maps against the cube's truth (None without truth)."""
     import xarray as xr
@@ -380,7 +401,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     else:
         say(cfg, f"  building / reusing a {cfg.main_size}x{cfg.main_size} mock cube in {work}")
         cube = mock_cube(work / f"mock{cfg.main_size}.zarr", cfg.main_size)
-    sample = sample_cube(cube, work / "ppxf-sample.zarr", cfg.ppxf_spectra)
+    sample = sample_cube(cube, work / "ppxf-sample.zarr", cfg.ppxf_spectra, regions=max(4, max(cfg.workers)))
     sizes = [mock_cube(work / f"mock{s}.zarr", s) if s != cfg.main_size or cfg.cube else cube
              for s in cfg.sizes]
 
@@ -454,6 +475,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "cpu_time_definition": "(model spectra per CPU-second) / (pPXF spectra per CPU-second) of all the "
                                    "run's processes: robust to other load on the machine",
             "acceptance_1000x": bool(speedup >= 1000.0)},
+        "speedup_per_gpu": gpu_speedups(results, ppxf_top, top),
         "cube_size_scaling": {"rows": size_rows, "fit": linear_cost(size_rows)},
         "model_on_ppxf_sample": rm,
         "engine_alone": engine,

@@ -252,6 +252,12 @@ def markdown(report: dict, png_name: str) -> str:
             f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
             f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
             for r in gpu_rows], ""]
+        per_gpu = report.get("speedup_per_gpu")
+        if per_gpu:
+            lines += [f"One GPU ({per_gpu['row']}) against pPXF on this machine's cores: "
+                      f"**{per_gpu['vs_ppxf_per_core']:,.0f}x** one core, {per_gpu['vs_ppxf_all_cores']:,.0f}x all of "
+                      f"them; {per_gpu['energy_ratio']:,.0f}x less energy per spectrum ({per_gpu['definition']}).",
+                      ""]
     if report.get("gpu_notes"):
         lines += ["GPU runs not measured: " + "; ".join(report["gpu_notes"]), ""]
     if report.get("compare_figures"):

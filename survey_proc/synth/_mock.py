@@ -296,13 +296,14 @@ def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Data
 
 
 def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None = None,
-               progress: bool = False) -> dict:
+               progress: bool = False, threads: int | None = None) -> dict:
     """Build a mock cube store at ``path``; returns a summary dict.
 
     The store holds ``flux``, ``var``, ``mask`` (dims y, x, wave) and the truth maps in group
     ``truth``. Regions of ``cfg.chunk`` spaxels are synthesised one at a time, so memory stays
     bounded whatever the cube size; each region's noise has its own seed, so the cube does not
-    depend on the order of work.
+    depend on the order of work, nor on ``threads`` (regions made at once; None: the cores this
+    process may use; the synthesis is NumPy work that mostly releases the GIL).
     """
     from survey_proc import __version__
 
@@ -336,12 +337,9 @@ def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None 
     truth.to_zarr(path, group="truth", mode="w", zarr_format=3, consolidated=False)
 
     regions = [(y0, x0) for y0 in range(0, cfg.ny, cfg.chunk) for x0 in range(0, cfg.nx, cfg.chunk)]
-    iterator = regions
-    if progress:
-        from tqdm import tqdm
 
-        iterator = tqdm(regions, desc="mock regions", unit="region")
-    for k, (y0, x0) in enumerate(iterator):
+    def one_region(k: int) -> None:
+        y0, x0 = regions[k]
         ys, xs = slice(y0, min(y0 + cfg.chunk, cfg.ny)), slice(x0, min(x0 + cfg.chunk, cfg.nx))
         sub = (ys, xs)
         shape = (ys.stop - ys.start, xs.stop - xs.start)
@@ -363,9 +361,41 @@ def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None 
             "var": var.reshape(*shape, -1).astype(np.float32),
             "mask": mask.reshape(*shape, -1),
         })
+
+    for_each_region(one_region, len(regions), threads, "mock regions" if progress else None)
     consolidate(path)
     return {"path": str(path), "spaxels": cfg.nx * cfg.ny, "wavelengths": wave.size,
             "seconds": time.perf_counter() - t0, "r_e_spaxel": maps.r_e}
+
+
+def for_each_region(work, count: int, threads: int | None, desc: str | None) -> None:
+    """``work(k)`` for k in 0..count-1 on ``threads`` threads (None: the cores), with a progress
+    bar named ``desc`` (None: no bar). The first failure is raised once the others stop."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from dask.system import CPU_COUNT
+
+    threads = max(1, min(int(threads or CPU_COUNT), count or 1))
+    bar = None
+    if desc:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, desc=desc, unit="region")
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(work, k) for k in range(count)]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    if bar is not None:
+                        bar.update()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def open_truth(path: str | os.PathLike) -> xr.Dataset:
