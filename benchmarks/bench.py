@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +60,19 @@ class BenchConfig:
         default_workers = sorted({1, *[2**k for k in range(1, 8) if 2**k < cores], cores})
         name = "bench-quick" if self.quick else "bench"
         return BenchConfig(
-            cube=self.cube, json=self.json or str(RESULTS / f"{name}.json"), quick=self.quick, model=self.model,
+            cube=self.cube,
+            json=self.json or str(RESULTS / f"{name}.json"),
+            quick=self.quick,
+            model=self.model,
             workers=sorted(set(self.workers or default_workers)),
             sizes=sorted(set(self.sizes or preset["sizes"])),
             ppxf_spectra=int(self.ppxf_spectra or preset["ppxf-spectra"]),
             main_size=int(self.main_size or preset["cube"]),
             watts_per_core=float(self.watts_per_core or config.get("bench.watts-per-core")),
-            workdir=self.workdir, gpu=self.gpu, progress=self.progress)
+            workdir=self.workdir,
+            gpu=self.gpu,
+            progress=self.progress,
+        )
 
 
 def say(cfg: BenchConfig, text: str) -> None:
@@ -75,6 +81,7 @@ def say(cfg: BenchConfig, text: str) -> None:
 
 
 # --- cubes ---------------------------------------------------------------------------------------
+
 
 def mock_cube(path: Path, side: int, chunk: int = 32, seed: int = 1) -> Path:
     """A mock cube of ``side`` x ``side`` spaxels (S/N 30), reused when it already exists."""
@@ -89,7 +96,7 @@ def mock_cube(path: Path, side: int, chunk: int = 32, seed: int = 1) -> Path:
             ds = open_spectral_store(path, check_data=False)
             if ds.attrs.get("mock_config") == str(asdict(cfg)):
                 return path
-        except Exception:  # noqa: BLE001 - a half-written store: rebuild it
+        except Exception:
             pass
         shutil.rmtree(path)
     write_mock(path, cfg)
@@ -124,14 +131,18 @@ def sample_cube(cube: Path, out: Path, n: int, regions: int = 4) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     sub.to_zarr(out, mode="w", zarr_format=3, consolidated=False, encoding=enc)
     if has_truth:
-        truth = xr.open_zarr(cube, group="truth", consolidated=False).isel(
-            {k: v for k, v in sel.items() if k in ("y", "x")}).compute()
+        truth = (
+            xr.open_zarr(cube, group="truth", consolidated=False)
+            .isel({k: v for k, v in sel.items() if k in ("y", "x")})
+            .compute()
+        )
         truth.to_zarr(out, group="truth", mode="a", zarr_format=3, consolidated=False)
     consolidate(out)
     return out
 
 
 # --- clusters and timed runs -------------------------------------------------------------------------
+
 
 @contextmanager
 def bench_cluster(workers: int, env: dict | None = None):
@@ -205,8 +216,9 @@ def warm_timed_run(client, *args) -> dict:
     return row
 
 
-def timed_run(client, cube: Path, out: Path, model: str, device: str, method: str,
-              meter_gpus: list[int] | None, watts: float) -> dict:
+def timed_run(
+    client, cube: Path, out: Path, model: str, device: str, method: str, meter_gpus: list[int] | None, watts: float
+) -> dict:
     """One engine run on the warm cluster of ``client``, timed and metered; a result row of the JSON.
 
     The engine connects to the cluster by its address, as ``survey-proc run --cluster ADDRESS`` does.
@@ -219,26 +231,47 @@ def timed_run(client, cube: Path, out: Path, model: str, device: str, method: st
     client.run(_reset_peak_rss)
     with EnergyMeter(gpus=meter_gpus, watts_per_core=watts) as meter:
         t0 = time.perf_counter()
-        s = run(RunConfig(cube=str(cube), out=str(out), model=model, cluster=address, progress=False,
-                          overwrite=True, device=device))
+        s = run(
+            RunConfig(
+                cube=str(cube),
+                out=str(out),
+                model=model,
+                cluster=address,
+                progress=False,
+                overwrite=True,
+                device=device,
+            )
+        )
         wall = time.perf_counter() - t0
     w = max(s.workers, 1)
     est_rate = s.fitted / s.estimator_seconds if s.estimator_seconds > 0 else float("nan")
     return {
-        "method": method, "device": device, "workers": s.workers, "spectra": s.spectra, "seconds": wall,
-        "spectra_per_s": s.spectra / wall, "joules_per_spectrum": meter.joules / s.spectra,
+        "method": method,
+        "device": device,
+        "workers": s.workers,
+        "spectra": s.spectra,
+        "seconds": wall,
+        "spectra_per_s": s.spectra / wall,
+        "joules_per_spectrum": meter.joules / s.spectra,
         "energy_method": meter.method,
         # the host's share (RAPL or estimate; the same as the above on CPU runs) and the sum
-        "host_joules_per_spectrum": meter.host_joules / s.spectra, "host_energy_method": meter.host_method,
+        "host_joules_per_spectrum": meter.host_joules / s.spectra,
+        "host_energy_method": meter.host_method,
         "total_joules_per_spectrum": meter.total_joules / s.spectra,
         # details beyond the issue's schema
-        "model_id": s.model_id, "cube": str(cube), "maps": str(out), "fitted": s.fitted,
+        "model_id": s.model_id,
+        "cube": str(cube),
+        "maps": str(out),
+        "fitted": s.fitted,
         "spectra_per_s_per_worker": s.spectra / wall / w,
-        "compute_seconds": s.seconds, "estimator_seconds": s.estimator_seconds,
-        "estimator_spectra_per_s_per_worker": est_rate, "estimator_spectra_per_s": est_rate * w,
-        "cpu_seconds": meter.cpu_seconds, "spectra_per_cpu_second": s.spectra / meter.cpu_seconds
-        if meter.cpu_seconds > 0 else float("nan"),
-        "energy_note": meter.note, "flag_counts": s.flag_counts,
+        "compute_seconds": s.seconds,
+        "estimator_seconds": s.estimator_seconds,
+        "estimator_spectra_per_s_per_worker": est_rate,
+        "estimator_spectra_per_s": est_rate * w,
+        "cpu_seconds": meter.cpu_seconds,
+        "spectra_per_cpu_second": s.spectra / meter.cpu_seconds if meter.cpu_seconds > 0 else float("nan"),
+        "energy_note": meter.note,
+        "flag_counts": s.flag_counts,
         # where the time goes, per spectrum, summed over the worker tasks (wall and CPU microseconds)
         "per_spectrum_us": {k: v / s.spectra * 1e6 for k, v in sorted(s.timings.items())},
         "peak_rss_mb_per_worker": peak_rss_per_worker(client),
@@ -247,18 +280,22 @@ def timed_run(client, cube: Path, out: Path, model: str, device: str, method: st
 
 # --- GPUs ---------------------------------------------------------------------------------------------
 
+
 def _cuda_ready() -> str:
     """'' where torch can use CUDA in this environment, else why not."""
     import torch
 
     if not torch.cuda.is_available():
-        return (f"torch {torch.__version__} cannot use CUDA here (a CPU build, or no driver): install a CUDA "
-                "build of torch to benchmark the GPU")
+        return (
+            f"torch {torch.__version__} cannot use CUDA here (a CPU build, or no driver): install a CUDA "
+            "build of torch to benchmark the GPU"
+        )
     return ""
 
 
-def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_path: str, watts: float,
-             cpu_workers: int) -> tuple[list[dict], list[str]]:
+def gpu_runs(
+    cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_path: str, watts: float, cpu_workers: int
+) -> tuple[list[dict], list[str]]:
     """The model on each GPU, two ways, each on a warm cluster (and on all GPUs together where there
     are several); returns (result rows, notes).
 
@@ -282,13 +319,12 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
     notes: list[str] = []
 
     def measure(label: str, way: str, start, indices: list[int], out_name: str) -> None:
-        settings = {"survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} \
-            if way == "processes" else {}
+        settings = {"survey-proc.gpu.memory-fraction": 0.5 / cpu_workers} if way == "processes" else {}
         try:
             with dask.config.set(settings), start() as client:
                 client.run(_warm_estimator, model_path, "cuda:0")
                 r = warm_timed_run(client, cube, work / out_name, model_path, "cuda:0", "model", indices, watts)
-        except Exception as exc:  # noqa: BLE001 - recorded; the benchmark goes on
+        except Exception as exc:
             notes.append(f"{label}, {way}: not measured: {type(exc).__name__}: {exc}")
             say(cfg, f"  {notes[-1]}")
             return
@@ -297,21 +333,37 @@ def gpu_runs(cfg: BenchConfig, gpus: list[dict], cube: Path, work: Path, model_p
         r["kind"] = f"model, whole cube, {label} ({way})"
         r["gpu_acceptance_50k"] = bool(r["spectra_per_s"] >= 50_000)
         rows.append(r)
-        say(cfg, f"  model  {r['device']} ({way}, {r['workers']} worker(s)): {r['spectra_per_s']:,.0f} spectra/s "
-                 "end to end")
+        say(
+            cfg,
+            f"  model  {r['device']} ({way}, {r['workers']} worker(s)): {r['spectra_per_s']:,.0f} spectra/s end to end",
+        )
 
     # NVML's index is not CUDA's order: CUDA_VISIBLE_DEVICES gets the UUID, the same in both
     ids = {g["index"]: g.get("uuid") or str(g["index"]) for g in gpus}
     for g in gpus:
         device = ids[g["index"]]
-        measure(f"GPU {g['name']}", "local-cuda", lambda: _local_cuda_client(device, 1),
-                [g["index"]], f"model-gpu{g['index']}-local-cuda.maps.zarr")
-        measure(f"GPU {g['name']}", "processes",
-                lambda: bench_cluster(cpu_workers, env={"CUDA_VISIBLE_DEVICES": device}),
-                [g["index"]], f"model-gpu{g['index']}-processes.maps.zarr")
+        measure(
+            f"GPU {g['name']}",
+            "local-cuda",
+            lambda device=device: _local_cuda_client(device, 1),
+            [g["index"]],
+            f"model-gpu{g['index']}-local-cuda.maps.zarr",
+        )
+        measure(
+            f"GPU {g['name']}",
+            "processes",
+            lambda device=device: bench_cluster(cpu_workers, env={"CUDA_VISIBLE_DEVICES": device}),
+            [g["index"]],
+            f"model-gpu{g['index']}-processes.maps.zarr",
+        )
     if len(gpus) > 1:  # scaling with the GPUs: every GPU, one local-cuda worker each
-        measure(f"{len(gpus)} GPUs", "local-cuda", lambda: _local_cuda_client(",".join(ids.values()), len(gpus)),
-                list(ids), "model-gpus-local-cuda.maps.zarr")
+        measure(
+            f"{len(gpus)} GPUs",
+            "local-cuda",
+            lambda: _local_cuda_client(",".join(ids.values()), len(gpus)),
+            list(ids),
+            "model-gpus-local-cuda.maps.zarr",
+        )
     return rows, notes
 
 
@@ -322,12 +374,15 @@ def _local_cuda_client(devices: str, workers: int):
 
     from survey_proc.cluster import make_client
 
-    with dask.config.set({"survey-proc.cluster.local-cuda.devices": devices}), \
-            make_client("local-cuda", workers) as client:
+    with (
+        dask.config.set({"survey-proc.cluster.local-cuda.devices": devices}),
+        make_client("local-cuda", workers) as client,
+    ):
         yield client
 
 
 # --- the benchmark ------------------------------------------------------------------------------------
+
 
 def gpu_speedups(results: list[dict], ppxf_row: dict, cores: int) -> dict | None:
     """The fastest single-GPU row against pPXF on this machine's CPU cores, from the same run: per core,
@@ -338,13 +393,14 @@ def gpu_speedups(results: list[dict], ppxf_row: dict, cores: int) -> dict | None
     best = max(rows, key=lambda r: r["spectra_per_s"])
     ppxf_rate = ppxf_row["spectra_per_s"]
     return {
-        "row": best["kind"], "spectra_per_s": best["spectra_per_s"],
+        "row": best["kind"],
+        "spectra_per_s": best["spectra_per_s"],
         "vs_ppxf_per_core": best["spectra_per_s"] / (ppxf_rate / cores),
         "vs_ppxf_all_cores": best["spectra_per_s"] / ppxf_rate,
         "energy_ratio": ppxf_row["total_joules_per_spectrum"] / best["total_joules_per_spectrum"],
         "definition": f"(model spectra/s on one GPU, end to end) / (pPXF spectra/s per core, and on all {cores} "
-                      "cores), both through the engine in this run; energy_ratio: pPXF's joules per spectrum "
-                      "(host) over the GPU row's (GPU board by NVML + host)",
+        "cores), both through the engine in this run; energy_ratio: pPXF's joules per spectrum "
+        "(host) over the GPU row's (GPU board by NVML + host)",
     }
 
 
@@ -367,9 +423,12 @@ def linear_cost(rows: list[dict]) -> dict:
     n = np.array([r["spectra"] for r in rows], float)
     t = np.array([r["seconds"] for r in rows], float)
     slope, intercept = np.polyfit(n, t, 1)
-    return {"seconds_per_spectrum": float(slope), "fixed_seconds": float(intercept),
-            "spectra_per_s_marginal": float(1.0 / slope) if slope > 0 else float("nan"),
-            "seconds_for_65536_spectra_extrapolated": float(intercept + slope * 65536)}
+    return {
+        "seconds_per_spectrum": float(slope),
+        "fixed_seconds": float(intercept),
+        "spectra_per_s_marginal": float(1.0 / slope) if slope > 0 else float("nan"),
+        "seconds_for_65536_spectra_extrapolated": float(intercept + slope * 65536),
+    }
 
 
 def run_bench(cfg: BenchConfig) -> dict:
@@ -390,8 +449,11 @@ def run_bench(cfg: BenchConfig) -> dict:
     null_path = str(null_bundle(model_path, work / "null-model") / "manifest.json")
     ppxf_path = str(load_manifest("ppxf").path)
     watts = cfg.watts_per_core
-    say(cfg, f"survey-proc bench ({'quick' if cfg.quick else 'full'}) on {machine['cpu']}, {machine['cores']} cores"
-             f"{', GPU ' + machine['gpu'] if machine['gpu'] else ', no GPU'}; load average {machine['load_average_1min']}")
+    say(
+        cfg,
+        f"survey-proc bench ({'quick' if cfg.quick else 'full'}) on {machine['cpu']}, {machine['cores']} cores"
+        f"{', GPU ' + machine['gpu'] if machine['gpu'] else ', no GPU'}; load average {machine['load_average_1min']}",
+    )
 
     if cfg.cube:
         cube = Path(cfg.cube)
@@ -402,8 +464,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         say(cfg, f"  building / reusing a {cfg.main_size}x{cfg.main_size} mock cube in {work}")
         cube = mock_cube(work / f"mock{cfg.main_size}.zarr", cfg.main_size)
     sample = sample_cube(cube, work / "ppxf-sample.zarr", cfg.ppxf_spectra, regions=max(4, max(cfg.workers)))
-    sizes = [mock_cube(work / f"mock{s}.zarr", s) if s != cfg.main_size or cfg.cube else cube
-             for s in cfg.sizes]
+    sizes = [mock_cube(work / f"mock{s}.zarr", s) if s != cfg.main_size or cfg.cube else cube for s in cfg.sizes]
 
     results: list[dict] = []
     size_rows: list[dict] = []
@@ -415,12 +476,24 @@ def run_bench(cfg: BenchConfig) -> dict:
             r = warm_timed_run(client, cube, work / f"model-w{w}.maps.zarr", model_path, "cpu", "model", None, watts)
             r["kind"] = "model, whole cube"
             results.append(r)
-            say(cfg, f"  model  cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
-                     f"{r['spectra_per_s']:,.0f} spectra/s end to end ({r['estimator_spectra_per_s']:,.0f}/s estimator alone)")
+            say(
+                cfg,
+                f"  model  cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
+                f"{r['spectra_per_s']:,.0f} spectra/s end to end "
+                f"({r['estimator_spectra_per_s']:,.0f}/s estimator alone)",
+            )
             if w == top:
                 for side_cube in sizes:
-                    rs = timed_run(client, side_cube, work / f"model-{side_cube.stem}.maps.zarr", model_path, "cpu",
-                                   "model", None, watts)
+                    rs = timed_run(
+                        client,
+                        side_cube,
+                        work / f"model-{side_cube.stem}.maps.zarr",
+                        model_path,
+                        "cpu",
+                        "model",
+                        None,
+                        watts,
+                    )
                     rs["kind"] = "model, cube size"
                     size_rows.append(rs)
                     say(cfg, f"  model  cpu  {w} worker(s), {rs['spectra']:>6} spectra: {rs['seconds']:.2f} s")
@@ -429,7 +502,10 @@ def run_bench(cfg: BenchConfig) -> dict:
                 client.run(_warm_estimator, null_path, "cpu")
                 engine = timed_run(client, cube, work / "null-model.maps.zarr", null_path, "cpu", "model", None, watts)
                 engine["kind"] = "engine alone: the model's manifest with a zero-cost TorchScript"
-                say(cfg, f"  engine alone (null model), {w} worker(s): {engine['spectra_per_s']:,.0f} spectra/s end to end")
+                say(
+                    cfg,
+                    f"  engine alone (null model), {w} worker(s): {engine['spectra_per_s']:,.0f} spectra/s end to end",
+                )
             memory[f"model-w{w}"] = r["peak_rss_mb_per_worker"]
 
     ppxf_workers = cfg.workers if not cfg.quick else [top]
@@ -440,9 +516,12 @@ def run_bench(cfg: BenchConfig) -> dict:
             r["kind"] = "pPXF, sample spread over the cube"
             results.append(r)
             memory[f"ppxf-w{w}"] = r["peak_rss_mb_per_worker"]
-            say(cfg, f"  pPXF   cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
-                     f"{r['spectra_per_s']:.2f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.2f}/s "
-                     "per worker, estimator alone)")
+            say(
+                cfg,
+                f"  pPXF   cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
+                f"{r['spectra_per_s']:.2f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.2f}/s "
+                "per worker, estimator alone)",
+            )
 
     gpu_notes: list[str] = []
     if cfg.gpu and machine["gpus"]:
@@ -454,14 +533,22 @@ def run_bench(cfg: BenchConfig) -> dict:
     speedup = (model_top["spectra_per_s"] / top) / (ppxf_top["spectra_per_s"] / top)
     speedup_cpu = model_top["spectra_per_cpu_second"] / ppxf_top["spectra_per_cpu_second"]
 
-    acc = {"model": accuracy(model_top["maps"], cube), "model_on_ppxf_sample": accuracy(rm["maps"], sample),
-           "ppxf": accuracy(ppxf_top["maps"], sample)}
+    acc = {
+        "model": accuracy(model_top["maps"], cube),
+        "model_on_ppxf_sample": accuracy(rm["maps"], sample),
+        "ppxf": accuracy(ppxf_top["maps"], sample),
+    }
     figures: list[str] = []
     if (sample / "truth").exists():
         from survey_proc.analysis import compare_stores
 
-        comp = compare_stores(rm["maps"], ppxf_top["maps"], json_path.parent / f"{stem}_compare", truth_cube=sample,
-                              labels=("model", "pPXF"))
+        comp = compare_stores(
+            rm["maps"],
+            ppxf_top["maps"],
+            json_path.parent / f"{stem}_compare",
+            truth_cube=sample,
+            labels=("model", "pPXF"),
+        )
         figures = [str(Path(f).relative_to(json_path.parent)) for f in comp.figures]
 
     report = {
@@ -470,11 +557,13 @@ def run_bench(cfg: BenchConfig) -> dict:
         "speedup_per_core": speedup,
         "speedup_per_core_detail": {
             "definition": f"(model spectra/s per worker) / (pPXF spectra/s per worker), both end to end through the "
-                          f"engine with {top} worker(s) in this run",
-            "end_to_end": speedup, "cpu_time": speedup_cpu,
+            f"engine with {top} worker(s) in this run",
+            "end_to_end": speedup,
+            "cpu_time": speedup_cpu,
             "cpu_time_definition": "(model spectra per CPU-second) / (pPXF spectra per CPU-second) of all the "
-                                   "run's processes: robust to other load on the machine",
-            "acceptance_1000x": bool(speedup >= 1000.0)},
+            "run's processes: robust to other load on the machine",
+            "acceptance_1000x": bool(speedup >= 1000.0),
+        },
         "speedup_per_gpu": gpu_speedups(results, ppxf_top, top),
         "cube_size_scaling": {"rows": size_rows, "fit": linear_cost(size_rows)},
         "model_on_ppxf_sample": rm,
@@ -484,11 +573,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         "compare_figures": figures,
         "config": asdict(cfg) | {"cube": str(cube), "ppxf_sample": str(sample), "model_path": model_path},
         "energy_methods_note": "nvml: GPU board counter (GPU rows; their host share, RAPL or estimate, is in "
-                               "host_joules_per_spectrum and the sum in total_joules_per_spectrum); rapl: CPU "
-                               f"package counter; estimate: CPU-seconds x {watts:g} W per busy core (no counter "
-                               "readable)",
+        "host_joules_per_spectrum and the sum in total_joules_per_spectrum); rapl: CPU "
+        f"package counter; estimate: CPU-seconds x {watts:g} W per busy core (no counter "
+        "readable)",
         "gpu_notes": gpu_notes,
-        "command": " ".join(["survey-proc", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"]
+        "command": " ".join(["survey-proc", "bench", *sys.argv[2:]])
+        if sys.argv[1:2] == ["bench"]
         else " ".join(sys.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "bench_seconds": time.perf_counter() - t_start,
@@ -500,8 +590,11 @@ def run_bench(cfg: BenchConfig) -> dict:
     report["bench_seconds"] = time.perf_counter() - t_start
     json_path.write_text(json.dumps(report, indent=2, default=_json_default))
     say(cfg, f"speed-up per core, model over pPXF, end to end: {speedup:,.0f}x (CPU-time based: {speedup_cpu:,.0f}x)")
-    say(cfg, f"results: {json_path}\nreport: {paths['markdown']}\nplot: {paths['png']}\n"
-             f"took {report['bench_seconds']:.0f} s")
+    say(
+        cfg,
+        f"results: {json_path}\nreport: {paths['markdown']}\nplot: {paths['png']}\n"
+        f"took {report['bench_seconds']:.0f} s",
+    )
     return report
 
 
@@ -516,8 +609,11 @@ def _json_default(obj):
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--cube", help="cube store to benchmark on (default: a mock with truth, built once)")
-    p.add_argument("--json", help="results JSON (default: benchmarks/results/bench[-quick].json); the Markdown "
-                                  "report and PNG are written beside it")
+    p.add_argument(
+        "--json",
+        help="results JSON (default: benchmarks/results/bench[-quick].json); the Markdown "
+        "report and PNG are written beside it",
+    )
     p.add_argument("--quick", action="store_true", help="small cubes and a 16-spectrum pPXF sample (~1 minute)")
     p.add_argument("--model", default="default", help="model bundle to benchmark against pPXF (default: default)")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1, 2, 4, ... up to the cores)")
@@ -532,10 +628,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(cube=args.cube, json=args.json, quick=args.quick, model=args.model, workers=args.workers,
-                       sizes=args.sizes, main_size=args.main_size, ppxf_spectra=args.ppxf_spectra,
-                       watts_per_core=args.watts_per_core, workdir=args.workdir, gpu=not args.no_gpu,
-                       progress=not args.quiet)
+    return BenchConfig(
+        cube=args.cube,
+        json=args.json,
+        quick=args.quick,
+        model=args.model,
+        workers=args.workers,
+        sizes=args.sizes,
+        main_size=args.main_size,
+        ppxf_spectra=args.ppxf_spectra,
+        watts_per_core=args.watts_per_core,
+        workdir=args.workdir,
+        gpu=not args.no_gpu,
+        progress=not args.quiet,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,13 +24,18 @@ def process_cpu_seconds() -> dict[int, float]:
 
     me = psutil.Process()
     out = {}
-    for proc in [me] + me.children(recursive=True):
+    for proc in [me, *me.children(recursive=True)]:
         try:
             t = proc.cpu_times()
             out[proc.pid] = t.user + t.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
 
 
 def rapl_domains() -> list[str]:
@@ -40,7 +45,7 @@ def rapl_domains() -> list[str]:
         if not re.search(r"intel-rapl:\d+$", path):
             continue  # sub-domains (core, uncore, dram) are inside the package
         try:
-            int(open(os.path.join(path, "energy_uj")).read())
+            _read_int(os.path.join(path, "energy_uj"))
             found.append(path)
         except (OSError, ValueError):
             continue
@@ -50,9 +55,9 @@ def rapl_domains() -> list[str]:
 def _rapl_read(domains: list[str]) -> list[tuple[int, int]]:
     out = []
     for d in domains:
-        energy = int(open(os.path.join(d, "energy_uj")).read())
+        energy = _read_int(os.path.join(d, "energy_uj"))
         try:
-            wrap = int(open(os.path.join(d, "max_energy_range_uj")).read())
+            wrap = _read_int(os.path.join(d, "max_energy_range_uj"))
         except (OSError, ValueError):
             wrap = 2**32
         out.append((energy, wrap))
@@ -100,13 +105,16 @@ class EnergyMeter:
         if self.gpus:
             try:
                 nvml, handles = _nvml_handles(self.gpus)
-            except Exception as exc:  # noqa: BLE001 - no NVML: the host's energy alone
+            except Exception as exc:
                 self.note = f"NVML unavailable ({type(exc).__name__}); "
             else:
                 try:
-                    self._start["nvml"] = (nvml, handles,
-                                           [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles])
-                except Exception as exc:  # noqa: BLE001 - e.g. a GPU without the energy counter
+                    self._start["nvml"] = (
+                        nvml,
+                        handles,
+                        [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles],
+                    )
+                except Exception as exc:
                     nvml.nvmlShutdown()
                     self.note = f"NVML energy counter unreadable ({type(exc).__name__}); "
         domains = rapl_domains()
@@ -127,8 +135,7 @@ class EnergyMeter:
         if gpu_joules is not None:
             self.method, self.joules = "nvml", gpu_joules
             self.total_joules = gpu_joules + self.host_joules
-            self.note += (f"GPU board energy of GPU(s) {self.gpus} (NVML counter); host, in total_joules: "
-                          + host_note)
+            self.note += f"GPU board energy of GPU(s) {self.gpus} (NVML counter); host, in total_joules: " + host_note
         else:
             self.method, self.joules = self.host_method, self.host_joules
             self.total_joules = self.host_joules
@@ -150,8 +157,10 @@ class EnergyMeter:
                 self.host_joules = total / 1e6
                 return f"CPU package energy (RAPL, {len(domains)} package(s)) of the whole machine"
         self.host_joules = self.cpu_seconds * self.watts_per_core
-        return (f"estimate: {self.cpu_seconds:.2f} CPU-seconds of the run's processes x "
-                f"{self.watts_per_core:g} W per busy core (no RAPL counter readable)")
+        return (
+            f"estimate: {self.cpu_seconds:.2f} CPU-seconds of the run's processes x "
+            f"{self.watts_per_core:g} W per busy core (no RAPL counter readable)"
+        )
 
     def _read_gpus(self) -> float | None:
         """Joules of the GPUs' boards in the window (NVML counters, millijoules), or None; NVML is
@@ -162,7 +171,7 @@ class EnergyMeter:
         try:
             end = [nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles]
             return sum(e - s for s, e in zip(start, end)) / 1000.0
-        except Exception as exc:  # noqa: BLE001 - the run's numbers stay; its GPU energy is lost
+        except Exception as exc:
             self.note += f"NVML energy counter unreadable at the end ({type(exc).__name__}); "
             return None
         finally:

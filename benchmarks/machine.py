@@ -37,20 +37,33 @@ def gpus() -> list[dict]:
                 uuid = _text(pynvml.nvmlDeviceGetUUID(h))  # CUDA_VISIBLE_DEVICES takes it
                 if visible is not None and not _is_visible(i, uuid, visible):
                     continue
-                out.append({"index": i, "name": _text(pynvml.nvmlDeviceGetName(h)), "driver": _text(driver),
-                            "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1), "uuid": uuid})
+                out.append(
+                    {
+                        "index": i,
+                        "name": _text(pynvml.nvmlDeviceGetName(h)),
+                        "driver": _text(driver),
+                        "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 1),
+                        "uuid": uuid,
+                    }
+                )
             return out
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no NVML library, no driver or no GPU
+    except Exception:
         pass
     try:
         import torch
 
-        return [{"index": i, "name": torch.cuda.get_device_name(i), "driver": "",
-                 "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
-                for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001
+        return [
+            {
+                "index": i,
+                "name": torch.cuda.get_device_name(i),
+                "driver": "",
+                "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+    except Exception:
         return []
 
 
@@ -85,13 +98,19 @@ def machine_info() -> dict:
     import psutil
 
     info = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus(),
-        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     info["gpu"] = ", ".join(g["name"] for g in info["gpus"]) or None
     info["driver"] = info["gpus"][0]["driver"] if info["gpus"] else None
-    info["versions"] = {p: _version(p) for p in ("survey-proc", "numpy", "torch", "dask", "distributed", "zarr",
-                                                  "xarray", "ppxf", "nvidia-ml-py")}
+    info["versions"] = {
+        p: _version(p)
+        for p in ("survey-proc", "numpy", "torch", "dask", "distributed", "zarr", "xarray", "ppxf", "nvidia-ml-py")
+    }
     return info

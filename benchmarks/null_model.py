@@ -7,7 +7,6 @@ throughput on a machine, and so the cost budget left for a model.
 
 import json
 from pathlib import Path
-from typing import Dict, List, Union  # TorchScript reads these annotations
 
 import torch
 
@@ -15,28 +14,28 @@ import torch
 class NullModel(torch.nn.Module):
     """Zeros of the declared shape for every output the manifest names."""
 
-    names: List[str]
-    shapes: List[List[int]]
+    names: list[str]
+    shapes: list[list[int]]
 
-    def __init__(self, names: List[str], shapes: List[List[int]]) -> None:
+    def __init__(self, names: list[str], shapes: list[list[int]]) -> None:
         super().__init__()
         self.names = names
         self.shapes = shapes
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = {}
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
         for i in range(len(self.names)):
             out[self.names[i]] = torch.zeros([x.shape[0]] + self.shapes[i])
         return out
 
 
-def null_bundle(model: Union[str, Path], folder: Path) -> Path:
+def null_bundle(model: str | Path, folder: Path) -> Path:
     """Write the null bundle of ``model`` (a bundle path or packaged name) into ``folder``."""
     from survey_proc._fetch import sha256_of
     from survey_proc.estimators import load_manifest
 
     manifest = load_manifest(model)
-    shapes: Dict[str, List[int]] = {}
+    shapes: dict[str, list[int]] = {}
     for o in manifest.outputs:
         shape = [len(o.coords[d]) for d in o.dims]
         shapes[o.name] = shape
@@ -47,8 +46,12 @@ def null_bundle(model: Union[str, Path], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.script(NullModel(list(shapes), list(shapes.values())))
     scripted.save(str(folder / "model.pt"))
-    raw = dict(manifest.raw) | {"name": f"{manifest.name}-null", "estimator": "torchscript", "file": "model.pt",
-                                "sha256": sha256_of(folder / "model.pt"),
-                                "description": f"zeros in the shape of {manifest.name}'s outputs (engine cost only)"}
+    raw = dict(manifest.raw) | {
+        "name": f"{manifest.name}-null",
+        "estimator": "torchscript",
+        "file": "model.pt",
+        "sha256": sha256_of(folder / "model.pt"),
+        "description": f"zeros in the shape of {manifest.name}'s outputs (engine cost only)",
+    }
     (folder / "manifest.json").write_text(json.dumps(raw, indent=1))
     return folder

@@ -14,19 +14,33 @@ for the truth maps (same geometry, ``survey-proc gradients``' code). Writes JSON
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
 from survey_proc._figures import save_figure
 
 MODELS = {
-    "narrowband": {"filters": "jpas36", "size": 32, "pixel_scale": 0.2, "psf": 0.0, "snr": (1.0, 20.0),
-                   "properties": ("log_age", "metallicity")},
-    "ugriz-maps": {"filters": "sdss", "size": 48, "pixel_scale": 0.396, "psf": 2.5, "snr": (0.3, 6.0),
-                   "properties": ("log_mass_surface_density", "log_age", "metallicity")},
+    "narrowband": {
+        "filters": "jpas36",
+        "size": 32,
+        "pixel_scale": 0.2,
+        "psf": 0.0,
+        "snr": (1.0, 20.0),
+        "properties": ("log_age", "metallicity"),
+    },
+    "ugriz-maps": {
+        "filters": "sdss",
+        "size": 48,
+        "pixel_scale": 0.396,
+        "psf": 2.5,
+        "snr": (0.3, 6.0),
+        "properties": ("log_mass_surface_density", "log_age", "metallicity"),
+    },
 }
 SNR_BINS = (3.0, 5.0, 10.0, 20.0, 50.0, 1e9)
 
@@ -44,8 +58,9 @@ def evaluate(model: str, n: int, work: Path, seed: int, cluster: str) -> dict:
     spec = MODELS[model]
     lib = load_ssp_library()
     filters = load_filters(spec["filters"])
-    gcfg = GalaxySetConfig(size=spec["size"], pixel_scale_arcsec=spec["pixel_scale"], psf_fwhm_pixels=spec["psf"],
-                           snr_range=spec["snr"])
+    gcfg = GalaxySetConfig(
+        size=spec["size"], pixel_scale_arcsec=spec["pixel_scale"], psf_fwhm_pixels=spec["psf"], snr_range=spec["snr"]
+    )
     rng = np.random.default_rng([seed, 424242])  # not a seed of any training set
     diffs = {p: [] for p in spec["properties"]}
     snrs, galaxies = [], []
@@ -63,37 +78,65 @@ def evaluate(model: str, n: int, work: Path, seed: int, cluster: str) -> dict:
         for p in spec["properties"]:
             diffs[p].append((maps[p].values - truth[p].values)[good])
         rep = gradient_report(maps_path, compare="truth", out_dir=work, properties=spec["properties"])
-        galaxies.append({"seed": mc.seed, "snr_per_angstrom": mc.snr, "inclination": mc.inclination,
-                         "r_e": rep["geometry"]["r_e_pixels"], "good_fraction": float(good.mean()),
-                         "gradients": rep["gradients"], "truth_gradients": rep["compare"]["gradients"],
-                         "differences": rep["compare"]["differences"],
-                         "input_gradients": rep["compare"].get("input_gradients_per_r_e")})
+        galaxies.append(
+            {
+                "seed": mc.seed,
+                "snr_per_angstrom": mc.snr,
+                "inclination": mc.inclination,
+                "r_e": rep["geometry"]["r_e_pixels"],
+                "good_fraction": float(good.mean()),
+                "gradients": rep["gradients"],
+                "truth_gradients": rep["compare"]["gradients"],
+                "differences": rep["compare"]["differences"],
+                "input_gradients": rep["compare"].get("input_gradients_per_r_e"),
+            }
+        )
     snr = np.concatenate(snrs)
     by_bin = {}
-    for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
+    for lo, hi in itertools.pairwise(SNR_BINS):
         sel = (snr >= lo) & (snr < hi)
         if sel.sum() < 20:
             continue
         label = f"{lo:g}-{hi:g}" if hi < 1e8 else f">{lo:g}"
-        by_bin[label] = {"n": int(sel.sum()), **{p: {"bias": float(np.median(np.concatenate(d)[sel])),
-                                                     "robust_sigma": robust_sigma(np.concatenate(d)[sel])}
-                                                 for p, d in diffs.items()}}
+        by_bin[label] = {
+            "n": int(sel.sum()),
+            **{
+                p: {
+                    "bias": float(np.median(np.concatenate(d)[sel])),
+                    "robust_sigma": robust_sigma(np.concatenate(d)[sel]),
+                }
+                for p, d in diffs.items()
+            },
+        }
     sel = snr >= SNR_BINS[0]
-    by_bin["all"] = {"n": int(sel.sum()), **{p: {"bias": float(np.median(np.concatenate(d)[sel])),
-                                                 "robust_sigma": robust_sigma(np.concatenate(d)[sel])}
-                                             for p, d in diffs.items()}}
+    by_bin["all"] = {
+        "n": int(sel.sum()),
+        **{
+            p: {"bias": float(np.median(np.concatenate(d)[sel])), "robust_sigma": robust_sigma(np.concatenate(d)[sel])}
+            for p, d in diffs.items()
+        },
+    }
     grads = {}
     for p in spec["properties"]:
         rows = [gal["differences"][p] for gal in galaxies if p in gal["differences"]]
         if rows:
             n_sigma = np.array([r["n_sigma"] for r in rows])
             diff = np.array([r["difference"] for r in rows])
-            grads[p] = {"galaxies_fitted": len(rows), "median_difference": float(np.median(diff)),
-                        "robust_sigma_difference": robust_sigma(diff),
-                        "fraction_within_1sigma": float(np.mean(n_sigma < 1)),
-                        "fraction_within_2sigma": float(np.mean(n_sigma < 2))}
-    return {"model": model, "galaxies": n, "seconds": time.perf_counter() - t0, "accuracy_by_snr": by_bin,
-            "gradient_recovery": grads, "per_galaxy": galaxies}
+            grads[p] = {
+                "galaxies_fitted": len(rows),
+                "median_difference": float(np.median(diff)),
+                "robust_sigma_difference": robust_sigma(diff),
+                "fraction_within_1sigma": float(np.mean(n_sigma < 1)),
+                "fraction_within_2sigma": float(np.mean(n_sigma < 2)),
+            }
+    return {
+        "model": model,
+        "galaxies": n,
+        "seconds": time.perf_counter() - t0,
+        "accuracy_by_snr": by_bin,
+        "gradient_recovery": grads,
+        "per_galaxy": galaxies,
+    }
 
 
 def plot(result: dict, out: Path) -> list[str]:
@@ -106,8 +149,11 @@ def plot(result: dict, out: Path) -> list[str]:
     props = list(result["gradient_recovery"])
     fig, axes = plt.subplots(1, len(props), figsize=(4.3 * len(props), 4), squeeze=False)
     for ax, p in zip(axes[0], props):
-        rows = [(g["truth_gradients"][p], g["gradients"][p]) for g in result["per_galaxy"]
-                if g["gradients"].get(p) and g["truth_gradients"].get(p)]
+        rows = [
+            (g["truth_gradients"][p], g["gradients"][p])
+            for g in result["per_galaxy"]
+            if g["gradients"].get(p) and g["truth_gradients"].get(p)
+        ]
         t = np.array([r[0]["slope"] for r in rows])
         m = np.array([r[1]["slope"] for r in rows])
         te = np.array([r[0]["slope_err"] for r in rows])
@@ -156,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
             res = evaluate(model, args.galaxies, Path(tmp), args.seed, args.cluster)
             res["figures"] = plot(res, out)
             results["models"][model] = res
-            print(json.dumps({k: res[k] for k in ("model", "accuracy_by_snr", "gradient_recovery", "figures")}, indent=1))
+            print(
+                json.dumps({k: res[k] for k in ("model", "accuracy_by_snr", "gradient_recovery", "figures")}, indent=1)
+            )
     Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     print(f"results: {args.json}")
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from survey_proc._figures import save_figure
 
 PROPS = ("log_age", "metallicity", "av", "sigma", "velocity")
@@ -19,8 +20,9 @@ def _fmt(x: float, digits: int = 0) -> str:
 
 
 def _energy(r: dict) -> str:
-    label = {"estimate": "estimate: CPU-s x W/core", "rapl": "RAPL", "nvml": "NVML"}.get(r["energy_method"],
-                                                                                      r["energy_method"])
+    label = {"estimate": "estimate: CPU-s x W/core", "rapl": "RAPL", "nvml": "NVML"}.get(
+        r["energy_method"], r["energy_method"]
+    )
     j = r["joules_per_spectrum"]
     value = f"{j:.3g}" if np.isfinite(j) else "n/a"
     host = r.get("host_joules_per_spectrum")
@@ -32,11 +34,17 @@ def _energy(r: dict) -> str:
 
 def stage_table(report: dict) -> list[str]:
     """Microseconds per spectrum in each stage of a worker task (wall / CPU)."""
-    stages = (("read", "read_cpu", "read (Zarr, decompress)"), ("prepare", "prepare_cpu", "preprocess"),
-              ("estimator", "estimator_cpu", "estimator"), ("write", "write_cpu", "write (Zarr) + markers"),
-              (None, "cpu", "whole task, CPU"))
-    lines = ["| method | workers | " + " | ".join(label for *_, label in stages) + " |",
-             "|---|---:|" + "---:|" * len(stages)]
+    stages = (
+        ("read", "read_cpu", "read (Zarr, decompress)"),
+        ("prepare", "prepare_cpu", "preprocess"),
+        ("estimator", "estimator_cpu", "estimator"),
+        ("write", "write_cpu", "write (Zarr) + markers"),
+        (None, "cpu", "whole task, CPU"),
+    )
+    lines = [
+        "| method | workers | " + " | ".join(label for *_, label in stages) + " |",
+        "|---|---:|" + "---:|" * len(stages),
+    ]
     for r in report["results"]:
         us = r.get("per_spectrum_us") or {}
         cells = []
@@ -55,30 +63,40 @@ def _warm_note(report: dict) -> str:
     """How many untimed runs preceded each timed model and pPXF run (rows of older reports: none)."""
     warm = {r.get("warm_up_runs", 0) for r in report["results"]}
     n = max(warm) if warm else 0
-    return (f" Each timed run of the model and of pPXF followed {n} untimed run{'s' if n > 1 else ''} of the "
-            "same estimator on the same cube and cluster." if n else "")
+    return (
+        f" Each timed run of the model and of pPXF followed {n} untimed run{'s' if n > 1 else ''} of the "
+        "same estimator on the same cube and cluster."
+        if n
+        else ""
+    )
 
 
 def results_table(report: dict) -> list[str]:
-    lines = ["| method | device | workers | spectra | seconds | spectra/s end to end | per worker | "
-             "estimator alone, spectra/s | energy per spectrum | peak RSS per worker (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| method | device | workers | spectra | seconds | spectra/s end to end | per worker | "
+        "estimator alone, spectra/s | energy per spectrum | peak RSS per worker (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in report["results"]:
         rss = max(r.get("peak_rss_mb_per_worker") or [float("nan")])
         device = r["device"] + (f", {r['cluster']}" if r.get("cluster") else "")
-        lines.append(f"| {r['method']} | {device} | {r['workers']} | {r['spectra']:,} | {r['seconds']:.2f} | "
-                     f"{_fmt(r['spectra_per_s'], 2 if r['spectra_per_s'] < 100 else 0)} | "
-                     f"{_fmt(r['spectra_per_s_per_worker'], 2 if r['spectra_per_s_per_worker'] < 100 else 0)} | "
-                     f"{_fmt(r['estimator_spectra_per_s'], 2 if r['estimator_spectra_per_s'] < 100 else 0)} | "
-                     f"{_energy(r)} | {rss:.0f} |")
+        lines.append(
+            f"| {r['method']} | {device} | {r['workers']} | {r['spectra']:,} | {r['seconds']:.2f} | "
+            f"{_fmt(r['spectra_per_s'], 2 if r['spectra_per_s'] < 100 else 0)} | "
+            f"{_fmt(r['spectra_per_s_per_worker'], 2 if r['spectra_per_s_per_worker'] < 100 else 0)} | "
+            f"{_fmt(r['estimator_spectra_per_s'], 2 if r['estimator_spectra_per_s'] < 100 else 0)} | "
+            f"{_energy(r)} | {rss:.0f} |"
+        )
     return lines
 
 
 def accuracy_table(report: dict) -> list[str]:
     acc = report.get("accuracy") or {}
     names = {"model": "model, whole cube", "model_on_ppxf_sample": "model, pPXF's sample", "ppxf": "pPXF, sample"}
-    lines = ["| estimates | spectra used | " + " | ".join(f"{p} bias / robust sigma" for p in PROPS) + " |",
-             "|---|---:|" + "---|" * len(PROPS)]
+    lines = [
+        "| estimates | spectra used | " + " | ".join(f"{p} bias / robust sigma" for p in PROPS) + " |",
+        "|---|---:|" + "---|" * len(PROPS),
+    ]
     for key, label in names.items():
         a = acc.get(key)
         if not a:
@@ -105,8 +123,14 @@ def write_png(report: dict, path: Path) -> Path:
         if rows:
             w = [r["workers"] for r in rows]
             a.plot(w, [r["spectra_per_s"] for r in rows], "o-", color=colour, label=f"{method}, end to end")
-            a.plot(w, [r["estimator_spectra_per_s"] for r in rows], "s--", color=colour, alpha=0.6,
-                   label=f"{method}, estimator alone")
+            a.plot(
+                w,
+                [r["estimator_spectra_per_s"] for r in rows],
+                "s--",
+                color=colour,
+                alpha=0.6,
+                label=f"{method}, estimator alone",
+            )
             a.plot(w, [rows[0]["spectra_per_s"] * k / rows[0]["workers"] for k in w], ":", color=colour, alpha=0.5)
     for r in res:
         if r["device"] != "cpu":
@@ -114,7 +138,9 @@ def write_png(report: dict, path: Path) -> Path:
     a.set_yscale("log")
     a.set_xlabel("Dask workers (1 thread each)")
     a.set_ylabel("spectra / s")
-    a.set_title(f"throughput (dotted: linear scaling); speed-up per core {report['speedup_per_core']:,.0f}x", fontsize=9)
+    a.set_title(
+        f"throughput (dotted: linear scaling); speed-up per core {report['speedup_per_core']:,.0f}x", fontsize=9
+    )
     a.legend(fontsize=7)
 
     a = ax[0, 1]
@@ -126,8 +152,14 @@ def write_png(report: dict, path: Path) -> Path:
         fit = report["cube_size_scaling"]["fit"]
         if fit:
             xs = np.linspace(0, n.max() * 1.05, 50)
-            a.plot(xs, fit["fixed_seconds"] + fit["seconds_per_spectrum"] * xs, "-", color="C0", alpha=0.6,
-                   label=f"{fit['fixed_seconds']:.2f} s + {fit['seconds_per_spectrum'] * 1e6:.0f} us x spectra")
+            a.plot(
+                xs,
+                fit["fixed_seconds"] + fit["seconds_per_spectrum"] * xs,
+                "-",
+                color="C0",
+                alpha=0.6,
+                label=f"{fit['fixed_seconds']:.2f} s + {fit['seconds_per_spectrum'] * 1e6:.0f} us x spectra",
+            )
         a.legend(fontsize=7)
     a.set_xlabel("spectra in the cube")
     a.set_ylabel("seconds per cube, end to end")
@@ -158,8 +190,10 @@ def write_png(report: dict, path: Path) -> Path:
     if keys:
         a.legend(fontsize=7)
     m = report["machine"]
-    fig.suptitle(f"survey-proc bench, {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'} "
-                 f"({report['created']})", fontsize=10)
+    fig.suptitle(
+        f"survey-proc bench, {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'} ({report['created']})",
+        fontsize=10,
+    )
     save_figure(fig, path, dpi=90)
     return path
 
@@ -177,19 +211,27 @@ def engine_line(report: dict) -> str:
         per_core_ppxf = p["spectra_per_s"] / p["workers"]
         need = 1000 * per_core_ppxf
         engine_per_core = e["spectra_per_s"] / e["workers"]
-        budget = (f" For 1,000x pPXF per core ({per_core_ppxf:.2f} spectra/s per core here) a model must sustain "
-                  f"{need:,.0f} spectra/s per core end to end")
+        budget = (
+            f" For 1,000x pPXF per core ({per_core_ppxf:.2f} spectra/s per core here) a model must sustain "
+            f"{need:,.0f} spectra/s per core end to end"
+        )
         if engine_per_core > need:
-            budget += f", i.e. cost at most {1e6 / need - 1e6 / engine_per_core:,.0f} us per spectrum on top of the engine."
+            budget += (
+                f", i.e. cost at most {1e6 / need - 1e6 / engine_per_core:,.0f} us per spectrum on top of the engine."
+            )
         else:
-            budget += (f"; the engine alone ({engine_per_core:,.0f} per core, "
-                       f"{engine_per_core / per_core_ppxf:,.0f}x pPXF) is already below that: reaching it takes a "
-                       "faster engine, not only a faster model.")
-    return (f"Engine alone (the model's manifest with a TorchScript returning zeros, {e['workers']} worker(s)): "
-            f"{e['spectra_per_s']:,.0f} spectra/s end to end, {e['spectra_per_s'] / e['workers']:,.0f} per worker; "
-            f"task CPU {us.get('cpu', float('nan')):,.0f} us per spectrum (read {us.get('read_cpu', float('nan')):,.0f}, "
-            f"preprocess {us.get('prepare_cpu', float('nan')):,.0f}, write {us.get('write_cpu', float('nan')):,.0f})."
-            + budget)
+            budget += (
+                f"; the engine alone ({engine_per_core:,.0f} per core, "
+                f"{engine_per_core / per_core_ppxf:,.0f}x pPXF) is already below that: reaching it takes a "
+                "faster engine, not only a faster model."
+            )
+    return (
+        f"Engine alone (the model's manifest with a TorchScript returning zeros, {e['workers']} worker(s)): "
+        f"{e['spectra_per_s']:,.0f} spectra/s end to end, {e['spectra_per_s'] / e['workers']:,.0f} per worker; "
+        f"task CPU {us.get('cpu', float('nan')):,.0f} us per spectrum (read {us.get('read_cpu', float('nan')):,.0f}, "
+        f"preprocess {us.get('prepare_cpu', float('nan')):,.0f}, write {us.get('write_cpu', float('nan')):,.0f})."
+        + budget
+    )
 
 
 def markdown(report: dict, png_name: str) -> str:
@@ -217,8 +259,7 @@ def markdown(report: dict, png_name: str) -> str:
         "End to end = the whole `survey-proc run` on a warm LocalCluster: open and validate the cube, write "
         "the maps store's metadata, read every region, preprocess, estimate, write, verify every region "
         "(CRC-32), consolidate. pPXF runs on a sample of spaxels spread evenly over the same cube "
-        "(its cost is per spectrum); the model on the whole cube and on the same sample."
-        + _warm_note(report),
+        "(its cost is per spectrum); the model on the whole cube and on the same sample." + _warm_note(report),
         "",
         "Where the time goes inside the worker tasks (microseconds per spectrum, wall / CPU; on a machine "
         "shared with other jobs the CPU figures are the steadier ones):",
@@ -229,15 +270,21 @@ def markdown(report: dict, png_name: str) -> str:
         "",
         "## Cost against cube size",
         "",
-        f"Model with {top} worker(s): " + (
+        f"Model with {top} worker(s): "
+        + (
             f"{fit['fixed_seconds']:.2f} s fixed + {fit['seconds_per_spectrum'] * 1e6:.0f} us per spectrum "
             f"(marginal {fit['spectra_per_s_marginal']:,.0f} spectra/s); a 65,536-spaxel cube would take "
-            f"{fit['seconds_for_65536_spectra_extrapolated']:.0f} s (extrapolated)." if fit else "one size only."),
+            f"{fit['seconds_for_65536_spectra_extrapolated']:.0f} s (extrapolated)."
+            if fit
+            else "one size only."
+        ),
         "",
         "| spectra | seconds | spectra/s |",
         "|---:|---:|---:|",
-        *[f"| {r['spectra']:,} | {r['seconds']:.2f} | {r['spectra_per_s']:,.0f} |"
-          for r in report["cube_size_scaling"]["rows"]],
+        *[
+            f"| {r['spectra']:,} | {r['seconds']:.2f} | {r['spectra_per_s']:,.0f} |"
+            for r in report["cube_size_scaling"]["rows"]
+        ],
         "",
         "## Accuracy against the truth of the mock",
         "",
@@ -248,21 +295,32 @@ def markdown(report: dict, png_name: str) -> str:
     ]
     gpu_rows = [r for r in report["results"] if r["device"] != "cpu"]
     if gpu_rows:
-        lines += ["## GPU", "", *[
-            f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
-            f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
-            for r in gpu_rows], ""]
+        lines += [
+            "## GPU",
+            "",
+            *[
+                f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
+                f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
+                for r in gpu_rows
+            ],
+            "",
+        ]
         per_gpu = report.get("speedup_per_gpu")
         if per_gpu:
-            lines += [f"One GPU ({per_gpu['row']}) against pPXF on this machine's cores: "
-                      f"**{per_gpu['vs_ppxf_per_core']:,.0f}x** one core, {per_gpu['vs_ppxf_all_cores']:,.0f}x all of "
-                      f"them; {per_gpu['energy_ratio']:,.0f}x less energy per spectrum ({per_gpu['definition']}).",
-                      ""]
+            lines += [
+                f"One GPU ({per_gpu['row']}) against pPXF on this machine's cores: "
+                f"**{per_gpu['vs_ppxf_per_core']:,.0f}x** one core, {per_gpu['vs_ppxf_all_cores']:,.0f}x all of "
+                f"them; {per_gpu['energy_ratio']:,.0f}x less energy per spectrum ({per_gpu['definition']}).",
+                "",
+            ]
     if report.get("gpu_notes"):
         lines += ["GPU runs not measured: " + "; ".join(report["gpu_notes"]), ""]
     if report.get("compare_figures"):
-        lines += ["Model and pPXF on the same spectra (`survey-proc compare`): "
-                  + ", ".join(f"[{Path(f).stem}]({f})" for f in report["compare_figures"]), ""]
+        lines += [
+            "Model and pPXF on the same spectra (`survey-proc compare`): "
+            + ", ".join(f"[{Path(f).stem}]({f})" for f in report["compare_figures"]),
+            "",
+        ]
     lines += [f"Energy: {report['energy_methods_note']}.", ""]
     return "\n".join(lines)
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from throughput import machine  # noqa: E402  (same machine description as the throughput benchmark)
+from throughput import machine
+
 from survey_proc._figures import save_figure
 
 
@@ -61,27 +62,56 @@ def measure(size: int, args: argparse.Namespace, work: Path) -> dict:
     cube, maps = work / f"mock{size}.zarr", work / f"mock{size}.maps.zarr"
     t0 = time.perf_counter()
     if not cube.exists():
-        subprocess.run([sys.executable, "-m", "survey_proc", "mock", str(cube), "--nx", str(size), "--ny", str(size),
-                        "--seed", "1", "--chunk", str(args.chunk), "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "survey_proc",
+                "mock",
+                str(cube),
+                "--nx",
+                str(size),
+                "--ny",
+                str(size),
+                "--seed",
+                "1",
+                "--chunk",
+                str(args.chunk),
+                "--quiet",
+            ],
+            check=True,
+        )
     mock_seconds = time.perf_counter() - t0
     cube_bytes = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file())
     shutil.rmtree(maps, ignore_errors=True)
     model = str(resolve_model(args.model).parent)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=50) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         baseline = client.run(_warm, model, 1)
-        summary = run(RunConfig(cube=str(cube), out=str(maps), model=model, cluster=cluster.scheduler_address,
-                                progress=False))
+        summary = run(
+            RunConfig(cube=str(cube), out=str(maps), model=model, cluster=cluster.scheduler_address, progress=False)
+        )
         peak = client.run(_peak_rss_mb)
     result = {
-        "size": f"{size}x{size}", "spectra": summary.spectra, "regions": summary.regions, "chunk": args.chunk,
-        "cube_gb_on_disk": round(cube_bytes / 1e9, 3), "mock_seconds": round(mock_seconds, 1),
-        "run_seconds": round(summary.seconds, 2), "spectra_per_s": round(summary.spectra_per_s, 1),
+        "size": f"{size}x{size}",
+        "spectra": summary.spectra,
+        "regions": summary.regions,
+        "chunk": args.chunk,
+        "cube_gb_on_disk": round(cube_bytes / 1e9, 3),
+        "mock_seconds": round(mock_seconds, 1),
+        "run_seconds": round(summary.seconds, 2),
+        "spectra_per_s": round(summary.spectra_per_s, 1),
         "ms_per_spectrum": round(1e3 * summary.seconds / summary.spectra, 4),
         "estimator_ms_per_spectrum": round(1e3 * summary.estimator_seconds / summary.spectra, 4),
         "worker_baseline_rss_mb": sorted(round(v, 1) for v in baseline.values()),
         "worker_peak_rss_mb": sorted(round(v, 1) for v in peak.values()),
-        "client_peak_rss_mb": round(_peak_rss_mb(), 1), "verified": summary.verified, "model": summary.model_id,
+        "client_peak_rss_mb": round(_peak_rss_mb(), 1),
+        "verified": summary.verified,
+        "model": summary.model_id,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     if not args.keep:
@@ -101,18 +131,29 @@ def plot(report: dict, path: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     a.plot(n, [r["ms_per_spectrum"] for r in rows], "o-", label="whole run (read, preprocess, model, write)")
     a.plot(n, [r["estimator_ms_per_spectrum"] for r in rows], "s--", label="model only (summed over workers)")
-    a.set(xscale="log", xlabel="spectra in the cube", ylabel="ms per spectrum", ylim=(0, None),
-          title="time per spectrum against cube size")
+    a.set(
+        xscale="log",
+        xlabel="spectra in the cube",
+        ylabel="ms per spectrum",
+        ylim=(0, None),
+        title="time per spectrum against cube size",
+    )
     a.legend(fontsize=8)
     for i in range(len(rows[0]["worker_peak_rss_mb"])):
         b.plot(n, [r["worker_peak_rss_mb"][i] for r in rows], "o-", label=f"worker {i + 1}: peak")
     b.plot(n, [max(r["worker_baseline_rss_mb"]) for r in rows], "k:", label="worker after model load")
-    b.set(xscale="log", xlabel="spectra in the cube", ylabel="resident memory (MiB)", ylim=(0, None),
-          title=f"peak memory per worker (chunk {rows[0]['chunk']}x{rows[0]['chunk']})")
+    b.set(
+        xscale="log",
+        xlabel="spectra in the cube",
+        ylabel="resident memory (MiB)",
+        ylim=(0, None),
+        title=f"peak memory per worker (chunk {rows[0]['chunk']}x{rows[0]['chunk']})",
+    )
     b.legend(fontsize=8)
     m = report["machine"]
-    fig.suptitle(f"{m['cpu']}, {m['cores']} cores; {rows[0]['model']}; LocalCluster of {report['workers']} workers",
-                 fontsize=9)
+    fig.suptitle(
+        f"{m['cpu']}, {m['cores']} cores; {rows[0]['model']}; LocalCluster of {report['workers']} workers", fontsize=9
+    )
     save_figure(fig, path, dpi=110)
     return path
 
@@ -130,10 +171,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "time per spectrum and peak memory per worker against cube size",
-              "machine": machine(), "workers": args.workers, "threads_per_worker": 1,
-              "load_average_before": [round(x, 2) for x in os.getloadavg()], "results": [],
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report = {
+        "benchmark": "time per spectrum and peak memory per worker against cube size",
+        "machine": machine(),
+        "workers": args.workers,
+        "threads_per_worker": 1,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "results": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

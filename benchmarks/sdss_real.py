@@ -23,14 +23,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from survey_proc._figures import save_figure
 
 C_KMS = 299792.458
 PROPS = ("log_age", "metallicity", "ebv", "sigma")
 
 
-def ppxf_fit(wave_vac: np.ndarray, flux: np.ndarray, var: np.ndarray, bad: np.ndarray, z: float,
-             lsf_fwhm: np.ndarray, lib, wave_range: tuple[float, float] = (3800.0, 8900.0)) -> dict:
+def ppxf_fit(
+    wave_vac: np.ndarray,
+    flux: np.ndarray,
+    var: np.ndarray,
+    bad: np.ndarray,
+    z: float,
+    lsf_fwhm: np.ndarray,
+    lib,
+    wave_range: tuple[float, float] = (3800.0, 8900.0),
+) -> dict:
     """Light-weighted log age, [M/H], E(B-V) and sigma of one observed-frame spectrum by pPXF."""
     from ppxf import ppxf_util
     from ppxf.ppxf import ppxf
@@ -38,7 +47,7 @@ def ppxf_fit(wave_vac: np.ndarray, flux: np.ndarray, var: np.ndarray, bad: np.nd
     from survey_proc.ssp import LIGHT_WINDOW, match_lsf, vacuum_to_air
 
     sel = (wave_vac >= wave_range[0]) & (wave_vac <= wave_range[1])
-    lam = vacuum_to_air(wave_vac[sel]) / (1 + z)           # rest frame, air (like E-MILES)
+    lam = vacuum_to_air(wave_vac[sel]) / (1 + z)  # rest frame, air (like E-MILES)
     fwhm_rest = lsf_fwhm[sel] / (1 + z)
     gal, var, bad = flux[sel], var[sel], bad[sel] | ~np.isfinite(flux[sel]) | ~(var[sel] > 0)
     # every pixel's wavelength is given: the data may be log-sampled (SDSS) or not
@@ -52,22 +61,46 @@ def ppxf_fit(wave_vac: np.ndarray, flux: np.ndarray, var: np.ndarray, bad: np.nd
     tsel = (lib.wave >= lo) & (lib.wave <= hi)
     twave = lib.wave[tsel]
     fwhm_t = np.interp(twave, lam, fwhm_rest)
-    light = lib.light_in_window(LIGHT_WINDOW)                # same normalisation as the labels
+    light = lib.light_in_window(LIGHT_WINDOW)  # same normalisation as the labels
     temps = lib.flux[..., tsel].reshape(-1, twave.size) / light.reshape(-1, 1)
     temps = match_lsf(twave, temps, lib.fwhm, fwhm_t)
     temps_ln, ln_lam_t, _ = ppxf_util.log_rebin([twave[0], twave[-1]], temps.T, velscale=velscale)
     goodpix = ppxf_util.determine_mask(ln_lam, [twave[0], twave[-1]], redshift=0.0, width=800) & ~bad_ln
     t0 = time.perf_counter()
-    pp = ppxf(temps_ln, gal_ln, noise_ln, velscale, start=[0.0, 180.0], moments=2, degree=-1, mdegree=-1,
-              reddening=0.1, lam=np.exp(ln_lam), lam_temp=np.exp(ln_lam_t), mask=goodpix, quiet=True)
+    pp = ppxf(
+        temps_ln,
+        gal_ln,
+        noise_ln,
+        velscale,
+        start=[0.0, 180.0],
+        moments=2,
+        degree=-1,
+        mdegree=-1,
+        reddening=0.1,
+        lam=np.exp(ln_lam),
+        lam_temp=np.exp(ln_lam_t),
+        mask=goodpix,
+        quiet=True,
+    )
     seconds = time.perf_counter() - t0
     w = pp.weights.reshape(lib.metal.size, lib.log_age.size)
     w = w / w.sum()
-    return {"log_age": float((w.sum(axis=0) * lib.log_age).sum()), "metallicity": float((w.sum(axis=1) * lib.metal).sum()),
-            "ebv": float(pp.reddening / 4.05), "av": float(pp.reddening), "sigma": float(pp.sol[1]),
-            "velocity": float(pp.sol[0]), "chi2": float(pp.chi2), "seconds": seconds,
-            "fit": {"wave": np.exp(ln_lam).tolist(), "galaxy": np.where(bad_ln, np.nan, gal_ln).tolist(), "bestfit": pp.bestfit.tolist(),
-                    "good": goodpix.tolist()}}
+    return {
+        "log_age": float((w.sum(axis=0) * lib.log_age).sum()),
+        "metallicity": float((w.sum(axis=1) * lib.metal).sum()),
+        "ebv": float(pp.reddening / 4.05),
+        "av": float(pp.reddening),
+        "sigma": float(pp.sol[1]),
+        "velocity": float(pp.sol[0]),
+        "chi2": float(pp.chi2),
+        "seconds": seconds,
+        "fit": {
+            "wave": np.exp(ln_lam).tolist(),
+            "galaxy": np.where(bad_ln, np.nan, gal_ln).tolist(),
+            "bestfit": pp.bestfit.tolist(),
+            "good": goodpix.tolist(),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,8 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="sdss_real_"))
     files = sdss_spectra()
     ingest_sdss_spectra(files, work / "sdss.zarr", chunk=2)
-    summary = run(RunConfig(cube=str(work / "sdss.zarr"), out=str(work / "maps.zarr"), model=args.model,
-                            workers=args.workers, progress=False))
+    summary = run(
+        RunConfig(
+            cube=str(work / "sdss.zarr"),
+            out=str(work / "maps.zarr"),
+            model=args.model,
+            workers=args.workers,
+            progress=False,
+        )
+    )
     maps = xr.open_zarr(work / "maps.zarr")
     cat = open_spectral_store(work / "sdss.zarr")
     lib = load_ssp_library()
@@ -98,23 +138,43 @@ def main(argv: list[str] | None = None) -> dict:
     lsf = cat.lsf_fwhm.values
     rows = []
     for i in range(cat.sizes["object"]):
-        fit = ppxf_fit(wave, cat.flux.values[i].astype(float), cat["var"].values[i].astype(float),
-                       cat["mask"].values[i], float(cat.redshift.values[i]), lsf, lib)
+        fit = ppxf_fit(
+            wave,
+            cat.flux.values[i].astype(float),
+            cat["var"].values[i].astype(float),
+            cat["mask"].values[i],
+            float(cat.redshift.values[i]),
+            lsf,
+            lib,
+        )
         model = {k: float(maps[k].values[i]) for k in PROPS}
         model_err = {k: float(maps[f"{k}_err"].values[i]) for k in PROPS}
-        rows.append({"object": str(cat.object_name.values[i]), "file": str(cat.source_file.values[i]),
-                     "redshift": float(cat.redshift.values[i]), "snr": float(maps.snr.values[i]),
-                     "flag": int(maps.flag.values[i]), "model": model, "model_err": model_err,
-                     "ppxf": {k: v for k, v in fit.items() if k != "fit"},
-                     "model_minus_ppxf": {k: model[k] - fit[k] for k in PROPS}, "_fit": fit["fit"]})
-        print(f"{rows[-1]['object']} ({rows[-1]['file']}, z={rows[-1]['redshift']:.4f}, S/N {rows[-1]['snr']:.0f}): "
-              + "  ".join(f"{k} {model[k]:.3f}+-{model_err[k]:.3f} vs pPXF {fit[k]:.3f}" for k in PROPS))
+        rows.append(
+            {
+                "object": str(cat.object_name.values[i]),
+                "file": str(cat.source_file.values[i]),
+                "redshift": float(cat.redshift.values[i]),
+                "snr": float(maps.snr.values[i]),
+                "flag": int(maps.flag.values[i]),
+                "model": model,
+                "model_err": model_err,
+                "ppxf": {k: v for k, v in fit.items() if k != "fit"},
+                "model_minus_ppxf": {k: model[k] - fit[k] for k in PROPS},
+                "_fit": fit["fit"],
+            }
+        )
+        print(
+            f"{rows[-1]['object']} ({rows[-1]['file']}, z={rows[-1]['redshift']:.4f}, S/N {rows[-1]['snr']:.0f}): "
+            + "  ".join(f"{k} {model[k]:.3f}+-{model_err[k]:.3f} vs pPXF {fit[k]:.3f}" for k in PROPS)
+        )
     result = {
-        "model": summary.model_id, "engine": {"spectra": summary.spectra, "seconds": summary.seconds,
-                                               "verified": summary.verified},
-        "ppxf_setup": ("ppxf " + __import__("ppxf").__version__ + ": 150 E-MILES SSPs (light-window normalised), "
-                       "broadened to the store's lsf_fwhm / (1+z), observed 3800-8900 A, vacuum->air, "
-                       "moments=2, degree=-1, mdegree=-1, Calzetti reddening, gas lines masked (800 km/s), regul=0"),
+        "model": summary.model_id,
+        "engine": {"spectra": summary.spectra, "seconds": summary.seconds, "verified": summary.verified},
+        "ppxf_setup": (
+            "ppxf " + __import__("ppxf").__version__ + ": 150 E-MILES SSPs (light-window normalised), "
+            "broadened to the store's lsf_fwhm / (1+z), observed 3800-8900 A, vacuum->air, "
+            "moments=2, degree=-1, mdegree=-1, Calzetti reddening, gas lines masked (800 km/s), regul=0"
+        ),
         "objects": [{k: v for k, v in r.items() if k != "_fit"} for r in rows],
         "mean_difference": {k: float(np.mean([r["model_minus_ppxf"][k] for r in rows])) for k in PROPS},
     }
@@ -145,8 +205,9 @@ def _plot(rows: list[dict], path: Path) -> None:
     for j, k in enumerate(PROPS):
         ax = fig.add_subplot(gs[len(rows), j])
         x = np.arange(len(rows))
-        ax.errorbar(x - 0.1, [r["model"][k] for r in rows], [r["model_err"][k] for r in rows], fmt="o",
-                    label="sdss-cnn")
+        ax.errorbar(
+            x - 0.1, [r["model"][k] for r in rows], [r["model_err"][k] for r in rows], fmt="o", label="sdss-cnn"
+        )
         ax.plot(x + 0.1, [r["ppxf"][k] for r in rows], "s", label="pPXF")
         ax.set_xticks(x, [r["object"] for r in rows], rotation=20, fontsize=7)
         ax.set_title(k)

@@ -7,4 +7,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from survey_proc import config  # noqa: E402,F401  (registers the dask.config defaults)
+from survey_proc import config  # noqa: F401  (registers the dask.config defaults)

@@ -1,3 +1,5 @@
-from survey_proc.cli import main
 import sys
+
+from survey_proc.cli import main
+
 sys.exit(main())

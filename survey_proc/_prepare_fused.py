@@ -21,6 +21,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the NumPy path usable
     numba = None
 
+
 def available() -> bool:
     """Whether the fused path can run (Numba imports)."""
     return numba is not None
@@ -57,8 +58,23 @@ def mark_ranges(coord, ranges, out):
                 out[r, j] = True
 
 
-def resample_rows(flux, var, mask, left, right_w, static_bad, native, keep_pos, snr_values, m_flux, m_var,
-                  m_bad, filled, n_snr, n_good):
+def resample_rows(
+    flux,
+    var,
+    mask,
+    left,
+    right_w,
+    static_bad,
+    native,
+    keep_pos,
+    snr_values,
+    m_flux,
+    m_var,
+    m_bad,
+    filled,
+    n_snr,
+    n_good,
+):
     """Phase 1, one spectrum at a time: flux, var, mask (n, m) are the data columns the grid
     touches; left, right_w, static_bad (g, L) the grid and native (g, m) the columns inside its
     range, for all spectra (g = 1) or one row per spectrum (g = n, per-object redshifts).

@@ -30,8 +30,13 @@ def cmd_mock(args: argparse.Namespace) -> int:
     if args.like:
         cfg = MockConfig.like_galaxy(args.like, **fields)
     else:
-        defaults = {"nx": config.get("mock.nx"), "ny": config.get("mock.ny"), "seed": config.get("mock.seed"),
-                    "snr": config.get("mock.snr"), "redshift": config.get("mock.redshift")}
+        defaults = {
+            "nx": config.get("mock.nx"),
+            "ny": config.get("mock.ny"),
+            "seed": config.get("mock.seed"),
+            "snr": config.get("mock.snr"),
+            "redshift": config.get("mock.redshift"),
+        }
         cfg = MockConfig(**{k: v if v is not None else defaults[k] for k, v in fields.items()})
     cfg.chunk = args.chunk or default_chunk(cfg.nx, cfg.ny)
     if args.wave_range:
@@ -41,9 +46,11 @@ def cmd_mock(args: argparse.Namespace) -> int:
     if args.photometry:
         return _mock_photometry(args, cfg)
     info = write_mock(args.out, cfg, progress=not args.quiet)
-    print(f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info['wavelengths']} wavelengths "
-          f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
-          f"in {info['seconds']:.1f} s; truth maps in its group 'truth'")
+    print(
+        f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info['wavelengths']} wavelengths "
+        f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
+        f"in {info['seconds']:.1f} s; truth maps in its group 'truth'"
+    )
     return 0
 
 
@@ -52,10 +59,13 @@ def _mock_photometry(args: argparse.Namespace, cfg) -> int:
 
     cfg.psf_fwhm_pixels = args.psf_fwhm or 0.0
     info = write_mock_photometry(args.out, cfg, _filters(args.photometry))
-    print(f"mock photometry {cfg.ny} x {cfg.nx} pixels x {info['bands']} {args.photometry} bands (S/N {cfg.snr:g} "
-          f"per A at the brightest pixel, integrated over each band; z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} in "
-          f"{info['seconds']:.1f} s; truth maps in its group 'truth' (the same galaxy `survey-proc mock` "
-          "makes with these options)")
+    print(
+        f"mock photometry {cfg.ny} x {cfg.nx} pixels x {info['bands']} {args.photometry} bands (S/N {cfg.snr:g} "
+        f"per A at the brightest pixel, integrated over each band; z = {cfg.redshift:g}, seed {cfg.seed}) "
+        f"written to {args.out} in "
+        f"{info['seconds']:.1f} s; truth maps in its group 'truth' (the same galaxy `survey-proc mock` "
+        "makes with these options)"
+    )
     return 0
 
 
@@ -73,13 +83,23 @@ def _filters(name: str):
 def cmd_photometry(args: argparse.Namespace) -> int:
     from survey_proc.synth import photometry_from_store
 
-    info = photometry_from_store(args.cube, _filters(args.filters), args.out, cluster=args.cluster,
-                                 workers=args.workers, mask_sky=not args.keep_sky_lines, progress=not args.quiet)
+    info = photometry_from_store(
+        args.cube,
+        _filters(args.filters),
+        args.out,
+        cluster=args.cluster,
+        workers=args.workers,
+        mask_sky=not args.keep_sky_lines,
+        progress=not args.quiet,
+    )
     short = info["bands_short_of_coverage"]
-    print(f"synthetic photometry: {info['spectra']} spectra x {info['bands']} {args.filters} bands in "
-          f"{info['seconds']:.1f} s ({info['spectra_per_s']:,.0f} spectra/s, cluster start-up excluded) written to {args.out}"
-          + (f"; masked everywhere for lack of wavelength coverage: {', '.join(short)}" if short else "")
-          + ("; truth maps copied to its group 'truth'" if info["truth"] else ""))
+    print(
+        f"synthetic photometry: {info['spectra']} spectra x {info['bands']} {args.filters} bands in "
+        f"{info['seconds']:.1f} s ({info['spectra_per_s']:,.0f} spectra/s, cluster start-up excluded) "
+        f"written to {args.out}"
+        + (f"; masked everywhere for lack of wavelength coverage: {', '.join(short)}" if short else "")
+        + ("; truth maps copied to its group 'truth'" if info["truth"] else "")
+    )
     return 0
 
 
@@ -91,25 +111,29 @@ def default_chunk(nx: int, ny: int) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from survey_proc.stores._fits import ingest_muse_fits
 
-    info = ingest_muse_fits(args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm,
-                            chunk=args.chunk, progress=not args.quiet)
+    info = ingest_muse_fits(
+        args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm, chunk=args.chunk, progress=not args.quiet
+    )
     ny, nx, nw = info["shape"]
     z = "not set (give --redshift to run)" if info["redshift"] is None else f"{info['redshift']:g}"
-    print(f"ingested {args.fits}: {ny} x {nx} spaxels x {nw} wavelengths ({info['wave'][0]:.1f}-"
-          f"{info['wave'][1]:.1f} A, {info['medium']}), {info['masked_fraction']:.2%} of pixels masked, "
-          f"redshift {z}; written to {args.out} in {info['seconds']:.1f} s")
+    print(
+        f"ingested {args.fits}: {ny} x {nx} spaxels x {nw} wavelengths ({info['wave'][0]:.1f}-"
+        f"{info['wave'][1]:.1f} A, {info['medium']}), {info['masked_fraction']:.2%} of pixels masked, "
+        f"redshift {z}; written to {args.out} in {info['seconds']:.1f} s"
+    )
     return 0
 
 
 def cmd_ingest_spectra(args: argparse.Namespace) -> int:
     from survey_proc.stores._sdss import ingest_sdss_spectra
 
-    info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=args.chunk,
-                               progress=not args.quiet)
-    print(f"ingested {info['spectra']} SDSS spectra x {info['wavelengths']} wavelengths ({info['wave'][0]:.1f}-"
-          f"{info['wave'][1]:.1f} A, {info['medium']}), z {info['redshift'][0]:.4f}-{info['redshift'][1]:.4f}, "
-          f"{info['masked_fraction_covered']:.2%} of covered pixels masked; written to {args.out} in "
-          f"{info['seconds']:.1f} s ({info['spectra'] / max(info['seconds'], 1e-9):.0f} spectra/s)")
+    info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=args.chunk, progress=not args.quiet)
+    print(
+        f"ingested {info['spectra']} SDSS spectra x {info['wavelengths']} wavelengths ({info['wave'][0]:.1f}-"
+        f"{info['wave'][1]:.1f} A, {info['medium']}), z {info['redshift'][0]:.4f}-{info['redshift'][1]:.4f}, "
+        f"{info['masked_fraction_covered']:.2%} of covered pixels masked; written to {args.out} in "
+        f"{info['seconds']:.1f} s ({info['spectra'] / max(info['seconds'], 1e-9):.0f} spectra/s)"
+    )
     return 0
 
 
@@ -117,8 +141,10 @@ def cmd_evaluate_bins(args: argparse.Namespace) -> int:
     from survey_proc.training._evaluate_bins import evaluate_held_out
 
     evaluate_held_out(args.model, args.out, n_per_class=args.n, seed=args.seed, progress=not args.quiet)
-    print(f"numbers: {Path(args.out) / 'evaluation.json'}\nfigures: {Path(args.out) / 'pred_vs_true.png'}, "
-          f"{Path(args.out) / 'scatter_by_bin.png'}")
+    print(
+        f"numbers: {Path(args.out) / 'evaluation.json'}\nfigures: {Path(args.out) / 'pred_vs_true.png'}, "
+        f"{Path(args.out) / 'scatter_by_bin.png'}"
+    )
     return 0
 
 
@@ -128,30 +154,31 @@ def cmd_example(args: argparse.Namespace) -> int:
 
         paths = sdss_spectra()
         print(" ".join(str(p) for p in paths))
-        print("# ingest them with: survey-proc ingest-spectra $(survey-proc example sdss-spectra) sdss.zarr",
-              file=sys.stderr)
+        print(
+            "# ingest them with: survey-proc ingest-spectra $(survey-proc example sdss-spectra) sdss.zarr",
+            file=sys.stderr,
+        )
         return 0
     from survey_proc.stores._examples import MINICUBE_REDSHIFT, muse_minicube
 
     path = muse_minicube()
     print(path)
-    print(f"# ingest it with: survey-proc ingest {path} minicube.zarr --redshift {MINICUBE_REDSHIFT}",
-          file=sys.stderr)
+    print(f"# ingest it with: survey-proc ingest {path} minicube.zarr --redshift {MINICUBE_REDSHIFT}", file=sys.stderr)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from survey_proc.engine import (RunConfig, configs_for, default_output, format_table, read_survey, run,
-                                    run_many)
+    from survey_proc.engine import RunConfig, configs_for, default_output, format_table, read_survey, run, run_many
 
     cubes = args.cube or []
     if not cubes and not args.survey:
         raise SurveyProcError("give the cube(s) to run: --cube CUBE (repeat it for several) or --survey FILE")
     if args.out and (len(cubes) > 1 or args.survey):
-        raise SurveyProcError("--out names the maps of one cube; with several cubes use --out-dir "
-                              "(or 'out' per cube in the survey file)")
+        raise SurveyProcError(
+            "--out names the maps of one cube; with several cubes use --out-dir (or 'out' per cube in the survey file)"
+        )
     model, out = args.model, args.out
     if args.method == "ppxf":  # the packaged pPXF configuration, or a copy given with --model
         from survey_proc.errors import ModelError
@@ -159,13 +186,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         model = model or "ppxf"
         if load_manifest(model).estimator != "ppxf":
-            raise ModelError(f"--method ppxf with --model {model}: that bundle's estimator is "
-                             f"{load_manifest(model).estimator!r}, not a pPXF configuration")
+            raise ModelError(
+                f"--method ppxf with --model {model}: that bundle's estimator is "
+                f"{load_manifest(model).estimator!r}, not a pPXF configuration"
+            )
         if len(cubes) == 1 and not args.survey and not args.out_dir:
             out = out or str(default_output(cubes[0], "ppxf"))
-    base = RunConfig(cube="", out=out, model=model, cluster=args.cluster, workers=args.workers,
-                     redshift=args.redshift, min_snr=args.min_snr, overwrite=args.overwrite,
-                     progress=not args.quiet, device=args.device)
+    base = RunConfig(
+        cube="",
+        out=out,
+        model=model,
+        cluster=args.cluster,
+        workers=args.workers,
+        redshift=args.redshift,
+        min_snr=args.min_snr,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        device=args.device,
+    )
     if len(cubes) == 1 and not args.survey and not args.out_dir:
         print(run(dataclasses.replace(base, cube=cubes[0])).format())
         return 0
@@ -173,15 +211,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs = read_survey(args.survey, base, out_dir=out_dir) if args.survey else []
     configs += configs_for([{"cube": c} for c in cubes], base, out_dir=out_dir)
     if args.method == "ppxf":  # <name>.ppxf.zarr rather than <name>.maps.zarr
-        configs = [dataclasses.replace(c, out=c.out[:-len(".maps.zarr")] + ".ppxf.zarr")
-                   if c.out and c.out.endswith(".maps.zarr") else c for c in configs]
+        configs = [
+            dataclasses.replace(c, out=c.out[: -len(".maps.zarr")] + ".ppxf.zarr")
+            if c.out and c.out.endswith(".maps.zarr")
+            else c
+            for c in configs
+        ]
     t0 = time.perf_counter()
     outcomes = run_many(configs)
     print(format_table(outcomes, time.perf_counter() - t0))
     failed = sum(o.failed for o in outcomes)
     if failed:
-        print(f"survey-proc run: {failed} of {len(outcomes)} cubes failed (see the table); the others are "
-              "complete, and rerunning the same command retries only what is not done", file=sys.stderr)
+        print(
+            f"survey-proc run: {failed} of {len(outcomes)} cubes failed (see the table); the others are "
+            "complete, and rerunning the same command retries only what is not done",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -189,17 +234,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bin(args: argparse.Namespace) -> int:
     from survey_proc.binning import BinConfig, bin_cube, plot_bins
 
-    cfg = BinConfig(target_snr=args.target_snr, min_snr=args.min_snr,
-                    wave_range=tuple(args.wave_range) if args.wave_range else None,
-                    objects_per_chunk=args.chunk, overwrite=args.overwrite)
+    cfg = BinConfig(
+        target_snr=args.target_snr,
+        min_snr=args.min_snr,
+        wave_range=tuple(args.wave_range) if args.wave_range else None,
+        objects_per_chunk=args.chunk,
+        overwrite=args.overwrite,
+    )
     info = bin_cube(args.cube, args.out, cfg, progress=not args.quiet)
     png = plot_bins(info, Path(args.out).with_suffix(".bins.png"), title=f"{args.cube}: Voronoi bins")
-    print(f"{info['spaxels']} spaxels -> {info['bins']} bins at target S/N {cfg.resolved().target_snr:g} per A "
-          f"(median expected bin S/N {info['median_bin_snr']:.1f}; {info['single_spaxel_bins']} single-spaxel "
-          f"bins; largest {info['max_spaxels_per_bin']} spaxels; {info['left_out']} spaxels below the minimum "
-          f"S/N left out) in {info['seconds']:.1f} s\n"
-          f"catalogue of bins written to {args.out} (pixel -> bin map: variable 'bin_id'); bin map: {png}\n"
-          f"run it with: survey-proc run --cube {args.out}")
+    print(
+        f"{info['spaxels']} spaxels -> {info['bins']} bins at target S/N {cfg.resolved().target_snr:g} per A "
+        f"(median expected bin S/N {info['median_bin_snr']:.1f}; {info['single_spaxel_bins']} single-spaxel "
+        f"bins; largest {info['max_spaxels_per_bin']} spaxels; {info['left_out']} spaxels below the minimum "
+        f"S/N left out) in {info['seconds']:.1f} s\n"
+        f"catalogue of bins written to {args.out} (pixel -> bin map: variable 'bin_id'); bin map: {png}\n"
+        f"run it with: survey-proc run --cube {args.out}"
+    )
     return 0
 
 
@@ -208,8 +259,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     if args.action == "job-script":
         print(job_script(args.cluster), end="")
-        print(f"# (the scheduler address {PLACEHOLDER_ADDRESS} and the worker name are filled in when "
-              f"`survey-proc run --cluster {args.cluster}` submits the jobs)", file=sys.stderr)
+        print(
+            f"# (the scheduler address {PLACEHOLDER_ADDRESS} and the worker name are filled in when "
+            f"`survey-proc run --cluster {args.cluster}` submits the jobs)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -217,9 +271,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from survey_proc.stores import open_spectral_store
 
     ds = open_spectral_store(args.store, require_redshift=False)
-    print(f"{args.store}: valid; dims {dict(ds['flux'].sizes)}, wave {float(ds.wave[0]):.1f}-"
-          f"{float(ds.wave[-1]):.1f} A ({ds.wave.attrs.get('frame')}, {ds.wave.attrs.get('medium')}), "
-          f"redshift {ds.attrs.get('redshift', 'not set')}")
+    print(
+        f"{args.store}: valid; dims {dict(ds['flux'].sizes)}, wave {float(ds.wave[0]):.1f}-"
+        f"{float(ds.wave[-1]):.1f} A ({ds.wave.attrs.get('frame')}, {ds.wave.attrs.get('medium')}), "
+        f"redshift {ds.attrs.get('redshift', 'not set')}"
+    )
     return 0
 
 
@@ -233,27 +289,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
     cube, maps_path = work / "demo.zarr", work / "demo.maps.zarr"
-    cfg = MockConfig(nx=args.nx, ny=args.nx, seed=args.seed, snr=args.snr, redshift=config.get("mock.redshift"),
-                     chunk=default_chunk(args.nx, args.nx))
+    cfg = MockConfig(
+        nx=args.nx,
+        ny=args.nx,
+        seed=args.seed,
+        snr=args.snr,
+        redshift=config.get("mock.redshift"),
+        chunk=default_chunk(args.nx, args.nx),
+    )
     print(f"1/3 building a {cfg.nx} x {cfg.ny} mock MUSE cube of a disc galaxy (S/N {cfg.snr:g}) ...")
     write_mock(cube, cfg, progress=True)
     print(f"2/3 running model '{args.model}' on a LocalCluster ...")
-    summary = run(RunConfig(cube=str(cube), out=str(maps_path), model=args.model, cluster=args.cluster,
-                            workers=args.workers, overwrite=True))
+    summary = run(
+        RunConfig(
+            cube=str(cube),
+            out=str(maps_path),
+            model=args.model,
+            cluster=args.cluster,
+            workers=args.workers,
+            overwrite=True,
+        )
+    )
     print(summary.format())
     print("3/3 comparing with the truth ...")
     maps = xr.open_zarr(maps_path)
     truth = xr.open_zarr(cube, group="truth")
     acc = accuracy_vs_truth(maps, truth)
-    png = plot_maps_vs_truth(maps, truth, work / "demo_maps_vs_truth.png",
-                             title=f"{summary.model_id} on a {cfg.nx}x{cfg.ny} mock, S/N {cfg.snr:g}")
+    png = plot_maps_vs_truth(
+        maps,
+        truth,
+        work / "demo_maps_vs_truth.png",
+        title=f"{summary.model_id} on a {cfg.nx}x{cfg.ny} mock, S/N {cfg.snr:g}",
+    )
     (work / "demo_accuracy.json").write_text(json.dumps(acc, indent=2))
     print(f"accuracy over {acc['used']} unflagged spaxels ({acc['flagged_fraction']:.0%} flagged):")
     for name in ("log_age", "metallicity", "av", "sigma"):
         if name in acc:
             a = acc[name]
-            print(f"  {name:12s} bias {a['bias']:+.3f}  robust sigma {a['robust_sigma']:.3f} {a['units']}"
-                  + (f"  (68% interval holds {a['coverage_68']:.0%})" if "coverage_68" in a else ""))
+            print(
+                f"  {name:12s} bias {a['bias']:+.3f}  robust sigma {a['robust_sigma']:.3f} {a['units']}"
+                + (f"  (68% interval holds {a['coverage_68']:.0%})" if "coverage_68" in a else "")
+            )
     print(f"figure: {png}\nnumbers: {work / 'demo_accuracy.json'}\ncube: {cube}\nmaps: {maps_path}")
     return 0
 
@@ -262,15 +338,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from survey_proc.analysis import compare_stores
 
     a, b = Path(args.a), Path(args.b)
-    out = Path(args.out) if args.out else a.with_name(f"{a.name.removesuffix('.zarr')}_vs_{b.name.removesuffix('.zarr')}")
+    out = (
+        Path(args.out) if args.out else a.with_name(f"{a.name.removesuffix('.zarr')}_vs_{b.name.removesuffix('.zarr')}")
+    )
     result = compare_stores(a, b, out, truth_cube=args.truth, good_only=not args.all_fitted)
-    print(f"compared over {result.used['both_good']} pixels "
-          f"{'fitted' if args.all_fitted else 'unflagged'} in both stores (differences: first - second)")
+    print(
+        f"compared over {result.used['both_good']} pixels "
+        f"{'fitted' if args.all_fitted else 'unflagged'} in both stores (differences: first - second)"
+    )
     for pair, props in result.pairs.items():
         print(f"{pair}:")
         for name, st in props.items():
-            print(f"  {name:12s} bias {st['bias']:+9.3f}  robust sigma {st['robust_sigma']:8.3f}  "
-                  f"rms {st['rms']:8.3f}  r {st['correlation']:+.3f}  n {st['n']}  [{st['units']}]")
+            print(
+                f"  {name:12s} bias {st['bias']:+9.3f}  robust sigma {st['robust_sigma']:8.3f}  "
+                f"rms {st['rms']:8.3f}  r {st['correlation']:+.3f}  n {st['n']}  [{st['units']}]"
+            )
     print(f"figures: {', '.join(result.figures)}\nnumbers: {out / 'compare.json'}")
     return 0
 
@@ -283,8 +365,10 @@ def _benchmarks_module():
 
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "bench.py").exists():
-        raise SurveyProcError(f"survey-proc bench needs the benchmarks/ folder of a source checkout (looked in "
-                              f"{root}); clone the repository and install it with pip install -e .")
+        raise SurveyProcError(
+            f"survey-proc bench needs the benchmarks/ folder of a source checkout (looked in "
+            f"{root}); clone the repository and install it with pip install -e ."
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module("benchmarks.bench")
@@ -303,10 +387,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if raw.get("kind", "spectrum") in ("sed", "image"):  # photometric models, trained on mock galaxies
         from survey_proc.training._photometric import PhotTrainConfig as Config
         from survey_proc.training._photometric import train_photometric as train
+
         store = "PHOTOMETRY.zarr"
     else:
         from survey_proc.training._train import TrainConfig as Config
         from survey_proc.training._train import train
+
         store = "CUBE.zarr"
     cfg = Config.from_dict(raw)
     if args.epochs is not None:
@@ -321,24 +407,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_gradients(args: argparse.Namespace) -> int:
     from survey_proc.analysis import gradient_report
 
-    overrides = {"centre_x": args.centre[0] if args.centre else None,
-                 "centre_y": args.centre[1] if args.centre else None,
-                 "inclination_deg": args.inclination, "position_angle_deg": args.position_angle,
-                 "r_e_pixels": args.r_e}
+    overrides = {
+        "centre_x": args.centre[0] if args.centre else None,
+        "centre_y": args.centre[1] if args.centre else None,
+        "inclination_deg": args.inclination,
+        "position_angle_deg": args.position_angle,
+        "r_e_pixels": args.r_e,
+    }
     for maps in args.maps:
-        rep = gradient_report(maps, compare=args.compare, out_dir=args.out, properties=args.properties,
-                              geometry_overrides=overrides, r_max=args.r_max, n_draws=args.draws,
-                              fraction=args.fraction, min_inside=args.min_inside)
+        rep = gradient_report(
+            maps,
+            compare=args.compare,
+            out_dir=args.out,
+            properties=args.properties,
+            geometry_overrides=overrides,
+            r_max=args.r_max,
+            n_draws=args.draws,
+            fraction=args.fraction,
+            min_inside=args.min_inside,
+        )
         g = rep["geometry"]
-        print(f"{maps}: R_e {g['r_e_pixels']:.1f} px, inclination {g['inclination_deg']:.0f} deg, PA "
-              f"{g['position_angle_deg']:.0f} deg, centre ({g['centre_x']:.1f}, {g['centre_y']:.1f}) from {g['source']}")
+        print(
+            f"{maps}: R_e {g['r_e_pixels']:.1f} px, inclination {g['inclination_deg']:.0f} deg, PA "
+            f"{g['position_angle_deg']:.0f} deg, centre ({g['centre_x']:.1f}, {g['centre_y']:.1f}) from {g['source']}"
+        )
         other = rep.get("compare", {})
         for p, fit in rep["gradients"].items():
-            line = (f"  {p:26s} " + (f"{fit['slope']:+.3f} ± {fit['slope_err']:.3f} per R_e ({fit['n_inside']} px "
-                                      "inside R_e)" if fit else "not fitted (too few pixels inside R_e or none outside)"))
+            line = f"  {p:26s} " + (
+                f"{fit['slope']:+.3f} ± {fit['slope_err']:.3f} per R_e ({fit['n_inside']} px inside R_e)"
+                if fit
+                else "not fitted (too few pixels inside R_e or none outside)"
+            )
             d = other.get("differences", {}).get(p)
             if d:
-                line += f"; {other['with']}: {d['slope_b']:+.3f}, difference {d['difference']:+.3f} ({d['n_sigma']:.1f} sigma)"
+                line += (
+                    f"; {other['with']}: {d['slope_b']:+.3f}, difference {d['difference']:+.3f} "
+                    f"({d['n_sigma']:.1f} sigma)"
+                )
             print(line)
         if "input_gradients_per_r_e" in other:
             print(f"  mock input gradients of the disc component: {other['input_gradients_per_r_e']}")
@@ -364,7 +469,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         by_snr = {k: v for k, v in by_snr.items() if _is_number(k) and isinstance(v, dict)}  # photometric: set_a, ...
         snr = min(by_snr, key=lambda k: abs(float(k) - 30.0)) if by_snr else None  # S/N 30 or the nearest
         metrics = by_snr[snr].get("model", by_snr[snr]) if snr else {}
-        parts = [f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict) and "robust_sigma" in v]
+        parts = [
+            f"{k} {v['robust_sigma']:.3f}" for k, v in metrics.items() if isinstance(v, dict) and "robust_sigma" in v
+        ]
         print(f"{name:12s} {m.model_id:28s} {m.raw.get('description', '')}")
         if parts:
             print(f"{'':12s} held-out robust sigma at S/N {snr}: {', '.join(parts)}")
@@ -378,11 +485,14 @@ def cmd_trainset(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_yaml(args.config)
     t0 = time.perf_counter()
-    store = write_trainset(cfg.trainset, load_ssp_library(), INPUT_PRESETS[cfg.input](), args.out,
-                           progress=not args.quiet)
-    print(f"training set of {len(store)} noise-free spectra ({', '.join(store.label_names)} + the "
-          f"age-[M/H] weight grid) written to {args.out} in {time.perf_counter() - t0:.0f} s; "
-          f"digest {store.digest}. Train on it with `trainset_store: {args.out}` in the config.")
+    store = write_trainset(
+        cfg.trainset, load_ssp_library(), INPUT_PRESETS[cfg.input](), args.out, progress=not args.quiet
+    )
+    print(
+        f"training set of {len(store)} noise-free spectra ({', '.join(store.label_names)} + the "
+        f"age-[M/H] weight grid) written to {args.out} in {time.perf_counter() - t0:.0f} s; "
+        f"digest {store.digest}. Train on it with `trainset_store: {args.out}` in the config."
+    )
     return 0
 
 
@@ -391,8 +501,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     snrs = [float(v) for v in args.snr.split(",")]
     png = args.png or (Path(args.json).with_suffix(".png") if args.json else Path("evaluate_predicted_vs_true.png"))
-    result = evaluate(args.model, snrs=snrs, n=args.n, baseline=args.baseline, seed=args.seed, png=png,
-                      progress=not args.quiet)
+    result = evaluate(
+        args.model, snrs=snrs, n=args.n, baseline=args.baseline, seed=args.seed, png=png, progress=not args.quiet
+    )
     if args.json:
         write_json(result, args.json)
     for key, block in result["snr"].items():
@@ -400,8 +511,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             parts = []
             for name, m in metrics.items():
                 if isinstance(m, dict) and "robust_sigma" in m:
-                    parts.append(f"{name} bias {m['bias']:+.3f} sigma {m['robust_sigma']:.3f} "
-                                 f"c68 {m.get('coverage_68', float('nan')):.2f}")
+                    parts.append(
+                        f"{name} bias {m['bias']:+.3f} sigma {m['robust_sigma']:.3f} "
+                        f"c68 {m.get('coverage_68', float('nan')):.2f}"
+                    )
             print(f"S/N {key:>4s} {label:6s} n={metrics['n']:5d}  " + " | ".join(parts))
     print(f"figure: {result.get('figure')}" + (f"\nnumbers: {args.json}" if args.json else ""))
     return 0
@@ -410,7 +523,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     try:
         _benchmarks_module().build_parser(parser)
-    except Exception:  # noqa: BLE001 - no source checkout: the verb explains itself when run
+    except Exception:
         parser.add_argument("rest", nargs="*")
 
 
@@ -420,29 +533,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="survey-proc",
         description="Maps of stellar-population properties (log age, [M/H], A_V, velocity dispersion, each "
-                    "with an uncertainty and a quality flag) from IFU cubes, spectra catalogues and photometry: "
-                    "trained estimators (or pPXF) run over every spectrum with Dask, Zarr in and out.")
+        "with an uncertainty and a quality flag) from IFU cubes, spectra catalogues and photometry: "
+        "trained estimators (or pPXF) run over every spectrum with Dask, Zarr in and out.",
+    )
     p.add_argument("--version", action="version", version=f"survey-proc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mock", help="build a mock MUSE-like cube with truth maps")
     m.add_argument("out", help="output cube store (.zarr)")
-    m.add_argument("--nx", type=_positive_int, help=f"spaxels along x (default: {config.get('mock.nx')}; "
-                                                   "with --like: the galaxy's)")
-    m.add_argument("--ny", type=_positive_int, help=f"spaxels along y (default: {config.get('mock.ny')}; "
-                                                   "with --like: the galaxy's)")
+    m.add_argument(
+        "--nx",
+        type=_positive_int,
+        help=f"spaxels along x (default: {config.get('mock.nx')}; with --like: the galaxy's)",
+    )
+    m.add_argument(
+        "--ny",
+        type=_positive_int,
+        help=f"spaxels along y (default: {config.get('mock.ny')}; with --like: the galaxy's)",
+    )
     m.add_argument("--seed", type=int, help=f"random seed (default: {config.get('mock.seed')})")
-    m.add_argument("--snr", type=float, help="S/N per Angstrom of the brightest spaxels "
-                                             f"(default: {config.get('mock.snr')})")
-    m.add_argument("--redshift", type=float, help=f"systemic redshift (default: {config.get('mock.redshift')}; "
-                                                  "with --like: the galaxy's)")
+    m.add_argument(
+        "--snr", type=float, help=f"S/N per Angstrom of the brightest spaxels (default: {config.get('mock.snr')})"
+    )
+    m.add_argument(
+        "--redshift",
+        type=float,
+        help=f"systemic redshift (default: {config.get('mock.redshift')}; with --like: the galaxy's)",
+    )
     m.add_argument("--like", choices=["ngc4254"], help="a galaxy whose scale to copy (~65,000 spaxels)")
     m.add_argument("--chunk", type=_positive_int, help="spatial chunk size (default: by cube size, <= 32)")
-    m.add_argument("--wave-range", type=float, nargs=2, metavar=("START", "STOP"),
-                   help="observed wavelengths of the cube, Angstrom (default 4750 9350, MUSE; the SSP library "
-                        "allows about 2600-10400 at low redshift)")
-    m.add_argument("--photometry", metavar="FILTERS",
-                   help="write mock photometry (jpas | jpas36 | sdss) of the same galaxy instead of a cube")
+    m.add_argument(
+        "--wave-range",
+        type=float,
+        nargs=2,
+        metavar=("START", "STOP"),
+        help="observed wavelengths of the cube, Angstrom (default 4750 9350, MUSE; the SSP library "
+        "allows about 2600-10400 at low redshift)",
+    )
+    m.add_argument(
+        "--photometry",
+        metavar="FILTERS",
+        help="write mock photometry (jpas | jpas36 | sdss) of the same galaxy instead of a cube",
+    )
     m.add_argument("--pixel-scale", type=float, help="arcsec per pixel (default 0.2)")
     m.add_argument("--psf-fwhm", type=float, help="seeing FWHM in pixels for mock photometry (default 0)")
     m.add_argument("--quiet", action="store_true")
@@ -454,8 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--filters", required=True, help="jpas (54 bands) | jpas36 | sdss (ugriz)")
     ph.add_argument("--cluster", default=config.get("run.cluster"), help="local | none | scheduler address")
     ph.add_argument("--workers", type=_positive_int)
-    ph.add_argument("--keep-sky-lines", action="store_true",
-                    help="integrate over the bright night-sky lines too (default: left out, +-2 FWHM)")
+    ph.add_argument(
+        "--keep-sky-lines",
+        action="store_true",
+        help="integrate over the bright night-sky lines too (default: left out, +-2 FWHM)",
+    )
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=cmd_photometry)
 
@@ -472,8 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("files", nargs="+", help="SDSS spec/spec-lite (DR9+) or DR8 CAS table FITS files")
     si.add_argument("out", help="output catalogue store (.zarr)")
     si.add_argument("--redshift", type=float, help="redshift for files that carry none")
-    si.add_argument("--chunk", type=_positive_int, default=config.get("ingest.spectra-per-chunk"),
-                    help="spectra per stored chunk (default: %(default)s)")
+    si.add_argument(
+        "--chunk",
+        type=_positive_int,
+        default=config.get("ingest.spectra-per-chunk"),
+        help="spectra per stored chunk (default: %(default)s)",
+    )
     si.add_argument("--quiet", action="store_true")
     si.set_defaults(func=cmd_ingest_spectra)
 
@@ -483,24 +622,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="map an estimator over every spectrum of a cube, or of many cubes")
     r.add_argument("--cube", action="append", help="cube or spectra catalogue store; repeat for several cubes")
-    r.add_argument("--survey", help="YAML file listing the cubes (paths or globs, each with its redshift "
-                                    "and options); see docs/survey.md")
+    r.add_argument(
+        "--survey",
+        help="YAML file listing the cubes (paths or globs, each with its redshift and options); see docs/survey.md",
+    )
     r.add_argument("--out", help="maps store of a single cube (default: <cube>.maps.zarr beside the cube)")
     r.add_argument("--out-dir", help="folder for the maps of several cubes (<name>.maps.zarr each)")
     r.add_argument("--model", help=f"packaged model name or bundle folder (default: {config.get('run.model')})")
-    r.add_argument("--cluster", help="local | local-cuda | slurm | pbs | none | scheduler address "
-                                     "(default: %(default)s)", default=config.get("run.cluster"))
-    r.add_argument("--workers", type=_positive_int, help="workers (default: one per core; local-cuda: one per "
-                                                         "GPU; slurm/pbs: the configured number of jobs)")
-    r.add_argument("--device", choices=["cpu", "cuda"], help="where workers run the model (default: cuda on "
-                                                             "GPU clusters, else cpu)")
-    r.add_argument("--method", choices=["model", "ppxf"], default="model",
-                   help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
-                   "(maps default to <cube>.ppxf.zarr)")
+    r.add_argument(
+        "--cluster",
+        help="local | local-cuda | slurm | pbs | none | scheduler address (default: %(default)s)",
+        default=config.get("run.cluster"),
+    )
+    r.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="workers (default: one per core; local-cuda: one per GPU; slurm/pbs: the configured number of jobs)",
+    )
+    r.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where workers run the model (default: cuda on GPU clusters, else cpu)",
+    )
+    r.add_argument(
+        "--method",
+        choices=["model", "ppxf"],
+        default="model",
+        help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
+        "(maps default to <cube>.ppxf.zarr)",
+    )
     r.add_argument("--redshift", type=float, help="override the cube's redshift")
-    r.add_argument("--min-snr", type=float, help="S/N per Angstrom under which spectra are flagged low_snr "
-                                                 "(default: the model manifest's min_snr; survey-proc.run.min-snr "
-                                                 "for bundles without one)")
+    r.add_argument(
+        "--min-snr",
+        type=float,
+        help="S/N per Angstrom under which spectra are flagged low_snr "
+        "(default: the model manifest's min_snr; survey-proc.run.min-snr "
+        "for bundles without one)",
+    )
     r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
@@ -508,12 +666,21 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bin", help="Voronoi-bin a cube to a target S/N: a spectra catalogue of bins + pixel map")
     b.add_argument("cube", help="cube store (y, x, wave)")
     b.add_argument("out", help="catalogue store to write (object, wave)")
-    b.add_argument("--target-snr", type=float, help=f"S/N per Angstrom of each bin "
-                                                    f"(default: {config.get('bin.target-snr')})")
-    b.add_argument("--min-snr", type=float, help="spaxels below this S/N per Angstrom are left out "
-                                                 f"(default: {config.get('bin.min-snr')})")
-    b.add_argument("--wave-range", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="rest-frame Angstrom where S/N is measured (default: the whole cube)")
+    b.add_argument(
+        "--target-snr", type=float, help=f"S/N per Angstrom of each bin (default: {config.get('bin.target-snr')})"
+    )
+    b.add_argument(
+        "--min-snr",
+        type=float,
+        help=f"spaxels below this S/N per Angstrom are left out (default: {config.get('bin.min-snr')})",
+    )
+    b.add_argument(
+        "--wave-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="rest-frame Angstrom where S/N is measured (default: the whole cube)",
+    )
     b.add_argument("--chunk", type=_positive_int, help="bins per chunk of the catalogue (= per region of a run)")
     b.add_argument("--overwrite", action="store_true")
     b.add_argument("--quiet", action="store_true")
@@ -567,23 +734,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score a model (and a baseline) on held-out spectra against the truth")
     ev.add_argument("model")
     ev.add_argument("--snr", default="10,20,30,50", help="comma-separated S/N per Angstrom (default: %(default)s)")
-    ev.add_argument("--n", type=_positive_int, default=500,
-                    help="held-out spectra per family and S/N (default: %(default)s)")
+    ev.add_argument(
+        "--n", type=_positive_int, default=500, help="held-out spectra per family and S/N (default: %(default)s)"
+    )
     ev.add_argument("--baseline", help="another estimator on the same spectra, e.g. ppxf")
     ev.add_argument("--seed", type=int, help="held-out seed (default: training seed + 3000017)")
     ev.add_argument("--json", help="write the numbers here")
-    ev.add_argument("--png", help="predicted-vs-true figure (default: the --json path with .png, else "
-                                  "evaluate_predicted_vs_true.png)")
+    ev.add_argument(
+        "--png",
+        help="predicted-vs-true figure (default: the --json path with .png, else evaluate_predicted_vs_true.png)",
+    )
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
-    g = sub.add_parser("gradients", help="radial gradients of map properties within R_e, with delete-d "
-                                         "jackknife errors from random subsamples")
+    g = sub.add_parser(
+        "gradients",
+        help="radial gradients of map properties within R_e, with delete-d jackknife errors from random subsamples",
+    )
     g.add_argument("maps", nargs="+", help="maps store(s), one galaxy each")
     g.add_argument("--compare", help="'truth' (the mock cube's truth maps) or another maps store of the same galaxy")
-    g.add_argument("--properties", nargs="+", default=["log_age", "metallicity", "av", "log_mass_surface_density"],
-                   help="map variables to fit, where present in the store (default: log_age metallicity av "
-                        "log_mass_surface_density)")
+    g.add_argument(
+        "--properties",
+        nargs="+",
+        default=["log_age", "metallicity", "av", "log_mass_surface_density"],
+        help="map variables to fit, where present in the store (default: log_age metallicity av "
+        "log_mass_surface_density)",
+    )
     g.add_argument("--inclination", type=float, help="degrees (default: from the mock's truth attributes)")
     g.add_argument("--position-angle", type=float, help="of the major axis, degrees from +y towards +x")
     g.add_argument("--centre", type=float, nargs=2, metavar=("X", "Y"), help="galaxy centre, pixels")

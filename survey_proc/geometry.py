@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def disc_coordinates(shape: tuple[int, int], x0: float, y0: float, inclination_deg: float,
-                     position_angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def disc_coordinates(
+    shape: tuple[int, int], x0: float, y0: float, inclination_deg: float, position_angle_deg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(deprojected radius, azimuth in the disc plane (rad), major-axis coordinate), each (ny, nx), pixels."""
-    y, x = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
     pa = np.deg2rad(position_angle_deg)
     major = (x - x0) * np.sin(pa) + (y - y0) * np.cos(pa)
     minor = -(x - x0) * np.cos(pa) + (y - y0) * np.sin(pa)

@@ -34,8 +34,8 @@ class InputSpec:
     """
 
     kind: ClassVar[str] = "spectrum"
-    feature_dim: ClassVar[str] = "wave"   #: the store's last dim this kind reads
-    halo_pixels: ClassVar[int] = 0        #: neighbouring pixels a task reads around its region
+    feature_dim: ClassVar[str] = "wave"  #: the store's last dim this kind reads
+    halo_pixels: ClassVar[int] = 0  #: neighbouring pixels a task reads around its region
 
     wave_start: float
     wave_stop: float
@@ -55,47 +55,75 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if (self.wave_step is None) == (self.velscale is None):
-            raise ValueError("an input grid needs exactly one of wave.step (Angstrom, linear grid) and "
-                             f"wave.velscale (km/s, ln-lambda grid); got step={self.wave_step}, "
-                             f"velscale={self.velscale}")
+            raise ValueError(
+                "an input grid needs exactly one of wave.step (Angstrom, linear grid) and "
+                f"wave.velscale (km/s, ln-lambda grid); got step={self.wave_step}, "
+                f"velscale={self.velscale}"
+            )
         if (self.wave_step or self.velscale) <= 0 or self.wave_stop <= self.wave_start:
-            raise ValueError(f"bad input grid {self.wave_start}-{self.wave_stop} A, step={self.wave_step}, "
-                             f"velscale={self.velscale}")
+            raise ValueError(
+                f"bad input grid {self.wave_start}-{self.wave_stop} A, step={self.wave_step}, velscale={self.velscale}"
+            )
 
     @classmethod
     def from_manifest(cls, section: Mapping[str, Any]) -> InputSpec:
         wave = section["wave"]
         masks = section.get("masks", {})
         return cls(
-            wave_start=float(wave["start"]), wave_stop=float(wave["stop"]),
+            wave_start=float(wave["start"]),
+            wave_stop=float(wave["stop"]),
             wave_step=float(wave["step"]) if wave.get("step") is not None else None,
             velscale=float(wave["velscale"]) if wave.get("velscale") is not None else None,
-            frame=section.get("frame", "rest"), medium=section.get("medium", "air"),
+            frame=section.get("frame", "rest"),
+            medium=section.get("medium", "air"),
             channels=tuple(section.get("channels", ("flux", "error", "mask"))),
             normalise=section.get("normalise", "median"),
-            normalise_window=(tuple(float(w) for w in section["normalise_window"])
-                              if section.get("normalise_window") is not None else None),
+            normalise_window=(
+                tuple(float(w) for w in section["normalise_window"])
+                if section.get("normalise_window") is not None
+                else None
+            ),
             masks_rest=tuple(tuple(map(float, m)) for m in masks.get("rest", ())),
             masks_observed=tuple(tuple(map(float, m)) for m in masks.get("observed", ())),
             max_masked_fraction=float(section.get("max_masked_fraction", 0.5)),
             min_coverage=float(section.get("min_coverage", 0.99)),
             lsf=section.get("lsf"),
-            extra={k: v for k, v in section.items() if k not in {
-                "wave", "frame", "medium", "channels", "normalise", "normalise_window", "masks", "max_masked_fraction",
-                "min_coverage", "lsf", "kind"}},
+            extra={
+                k: v
+                for k, v in section.items()
+                if k
+                not in {
+                    "wave",
+                    "frame",
+                    "medium",
+                    "channels",
+                    "normalise",
+                    "normalise_window",
+                    "masks",
+                    "max_masked_fraction",
+                    "min_coverage",
+                    "lsf",
+                    "kind",
+                }
+            },
         )
 
     def to_manifest(self) -> dict[str, Any]:
         window = {"normalise_window": list(self.normalise_window)} if self.normalise == "window" else {}
         grid = {"step": self.wave_step} if self.velscale is None else {"velscale": self.velscale}
         return {
-            "kind": "spectrum", "frame": self.frame, "medium": self.medium,
+            "kind": "spectrum",
+            "frame": self.frame,
+            "medium": self.medium,
             "wave": {"start": self.wave_start, "stop": self.wave_stop, **grid, "units": "Angstrom"},
-            "channels": list(self.channels), "normalise": self.normalise, **window,
-            "masks": {"rest": [list(m) for m in self.masks_rest],
-                      "observed": [list(m) for m in self.masks_observed]},
-            "max_masked_fraction": self.max_masked_fraction, "min_coverage": self.min_coverage,
-            "lsf": self.lsf, **self.extra,
+            "channels": list(self.channels),
+            "normalise": self.normalise,
+            **window,
+            "masks": {"rest": [list(m) for m in self.masks_rest], "observed": [list(m) for m in self.masks_observed]},
+            "max_masked_fraction": self.max_masked_fraction,
+            "min_coverage": self.min_coverage,
+            "lsf": self.lsf,
+            **self.extra,
         }
 
     @property
@@ -106,8 +134,15 @@ class InputSpec:
         n = int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1
         return self.wave_start + self.wave_step * np.arange(n)
 
-    def prepare_batch(self, flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: np.ndarray,
-                      redshift: float | np.ndarray, shape: tuple[int, ...] | None = None) -> Prepared:
+    def prepare_batch(
+        self,
+        flux: np.ndarray,
+        var: np.ndarray,
+        mask: np.ndarray,
+        axis: np.ndarray,
+        redshift: float | np.ndarray,
+        shape: tuple[int, ...] | None = None,
+    ) -> Prepared:
         """:func:`prepare` (``axis`` is the store's ``wave``; ``shape`` is not needed)."""
         return prepare(flux, var, mask, axis, redshift, self)
 
@@ -127,7 +162,8 @@ class InputSpec:
                 f"{wave[0] / (1 + redshift):.0f}-{wave[-1] / (1 + redshift):.0f} A rest frame at z={redshift:g}, "
                 f"but model {model} needs {self.wave_start:.0f}-{self.wave_stop:.0f} A {frame} "
                 f"({inside:.0%} covered, {self.min_coverage:.0%} required): every spectrum would be "
-                "flagged out_of_range. Choose a model for this wavelength range.")
+                "flagged out_of_range. Choose a model for this wavelength range."
+            )
 
 
 @dataclass
@@ -184,7 +220,7 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.where(valid, values, np.float32(0.0))
     if out.ndim != 2 or out.size == 0:
         return out
-    n, length = out.shape
+    _n, length = out.shape
     bad = np.flatnonzero(~valid.ravel())
     if bad.size == 0:
         return out
@@ -197,8 +233,8 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     run_end = bad[np.append(first[1:], bad.size) - 1]
     has_left = (run_start % length) != 0
     has_right = (run_end % length) != length - 1
-    left = np.where(has_left, run_start - 1, run_end + 1)    # nearest valid entry on each side,
-    right = np.where(has_right, run_end + 1, left)            # or the other side's at a row edge
+    left = np.where(has_left, run_start - 1, run_end + 1)  # nearest valid entry on each side,
+    right = np.where(has_right, run_end + 1, left)  # or the other side's at a row edge
     whole_row = ~has_left & ~has_right
     flat = values.ravel()
     run = np.cumsum(new_run) - 1
@@ -248,7 +284,7 @@ def median_of_filled(filled: np.ndarray, n_good: np.ndarray, length: int, out: n
     ``out`` (n,), which keeps its value (NaN) for rows without good values."""
     n = filled.shape[0]
     # bad entries: (width - n_good) // 2 at -inf (sorted first), the rest at +inf (sorted last)
-    upper = length // 2 - (length - n_good) // 2        # rank among the good values
+    upper = length // 2 - (length - n_good) // 2  # rank among the good values
     lower = upper - 1 if length % 2 == 0 else upper
     last = filled.shape[-1] - 1
     for rank in np.unique(upper[n_good > 0]):
@@ -269,8 +305,9 @@ def median_of_filled(filled: np.ndarray, n_good: np.ndarray, length: int, out: n
     return out
 
 
-def snr_per_angstrom(flux: np.ndarray, var: np.ndarray, good: np.ndarray, step: float,
-                     width: int | None = None) -> np.ndarray:
+def snr_per_angstrom(
+    flux: np.ndarray, var: np.ndarray, good: np.ndarray, step: float, width: int | None = None
+) -> np.ndarray:
     """Median S/N per Angstrom of each row over ``good`` pixels of width ``step`` Angstrom.
 
     ``width``: the length of the rows the median is defined over (see :func:`masked_median`).
@@ -306,8 +343,9 @@ def _ranges(ranges: Sequence[Sequence[float]]) -> np.ndarray:
     return np.asarray(ranges, np.float64).reshape(-1, 2)
 
 
-def _resampling(wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec,
-                compiled: bool | None = None) -> _Resampling:
+def _resampling(
+    wave: np.ndarray, redshift: float | np.ndarray, n: int, spec: InputSpec, compiled: bool | None = None
+) -> _Resampling:
     """How ``spec``'s grid samples the data grid ``wave`` at ``redshift`` (scalar or (n,)).
 
     ``compiled``: with per-object redshifts (a grid per row), walk the grids in compiled code
@@ -352,8 +390,9 @@ def _gather(a: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.take(a, cols[0], axis=1) if cols.shape[0] == 1 else np.take_along_axis(a, cols, 1)
 
 
-def _flag_and_normalise(rs: _Resampling, spec: InputSpec, n_bad: np.ndarray, med: np.ndarray, flags: np.ndarray,
-                        norm: np.ndarray) -> np.ndarray:
+def _flag_and_normalise(
+    rs: _Resampling, spec: InputSpec, n_bad: np.ndarray, med: np.ndarray, flags: np.ndarray, norm: np.ndarray
+) -> np.ndarray:
     """Flags from coverage, masked fraction (``n_bad`` of the model's pixels) and the normalisation
     ``med`` (flux units), set in ``flags``; ``norm`` filled; returns the float32 divisors (1 where
     ``med`` is unusable)."""
@@ -366,8 +405,18 @@ def _flag_and_normalise(rs: _Resampling, spec: InputSpec, n_bad: np.ndarray, med
     return np.where(usable, med, 1.0).astype(np.float32)
 
 
-def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
-                  step: float, x: np.ndarray, flags: np.ndarray, snr: np.ndarray, norm: np.ndarray) -> None:
+def _prepare_rows(
+    flux: np.ndarray,
+    var: np.ndarray,
+    mask: np.ndarray,
+    rs: _Resampling,
+    spec: InputSpec,
+    step: float,
+    x: np.ndarray,
+    flags: np.ndarray,
+    snr: np.ndarray,
+    norm: np.ndarray,
+) -> None:
     """:func:`prepare` for a block of rows (already cropped to the columns of ``rs``), in place."""
     with np.errstate(invalid="ignore"):
         bad = mask | ~np.isfinite(flux) | ~((var > 0) & (var < np.inf))
@@ -393,8 +442,18 @@ def _prepare_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resa
             raise ValueError(f"unknown input channel {name!r}")
 
 
-def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs: _Resampling, spec: InputSpec,
-                        step: float, x: np.ndarray, flags: np.ndarray, snr: np.ndarray, norm: np.ndarray) -> None:
+def _prepare_fused_rows(
+    flux: np.ndarray,
+    var: np.ndarray,
+    mask: np.ndarray,
+    rs: _Resampling,
+    spec: InputSpec,
+    step: float,
+    x: np.ndarray,
+    flags: np.ndarray,
+    snr: np.ndarray,
+    norm: np.ndarray,
+) -> None:
     """:func:`_prepare_rows` in compiled passes and compiled medians (same numbers), for rows sharing
     one grid or (per-object redshifts) each on its own."""
     n, length = x.shape[0], rs.left.shape[1]
@@ -405,8 +464,23 @@ def _prepare_fused_rows(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, rs:
     keep_pos = np.where(keep, np.cumsum(keep) - 1, -1)  # do not depend on it: bad entries are +inf)
     filled = np.empty((n, int(keep.sum())), np.float32)
     n_snr, n_good = np.empty(n, np.int64), np.empty(n, np.int64)
-    _prepare_fused.resample_rows(flux, var, mask, rs.left, rs.right_w, rs.static_bad, rs.native, keep_pos,
-                                 snr_values, m_flux, m_var, m_bad, filled, n_snr, n_good)
+    _prepare_fused.resample_rows(
+        flux,
+        var,
+        mask,
+        rs.left,
+        rs.right_w,
+        rs.static_bad,
+        rs.native,
+        keep_pos,
+        snr_values,
+        m_flux,
+        m_var,
+        m_bad,
+        filled,
+        n_snr,
+        n_good,
+    )
     snr_median = np.full(n, np.nan, np.float32)
     _prepare_fused.median_rows(snr_values, n_snr, rs.width, snr_median)
     snr[:] = snr_median / np.sqrt(step) + 0.0  # +0.0, not -0.0
@@ -423,8 +497,11 @@ KNOWN_CHANNELS = ("flux", "error", "mask")
 
 def _fused_applies(spec: InputSpec) -> bool:
     """The fused pass covers ``median`` normalisation and the known channels."""
-    return (_prepare_fused.available() and spec.normalise == "median"
-            and all(name in KNOWN_CHANNELS for name in spec.channels))
+    return (
+        _prepare_fused.available()
+        and spec.normalise == "median"
+        and all(name in KNOWN_CHANNELS for name in spec.channels)
+    )
 
 
 #: normalisation methods an InputSpec may declare
@@ -446,14 +523,23 @@ def normalisation(flux: np.ndarray, good: np.ndarray, spec: InputSpec) -> np.nda
         lo, hi = spec.normalise_window
         sel = (spec.wave >= lo) & (spec.wave <= hi)
         if not sel.any():
-            raise ValueError(f"normalise_window {lo}-{hi} A lies outside the model grid "
-                             f"{spec.wave_start}-{spec.wave_stop} A")
+            raise ValueError(
+                f"normalise_window {lo}-{hi} A lies outside the model grid {spec.wave_start}-{spec.wave_stop} A"
+            )
         return masked_median(flux[:, sel], good[:, sel])
     raise ValueError(f"unknown normalisation {spec.normalise!r} (known: {', '.join(NORMALISATIONS)})")
 
 
-def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
-            redshift: float | np.ndarray, spec: InputSpec, block: int = 128, fused: bool | None = None) -> Prepared:
+def prepare(
+    flux: np.ndarray,
+    var: np.ndarray,
+    mask: np.ndarray,
+    wave: np.ndarray,
+    redshift: float | np.ndarray,
+    spec: InputSpec,
+    block: int = 128,
+    fused: bool | None = None,
+) -> Prepared:
     """Turn data spectra into a model's input.
 
     Parameters
@@ -495,8 +581,18 @@ def prepare(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarra
     for a in range(0, n, block):
         b = min(a + block, n)
         rs = shared if shared is not None else _resampling(wave, np.broadcast_to(z, (n,))[a:b], b - a, spec)
-        rows(flux[a:b, rs.lo:rs.hi], var[a:b, rs.lo:rs.hi], mask[a:b, rs.lo:rs.hi], rs, spec, step, x[a:b],
-             flags[a:b], snr[a:b], norm[a:b])
+        rows(
+            flux[a:b, rs.lo : rs.hi],
+            var[a:b, rs.lo : rs.hi],
+            mask[a:b, rs.lo : rs.hi],
+            rs,
+            spec,
+            step,
+            x[a:b],
+            flags[a:b],
+            snr[a:b],
+            norm[a:b],
+        )
     if not compiled and not np.isfinite(x).all():  # the compiled pass writes no NaN or inf
         x[~np.isfinite(x)] = 0.0
     return Prepared(x=x, flags=flags, snr=snr, norm=norm)

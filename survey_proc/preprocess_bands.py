@@ -30,8 +30,9 @@ from survey_proc.preprocess import Prepared, fill_gaps, masked_median
 from survey_proc.stores._maps import Flag
 
 
-def select_bands(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequence[str],
-                 bands: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_bands(
+    flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequence[str], bands: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flux, var, bad) of the model's ``bands`` (n, nband) picked by name from the store's ``axis``."""
     from survey_proc.stores._photometry import band_index
 
@@ -43,8 +44,12 @@ def select_bands(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequ
     return np.where(bad, np.float32(0), f), np.where(bad, np.float32(0), v), bad
 
 
-def band_flags(bad: np.ndarray, max_masked_fraction: float, redshift: float | np.ndarray,
-               redshift_range: tuple[float, float] | None) -> np.ndarray:
+def band_flags(
+    bad: np.ndarray,
+    max_masked_fraction: float,
+    redshift: float | np.ndarray,
+    redshift_range: tuple[float, float] | None,
+) -> np.ndarray:
     """Flags from bad bands and the redshift range (n,) uint8."""
     n = bad.shape[0]
     flags = np.zeros(n, np.uint8)
@@ -76,25 +81,32 @@ def _check_bands(ds: Any, bands: Sequence[str], pivot: Sequence[float], path: st
         off = np.abs(have / np.asarray(pivot) - 1) > 0.01
         if off.any():
             b = [bands[i] for i in np.nonzero(off)[0]]
-            raise CubeError(f"{path}: band(s) {', '.join(b)} have pivot wavelengths "
-                            f"{', '.join(f'{w:.0f}' for w in have[off])} A but model {model} was trained for "
-                            f"{', '.join(f'{w:.0f}' for w in np.asarray(pivot)[off])} A (a different filter set)")
+            raise CubeError(
+                f"{path}: band(s) {', '.join(b)} have pivot wavelengths "
+                f"{', '.join(f'{w:.0f}' for w in have[off])} A but model {model} was trained for "
+                f"{', '.join(f'{w:.0f}' for w in np.asarray(pivot)[off])} A (a different filter set)"
+            )
 
 
 def _check_redshift(redshift: float, redshift_range: tuple[float, float] | None, path: str, model: str) -> None:
     from survey_proc.errors import CubeError
 
     if redshift_range is not None and not redshift_range[0] <= redshift <= redshift_range[1]:
-        raise CubeError(f"{path}: redshift {redshift:g} is outside the range {redshift_range[0]:g}-"
-                        f"{redshift_range[1]:g} model {model} was trained for; every pixel would be "
-                        "flagged out_of_range (pass --redshift if the store's value is wrong)")
+        raise CubeError(
+            f"{path}: redshift {redshift:g} is outside the range {redshift_range[0]:g}-"
+            f"{redshift_range[1]:g} model {model} was trained for; every pixel would be "
+            "flagged out_of_range (pass --redshift if the store's value is wrong)"
+        )
 
 
 def _common(section: Mapping[str, Any]) -> dict[str, Any]:
     z = section.get("redshift_range")
-    return {"bands": tuple(section["bands"]), "pivot": tuple(float(p) for p in section.get("pivot", ())),
-            "max_masked_fraction": float(section.get("max_masked_fraction", 0.3)),
-            "redshift_range": tuple(map(float, z)) if z is not None else None}
+    return {
+        "bands": tuple(section["bands"]),
+        "pivot": tuple(float(p) for p in section.get("pivot", ())),
+        "max_masked_fraction": float(section.get("max_masked_fraction", 0.3)),
+        "redshift_range": tuple(map(float, z)) if z is not None else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,7 @@ class SEDInputSpec:
     halo_pixels: ClassVar[int] = 0
 
     bands: tuple[str, ...]
-    pivot: tuple[float, ...] = ()                 #: Angstrom, per band (checked against the store)
+    pivot: tuple[float, ...] = ()  #: Angstrom, per band (checked against the store)
     channels: tuple[str, ...] = ("flux", "error", "mask")
     normalise: str = "median"
     max_masked_fraction: float = 0.3
@@ -116,20 +128,48 @@ class SEDInputSpec:
 
     @classmethod
     def from_manifest(cls, section: Mapping[str, Any]) -> SEDInputSpec:
-        known = {"kind", "bands", "pivot", "channels", "normalise", "max_masked_fraction", "redshift_range",
-                 "filter_set", "feature_dim"}
-        return cls(**_common(section), channels=tuple(section.get("channels", ("flux", "error", "mask"))),
-                   normalise=section.get("normalise", "median"), filter_set=section.get("filter_set", ""),
-                   extra={k: v for k, v in section.items() if k not in known})
+        known = {
+            "kind",
+            "bands",
+            "pivot",
+            "channels",
+            "normalise",
+            "max_masked_fraction",
+            "redshift_range",
+            "filter_set",
+            "feature_dim",
+        }
+        return cls(
+            **_common(section),
+            channels=tuple(section.get("channels", ("flux", "error", "mask"))),
+            normalise=section.get("normalise", "median"),
+            filter_set=section.get("filter_set", ""),
+            extra={k: v for k, v in section.items() if k not in known},
+        )
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"kind": self.kind, "feature_dim": self.feature_dim, "filter_set": self.filter_set,
-                "bands": list(self.bands), "pivot": list(self.pivot), "channels": list(self.channels),
-                "normalise": self.normalise, "max_masked_fraction": self.max_masked_fraction,
-                "redshift_range": list(self.redshift_range) if self.redshift_range else None, **self.extra}
+        return {
+            "kind": self.kind,
+            "feature_dim": self.feature_dim,
+            "filter_set": self.filter_set,
+            "bands": list(self.bands),
+            "pivot": list(self.pivot),
+            "channels": list(self.channels),
+            "normalise": self.normalise,
+            "max_masked_fraction": self.max_masked_fraction,
+            "redshift_range": list(self.redshift_range) if self.redshift_range else None,
+            **self.extra,
+        }
 
-    def prepare_batch(self, flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequence[str],
-                      redshift: float | np.ndarray, shape: tuple[int, ...] | None = None) -> Prepared:
+    def prepare_batch(
+        self,
+        flux: np.ndarray,
+        var: np.ndarray,
+        mask: np.ndarray,
+        axis: Sequence[str],
+        redshift: float | np.ndarray,
+        shape: tuple[int, ...] | None = None,
+    ) -> Prepared:
         """Band fluxes (n, nstore) -> model input (n, nchannels, nband)."""
         f, v, bad = select_bands(flux, var, mask, axis, self.bands)
         flags = band_flags(bad, self.max_masked_fraction, redshift, self.redshift_range)
@@ -167,9 +207,9 @@ class ImageInputSpec:
     feature_dim: ClassVar[str] = "band"
 
     bands: tuple[str, ...]
-    softening: tuple[float, ...]                  #: nJy per band: input is asinh(flux / softening)
-    pixel_scale_arcsec: float                     #: the pixel size the model was trained for
-    halo_pixels: int = 0                          #: neighbours read around each region (receptive field)
+    softening: tuple[float, ...]  #: nJy per band: input is asinh(flux / softening)
+    pixel_scale_arcsec: float  #: the pixel size the model was trained for
+    halo_pixels: int = 0  #: neighbours read around each region (receptive field)
     pivot: tuple[float, ...] = ()
     max_masked_fraction: float = 0.3
     redshift_range: tuple[float, float] | None = None
@@ -178,20 +218,43 @@ class ImageInputSpec:
 
     @classmethod
     def from_manifest(cls, section: Mapping[str, Any]) -> ImageInputSpec:
-        known = {"kind", "bands", "pivot", "softening", "pixel_scale_arcsec", "halo_pixels",
-                 "max_masked_fraction", "redshift_range", "filter_set", "feature_dim", "channels"}
-        return cls(**_common(section), softening=tuple(float(s) for s in section["softening"]),
-                   pixel_scale_arcsec=float(section["pixel_scale_arcsec"]),
-                   halo_pixels=int(section.get("halo_pixels", 0)), filter_set=section.get("filter_set", ""),
-                   extra={k: v for k, v in section.items() if k not in known})
+        known = {
+            "kind",
+            "bands",
+            "pivot",
+            "softening",
+            "pixel_scale_arcsec",
+            "halo_pixels",
+            "max_masked_fraction",
+            "redshift_range",
+            "filter_set",
+            "feature_dim",
+            "channels",
+        }
+        return cls(
+            **_common(section),
+            softening=tuple(float(s) for s in section["softening"]),
+            pixel_scale_arcsec=float(section["pixel_scale_arcsec"]),
+            halo_pixels=int(section.get("halo_pixels", 0)),
+            filter_set=section.get("filter_set", ""),
+            extra={k: v for k, v in section.items() if k not in known},
+        )
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"kind": self.kind, "feature_dim": self.feature_dim, "filter_set": self.filter_set,
-                "bands": list(self.bands), "pivot": list(self.pivot), "softening": list(self.softening),
-                "channels": ["asinh_flux", "asinh_error", "mask"],
-                "pixel_scale_arcsec": self.pixel_scale_arcsec, "halo_pixels": self.halo_pixels,
-                "max_masked_fraction": self.max_masked_fraction,
-                "redshift_range": list(self.redshift_range) if self.redshift_range else None, **self.extra}
+        return {
+            "kind": self.kind,
+            "feature_dim": self.feature_dim,
+            "filter_set": self.filter_set,
+            "bands": list(self.bands),
+            "pivot": list(self.pivot),
+            "softening": list(self.softening),
+            "channels": ["asinh_flux", "asinh_error", "mask"],
+            "pixel_scale_arcsec": self.pixel_scale_arcsec,
+            "halo_pixels": self.halo_pixels,
+            "max_masked_fraction": self.max_masked_fraction,
+            "redshift_range": list(self.redshift_range) if self.redshift_range else None,
+            **self.extra,
+        }
 
     @property
     def n_channels(self) -> int:
@@ -200,12 +263,24 @@ class ImageInputSpec:
     def pixel_inputs(self, f: np.ndarray, v: np.ndarray, bad: np.ndarray) -> np.ndarray:
         """Per-pixel channels (n, 3 nband) from band fluxes, variances and bad flags (n, nband)."""
         s = np.asarray(self.softening, np.float32)[None, :]
-        return np.concatenate([np.where(bad, 0.0, np.arcsinh(f / s)),
-                               np.where(bad, 0.0, np.arcsinh(np.sqrt(v) / s)),
-                               bad.astype(np.float32)], axis=1).astype(np.float32)
+        return np.concatenate(
+            [
+                np.where(bad, 0.0, np.arcsinh(f / s)),
+                np.where(bad, 0.0, np.arcsinh(np.sqrt(v) / s)),
+                bad.astype(np.float32),
+            ],
+            axis=1,
+        ).astype(np.float32)
 
-    def prepare_batch(self, flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequence[str],
-                      redshift: float | np.ndarray, shape: tuple[int, ...] | None = None) -> Prepared:
+    def prepare_batch(
+        self,
+        flux: np.ndarray,
+        var: np.ndarray,
+        mask: np.ndarray,
+        axis: Sequence[str],
+        redshift: float | np.ndarray,
+        shape: tuple[int, ...] | None = None,
+    ) -> Prepared:
         """A tile's band fluxes (H*W, nstore) in raster order -> model input (1, 3 nband, H, W)."""
         if shape is None or len(shape) != 2:
             raise ValueError(f"an image model needs the tile's (y, x) shape, got {shape}")
@@ -222,15 +297,20 @@ class ImageInputSpec:
         from survey_proc.errors import CubeError
 
         if tuple(ds["flux"].dims) != ("y", "x", "band"):
-            raise CubeError(f"{path}: model {model} maps images; it needs a (y, x, band) store, "
-                            f"not {tuple(ds['flux'].dims)}")
+            raise CubeError(
+                f"{path}: model {model} maps images; it needs a (y, x, band) store, not {tuple(ds['flux'].dims)}"
+            )
         _check_bands(ds, self.bands, self.pivot, path, model)
         _check_redshift(redshift, self.redshift_range, path, model)
         scale = ds.attrs.get("pixel_scale_arcsec")
         if scale is None:
-            raise CubeError(f"{path} has no 'pixel_scale_arcsec' attribute; model {model} works on "
-                            f"{self.pixel_scale_arcsec:g} arcsec pixels (set the attribute, resampling the "
-                            "images first if their pixels differ)")
+            raise CubeError(
+                f"{path} has no 'pixel_scale_arcsec' attribute; model {model} works on "
+                f"{self.pixel_scale_arcsec:g} arcsec pixels (set the attribute, resampling the "
+                "images first if their pixels differ)"
+            )
         if abs(float(scale) / self.pixel_scale_arcsec - 1) > 0.01:
-            raise CubeError(f"{path} has {float(scale):g} arcsec pixels but model {model} was trained on "
-                            f"{self.pixel_scale_arcsec:g} arcsec pixels; resample the images to that scale")
+            raise CubeError(
+                f"{path} has {float(scale):g} arcsec pixels but model {model} was trained on "
+                f"{self.pixel_scale_arcsec:g} arcsec pixels; resample the images to that scale"
+            )

@@ -14,8 +14,27 @@ import pytest
 def test_bench_quick_writes_the_documented_json(tmp_path):
     pytest.importorskip("ppxf")
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "survey_proc", "bench", "--quick", "--json", str(out), "--main-size", "16",
-           "--sizes", "8", "16", "--ppxf-spectra", "4", "--workers", "1", "2", "--workdir", str(tmp_path / "work")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "survey_proc",
+        "bench",
+        "--quick",
+        "--json",
+        str(out),
+        "--main-size",
+        "16",
+        "--sizes",
+        "8",
+        "16",
+        "--ppxf-spectra",
+        "4",
+        "--workers",
+        "1",
+        "2",
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -27,8 +46,16 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
 
     results = report["results"]
     assert {r["method"] for r in results} == {"model", "ppxf"}
-    schema = {"method": str, "device": str, "workers": int, "spectra": int, "seconds": float,
-              "spectra_per_s": float, "joules_per_spectrum": float, "energy_method": str}
+    schema = {
+        "method": str,
+        "device": str,
+        "workers": int,
+        "spectra": int,
+        "seconds": float,
+        "spectra_per_s": float,
+        "joules_per_spectrum": float,
+        "energy_method": str,
+    }
     for r in results:
         for key, kind in schema.items():
             assert isinstance(r[key], kind), (key, r[key])
@@ -54,14 +81,25 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["compare_figures"] and all((tmp_path / f).exists() for f in report["compare_figures"])
     assert "speed-up per core" in proc.stdout and str(out) in proc.stdout
-    assert all(r["host_energy_method"] == r["energy_method"] for r in results if r["device"] == "cpu")  # the host is all
+    assert all(
+        r["host_energy_method"] == r["energy_method"] for r in results if r["device"] == "cpu"
+    )  # the host is all
 
     # how a GPU row reads (this machine has none): GPU energy beside the host's, and the 50,000/s check
     from benchmarks.report import write_report
 
-    gpu = dict(model[-1], device="cuda:0", cluster="local-cuda", kind="model, whole cube, GPU X (local-cuda)",
-               energy_method="nvml", joules_per_spectrum=1e-4, host_joules_per_spectrum=2e-4,
-               host_energy_method="estimate", spectra_per_s=60_000.0, gpu_acceptance_50k=True)
+    gpu = dict(
+        model[-1],
+        device="cuda:0",
+        cluster="local-cuda",
+        kind="model, whole cube, GPU X (local-cuda)",
+        energy_method="nvml",
+        joules_per_spectrum=1e-4,
+        host_joules_per_spectrum=2e-4,
+        host_energy_method="estimate",
+        spectra_per_s=60_000.0,
+        gpu_acceptance_50k=True,
+    )
     report["results"].append(gpu)
     write_report(report, out)
     md = out.with_suffix(".md").read_text()
@@ -123,8 +161,15 @@ def test_gpu_runs_say_why_they_did_not_run_without_cuda(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    rows, notes = gpu_runs(BenchConfig(progress=False), [{"index": 0, "name": "X", "uuid": "GPU-0"}],
-                           tmp_path / "cube.zarr", tmp_path, "default", 10.0, 2)
+    rows, notes = gpu_runs(
+        BenchConfig(progress=False),
+        [{"index": 0, "name": "X", "uuid": "GPU-0"}],
+        tmp_path / "cube.zarr",
+        tmp_path,
+        "default",
+        10.0,
+        2,
+    )
     assert rows == [] and len(notes) == 1 and "cannot use CUDA" in notes[0]
 
 

@@ -25,8 +25,8 @@ def test_coadd_sums_good_pixels_and_scales_for_bad_ones():
     flux = rng.normal(10, 1, (5, 6)).astype(np.float32)
     var = rng.uniform(0.5, 2, (5, 6)).astype(np.float32)
     mask = np.zeros((5, 6), bool)
-    mask[0, 2] = True          # one bad pixel in bin 7 (spectra 0, 1, 2)
-    flux[1, 3] = np.nan        # and a NaN
+    mask[0, 2] = True  # one bad pixel in bin 7 (spectra 0, 1, 2)
+    flux[1, 3] = np.nan  # and a NaN
     mask[0:3, 5] = [True, True, False]  # two of three bad at wavelength 5: masked in the bin
     labels = np.array([7, 7, 7, 2, 2])
     got_labels, s, v, n = coadd(flux, var, mask, labels)
@@ -44,10 +44,7 @@ def test_coadd_sums_good_pixels_and_scales_for_bad_ones():
 
 def test_bins_are_numbered_in_the_order_they_complete():
     # 4x4 map, chunks of 2x2; bin 0 spans chunks 0 and 3, bin 1 lies in chunk 1, bin 2 in chunk 2
-    bin_id = np.array([[0, 0, 1, 1],
-                       [0, 0, 1, 1],
-                       [2, 2, 0, 0],
-                       [2, -1, 0, 0]])
+    bin_id = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 0, 0], [2, -1, 0, 0]])
     new, last = order_bins_by_chunk(bin_id, 2, 2)
     assert last.tolist() == [1, 2, 3]  # non-decreasing: finished after chunks 1, 2, 3
     assert new[0, 2] == 0 and new[2, 0] == 1 and new[0, 0] == 2 and new[3, 1] == -1

@@ -10,8 +10,7 @@ import xarray as xr
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "survey_proc", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "survey_proc", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_mock_then_run_then_validate(tmp_path):

@@ -40,23 +40,31 @@ def test_job_scripts_match_golden_files(backend, gpus, jobqueue):
 
 
 def test_gpu_jobs_request_gpus_and_tag_workers(jobqueue):
-    with dask.config.set(_packaged("slurm")), dask.config.set({"survey-proc.cluster.slurm.gpus-per-job": 4,
-                                                               "survey-proc.cluster.slurm.job.cores": 16}):
+    with (
+        dask.config.set(_packaged("slurm")),
+        dask.config.set({"survey-proc.cluster.slurm.gpus-per-job": 4, "survey-proc.cluster.slurm.job.cores": 16}),
+    ):
         script = job_script("slurm")
         kind = cluster_kind("slurm")
     assert "#SBATCH --gres=gpu:4" in script
     assert "-m dask cuda worker" in script and "--resources GPU=1" in script
     assert "--nthreads 4" in script  # 16 cores shared by one worker per GPU
     assert kind.device == "cuda" and 0 < kind.resources["GPU"] < 1  # a share of the worker's GPU=1
-    with dask.config.set(_packaged("pbs")), dask.config.set({"survey-proc.cluster.pbs.gpus-per-job": 1,
-                                                             "survey-proc.cluster.pbs.job.memory": "100GB"}):
+    with (
+        dask.config.set(_packaged("pbs")),
+        dask.config.set({"survey-proc.cluster.pbs.gpus-per-job": 1, "survey-proc.cluster.pbs.job.memory": "100GB"}),
+    ):
         assert "#PBS -l select=1:ncpus=8:ngpus=1:mem=94GB" in job_script("pbs")
 
 
 def test_user_config_overrides_packaged_defaults(jobqueue):
-    with dask.config.set({"survey-proc.cluster.slurm.job.queue": "gpu-long",
-                          "survey-proc.cluster.slurm.job.account": "astro42",
-                          "survey-proc.cluster.slurm.job.job-script-prologue": ["source ~/venv/bin/activate"]}):
+    with dask.config.set(
+        {
+            "survey-proc.cluster.slurm.job.queue": "gpu-long",
+            "survey-proc.cluster.slurm.job.account": "astro42",
+            "survey-proc.cluster.slurm.job.job-script-prologue": ["source ~/venv/bin/activate"],
+        }
+    ):
         script = job_script("slurm")
     assert "#SBATCH -p gpu-long" in script and "#SBATCH -A astro42" in script
     assert "source ~/venv/bin/activate\n" in script
@@ -83,9 +91,8 @@ def test_local_cuda_without_dask_cuda_says_what_to_install():
     try:
         import dask_cuda  # noqa: F401
     except ImportError:
-        with pytest.raises(SurveyProcError, match=r"needs dask-cuda.*survey-proc\[gpu\]"):
-            with make_client("local-cuda"):
-                pass
+        with pytest.raises(SurveyProcError, match=r"needs dask-cuda.*survey-proc\[gpu\]"), make_client("local-cuda"):
+            pass
     else:
         pytest.skip("dask-cuda is installed here")
 
@@ -116,16 +123,24 @@ def test_regions_on_a_gpu_worker_run_on_all_its_threads_at_once():
     from distributed import Client, LocalCluster
 
     resources = cluster_kind("local-cuda").resources
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources=dict(GPU_RESOURCE),
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, resources=dict(GPU_RESOURCE), dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         a = client.submit(_meet, "a", "b", resources=resources, pure=False)
         b = client.submit(_meet, "b", "a", resources=resources, pure=False)
         assert client.gather([a, b]) == [True, True]
 
 
 def test_cli_prints_the_job_script(jobqueue):
-    proc = subprocess.run([sys.executable, "-m", "survey_proc", "cluster", "job-script", "--cluster", "pbs"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "survey_proc", "cluster", "job-script", "--cluster", "pbs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("#!/usr/bin/env bash\n") and "#PBS -l walltime=" in proc.stdout
     assert "filled in when" in proc.stderr
@@ -184,8 +199,11 @@ def _worker_settings():
 
     import dask.config
 
-    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"),
-            dask.config.get("distributed.admin.tick.interval"))
+    return (
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        dask.config.get("distributed.worker.profile.enabled"),
+        dask.config.get("distributed.admin.tick.interval"),
+    )
 
 
 def test_local_workers_start_with_our_settings():
@@ -215,8 +233,9 @@ def _limited_pool(opts) -> int | None:
 
 def _pool_in_each_worker(client, opts) -> set:
     """Zarr's pool size after limit_io_threads, run as a task on each worker (as the engine does)."""
-    return {client.submit(_limited_pool, opts, workers=[w], pure=False).result()
-            for w in client.scheduler_info()["workers"]}
+    return {
+        client.submit(_limited_pool, opts, workers=[w], pure=False).result() for w in client.scheduler_info()["workers"]
+    }
 
 
 def test_worker_setup_sizes_the_zarr_decoding_pool():

@@ -16,7 +16,7 @@ from survey_proc.stores import Flag
 
 def test_difference_stats_known_answer():
     ref = np.arange(30, dtype=float)
-    d = 0.1 + np.tile([-0.2, 0.0, 0.2], 10)   # median 0.1, |d - median| median 0.2
+    d = 0.1 + np.tile([-0.2, 0.0, 0.2], 10)  # median 0.1, |d - median| median 0.2
     s = difference_stats(ref + d, ref)
     assert s["n"] == 30
     assert s["bias"] == pytest.approx(0.1)
@@ -46,12 +46,13 @@ def known_stores(tmp_path):
     b_met = rng.uniform(-1.0, 0.2, (6, 5))
     flag_a = np.zeros((6, 5), np.uint8)
     flag_a[0, 0] = Flag.FIT_FAILED
-    a_age[0, 0] = 99.0                # excluded by its flag
-    a_age[1, 1] = np.nan              # excluded as not finite
+    a_age[0, 0] = 99.0  # excluded by its flag
+    a_age[1, 1] = np.nan  # excluded as not finite
     a = _maps({"log_age": a_age, "metallicity": -b_met}, flag_a, "model")
     b = _maps({"log_age": b_age, "metallicity": b_met}, np.zeros((6, 5)), "ppxf")
-    truth = xr.Dataset({"log_age": (("y", "x"), truth_age.astype(np.float32)),
-                        "metallicity": (("y", "x"), b_met.astype(np.float32))})
+    truth = xr.Dataset(
+        {"log_age": (("y", "x"), truth_age.astype(np.float32)), "metallicity": (("y", "x"), b_met.astype(np.float32))}
+    )
     paths = {k: tmp_path / f"{k}.zarr" for k in ("a", "b", "cube")}
     a.to_zarr(paths["a"], zarr_format=3, consolidated=False)
     b.to_zarr(paths["b"], zarr_format=3, consolidated=False)
@@ -77,9 +78,23 @@ def test_compare_maps_known_answer(known_stores):
 def test_compare_cli_writes_figures_and_json(known_stores, tmp_path):
     paths, *_ = known_stores
     out = tmp_path / "cmp"
-    proc = subprocess.run([sys.executable, "-m", "survey_proc", "compare", str(paths["a"]), str(paths["b"]),
-                           "--truth", str(paths["cube"]), "--out", str(out)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "survey_proc",
+            "compare",
+            str(paths["a"]),
+            str(paths["b"]),
+            "--truth",
+            str(paths["cube"]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     numbers = json.loads((out / "compare.json").read_text())
     assert numbers["reference"] == "truth" and numbers["labels"] == ["model", "ppxf"]
@@ -89,8 +104,13 @@ def test_compare_cli_writes_figures_and_json(known_stores, tmp_path):
     assert "model vs ppxf:" in proc.stdout and "bias" in proc.stdout
     # maps of different cubes are refused with a clear message
     other = tmp_path / "other.zarr"
-    xr.Dataset({"log_age": (("y", "x"), np.zeros((3, 3), np.float32)),
-                "flag": (("y", "x"), np.zeros((3, 3), np.uint8))}).to_zarr(other, zarr_format=3, consolidated=False)
-    proc = subprocess.run([sys.executable, "-m", "survey_proc", "compare", str(paths["a"]), str(other)],
-                          capture_output=True, text=True, timeout=300)
+    xr.Dataset(
+        {"log_age": (("y", "x"), np.zeros((3, 3), np.float32)), "flag": (("y", "x"), np.zeros((3, 3), np.uint8))}
+    ).to_zarr(other, zarr_format=3, consolidated=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "survey_proc", "compare", str(paths["a"]), str(other)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "cover different pixels" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,7 +15,7 @@ def _shrinking_estimator(n: int, seed: int):
     rng = np.random.default_rng(seed)
     true = rng.uniform(0.0, 1.0, n)
     err = rng.choice([0.03, 0.08], n)
-    pulled = 0.5 + (true - 0.5) * (1.0 - 2.0 * err)   # shrink towards the middle
+    pulled = 0.5 + (true - 0.5) * (1.0 - 2.0 * err)  # shrink towards the middle
     pred = np.clip(pulled + rng.normal(0.0, err), 0.0, 1.0)
     return pred, true, err
 
@@ -23,19 +23,26 @@ def _shrinking_estimator(n: int, seed: int):
 def _apply(table, pred, err, noise=None):
     """The table inverted; here the noise level is the uncertainty itself (as in the toy estimator)."""
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    est, e = apply_edge_table(t(pred), t(err), t(err if noise is None else noise), t(table.noise), t(table.true),
-                              t(table.table), t(table.factors()))
+    est, e = apply_edge_table(
+        t(pred),
+        t(err),
+        t(err if noise is None else noise),
+        t(table.noise),
+        t(table.true),
+        t(table.table),
+        t(table.factors()),
+    )
     return est.numpy().astype(np.float64), e.numpy().astype(np.float64)
 
 
 def test_inverted_table_removes_the_edge_bias_on_new_data():
     table = fit_edge_table(*_shrinking_estimator(60000, 0), 0.0, 1.0)
-    pred, true, err = _shrinking_estimator(40000, 1)             # new draws: not the calibration set
+    pred, true, err = _shrinking_estimator(40000, 1)  # new draws: not the calibration set
     est, est_err = _apply(table, pred, err)
     for sel in (true < 0.1, true > 0.9):
         raw_bias = abs(np.median(pred[sel] - true[sel]))
-        assert raw_bias > 0.03                                   # the estimator is biased at the edges ...
-        assert abs(np.median(est[sel] - true[sel])) < 0.3 * raw_bias   # ... the corrected one far less
+        assert raw_bias > 0.03  # the estimator is biased at the edges ...
+        assert abs(np.median(est[sel] - true[sel])) < 0.3 * raw_bias  # ... the corrected one far less
     middle = (true > 0.3) & (true < 0.7)
     assert abs(np.median(est[middle] - true[middle])) < 0.01
     # uncertainties scale with the slope of the inverse: still about 68 % coverage
@@ -53,7 +60,7 @@ def test_identity_estimator_is_left_alone_and_beyond_the_table_slope_is_one():
     probe = np.array([0.2, 0.5, 0.8, 1.3, -0.4])
     est, e = _apply(table, probe, np.full(probe.size, 0.01))
     np.testing.assert_allclose(est[:3], probe[:3], atol=0.01)
-    np.testing.assert_allclose(est[3:], probe[3:], atol=0.02)      # shifted, not stretched, beyond the grid
+    np.testing.assert_allclose(est[3:], probe[3:], atol=0.02)  # shifted, not stretched, beyond the grid
     np.testing.assert_allclose(e[3:], 0.01, rtol=1e-6)
 
 
@@ -67,7 +74,7 @@ def test_a_flat_stretch_at_one_edge_does_not_shift_the_middle():
     rng = np.random.default_rng(3)
     true = rng.uniform(0.0, 1.0, 60000)
     err = np.full(true.size, 0.02)
-    pred = np.maximum(true, 0.25) + rng.normal(0, 0.005, true.size)   # no information below 0.25
+    pred = np.maximum(true, 0.25) + rng.normal(0, 0.005, true.size)  # no information below 0.25
     table = fit_edge_table(pred, true, err, 0.0, 1.0)
     est, _ = _apply(table, np.array([0.4, 0.5, 0.6, 0.9]), np.full(4, 0.02))
     np.testing.assert_allclose(est, [0.4, 0.5, 0.6, 0.9], atol=0.01)
@@ -78,22 +85,22 @@ def test_noise_level_is_one_over_the_median_snr_of_unmasked_pixels():
 
     x = torch.zeros(3, 3, 100)
     x[:, 0] = 1.0
-    x[0, 1] = 0.1                      # S/N 10 everywhere
-    x[1, 1] = 0.05                     # S/N 20 ...
-    x[1, 1, :60] = 0.0                 # ... except 60 pixels without an error (excluded)
-    x[1, 2, 60:70] = 1.0               # and 10 masked ones (excluded)
+    x[0, 1] = 0.1  # S/N 10 everywhere
+    x[1, 1] = 0.05  # S/N 20 ...
+    x[1, 1, :60] = 0.0  # ... except 60 pixels without an error (excluded)
+    x[1, 2, 60:70] = 1.0  # and 10 masked ones (excluded)
     noise = noise_level(x, 0, 1, 2)
     np.testing.assert_allclose(noise[:2].numpy(), [0.1, 0.05], rtol=1e-6)
-    assert torch.isinf(noise[2])       # no usable pixel
+    assert torch.isinf(noise[2])  # no usable pixel
 
 
 def test_rows_below_min_snr_are_left_alone():
     pred, true, err = _shrinking_estimator(60000, 4)
-    snr = 1.0 / err                                                       # 33 and 12.5
-    table = fit_edge_table(pred, true, err, 0.0, 1.0, snr=snr, min_snr=20.0)   # corrects the err 0.03 row only
+    snr = 1.0 / err  # 33 and 12.5
+    table = fit_edge_table(pred, true, err, 0.0, 1.0, snr=snr, min_snr=20.0)  # corrects the err 0.03 row only
     assert table.noise.tolist() == pytest.approx([0.03, 0.08])
     np.testing.assert_allclose(table.table[1], table.true)
-    assert np.abs(table.table[0] - table.true).max() > 0.02                 # a 6 % pull at the edges
+    assert np.abs(table.table[0] - table.true).max() > 0.02  # a 6 % pull at the edges
     est, _ = _apply(table, np.array([0.1, 0.9]), np.full(2, 0.08))
     np.testing.assert_allclose(est, [0.1, 0.9], atol=1e-6)
 
@@ -102,7 +109,7 @@ def test_noise_in_the_middle_of_the_grid_is_not_turned_into_a_correction():
     """An unbiased estimator with few spectra per cell: the table stays (close to) the identity,
     and the slopes that scale the uncertainties do not jump from cell to cell."""
     rng = np.random.default_rng(5)
-    true = rng.uniform(0.0, 1.0, 1200)                 # 50 spectra per cell
+    true = rng.uniform(0.0, 1.0, 1200)  # 50 spectra per cell
     err = np.full(true.size, 0.1)
     table = fit_edge_table(true + rng.normal(0, 0.1, true.size), true, err, 0.0, 1.0, n_err=1, min_count=5)
     assert np.abs(table.table[0] - table.true).max() < 0.035
@@ -145,8 +152,9 @@ def test_the_shipped_model_is_less_biased_at_the_grid_edges_with_its_tables(ssp_
         module.edge_index = torch.zeros(0, dtype=torch.long)
         off = module(x)
     total = {"on": 0.0, "off": 0.0}
-    for i, (name, lo, hi) in enumerate((("log_age", ssp_lib.log_age[0], ssp_lib.log_age[-1]),
-                                         ("metallicity", ssp_lib.metal[0], ssp_lib.metal[-1]))):
+    for i, (name, lo, hi) in enumerate(
+        (("log_age", ssp_lib.log_age[0], ssp_lib.log_age[-1]), ("metallicity", ssp_lib.metal[0], ssp_lib.metal[-1]))
+    ):
         t = truth[:, i]
         edges = [t <= lo + 0.15 * (hi - lo), t >= hi - 0.15 * (hi - lo)]
         for key, out in (("on", on), ("off", off)):

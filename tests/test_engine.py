@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import is_chunk_key, robust_sigma
 
 from survey_proc.engine import RunConfig, run
 from survey_proc.errors import CubeError, ModelError
 from survey_proc.stores import Flag
-
-from conftest import is_chunk_key, robust_sigma
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +100,12 @@ def test_split_spectral_axis_is_refused(mock16, tmp_path):
 def test_wavelengths_that_miss_the_model_range_are_explained(mock16, tmp_path):
     ds = xr.open_zarr(mock16).sel(wave=slice(4750, 6000))
     path = tmp_path / "blue.zarr"
-    ds.to_zarr(path, zarr_format=3, consolidated=False,
-               encoding={v: {"chunks": (8, 8, ds.sizes["wave"])} for v in ("flux", "var", "mask")})
+    ds.to_zarr(
+        path,
+        zarr_format=3,
+        consolidated=False,
+        encoding={v: {"chunks": (8, 8, ds.sizes["wave"])} for v in ("flux", "var", "mask")},
+    )
     with pytest.raises(CubeError, match=r"covers 4750-6000 A .* needs 4750-8800 A rest-frame"):
         run(RunConfig(cube=str(path), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
 
@@ -122,7 +125,7 @@ def test_corrupt_or_missing_model_file(mock16, tmp_path, default_bundle):
     with pytest.raises(ModelError, match="is corrupt: its SHA-256 differs"):
         run(rc)
     (bundle / "model.pt").unlink()
-    with pytest.raises(ModelError, match="model file .*model.pt named by .*manifest.json is missing"):
+    with pytest.raises(ModelError, match=r"model file .*model\.pt named by .*manifest\.json is missing"):
         run(rc)
     # a file that matches its manifest but is not TorchScript
     import json
@@ -140,8 +143,12 @@ def test_corrupt_or_missing_model_file(mock16, tmp_path, default_bundle):
 
 
 def test_cli_reports_errors_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "survey_proc", "run", "--cube", str(tmp_path / "nope.zarr")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "survey_proc", "run", "--cube", str(tmp_path / "nope.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "survey-proc run: error:" in proc.stderr and "no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -167,8 +174,19 @@ def mock32(tmp_path_factory, ssp_lib):
 def test_killed_run_resumes_without_recomputing(mock32, tmp_path):
     """Kill a run (the CLI, its LocalCluster and workers) half-way; the rerun only does the rest."""
     out = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "survey_proc", "run", "--cube", str(mock32), "--out", str(out),
-           "--workers", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "survey_proc",
+        "run",
+        "--cube",
+        str(mock32),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while _done(out) < 3 and time.time() < deadline and proc.poll() is None:
@@ -221,8 +239,9 @@ def test_other_run_in_the_way_is_not_overwritten(mock16, tmp_path):
     run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False))
     with pytest.raises(CubeError, match="holds maps of another run"):
         run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False, min_snr=10.0))
-    summary = run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False, min_snr=10.0,
-                            overwrite=True))
+    summary = run(
+        RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False, min_snr=10.0, overwrite=True)
+    )
     assert summary.regions_run == 4
 
 
@@ -233,8 +252,9 @@ def test_cube_beyond_the_default_range_falls_back_when_no_model_is_named(tmp_pat
 
     cube = write_small_mock(tmp_path / "z009.zarr", seed=3, n=8, chunk=8, redshift=0.09)
     with pytest.raises(CubeError, match=r"needs 4750-8800 A rest-frame"):
-        run(RunConfig(cube=str(cube), out=str(tmp_path / "named.zarr"), model="default", cluster="none",
-                      progress=False))
+        run(
+            RunConfig(cube=str(cube), out=str(tmp_path / "named.zarr"), model="default", cluster="none", progress=False)
+        )
     summary = run(RunConfig(cube=str(cube), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
     assert "the default model does not cover" in capsys.readouterr().err
     maps = xr.open_zarr(tmp_path / "m.zarr")
@@ -259,8 +279,7 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
     grp = zarr.open_group(str(out), mode="r+")
     grp["log_age"][9, 3] = grp["log_age"][9, 3] + np.float32(0.01)  # region (1, 0)
     grp["region_done"][0, 1] = 0
-    expected = ["region-0-1: not marked done",
-                "region-1-0: CRC-32 of the stored outputs differs from the one written"]
+    expected = ["region-0-1: not marked done", "region-1-0: CRC-32 of the stored outputs differs from the one written"]
     assert verify(str(out), regions, names) == expected
     from distributed import Client
 
@@ -273,7 +292,8 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
     recorded = {r.key: int(grp["region_checksum"][r.index]) for r in regions}
     assert verify(str(out), regions, names, written={**recorded, "region-1-1": recorded["region-1-1"] ^ 1}) == [
         "region-0-1: not marked done",
-        "region-1-1: recorded CRC-32 differs from the one its task wrote and read back"]
+        "region-1-1: recorded CRC-32 differs from the one its task wrote and read back",
+    ]
 
 
 def test_a_region_that_does_not_read_back_as_written_stays_unmarked(mock16, tmp_path):

@@ -14,8 +14,7 @@ import pytest
 import torch
 import xarray as xr
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")]
 
 OUTPUTS = ("log_age", "metallicity", "av", "sigma")
 
@@ -72,10 +71,21 @@ def test_run_on_gpu_matches_cpu(mock16, tmp_path, cluster):
         pytest.importorskip("dask_cuda")
     from survey_proc.engine import RunConfig, run
 
-    ref = run(RunConfig(cube=str(mock16), out=str(tmp_path / "cpu.zarr"), cluster="local", workers=1,
-                        device="cpu", progress=False))
-    s = run(RunConfig(cube=str(mock16), out=str(tmp_path / "gpu.zarr"), cluster=cluster,
-                      workers=2 if cluster == "local" else None, device="cuda", progress=False))
+    ref = run(
+        RunConfig(
+            cube=str(mock16), out=str(tmp_path / "cpu.zarr"), cluster="local", workers=1, device="cpu", progress=False
+        )
+    )
+    s = run(
+        RunConfig(
+            cube=str(mock16),
+            out=str(tmp_path / "gpu.zarr"),
+            cluster=cluster,
+            workers=2 if cluster == "local" else None,
+            device="cuda",
+            progress=False,
+        )
+    )
     assert s.verified and s.spectra == ref.spectra and s.fitted == ref.fitted
     a, b = xr.open_zarr(tmp_path / "cpu.zarr"), xr.open_zarr(tmp_path / "gpu.zarr")
     assert json.loads(b.attrs["run_options"])["device"].startswith("cuda")

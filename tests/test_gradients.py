@@ -44,17 +44,18 @@ def test_subsampled_fit_recovers_a_known_slope():
 def test_galaxies_that_do_not_qualify_are_not_fitted():
     x = np.linspace(0, 2, 400)
     assert radial_gradient(np.ones(400), x, min_inside=25) is not None
-    assert radial_gradient(np.ones(30), np.linspace(0, 0.9, 30)) is None          # nothing outside R_e
-    assert radial_gradient(np.ones(400), np.where(x < 1, np.nan, x)) is None       # nothing inside
+    assert radial_gradient(np.ones(30), np.linspace(0, 0.9, 30)) is None  # nothing outside R_e
+    assert radial_gradient(np.ones(400), np.where(x < 1, np.nan, x)) is None  # nothing inside
     good = np.zeros(400, bool)
     good[:20] = True
-    assert radial_gradient(np.ones(400), x, good) is None                           # 20 < 25 pixels inside
+    assert radial_gradient(np.ones(400), x, good) is None  # 20 < 25 pixels inside
 
 
 def test_compare_gradients_reports_significance():
     a = radial_gradient(10 - 0.3 * np.linspace(0, 2, 500), np.linspace(0, 2, 500))
-    b = radial_gradient(10 - 0.1 * np.linspace(0, 2, 500) + np.random.default_rng(0).normal(0, 0.05, 500),
-                        np.linspace(0, 2, 500))
+    b = radial_gradient(
+        10 - 0.1 * np.linspace(0, 2, 500) + np.random.default_rng(0).normal(0, 0.05, 500), np.linspace(0, 2, 500)
+    )
     cmp = compare_gradients({"log_age": a}, {"log_age": b})["log_age"]
     assert cmp["difference"] == pytest.approx(-0.2, abs=0.03) and cmp["n_sigma"] > 3
 
@@ -71,8 +72,21 @@ def test_gradients_cli_against_truth(tmp_path, mock16):
     truth = xr.open_zarr(mock16, group="truth")
     maps = _maps_like(truth, str(mock16), 0.05, 1)
     maps.to_zarr(tmp_path / "m.zarr", zarr_format=3, consolidated=False)
-    p = subprocess.run([sys.executable, "-m", "survey_proc", "gradients", str(tmp_path / "m.zarr"), "--compare",
-                        "truth", "--min-inside", "20"], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "survey_proc",
+            "gradients",
+            str(tmp_path / "m.zarr"),
+            "--compare",
+            "truth",
+            "--min-inside",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "m.gradients.json").read_text())
     assert report["geometry"]["r_e_pixels"] == pytest.approx(truth.attrs["r_e_spaxel"])
@@ -82,8 +96,9 @@ def test_gradients_cli_against_truth(tmp_path, mock16):
     # a store without geometry and no options: a clear error naming the options
     maps.attrs["cube"] = ""
     maps.to_zarr(tmp_path / "real.zarr", zarr_format=3, consolidated=False)
-    p = subprocess.run([sys.executable, "-m", "survey_proc", "gradients", str(tmp_path / "real.zarr")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "survey_proc", "gradients", str(tmp_path / "real.zarr")], capture_output=True, text=True
+    )
     assert p.returncode == 2 and "--inclination VALUE" in p.stderr and "--r-e VALUE" in p.stderr
 
 
@@ -98,13 +113,35 @@ def test_gradients_recovered_from_a_mock_cube(tmp_path, ssp_lib):
     from survey_proc.ssp import load_filters
     from survey_proc.synth import GalaxyParams, MockConfig, photometry_from_store, write_mock
 
-    cfg = MockConfig(nx=32, ny=32, seed=21, snr=15.0, chunk=16, redshift=0.012, wave_start=3650.0, wave_stop=7450.0,
-                     galaxy=GalaxyParams(disc_log_age=9.7, grad_log_age=-0.35, grad_metallicity=-0.3))
+    cfg = MockConfig(
+        nx=32,
+        ny=32,
+        seed=21,
+        snr=15.0,
+        chunk=16,
+        redshift=0.012,
+        wave_start=3650.0,
+        wave_stop=7450.0,
+        galaxy=GalaxyParams(disc_log_age=9.7, grad_log_age=-0.35, grad_metallicity=-0.3),
+    )
     write_mock(tmp_path / "cube.zarr", cfg, ssp_lib)
-    photometry_from_store(tmp_path / "cube.zarr", load_filters("jpas36"), tmp_path / "phot.zarr", cluster="local",
-                          workers=2, progress=False)
-    run(RunConfig(cube=str(tmp_path / "phot.zarr"), out=str(tmp_path / "maps.zarr"), model="narrowband", workers=2,
-                  progress=False))
+    photometry_from_store(
+        tmp_path / "cube.zarr",
+        load_filters("jpas36"),
+        tmp_path / "phot.zarr",
+        cluster="local",
+        workers=2,
+        progress=False,
+    )
+    run(
+        RunConfig(
+            cube=str(tmp_path / "phot.zarr"),
+            out=str(tmp_path / "maps.zarr"),
+            model="narrowband",
+            workers=2,
+            progress=False,
+        )
+    )
     report = gradient_report(tmp_path / "maps.zarr", compare="truth")
     assert report["compare"]["input_gradients_per_r_e"] == str({"log_age_disc": -0.35, "metallicity_disc": -0.3})
     for name in ("log_age", "metallicity"):

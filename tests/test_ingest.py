@@ -22,7 +22,7 @@ def minicube(tmp_path_factory):
 
 
 def test_round_trip_equals_the_fits_values(minicube):
-    fits_path, out, info = minicube
+    fits_path, out, _info = minicube
     ds = open_cube(out)
     assert dict(ds.sizes) == {"y": 40, "x": 40, "wave": 3681}
     with fits.open(fits_path) as hdul:
@@ -46,7 +46,9 @@ def test_round_trip_equals_the_fits_values(minicube):
 def test_missing_extension_is_explained(tmp_path):
     path = tmp_path / "nostat.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((5, 3, 3), np.float32), name="DATA")]).writeto(path)
-    with pytest.raises(CubeError, match=r"no variance extension \(looked for STAT, VAR, VARIANCE\); found: PRIMARY, DATA"):
+    with pytest.raises(
+        CubeError, match=r"no variance extension \(looked for STAT, VAR, VARIANCE\); found: PRIMARY, DATA"
+    ):
         ingest_muse_fits(path, tmp_path / "out.zarr")
     with pytest.raises(CubeError, match="no such FITS file"):
         ingest_muse_fits(tmp_path / "absent.fits", tmp_path / "out.zarr")

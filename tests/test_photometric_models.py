@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import robust_sigma
 
 from survey_proc.engine import RunConfig, run
 from survey_proc.engine._region import halo_window
@@ -18,20 +19,29 @@ from survey_proc.errors import CubeError, ModelError
 from survey_proc.ssp import load_filters
 from survey_proc.synth import GalaxyParams, MockConfig, write_mock_photometry
 
-from conftest import robust_sigma
-
 
 @pytest.fixture(scope="module")
 def jpas_mock(tmp_path_factory, ssp_lib):
     path = tmp_path_factory.mktemp("jpas") / "p.zarr"
-    write_mock_photometry(path, MockConfig(nx=24, ny=24, seed=11, snr=8.0, chunk=12, redshift=0.012),
-                          load_filters("jpas36"), ssp_lib)
+    write_mock_photometry(
+        path, MockConfig(nx=24, ny=24, seed=11, snr=8.0, chunk=12, redshift=0.012), load_filters("jpas36"), ssp_lib
+    )
     return path
 
 
 def _ugriz_mock(path, ssp_lib, chunk):
-    cfg = MockConfig(nx=48, ny=48, seed=5, snr=3.0, chunk=chunk, redshift=0.015, pixel_scale_arcsec=0.396,
-                     psf_fwhm_pixels=2.5, peak_flux=1000.0, galaxy=GalaxyParams(disc_log_age=9.7))
+    cfg = MockConfig(
+        nx=48,
+        ny=48,
+        seed=5,
+        snr=3.0,
+        chunk=chunk,
+        redshift=0.015,
+        pixel_scale_arcsec=0.396,
+        psf_fwhm_pixels=2.5,
+        peak_flux=1000.0,
+        galaxy=GalaxyParams(disc_log_age=9.7),
+    )
     write_mock_photometry(path, cfg, load_filters("sdss"), ssp_lib)
     return path
 
@@ -43,15 +53,19 @@ def ugriz_runs(tmp_path_factory, ssp_lib):
     out = {}
     for chunk in (16, 48):
         cube = _ugriz_mock(root / f"u{chunk}.zarr", ssp_lib, chunk)
-        summary = run(RunConfig(cube=str(cube), out=str(root / f"u{chunk}.maps.zarr"), model="ugriz-maps",
-                                workers=2, progress=False))
+        summary = run(
+            RunConfig(
+                cube=str(cube), out=str(root / f"u{chunk}.maps.zarr"), model="ugriz-maps", workers=2, progress=False
+            )
+        )
         out[chunk] = (summary, xr.open_zarr(root / f"u{chunk}.maps.zarr"), xr.open_zarr(cube, group="truth"))
     return out
 
 
 def test_narrowband_bundle_through_the_engine(jpas_mock, tmp_path):
-    summary = run(RunConfig(cube=str(jpas_mock), out=str(tmp_path / "m.zarr"), model="narrowband", workers=2,
-                            progress=False))
+    summary = run(
+        RunConfig(cube=str(jpas_mock), out=str(tmp_path / "m.zarr"), model="narrowband", workers=2, progress=False)
+    )
     assert summary.verified and summary.spectra == 576 and summary.regions == 4 and summary.workers == 2
     maps, truth = xr.open_zarr(tmp_path / "m.zarr"), xr.open_zarr(jpas_mock, group="truth")
     assert maps.attrs["model_name"] == "narrowband" and maps.log_age.dims == ("y", "x")
@@ -91,16 +105,21 @@ def test_halo_window_grows_and_clips():
 
 def test_engine_refuses_stores_the_manifest_does_not_declare(jpas_mock, mock16, tmp_path, ssp_lib):
     with pytest.raises(CubeError, match="photometric store"):  # a cube given to the per-pixel SED model
-        run(RunConfig(cube=str(mock16), out=str(tmp_path / "a.zarr"), model="narrowband", cluster="none",
-                      progress=False))
+        run(
+            RunConfig(
+                cube=str(mock16), out=str(tmp_path / "a.zarr"), model="narrowband", cluster="none", progress=False
+            )
+        )
     with pytest.raises(CubeError, match=r"lacks band\(s\) u, g, r, i, z"):  # J-PAS bands given to the ugriz model
-        run(RunConfig(cube=str(jpas_mock), out=str(tmp_path / "b.zarr"), model="ugriz-maps", cluster="none",
-                      progress=False))
+        run(
+            RunConfig(
+                cube=str(jpas_mock), out=str(tmp_path / "b.zarr"), model="ugriz-maps", cluster="none", progress=False
+            )
+        )
     img = _ugriz_mock(tmp_path / "u.zarr", ssp_lib, 48)
     zarr.open_group(str(img), mode="r+").attrs["pixel_scale_arcsec"] = 0.2
-    with pytest.raises(CubeError, match="0.2 arcsec pixels but model ugriz-maps was trained on 0.396"):
-        run(RunConfig(cube=str(img), out=str(tmp_path / "c.zarr"), model="ugriz-maps", cluster="none",
-                      progress=False))
+    with pytest.raises(CubeError, match=r"0\.2 arcsec pixels but model ugriz-maps was trained on 0\.396"):
+        run(RunConfig(cube=str(img), out=str(tmp_path / "c.zarr"), model="ugriz-maps", cluster="none", progress=False))
 
 
 def test_unknown_input_kind_is_a_model_error(jpas_mock, tmp_path):
@@ -112,8 +131,11 @@ def test_unknown_input_kind_is_a_model_error(jpas_mock, tmp_path):
     manifest["input"]["kind"] = "hologram"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="unknown input kind 'hologram'"):
-        run(RunConfig(cube=str(jpas_mock), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none",
-                      progress=False))
+        run(
+            RunConfig(
+                cube=str(jpas_mock), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False
+            )
+        )
 
 
 def test_object_catalogue_of_band_fluxes_gives_the_same_estimates(jpas_mock, tmp_path):
@@ -122,17 +144,35 @@ def test_object_catalogue_of_band_fluxes_gives_the_same_estimates(jpas_mock, tmp
     n = img.sizes["y"] * img.sizes["x"]
     cat = xr.Dataset(
         {v: (("object", "band"), img[v].values.reshape(n, -1), img[v].attrs) for v in ("flux", "var", "mask")},
-        coords={"band": img.band.values.astype(object), "pivot_wave": ("band", img.pivot_wave.values),
-                "filter_wave": img.filter_wave.values},
-        attrs=dict(img.attrs))
+        coords={
+            "band": img.band.values.astype(object),
+            "pivot_wave": ("band", img.pivot_wave.values),
+            "filter_wave": img.filter_wave.values,
+        },
+        attrs=dict(img.attrs),
+    )
     cat["filter_response"] = img["filter_response"].load()
     cat["redshift"] = (("object",), np.full(n, img.attrs["redshift"]))
-    cat.to_zarr(tmp_path / "cat.zarr", zarr_format=3, consolidated=False,
-                encoding={v: {"chunks": (100, img.sizes["band"])} for v in ("flux", "var", "mask")})
-    run(RunConfig(cube=str(tmp_path / "cat.zarr"), out=str(tmp_path / "cat.maps.zarr"), model="narrowband",
-                  cluster="none", progress=False))
-    run(RunConfig(cube=str(jpas_mock), out=str(tmp_path / "img.maps.zarr"), model="narrowband", cluster="none",
-                  progress=False))
+    cat.to_zarr(
+        tmp_path / "cat.zarr",
+        zarr_format=3,
+        consolidated=False,
+        encoding={v: {"chunks": (100, img.sizes["band"])} for v in ("flux", "var", "mask")},
+    )
+    run(
+        RunConfig(
+            cube=str(tmp_path / "cat.zarr"),
+            out=str(tmp_path / "cat.maps.zarr"),
+            model="narrowband",
+            cluster="none",
+            progress=False,
+        )
+    )
+    run(
+        RunConfig(
+            cube=str(jpas_mock), out=str(tmp_path / "img.maps.zarr"), model="narrowband", cluster="none", progress=False
+        )
+    )
     a, b = xr.open_zarr(tmp_path / "cat.maps.zarr"), xr.open_zarr(tmp_path / "img.maps.zarr")
     assert a.log_age.dims == ("object",) and a.sizes["object"] == n
     np.testing.assert_allclose(a.log_age.values, b.log_age.values.ravel(), atol=1e-5)
@@ -146,25 +186,49 @@ def test_photometric_trainers_train_export_and_run_through_the_engine(kind, jpas
     from survey_proc.training._photometric import PhotTrainConfig, train_photometric
 
     if kind == "sed":
-        cfg = PhotTrainConfig.from_dict({
-            "kind": "sed", "name": "toy-narrowband", "labels": ["log_age", "metallicity"],
-            "galaxies": {"n_galaxies": 20, "size": 12, "filters": "jpas36", "snr_range": [5.0, 20.0], "seed": 3},
-            "val_fraction": 0.2, "test_fraction": 0.2, "epochs": 2, "batch_size": 256, "threads": 1})
+        cfg = PhotTrainConfig.from_dict(
+            {
+                "kind": "sed",
+                "name": "toy-narrowband",
+                "labels": ["log_age", "metallicity"],
+                "galaxies": {"n_galaxies": 20, "size": 12, "filters": "jpas36", "snr_range": [5.0, 20.0], "seed": 3},
+                "val_fraction": 0.2,
+                "test_fraction": 0.2,
+                "epochs": 2,
+                "batch_size": 256,
+                "threads": 1,
+            }
+        )
         cube = jpas_mock
     else:
-        cfg = PhotTrainConfig.from_dict({
-            "kind": "image", "name": "toy-ugriz", "labels": ["log_mass_surface_density", "log_age", "metallicity"],
-            "galaxies": {"n_galaxies": 12, "size": 32, "filters": "sdss", "snr_range": [1.0, 6.0],
-                         "pixel_scale_arcsec": 0.396, "psf_fwhm_pixels": 2.5, "seed": 3},
-            "arch_kwargs": {"widths": [4, 8, 8]}, "val_fraction": 0.2, "test_fraction": 0.2, "epochs": 2,
-            "batch_size": 4, "threads": 1})
+        cfg = PhotTrainConfig.from_dict(
+            {
+                "kind": "image",
+                "name": "toy-ugriz",
+                "labels": ["log_mass_surface_density", "log_age", "metallicity"],
+                "galaxies": {
+                    "n_galaxies": 12,
+                    "size": 32,
+                    "filters": "sdss",
+                    "snr_range": [1.0, 6.0],
+                    "pixel_scale_arcsec": 0.396,
+                    "psf_fwhm_pixels": 2.5,
+                    "seed": 3,
+                },
+                "arch_kwargs": {"widths": [4, 8, 8]},
+                "val_fraction": 0.2,
+                "test_fraction": 0.2,
+                "epochs": 2,
+                "batch_size": 4,
+                "threads": 1,
+            }
+        )
         cube = _ugriz_mock(tmp_path / "u.zarr", ssp_lib, 16)
     bundle = train_photometric(cfg, tmp_path / "run", progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["input"]["kind"] == kind
     assert manifest["metrics"]["held_out"] and (tmp_path / "run" / "loss_curve.png").exists()
-    summary = run(RunConfig(cube=str(cube), out=str(tmp_path / "m.zarr"), model=str(bundle), workers=2,
-                            progress=False))
+    summary = run(RunConfig(cube=str(cube), out=str(tmp_path / "m.zarr"), model=str(bundle), workers=2, progress=False))
     assert summary.verified
     maps = xr.open_zarr(tmp_path / "m.zarr")
     good = maps.flag.values == 0

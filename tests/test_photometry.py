@@ -82,8 +82,8 @@ def test_coverage_and_masks():
     mask = np.zeros_like(flux, bool)
     mask[1, (wave > 6000) & (wave < 6400)] = True  # a big hole in r
     ph = synthetic_photometry(flux, flux * 0.01, mask, wave, load_filters("sdss"))
-    assert ph.mask[:, 0].all() and ph.coverage[0] < 0.6          # u: the spectrum starts at 3600 A
-    assert ph.mask[:, 4].all()                                     # z: ends at 9000 A
+    assert ph.mask[:, 0].all() and ph.coverage[0] < 0.6  # u: the spectrum starts at 3600 A
+    assert ph.mask[:, 4].all()  # z: ends at 9000 A
     assert not ph.mask[0, 1:4].any() and ph.mask[1, 2] and not ph.mask[1, 1]
 
 
@@ -128,8 +128,9 @@ def test_photometry_of_a_wide_cube_matches_the_mock_photometry_of_the_same_galax
     cfg = MockConfig(nx=8, ny=8, seed=3, snr=20.0, chunk=4, wave_start=3650.0, wave_stop=7450.0)
     write_mock(tmp_path / "wide.zarr", cfg, ssp_lib)
     filters = load_filters("jpas36")
-    info = photometry_from_store(tmp_path / "wide.zarr", filters, tmp_path / "p.zarr", cluster="local", workers=2,
-                                 progress=False)
+    info = photometry_from_store(
+        tmp_path / "wide.zarr", filters, tmp_path / "p.zarr", cluster="local", workers=2, progress=False
+    )
     assert info["spectra"] == 64 and info["truth"] and not info["bands_short_of_coverage"]
     ph = open_photometry_store(tmp_path / "p.zarr")
     assert ph.attrs["filter_set"] == "jpas36" and ph.flux.encoding["chunks"] == (4, 4, 36)
@@ -137,7 +138,9 @@ def test_photometry_of_a_wide_cube_matches_the_mock_photometry_of_the_same_galax
     pull = (ph.flux.values - flux) / np.sqrt(ph["var"].values)
     assert abs(np.nanmedian(pull)) < 0.2 and 0.8 < np.nanstd(pull) < 1.3
     truth = xr.open_zarr(tmp_path / "p.zarr", group="truth")
-    np.testing.assert_array_equal(truth.log_age.values, xr.open_zarr(tmp_path / "wide.zarr", group="truth").log_age.values)
+    np.testing.assert_array_equal(
+        truth.log_age.values, xr.open_zarr(tmp_path / "wide.zarr", group="truth").log_age.values
+    )
     # the mock photometry of the same config: same truth, and the same noise level band by band
     write_mock_photometry(tmp_path / "direct.zarr", cfg, filters, ssp_lib)
     direct = xr.open_zarr(tmp_path / "direct.zarr", group="truth")

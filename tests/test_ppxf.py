@@ -12,9 +12,9 @@ import xarray as xr
 
 pytest.importorskip("ppxf")
 
-from survey_proc.engine import estimate_region  # noqa: E402
-from survey_proc.estimators import load_estimator, load_manifest  # noqa: E402
-from survey_proc.stores import Flag  # noqa: E402
+from survey_proc.engine import estimate_region
+from survey_proc.estimators import load_estimator, load_manifest
+from survey_proc.stores import Flag
 
 
 @pytest.mark.parametrize("ppxf, model", [("ppxf", "default"), ("ppxf-7100", "muse-7100")])
@@ -61,8 +61,7 @@ def test_one_fit_recovers_known_parameters(ssp_lib):
     flux = synth.observe(weights, np.array([0.4]), np.array([60.0]), np.array([120.0]), 100.0)
     var = (flux / 80.0) ** 2  # S/N 80 per pixel, noise-free so the answer is exact up to pPXF itself
     est = load_estimator("ppxf", threads=1)
-    out, flags, snr, _ = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, est, 5.0,
-                                         muse_lsf_fwhm(wave))
+    out, flags, snr, _ = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, est, 5.0, muse_lsf_fwhm(wave))
     assert flags[0] == 0 and snr[0] > 50
     assert out["velocity"][0] == pytest.approx(60.0, abs=5.0)
     assert out["sigma"][0] == pytest.approx(120.0, abs=10.0)
@@ -84,14 +83,16 @@ def test_regularisation_is_a_manifest_option(tmp_path, ssp_lib):
     wave = 4750.0 + 1.25 * np.arange(3681)
     weights = np.zeros((1, 6, 25))
     weights[0, 3, 14:18] = 0.25
-    flux = Synthesiser(ssp_lib, wave, 0.0, muse_lsf_fwhm).observe(weights, np.array([0.2]), np.array([0.0]),
-                                                                  np.array([100.0]), 100.0)
+    flux = Synthesiser(ssp_lib, wave, 0.0, muse_lsf_fwhm).observe(
+        weights, np.array([0.2]), np.array([0.0]), np.array([100.0]), 100.0
+    )
     var = (flux / 50.0) ** 2
     fits = {}
     for name, model in (("plain", "ppxf"), ("regularised", tmp_path)):
         est = load_estimator(model, threads=1)
-        out, flags, _, _ = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, 0.0, est, 5.0,
-                                           muse_lsf_fwhm(wave))
+        out, flags, _, _ = estimate_region(
+            flux, var, np.zeros(flux.shape, bool), wave, 0.0, est, 5.0, muse_lsf_fwhm(wave)
+        )
         assert flags[0] == 0
         fits[name] = out["weights"][0]
     assert (fits["regularised"] > 1e-3).sum() > (fits["plain"] > 1e-3).sum()
@@ -115,8 +116,9 @@ def test_a_failed_fit_gives_nan_and_fit_failed(mock16):
 
     est._ppxf = broken
     try:
-        out, flags, _, _ = estimate_region(flux, var, mask, np.asarray(grp["wave"][:]), 0.008, est, 5.0,
-                                           np.asarray(grp["lsf_fwhm"][:]))
+        out, flags, _, _ = estimate_region(
+            flux, var, mask, np.asarray(grp["wave"][:]), 0.008, est, 5.0, np.asarray(grp["lsf_fwhm"][:])
+        )
     finally:
         est._ppxf = original
     assert flags[0] & Flag.FIT_FAILED and np.isnan(out["log_age"][0]) and np.isnan(out["weights"][0]).all()
@@ -130,8 +132,24 @@ def ppxf_run(tmp_path_factory, ssp_lib):
 
     cube = tmp_path_factory.mktemp("ppxf") / "c.zarr"
     write_mock(cube, MockConfig(nx=4, ny=4, seed=5, snr=60.0, chunk=2), ssp_lib)
-    proc = subprocess.run([sys.executable, "-m", "survey_proc", "run", "--cube", str(cube), "--method", "ppxf",
-                           "--workers", "2", "--quiet"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "survey_proc",
+            "run",
+            "--cube",
+            str(cube),
+            "--method",
+            "ppxf",
+            "--workers",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     out = cube.with_name("c.ppxf.zarr")
     return proc.stdout, xr.open_zarr(out), xr.open_zarr(cube, group="truth")

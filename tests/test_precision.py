@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from survey_proc.engine._region import read_arrays, _wave_and_lsf
+from survey_proc.engine._region import _wave_and_lsf, read_arrays
 from survey_proc.errors import ModelError
-from survey_proc.estimators import load_manifest
-from survey_proc.estimators import _torchscript
+from survey_proc.estimators import _torchscript, load_manifest
 from survey_proc.estimators._torchscript import TorchScriptEstimator, cpu_precision
 
 
@@ -24,7 +23,7 @@ def test_precision_choice(monkeypatch):
 
     module = torch.jit.load(str(load_manifest("default").file))  # the default bundle has the switch
     monkeypatch.setattr(_torchscript, "native_bf16", lambda: False)
-    assert cpu_precision("auto", module) == "float32"      # no bf16 hardware: exact arithmetic
+    assert cpu_precision("auto", module) == "float32"  # no bf16 hardware: exact arithmetic
     assert cpu_precision("bfloat16", module) == "bfloat16"  # asked for: emulated if need be
     monkeypatch.setattr(_torchscript, "native_bf16", lambda: True)
     assert cpu_precision("auto", module) == "bfloat16"
@@ -32,8 +31,9 @@ def test_precision_choice(monkeypatch):
 
     class OldBundle:  # exported before the switch: no net_bf16 attribute
         net = None
+
     assert cpu_precision("bfloat16", OldBundle()) == "float32"
-    with pytest.raises(ModelError, match="cpu-precision is 'half'.*float32, bfloat16, auto"):
+    with pytest.raises(ModelError, match=r"cpu-precision is 'half'.*float32, bfloat16, auto"):
         cpu_precision("half", module)
 
 
@@ -59,7 +59,7 @@ def test_bfloat16_agrees_with_float32_within_the_errors(mock16):
     for name in ("log_age", "metallicity", "av", "sigma"):
         diff = b[name] - a[name]
         assert np.isfinite(diff).all()
-        assert 0 < np.abs(diff).max()  # really a different arithmetic
+        assert np.abs(diff).max() > 0  # really a different arithmetic
         ratio = np.abs(diff) / a[f"{name}_err"]
         assert np.median(ratio) < 0.25 and ratio.max() < 1.0, f"{name}: |bf16 - f32| / err {np.median(ratio):.3f}"
         assert abs(np.mean(diff / a[f"{name}_err"])) < 0.25, f"{name}: systematic shift"

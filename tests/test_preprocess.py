@@ -8,8 +8,14 @@ import pytest
 from survey_proc.preprocess import InputSpec, fill_gaps, masked_median, prepare
 from survey_proc.stores import Flag
 
-SPEC = InputSpec(wave_start=5000.0, wave_stop=6000.0, wave_step=1.0, frame="rest",
-                 masks_rest=((5400.0, 5410.0),), masks_observed=((5577.0, 5580.0),))
+SPEC = InputSpec(
+    wave_start=5000.0,
+    wave_stop=6000.0,
+    wave_step=1.0,
+    frame="rest",
+    masks_rest=((5400.0, 5410.0),),
+    masks_observed=((5577.0, 5580.0),),
+)
 
 
 def test_fill_gaps_interpolates_and_extends():
@@ -101,10 +107,10 @@ def test_snr_per_angstrom_is_measured():
 
 def test_flags_for_unusable_spectra():
     wave, flux, var, mask = _spectra(n=5)
-    flux[0] = np.nan                    # nothing valid
-    mask[1, :] = True                   # everything masked
-    mask[2, 100:1200] = True            # most of the model range masked
-    var[3] = -1.0                       # negative variance = bad pixels
+    flux[0] = np.nan  # nothing valid
+    mask[1, :] = True  # everything masked
+    mask[2, 100:1200] = True  # most of the model range masked
+    var[3] = -1.0  # negative variance = bad pixels
     p = prepare(flux, var, mask, wave, 0.05, SPEC)
     assert p.flags[0] & Flag.NO_DATA and p.flags[1] & Flag.NO_DATA and p.flags[3] & Flag.NO_DATA
     assert p.flags[2] & Flag.MASKED
@@ -144,7 +150,7 @@ def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
     var[rng.random(flux.shape) < 0.0005] = np.inf
     for i in range(0, n, 5):
         start = int(rng.integers(0, wave.size - 300))
-        mask[i, start:start + int(rng.integers(1, 300))] = True
+        mask[i, start : start + int(rng.integers(1, 300))] = True
     mask[1, :2000] = True
     mask[2, -2500:] = True
     mask[3] = True
@@ -173,8 +179,11 @@ def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
     if not _prepare_fused.available():
         pytest.skip("numba is not installed")
     spec = load_manifest(model).input
-    wave = (10 ** np.arange(np.log10(4000), np.log10(9300), 1e-4) if spec.frame == "observed"  # misses the blue
-            else np.arange(4750.0, 9350.0, 1.25))
+    wave = (
+        10 ** np.arange(np.log10(4000), np.log10(9300), 1e-4)
+        if spec.frame == "observed"  # misses the blue
+        else np.arange(4750.0, 9350.0, 1.25)
+    )
     z = np.linspace(0.0, 0.35, 300)
     z[7] = np.nan  # (the engine refuses such a catalogue; the grids still agree)
     a = _resampling(wave, z, z.size, spec, compiled=False)
@@ -182,6 +191,25 @@ def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
     assert a.left.shape == (z.size, spec.wave.size) and a.static_bad.any() and (a.coverage < 1).any()
     for name in ("lo", "hi", "width", "left", "right_w", "static_bad", "native", "coverage"):
         np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=f"{model}: {name}")
+
+
+def _median_trial_values(rng, kind: int, shape: tuple[int, int]) -> np.ndarray:
+    """Rows for the median test: normal, ties, outliers, signed zeros, heavy tails, constant, overflows."""
+    if kind == 0:
+        values = rng.normal(100, 5, shape)
+    elif kind == 1:
+        values = rng.integers(0, 5, shape)  # ties
+    elif kind == 2:
+        values = np.where(rng.random(shape) < 0.3, 1e30, rng.normal(0, 1, shape))  # outliers
+    elif kind == 3:
+        values = np.where(rng.random(shape) < 0.5, -0.0, 0.0)  # signed zeros
+    elif kind == 4:
+        values = rng.standard_cauchy(shape) * 1e3  # heavy tails
+    elif kind == 5:
+        values = np.full(shape, 7.0)
+    else:  # overflows
+        values = np.where(rng.random(shape) < 0.2, np.inf * rng.choice([-1, 1], shape), rng.normal(0, 1, shape))
+    return values.astype(np.float32)
 
 
 def test_compiled_medians_are_the_partition_medians():
@@ -198,14 +226,7 @@ def test_compiled_medians_are_the_partition_medians():
     for trial in range(240):
         n, k = int(rng.integers(1, 30)), int(rng.integers(1, 400))
         length = k + int(rng.integers(0, 50))
-        values = {0: lambda: rng.normal(100, 5, (n, k)),
-                  1: lambda: rng.integers(0, 5, (n, k)),                         # ties
-                  2: lambda: np.where(rng.random((n, k)) < 0.3, 1e30, rng.normal(0, 1, (n, k))),  # outliers
-                  3: lambda: np.where(rng.random((n, k)) < 0.5, -0.0, 0.0),      # signed zeros
-                  4: lambda: rng.standard_cauchy((n, k)) * 1e3,                   # heavy tails
-                  5: lambda: np.full((n, k), 7.0),
-                  6: lambda: np.where(rng.random((n, k)) < 0.2, np.inf * rng.choice([-1, 1], (n, k)),
-                                      rng.normal(0, 1, (n, k)))}[trial % 7]().astype(np.float32)  # overflows
+        values = _median_trial_values(rng, trial % 7, (n, k))
         bad = rng.random((n, k)) < rng.random()
         bad[0] = True  # a row without good values keeps NaN
         filled = np.where(bad, np.float32(np.inf), values)

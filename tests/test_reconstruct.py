@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from survey_proc.synth import Synthesiser, sample_training_mixtures
 from survey_proc.ssp import muse_lsf_fwhm
+from survey_proc.synth import Synthesiser, sample_training_mixtures
 from survey_proc.training._arch import Reconstructor, reduced_chi2
 from survey_proc.training._dataset import default_muse_input
 
@@ -20,13 +20,21 @@ def test_reconstructor_matches_the_synthesiser(ssp_lib):
     rng = np.random.default_rng(0)
     w = sample_training_mixtures(rng, ssp_lib, 6)
     av, v, sig = rng.uniform(0, 1.5, 6), rng.uniform(-200, 200, 6), rng.uniform(40, 250, 6)
-    expected = synth.observe(w, av, v, sig)                       # observed grid = model grid x (1+z)
-    got = recon(torch.tensor(w.reshape(6, -1), dtype=torch.float32), torch.tensor(av, dtype=torch.float32),
-                torch.tensor(v, dtype=torch.float32), torch.tensor(sig, dtype=torch.float32)).numpy()
+    expected = synth.observe(w, av, v, sig)  # observed grid = model grid x (1+z)
+    got = recon(
+        torch.tensor(w.reshape(6, -1), dtype=torch.float32),
+        torch.tensor(av, dtype=torch.float32),
+        torch.tensor(v, dtype=torch.float32),
+        torch.tensor(sig, dtype=torch.float32),
+    ).numpy()
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-4 * np.abs(expected).max())
     # sensitivity: a different dispersion changes the spectrum measurably
-    other = recon(torch.tensor(w.reshape(6, -1), dtype=torch.float32), torch.tensor(av, dtype=torch.float32),
-                  torch.tensor(v, dtype=torch.float32), torch.tensor(sig + 80, dtype=torch.float32)).numpy()
+    other = recon(
+        torch.tensor(w.reshape(6, -1), dtype=torch.float32),
+        torch.tensor(av, dtype=torch.float32),
+        torch.tensor(v, dtype=torch.float32),
+        torch.tensor(sig + 80, dtype=torch.float32),
+    ).numpy()
     assert np.abs(other - expected).max() > 0.01 * np.abs(expected).max()
 
 
@@ -37,7 +45,7 @@ def test_reduced_chi2_is_one_for_pure_noise_and_scale_free():
     flux = 3.0 * model + rng.normal(0, 1, model.shape) * err  # any overall scale is fitted
     mask = np.zeros_like(model)
     mask[:, 100:200] = 1.0
-    flux[:, 100:200] = 50.0                                    # masked pixels do not count
+    flux[:, 100:200] = 50.0  # masked pixels do not count
     x = torch.tensor(np.stack([flux, err, mask], axis=1), dtype=torch.float32)
     chi2, fitted = reduced_chi2(x, torch.tensor(model, dtype=torch.float32))
     assert float(chi2.mean()) == pytest.approx(1.0, abs=0.05)

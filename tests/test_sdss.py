@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import robust_sigma
 
 from survey_proc.errors import CubeError
 from survey_proc.preprocess import prepare
@@ -25,8 +26,6 @@ from survey_proc.training._dataset import (
     sdss_observed_input,
     synthesise,
 )
-
-from conftest import robust_sigma
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,14 @@ def _fits_columns(path: Path) -> dict[str, np.ndarray]:
         ivar = np.asarray(d["ivar"] if "ivar" in names else d["inverse_variance"], np.float64)
         z = float(hdul["SPECOBJ"].data["Z"][0]) if "SPECOBJ" in hdul else float(table.header["Z"])
         wdisp = np.asarray(d["wdisp"], np.float64) if "wdisp" in names else None
-        return {"wave": wave, "flux": np.asarray(d["flux"], np.float64), "ivar": ivar,
-                "and_mask": np.asarray(d["and_mask"]), "z": z, "wdisp": wdisp}
+        return {
+            "wave": wave,
+            "flux": np.asarray(d["flux"], np.float64),
+            "ivar": ivar,
+            "and_mask": np.asarray(d["and_mask"]),
+            "z": z,
+            "wdisp": wdisp,
+        }
 
 
 def test_ingest_round_trips_the_real_sdss_files(real_files, real_store):
@@ -72,7 +77,7 @@ def test_ingest_round_trips_the_real_sdss_files(real_files, real_store):
         expected_mask = ~good | (cols["and_mask"] != 0)
         np.testing.assert_array_equal(ds["mask"].values[i, sl], expected_mask)
         # pixels the spectrum does not cover are masked
-        assert ds["mask"].values[i, :i0].all() and ds["mask"].values[i, sl.stop:].all()
+        assert ds["mask"].values[i, :i0].all() and ds["mask"].values[i, sl.stop :].all()
         assert ds.redshift.values[i] == pytest.approx(cols["z"], rel=1e-6)
     assert list(ds.object_name.values) == ["0945-52652-0470", "2488-54149-0001", "0522-52024-0396"]
     # the instrumental FWHM: the DR12 file's wdisp where it covers, near the SDSS curve everywhere
@@ -151,8 +156,7 @@ def test_observed_frame_preprocessing_keeps_features_at_their_observed_wavelengt
     wave = 10**loglam
     centre = 6564.61 * (1 + z) if 6564.61 * (1 + z) < 8890 else 4862.68 * (1 + z)  # H-beta beyond H-alpha's reach
     flux = 3.0 + 50.0 * np.exp(-0.5 * ((wave - centre) / 2.0) ** 2)
-    x = prepare(flux[None], np.full((1, wave.size), 0.01), np.zeros((1, wave.size), bool), wave,
-                np.array([z]), spec).x
+    x = prepare(flux[None], np.full((1, wave.size), 0.01), np.zeros((1, wave.size), bool), wave, np.array([z]), spec).x
     assert x.shape == (1, 3, 5101)
     peak = spec.wave[np.argmax(x[0, 0])]
     assert abs(peak - centre) <= 1.0
@@ -164,12 +168,23 @@ def test_training_spectra_put_lines_at_observed_vacuum_wavelengths(ssp_lib):
     """Synthesised SDSS spectra (E-MILES and lines in air) sit on the vacuum grid the data use: the
     H-alpha line of a star-forming spectrum peaks at 6564.61 (1+z) vacuum, and labels follow."""
     spec = sdss_observed_input()
-    cfg = TrainsetConfig(n=8, batch=8, seed=11, instrument="sdss", labels=("log_age", "metallicity", "ebv", "sigma"),
-                         redshift_range=(0.05, 0.2), emission_fraction=1.0, max_halpha_ew=200.0,
-                         line_set="optical", snr_range=(300, 300), av_range=(0.0, 0.0), velocity_range_kms=(0, 0))
+    cfg = TrainsetConfig(
+        n=8,
+        batch=8,
+        seed=11,
+        instrument="sdss",
+        labels=("log_age", "metallicity", "ebv", "sigma"),
+        redshift_range=(0.05, 0.2),
+        emission_fraction=1.0,
+        max_halpha_ew=200.0,
+        line_set="optical",
+        snr_range=(300, 300),
+        av_range=(0.0, 0.0),
+        velocity_range_kms=(0, 0),
+    )
     data = synthesise(cfg, ssp_lib, spec)
     inst = INSTRUMENTS["sdss"]
-    wave = inst.wave[data.wave_index[0]:data.wave_index[0] + data.flux.shape[1]]  # vacuum
+    wave = inst.wave[data.wave_index[0] : data.wave_index[0] + data.flux.shape[1]]  # vacuum
     halpha = 6564.61 * (1 + data.redshift[0])
     near = np.abs(wave - halpha) < 8
     cont = np.median(data.flux[:, np.abs(wave - halpha - 40) < 10], axis=1, keepdims=True)
@@ -179,11 +194,12 @@ def test_training_spectra_put_lines_at_observed_vacuum_wavelengths(ssp_lib):
     assert abs(np.median(centroids) - halpha) < 0.8
     assert np.all(data.labels[:, 2] == 0.0)  # E(B-V) = A_V / 4.05 = 0
     assert CALZETTI_RV == 4.05
-    noisy, var, mask = observe_noisy(data, np.random.default_rng(0), cfg)
+    noisy, var, _mask = observe_noisy(data, np.random.default_rng(0), cfg)
     assert noisy.shape == data.flux.shape and np.all(var > 0)
 
 
 # --- the shipped model --------------------------------------------------------------------------
+
 
 def _synthetic_catalogue(path: Path, n: int, seed: int, ssp_lib) -> np.ndarray:
     """A catalogue store of n held-out synthetic SDSS spectra (seed never used in training); returns labels."""
@@ -198,11 +214,20 @@ def _synthetic_catalogue(path: Path, n: int, seed: int, ssp_lib) -> np.ndarray:
     full = INSTRUMENTS[ts.instrument].wave
     i0 = int(data.wave_index.min())
     assert np.all(data.wave_index == i0)  # observed frame: one grid for every redshift
-    wave = full[i0:i0 + flux.shape[1]]
-    create_catalogue_store(path, n=n, wave=wave, flux_units="1", attrs={"source": "test"}, chunk=n // 2,
-                           medium="vacuum", object_vars={"redshift": (data.redshift, {"units": "1"})})
-    write_region(path, {"object": slice(0, n)}, {"flux": flux, "var": var, "mask": mask,
-                                                 "lsf_fwhm": sdss_lsf_fwhm(wave)})
+    wave = full[i0 : i0 + flux.shape[1]]
+    create_catalogue_store(
+        path,
+        n=n,
+        wave=wave,
+        flux_units="1",
+        attrs={"source": "test"},
+        chunk=n // 2,
+        medium="vacuum",
+        object_vars={"redshift": (data.redshift, {"units": "1"})},
+    )
+    write_region(
+        path, {"object": slice(0, n)}, {"flux": flux, "var": var, "mask": mask, "lsf_fwhm": sdss_lsf_fwhm(wave)}
+    )
     return data.labels
 
 

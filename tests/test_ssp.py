@@ -27,15 +27,14 @@ def test_library_grid_and_tables(ssp_lib):
 
 def test_supplied_folder_with_missing_files_says_how(tmp_path):
     (tmp_path / "readme.txt").write_text("nothing here")
-    with pytest.raises(DataUnavailableError, match="expected 150.*SURVEY_PROC_SSP_DIR"):
+    with pytest.raises(DataUnavailableError, match=r"expected 150.*SURVEY_PROC_SSP_DIR"):
         ssp.load_ssp_library(tmp_path)
     with pytest.raises(DataUnavailableError, match="does not exist"):
         ssp.load_ssp_library(tmp_path / "absent")
 
 
 def test_muse_lsf_matches_bacon2017():
-    np.testing.assert_allclose(ssp.muse_lsf_fwhm(np.array([4750.0, 7000.0, 9350.0])),
-                               [3.000, 2.482, 2.578], atol=2e-3)
+    np.testing.assert_allclose(ssp.muse_lsf_fwhm(np.array([4750.0, 7000.0, 9350.0])), [3.000, 2.482, 2.578], atol=2e-3)
 
 
 def _measured_sigma(x, y):

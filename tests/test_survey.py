@@ -16,11 +16,10 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
+from conftest import is_chunk_key, write_small_mock
 
 from survey_proc.engine import RunConfig, read_survey, run, run_many
 from survey_proc.engine._survey import SurveyError
-
-from conftest import is_chunk_key, write_small_mock
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,11 @@ def _done_markers(out: Path) -> np.ndarray:
 
 
 def test_survey_of_three_cubes_end_to_end(three_cubes, run_model, tmp_path):
-    survey = _survey_file(three_cubes, ["cubes/gal[01].zarr", {"cube": "cubes/gal2.zarr", "redshift": 0.016}],
-                          out_dir=str(tmp_path / "maps"))
+    survey = _survey_file(
+        three_cubes,
+        ["cubes/gal[01].zarr", {"cube": "cubes/gal2.zarr", "redshift": 0.016}],
+        out_dir=str(tmp_path / "maps"),
+    )
     configs = read_survey(survey, RunConfig(cube="", model=run_model, workers=2, progress=False))
     assert [Path(rc.cube).name for rc in configs] == ["gal0.zarr", "gal1.zarr", "gal2.zarr"]
     assert [rc.redshift for rc in configs] == [None, None, 0.016]
@@ -99,8 +101,12 @@ def test_survey_file_errors_name_the_problem(tmp_path):
     from survey_proc.errors import SurveyProcError
 
     with pytest.raises(SurveyProcError, match="would both write"):
-        run_many([RunConfig(cube=str(tmp_path / "a.zarr"), out=str(tmp_path / "m.zarr")),
-                  RunConfig(cube=str(tmp_path / "b.zarr"), out=str(tmp_path / "m.zarr"))])
+        run_many(
+            [
+                RunConfig(cube=str(tmp_path / "a.zarr"), out=str(tmp_path / "m.zarr")),
+                RunConfig(cube=str(tmp_path / "b.zarr"), out=str(tmp_path / "m.zarr")),
+            ]
+        )
 
 
 def _corrupt_chunk(cube: Path, key: tuple[int, int, int]) -> None:
@@ -117,11 +123,23 @@ def test_bad_cubes_in_a_survey_fail_alone(three_cubes, run_model, tmp_path):
     _corrupt_chunk(cubes / "badchunk.zarr", (1, 1, 0))  # region 1-1; region 0-0 (read by validation) is fine
     shutil.copytree(three_cubes / "cubes" / "gal0.zarr", cubes / "badmeta.zarr")
     (cubes / "badmeta.zarr" / "zarr.json").write_text("{ this is not json")
-    survey = _survey_file(tmp_path, ["cubes/good.zarr", "cubes/missing.zarr", "cubes/badmeta.zarr",
-                                     "cubes/badchunk.zarr"])
+    survey = _survey_file(
+        tmp_path, ["cubes/good.zarr", "cubes/missing.zarr", "cubes/badmeta.zarr", "cubes/badchunk.zarr"]
+    )
     env = {**os.environ, "DASK_SURVEY_PROC__RUN__RETRIES": "1"}
-    cmd = [sys.executable, "-m", "survey_proc", "run", "--survey", str(survey), "--model", run_model,
-           "--workers", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "survey_proc",
+        "run",
+        "--survey",
+        str(survey),
+        "--model",
+        run_model,
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -162,20 +180,32 @@ def test_worker_killed_mid_run_loses_nothing(tmp_path, run_model, ssp_lib):
             busy = {w: ts for w, ts in client.processing().items() if ts}
             if done >= 2 and busy:
                 victim = sorted(busy)[0]
-                killed.update(done=done, worker=victim, tasks=list(busy[victim]),
-                              marks=_done_markers(out).copy(),
-                              stamps={p: p.stat().st_mtime_ns for p in (out / "log_age" / "c").rglob("*")
-                                      if is_chunk_key(p, out / "log_age" / "c")})
+                killed.update(
+                    done=done,
+                    worker=victim,
+                    tasks=list(busy[victim]),
+                    marks=_done_markers(out).copy(),
+                    stamps={
+                        p: p.stat().st_mtime_ns
+                        for p in (out / "log_age" / "c").rglob("*")
+                        if is_chunk_key(p, out / "log_age" / "c")
+                    },
+                )
                 os.kill(_worker_pids(client)[victim], signal.SIGKILL)
                 return
             time.sleep(0.01)
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         thread = threading.Thread(target=killer, args=(client,), daemon=True)
         thread.start()
-        summary = run(RunConfig(cube=str(cube), out=str(out), model=run_model, cluster=cluster.scheduler_address,
-                                progress=False))
+        summary = run(
+            RunConfig(cube=str(cube), out=str(out), model=run_model, cluster=cluster.scheduler_address, progress=False)
+        )
         thread.join(timeout=60)
     assert killed, "no worker was killed: the run ended before two regions were done"
     assert killed["done"] < 16 and killed["tasks"], killed
@@ -183,8 +213,7 @@ def test_worker_killed_mid_run_loses_nothing(tmp_path, run_model, ssp_lib):
     assert _done_markers(out).all()
     # regions finished before the kill were not written again
     marks = killed["marks"]
-    before = [p for p in killed["stamps"]
-              if marks[tuple(int(i) for i in p.relative_to(out / "log_age" / "c").parts)]]
+    before = [p for p in killed["stamps"] if marks[tuple(int(i) for i in p.relative_to(out / "log_age" / "c").parts)]]
     assert before and all(p.stat().st_mtime_ns == killed["stamps"][p] for p in before)
     # and the maps are those of an undisturbed run
     ref = tmp_path / "ref.zarr"
@@ -215,9 +244,9 @@ def test_cli_runs_several_cubes_given_on_the_command_line(three_cubes, run_model
 
     cubes = [str(three_cubes / "cubes" / f"gal{i}.zarr") for i in (0, 1)]
     args = ["run", "--cube", cubes[0], "--cube", cubes[1], "--model", run_model, "--cluster", "none", "--quiet"]
-    assert main(args + ["--out", str(tmp_path / "m.zarr")]) == 2
+    assert main([*args, "--out", str(tmp_path / "m.zarr")]) == 2
     assert "with several cubes use --out-dir" in capsys.readouterr().err
-    assert main(args + ["--out-dir", str(tmp_path / "maps")]) == 0
+    assert main([*args, "--out-dir", str(tmp_path / "maps")]) == 0
     out = capsys.readouterr().out
     assert "2 cubes: 2 done, 0 already done, 0 failed; 288 spectra processed" in out
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["gal0.maps.zarr", "gal1.maps.zarr"]

@@ -22,7 +22,7 @@ def test_training_set_labels_cover_the_grid(ssp_lib):
     assert mh.min() < -1.6 and mh.max() > 0.2
     hist, _, _ = np.histogram2d(la, mh, bins=4)
     assert (hist > 0).all()
-    x, flags, snr = make_inputs(data, np.random.default_rng(0), cfg, default_muse_input())
+    x, _flags, snr = make_inputs(data, np.random.default_rng(0), cfg, default_muse_input())
     assert x.shape == (3000, 3, 1881) and np.isfinite(x).all()
     # measured S/N follows the drawn S/N
     ok = data.snr < 200
@@ -32,9 +32,18 @@ def test_training_set_labels_cover_the_grid(ssp_lib):
 @pytest.fixture(scope="module")
 def toy_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
-    cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"}, threads=1,
-                      n_calib=1500)
+    cfg = TrainConfig(
+        name="toy",
+        trainset=TrainsetConfig(n=1024, batch=512, seed=3),
+        n_val=256,
+        n_test=100,
+        epochs=2,
+        chunk=512,
+        test_snr=(30.0,),
+        arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"},
+        threads=1,
+        n_calib=1500,
+    )
     return train(cfg, out, progress=False), out
 
 
@@ -60,8 +69,9 @@ def test_train_export_and_run(toy_bundle, tmp_path, mock16):
     out = est.predict(np.zeros((3, 3, 1881), np.float32))
     assert out["log_age"].shape == (3,) and np.all(out["log_age_err"] > 0) and "ood_score" in out
     # the engine runs it unchanged
-    summary = run(RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle),
-                            cluster="none", progress=False))
+    summary = run(
+        RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False)
+    )
     assert summary.verified and summary.spectra == 256
     assert np.isfinite(xr.open_zarr(tmp_path / "m.zarr").log_age.values).mean() > 0.9
 
@@ -84,10 +94,19 @@ def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
     x = np.random.default_rng(0).normal(1, 0.1, (4, 3, 1881)).astype(np.float32)
     x[:, 2] = 0
     before = load_estimator(bundle).predict(x)
-    cfg = TrainConfig(name="toy", trainset=TrainsetConfig(n=1024, batch=512, seed=3), n_val=256, n_test=100,
-                      epochs=2, chunk=512, test_snr=(30.0,), arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"}, threads=1,
-                      n_calib=1500)
-    again = train(cfg, run_dir, progress=False)   # the checkpoint says 2 of 2 epochs: nothing more to train
+    cfg = TrainConfig(
+        name="toy",
+        trainset=TrainsetConfig(n=1024, batch=512, seed=3),
+        n_val=256,
+        n_test=100,
+        epochs=2,
+        chunk=512,
+        test_snr=(30.0,),
+        arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"},
+        threads=1,
+        n_calib=1500,
+    )
+    again = train(cfg, run_dir, progress=False)  # the checkpoint says 2 of 2 epochs: nothing more to train
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 2
     after = load_estimator(again).predict(x)
     for key in ("log_age", "log_age_err", "ood_score"):
@@ -100,8 +119,25 @@ def test_evaluate_cli_writes_the_documented_json(toy_bundle, tmp_path):
 
     bundle, _ = toy_bundle
     out = tmp_path / "eval.json"
-    p = subprocess.run([sys.executable, "-m", "survey_proc", "evaluate", str(bundle), "--snr", "10,30", "--n", "60",
-                        "--json", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "survey_proc",
+            "evaluate",
+            str(bundle),
+            "--snr",
+            "10,30",
+            "--n",
+            "60",
+            "--json",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     data = json.loads(out.read_text())
     for snr in ("10", "30"):
@@ -111,7 +147,10 @@ def test_evaluate_cli_writes_the_documented_json(toy_bundle, tmp_path):
     assert set(data["by_family"]) == {"ssp", "csfh"}
     assert (tmp_path / "eval.png").stat().st_size > 1000
     # noisier spectra are not estimated better than cleaner ones (a property of any sane estimator)
-    assert data["snr"]["10"]["model"]["log_age"]["robust_sigma"] >= 0.8 * data["snr"]["30"]["model"]["log_age"]["robust_sigma"]
+    assert (
+        data["snr"]["10"]["model"]["log_age"]["robust_sigma"]
+        >= 0.8 * data["snr"]["30"]["model"]["log_age"]["robust_sigma"]
+    )
 
 
 def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_path, mock16):
@@ -120,17 +159,30 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
     the reduced chi2, whose out-of-distribution rule is in the manifest; the engine runs it unchanged."""
     from survey_proc.engine import RunConfig, run
 
-    cfg = TrainConfig(name="toy-galprote", arch="galprote", arch_kwargs={"d_model": 8, "stride": 16, "heads": 2},
-                      trainset=TrainsetConfig(n=512, batch=512, seed=4,
-                                              labels=("log_age", "metallicity", "av", "sigma", "velocity")),
-                      n_val=128, n_test=50, epochs=1, chunk=512, batch_size=64, test_snr=(30.0,),
-                      weight_loss=0.2, recon_loss=0.2, reconstruct=True, threads=1, n_calib=1500)
+    cfg = TrainConfig(
+        name="toy-galprote",
+        arch="galprote",
+        arch_kwargs={"d_model": 8, "stride": 16, "heads": 2},
+        trainset=TrainsetConfig(n=512, batch=512, seed=4, labels=("log_age", "metallicity", "av", "sigma", "velocity")),
+        n_val=128,
+        n_test=50,
+        epochs=1,
+        chunk=512,
+        batch_size=64,
+        test_snr=(30.0,),
+        weight_loss=0.2,
+        recon_loss=0.2,
+        reconstruct=True,
+        threads=1,
+        n_calib=1500,
+    )
     bundle = train(cfg, tmp_path / "run", progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["outputs"]["weights"]["dims"] == ["age", "metal"]
     assert {r["output"] for r in manifest["flags"]["OUT_OF_DISTRIBUTION"]} == {"ood_score", "chi2"}
-    summary = run(RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle),
-                            cluster="none", progress=False))
+    summary = run(
+        RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False)
+    )
     assert summary.verified and summary.spectra == 256
     maps = xr.open_zarr(tmp_path / "m.zarr")
     ok = maps.flag.values == 0
@@ -166,5 +218,6 @@ def test_wide_input_and_weights_from_a_shorter_range_model():
         assert torch.equal(net.state_dict()[k], theirs[k])
     assert torch.equal(net.state_dict()["head.1.weight"], before["head.1.weight"])
     with pytest.raises(ValueError, match="no tensor"):
-        initial_weights(build("galprote", 3, 64, 3, n_weights=0, kernels=(11,), d_model=8, heads=2, hidden=16),
-                        "muse-7100")
+        initial_weights(
+            build("galprote", 3, 64, 3, n_weights=0, kernels=(11,), d_model=8, heads=2, hidden=16), "muse-7100"
+        )

@@ -36,11 +36,30 @@ def run_big(side: int, workdir: Path, model: str = "default", chunk: int = 32) -
     built = time.perf_counter() - t0
     log.info("mock %dx%d ready in %.1f s", side, side, built)
     cfg = BenchConfig(model=model).resolved()
-    rows, notes = ([], ["no GPU on this machine"]) if not machine["gpus"] else gpu_runs(
-        cfg, machine["gpus"], cube, workdir, str(load_manifest(model).path),
-        float(config.get("bench.watts-per-core")), os.cpu_count() or 1)
-    return {"machine": machine, "side": side, "chunk": chunk, "spectra_per_region": chunk * chunk, "cube": str(cube), "mock_seconds": built, "results": rows,
-            "gpu_notes": notes, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    rows, notes = (
+        ([], ["no GPU on this machine"])
+        if not machine["gpus"]
+        else gpu_runs(
+            cfg,
+            machine["gpus"],
+            cube,
+            workdir,
+            str(load_manifest(model).path),
+            float(config.get("bench.watts-per-core")),
+            os.cpu_count() or 1,
+        )
+    )
+    return {
+        "machine": machine,
+        "side": side,
+        "chunk": chunk,
+        "spectra_per_region": chunk * chunk,
+        "cube": str(cube),
+        "mock_seconds": built,
+        "results": rows,
+        "gpu_notes": notes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

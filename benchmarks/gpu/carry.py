@@ -26,8 +26,15 @@ CARRY = ROOT / ".carry"
 WHEELS = Path(__file__).with_name("wheels.txt")
 LIMIT_MIB = 64.0
 #: manylinux tags pip must match exactly (device README: add others where a wheel is not found)
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
-             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "any")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+    "any",
+)
 
 log = logging.getLogger("survey_proc.benchmarks.gpu")
 
@@ -44,8 +51,21 @@ def pinned_wheels(path: Path = WHEELS) -> list[str]:
 def download_wheels(pins: list[str], dest: Path, python: str = "3.12") -> None:
     """Python ``python`` wheels of ``pins`` into ``dest`` (no dependencies: wheels.txt lists them)."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", python,
-           "--implementation", "cp", "-q", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "-q",
+        "-d",
+        str(dest),
+    ]
     for tag in PLATFORMS:
         cmd += ["--platform", tag]
     subprocess.run(cmd + pins, check=True)
@@ -79,8 +99,11 @@ def copy_ssp_cache(dest: Path) -> Path:
 
 def tree_mib(root: Path = ROOT) -> float:
     """MiB of what travels besides carry: tracked files and untracked files git does not ignore."""
-    out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         check=True, capture_output=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
     files = [root / f for f in out.split("\0") if f]
     return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 

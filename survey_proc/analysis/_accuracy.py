@@ -15,8 +15,9 @@ from survey_proc.stores._maps import robust_sigma
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
 
 
-def accuracy_vs_truth(maps: xr.Dataset, truth: xr.Dataset, names: Sequence[str] = DEFAULT_PROPERTIES,
-                      good_only: bool = True) -> dict:
+def accuracy_vs_truth(
+    maps: xr.Dataset, truth: xr.Dataset, names: Sequence[str] = DEFAULT_PROPERTIES, good_only: bool = True
+) -> dict:
     """Bias (median) and robust scatter (1.4826 MAD) of maps - truth per property.
 
     Only spaxels with ``flag == 0`` count when ``good_only``; the result also says how many were
@@ -24,8 +25,7 @@ def accuracy_vs_truth(maps: xr.Dataset, truth: xr.Dataset, names: Sequence[str] 
     """
     flag = np.asarray(maps["flag"].values)
     good = flag == 0 if good_only else np.ones(flag.shape, bool)
-    result: dict = {"spaxels": int(flag.size), "used": int(good.sum()),
-                    "flagged_fraction": float(1.0 - good.mean())}
+    result: dict = {"spaxels": int(flag.size), "used": int(good.sum()), "flagged_fraction": float(1.0 - good.mean())}
     for name in names:
         if name not in maps or name not in truth:
             continue
@@ -33,9 +33,12 @@ def accuracy_vs_truth(maps: xr.Dataset, truth: xr.Dataset, names: Sequence[str] 
         true = np.asarray(truth[name].values, np.float64)
         ok = good & np.isfinite(pred) & np.isfinite(true)
         diff = pred[ok] - true[ok]
-        entry = {"bias": float(np.median(diff)) if diff.size else float("nan"),
-                 "robust_sigma": robust_sigma(diff), "n": int(ok.sum()),
-                 "units": maps[name].attrs.get("units", "")}
+        entry = {
+            "bias": float(np.median(diff)) if diff.size else float("nan"),
+            "robust_sigma": robust_sigma(diff),
+            "n": int(ok.sum()),
+            "units": maps[name].attrs.get("units", ""),
+        }
         if f"{name}_err" in maps:
             err = np.asarray(maps[f"{name}_err"].values, np.float64)[ok]
             entry["coverage_68"] = float(np.mean(np.abs(diff) <= err)) if diff.size else float("nan")
@@ -43,8 +46,13 @@ def accuracy_vs_truth(maps: xr.Dataset, truth: xr.Dataset, names: Sequence[str] 
     return result
 
 
-def plot_maps_vs_truth(maps: xr.Dataset, truth: xr.Dataset, path: str | os.PathLike,
-                       names: Sequence[str] = DEFAULT_PROPERTIES, title: str = "") -> Path:
+def plot_maps_vs_truth(
+    maps: xr.Dataset,
+    truth: xr.Dataset,
+    path: str | os.PathLike,
+    names: Sequence[str] = DEFAULT_PROPERTIES,
+    title: str = "",
+) -> Path:
     """PNG with one row per property: truth, estimate, estimate - truth, estimate vs truth."""
     import matplotlib
 

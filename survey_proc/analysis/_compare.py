@@ -37,10 +37,15 @@ def difference_stats(values: np.ndarray, reference: np.ndarray, bins: int = 8) -
     v, r = v[ok], r[ok]
     d = v - r
     nan = float("nan")
-    out = {"n": int(d.size), "bias": float(np.median(d)) if d.size else nan,
-           "mean_difference": float(d.mean()) if d.size else nan, "robust_sigma": robust_sigma(d),
-           "rms": float(np.sqrt(np.mean(d**2))) if d.size else nan,
-           "correlation": pearson(v, r), "running": running_difference(r, d, bins)}
+    out = {
+        "n": int(d.size),
+        "bias": float(np.median(d)) if d.size else nan,
+        "mean_difference": float(d.mean()) if d.size else nan,
+        "robust_sigma": robust_sigma(d),
+        "rms": float(np.sqrt(np.mean(d**2))) if d.size else nan,
+        "correlation": pearson(v, r),
+        "running": running_difference(r, d, bins),
+    }
     return out
 
 
@@ -95,13 +100,24 @@ class Comparison:
     figures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"labels": list(self.labels), "reference": self.reference, "used_pixels": self.used,
-                "pairs": self.pairs, "figures": self.figures}
+        return {
+            "labels": list(self.labels),
+            "reference": self.reference,
+            "used_pixels": self.used,
+            "pairs": self.pairs,
+            "figures": self.figures,
+        }
 
 
-def compare_maps(a: xr.Dataset, b: xr.Dataset, truth: xr.Dataset | None = None,
-                 names: Sequence[str] = COMPARED, labels: tuple[str, str] = ("A", "B"),
-                 good_only: bool = True, bins: int = 8) -> Comparison:
+def compare_maps(
+    a: xr.Dataset,
+    b: xr.Dataset,
+    truth: xr.Dataset | None = None,
+    names: Sequence[str] = COMPARED,
+    labels: tuple[str, str] = ("A", "B"),
+    good_only: bool = True,
+    bins: int = 8,
+) -> Comparison:
     """Numbers comparing maps ``a`` and ``b`` (and each against ``truth`` when given).
 
     Only pixels good in both stores (``flag == 0`` unless ``good_only`` is False) and finite in
@@ -113,7 +129,7 @@ def compare_maps(a: xr.Dataset, b: xr.Dataset, truth: xr.Dataset | None = None,
     result = Comparison(labels=tuple(labels), reference=ref_label, used={"both_good": int(good.sum())})
     pairs = [(labels[0], a, labels[1], b)]
     if truth is not None:
-        pairs = [(labels[0], a, "truth", truth), (labels[1], b, "truth", truth)] + pairs
+        pairs = [(labels[0], a, "truth", truth), (labels[1], b, "truth", truth), *pairs]
     for la, da, lb, db in pairs:
         key = f"{la} vs {lb}"
         result.pairs[key] = {}
@@ -127,9 +143,16 @@ def compare_maps(a: xr.Dataset, b: xr.Dataset, truth: xr.Dataset | None = None,
     return result
 
 
-def plot_comparison(a: xr.Dataset, b: xr.Dataset, name: str, path: str | os.PathLike,
-                    truth: xr.Dataset | None = None, labels: tuple[str, str] = ("A", "B"),
-                    good_only: bool = True, bins: int = 8) -> Path:
+def plot_comparison(
+    a: xr.Dataset,
+    b: xr.Dataset,
+    name: str,
+    path: str | os.PathLike,
+    truth: xr.Dataset | None = None,
+    labels: tuple[str, str] = ("A", "B"),
+    good_only: bool = True,
+    bins: int = 8,
+) -> Path:
     """PNG for one property: maps side by side, difference map(s), running difference vs reference.
 
     Without truth: top [A, B], bottom [A - B, (A - B) against B]. With truth: top [truth, A, B],
@@ -163,7 +186,7 @@ def plot_comparison(a: xr.Dataset, b: xr.Dataset, name: str, path: str | os.Path
     for ax in grid.ravel():
         ax.set_visible(False)
     finite = [m[np.isfinite(m)] for _, m in maps]
-    stack = np.concatenate(finite + [np.zeros(0)])
+    stack = np.concatenate([*finite, np.zeros(0)])
     lo, hi = np.percentile(stack, [2, 98]) if stack.size else (0.0, 1.0)
     for ax, (label, img) in zip(grid[0], maps):
         ax.set_visible(True)
@@ -200,9 +223,15 @@ def plot_comparison(a: xr.Dataset, b: xr.Dataset, name: str, path: str | os.Path
     return path
 
 
-def compare_stores(a_path: str | os.PathLike, b_path: str | os.PathLike, out_dir: str | os.PathLike,
-                   truth_cube: str | os.PathLike | None = None, names: Sequence[str] = COMPARED,
-                   labels: tuple[str, str] | None = None, good_only: bool = True) -> Comparison:
+def compare_stores(
+    a_path: str | os.PathLike,
+    b_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    truth_cube: str | os.PathLike | None = None,
+    names: Sequence[str] = COMPARED,
+    labels: tuple[str, str] | None = None,
+    good_only: bool = True,
+) -> Comparison:
     """Compare two maps stores on disk; writes ``compare.json`` and ``compare_<name>.png`` in ``out_dir``."""
     from survey_proc.errors import CubeError
     from survey_proc.stores._maps import open_maps
@@ -210,8 +239,10 @@ def compare_stores(a_path: str | os.PathLike, b_path: str | os.PathLike, out_dir
     a, b = open_maps(a_path), open_maps(b_path)
     for dim in ("y", "x", "object"):
         if (dim in a.dims or dim in b.dims) and a.sizes.get(dim) != b.sizes.get(dim):
-            raise CubeError(f"{a_path} and {b_path} cover different pixels ({dim}: {a.sizes.get(dim)} vs "
-                            f"{b.sizes.get(dim)}); compare maps of the same cube")
+            raise CubeError(
+                f"{a_path} and {b_path} cover different pixels ({dim}: {a.sizes.get(dim)} vs "
+                f"{b.sizes.get(dim)}); compare maps of the same cube"
+            )
     truth = open_maps(truth_cube, group="truth") if truth_cube else None
     if truth is not None and any(truth.sizes.get(d) != a.sizes.get(d) for d in ("y", "x")):
         raise CubeError(f"the truth of {truth_cube} ({dict(truth.sizes)}) does not match the maps ({dict(a.sizes)})")
@@ -225,8 +256,13 @@ def compare_stores(a_path: str | os.PathLike, b_path: str | os.PathLike, out_dir
     for name in shown:
         png = plot_comparison(a, b, name, out / f"compare_{name}.png", truth, labels, good_only)
         result.figures.append(str(png))
-    payload = result.to_json() | {"a": str(a_path), "b": str(b_path), "truth": str(truth_cube or ""),
-                                  "a_model": a.attrs.get("model_id", ""), "b_model": b.attrs.get("model_id", "")}
+    payload = result.to_json() | {
+        "a": str(a_path),
+        "b": str(b_path),
+        "truth": str(truth_cube or ""),
+        "a_model": a.attrs.get("model_id", ""),
+        "b_model": b.attrs.get("model_id", ""),
+    }
     (out / "compare.json").write_text(json.dumps(payload, indent=2))
     return result
 

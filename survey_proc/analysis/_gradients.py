@@ -1,4 +1,4 @@
-"""Radial gradients of map properties: deprojected radius, linear fits within R_e, subsample (delete-d jackknife) errors.
+"""Radial gradients of map properties: deprojected radius, linear fits within R_e, subsample errors.
 
 Following Liew-Cain et al. (2021): each property is fitted linearly against R/R_e over the pixels
 inside R_e (deprojected with the galaxy's inclination and position angle); the uncertainty comes from
@@ -43,8 +43,7 @@ class Geometry:
 
     def radius_re(self, shape: tuple[int, int]) -> np.ndarray:
         """Deprojected radius in units of R_e, (ny, nx)."""
-        r, _, _ = disc_coordinates(shape, self.centre_x, self.centre_y, self.inclination_deg,
-                                   self.position_angle_deg)
+        r, _, _ = disc_coordinates(shape, self.centre_x, self.centre_y, self.inclination_deg, self.position_angle_deg)
         return r / self.r_e_pixels
 
 
@@ -52,9 +51,9 @@ class Geometry:
 class GradientFit:
     """A linear fit value = intercept + slope * R/R_e within ``r_max`` R_e."""
 
-    slope: float                 #: per R/R_e (property units)
-    slope_err: float             #: standard error (scaled 75 % subsamples: a delete-d jackknife, see the module docstring)
-    slope_err_draws: float       #: standard deviation of the 75 % draws (Liew-Cain et al.)
+    slope: float  #: per R/R_e (property units)
+    slope_err: float  #: standard error (scaled 75 % subsamples: a delete-d jackknife, see the module docstring)
+    slope_err_draws: float  #: standard deviation of the 75 % draws (Liew-Cain et al.)
     intercept: float
     intercept_err: float
     n_inside: int
@@ -67,9 +66,17 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
-def radial_gradient(values: np.ndarray, radius_re: np.ndarray, good: np.ndarray | None = None, *,
-                    r_max: float = 1.0, n_draws: int = 100, fraction: float = 0.75, min_inside: int = 25,
-                    seed: int = 0) -> GradientFit | None:
+def radial_gradient(
+    values: np.ndarray,
+    radius_re: np.ndarray,
+    good: np.ndarray | None = None,
+    *,
+    r_max: float = 1.0,
+    n_draws: int = 100,
+    fraction: float = 0.75,
+    min_inside: int = 25,
+    seed: int = 0,
+) -> GradientFit | None:
     """The gradient of ``values`` against ``radius_re`` inside ``r_max``, or None when the galaxy does not
     qualify (fewer than ``min_inside`` usable pixels inside, or none outside)."""
     v, r = np.asarray(values, np.float64).ravel(), np.asarray(radius_re, np.float64).ravel()
@@ -84,23 +91,38 @@ def radial_gradient(values: np.ndarray, radius_re: np.ndarray, good: np.ndarray 
     intercept, slope = linear_fit(x, y)
     rng = np.random.default_rng(seed)
     k = max(int(round(fraction * n_in)), 3)
-    draws = np.array([linear_fit(x[idx], y[idx]) for idx in
-                      (rng.choice(n_in, k, replace=False) for _ in range(n_draws))])
+    draws = np.array(
+        [linear_fit(x[idx], y[idx]) for idx in (rng.choice(n_in, k, replace=False) for _ in range(n_draws))]
+    )
     scale = np.sqrt(fraction / (1.0 - fraction))
-    return GradientFit(slope=slope, slope_err=float(scale * draws[:, 1].std(ddof=1)),
-                       slope_err_draws=float(draws[:, 1].std(ddof=1)), intercept=intercept,
-                       intercept_err=float(scale * draws[:, 0].std(ddof=1)), n_inside=n_in, n_outside=n_out)
+    return GradientFit(
+        slope=slope,
+        slope_err=float(scale * draws[:, 1].std(ddof=1)),
+        slope_err_draws=float(draws[:, 1].std(ddof=1)),
+        intercept=intercept,
+        intercept_err=float(scale * draws[:, 0].std(ddof=1)),
+        n_inside=n_in,
+        n_outside=n_out,
+    )
 
 
-def gradients_of(maps: xr.Dataset, geometry: Geometry, properties: Sequence[str] = DEFAULT_GRADIENT_PROPERTIES,
-                 good: np.ndarray | None = None, **kwargs) -> dict[str, GradientFit | None]:
+def gradients_of(
+    maps: xr.Dataset,
+    geometry: Geometry,
+    properties: Sequence[str] = DEFAULT_GRADIENT_PROPERTIES,
+    good: np.ndarray | None = None,
+    **kwargs,
+) -> dict[str, GradientFit | None]:
     """Gradient of every property present in ``maps`` ((y, x) variables); ``good`` defaults to flag == 0."""
     if good is None and "flag" in maps:
         good = np.asarray(maps["flag"].values) == 0
     shape = (maps.sizes["y"], maps.sizes["x"])
     radius = geometry.radius_re(shape)
-    return {p: radial_gradient(np.asarray(maps[p].values), radius, good, **kwargs)
-            for p in properties if p in maps and maps[p].dims == ("y", "x")}
+    return {
+        p: radial_gradient(np.asarray(maps[p].values), radius, good, **kwargs)
+        for p in properties
+        if p in maps and maps[p].dims == ("y", "x")
+    }
 
 
 def geometry_from(maps: xr.Dataset, maps_path: str | os.PathLike, overrides: Mapping[str, float | None]) -> Geometry:
@@ -133,17 +155,26 @@ def geometry_from(maps: xr.Dataset, maps_path: str | os.PathLike, overrides: Map
     missing = [k for k in ("inclination_deg", "position_angle_deg", "r_e_pixels") if k not in values]
     if missing:
         opts = {"inclination_deg": "--inclination", "position_angle_deg": "--position-angle", "r_e_pixels": "--r-e"}
-        raise CubeError(f"{maps_path}: the galaxy's {', '.join(missing)} are not known (no truth group or "
-                        f"attributes carry them); give {' '.join(opts[m] + ' VALUE' for m in missing)}")
+        raise CubeError(
+            f"{maps_path}: the galaxy's {', '.join(missing)} are not known (no truth group or "
+            f"attributes carry them); give {' '.join(opts[m] + ' VALUE' for m in missing)}"
+        )
     if values["r_e_pixels"] <= 0 or not 0 <= values["inclination_deg"] < 90:
-        raise CubeError(f"{maps_path}: R_e must be > 0 and the inclination within [0, 90) degrees, got "
-                        f"{values['r_e_pixels']:g} and {values['inclination_deg']:g}")
+        raise CubeError(
+            f"{maps_path}: R_e must be > 0 and the inclination within [0, 90) degrees, got "
+            f"{values['r_e_pixels']:g} and {values['inclination_deg']:g}"
+        )
     return Geometry(**values, source=", ".join(sorted(set(origin))))
 
 
 #: Geometry field -> attribute name in truth groups / maps stores
-_GEOMETRY_KEYS = {"centre_x": "centre_x", "centre_y": "centre_y", "inclination_deg": "inclination_deg",
-                  "position_angle_deg": "position_angle_deg", "r_e_pixels": "r_e_spaxel"}
+_GEOMETRY_KEYS = {
+    "centre_x": "centre_x",
+    "centre_y": "centre_y",
+    "inclination_deg": "inclination_deg",
+    "position_angle_deg": "position_angle_deg",
+    "r_e_pixels": "r_e_spaxel",
+}
 
 
 def compare_gradients(a: Mapping[str, GradientFit | None], b: Mapping[str, GradientFit | None]) -> dict[str, dict]:
@@ -154,13 +185,23 @@ def compare_gradients(a: Mapping[str, GradientFit | None], b: Mapping[str, Gradi
             continue
         diff = a[p].slope - b[p].slope
         err = float(np.hypot(a[p].slope_err, b[p].slope_err))
-        out[p] = {"slope_a": a[p].slope, "slope_b": b[p].slope, "difference": diff, "combined_err": err,
-                  "n_sigma": abs(diff) / err if err > 0 else float("inf")}
+        out[p] = {
+            "slope_a": a[p].slope,
+            "slope_b": b[p].slope,
+            "difference": diff,
+            "combined_err": err,
+            "n_sigma": abs(diff) / err if err > 0 else float("inf"),
+        }
     return out
 
 
-def plot_gradients(sets: Mapping[str, tuple[xr.Dataset, dict[str, GradientFit | None], np.ndarray | None]],
-                   geometry: Geometry, path: str | os.PathLike, title: str = "", r_max: float = 1.0) -> Path:
+def plot_gradients(
+    sets: Mapping[str, tuple[xr.Dataset, dict[str, GradientFit | None], np.ndarray | None]],
+    geometry: Geometry,
+    path: str | os.PathLike,
+    title: str = "",
+    r_max: float = 1.0,
+) -> Path:
     """PNG: one panel per property, pixel values against R/R_e for each map set, with the fitted lines."""
     import matplotlib
 
@@ -179,8 +220,13 @@ def plot_gradients(sets: Mapping[str, tuple[xr.Dataset, dict[str, GradientFit | 
             fit = fits.get(p)
             if fit is not None:
                 xx = np.linspace(0, r_max, 20)
-                ax.plot(xx, fit.intercept + fit.slope * xx, color=colour, lw=2,
-                        label=f"{label}: {fit.slope:+.3f} ± {fit.slope_err:.3f} per R_e")
+                ax.plot(
+                    xx,
+                    fit.intercept + fit.slope * xx,
+                    color=colour,
+                    lw=2,
+                    label=f"{label}: {fit.slope:+.3f} ± {fit.slope_err:.3f} per R_e",
+                )
             else:
                 ax.plot([], [], color=colour, label=f"{label}: not fitted")
         ax.axvline(r_max, color="k", ls=":", lw=1)
@@ -198,10 +244,18 @@ def _good(ds: xr.Dataset) -> np.ndarray | None:
     return np.asarray(ds["flag"].values) == 0 if "flag" in ds else None
 
 
-def gradient_report(maps_path: str | os.PathLike, compare: str | None = None, out_dir: str | os.PathLike | None = None,
-                    properties: Sequence[str] = DEFAULT_GRADIENT_PROPERTIES,
-                    geometry_overrides: Mapping[str, float | None] | None = None, r_max: float = 1.0,
-                    n_draws: int = 100, fraction: float = 0.75, min_inside: int = 25, seed: int = 0) -> dict:
+def gradient_report(
+    maps_path: str | os.PathLike,
+    compare: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    properties: Sequence[str] = DEFAULT_GRADIENT_PROPERTIES,
+    geometry_overrides: Mapping[str, float | None] | None = None,
+    r_max: float = 1.0,
+    n_draws: int = 100,
+    fraction: float = 0.75,
+    min_inside: int = 25,
+    seed: int = 0,
+) -> dict:
     """Gradients of a maps store (and of a second map set: ``truth`` = the cube's truth group, or another
     maps store of the same galaxy), written as JSON and a PNG in ``out_dir`` (default: beside the maps).
     Returns the report dict (with paths)."""
@@ -213,28 +267,40 @@ def gradient_report(maps_path: str | os.PathLike, compare: str | None = None, ou
     kw = dict(r_max=r_max, n_draws=n_draws, fraction=fraction, min_inside=min_inside, seed=seed)
     fits = gradients_of(maps, geometry, properties, **kw)
     sets = {maps_path.name: (maps, fits, _good(maps))}
-    report: dict = {"maps": str(maps_path), "geometry": asdict(geometry), "options": kw,
-                    "gradients": {p: asdict(f) if f else None for p, f in fits.items()}}
+    report: dict = {
+        "maps": str(maps_path),
+        "geometry": asdict(geometry),
+        "options": kw,
+        "gradients": {p: asdict(f) if f else None for p, f in fits.items()},
+    }
     not_fitted = [p for p, f in fits.items() if f is None]
     if not_fitted:
-        report["not_fitted"] = {p: f"fewer than {min_inside} usable pixels inside {r_max:g} R_e or none outside"
-                                for p in not_fitted}
+        report["not_fitted"] = {
+            p: f"fewer than {min_inside} usable pixels inside {r_max:g} R_e or none outside" for p in not_fitted
+        }
     if compare:
         other, label = _open_other(maps, compare)
         # truth maps have no flags: every pixel counts, like the engine's maps with flag == 0
         other_fits = gradients_of(other, geometry, [p for p in fits], good=_good(other), **kw)
         sets[label] = (other, other_fits, _good(other))
-        report["compare"] = {"with": label, "gradients": {p: asdict(f) if f else None for p, f in other_fits.items()},
-                             "differences": compare_gradients(fits, other_fits)}
+        report["compare"] = {
+            "with": label,
+            "gradients": {p: asdict(f) if f else None for p, f in other_fits.items()},
+            "differences": compare_gradients(fits, other_fits),
+        }
         if "input_gradients_per_r_e" in other.attrs:
             report["compare"]["input_gradients_per_r_e"] = other.attrs["input_gradients_per_r_e"]
     out = Path(out_dir) if out_dir else maps_path.parent
     out.mkdir(parents=True, exist_ok=True)
     stem = maps_path.name[:-5] if maps_path.name.endswith(".zarr") else maps_path.name
-    png = plot_gradients(sets, geometry, out / f"{stem}.gradients.png",
-                         title=f"radial gradients within {r_max:g} R_e (R_e = {geometry.r_e_pixels:.1f} px, "
-                               f"i = {geometry.inclination_deg:.0f} deg, PA = {geometry.position_angle_deg:.0f} deg)",
-                         r_max=r_max)
+    png = plot_gradients(
+        sets,
+        geometry,
+        out / f"{stem}.gradients.png",
+        title=f"radial gradients within {r_max:g} R_e (R_e = {geometry.r_e_pixels:.1f} px, "
+        f"i = {geometry.inclination_deg:.0f} deg, PA = {geometry.position_angle_deg:.0f} deg)",
+        r_max=r_max,
+    )
     report["figure"] = str(png)
     report["json"] = str(out / f"{stem}.gradients.json")
     Path(report["json"]).write_text(json.dumps(report, indent=2, default=str))
@@ -247,8 +313,9 @@ def _open_other(maps: xr.Dataset, compare: str) -> tuple[xr.Dataset, str]:
     if compare == "truth":
         cube = maps.attrs.get("cube")
         if not cube or not Path(cube).exists():
-            raise CubeError("--compare truth needs the cube the maps were made from (attribute 'cube'), "
-                            f"which is {cube!r}")
+            raise CubeError(
+                f"--compare truth needs the cube the maps were made from (attribute 'cube'), which is {cube!r}"
+            )
         try:
             return xr.open_zarr(cube, group="truth", consolidated=False), "truth"
         except Exception as exc:

@@ -14,6 +14,15 @@ from survey_proc.binning._voronoi import (
 )
 
 __all__ = [
-    "PIXEL_GROUP", "PIXEL_MAP", "BinConfig", "bin_cube", "coadd", "finish_bins", "order_bins_by_chunk", "plot_bins",
-    "spaxel_signal_noise", "voronoi_bins", "write_pixel_maps",
+    "PIXEL_GROUP",
+    "PIXEL_MAP",
+    "BinConfig",
+    "bin_cube",
+    "coadd",
+    "finish_bins",
+    "order_bins_by_chunk",
+    "plot_bins",
+    "spaxel_signal_noise",
+    "voronoi_bins",
+    "write_pixel_maps",
 ]

@@ -19,8 +19,9 @@ from survey_proc.stores._maps import Flag
 PIXEL_GROUP = "pixels"
 
 
-def _pixel_template(maps: xr.Dataset, names: list[str], bin_id: np.ndarray, chunks: tuple[int, int],
-                    coords: dict) -> xr.Dataset:
+def _pixel_template(
+    maps: xr.Dataset, names: list[str], bin_id: np.ndarray, chunks: tuple[int, int], coords: dict
+) -> xr.Dataset:
     import dask.array as da
 
     ny, nx = bin_id.shape
@@ -28,14 +29,17 @@ def _pixel_template(maps: xr.Dataset, names: list[str], bin_id: np.ndarray, chun
     for name in names:
         var = maps[name]
         extra = var.dims[1:]
-        shape = (ny, nx) + tuple(maps.sizes[d] for d in extra)
+        shape = (ny, nx, *tuple(maps.sizes[d] for d in extra))
         fill = 0 if np.issubdtype(var.dtype, np.integer) else np.nan
         arr = da.full(shape, fill, dtype=var.dtype, chunks=chunks + shape[2:])
-        data_vars[name] = (("y", "x") + extra, arr, dict(var.attrs))
+        data_vars[name] = (("y", "x", *extra), arr, dict(var.attrs))
     data_vars[PIXEL_MAP] = (("y", "x"), bin_id, {"units": "1", "long_name": "bin of each spaxel (-1: in no bin)"})
     extra_coords = {d: maps[d] for n in names for d in maps[n].dims[1:] if d in maps.coords}
-    ds = xr.Dataset(data_vars, coords={**extra_coords, **coords},
-                    attrs={"title": "survey-proc maps on the pixel grid (each spaxel takes its bin's values)"})
+    ds = xr.Dataset(
+        data_vars,
+        coords={**extra_coords, **coords},
+        attrs={"title": "survey-proc maps on the pixel grid (each spaxel takes its bin's values)"},
+    )
     return ds
 
 
@@ -47,12 +51,13 @@ def write_pixel_maps(catalogue: str, maps_path: str, names: list[str]) -> str:
     coords = {}
     for c in ("pixel_ra", "pixel_dec"):
         if c in cat:
-            coords[c[len("pixel_"):]] = (("y", "x"), np.asarray(cat[c][...]), dict(cat[c].attrs))
+            coords[c[len("pixel_") :]] = (("y", "x"), np.asarray(cat[c][...]), dict(cat[c].attrs))
     maps = xr.open_zarr(maps_path, consolidated=False)
     template = _pixel_template(maps, names, bin_id.astype(np.int32), (cy, cx), coords)
     enc = {n: {"chunks": tuple(int(max(c)) for c in template[n].chunks)} for n in names}
-    template.to_zarr(maps_path, group=PIXEL_GROUP, mode="w", compute=False, zarr_format=3, consolidated=False,
-                     encoding=enc)
+    template.to_zarr(
+        maps_path, group=PIXEL_GROUP, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=enc
+    )
     src = zarr.open_group(maps_path, mode="r")
     dst = zarr.open_group(maps_path, mode="r+", path=PIXEL_GROUP)
     for y0, y1, x0, x1 in chunk_blocks(*bin_id.shape, cy, cx):

@@ -26,8 +26,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from survey_proc._figures import save_figure
 from survey_proc import config
+from survey_proc._figures import save_figure
 from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.preprocess import masked_median, snr_per_angstrom
 from survey_proc.stores._cube import (
@@ -66,11 +66,13 @@ class BinConfig:
             min_snr=float(self.min_snr if self.min_snr is not None else get("bin.min-snr")),
             wave_range=tuple(float(w) for w in wr) if wr else None,
             objects_per_chunk=int(self.objects_per_chunk or get("bin.objects-per-chunk")),
-            overwrite=self.overwrite)
+            overwrite=self.overwrite,
+        )
 
 
-def spaxel_signal_noise(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, in_window: np.ndarray,
-                        step: float) -> tuple[np.ndarray, np.ndarray]:
+def spaxel_signal_noise(
+    flux: np.ndarray, var: np.ndarray, mask: np.ndarray, in_window: np.ndarray, step: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Signal (median flux) and noise per Angstrom of spectra (n, nwave) inside ``in_window`` (nwave,).
 
     ``signal / noise`` is :func:`snr_per_angstrom`; spectra without good pixels get NaN.
@@ -108,17 +110,30 @@ def voronoi_bins(signal: np.ndarray, noise: np.ndarray, target_snr: float, min_s
         return bin_id
     total = s.sum() / np.sqrt((n**2).sum())
     if total < target_snr:
-        raise CubeError(f"all {yy.size} usable spaxels together reach S/N {total:.1f} per Angstrom, below "
-                        f"the target {target_snr:g}: lower --target-snr")
+        raise CubeError(
+            f"all {yy.size} usable spaxels together reach S/N {total:.1f} per Angstrom, below "
+            f"the target {target_snr:g}: lower --target-snr"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # vorbin announces its successor (powerbin) on every call
         try:
             from vorbin.voronoi_2d_binning import voronoi_2d_binning
         except ImportError as exc:
-            raise SurveyProcError("survey-proc bin needs the vorbin package, which is not installed "
-                                  "(pip install 'survey-proc[binning]')") from exc
-        classe, *_ = voronoi_2d_binning(xx.astype(np.float64), yy.astype(np.float64), s, n, target_snr,
-                                        cvt=True, pixelsize=1.0, plot=False, quiet=True, wvt=False)
+            raise SurveyProcError(
+                "survey-proc bin needs the vorbin package, which is not installed (pip install 'survey-proc[binning]')"
+            ) from exc
+        classe, *_ = voronoi_2d_binning(
+            xx.astype(np.float64),
+            yy.astype(np.float64),
+            s,
+            n,
+            target_snr,
+            cvt=True,
+            pixelsize=1.0,
+            plot=False,
+            quiet=True,
+            wvt=False,
+        )
     bin_id[usable] = np.asarray(classe, np.int32)
     return bin_id
 
@@ -149,8 +164,9 @@ def order_bins_by_chunk(bin_id: np.ndarray, cy: int, cx: int) -> tuple[np.ndarra
     return new, last[order]
 
 
-def coadd(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, labels: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def coadd(
+    flux: np.ndarray, var: np.ndarray, mask: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sums over spectra (m, nwave) sharing a label: (labels, sum flux, sum var, good count) per label.
 
     Bad pixels (masked, NaN, var <= 0) are left out of the sums and counted out of ``good``.
@@ -163,12 +179,17 @@ def coadd(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, labels: np.ndarra
     g = good[order]
     f = np.where(g, flux[order], 0.0).astype(np.float64)
     v = np.where(g, var[order], 0.0).astype(np.float64)
-    return (sorted_labels[starts], np.add.reduceat(f, starts, axis=0), np.add.reduceat(v, starts, axis=0),
-            np.add.reduceat(g.astype(np.int32), starts, axis=0))
+    return (
+        sorted_labels[starts],
+        np.add.reduceat(f, starts, axis=0),
+        np.add.reduceat(v, starts, axis=0),
+        np.add.reduceat(g.astype(np.int32), starts, axis=0),
+    )
 
 
-def finish_bins(sum_flux: np.ndarray, sum_var: np.ndarray, n_good: np.ndarray, npix: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def finish_bins(
+    sum_flux: np.ndarray, sum_var: np.ndarray, n_good: np.ndarray, npix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Co-added flux, its variance and mask of bins (k, nwave) of ``npix`` spaxels each.
 
     Where some spaxels are bad at a wavelength the sum of the good ones is scaled by
@@ -189,15 +210,23 @@ def _read_block(grp: zarr.Group, block: tuple[int, int, int, int]) -> tuple[np.n
     return tuple(np.asarray(grp[v][y0:y1, x0:x1]) for v in ("flux", "var", "mask"))
 
 
-def measure_snr(cube_path: str, wave: np.ndarray, redshift: float, wave_range: tuple[float, float] | None,
-                chunks: tuple[int, int], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def measure_snr(
+    cube_path: str,
+    wave: np.ndarray,
+    redshift: float,
+    wave_range: tuple[float, float] | None,
+    chunks: tuple[int, int],
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
     """Signal and noise per Angstrom (ny, nx) of every spaxel, one chunk at a time."""
     grp = zarr.open_group(cube_path, mode="r")
     rest = wave / (1.0 + redshift) if grp[SPECTRAL_DIM].attrs.get("frame", "observed") == "observed" else wave
     window = np.ones(wave.size, bool) if wave_range is None else (rest >= wave_range[0]) & (rest <= wave_range[1])
     if window.sum() < 2:
-        raise CubeError(f"{cube_path}: the S/N window {wave_range} (rest frame) holds {int(window.sum())} "
-                        f"wavelengths of the cube ({rest[0]:.0f}-{rest[-1]:.0f} A rest frame)")
+        raise CubeError(
+            f"{cube_path}: the S/N window {wave_range} (rest frame) holds {int(window.sum())} "
+            f"wavelengths of the cube ({rest[0]:.0f}-{rest[-1]:.0f} A rest frame)"
+        )
     step = float(np.median(np.diff(wave)))
     signal = np.full(shape, np.nan)
     noise = np.full(shape, np.nan)
@@ -211,8 +240,9 @@ def measure_snr(cube_path: str, wave: np.ndarray, redshift: float, wave_range: t
     return signal, noise
 
 
-def _catalogue_template(cube: xr.Dataset, nbins: int, per_chunk: int, bin_id: np.ndarray,
-                        geometry: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+def _catalogue_template(
+    cube: xr.Dataset, nbins: int, per_chunk: int, bin_id: np.ndarray, geometry: dict[str, np.ndarray], attrs: dict
+) -> xr.Dataset:
     """Lazy catalogue Dataset: (object, wave) spectra to be filled, plus the small per-bin arrays."""
     import dask.array as da
 
@@ -220,33 +250,52 @@ def _catalogue_template(cube: xr.Dataset, nbins: int, per_chunk: int, bin_id: np
     shape, chunks = (nbins, nwave), (min(per_chunk, nbins), nwave)
     flux_units = cube["flux"].attrs.get("units", "")
     data_vars = {
-        "flux": (CATALOGUE_DIMS, da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
-                 {"units": flux_units, "long_name": "co-added flux density of the bin"}),
-        "var": (CATALOGUE_DIMS, da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
-                {"units": cube["var"].attrs.get("units", f"({flux_units})**2"),
-                 "long_name": "variance of the co-added flux (propagated, spaxels independent)"}),
-        "mask": (CATALOGUE_DIMS, da.ones(shape, dtype=bool, chunks=chunks),
-                 {"long_name": "bad pixel (True = fewer than half the bin's spaxels are good)"}),
-        "redshift": (("object",), np.full(nbins, float(cube.attrs.get("redshift", 0.0))),
-                     {"units": "1", "long_name": "redshift (the cube's systemic redshift)"}),
+        "flux": (
+            CATALOGUE_DIMS,
+            da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
+            {"units": flux_units, "long_name": "co-added flux density of the bin"},
+        ),
+        "var": (
+            CATALOGUE_DIMS,
+            da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
+            {
+                "units": cube["var"].attrs.get("units", f"({flux_units})**2"),
+                "long_name": "variance of the co-added flux (propagated, spaxels independent)",
+            },
+        ),
+        "mask": (
+            CATALOGUE_DIMS,
+            da.ones(shape, dtype=bool, chunks=chunks),
+            {"long_name": "bad pixel (True = fewer than half the bin's spaxels are good)"},
+        ),
+        "redshift": (
+            ("object",),
+            np.full(nbins, float(cube.attrs.get("redshift", 0.0))),
+            {"units": "1", "long_name": "redshift (the cube's systemic redshift)"},
+        ),
         "bin_npix": (("object",), geometry["npix"].astype(np.int32), {"units": "1", "long_name": "spaxels in the bin"}),
         "bin_y": (("object",), geometry["y"], {"units": "pixel", "long_name": "centroid row of the bin"}),
         "bin_x": (("object",), geometry["x"], {"units": "pixel", "long_name": "centroid column of the bin"}),
-        "bin_snr": (("object",), geometry["snr"].astype(np.float32),
-                    {"units": "1", "long_name": "S/N per Angstrom of the bin expected from its spaxels"}),
+        "bin_snr": (
+            ("object",),
+            geometry["snr"].astype(np.float32),
+            {"units": "1", "long_name": "S/N per Angstrom of the bin expected from its spaxels"},
+        ),
         PIXEL_MAP: (("y", "x"), bin_id, {"units": "1", "long_name": "bin of each spaxel (-1: in no bin)"}),
     }
     if "lsf_fwhm" in cube:
         data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), cube["lsf_fwhm"].values, dict(cube["lsf_fwhm"].attrs))
-    coords = {SPECTRAL_DIM: (SPECTRAL_DIM, cube[SPECTRAL_DIM].values,
-                             dict(cube[SPECTRAL_DIM].attrs) or wave_attrs())}
+    coords = {SPECTRAL_DIM: (SPECTRAL_DIM, cube[SPECTRAL_DIM].values, dict(cube[SPECTRAL_DIM].attrs) or wave_attrs())}
     for c in ("ra", "dec"):
         if c in cube.coords and cube[c].dims == ("y", "x"):
             values = np.asarray(cube[c].values, np.float64)
             inside = bin_id >= 0
             mean = np.bincount(bin_id[inside], values[inside], minlength=nbins) / geometry["npix"]
-            coords[c] = (("object",), mean, {**cube[c].attrs, "long_name": f"{cube[c].attrs.get('long_name', c)} "
-                                                                          "of the bin (mean of its spaxels)"})
+            coords[c] = (
+                ("object",),
+                mean,
+                {**cube[c].attrs, "long_name": f"{cube[c].attrs.get('long_name', c)} of the bin (mean of its spaxels)"},
+            )
             coords[f"pixel_{c}"] = (("y", "x"), values, dict(cube[c].attrs))
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
@@ -258,8 +307,9 @@ def bin_cube(cube_path: str | Path, out: str | Path, cfg: BinConfig | None = Non
     cube_path, out = str(cube_path), str(out)
     cube = open_spectral_store(cube_path)
     if cube["flux"].dims != ("y", "x", SPECTRAL_DIM):
-        raise CubeError(f"{cube_path} is a spectra catalogue already (dims {cube['flux'].dims}); bin a cube "
-                        "(y, x, wave)")
+        raise CubeError(
+            f"{cube_path} is a spectra catalogue already (dims {cube['flux'].dims}); bin a cube (y, x, wave)"
+        )
     if Path(out).exists() and not cfg.overwrite:
         raise CubeError(f"{out} exists; pass --overwrite to replace it")
     ny, nx = cube.sizes["y"], cube.sizes["x"]
@@ -276,31 +326,62 @@ def bin_cube(cube_path: str | Path, out: str | Path, cfg: BinConfig | None = Non
     yy, xx = np.indices((ny, nx))
     s_sum = np.bincount(bin_id[inside], signal[inside], minlength=nbins)
     n_sum = np.bincount(bin_id[inside], noise[inside] ** 2, minlength=nbins)
-    geometry = {"npix": npix, "y": np.bincount(bin_id[inside], yy[inside], minlength=nbins) / npix,
-                "x": np.bincount(bin_id[inside], xx[inside], minlength=nbins) / npix, "snr": s_sum / np.sqrt(n_sum)}
-    binning = {"method": "Voronoi (Cappellari & Copin 2003)", "package": f"vorbin {version('vorbin')}",
-               "target_snr": cfg.target_snr, "min_snr": cfg.min_snr,
-               "snr_definition": "median S/N per Angstrom over good pixels, spaxels independent",
-               "wave_range_rest": list(cfg.wave_range) if cfg.wave_range else None,
-               "bins": nbins, "spaxels_binned": int(inside.sum()), "spaxels_left_out": int((~inside).sum())}
-    attrs = {**{k: v for k, v in cube.attrs.items()}, "binned_from": str(Path(cube_path).resolve()),
-             "binning": json.dumps(binning), "pixel_chunks": [int(cy), int(cx)],
-             "title": "survey-proc Voronoi-binned spectra"}
+    geometry = {
+        "npix": npix,
+        "y": np.bincount(bin_id[inside], yy[inside], minlength=nbins) / npix,
+        "x": np.bincount(bin_id[inside], xx[inside], minlength=nbins) / npix,
+        "snr": s_sum / np.sqrt(n_sum),
+    }
+    binning = {
+        "method": "Voronoi (Cappellari & Copin 2003)",
+        "package": f"vorbin {version('vorbin')}",
+        "target_snr": cfg.target_snr,
+        "min_snr": cfg.min_snr,
+        "snr_definition": "median S/N per Angstrom over good pixels, spaxels independent",
+        "wave_range_rest": list(cfg.wave_range) if cfg.wave_range else None,
+        "bins": nbins,
+        "spaxels_binned": int(inside.sum()),
+        "spaxels_left_out": int((~inside).sum()),
+    }
+    attrs = {
+        **{k: v for k, v in cube.attrs.items()},
+        "binned_from": str(Path(cube_path).resolve()),
+        "binning": json.dumps(binning),
+        "pixel_chunks": [int(cy), int(cx)],
+        "title": "survey-proc Voronoi-binned spectra",
+    }
     per_chunk = int(cfg.objects_per_chunk)
     template = _catalogue_template(cube, nbins, per_chunk, bin_id, geometry, attrs)
     enc = {v: {"chunks": (min(per_chunk, nbins), wave.size)} for v in ("flux", "var", "mask")}
     template.to_zarr(out, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=enc)
     _write_coadded(cube_path, out, bin_id, last_chunk, npix, (cy, cx), progress)
     consolidate(out)
-    return {"bins": nbins, "spaxels": ny * nx, "binned": int(inside.sum()), "left_out": int((~inside).sum()),
-            "single_spaxel_bins": int((npix == 1).sum()), "median_bin_snr": float(np.median(geometry["snr"])),
-            "max_spaxels_per_bin": int(npix.max()), "seconds": time.perf_counter() - t0,
-            "seconds_snr": t_snr - t0, "seconds_vorbin": t_bins - t_snr, "out": out,
-            "bin_id": bin_id, "geometry": geometry}
+    return {
+        "bins": nbins,
+        "spaxels": ny * nx,
+        "binned": int(inside.sum()),
+        "left_out": int((~inside).sum()),
+        "single_spaxel_bins": int((npix == 1).sum()),
+        "median_bin_snr": float(np.median(geometry["snr"])),
+        "max_spaxels_per_bin": int(npix.max()),
+        "seconds": time.perf_counter() - t0,
+        "seconds_snr": t_snr - t0,
+        "seconds_vorbin": t_bins - t_snr,
+        "out": out,
+        "bin_id": bin_id,
+        "geometry": geometry,
+    }
 
 
-def _write_coadded(cube_path: str, out: str, bin_id: np.ndarray, last_chunk: np.ndarray, npix: np.ndarray,
-                   chunks: tuple[int, int], progress: bool) -> None:
+def _write_coadded(
+    cube_path: str,
+    out: str,
+    bin_id: np.ndarray,
+    last_chunk: np.ndarray,
+    npix: np.ndarray,
+    chunks: tuple[int, int],
+    progress: bool,
+) -> None:
     """Second pass: co-add every bin's spectra chunk by chunk and write the finished bins in order."""
     from tqdm import tqdm
 
@@ -326,8 +407,12 @@ def _write_coadded(cube_path: str, out: str, bin_id: np.ndarray, last_chunk: np.
         stop = int(np.searchsorted(last_chunk, k, side="right"))
         if stop > written:
             done = [open_bins.pop(b) for b in range(written, stop)]
-            flux_b, var_b, bad = finish_bins(np.stack([d[0] for d in done]), np.stack([d[1] for d in done]),
-                                             np.stack([d[2] for d in done]), npix[written:stop])
+            flux_b, var_b, bad = finish_bins(
+                np.stack([d[0] for d in done]),
+                np.stack([d[1] for d in done]),
+                np.stack([d[2] for d in done]),
+                npix[written:stop],
+            )
             dst["flux"][written:stop] = flux_b
             dst["var"][written:stop] = var_b
             dst["mask"][written:stop] = bad
@@ -353,8 +438,11 @@ def plot_bins(info: dict, path: str | Path, title: str = "") -> Path:
     a.set(title=f"{info['bins']} bins ({info['left_out']} spaxels left out)", xlabel="x (pixel)", ylabel="y (pixel)")
     cy, cx = (np.asarray(bin_id.shape) - 1) / 2
     b.plot(np.hypot(geo["x"] - cx, geo["y"] - cy), geo["snr"], "o", ms=3)
-    b.set(xlabel="distance of the bin centroid from the centre (pixel)", ylabel="expected S/N per Angstrom",
-          title="S/N of the bins")
+    b.set(
+        xlabel="distance of the bin centroid from the centre (pixel)",
+        ylabel="expected S/N per Angstrom",
+        title="S/N of the bins",
+    )
     if title:
         fig.suptitle(title)
     path = save_figure(fig, path, dpi=100)

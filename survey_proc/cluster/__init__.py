@@ -52,15 +52,17 @@ def cluster_kind(spec: str) -> ClusterKind:
         return ClusterKind(spec, "cuda" if gpu else "cpu", dict(GPU_TASK) if gpu else None)
     if spec in ("local", "none") or _is_address(spec):
         return ClusterKind(spec)
-    raise SurveyProcError(f"unknown --cluster {spec!r}: use one of {', '.join(KNOWN)} or a scheduler address "
-                          "(tcp://host:8786)")
+    raise SurveyProcError(
+        f"unknown --cluster {spec!r}: use one of {', '.join(KNOWN)} or a scheduler address (tcp://host:8786)"
+    )
 
 
 def job_script(spec: str) -> str:
     """The batch script a ``slurm`` or ``pbs`` cluster would submit per job (nothing is submitted)."""
     if spec not in JOBQUEUE:
-        raise SurveyProcError(f"--cluster {spec!r} submits no job scripts; job scripts exist for "
-                              f"{' and '.join(JOBQUEUE)}")
+        raise SurveyProcError(
+            f"--cluster {spec!r} submits no job scripts; job scripts exist for {' and '.join(JOBQUEUE)}"
+        )
     return JOBQUEUE[spec].job_script()
 
 

@@ -26,8 +26,9 @@ def gpu_worker_threads(setting: int | str | None, cores: int, gpus: int) -> int:
         return max(1, int(cores) // max(1, int(gpus)))
     threads = int(setting)
     if threads < 1:
-        raise SurveyProcError(f"survey-proc.cluster.local-cuda.threads-per-worker must be auto or at least 1, "
-                              f"not {setting!r}")
+        raise SurveyProcError(
+            f"survey-proc.cluster.local-cuda.threads-per-worker must be auto or at least 1, not {setting!r}"
+        )
     return threads
 
 
@@ -47,8 +48,10 @@ def local_cuda_cluster(workers: int | None = None):
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError as exc:
-        raise SurveyProcError("--cluster local-cuda needs dask-cuda, which is not installed "
-                              "(pip install 'survey-proc[gpu]', on a machine with NVIDIA GPUs)") from exc
+        raise SurveyProcError(
+            "--cluster local-cuda needs dask-cuda, which is not installed "
+            "(pip install 'survey-proc[gpu]', on a machine with NVIDIA GPUs)"
+        ) from exc
     settings = dict(config.get("cluster.local-cuda") or {})
     devices = settings.get("devices")
     if isinstance(devices, (list, tuple)):  # "0,1" from an environment variable arrives as (0, 1)
@@ -58,17 +61,27 @@ def local_cuda_cluster(workers: int | None = None):
     try:
         gpus = _visible_gpus(devices, workers)
     except Exception as exc:  # no driver: NVML cannot start
-        raise SurveyProcError(f"--cluster local-cuda found no GPU: {type(exc).__name__}: {exc} "
-                              "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)") from exc
+        raise SurveyProcError(
+            f"--cluster local-cuda found no GPU: {type(exc).__name__}: {exc} "
+            "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)"
+        ) from exc
     threads = gpu_worker_threads(settings.get("threads-per-worker"), CPU_COUNT, gpus)
     try:
         with dask.config.set(worker_config()):
             return LocalCUDACluster(
-                CUDA_VISIBLE_DEVICES=None if devices is None else str(devices), n_workers=workers,
+                CUDA_VISIBLE_DEVICES=None if devices is None else str(devices),
+                n_workers=workers,
                 threads_per_worker=threads,
                 memory_limit=settings.get("memory-limit", "auto"),
-                rmm_pool_size=None, rmm_managed_memory=False, rmm_async=False,
-                resources=dict(GPU_RESOURCE), dashboard_address=":0", silence_logs=40)
+                rmm_pool_size=None,
+                rmm_managed_memory=False,
+                rmm_async=False,
+                resources=dict(GPU_RESOURCE),
+                dashboard_address=":0",
+                silence_logs=40,
+            )
     except Exception as exc:  # no driver, no GPU visible, CUDA_VISIBLE_DEVICES naming a missing GPU
-        raise SurveyProcError(f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} "
-                              "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)") from exc
+        raise SurveyProcError(
+            f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} "
+            "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)"
+        ) from exc

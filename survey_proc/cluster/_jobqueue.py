@@ -69,8 +69,9 @@ class JobqueueBackend:
         try:
             return importlib.import_module(self.module)
         except ImportError as exc:
-            raise SurveyProcError(f"--cluster {self.name} needs dask-jobqueue, which is not installed "
-                                  "(pip install 'survey-proc[hpc]')") from exc
+            raise SurveyProcError(
+                f"--cluster {self.name} needs dask-jobqueue, which is not installed (pip install 'survey-proc[hpc]')"
+            ) from exc
 
     def job_script(self) -> str:
         """The batch script one job would run (scheduler address and worker name are placeholders)."""
@@ -90,8 +91,9 @@ class JobqueueBackend:
         try:
             cluster = cluster_cls(scheduler_options=scheduler_options or None, **kwargs)
         except (TypeError, ValueError) as exc:
-            raise SurveyProcError(f"could not set up --cluster {self.name} from survey-proc.cluster.{self.name}: "
-                                  f"{exc}") from exc
+            raise SurveyProcError(
+                f"could not set up --cluster {self.name} from survey-proc.cluster.{self.name}: {exc}"
+            ) from exc
         if workers:
             cluster.scale(workers)
         else:

@@ -56,10 +56,14 @@ def worker_config() -> dict:
     ``survey-proc.cluster.worker-profile``; and slower housekeeping (``cluster.tick-interval``,
     ``cluster.system-monitor-interval``): Dask's defaults (a 20 ms event-loop tick, 0.5 s system
     monitor) kept an idle 2-worker cluster at 12 % of a core, 4 % with 1 s and 2 s."""
-    settings = {"distributed.nanny.pre-spawn-environ": worker_environ(),
-                "distributed.worker.profile.enabled": bool(config.get("cluster.worker-profile", False))}
-    for key, dask_key in (("cluster.tick-interval", "distributed.admin.tick.interval"),
-                          ("cluster.system-monitor-interval", "distributed.admin.system-monitor.interval")):
+    settings = {
+        "distributed.nanny.pre-spawn-environ": worker_environ(),
+        "distributed.worker.profile.enabled": bool(config.get("cluster.worker-profile", False)),
+    }
+    for key, dask_key in (
+        ("cluster.tick-interval", "distributed.admin.tick.interval"),
+        ("cluster.system-monitor-interval", "distributed.admin.system-monitor.interval"),
+    ):
         if config.get(key) is not None:
             settings[dask_key] = config.get(key)
     return settings
@@ -74,6 +78,12 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwa
 
     n = workers or max(1, CPU_COUNT // max(threads_per_worker, 1))
     with dask.config.set(worker_config()):
-        return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=kwargs.pop("dashboard_address", ":0"),
-                            memory_limit=config.get("cluster.memory-limit", "auto"), silence_logs=logging.CRITICAL, **kwargs)  # task errors reach the user through the client
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=kwargs.pop("dashboard_address", ":0"),
+            memory_limit=config.get("cluster.memory-limit", "auto"),
+            silence_logs=logging.CRITICAL,
+            **kwargs,
+        )  # task errors reach the user through the client

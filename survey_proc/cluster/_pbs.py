@@ -22,4 +22,6 @@ def _request_gpus(kwargs: dict[str, Any], settings: dict[str, Any], gpus: int) -
     return {**kwargs, "resource_spec": spec}
 
 
-PBS = JobqueueBackend(name="pbs", module="dask_jobqueue.pbs", cluster_class="PBSCluster", job_class="PBSJob", gpu_request=_request_gpus)
+PBS = JobqueueBackend(
+    name="pbs", module="dask_jobqueue.pbs", cluster_class="PBSCluster", job_class="PBSJob", gpu_request=_request_gpus
+)

@@ -16,4 +16,10 @@ def _request_gpus(kwargs: dict[str, Any], settings: dict[str, Any], gpus: int) -
     return {**kwargs, "job_extra_directives": [*kwargs["job_extra_directives"], directive]}
 
 
-SLURM = JobqueueBackend(name="slurm", module="dask_jobqueue.slurm", cluster_class="SLURMCluster", job_class="SLURMJob", gpu_request=_request_gpus)
+SLURM = JobqueueBackend(
+    name="slurm",
+    module="dask_jobqueue.slurm",
+    cluster_class="SLURMCluster",
+    job_class="SLURMJob",
+    gpu_request=_request_gpus,
+)

@@ -24,13 +24,13 @@ import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync as zarr_sync
 
 from survey_proc import config
+from survey_proc.engine._template import Region, output_variables
 from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.estimators import load_estimator
 from survey_proc.estimators._base import Estimator
 from survey_proc.preprocess import estimator_meta
 from survey_proc.ssp import to_medium
 from survey_proc.stores._maps import NOT_FITTED, Flag
-from survey_proc.engine._template import Region, output_variables
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,18 @@ class RegionResult:
     reused: bool = False  #: the region was found complete and was not written again
 
 
-def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: np.ndarray,
-                    redshift: float | np.ndarray, estimator: Estimator, min_snr: float,
-                    lsf_fwhm: np.ndarray | None = None, timings: dict[str, float] | None = None,
-                    shape: tuple[int, ...] | None = None,
-                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
+def estimate_region(
+    flux: np.ndarray,
+    var: np.ndarray,
+    mask: np.ndarray,
+    wave: np.ndarray,
+    redshift: float | np.ndarray,
+    estimator: Estimator,
+    min_snr: float,
+    lsf_fwhm: np.ndarray | None = None,
+    timings: dict[str, float] | None = None,
+    shape: tuple[int, ...] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
     """Estimates for spectra (n, nwave): ({name: (n, ...)}, flag (n,), snr (n,), estimator seconds).
 
     ``wave`` is the store's feature axis (wavelengths, or band names for photometry), ``shape``
@@ -77,9 +84,9 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
 
     Spectra go through preprocessing and the estimator in blocks of :func:`stream_block`; the numbers
     do not depend on it (where a block has unfitted spectra, the network's batches are smaller than
-    with the whole region at once, which can move outputs in the last bits of float32). Spectra that cannot be fitted get NaN outputs and their flag bits; non-finite estimator
-    outputs are flagged FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold)
-    set their flags.
+    with the whole region at once, which can move outputs in the last bits of float32). Spectra that
+    cannot be fitted get NaN outputs and their flag bits; non-finite estimator outputs are flagged
+    FIT_FAILED; rules of the manifest (e.g. a novelty score above threshold) set their flags.
     """
     manifest = estimator.manifest
     input_spec = manifest.input
@@ -92,13 +99,16 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
     for a in range(0, n, block):
         b = min(a + block, n)
         w0, c0 = time.perf_counter(), time.process_time()
-        prep = input_spec.prepare_batch(flux[a:b], var[a:b], mask[a:b], wave,
-                                        redshift if np.ndim(redshift) == 0 else z_all[a:b], shape=shape)
+        prep = input_spec.prepare_batch(
+            flux[a:b], var[a:b], mask[a:b], wave, redshift if np.ndim(redshift) == 0 else z_all[a:b], shape=shape
+        )
         w1, c1 = time.perf_counter(), time.process_time()
         flags[a:b], snr[a:b], fit[a:b] = prep.flags, prep.snr, prep.fit
         x_in, rows = prep.batch()  # rows: the pixels (of this block) the estimator's output rows belong to
         if prep.fit.any():
-            parts.append((a, rows, estimator.predict(x_in, estimator_meta(z_all[a:b][rows], wave, lsf_fwhm, input_spec))))
+            parts.append(
+                (a, rows, estimator.predict(x_in, estimator_meta(z_all[a:b][rows], wave, lsf_fwhm, input_spec)))
+            )
         del prep, x_in
         spent += (w1 - w0, c1 - c0, time.perf_counter() - w1, time.process_time() - c1)
     with np.errstate(invalid="ignore"):
@@ -108,12 +118,12 @@ def estimate_region(flux: np.ndarray, var: np.ndarray, mask: np.ndarray, wave: n
         timings.update(prepare=spent[0], prepare_cpu=spent[1], estimator=spent[2], estimator_cpu=spent[3])
     outputs: dict[str, np.ndarray] = {}
     for name, extra, _, coords in output_variables(manifest):
-        out_shape = (n,) + tuple(len(coords[e]) for e in extra)
+        out_shape = (n, *tuple(len(coords[e]) for e in extra))
         full = np.full(out_shape, np.nan, np.float32)
         for a, rows, pred in parts:
             if name not in pred:
                 raise KeyError(f"estimator {manifest.name} did not return '{name}' declared in its manifest")
-            full[a:a + rows.size][rows] = pred[name]
+            full[a : a + rows.size][rows] = pred[name]
         outputs[name] = full
     failed = np.zeros(n, bool)
     for spec in manifest.outputs:
@@ -152,8 +162,9 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(cube: str, feature_dim: str = "wave", medium: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+def _wave_and_lsf(
+    cube: str, feature_dim: str = "wave", medium: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The store's feature axis (wavelengths in Angstrom — in ``medium``, the model's, when given —
     or band names) and, for spectra, the instrumental FWHM per wavelength (Angstrom), once per process."""
     grp = zarr.open_group(cube, mode="r")
@@ -197,8 +208,14 @@ async def _read_arrays(path: str, names: list[str], index: tuple[slice, ...]) ->
     return {name: np.asarray(values[present.index(name)]) if name in present else None for name in names}
 
 
-def write_region_outputs(path: str, index: tuple[slice, ...], arrays: Mapping[str, np.ndarray],
-                         region_index: tuple[int, ...], spectra: int, checksum: int) -> None:
+def write_region_outputs(
+    path: str,
+    index: tuple[slice, ...],
+    arrays: Mapping[str, np.ndarray],
+    region_index: tuple[int, ...],
+    spectra: int,
+    checksum: int,
+) -> None:
     """Write a region's outputs and bookkeeping concurrently, read the outputs back and check their
     CRC-32 against ``checksum``, then write its ``region_done`` marker last.
 
@@ -212,21 +229,31 @@ class RegionWriteError(SurveyProcError):
     """A region's outputs read back from the store differ from those written."""
 
 
-async def _write_region_outputs(path: str, index: tuple[slice, ...], arrays: Mapping[str, np.ndarray],
-                                region_index: tuple[int, ...], spectra: int, checksum: int) -> None:
+async def _write_region_outputs(
+    path: str,
+    index: tuple[slice, ...],
+    arrays: Mapping[str, np.ndarray],
+    region_index: tuple[int, ...],
+    spectra: int,
+    checksum: int,
+) -> None:
     grp = await zarr_async.open_group(store=path, mode="r+", zarr_format=3)
-    names = list(arrays) + ["region_spectra", "region_checksum", "region_done"]
+    names = [*list(arrays), "region_spectra", "region_checksum", "region_done"]
     handles = dict(zip(names, await asyncio.gather(*[grp.getitem(name) for name in names])))
     marker = tuple(slice(i, i + 1) for i in region_index)
     one = (1,) * len(marker)
-    await asyncio.gather(*[handles[name].setitem(index, values) for name, values in arrays.items()],
-                         handles["region_spectra"].setitem(marker, np.full(one, spectra, np.int32)),
-                         handles["region_checksum"].setitem(marker, np.full(one, checksum, np.uint32)))
+    await asyncio.gather(
+        *[handles[name].setitem(index, values) for name, values in arrays.items()],
+        handles["region_spectra"].setitem(marker, np.full(one, spectra, np.int32)),
+        handles["region_checksum"].setitem(marker, np.full(one, checksum, np.uint32)),
+    )
     stored = await asyncio.gather(*[handles[name].getitem(index) for name in arrays])
     if region_checksum({name: np.asarray(v) for name, v in zip(arrays, stored)}) != checksum:
         where = ", ".join(f"{s.start}:{s.stop}" for s in index)
-        raise RegionWriteError(f"{path}: the outputs read back at [{where}] differ from those written "
-                               "(CRC-32); the region is left unmarked")
+        raise RegionWriteError(
+            f"{path}: the outputs read back at [{where}] differ from those written "
+            "(CRC-32); the region is left unmarked"
+        )
     await handles["region_done"].setitem(marker, np.ones(one, np.uint8))  # last: marks completion
 
 
@@ -249,13 +276,22 @@ def _recorded_result(out: zarr.Group, region: Region, index: tuple, marker: tupl
     """The result of a region already complete in the store (nothing is written)."""
     flags = np.asarray(out["flag"][index])
     counts, fitted = flag_counts(flags)
-    return RegionResult(key=region.key, spectra=int(out["region_spectra"][marker].item()), fitted=fitted,
-                        flag_counts=counts, seconds=time.perf_counter() - t0, estimator_seconds=0.0,
-                        checksum=int(out["region_checksum"][marker].item()), worker=_worker_name(), reused=True)
+    return RegionResult(
+        key=region.key,
+        spectra=int(out["region_spectra"][marker].item()),
+        fitted=fitted,
+        flag_counts=counts,
+        seconds=time.perf_counter() - t0,
+        estimator_seconds=0.0,
+        checksum=int(out["region_checksum"][marker].item()),
+        worker=_worker_name(),
+        reused=True,
+    )
 
 
-def read_region_inputs(cube_path: str, region: Region, with_redshift: bool = False,
-                       window: tuple[slice, ...] | None = None) -> dict[str, np.ndarray | None]:
+def read_region_inputs(
+    cube_path: str, region: Region, with_redshift: bool = False, window: tuple[slice, ...] | None = None
+) -> dict[str, np.ndarray | None]:
     """``flux``, ``var``, ``mask`` (and ``redshift``) of a region (or of ``window``, the region
     with its halo), read concurrently.
 
@@ -271,9 +307,11 @@ def read_region_inputs(cube_path: str, region: Region, with_redshift: bool = Fal
         for name in names:
             try:
                 np.asarray(cube[name][index]) if name in cube else None
-            except Exception as exc:  # noqa: BLE001 - reported with the store and region named
-                raise CubeError(f"{cube_path}: variable '{name}' cannot be read at {region.key} ({where}): "
-                                f"{type(exc).__name__}: {exc} (the store is damaged there)") from None
+            except Exception as exc:
+                raise CubeError(
+                    f"{cube_path}: variable '{name}' cannot be read at {region.key} ({where}): "
+                    f"{type(exc).__name__}: {exc} (the store is damaged there)"
+                ) from None
         raise
 
 
@@ -289,10 +327,7 @@ def limit_io_threads(opts: RegionOptions) -> None:
     wanted = config.get("run.io-threads", "auto")
     if wanted in (None, "auto"):
         nthreads = _worker_threads()
-        if nthreads:
-            wanted = nthreads
-        else:
-            wanted = None if opts.device.startswith("cuda") else max(1, int(opts.threads or 1))
+        wanted = nthreads or (None if opts.device.startswith("cuda") else max(1, int(opts.threads or 1)))
     elif int(wanted) < 1:
         raise ValueError(f"survey-proc.run.io-threads must be auto or at least 1, not {wanted!r}")
     if wanted is not None and zarr.config.get("threading.max_workers", None) != int(wanted):
@@ -359,8 +394,17 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
         redshift = np.asarray(read["redshift"], np.float64)
     timings: dict[str, float] = {}
     outputs, flags, snr, est_seconds = estimate_region(
-        flux.reshape(n, -1), var.reshape(n, -1), mask.reshape(n, -1), wave, redshift,
-        estimator, opts.min_snr, lsf, timings, shape=spatial_shape)
+        flux.reshape(n, -1),
+        var.reshape(n, -1),
+        mask.reshape(n, -1),
+        wave,
+        redshift,
+        estimator,
+        opts.min_snr,
+        lsf,
+        timings,
+        shape=spatial_shape,
+    )
     t_est, c_est = time.perf_counter(), time.process_time()
 
     arrays = {name: values.reshape(spatial_shape + values.shape[1:])[core] for name, values in outputs.items()}
@@ -373,7 +417,23 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     t_end, c_end = time.perf_counter(), time.process_time()
 
     counts, fitted = flag_counts(flags)
-    timings.update(load=t_load - t0, read=t_read - t_load, read_cpu=c_read - c_load, estimate=t_est - t_read,
-                   write=t_end - t_est, write_cpu=c_end - c_est, cpu=c_end - cpu0)
-    return RegionResult(key=region.key, spectra=n, fitted=fitted, flag_counts=counts, seconds=t_end - t0,
-                        estimator_seconds=est_seconds, checksum=checksum, worker=_worker_name(), timings=timings)
+    timings.update(
+        load=t_load - t0,
+        read=t_read - t_load,
+        read_cpu=c_read - c_load,
+        estimate=t_est - t_read,
+        write=t_end - t_est,
+        write_cpu=c_end - c_est,
+        cpu=c_end - cpu0,
+    )
+    return RegionResult(
+        key=region.key,
+        spectra=n,
+        fitted=fitted,
+        flag_counts=counts,
+        seconds=t_end - t0,
+        estimator_seconds=est_seconds,
+        checksum=checksum,
+        worker=_worker_name(),
+        timings=timings,
+    )

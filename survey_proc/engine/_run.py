@@ -19,6 +19,7 @@ raises instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -35,17 +36,14 @@ import zarr
 
 from survey_proc import config
 from survey_proc.binning import PIXEL_MAP, write_pixel_maps
-from survey_proc.errors import CubeError, SurveyProcError
-from survey_proc.estimators import load_estimator, load_manifest
-from survey_proc.estimators._base import Manifest
 from survey_proc.engine._region import (
     RegionOptions,
     RegionResult,
     flag_counts,
     process_region,
     read_arrays,
-    setup_worker,
     region_checksum,
+    setup_worker,
 )
 from survey_proc.engine._template import (
     Region,
@@ -54,6 +52,9 @@ from survey_proc.engine._template import (
     output_variables,
     spatial_chunks,
 )
+from survey_proc.errors import CubeError, SurveyProcError
+from survey_proc.estimators import load_estimator, load_manifest
+from survey_proc.estimators._base import Manifest
 from survey_proc.stores._cube import consolidate, spatial_dims
 from survey_proc.stores._inputs import open_input_store
 
@@ -85,13 +86,19 @@ class RunConfig:
         get = config.get
         cluster = self.cluster or get("run.cluster")
         return RunConfig(
-            cube=str(Path(self.cube)), out=str(self.out or default_output(self.cube)),
-            model=self.model or get("run.model"), cluster=cluster,
+            cube=str(Path(self.cube)),
+            out=str(self.out or default_output(self.cube)),
+            model=self.model or get("run.model"),
+            cluster=cluster,
             workers=self.workers if self.workers is not None else get("run.workers"),
             threads_per_worker=self.threads_per_worker or get("run.threads-per-worker"),
-            redshift=self.redshift, min_snr=self.min_snr, overwrite=self.overwrite, progress=self.progress,
+            redshift=self.redshift,
+            min_snr=self.min_snr,
+            overwrite=self.overwrite,
+            progress=self.progress,
             device=self.device or cluster_kind(cluster).device,
-            retries=self.retries if self.retries is not None else get("run.retries"))
+            retries=self.retries if self.retries is not None else get("run.retries"),
+        )
 
 
 @dataclass
@@ -120,6 +127,7 @@ class RunSummary:
     @property
     def flagged_fraction(self) -> float:
         return self.flagged / self.spectra if self.spectra else float("nan")
+
     timings: dict[str, float] = field(default_factory=dict)  #: summed over the regions run (seconds)
 
     @property
@@ -129,17 +137,25 @@ class RunSummary:
 
     @property
     def spectra_run(self) -> int:
-        return self.spectra if self.regions_run == self.regions else int(
-            round(self.spectra * self.regions_run / max(self.regions, 1)))
+        return (
+            self.spectra
+            if self.regions_run == self.regions
+            else int(round(self.spectra * self.regions_run / max(self.regions, 1)))
+        )
 
     def format(self) -> str:
         flagged = ", ".join(f"{k} {v}" for k, v in self.flag_counts.items() if v) or "none"
         if self.regions_run:
-            head = (f"spectra processed: {self.spectra_run} of {self.spectra} in {self.seconds:.1f} s "
-                    f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); "
-                    + (f"cluster start-up and loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
-                       if self.setup_seconds > 0 else "")
-                    + f"{self.regions_run} regions run, {self.regions_skipped} already done)")
+            head = (
+                f"spectra processed: {self.spectra_run} of {self.spectra} in {self.seconds:.1f} s "
+                f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); "
+                + (
+                    f"cluster start-up and loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
+                    if self.setup_seconds > 0
+                    else ""
+                )
+                + f"{self.regions_run} regions run, {self.regions_skipped} already done)"
+            )
         else:
             head = f"nothing to do: all {self.regions} regions ({self.spectra} spectra) were already done"
         lines = [
@@ -168,9 +184,13 @@ def _run_signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_sn
     ident = {
         "sizes": dict(cube.sizes),
         "wave": [float(e) for e in ends] if np.issubdtype(axis.dtype, np.number) else [str(e) for e in ends],
-        "source": str(cube.attrs.get("source", "")), "mock_config": str(cube.attrs.get("mock_config", "")),
-        "model_sha256": manifest.digest, "model": manifest.name, "estimator": manifest.estimator,
-        "redshift": redshift, "min_snr": min_snr,
+        "source": str(cube.attrs.get("source", "")),
+        "mock_config": str(cube.attrs.get("mock_config", "")),
+        "model_sha256": manifest.digest,
+        "model": manifest.name,
+        "estimator": manifest.estimator,
+        "redshift": redshift,
+        "min_snr": min_snr,
     }
     if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
         ident["binning"] = str(cube.attrs["binning"])
@@ -189,9 +209,11 @@ def _setup_store(out: str, template: xr.Dataset, signature: str, overwrite: bool
             return True
         if "run_signature" not in attrs:
             raise CubeError(f"{out} exists and is not a survey-proc maps store; remove it or pass --overwrite")
-        raise CubeError(f"{out} holds maps of another run (different cube, model or options: signature "
-                        f"{attrs.get('run_signature')} vs {signature}); pass --overwrite to replace it "
-                        "or --out to write elsewhere")
+        raise CubeError(
+            f"{out} holds maps of another run (different cube, model or options: signature "
+            f"{attrs.get('run_signature')} vs {signature}); pass --overwrite to replace it "
+            "or --out to write elsewhere"
+        )
     template.attrs["run_signature"] = signature
     template.to_zarr(out, mode="w", compute=False, zarr_format=3, consolidated=False)  # chunks: its encoding
     return False
@@ -219,8 +241,9 @@ def _strips(regions: list[Region], max_spectra: int = 1 << 16) -> Iterator[list[
         yield batch
 
 
-def verify(out: str, regions: list[Region], names: list[str], client=None,
-           written: Mapping[str, int] | None = None) -> list[str]:
+def verify(
+    out: str, regions: list[Region], names: list[str], client=None, written: Mapping[str, int] | None = None
+) -> list[str]:
     """Problems found re-reading the store: regions unmarked, miscounted or with a wrong CRC-32.
 
     ``written``: region key -> CRC-32 of the regions this run wrote, whose tasks read their outputs
@@ -248,8 +271,17 @@ def verify(out: str, regions: list[Region], names: list[str], client=None,
     strips = [(strip, [int(sums[r.index]) for r in strip]) for strip in _strips(reread)]
     if client is not None and len(strips) > 1 and client.scheduler_info().get("workers"):
         # ahead of queued regions of other cubes; with no worker left, the driver reads them itself
-        found = client.gather(client.map(verify_strip, [s for s, _ in strips], [c for _, c in strips],
-                                         out=out, names=names, pure=False, priority=10))
+        found = client.gather(
+            client.map(
+                verify_strip,
+                [s for s, _ in strips],
+                [c for _, c in strips],
+                out=out,
+                names=names,
+                pure=False,
+                priority=10,
+            )
+        )
     else:
         found = [verify_strip(strip, crcs, out, names) for strip, crcs in strips]
     order = {r.key: i for i, r in enumerate(regions)}
@@ -261,7 +293,7 @@ def verify_strip(strip: list[Region], crcs: list[int], out: str, names: list[str
     part of one read of the strip (the same bytes as reading the region) against ``crcs``."""
     lead = tuple(slice(a, b) for _, a, b in strip[0].slices[:-1])
     lo, hi = strip[0].slices[-1][1], max(r.slices[-1][2] for r in strip)
-    arrays = read_arrays(out, names, lead + (slice(lo, hi),))
+    arrays = read_arrays(out, names, (*lead, slice(lo, hi)))
     missing = [name for name, values in arrays.items() if values is None]
     if missing:
         raise KeyError(f"{out} lacks {', '.join(missing)}")
@@ -273,8 +305,15 @@ def verify_strip(strip: list[Region], crcs: list[int], out: str, names: list[str
     return problems
 
 
-def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float,
-                estimator_info: dict | None = None, precision: str = "") -> dict:
+def _provenance(
+    manifest: Manifest,
+    rc: RunConfig,
+    cube: xr.Dataset,
+    redshift: float,
+    min_snr: float,
+    estimator_info: dict | None = None,
+    precision: str = "",
+) -> dict:
     """The maps store's provenance attributes. ``precision``: the network's arithmetic on the workers
     (``float32``/``bfloat16``; empty for estimators without a network)."""
     from survey_proc import __version__
@@ -282,13 +321,18 @@ def _provenance(manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: f
     training = manifest.raw.get("training", {})
     return {
         "title": "survey-proc maps",
-        "model_id": manifest.model_id, "model_name": manifest.name, "model_sha256": manifest.digest,
+        "model_id": manifest.model_id,
+        "model_name": manifest.name,
+        "model_sha256": manifest.digest,
         "model_software": json.dumps(estimator_info or {}, default=str),
-        "model_estimator": manifest.estimator, "model_manifest": str(manifest.path),
+        "model_estimator": manifest.estimator,
+        "model_manifest": str(manifest.path),
         "model_trainset_hash": training.get("trainset_hash", ""),
         "software": f"survey-proc {__version__}",
-        "cube": str(Path(rc.cube).resolve()), "cube_source": str(cube.attrs.get("source", "")),
-        "redshift": redshift, "min_snr": min_snr,
+        "cube": str(Path(rc.cube).resolve()),
+        "cube_source": str(cube.attrs.get("source", "")),
+        "redshift": redshift,
+        "min_snr": min_snr,
         "network_precision": precision,
         "run_options": json.dumps({k: v for k, v in asdict(rc).items() if k != "progress"}, default=str),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -366,8 +410,11 @@ def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError
     except SurveyProcError:  # a fallback that is missing, broken or does not cover the cube either
         return None
     reason = str(exc).split(": ", 1)[-1].split(" (")[0]
-    print(f"note: the default model does not cover {path} ({reason}); using {fallback} "
-          f"({manifest.raw.get('description', manifest.name)})", file=sys.stderr)
+    print(
+        f"note: the default model does not cover {path} ({reason}); using {fallback} "
+        f"({manifest.raw.get('description', manifest.name)})",
+        file=sys.stderr,
+    )
     return str(fallback)
 
 
@@ -393,21 +440,31 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     precision = getattr(estimator, "precision", "")
     if precision and str(rc.device).startswith("cuda"):  # bfloat16 is a CPU setting; TF32 a GPU one
         precision = "tf32" if config.get("gpu.tf32", False) else "float32"
-    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr,
-                                                         getattr(estimator, "provenance", None), precision))
+    template = maps_template(
+        cube,
+        manifest,
+        _provenance(manifest, rc, cube, redshift, min_snr, getattr(estimator, "provenance", None), precision),
+    )
     signature = _run_signature(cube, manifest, redshift, min_snr)
     resumed = _setup_store(rc.out, template, signature, rc.overwrite)
     dims = spatial_dims(cube)
     regions = make_regions({d: cube.sizes[d] for d in dims}, spatial_chunks(cube))
     pending = _pending(rc.out, regions) if resumed else regions
-    opts = RegionOptions(cube=str(Path(rc.cube).resolve()), out=str(Path(rc.out).resolve()),
-                         model=str(manifest.path), redshift=redshift, min_snr=min_snr, device=str(rc.device),
-                         threads=int(rc.threads_per_worker))
+    opts = RegionOptions(
+        cube=str(Path(rc.cube).resolve()),
+        out=str(Path(rc.out).resolve()),
+        model=str(manifest.path),
+        redshift=redshift,
+        min_snr=min_snr,
+        device=str(rc.device),
+        threads=int(rc.threads_per_worker),
+    )
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     if rc.progress and resumed and pending:
         print(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
-    return CubeJob(rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names,
-                   binned=PIXEL_MAP in cube)
+    return CubeJob(
+        rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names, binned=PIXEL_MAP in cube
+    )
 
 
 def remove_partial_writes(out: str) -> int:
@@ -435,18 +492,38 @@ def finish_cube(job: CubeJob, workers: int, client=None) -> RunSummary:
     flag = np.asarray(zarr.open_group(rc.out, mode="r")["flag"][...])
     counts, fitted = flag_counts(flag)
     elapsed = (job.finished - job.started) if job.started is not None and job.finished is not None else 0.0
-    summary = RunSummary(cube=rc.cube, out=rc.out, model_id=job.manifest.model_id, spectra=int(flag.size),
-                         fitted=fitted, regions=len(job.regions), regions_run=len(job.results),
-                         regions_skipped=len(job.regions) - len(job.pending), seconds=elapsed,
-                         estimator_seconds=sum(r.estimator_seconds for r in job.results), flag_counts=counts,
-                         verified=True, workers=workers, flagged=int((flag != 0).sum()),
-                         started=job.started or 0.0, finished=job.finished or 0.0, setup_seconds=job.setup_seconds,
-                         timings=summed_timings(job.results))
+    summary = RunSummary(
+        cube=rc.cube,
+        out=rc.out,
+        model_id=job.manifest.model_id,
+        spectra=int(flag.size),
+        fitted=fitted,
+        regions=len(job.regions),
+        regions_run=len(job.results),
+        regions_skipped=len(job.regions) - len(job.pending),
+        seconds=elapsed,
+        estimator_seconds=sum(r.estimator_seconds for r in job.results),
+        flag_counts=counts,
+        verified=True,
+        workers=workers,
+        flagged=int((flag != 0).sum()),
+        started=job.started or 0.0,
+        finished=job.finished or 0.0,
+        setup_seconds=job.setup_seconds,
+        timings=summed_timings(job.results),
+    )
     if job.binned:
         summary.pixel_maps = write_pixel_maps(rc.cube, rc.out, job.names)
     grp = zarr.open_group(rc.out, mode="r+")
-    grp.attrs.update({"status": "complete", "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "spectra": summary.spectra, "fitted": fitted, "flag_counts": json.dumps(counts)})
+    grp.attrs.update(
+        {
+            "status": "complete",
+            "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "spectra": summary.spectra,
+            "fitted": fitted,
+            "flag_counts": json.dumps(counts),
+        }
+    )
     if job.results:
         grp.attrs["wall_seconds_last_run"] = elapsed
     consolidate(rc.out)
@@ -518,13 +595,22 @@ def _setup_workers(client, jobs: list[CubeJob], resources) -> float:
 
     t0 = time.perf_counter()
     opts = list({(j.opts.model, j.opts.device, j.opts.threads): j.opts for j in jobs}.values())
-    futures = [client.submit(setup_worker, o, key=f"setup-{uuid.uuid4().hex}", workers=[addr],
-                             allow_other_workers=False, pure=False, resources=resources)
-               for addr in client.scheduler_info().get("workers", {}) for o in opts]
-    try:  # a worker that dies during setup comes back at another address: do not wait for it
+    futures = [
+        client.submit(
+            setup_worker,
+            o,
+            key=f"setup-{uuid.uuid4().hex}",
+            workers=[addr],
+            allow_other_workers=False,
+            pure=False,
+            resources=resources,
+        )
+        for addr in client.scheduler_info().get("workers", {})
+        for o in opts
+    ]
+    # a worker that dies during setup comes back at another address: do not wait for it
+    with contextlib.suppress(Exception):
         wait(futures, timeout=float(config.get("run.setup-timeout", 300)))
-    except Exception:  # noqa: BLE001 - timeouts and failures are reported by the regions themselves
-        pass
     client.cancel([f for f in futures if not f.done()])
     return time.perf_counter() - t0
 
@@ -575,8 +661,15 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
                 job, region = nxt
                 if job.started is None:
                     job.started = time.perf_counter()
-                future = client.submit(process_region, region, job.opts, key=f"{region.key}-{job.opts.out}",
-                                       retries=int(rc.retries), pure=False, resources=resources)
+                future = client.submit(
+                    process_region,
+                    region,
+                    job.opts,
+                    key=f"{region.key}-{job.opts.out}",
+                    retries=int(rc.retries),
+                    pure=False,
+                    resources=resources,
+                )
                 job.submitted += 1
                 inflight[future.key] = (job, region, future)
                 pending_futures.add(future)
@@ -617,7 +710,8 @@ def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close) -> None:
         raise RunInterrupted(
             f"interrupted: {done} of {sum(len(j.pending) for j in jobs)} pending regions finished and are kept "
             f"in {', '.join(j.rc.out for j in jobs[:3])}{' ...' if len(jobs) > 3 else ''}; run the same "
-            "command again to resume") from None
+            "command again to resume"
+        ) from None
     finally:
         bar.close()
 
@@ -639,8 +733,9 @@ def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
         if rc.progress and len(jobs) > 1:
             from tqdm import tqdm
 
-            tqdm.write(f"{outcome.cube}: {outcome.status}" + (f" ({outcome.reason.splitlines()[0]})"
-                                                                 if outcome.failed else ""))
+            tqdm.write(
+                f"{outcome.cube}: {outcome.status}" + (f" ({outcome.reason.splitlines()[0]})" if outcome.failed else "")
+            )
 
     todo = [j for j in jobs if j.pending]
     if todo:
@@ -675,8 +770,10 @@ def run_many(rcs: list[RunConfig]) -> list[CubeOutcome]:
     for rc in rcs:
         key = str(Path(rc.out or default_output(rc.cube)).resolve())
         if key in outs:
-            raise SurveyProcError(f"cubes {outs[key]} and {rc.cube} would both write {rc.out or key}; list a "
-                                  "cube once, or give each its own output")
+            raise SurveyProcError(
+                f"cubes {outs[key]} and {rc.cube} would both write {rc.out or key}; list a "
+                "cube once, or give each its own output"
+            )
         outs[key] = str(rc.cube)
     outcomes: list[CubeOutcome | None] = []
     jobs: list[CubeJob] = []

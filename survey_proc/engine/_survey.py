@@ -83,17 +83,19 @@ def read_survey(path: str | Path, base: RunConfig, out_dir: Path | None = None) 
     if isinstance(doc, list):
         doc = {"cubes": doc}
     if not isinstance(doc, dict) or not isinstance(doc.get("cubes"), list) or not doc["cubes"]:
-        raise SurveyError(f"survey file {path}: expected a list of cubes, or a mapping with a non-empty "
-                          "'cubes' list")
+        raise SurveyError(f"survey file {path}: expected a list of cubes, or a mapping with a non-empty 'cubes' list")
     unknown = set(doc) - TOP_KEYS
     if unknown:
-        raise SurveyError(f"survey file {path}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-                          f"{', '.join(sorted(TOP_KEYS))}")
+        raise SurveyError(
+            f"survey file {path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}"
+        )
     folder = path.parent
     if out_dir is None and doc.get("out_dir"):
         out_dir = folder / Path(str(doc["out_dir"])).expanduser()
-    defaults = {"model": base.model or doc.get("model"),
-                "min_snr": base.min_snr if base.min_snr is not None else doc.get("min_snr")}
+    defaults = {
+        "model": base.model or doc.get("model"),
+        "min_snr": base.min_snr if base.min_snr is not None else doc.get("min_snr"),
+    }
     cubes: dict[str, dict[str, Any]] = {}  # resolved cube path -> options (later entries override)
     for i, raw in enumerate(doc["cubes"]):
         entry = _entry(raw, f"survey file {path}, cube entry {i + 1}")
@@ -103,8 +105,13 @@ def read_survey(path: str | Path, base: RunConfig, out_dir: Path | None = None) 
     return configs_for(list(cubes.values()), base, defaults, out_dir, folder)
 
 
-def configs_for(entries: Sequence[dict[str, Any]], base: RunConfig, defaults: dict[str, Any] | None = None,
-                out_dir: Path | None = None, folder: Path | None = None) -> list[RunConfig]:
+def configs_for(
+    entries: Sequence[dict[str, Any]],
+    base: RunConfig,
+    defaults: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+    folder: Path | None = None,
+) -> list[RunConfig]:
     """One RunConfig per cube entry: entry options over ``base`` over ``defaults``.
 
     An entry's relative ``out`` is taken from ``folder``; without ``out``, maps go to ``out_dir``
@@ -119,11 +126,16 @@ def configs_for(entries: Sequence[dict[str, Any]], base: RunConfig, defaults: di
             out = str(folder / out)
         elif out is None and out_dir is not None:
             out = str(out_dir / default_output(cube).name)
-        configs.append(dataclasses.replace(
-            base, cube=cube, out=out or str(default_output(cube)),
-            model=entry.get("model") or base.model or defaults.get("model"),
-            redshift=entry.get("redshift", base.redshift),
-            min_snr=entry.get("min_snr", base.min_snr if base.min_snr is not None else defaults.get("min_snr"))))
+        configs.append(
+            dataclasses.replace(
+                base,
+                cube=cube,
+                out=out or str(default_output(cube)),
+                model=entry.get("model") or base.model or defaults.get("model"),
+                redshift=entry.get("redshift", base.redshift),
+                min_snr=entry.get("min_snr", base.min_snr if base.min_snr is not None else defaults.get("min_snr")),
+            )
+        )
     return configs
 
 
@@ -133,16 +145,25 @@ def format_table(outcomes: Sequence[CubeOutcome], seconds: float) -> str:
     for o in outcomes:
         s = o.summary
         status = o.status if not o.failed else "failed (reason below)"
-        rows.append((o.cube, f"{s.spectra}" if s else "-", f"{s.seconds:.1f}" if s else "-",
-                     f"{s.flagged_fraction:.1%}" if s else "-", status))
+        rows.append(
+            (
+                o.cube,
+                f"{s.spectra}" if s else "-",
+                f"{s.seconds:.1f}" if s else "-",
+                f"{s.flagged_fraction:.1%}" if s else "-",
+                status,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join([r[0].ljust(widths[0]), *(r[i].rjust(widths[i]) for i in (1, 2, 3)), r[4]]) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     count = {k: sum(o.status == k for o in outcomes) for k in ("done", "already done", "failed")}
     spectra_run = sum(o.summary.spectra_run for o in outcomes if o.summary and o.summary.regions_run)
     rate = f" ({spectra_run / seconds:,.0f} spectra/s)" if seconds > 0 and spectra_run else ""
-    lines.append(f"{len(outcomes)} cubes: {count['done']} done, {count['already done']} already done, "
-                 f"{count['failed']} failed; {spectra_run} spectra processed in {seconds:.1f} s{rate}")
+    lines.append(
+        f"{len(outcomes)} cubes: {count['done']} done, {count['already done']} already done, "
+        f"{count['failed']} failed; {spectra_run} spectra processed in {seconds:.1f} s{rate}"
+    )
     failed = [o for o in outcomes if o.failed]
     if failed:
         lines.append("failed:")

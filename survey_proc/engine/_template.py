@@ -28,7 +28,7 @@ from survey_proc.stores._maps import flag_attrs, property_attrs
 class Region:
     """One task's share of the store: a block of whole chunks along the spatial dims."""
 
-    index: tuple[int, ...]            #: position in the region grid
+    index: tuple[int, ...]  #: position in the region grid
     slices: tuple[tuple[str, int, int], ...]  #: (dim, start, stop) per spatial dim
 
     def selection(self) -> dict[str, slice]:
@@ -77,15 +77,31 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
         attrs = property_attrs(spec.name, spec.units or None, spec.long_name or None)
         out.append((spec.name, spec.dims, attrs, spec.coords))
         if spec.error:
-            out.append((f"{spec.name}_err", spec.dims, property_attrs(f"{spec.name}_err", attrs["units"],
-                                                                      attrs["long_name"]), spec.coords))
+            out.append(
+                (
+                    f"{spec.name}_err",
+                    spec.dims,
+                    property_attrs(f"{spec.name}_err", attrs["units"], attrs["long_name"]),
+                    spec.coords,
+                )
+            )
     names = {name for name, *_ in out}
     for flag_name, rule in manifest.flag_rules:
         if rule["output"] in names:
             continue
         names.add(rule["output"])
-        out.append((rule["output"], (), {"units": "1", "long_name": f"score behind the {flag_name.lower()} flag",
-                                         "flag_threshold": rule["threshold"]}, {}))
+        out.append(
+            (
+                rule["output"],
+                (),
+                {
+                    "units": "1",
+                    "long_name": f"score behind the {flag_name.lower()} flag",
+                    "flag_threshold": rule["threshold"],
+                },
+                {},
+            )
+        )
     return out
 
 
@@ -106,16 +122,25 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
         for e in extra:
             coords.setdefault(e, (e, np.asarray(vcoords[e], np.float64)))
     data_vars["flag"] = (dims, _lazy(shape, np.uint8, 0), flag_attrs())
-    data_vars["snr"] = (dims, _lazy(shape, np.float32, np.nan),
-                        {"units": "1", "long_name": "median S/N per Angstrom over the model's range"})
+    data_vars["snr"] = (
+        dims,
+        _lazy(shape, np.float32, np.nan),
+        {"units": "1", "long_name": "median S/N per Angstrom over the model's range"},
+    )
     store_chunks["flag"] = store_chunks["snr"] = chunk_shape
     grid = region_grid_shape(sizes, chunks)
     rdims = tuple(f"region_{d}" for d in dims)
-    data_vars["region_done"] = (rdims, _lazy(grid, np.uint8, 0),
-                                {"long_name": "1 where the region's outputs are complete"})
+    data_vars["region_done"] = (
+        rdims,
+        _lazy(grid, np.uint8, 0),
+        {"long_name": "1 where the region's outputs are complete"},
+    )
     data_vars["region_spectra"] = (rdims, _lazy(grid, np.int32, 0), {"long_name": "spectra written by the region"})
-    data_vars["region_checksum"] = (rdims, _lazy(grid, np.uint32, 0),
-                                    {"long_name": "CRC-32 of the region's outputs as written"})
+    data_vars["region_checksum"] = (
+        rdims,
+        _lazy(grid, np.uint32, 0),
+        {"long_name": "CRC-32 of the region's outputs as written"},
+    )
     for name in ("region_done", "region_spectra", "region_checksum"):  # one element a chunk: regions write alone
         store_chunks[name] = (1,) * len(grid)
     for c in ("ra", "dec"):

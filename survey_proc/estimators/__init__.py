@@ -12,7 +12,17 @@ from survey_proc.estimators._load import (
 )
 
 __all__ = [
-    "BUNDLE_FORMAT", "IMPLEMENTATIONS", "MANIFEST_NAME", "PACKAGED", "Estimator", "Manifest",
-    "OutputSpec", "load_estimator", "load_manifest", "packaged_models", "read_manifest",
-    "resolve_model", "verify_bundle",
+    "BUNDLE_FORMAT",
+    "IMPLEMENTATIONS",
+    "MANIFEST_NAME",
+    "PACKAGED",
+    "Estimator",
+    "Manifest",
+    "OutputSpec",
+    "load_estimator",
+    "load_manifest",
+    "packaged_models",
+    "read_manifest",
+    "resolve_model",
+    "verify_bundle",
 ]

@@ -46,9 +46,14 @@ class OutputSpec:
 
     @classmethod
     def from_manifest(cls, name: str, entry: dict[str, Any]) -> OutputSpec:
-        return cls(name=name, units=entry.get("units", "1"), long_name=entry.get("long_name", ""),
-                   error=bool(entry.get("error", False)), dims=tuple(entry.get("dims", ())),
-                   coords={k: list(v) for k, v in entry.get("coords", {}).items()})
+        return cls(
+            name=name,
+            units=entry.get("units", "1"),
+            long_name=entry.get("long_name", ""),
+            error=bool(entry.get("error", False)),
+            dims=tuple(entry.get("dims", ())),
+            coords={k: list(v) for k, v in entry.get("coords", {}).items()},
+        )
 
 
 @dataclass
@@ -130,8 +135,10 @@ def read_manifest(path: Path) -> Manifest:
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.exists():
-        raise ModelError(f"model manifest {path} does not exist (a bundle is a folder with "
-                         f"{MANIFEST_NAME} and the model file it names)")
+        raise ModelError(
+            f"model manifest {path} does not exist (a bundle is a folder with "
+            f"{MANIFEST_NAME} and the model file it names)"
+        )
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -38,8 +38,10 @@ def resolve_model(spec: str | Path) -> Path:
         return (path / "manifest.json" if path.is_dir() else path).resolve()
     if (PACKAGED / str(spec) / "manifest.json").exists():
         return (PACKAGED / str(spec) / "manifest.json").resolve()
-    raise ModelError(f"model {spec!r} is neither a bundle folder nor a packaged model "
-                     f"(packaged: {', '.join(packaged_models()) or 'none'})")
+    raise ModelError(
+        f"model {spec!r} is neither a bundle folder nor a packaged model "
+        f"(packaged: {', '.join(packaged_models()) or 'none'})"
+    )
 
 
 def verify_bundle(manifest: Manifest) -> None:
@@ -50,8 +52,10 @@ def verify_bundle(manifest: Manifest) -> None:
     if not file.exists():
         raise ModelError(f"model file {file} named by {manifest.path} is missing")
     if manifest.sha256 and sha256_of(file) != manifest.sha256:
-        raise ModelError(f"model file {file} is corrupt: its SHA-256 differs from the one in "
-                         f"{manifest.path} (re-export or re-install the bundle)")
+        raise ModelError(
+            f"model file {file} is corrupt: its SHA-256 differs from the one in "
+            f"{manifest.path} (re-export or re-install the bundle)"
+        )
 
 
 def load_manifest(spec: str | Path) -> Manifest:
@@ -65,20 +69,22 @@ _LOADING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(manifest_path: str, mtime: float, device: str, threads: int | None,
-                 settings: tuple = ()) -> Estimator:
+def _load_cached(manifest_path: str, mtime: float, device: str, threads: int | None, settings: tuple = ()) -> Estimator:
     manifest = read_manifest(Path(manifest_path))
     verify_bundle(manifest)
     target = IMPLEMENTATIONS.get(manifest.estimator)
     if target is None:
-        raise ModelError(f"{manifest_path}: unknown estimator kind {manifest.estimator!r} "
-                         f"(known: {', '.join(IMPLEMENTATIONS)})")
+        raise ModelError(
+            f"{manifest_path}: unknown estimator kind {manifest.estimator!r} (known: {', '.join(IMPLEMENTATIONS)})"
+        )
     module_name, cls_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"estimator {manifest.estimator!r} needs a package that is not installed "
-                         f"({exc}); e.g. `pip install survey-proc[{manifest.estimator}]`") from exc
+        raise ModelError(
+            f"estimator {manifest.estimator!r} needs a package that is not installed "
+            f"({exc}); e.g. `pip install survey-proc[{manifest.estimator}]`"
+        ) from exc
     return getattr(module, cls_name)(manifest, device=device, threads=threads)
 
 

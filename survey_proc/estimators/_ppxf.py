@@ -37,19 +37,19 @@ from survey_proc.ssp import C_KMS, LIGHT_WINDOW, SSPLibrary, load_ssp_library, l
 class PPXFOptions:
     """The manifest's ``ppxf`` section (velocities in km/s, A_V in mag)."""
 
-    moments: int = 2                       #: Gauss-Hermite moments of the LOSVD (2: V, sigma)
-    degree: int = -1                       #: additive Legendre polynomial degree (-1: none)
-    mdegree: int = 0                       #: multiplicative polynomial degree (0: none; dust does that job)
-    reddening: float | None = 0.3          #: starting A_V of the Calzetti (2000) screen; None: not fitted
-    start_velocity: float = 0.0            #: relative to the systemic redshift
+    moments: int = 2  #: Gauss-Hermite moments of the LOSVD (2: V, sigma)
+    degree: int = -1  #: additive Legendre polynomial degree (-1: none)
+    mdegree: int = 0  #: multiplicative polynomial degree (0: none; dust does that job)
+    reddening: float | None = 0.3  #: starting A_V of the Calzetti (2000) screen; None: not fitted
+    start_velocity: float = 0.0  #: relative to the systemic redshift
     start_sigma: float = 100.0
-    regul: float = 0.0                     #: regularisation strength (0: none); smooths the weight grid
+    regul: float = 0.0  #: regularisation strength (0: none); smooths the weight grid
     reg_ord: int = 2
-    velscale_ratio: int = 1                #: template pixels per data pixel
-    max_velocity: float = 3500.0           #: template margin beyond the data range (pPXF needs ~2900)
-    clean: bool = False                    #: pPXF's iterative sigma-clipping of outliers
-    lsf_resolution: float = 0.01           #: Angstrom; LSFs equal to this precision share templates
-    template_cache: int = 16               #: LSF-matched template sets kept per process
+    velscale_ratio: int = 1  #: template pixels per data pixel
+    max_velocity: float = 3500.0  #: template margin beyond the data range (pPXF needs ~2900)
+    clean: bool = False  #: pPXF's iterative sigma-clipping of outliers
+    lsf_resolution: float = 0.01  #: Angstrom; LSFs equal to this precision share templates
+    template_cache: int = 16  #: LSF-matched template sets kept per process
 
     @classmethod
     def from_manifest(cls, section: dict[str, Any]) -> PPXFOptions:
@@ -79,8 +79,7 @@ def light_weighted_grid(weights: np.ndarray, log_age: np.ndarray, metal: np.ndar
     return float(w.sum(axis=1) @ log_age), float(w.sum(axis=0) @ metal)
 
 
-def prepare_templates(lib: SSPLibrary, fwhm_wave: np.ndarray, fwhm: np.ndarray, lam_temp: np.ndarray
-                      ) -> np.ndarray:
+def prepare_templates(lib: SSPLibrary, fwhm_wave: np.ndarray, fwhm: np.ndarray, lam_temp: np.ndarray) -> np.ndarray:
     """E-MILES templates for pPXF: (npix, nage, nmetal) on ``lam_temp`` (ln grid, rest frame).
 
     Each SSP is degraded from the library's FWHM to the data's ``fwhm`` (Angstrom, rest frame,
@@ -91,7 +90,7 @@ def prepare_templates(lib: SSPLibrary, fwhm_wave: np.ndarray, fwhm: np.ndarray, 
     flux = lib.flux.reshape(-1, lib.wave.size)
     matched = match_lsf(lib.wave, flux, lib.fwhm, target)
     norm = lib.light_in_window(LIGHT_WINDOW).reshape(-1, 1)
-    log_flux = resample(lib.wave, matched / norm, lam_temp)            # (nmetal*nage, npix)
+    log_flux = resample(lib.wave, matched / norm, lam_temp)  # (nmetal*nage, npix)
     nmetal, nage = lib.flux.shape[:2]
     return np.ascontiguousarray(log_flux.reshape(nmetal, nage, -1).transpose(2, 1, 0), np.float64)
 
@@ -122,15 +121,19 @@ class PPXFEstimator:
         lib = load_ssp_library()
         self._check_outputs(lib)
         margin = np.exp(self.options.max_velocity / C_KMS)
-        self.lib = lib.crop(min(self.lam[0] / margin, LIGHT_WINDOW[0]) - 20.0,
-                            max(self.lam[-1] * margin, LIGHT_WINDOW[1]) + 20.0)
+        self.lib = lib.crop(
+            min(self.lam[0] / margin, LIGHT_WINDOW[0]) - 20.0, max(self.lam[-1] * margin, LIGHT_WINDOW[1]) + 20.0
+        )
         ratio = int(self.options.velscale_ratio)
         self.lam_temp = log_wave_grid(self.lib.wave[0] + 1.0, self.lib.wave[-1] - 1.0, self.velscale / ratio)
         self.log_age = np.asarray(lib.log_age, np.float64)
         self.metal = np.asarray(lib.metal, np.float64)
         self._templates: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self.provenance = {"ppxf_version": self.version, "ssp_library": lib.provenance.get("source", "E-MILES"),
-                           "ssp_digest": lib.digest()}
+        self.provenance = {
+            "ppxf_version": self.version,
+            "ssp_library": lib.provenance.get("source", "E-MILES"),
+            "ssp_digest": lib.digest(),
+        }
         self.template_seconds = 0.0
 
     def _check_outputs(self, lib: SSPLibrary) -> None:
@@ -138,10 +141,13 @@ class PPXFEstimator:
         if "weights" in outputs:
             coords = outputs["weights"].coords
             if outputs["weights"].dims != ("age", "metal") or not (
-                    np.allclose(coords.get("age", []), lib.log_age, atol=1e-4)
-                    and np.allclose(coords.get("metal", []), lib.metal, atol=1e-4)):
-                raise ModelError(f"{self.manifest.path}: output 'weights' must have dims (age, metal) with the "
-                                 f"SSP library's grid ({lib.log_age.size} ages, {lib.metal.size} [M/H])")
+                np.allclose(coords.get("age", []), lib.log_age, atol=1e-4)
+                and np.allclose(coords.get("metal", []), lib.metal, atol=1e-4)
+            ):
+                raise ModelError(
+                    f"{self.manifest.path}: output 'weights' must have dims (age, metal) with the "
+                    f"SSP library's grid ({lib.log_age.size} ages, {lib.metal.size} [M/H])"
+                )
         if "av" in outputs and self.options.reddening is None:
             raise ModelError(f"{self.manifest.path}: output 'av' needs the ppxf option 'reddening' (a start A_V)")
         known = {"log_age", "metallicity", "av", "sigma", "velocity", "chi2", "weights"}
@@ -178,36 +184,57 @@ class PPXFEstimator:
             kwargs.update(regul=o.regul, reg_dim=(nage, nmetal), reg_ord=o.reg_ord)
         if o.reddening is not None:
             kwargs["reddening"] = float(o.reddening)
-        pp = self._ppxf(templates.reshape(templates.shape[0], -1), flux.astype(np.float64), noise.astype(np.float64),
-                        self.velscale, [o.start_velocity, o.start_sigma], moments=o.moments, degree=o.degree,
-                        mdegree=o.mdegree, lam=self.lam, lam_temp=self.lam_temp, mask=good, quiet=True,
-                        velscale_ratio=o.velscale_ratio, clean=o.clean, **kwargs)
+        pp = self._ppxf(
+            templates.reshape(templates.shape[0], -1),
+            flux.astype(np.float64),
+            noise.astype(np.float64),
+            self.velscale,
+            [o.start_velocity, o.start_sigma],
+            moments=o.moments,
+            degree=o.degree,
+            mdegree=o.mdegree,
+            lam=self.lam,
+            lam_temp=self.lam_temp,
+            mask=good,
+            quiet=True,
+            velscale_ratio=o.velscale_ratio,
+            clean=o.clean,
+            **kwargs,
+        )
         weights = np.asarray(pp.weights, np.float64).reshape(nage, nmetal)
         total = weights.sum()
         scale = np.sqrt(pp.chi2) if np.isfinite(pp.chi2) and pp.chi2 > 0 else np.nan
-        return FitResult(velocity=float(pp.sol[0]), sigma=float(pp.sol[1]),
-                         velocity_err=float(pp.error[0] * scale), sigma_err=float(pp.error[1] * scale),
-                         av=float(pp.reddening) if o.reddening is not None else np.nan, chi2=float(pp.chi2),
-                         weights=weights / total if total > 0 else np.full_like(weights, np.nan))
+        return FitResult(
+            velocity=float(pp.sol[0]),
+            sigma=float(pp.sol[1]),
+            velocity_err=float(pp.error[0] * scale),
+            sigma_err=float(pp.error[1] * scale),
+            av=float(pp.reddening) if o.reddening is not None else np.nan,
+            chi2=float(pp.chi2),
+            weights=weights / total if total > 0 else np.full_like(weights, np.nan),
+        )
 
     def predict(self, x: np.ndarray, meta: dict | None = None) -> dict[str, np.ndarray]:
         """Fit each spectrum of ``x`` (n, 3, L); ``meta["lsf_fwhm_model"]`` (L,) or (n, L) is required."""
         meta = meta or {}
         if meta.get("lsf_fwhm_model") is None:
-            raise ModelError("pPXF needs the data's instrumental FWHM (cube attribute or variable 'lsf_fwhm') "
-                             "to match the templates")
+            raise ModelError(
+                "pPXF needs the data's instrumental FWHM (cube attribute or variable 'lsf_fwhm') to match the templates"
+            )
         fwhm = np.asarray(meta["lsf_fwhm_model"], np.float64)
         n = x.shape[0]
         nage, nmetal = self.log_age.size, self.metal.size
-        out = {name: np.full(n, np.nan, np.float32) for name in
-               ("log_age", "metallicity", "av", "sigma", "velocity", "sigma_err", "velocity_err", "chi2")}
+        out = {
+            name: np.full(n, np.nan, np.float32)
+            for name in ("log_age", "metallicity", "av", "sigma", "velocity", "sigma_err", "velocity_err", "chi2")
+        }
         out["weights"] = np.full((n, nage, nmetal), np.nan, np.float32)
         with _blas_threads(self.threads):
             for i in range(n):
                 templates = self.templates_for(fwhm if fwhm.ndim == 1 else fwhm[i])
                 try:
                     r = self.fit(x[i, 0], x[i, 1], x[i, 2] > 0.5, templates)
-                except Exception:  # noqa: BLE001 - any failure of one fit is that spectrum's FIT_FAILED flag
+                except Exception:
                     continue
                 if not np.isfinite(r.weights).all():
                     continue

@@ -14,6 +14,7 @@ caching allocator alone manages the device memory.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -61,8 +62,13 @@ def batch_size_for(device: torch.device, manifest: Manifest, module) -> int:
         return cpu_batch
     per_spectrum = _bytes_per_spectrum(module, device, (len(spec.channels), spec.wave.size))
     free, _ = torch.cuda.mem_get_info(device)
-    return gpu_batch_size(free, per_spectrum, float(config.get("gpu.memory-fraction", 0.5)), cpu_batch,
-                          int(config.get("gpu.max-batch-size", 65536)))
+    return gpu_batch_size(
+        free,
+        per_spectrum,
+        float(config.get("gpu.memory-fraction", 0.5)),
+        cpu_batch,
+        int(config.get("gpu.max-batch-size", 65536)),
+    )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -116,8 +122,10 @@ class TorchScriptEstimator:
         try:
             self.module = torch.jit.load(str(manifest.file), map_location=self.device)
         except Exception as exc:  # torch raises RuntimeError/ValueError on a bad archive
-            raise ModelError(f"model file {manifest.file} could not be loaded as TorchScript "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+            raise ModelError(
+                f"model file {manifest.file} could not be loaded as TorchScript "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
         self.module.eval()
         self._gpu = self.device.type == "cuda"
         self._lock = _GPU_LOCK if self._gpu else threading.Lock()
@@ -144,10 +152,8 @@ class TorchScriptEstimator:
 
     def _freeze(self) -> None:
         if config.get("run.freeze-torchscript", True):
-            try:
+            with contextlib.suppress(Exception):  # a module that cannot be frozen runs as exported
                 self.module = torch.jit.freeze(self.module)
-            except Exception:  # noqa: BLE001 - a module that cannot be frozen runs as exported
-                pass
 
     def _tune_for_cpu(self) -> None:
         """CPU inference: cache-sized batches, and a frozen module where freezing works.
@@ -190,12 +196,11 @@ class TorchScriptEstimator:
         batch = torch.from_numpy(chunk)
         if not self._gpu:
             return batch
-        if (self._pinned is None or self._pinned.shape[1:] != batch.shape[1:]
-                or self._pinned.shape[0] < batch.shape[0]):
+        if self._pinned is None or self._pinned.shape[1:] != batch.shape[1:] or self._pinned.shape[0] < batch.shape[0]:
             rows = pinned_rows(batch.shape[0], self.batch_size)
             self._pinned = None  # back to torch's pinned-memory cache before the larger one is taken
             self._pinned = torch.empty((rows, *batch.shape[1:]), dtype=batch.dtype, pin_memory=True)
-        staged = self._pinned[:batch.shape[0]]
+        staged = self._pinned[: batch.shape[0]]
         staged.copy_(batch)
         return staged.to(self.device, non_blocking=True)
 

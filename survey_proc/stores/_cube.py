@@ -65,8 +65,11 @@ def _missing_variables(ds: xr.Dataset, required: Mapping[str, str]) -> list[str]
 
 def _dims_unlike_flux(ds: xr.Dataset) -> list[str]:
     """One problem per ``var`` / ``mask`` whose dims differ from ``flux``'s."""
-    return [f"variable '{var}' has dims {ds[var].dims}, expected {ds['flux'].dims} like 'flux'"
-            for var in ("var", "mask") if var in ds and ds[var].dims != ds["flux"].dims]
+    return [
+        f"variable '{var}' has dims {ds[var].dims}, expected {ds['flux'].dims} like 'flux'"
+        for var in ("var", "mask")
+        if var in ds and ds[var].dims != ds["flux"].dims
+    ]
 
 
 def open_zarr_store(path: str | os.PathLike) -> xr.Dataset:
@@ -80,8 +83,9 @@ def open_zarr_store(path: str | os.PathLike) -> xr.Dataset:
         raise CubeError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from exc
 
 
-def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data: bool = True,
-                            require_redshift: bool = True) -> None:
+def validate_spectral_store(
+    ds: xr.Dataset, name: str = "dataset", *, check_data: bool = True, require_redshift: bool = True
+) -> None:
     """Raise :class:`CubeError` listing every way ``ds`` breaks the cube/catalogue schema."""
     problems = _missing_variables(ds, REQUIRED_VARS)
     if "flux" not in ds:
@@ -89,8 +93,9 @@ def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data
 
     flux = ds["flux"]
     if flux.dims not in (CUBE_DIMS, CATALOGUE_DIMS):
-        problems.append(f"variable 'flux' has dims {flux.dims}, expected {CUBE_DIMS} (cube) or "
-                        f"{CATALOGUE_DIMS} (spectra catalogue)")
+        problems.append(
+            f"variable 'flux' has dims {flux.dims}, expected {CUBE_DIMS} (cube) or {CATALOGUE_DIMS} (spectra catalogue)"
+        )
     problems += _dims_unlike_flux(ds)
     if "mask" in ds and not (ds["mask"].dtype == bool or np.issubdtype(ds["mask"].dtype, np.integer)):
         problems.append(f"variable 'mask' has dtype {ds['mask'].dtype}, expected bool (True = bad)")
@@ -110,8 +115,10 @@ def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data
             problems.append("coordinate 'wave' contains NaN or infinite values")
         elif not np.all(np.diff(values) > 0):
             bad = int(np.argmax(~(np.diff(values) > 0)))
-            problems.append(f"coordinate 'wave' is not strictly increasing (at index {bad}: "
-                            f"{values[bad]:.3f} then {values[bad + 1]:.3f})")
+            problems.append(
+                f"coordinate 'wave' is not strictly increasing (at index {bad}: "
+                f"{values[bad]:.3f} then {values[bad + 1]:.3f})"
+            )
         units = str(wave.attrs.get("units", "")).lower()
         if units not in WAVE_UNITS:
             problems.append(f"coordinate 'wave' has units {wave.attrs.get('units')!r}, expected 'Angstrom'")
@@ -130,20 +137,25 @@ def validate_spectral_store(ds: xr.Dataset, name: str = "dataset", *, check_data
                 problems.append(
                     f"the spectral axis of '{var}' is split across chunks ({chunks[axis]} of "
                     f"{ds[var].shape[axis]} wavelengths per chunk); each spectrum must be one chunk "
-                    "along 'wave' — rewrite the store with chunks {'wave': -1}")
+                    "along 'wave' — rewrite the store with chunks {'wave': -1}"
+                )
 
     if "object" in flux.dims:  # a catalogue carries a per-object redshift variable
         _check_object_redshift(ds, problems, require_redshift, check_data)
     else:
         z = ds.attrs.get("redshift")
         if require_redshift and (z is None or not np.isfinite(float(z))):
-            problems.append("attribute 'redshift' is missing or not finite (set it with "
-                            "`survey-proc ingest --redshift Z` or `survey-proc run --redshift Z`)")
+            problems.append(
+                "attribute 'redshift' is missing or not finite (set it with "
+                "`survey-proc ingest --redshift Z` or `survey-proc run --redshift Z`)"
+            )
         elif z is not None and np.isfinite(float(z)) and not -0.01 <= float(z) < 10:
             problems.append(f"attribute 'redshift' = {z} is outside the plausible range [-0.01, 10)")
     if "lsf_fwhm" not in ds.attrs and "lsf_fwhm" not in ds:
-        problems.append("the instrumental resolution is missing: attribute 'lsf_fwhm' (Angstrom, "
-                        "scalar) or variable 'lsf_fwhm(wave)'")
+        problems.append(
+            "the instrumental resolution is missing: attribute 'lsf_fwhm' (Angstrom, "
+            "scalar) or variable 'lsf_fwhm(wave)'"
+        )
 
     if problems:
         raise _problem_list(name, problems)
@@ -155,8 +167,10 @@ def _check_object_redshift(ds: xr.Dataset, problems: list[str], require: bool, c
     """Problems with a catalogue's per-object ``redshift`` variable, appended to ``problems``."""
     if "redshift" not in ds:
         if require:
-            problems.append("variable 'redshift' (one per object, dims ('object',)) is missing: a spectra "
-                            "catalogue carries the redshift of each spectrum")
+            problems.append(
+                "variable 'redshift' (one per object, dims ('object',)) is missing: a spectra "
+                "catalogue carries the redshift of each spectrum"
+            )
         return
     z = ds["redshift"]
     if z.dims != ("object",):
@@ -167,13 +181,17 @@ def _check_object_redshift(ds: xr.Dataset, problems: list[str], require: bool, c
     values = np.asarray(z.values, np.float64)
     bad = ~np.isfinite(values)
     if require and bad.any():
-        problems.append(f"variable 'redshift' is NaN or infinite for {int(bad.sum())} of {values.size} objects "
-                        f"(first: object {int(np.argmax(bad))})")
+        problems.append(
+            f"variable 'redshift' is NaN or infinite for {int(bad.sum())} of {values.size} objects "
+            f"(first: object {int(np.argmax(bad))})"
+        )
     out = np.isfinite(values) & ~((values >= -0.01) & (values < 10))
     if out.any():
         i = int(np.argmax(out))
-        problems.append(f"variable 'redshift' is outside the plausible range [-0.01, 10) for {int(out.sum())} "
-                        f"objects (first: object {i}, z = {values[i]:g})")
+        problems.append(
+            f"variable 'redshift' is outside the plausible range [-0.01, 10) for {int(out.sum())} "
+            f"objects (first: object {i}, z = {values[i]:g})"
+        )
 
 
 def _has_finite_flux(flux: xr.DataArray) -> bool:
@@ -182,14 +200,12 @@ def _has_finite_flux(flux: xr.DataArray) -> bool:
     if not isinstance(data, da.Array):
         return bool(np.isfinite(np.asarray(data)).any())
     blocks = data.to_delayed().ravel()
-    for block in blocks:
-        if np.isfinite(np.asarray(block.compute(scheduler="synchronous"))).any():
-            return True
-    return False
+    return any(np.isfinite(np.asarray(block.compute(scheduler="synchronous"))).any() for block in blocks)
 
 
-def open_spectral_store(path: str | os.PathLike, *, check_data: bool = True,
-                        require_redshift: bool = True) -> xr.Dataset:
+def open_spectral_store(
+    path: str | os.PathLike, *, check_data: bool = True, require_redshift: bool = True
+) -> xr.Dataset:
     """Open a cube or spectra-catalogue store lazily and validate it.
 
     Raises :class:`CubeError` with every problem found (missing variable, wrong dims, spectral axis
@@ -215,34 +231,54 @@ def wave_attrs(frame: str = "observed", medium: str = "air") -> dict[str, str]:
     return {"units": "Angstrom", "frame": frame, "medium": medium, "long_name": "wavelength"}
 
 
-def _spectral_variables(dims: tuple[str, ...], shape: tuple[int, ...], chunks: tuple[int, ...],
-                        flux_units: str) -> dict[str, tuple]:
+def _spectral_variables(
+    dims: tuple[str, ...], shape: tuple[int, ...], chunks: tuple[int, ...], flux_units: str
+) -> dict[str, tuple]:
     """Lazy, empty ``flux``, ``var`` and ``mask`` variables of a cube or catalogue (for templates)."""
     return {
-        "flux": (dims, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                 {"units": flux_units, "long_name": "flux density"}),
-        "var": (dims, da.zeros(shape, chunks=chunks, dtype=np.float32),
-                {"units": f"({flux_units})**2", "long_name": "variance of flux"}),
-        "mask": (dims, da.zeros(shape, chunks=chunks, dtype=bool),
-                 {"long_name": "bad pixel (True = do not use)"}),
+        "flux": (
+            dims,
+            da.zeros(shape, chunks=chunks, dtype=np.float32),
+            {"units": flux_units, "long_name": "flux density"},
+        ),
+        "var": (
+            dims,
+            da.zeros(shape, chunks=chunks, dtype=np.float32),
+            {"units": f"({flux_units})**2", "long_name": "variance of flux"},
+        ),
+        "mask": (dims, da.zeros(shape, chunks=chunks, dtype=bool), {"long_name": "bad pixel (True = do not use)"}),
     }
 
 
-def create_cube_store(path: str | os.PathLike, *, ny: int, nx: int, wave: np.ndarray,
-                      flux_units: str, attrs: Mapping[str, Any], chunk: int = 32,
-                      frame: str = "observed", medium: str = "air",
-                      lsf_fwhm: np.ndarray | None = None,
-                      coords: Mapping[str, xr.DataArray] | None = None) -> None:
+def create_cube_store(
+    path: str | os.PathLike,
+    *,
+    ny: int,
+    nx: int,
+    wave: np.ndarray,
+    flux_units: str,
+    attrs: Mapping[str, Any],
+    chunk: int = 32,
+    frame: str = "observed",
+    medium: str = "air",
+    lsf_fwhm: np.ndarray | None = None,
+    coords: Mapping[str, xr.DataArray] | None = None,
+) -> None:
     """Write the metadata of an empty cube store (arrays filled region by region afterwards)."""
     shape = (ny, nx, wave.size)
     chunks = (min(chunk, ny), min(chunk, nx), wave.size)
     data_vars = _spectral_variables(CUBE_DIMS, shape, chunks, flux_units)
     if lsf_fwhm is not None:
-        data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), np.asarray(lsf_fwhm, dtype=np.float64),
-                                 {"units": "Angstrom", "long_name": "instrumental FWHM"})
-    ds = xr.Dataset(data_vars, coords={SPECTRAL_DIM: (SPECTRAL_DIM, np.asarray(wave, np.float64),
-                                                      wave_attrs(frame, medium))},
-                    attrs=dict(attrs))
+        data_vars["lsf_fwhm"] = (
+            (SPECTRAL_DIM,),
+            np.asarray(lsf_fwhm, dtype=np.float64),
+            {"units": "Angstrom", "long_name": "instrumental FWHM"},
+        )
+    ds = xr.Dataset(
+        data_vars,
+        coords={SPECTRAL_DIM: (SPECTRAL_DIM, np.asarray(wave, np.float64), wave_attrs(frame, medium))},
+        attrs=dict(attrs),
+    )
     if coords:
         ds = ds.assign_coords(coords)
     encoding = {v: {"chunks": chunks, "compressors": cube_compressors()} for v in ("flux", "var", "mask")}
@@ -267,15 +303,24 @@ def cube_compressors() -> tuple:
         return (ZstdCodec(**opts),)
     if name == "none":
         return ()
-    raise CubeError(f"unknown store compressor {name!r} in dask config survey-proc.store.compressor "
-                    "(blosc | zstd | none)")
+    raise CubeError(
+        f"unknown store compressor {name!r} in dask config survey-proc.store.compressor (blosc | zstd | none)"
+    )
 
 
-def create_catalogue_store(path: str | os.PathLike, *, n: int, wave: np.ndarray, flux_units: str,
-                           attrs: Mapping[str, Any], chunk: int = 256, frame: str = "observed",
-                           medium: str = "vacuum",
-                           object_vars: Mapping[str, tuple[np.ndarray, dict]] | None = None,
-                           coords: Mapping[str, tuple[np.ndarray, dict]] | None = None) -> None:
+def create_catalogue_store(
+    path: str | os.PathLike,
+    *,
+    n: int,
+    wave: np.ndarray,
+    flux_units: str,
+    attrs: Mapping[str, Any],
+    chunk: int = 256,
+    frame: str = "observed",
+    medium: str = "vacuum",
+    object_vars: Mapping[str, tuple[np.ndarray, dict]] | None = None,
+    coords: Mapping[str, tuple[np.ndarray, dict]] | None = None,
+) -> None:
     """Write the metadata of an empty spectra catalogue ``(object, wave)`` (filled block by block).
 
     ``object_vars``: per-object data variables (name -> (values, attrs)), e.g. ``redshift``;
@@ -285,8 +330,11 @@ def create_catalogue_store(path: str | os.PathLike, *, n: int, wave: np.ndarray,
     shape = (n, wave.size)
     chunks = (min(chunk, n), wave.size)
     data_vars = _spectral_variables(CATALOGUE_DIMS, shape, chunks, flux_units)
-    data_vars["lsf_fwhm"] = ((SPECTRAL_DIM,), np.full(wave.size, np.nan),
-                             {"units": "Angstrom", "long_name": "instrumental FWHM"})
+    data_vars["lsf_fwhm"] = (
+        (SPECTRAL_DIM,),
+        np.full(wave.size, np.nan),
+        {"units": "Angstrom", "long_name": "instrumental FWHM"},
+    )
     for name, (values, vattrs) in (object_vars or {}).items():
         data_vars[name] = (("object",), np.asarray(values), dict(vattrs))
     all_coords: dict[str, tuple] = {
@@ -304,8 +352,9 @@ def create_catalogue_store(path: str | os.PathLike, *, n: int, wave: np.ndarray,
         ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
 
 
-def write_region(path: str | os.PathLike, region: Mapping[str, slice],
-                 arrays: Mapping[str, np.ndarray], group: str | None = None) -> None:
+def write_region(
+    path: str | os.PathLike, region: Mapping[str, slice], arrays: Mapping[str, np.ndarray], group: str | None = None
+) -> None:
     """Write numpy arrays into an existing store at ``region`` (dim name -> slice), via zarr."""
     root = zarr.open_group(str(path), mode="r+", zarr_format=3)
     grp = root[group] if group else root

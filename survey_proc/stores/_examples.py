@@ -22,12 +22,30 @@ def muse_minicube() -> Path:
     target = config.cache_dir() / "examples" / "mpdaf-3.6-minicube.fits"
     if target.exists():
         return target
-    how = ("To supply it by hand, download " + MPDAF_WHEEL + " from PyPI, unzip "
-           + MINICUBE_MEMBER + " from it and copy it to " + str(target))
-    wheel = registry_file("mpdaf==3.6", MPDAF_WHEEL, MPDAF_SHA256,
-                          pip_args=("--only-binary", ":all:", "--python-version", "3.11",
-                                    "--implementation", "cp", "--platform", "manylinux2014_x86_64"),
-                          how_to_supply=how)
+    how = (
+        "To supply it by hand, download "
+        + MPDAF_WHEEL
+        + " from PyPI, unzip "
+        + MINICUBE_MEMBER
+        + " from it and copy it to "
+        + str(target)
+    )
+    wheel = registry_file(
+        "mpdaf==3.6",
+        MPDAF_WHEEL,
+        MPDAF_SHA256,
+        pip_args=(
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux2014_x86_64",
+        ),
+        how_to_supply=how,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
     try:
@@ -56,10 +74,17 @@ def sdss_spectra() -> list[Path]:
     targets = [folder / name for name in SDSS_SPECTRA]
     if all(t.exists() for t in targets):
         return targets
-    how = (f"To supply them by hand, download {_SDIST} from PyPI, extract ppxf/spectra/ from it and copy "
-           f"{', '.join(SDSS_SPECTRA)} to {folder}")
-    sdist = registry_file(config.get("ssp.package"), _SDIST, config.get("ssp.sha256"),
-                          pip_args=("--no-binary", ":all:"), how_to_supply=how)
+    how = (
+        f"To supply them by hand, download {_SDIST} from PyPI, extract ppxf/spectra/ from it and copy "
+        f"{', '.join(SDSS_SPECTRA)} to {folder}"
+    )
+    sdist = registry_file(
+        config.get("ssp.package"),
+        _SDIST,
+        config.get("ssp.sha256"),
+        pip_args=("--no-binary", ":all:"),
+        how_to_supply=how,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(sdist) as tar:
         for member in tar.getmembers():

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from survey_proc.errors import CubeError
 from survey_proc.ssp import muse_lsf_fwhm
 from survey_proc.stores._cube import consolidate, create_cube_store, write_region
@@ -64,16 +65,23 @@ def _sky_coords(header, ny: int, nx: int):
         return None, None, None
 
 
-def ingest_muse_fits(fits_path: str | os.PathLike, out: str | os.PathLike, *, redshift: float | None = None,
-                     lsf_fwhm: float | None = None, chunk: int = 32, progress: bool = False) -> dict:
+def ingest_muse_fits(
+    fits_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    redshift: float | None = None,
+    lsf_fwhm: float | None = None,
+    chunk: int = 32,
+    progress: bool = False,
+) -> dict:
     """Copy a MUSE-style FITS cube into a cube store at ``out``; returns a summary dict.
 
     ``redshift``: the systemic redshift (else the header's ``Z``/``REDSHIFT``; else left unset and
     ``survey-proc run --redshift`` must give it). ``lsf_fwhm``: instrumental FWHM in Angstrom;
     default for MUSE the Bacon et al. (2017) curve, required for other instruments.
     """
-    from astropy.io import fits
     import xarray as xr
+    from astropy.io import fits
 
     from survey_proc import __version__
 
@@ -90,12 +98,16 @@ def ingest_muse_fits(fits_path: str | os.PathLike, out: str | os.PathLike, *, re
         if data_hdu is None and hdul[0].data is not None and hdul[0].header.get("NAXIS") == 3:
             data_hdu = hdul[0]
         if data_hdu is None:
-            raise CubeError(f"{path}: no data extension (looked for {', '.join(_DATA_NAMES)}); found: "
-                            f"{', '.join(h.name for h in hdul)}")
+            raise CubeError(
+                f"{path}: no data extension (looked for {', '.join(_DATA_NAMES)}); found: "
+                f"{', '.join(h.name for h in hdul)}"
+            )
         var_hdu = _find_hdu(hdul, _VAR_NAMES)
         if var_hdu is None:
-            raise CubeError(f"{path}: no variance extension (looked for {', '.join(_VAR_NAMES)}); found: "
-                            f"{', '.join(h.name for h in hdul)}")
+            raise CubeError(
+                f"{path}: no variance extension (looked for {', '.join(_VAR_NAMES)}); found: "
+                f"{', '.join(h.name for h in hdul)}"
+            )
         dq_hdu = _find_hdu(hdul, _DQ_NAMES)
         hdr = data_hdu.header
         if hdr.get("NAXIS") != 3:
@@ -113,8 +125,10 @@ def ingest_muse_fits(fits_path: str | os.PathLike, out: str | os.PathLike, *, re
             lsf = muse_lsf_fwhm(wave)
             lsf_note = "MUSE, Bacon et al. (2017) eq. 8"
         else:
-            raise CubeError(f"{path}: instrument {instrument or 'unknown'} has no known line-spread "
-                            "function; give it with --lsf-fwhm (Angstrom)")
+            raise CubeError(
+                f"{path}: instrument {instrument or 'unknown'} has no known line-spread "
+                "function; give it with --lsf-fwhm (Angstrom)"
+            )
         if redshift is None:
             for key in ("Z", "REDSHIFT", "ZSYS"):
                 if key in primary or key in hdr:
@@ -124,10 +138,14 @@ def ingest_muse_fits(fits_path: str | os.PathLike, out: str | os.PathLike, *, re
         if not bunit:
             raise CubeError(f"{path}: the data extension has no BUNIT (flux units)")
         attrs = {
-            "instrument": instrument or "unknown", "lsf": lsf_note,
-            "source": f"FITS {path.name}", "source_path": str(path.resolve()),
-            "object": str(primary.get("OBJECT", "")), "date_obs": str(primary.get("DATE-OBS", "")),
-            "software": f"survey-proc {__version__}", "fits_datamd5": str(primary.get("DATAMD5", "")),
+            "instrument": instrument or "unknown",
+            "lsf": lsf_note,
+            "source": f"FITS {path.name}",
+            "source_path": str(path.resolve()),
+            "object": str(primary.get("OBJECT", "")),
+            "date_obs": str(primary.get("DATE-OBS", "")),
+            "software": f"survey-proc {__version__}",
+            "fits_datamd5": str(primary.get("DATAMD5", "")),
         }
         if redshift is not None:
             attrs["redshift"] = float(redshift)
@@ -136,10 +154,22 @@ def ingest_muse_fits(fits_path: str | os.PathLike, out: str | os.PathLike, *, re
         if sky[0] is not None:
             ra, dec, wcs_header = sky
             attrs["wcs_header"] = wcs_header
-            coords = {"ra": xr.DataArray(ra, dims=("y", "x"), attrs={"units": "deg", "long_name": "right ascension"}),
-                      "dec": xr.DataArray(dec, dims=("y", "x"), attrs={"units": "deg", "long_name": "declination"})}
-        create_cube_store(out, ny=ny, nx=nx, wave=wave, flux_units=bunit, attrs=attrs, chunk=chunk,
-                          medium=medium, lsf_fwhm=lsf, coords=coords)
+            coords = {
+                "ra": xr.DataArray(ra, dims=("y", "x"), attrs={"units": "deg", "long_name": "right ascension"}),
+                "dec": xr.DataArray(dec, dims=("y", "x"), attrs={"units": "deg", "long_name": "declination"}),
+            }
+        create_cube_store(
+            out,
+            ny=ny,
+            nx=nx,
+            wave=wave,
+            flux_units=bunit,
+            attrs=attrs,
+            chunk=chunk,
+            medium=medium,
+            lsf_fwhm=lsf,
+            coords=coords,
+        )
         # FITS order is (wave, y, x); the store's is (y, x, wave): copy one block of rows at a time
         blocks = range(0, ny, chunk)
         if progress:
@@ -158,6 +188,12 @@ def ingest_muse_fits(fits_path: str | os.PathLike, out: str | os.PathLike, *, re
             n_masked += int(mask.sum())
             write_region(out, {"y": slice(y0, y1)}, {"flux": flux, "var": var, "mask": mask})
     consolidate(out)
-    return {"path": str(out), "shape": (ny, nx, nwave), "wave": (float(wave[0]), float(wave[-1])),
-            "medium": medium, "masked_fraction": n_masked / (nx * ny * nwave),
-            "seconds": time.perf_counter() - t0, "redshift": redshift}
+    return {
+        "path": str(out),
+        "shape": (ny, nx, nwave),
+        "wave": (float(wave[0]), float(wave[-1])),
+        "medium": medium,
+        "masked_fraction": n_masked / (nx * ny * nwave),
+        "seconds": time.perf_counter() - t0,
+        "redshift": redshift,
+    }

@@ -12,11 +12,15 @@ from survey_proc.stores._photometry import open_photometry_store
 
 #: feature dim -> opener that validates the store's schema
 OPENERS = {"wave": open_spectral_store, "band": open_photometry_store}
-_WHAT = {"wave": "a cube or spectra catalogue (flux over ..., wave)",
-         "band": "a photometric store (flux over ..., band)"}
+_WHAT = {
+    "wave": "a cube or spectra catalogue (flux over ..., wave)",
+    "band": "a photometric store (flux over ..., band)",
+}
 
 
-def open_input_store(path: str | os.PathLike, feature_dim: str = "wave", *, require_redshift: bool = True) -> xr.Dataset:
+def open_input_store(
+    path: str | os.PathLike, feature_dim: str = "wave", *, require_redshift: bool = True
+) -> xr.Dataset:
     """Open and validate the store a model of ``feature_dim`` reads; the error says which kind is expected."""
     if feature_dim not in OPENERS:
         raise CubeError(f"models reading feature dim {feature_dim!r} are not supported (known: {', '.join(OPENERS)})")

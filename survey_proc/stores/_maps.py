@@ -21,13 +21,13 @@ from survey_proc.errors import CubeError
 class Flag(enum.IntFlag):
     """Per-pixel quality bits of the ``flag`` variable (0 = good)."""
 
-    NO_DATA = 1        #: every pixel of the spectrum is masked or NaN; outputs are NaN
-    OUT_OF_RANGE = 2   #: the spectrum does not cover the model's wavelength range; outputs are NaN
-    LOW_SNR = 4        #: median S/N per Angstrom below the configured minimum
+    NO_DATA = 1  #: every pixel of the spectrum is masked or NaN; outputs are NaN
+    OUT_OF_RANGE = 2  #: the spectrum does not cover the model's wavelength range; outputs are NaN
+    LOW_SNR = 4  #: median S/N per Angstrom below the configured minimum
     OUT_OF_DISTRIBUTION = 8  #: input unlike the training set (novelty score above threshold)
-    MASKED = 16        #: too many model pixels masked to fit; outputs are NaN
-    FIT_FAILED = 32    #: the estimator raised or returned non-finite values; outputs are NaN
-    NOT_BINNED = 64    #: pixel maps of a binned input: the spaxel is in no bin (S/N below the binning minimum)
+    MASKED = 16  #: too many model pixels masked to fit; outputs are NaN
+    FIT_FAILED = 32  #: the estimator raised or returned non-finite values; outputs are NaN
+    NOT_BINNED = 64  #: pixel maps of a binned input: the spaxel is in no bin (S/N below the binning minimum)
 
 
 #: flags that mean "no estimate was made" (outputs NaN)
@@ -57,8 +57,10 @@ PROPERTIES: dict[str, dict[str, str]] = {
     "chi2": {"units": "1", "long_name": "reduced chi-squared of the reconstructed spectrum"},
     "weights": {"units": "1", "long_name": "light fraction per SSP (age, metallicity)"},
     "log_mass_density": {"units": "log10(Msun/pix)", "long_name": "stellar mass per pixel"},
-    "log_mass_surface_density": {"units": "log10(Msun/kpc2)",
-                                 "long_name": "stellar mass surface density (stars and remnants)"},
+    "log_mass_surface_density": {
+        "units": "log10(Msun/kpc2)",
+        "long_name": "stellar mass surface density (stars and remnants)",
+    },
 }
 
 

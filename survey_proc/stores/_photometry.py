@@ -33,12 +33,21 @@ ZP_NJY = 2.5 * np.log10(3631e9)
 def filter_dataset(filters: FilterSet) -> xr.Dataset:
     """The variables that keep a filter set beside the data (coords ``band``, ``filter_wave``)."""
     return xr.Dataset(
-        {"filter_response": ((BAND_DIM, "filter_wave"), filters.response.astype(np.float32),
-                             {"units": "1", "long_name": "photon-counting throughput of each band"})},
+        {
+            "filter_response": (
+                (BAND_DIM, "filter_wave"),
+                filters.response.astype(np.float32),
+                {"units": "1", "long_name": "photon-counting throughput of each band"},
+            )
+        },
         coords={
             BAND_DIM: (BAND_DIM, np.array(filters.bands, dtype=object), {"long_name": "filter band name"}),
             "pivot_wave": (BAND_DIM, filters.pivot, {"units": "Angstrom", "long_name": "pivot wavelength"}),
-            "filter_wave": ("filter_wave", filters.wave, {"units": "Angstrom", "long_name": "wavelength of the filter curves"}),
+            "filter_wave": (
+                "filter_wave",
+                filters.wave,
+                {"units": "Angstrom", "long_name": "wavelength of the filter curves"},
+            ),
         },
         attrs={"filter_set": filters.name, "filter_source": filters.provenance.get("source", "")},
     )
@@ -46,25 +55,35 @@ def filter_dataset(filters: FilterSet) -> xr.Dataset:
 
 def filters_from_store(ds: xr.Dataset) -> FilterSet:
     """The filter set kept in a photometric store."""
-    return FilterSet(str(ds.attrs.get("filter_set", "store")), tuple(str(b) for b in ds[BAND_DIM].values),
-                     np.asarray(ds["filter_wave"].values, np.float64),
-                     np.asarray(ds["filter_response"].values, np.float64),
-                     {"source": str(ds.attrs.get("filter_source", ""))})
+    return FilterSet(
+        str(ds.attrs.get("filter_set", "store")),
+        tuple(str(b) for b in ds[BAND_DIM].values),
+        np.asarray(ds["filter_wave"].values, np.float64),
+        np.asarray(ds["filter_response"].values, np.float64),
+        {"source": str(ds.attrs.get("filter_source", ""))},
+    )
 
 
-def create_photometry_store(path: str | os.PathLike, *, spatial: Mapping[str, int], filters: FilterSet,
-                            attrs: Mapping[str, Any], chunk: int = 32, with_mag: bool = True,
-                            coords: Mapping[str, Any] | None = None) -> None:
+def create_photometry_store(
+    path: str | os.PathLike,
+    *,
+    spatial: Mapping[str, int],
+    filters: FilterSet,
+    attrs: Mapping[str, Any],
+    chunk: int = 32,
+    with_mag: bool = True,
+    coords: Mapping[str, Any] | None = None,
+) -> None:
     """Write the metadata of an empty photometric store (arrays filled region by region afterwards).
 
     ``spatial`` is ``{"y": ny, "x": nx}`` or ``{"object": n}``.
     """
-    dims = tuple(spatial) + (BAND_DIM,)
+    dims = (*tuple(spatial), BAND_DIM)
     if dims not in (IMAGE_DIMS, OBJECT_DIMS):
         raise ValueError(f"spatial dims {tuple(spatial)} must be ('y', 'x') or ('object',)")
     nb = len(filters)
-    shape = tuple(spatial.values()) + (nb,)
-    chunks = tuple(min(chunk, n) for n in spatial.values()) + (nb,)
+    shape = (*tuple(spatial.values()), nb)
+    chunks = (*tuple(min(chunk, n) for n in spatial.values()), nb)
     variables = {
         "flux": ("float32", {"units": FLUX_UNITS, "long_name": "band flux density f_nu (AB system)"}),
         "var": ("float32", {"units": f"{FLUX_UNITS}**2", "long_name": "variance of flux"}),
@@ -73,8 +92,9 @@ def create_photometry_store(path: str | os.PathLike, *, spatial: Mapping[str, in
     if with_mag:
         variables["mag"] = ("float32", {"units": "mag", "long_name": "AB magnitude (NaN where flux <= 0)"})
         variables["mag_err"] = ("float32", {"units": "mag", "long_name": "1-sigma uncertainty of the AB magnitude"})
-    data_vars = {name: (dims, da.zeros(shape, chunks=chunks, dtype=dtype), vattrs)
-                 for name, (dtype, vattrs) in variables.items()}
+    data_vars = {
+        name: (dims, da.zeros(shape, chunks=chunks, dtype=dtype), vattrs) for name, (dtype, vattrs) in variables.items()
+    }
     fds = filter_dataset(filters)
     ds = xr.Dataset(data_vars).merge(fds)
     ds.attrs = {"photometric_system": "AB", **fds.attrs, **dict(attrs)}
@@ -84,8 +104,9 @@ def create_photometry_store(path: str | os.PathLike, *, spatial: Mapping[str, in
     ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
 
 
-def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_data: bool = True,
-                              require_redshift: bool = False) -> None:
+def validate_photometry_store(
+    ds: xr.Dataset, name: str = "dataset", *, check_data: bool = True, require_redshift: bool = False
+) -> None:
     """Raise :class:`CubeError` listing every way ``ds`` breaks the photometric schema."""
     from survey_proc.stores._cube import (
         _dims_unlike_flux,
@@ -100,7 +121,9 @@ def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_da
         raise _problem_list(name, problems)
     flux = ds["flux"]
     if flux.dims not in (IMAGE_DIMS, OBJECT_DIMS):
-        problems.append(f"variable 'flux' has dims {flux.dims}, expected {IMAGE_DIMS} (images) or {OBJECT_DIMS} (objects)")
+        problems.append(
+            f"variable 'flux' has dims {flux.dims}, expected {IMAGE_DIMS} (images) or {OBJECT_DIMS} (objects)"
+        )
     problems += _dims_unlike_flux(ds)
     if str(flux.attrs.get("units", "")) != FLUX_UNITS:
         problems.append(f"variable 'flux' has units {flux.attrs.get('units')!r}, expected {FLUX_UNITS!r} (AB f_nu)")
@@ -115,10 +138,14 @@ def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_da
         elif not np.all(np.asarray(ds["pivot_wave"].values, float) > 0):
             problems.append("coordinate 'pivot_wave' has non-positive values")
     if "filter_response" not in ds or "filter_wave" not in ds.coords:
-        problems.append("the filter curves are missing: coordinate 'filter_wave' (Angstrom) and variable "
-                        "'filter_response(band, filter_wave)' must be kept beside the data")
+        problems.append(
+            "the filter curves are missing: coordinate 'filter_wave' (Angstrom) and variable "
+            "'filter_response(band, filter_wave)' must be kept beside the data"
+        )
     elif ds["filter_response"].dims != (BAND_DIM, "filter_wave"):
-        problems.append(f"variable 'filter_response' has dims {ds['filter_response'].dims}, expected ('band', 'filter_wave')")
+        problems.append(
+            f"variable 'filter_response' has dims {ds['filter_response'].dims}, expected ('band', 'filter_wave')"
+        )
     else:
         resp = np.asarray(ds["filter_response"].values, np.float64)
         if not np.all(np.isfinite(resp)) or (resp < 0).any():
@@ -131,8 +158,10 @@ def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_da
         for var in ("flux", "var", "mask"):
             chunks = _stored_chunks(ds[var]) if var in ds else None
             if chunks and chunks[axis] < ds[var].shape[axis]:
-                problems.append(f"the band axis of '{var}' is split across chunks ({chunks[axis]} of "
-                                f"{ds[var].shape[axis]} bands per chunk); rewrite the store with chunks {{'band': -1}}")
+                problems.append(
+                    f"the band axis of '{var}' is split across chunks ({chunks[axis]} of "
+                    f"{ds[var].shape[axis]} bands per chunk); rewrite the store with chunks {{'band': -1}}"
+                )
     z = ds.attrs.get("redshift")
     if require_redshift and (z is None or not np.isfinite(float(z))):
         problems.append("attribute 'redshift' is missing or not finite (give `survey-proc run --redshift Z`)")
@@ -142,8 +171,9 @@ def validate_photometry_store(ds: xr.Dataset, name: str = "dataset", *, check_da
         raise _problem_list(name, ["variable 'flux' is NaN (or infinite) everywhere: nothing to fit"])
 
 
-def open_photometry_store(path: str | os.PathLike, *, check_data: bool = True,
-                          require_redshift: bool = False) -> xr.Dataset:
+def open_photometry_store(
+    path: str | os.PathLike, *, check_data: bool = True, require_redshift: bool = False
+) -> xr.Dataset:
     """Open a photometric store lazily and validate it (CubeError listing every problem)."""
     from survey_proc.stores._cube import open_zarr_store
 
@@ -157,6 +187,8 @@ def band_index(store_bands: Sequence[str], wanted: Sequence[str], where: str = "
     index = {str(b): i for i, b in enumerate(store_bands)}
     missing = [b for b in wanted if b not in index]
     if missing:
-        raise CubeError(f"{where} lacks band(s) {', '.join(missing)} that the model needs; it has "
-                        f"{', '.join(map(str, store_bands))}")
+        raise CubeError(
+            f"{where} lacks band(s) {', '.join(missing)} that the model needs; it has "
+            f"{', '.join(map(str, store_bands))}"
+        )
     return np.array([index[b] for b in wanted], np.intp)

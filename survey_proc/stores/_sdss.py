@@ -46,11 +46,11 @@ class SDSSSpectrum:
     """One spectrum as read from a file (arrays on the file's own pixels)."""
 
     path: Path
-    loglam: np.ndarray          #: log10 vacuum (or air) wavelength, Angstrom
-    flux: np.ndarray            #: flux density (``units``)
-    ivar: np.ndarray            #: inverse variance
-    and_mask: np.ndarray        #: SDSS pixel mask bits set in every exposure
-    wdisp: np.ndarray | None    #: LSF sigma in pixels, when the file has it
+    loglam: np.ndarray  #: log10 vacuum (or air) wavelength, Angstrom
+    flux: np.ndarray  #: flux density (``units``)
+    ivar: np.ndarray  #: inverse variance
+    and_mask: np.ndarray  #: SDSS pixel mask bits set in every exposure
+    wdisp: np.ndarray | None  #: LSF sigma in pixels, when the file has it
     redshift: float | None
     ra: float
     dec: float
@@ -61,7 +61,7 @@ class SDSSSpectrum:
 
     @property
     def wave(self) -> np.ndarray:
-        return 10.0 ** self.loglam
+        return 10.0**self.loglam
 
     def fwhm(self) -> np.ndarray:
         """Instrumental FWHM (Angstrom) per pixel: from ``wdisp`` where given, else the SDSS curve."""
@@ -115,9 +115,11 @@ def read_sdss_spectrum(path: str | os.PathLike) -> SDSSSpectrum:
                     table = hdu
                     break
         if table is None:
-            raise CubeError(f"{path}: no SDSS spectrum table (an extension COADD, or a table with a 'flux' "
-                            f"column); found extensions: {', '.join(h.name or '(primary)' for h in hdul)}. "
-                            "Supported: SDSS spec/spec-lite files (DR9+) and DR8 CAS tables")
+            raise CubeError(
+                f"{path}: no SDSS spectrum table (an extension COADD, or a table with a 'flux' "
+                f"column); found extensions: {', '.join(h.name or '(primary)' for h in hdul)}. "
+                "Supported: SDSS spec/spec-lite files (DR9+) and DR8 CAS tables"
+            )
         cols = {c.lower(): c for c in table.columns.names}
         data = table.data
 
@@ -132,15 +134,19 @@ def read_sdss_spectrum(path: str | os.PathLike) -> SDSSSpectrum:
         if loglam is None:
             wave = column("wavelength", "wave", "lambda")
             if wave is None:
-                raise CubeError(f"{path}: table {table.name or 1} has neither 'loglam' nor 'wavelength'; "
-                                f"columns: {', '.join(table.columns.names)}")
+                raise CubeError(
+                    f"{path}: table {table.name or 1} has neither 'loglam' nor 'wavelength'; "
+                    f"columns: {', '.join(table.columns.names)}"
+                )
             with np.errstate(divide="ignore", invalid="ignore"):
                 loglam = np.log10(wave)
             fmt = "CAS table (DR8)"
         ivar = column("ivar", "inverse_variance")
         if ivar is None:
-            raise CubeError(f"{path}: table {table.name or 1} has no inverse variance ('ivar' or "
-                            f"'inverse_variance'); columns: {', '.join(table.columns.names)}")
+            raise CubeError(
+                f"{path}: table {table.name or 1} has no inverse variance ('ivar' or "
+                f"'inverse_variance'); columns: {', '.join(table.columns.names)}"
+            )
         flux = column("flux")
         and_mask = column("and_mask")
         and_mask = np.zeros(flux.size, np.int64) if and_mask is None else and_mask.astype(np.int64)
@@ -156,24 +162,40 @@ def read_sdss_spectrum(path: str | os.PathLike) -> SDSSSpectrum:
         if z is None:
             z = _header_value((table.header, primary), "Z", "REDSHIFT")
         z = _float_or_nan(z)
-        ra = _float_or_nan(specobj_value("PLUG_RA") if specobj is not None else
-                           _header_value((table.header, primary), "RAOBJ", "PLUG_RA", "RA"))
-        dec = _float_or_nan(specobj_value("PLUG_DEC") if specobj is not None else
-                            _header_value((table.header, primary), "DECOBJ", "PLUG_DEC", "DEC"))
+        ra = _float_or_nan(
+            specobj_value("PLUG_RA")
+            if specobj is not None
+            else _header_value((table.header, primary), "RAOBJ", "PLUG_RA", "RA")
+        )
+        dec = _float_or_nan(
+            specobj_value("PLUG_DEC")
+            if specobj is not None
+            else _header_value((table.header, primary), "DECOBJ", "PLUG_DEC", "DEC")
+        )
         plate = _header_value((table.header, primary), "PLATEID")
         mjd = _header_value((table.header, primary), "MJD")
-        fiber = specobj_value("FIBERID") if specobj is not None else _header_value(
-            (table.header, primary), "FIBERID")
-        name = (f"{int(plate):04d}-{int(mjd):05d}-{int(fiber):04d}" if None not in (plate, mjd, fiber)
-                else path.stem)
+        fiber = specobj_value("FIBERID") if specobj is not None else _header_value((table.header, primary), "FIBERID")
+        name = f"{int(plate):04d}-{int(mjd):05d}-{int(fiber):04d}" if None not in (plate, mjd, fiber) else path.stem
         vacuum = _header_value((table.header, primary), "VACUUM")
         medium = "air" if vacuum is not None and str(vacuum).strip().upper() in ("F", "FALSE", "0") else "vacuum"
         units = _units(_header_value((table.header, primary), "BUNIT"))
     if loglam.size < 2 or not np.all(np.diff(loglam) > 0):
         raise CubeError(f"{path}: the wavelengths are not strictly increasing")
-    return SDSSSpectrum(path=path, loglam=loglam, flux=flux, ivar=ivar, and_mask=and_mask, wdisp=wdisp,
-                        redshift=None if not np.isfinite(z) else z, ra=ra, dec=dec, name=name,
-                        medium=medium, units=units, format=fmt)
+    return SDSSSpectrum(
+        path=path,
+        loglam=loglam,
+        flux=flux,
+        ivar=ivar,
+        and_mask=and_mask,
+        wdisp=wdisp,
+        redshift=None if not np.isfinite(z) else z,
+        ra=ra,
+        dec=dec,
+        name=name,
+        medium=medium,
+        units=units,
+        format=fmt,
+    )
 
 
 def _grid_offset(spec: SDSSSpectrum, base: float) -> int:
@@ -182,8 +204,10 @@ def _grid_offset(spec: SDSSSpectrum, base: float) -> int:
     off = np.abs(spec.loglam - (base + k * SDSS_LOGLAM_STEP)).max()
     steps = np.diff(k)
     if off > _ALIGN_TOLERANCE or not np.all(steps == 1):
-        raise CubeError(f"{spec.path}: wavelengths are not on the SDSS log10 grid (step {SDSS_LOGLAM_STEP} "
-                        f"dex, off by up to {off:.2e} dex); resample it to that grid before ingest")
+        raise CubeError(
+            f"{spec.path}: wavelengths are not on the SDSS log10 grid (step {SDSS_LOGLAM_STEP} "
+            f"dex, off by up to {off:.2e} dex); resample it to that grid before ingest"
+        )
     return int(k[0])
 
 
@@ -195,8 +219,14 @@ def spectra_arrays(spec: SDSSSpectrum) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return spec.flux.astype(np.float32), var.astype(np.float32), mask
 
 
-def ingest_sdss_spectra(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                        redshift: float | None = None, chunk: int = 256, progress: bool = False) -> dict:
+def ingest_sdss_spectra(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    redshift: float | None = None,
+    chunk: int = 256,
+    progress: bool = False,
+) -> dict:
     """Write SDSS spectrum files into one spectra-catalogue store at ``out``; returns a summary.
 
     ``redshift``: used for files without a redshift of their own (header ``Z`` or ``SPECOBJ.Z``);
@@ -215,13 +245,16 @@ def ingest_sdss_spectra(paths: Sequence[str | os.PathLike], out: str | os.PathLi
         z = s.redshift if s.redshift is not None else redshift
         if z is None:
             raise CubeError(f"{p}: no redshift in the file (SPECOBJ.Z or header Z); give one with --redshift")
-        heads.append((p, float(s.loglam[0]), float(s.loglam[-1]), s.medium, s.units, float(z), s.ra, s.dec,
-                      s.name, s.format))
+        heads.append(
+            (p, float(s.loglam[0]), float(s.loglam[-1]), s.medium, s.units, float(z), s.ra, s.dec, s.name, s.format)
+        )
     media = {h[3] for h in heads}
     units = {h[4] for h in heads}
     if len(media) > 1 or len(units) > 1:
-        raise CubeError(f"the files mix wavelength media {sorted(media)} or flux units {sorted(units)}; "
-                        "ingest them into separate stores")
+        raise CubeError(
+            f"the files mix wavelength media {sorted(media)} or flux units {sorted(units)}; "
+            "ingest them into separate stores"
+        )
     first = min(h[1] for h in heads)
     base = round(first / SDSS_LOGLAM_STEP) * SDSS_LOGLAM_STEP
     last = max(h[2] for h in heads)
@@ -229,10 +262,14 @@ def ingest_sdss_spectra(paths: Sequence[str | os.PathLike], out: str | os.PathLi
     wave = 10.0 ** (base + SDSS_LOGLAM_STEP * np.arange(nwave))
     n = len(heads)
     chunk = max(1, min(chunk, n))
-    attrs = {"instrument": "SDSS", "source": f"SDSS spectrum FITS files ({n})",
-             "software": f"survey-proc {__version__}", "formats": ", ".join(sorted({h[9] for h in heads})),
-             "lsf": "mean over spectra of 2.355 wdisp dlambda where files give wdisp, else ssp.sdss_lsf_fwhm",
-             "grid": f"log10(lambda) = {base:.4f} + {SDSS_LOGLAM_STEP:g} k (SDSS, no resampling)"}
+    attrs = {
+        "instrument": "SDSS",
+        "source": f"SDSS spectrum FITS files ({n})",
+        "software": f"survey-proc {__version__}",
+        "formats": ", ".join(sorted({h[9] for h in heads})),
+        "lsf": "mean over spectra of 2.355 wdisp dlambda where files give wdisp, else ssp.sdss_lsf_fwhm",
+        "grid": f"log10(lambda) = {base:.4f} + {SDSS_LOGLAM_STEP:g} k (SDSS, no resampling)",
+    }
     object_vars = {
         "redshift": (np.array([h[5] for h in heads]), {"units": "1", "long_name": "redshift (SDSS pipeline)"}),
     }
@@ -242,8 +279,17 @@ def ingest_sdss_spectra(paths: Sequence[str | os.PathLike], out: str | os.PathLi
         "object_name": (np.array([h[8] for h in heads]), {"long_name": "SDSS plate-mjd-fiber or file name"}),
         "source_file": (np.array([h[0].name for h in heads]), {"long_name": "file the spectrum was read from"}),
     }
-    create_catalogue_store(out, n=n, wave=wave, flux_units=units.pop(), attrs=attrs, chunk=chunk,
-                           medium=media.pop(), object_vars=object_vars, coords=coords)
+    create_catalogue_store(
+        out,
+        n=n,
+        wave=wave,
+        flux_units=units.pop(),
+        attrs=attrs,
+        chunk=chunk,
+        medium=media.pop(),
+        object_vars=object_vars,
+        coords=coords,
+    )
     # pass 2: data, one block of spectra at a time
     fwhm_sum = np.zeros(nwave)
     fwhm_count = np.zeros(nwave)
@@ -272,8 +318,13 @@ def ingest_sdss_spectra(paths: Sequence[str | os.PathLike], out: str | os.PathLi
         lsf = np.where(fwhm_count > 0, fwhm_sum / np.maximum(fwhm_count, 1), sdss_lsf_fwhm(wave))
     write_region(out, {}, {"lsf_fwhm": lsf})
     consolidate(out)
-    return {"path": str(out), "spectra": n, "wavelengths": nwave, "wave": (float(wave[0]), float(wave[-1])),
-            "medium": "vacuum" if "vacuum" in {h[3] for h in heads} else "air",
-            "masked_fraction_covered": n_masked / max(1, int(fwhm_count.sum())),
-            "redshift": (min(h[5] for h in heads), max(h[5] for h in heads)),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "path": str(out),
+        "spectra": n,
+        "wavelengths": nwave,
+        "wave": (float(wave[0]), float(wave[-1])),
+        "medium": "vacuum" if "vacuum" in {h[3] for h in heads} else "air",
+        "masked_fraction_covered": n_masked / max(1, int(fwhm_count.sum())),
+        "redshift": (min(h[5] for h in heads), max(h[5] for h in heads)),
+        "seconds": time.perf_counter() - t0,
+    }

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import zarr
 from scipy.ndimage import gaussian_filter
 
 from survey_proc.geometry import disc_coordinates, half_light_radius
@@ -32,8 +31,7 @@ from survey_proc.synth._spectra import Synthesiser, emission_line_spectra, sky_l
 LIKE = {
     # NGC 4254 (M99): a nearly face-on grand-design spiral at 2400 km/s; a PHANGS-MUSE mosaic
     # holds ~65,000 spaxels after binning to 0.8"; we keep that scale.
-    "ngc4254": {"nx": 255, "ny": 255, "redshift": 0.00803, "inclination": 20.0,
-                "position_angle": 68.0},
+    "ngc4254": {"nx": 255, "ny": 255, "redshift": 0.00803, "inclination": 20.0, "position_angle": 68.0},
 }
 
 
@@ -42,43 +40,60 @@ class GalaxyParams:
     """What the mock galaxy is made of (lengths as fractions of half the field, ages log10 yr, [M/H] dex,
     gradients per R/R_e). The defaults are the original mock disc galaxy; :meth:`draw` varies them."""
 
-    disc_scale: float = 0.5           #: exponential scale length, fraction of half the smaller side
-    bulge_radius: float = 0.12        #: bulge effective radius, fraction of half the smaller side
-    bulge_amplitude: float = 0.8      #: bulge central surface brightness relative to the disc's
-    centre_dx: float = 0.0            #: centre offset from the field centre, fraction of the side
+    disc_scale: float = 0.5  #: exponential scale length, fraction of half the smaller side
+    bulge_radius: float = 0.12  #: bulge effective radius, fraction of half the smaller side
+    bulge_amplitude: float = 0.8  #: bulge central surface brightness relative to the disc's
+    centre_dx: float = 0.0  #: centre offset from the field centre, fraction of the side
     centre_dy: float = 0.0
     arm_pitch_deg: float = 20.0
-    arm_strength: float = 0.35        #: light fraction of young stars on the arm crests
-    disc_log_age: float = 9.85        #: at the centre (R = 0)
-    grad_log_age: float = -0.30       #: d log_age / d(R/R_e) of the disc
+    arm_strength: float = 0.35  #: light fraction of young stars on the arm crests
+    disc_log_age: float = 9.85  #: at the centre (R = 0)
+    grad_log_age: float = -0.30  #: d log_age / d(R/R_e) of the disc
     disc_metallicity: float = 0.05
     grad_metallicity: float = -0.25
     bulge_log_age: float = 10.05
     bulge_metallicity: float = 0.15
     population_scatter: float = 0.06  #: smooth spaxel-to-spaxel scatter of the disc centres (dex)
     young_log_age: tuple[float, float] = (7.8, 8.4)
-    dust_profile: str = "lognormal"   #: lognormal: A_V = base exp(arms + scatter + gradient); linear: their sum
-    dust_base: float = 0.3            #: A_V of the disc at the centre (mag)
-    dust_arms: float = 1.2            #: arm crests: extra ln A_V (lognormal) or A_V (linear)
-    dust_gradient: float = -0.25      #: d ln A_V / d(R/R_e) (lognormal) or d A_V / d(R/R_e) (linear)
-    dust_scatter: float = 0.45        #: patchiness, in ln A_V (lognormal) or A_V (linear)
+    dust_profile: str = "lognormal"  #: lognormal: A_V = base exp(arms + scatter + gradient); linear: their sum
+    dust_base: float = 0.3  #: A_V of the disc at the centre (mag)
+    dust_arms: float = 1.2  #: arm crests: extra ln A_V (lognormal) or A_V (linear)
+    dust_gradient: float = -0.25  #: d ln A_V / d(R/R_e) (lognormal) or d A_V / d(R/R_e) (linear)
+    dust_scatter: float = 0.45  #: patchiness, in ln A_V (lognormal) or A_V (linear)
     av_max: float = 1.5
-    halpha_ew: float = 40.0           #: Angstrom, on the arm crests
-    v_max: float = 200.0              #: km/s
-    sigma_centre: float = 140.0       #: km/s above the disc's 45 km/s
+    halpha_ew: float = 40.0  #: Angstrom, on the arm crests
+    v_max: float = 200.0  #: km/s
+    sigma_centre: float = 140.0  #: km/s above the disc's 45 km/s
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> GalaxyParams:
         """A random galaxy for training sets: sizes, bulge, gradients, ages, dust, arms, centre."""
         u = rng.uniform
         return cls(
-            disc_scale=u(0.3, 0.8), bulge_radius=u(0.05, 0.2), bulge_amplitude=10 ** u(-1.5, 0.4),
-            centre_dx=u(-0.12, 0.12), centre_dy=u(-0.12, 0.12), arm_pitch_deg=u(10, 35),
-            arm_strength=u(0.0, 0.6), disc_log_age=u(9.1, 10.1), grad_log_age=u(-0.5, 0.15),
-            disc_metallicity=u(-0.8, 0.2), grad_metallicity=u(-0.5, 0.15), bulge_log_age=u(9.5, 10.2),
-            bulge_metallicity=u(-0.4, 0.22), population_scatter=u(0.03, 0.12), dust_profile="linear", dust_base=u(0.0, 0.7),
-            dust_arms=u(0.0, 1.2), dust_gradient=u(-0.2, 0.05), dust_scatter=u(0.05, 0.25), av_max=2.0,
-            halpha_ew=u(0.0, 80.0), v_max=u(80, 280), sigma_centre=u(40, 180))
+            disc_scale=u(0.3, 0.8),
+            bulge_radius=u(0.05, 0.2),
+            bulge_amplitude=10 ** u(-1.5, 0.4),
+            centre_dx=u(-0.12, 0.12),
+            centre_dy=u(-0.12, 0.12),
+            arm_pitch_deg=u(10, 35),
+            arm_strength=u(0.0, 0.6),
+            disc_log_age=u(9.1, 10.1),
+            grad_log_age=u(-0.5, 0.15),
+            disc_metallicity=u(-0.8, 0.2),
+            grad_metallicity=u(-0.5, 0.15),
+            bulge_log_age=u(9.5, 10.2),
+            bulge_metallicity=u(-0.4, 0.22),
+            population_scatter=u(0.03, 0.12),
+            dust_profile="linear",
+            dust_base=u(0.0, 0.7),
+            dust_arms=u(0.0, 1.2),
+            dust_gradient=u(-0.2, 0.05),
+            dust_scatter=u(0.05, 0.25),
+            av_max=2.0,
+            halpha_ew=u(0.0, 80.0),
+            v_max=u(80, 280),
+            sigma_centre=u(40, 180),
+        )
 
 
 @dataclass
@@ -88,19 +103,19 @@ class MockConfig:
     nx: int = 32
     ny: int = 32
     seed: int = 0
-    snr: float = 30.0                 #: S/N per Angstrom of the brightest spaxels
+    snr: float = 30.0  #: S/N per Angstrom of the brightest spaxels
     redshift: float = 0.008
-    inclination: float = 40.0         #: degrees (0 = face-on)
-    position_angle: float = 30.0      #: degrees, of the major axis, from +y towards +x
+    inclination: float = 40.0  #: degrees (0 = face-on)
+    position_angle: float = 30.0  #: degrees, of the major axis, from +y towards +x
     wave_start: float = 4750.0
     wave_stop: float = 9350.0
     wave_step: float = 1.25
-    chunk: int = 32                   #: spatial chunk of the store
-    peak_flux: float = 1000.0         #: continuum of the brightest spaxel, 1e-20 erg/s/cm2/A
-    sky_fraction: float = 0.05        #: sky variance as a fraction of the peak spaxel's source variance
+    chunk: int = 32  #: spatial chunk of the store
+    peak_flux: float = 1000.0  #: continuum of the brightest spaxel, 1e-20 erg/s/cm2/A
+    sky_fraction: float = 0.05  #: sky variance as a fraction of the peak spaxel's source variance
     bad_pixel_fraction: float = 2e-4  #: random detector pixels masked (flux NaN)
-    pixel_scale_arcsec: float = 0.2   #: spaxel size (MUSE WFM); sets surface brightness and mass density
-    psf_fwhm_pixels: float = 0.0      #: Gaussian seeing applied to mock photometry (images) only
+    pixel_scale_arcsec: float = 0.2  #: spaxel size (MUSE WFM); sets surface brightness and mass density
+    psf_fwhm_pixels: float = 0.0  #: Gaussian seeing applied to mock photometry (images) only
     like: str | None = None
     galaxy: GalaxyParams = field(default_factory=GalaxyParams)
     extra: dict = field(default_factory=dict)
@@ -123,21 +138,20 @@ class MockConfig:
 class GalaxyMaps:
     """Per-spaxel inputs of the mock (all (ny, nx) unless stated)."""
 
-    radius: np.ndarray        #: deprojected radius, spaxels
-    light: np.ndarray         #: continuum surface brightness in the light window, before dust
-    weights: np.ndarray       #: (ny, nx, nmetal, nage) light fractions
-    av: np.ndarray            #: mag
-    velocity: np.ndarray      #: km/s, relative to systemic
-    sigma: np.ndarray         #: km/s
-    halpha: np.ndarray        #: H-alpha line flux before dust (flux x Angstrom)
-    r_e: float                #: effective (half-light) radius, spaxels, along the disc plane
-    gradients: dict           #: the input radial gradients (per R/R_e)
+    radius: np.ndarray  #: deprojected radius, spaxels
+    light: np.ndarray  #: continuum surface brightness in the light window, before dust
+    weights: np.ndarray  #: (ny, nx, nmetal, nage) light fractions
+    av: np.ndarray  #: mag
+    velocity: np.ndarray  #: km/s, relative to systemic
+    sigma: np.ndarray  #: km/s
+    halpha: np.ndarray  #: H-alpha line flux before dust (flux x Angstrom)
+    r_e: float  #: effective (half-light) radius, spaxels, along the disc plane
+    gradients: dict  #: the input radial gradients (per R/R_e)
 
 
 def galaxy_centre(cfg: MockConfig) -> tuple[float, float]:
     """(x0, y0) of the galaxy centre, spaxels."""
-    return ((cfg.nx - 1) / 2.0 + cfg.galaxy.centre_dx * cfg.nx,
-            (cfg.ny - 1) / 2.0 + cfg.galaxy.centre_dy * cfg.ny)
+    return ((cfg.nx - 1) / 2.0 + cfg.galaxy.centre_dx * cfg.nx, (cfg.ny - 1) / 2.0 + cfg.galaxy.centre_dy * cfg.ny)
 
 
 def _disc_coordinates(cfg: MockConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,8 +165,8 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     g = cfg.galaxy
     radius, azimuth, _ = _disc_coordinates(cfg)
     half = min(cfg.nx, cfg.ny) / 2.0
-    h = g.disc_scale * half            # disc scale length (default: the field spans ~2 scale lengths)
-    r_b = g.bulge_radius * half        # bulge effective radius
+    h = g.disc_scale * half  # disc scale length (default: the field spans ~2 scale lengths)
+    r_b = g.bulge_radius * half  # bulge effective radius
     disc = np.exp(-radius / h)
     bulge = g.bulge_amplitude * np.exp(-3.67 * ((radius / r_b) ** 0.5 - 1.0)) / np.exp(3.67)
     light = disc + bulge
@@ -178,12 +192,22 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     bulge_metal = g.bulge_metallicity + field(0.04)
 
     n = radius.size
-    w_bulge = sample_cluster(rng, lib, bulge_age.ravel(), bulge_metal.ravel(), np.full(n, 0.08),
-                             np.full(n, 0.10), np.full(n, 2), 2)
-    w_disc = sample_cluster(rng, lib, disc_age.ravel(), disc_metal.ravel(), np.full(n, 0.25),
-                            np.full(n, 0.15), rng.integers(2, 4, n), 3)
-    w_young = sample_cluster(rng, lib, rng.uniform(*g.young_log_age, n), disc_metal.ravel(),
-                             np.full(n, 0.1), np.full(n, 0.1), np.ones(n, int), 1)
+    w_bulge = sample_cluster(
+        rng, lib, bulge_age.ravel(), bulge_metal.ravel(), np.full(n, 0.08), np.full(n, 0.10), np.full(n, 2), 2
+    )
+    w_disc = sample_cluster(
+        rng, lib, disc_age.ravel(), disc_metal.ravel(), np.full(n, 0.25), np.full(n, 0.15), rng.integers(2, 4, n), 3
+    )
+    w_young = sample_cluster(
+        rng,
+        lib,
+        rng.uniform(*g.young_log_age, n),
+        disc_metal.ravel(),
+        np.full(n, 0.1),
+        np.full(n, 0.1),
+        np.ones(n, int),
+        1,
+    )
     fb, fy = f_bulge.ravel()[:, None, None], f_young.ravel()[:, None, None]
     weights = fb * w_bulge + (1 - fb - fy) * w_disc + fy * w_young
 
@@ -203,9 +227,17 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     # H-alpha equivalent width up to ``halpha_ew`` on the arm crests
     halpha = g.halpha_ew * f_young / max(g.arm_strength, 1e-6) * light * (arms > 0.05)
 
-    return GalaxyMaps(radius=radius, light=light, weights=weights.reshape(*radius.shape, *weights.shape[1:]),
-                      av=av, velocity=velocity, sigma=np.clip(sigma, 20.0, 400.0), halpha=halpha,
-                      r_e=r_e, gradients=grad)
+    return GalaxyMaps(
+        radius=radius,
+        light=light,
+        weights=weights.reshape(*radius.shape, *weights.shape[1:]),
+        av=av,
+        velocity=velocity,
+        sigma=np.clip(sigma, 20.0, 400.0),
+        halpha=halpha,
+        r_e=r_e,
+        gradients=grad,
+    )
 
 
 #: the flux unit of mock cubes, in erg/s/cm2/Angstrom
@@ -215,8 +247,13 @@ _KPC_CM = 3.0856775814913673e21
 _ARCSEC_RAD = np.pi / 180.0 / 3600.0
 
 
-def log_mass_surface_density(window_flux: np.ndarray, mass_light: np.ndarray, redshift: float,
-                             pixel_scale_arcsec: float, flux_unit_cgs: float = MOCK_FLUX_UNIT_CGS) -> np.ndarray:
+def log_mass_surface_density(
+    window_flux: np.ndarray,
+    mass_light: np.ndarray,
+    redshift: float,
+    pixel_scale_arcsec: float,
+    flux_unit_cgs: float = MOCK_FLUX_UNIT_CGS,
+) -> np.ndarray:
     """log10 stellar mass surface density (M_sun / kpc^2) from the observed mean flux density in the
     (redshifted) light window before dust and the mass per unit window light (M_sun per L_sun/A).
 
@@ -224,8 +261,16 @@ def log_mass_surface_density(window_flux: np.ndarray, mass_light: np.ndarray, re
     included), so a model can learn it from surface brightness.
     """
     omega = (pixel_scale_arcsec * _ARCSEC_RAD) ** 2
-    sigma = (4 * np.pi * (1 + redshift) ** 5 * np.asarray(window_flux, np.float64) * flux_unit_cgs
-             * np.asarray(mass_light, np.float64) * _KPC_CM**2 / (_L_SUN_ERG_S * omega))
+    sigma = (
+        4
+        * np.pi
+        * (1 + redshift) ** 5
+        * np.asarray(window_flux, np.float64)
+        * flux_unit_cgs
+        * np.asarray(mass_light, np.float64)
+        * _KPC_CM**2
+        / (_L_SUN_ERG_S * omega)
+    )
     with np.errstate(divide="ignore"):
         return np.log10(sigma)
 
@@ -243,10 +288,19 @@ def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: boo
     log_age, metal = light_weighted(maps.weights, lib)
     log_age_mw, metal_mw = mass_weighted(maps.weights, lib)
     window_flux = maps.light * cfg.peak_flux / maps.light.max()
-    log_sigma = log_mass_surface_density(window_flux, mass_to_light(maps.weights, lib), cfg.redshift,
-                                         cfg.pixel_scale_arcsec)
-    values = {"log_age": log_age, "metallicity": metal, "log_age_mw": log_age_mw, "metallicity_mw": metal_mw,
-              "av": maps.av, "sigma": maps.sigma, "velocity": maps.velocity, "log_mass_surface_density": log_sigma}
+    log_sigma = log_mass_surface_density(
+        window_flux, mass_to_light(maps.weights, lib), cfg.redshift, cfg.pixel_scale_arcsec
+    )
+    values = {
+        "log_age": log_age,
+        "metallicity": metal,
+        "log_age_mw": log_age_mw,
+        "metallicity_mw": metal_mw,
+        "av": maps.av,
+        "sigma": maps.sigma,
+        "velocity": maps.velocity,
+        "log_mass_surface_density": log_sigma,
+    }
     if not (at_psf and cfg.psf_fwhm_pixels > 0):
         return values
     sigma_px = cfg.psf_fwhm_pixels / 2.3548
@@ -254,10 +308,13 @@ def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: boo
     def blur(a: np.ndarray) -> np.ndarray:
         return gaussian_filter(a, sigma_px, mode="constant")
 
-    mass = 10.0 ** log_sigma
+    mass = 10.0**log_sigma
     light_b, mass_b = blur(window_flux), blur(mass)
-    out = {k: blur(window_flux * v) / light_b for k, v in values.items() if not k.endswith("_mw")
-           and k != "log_mass_surface_density"}
+    out = {
+        k: blur(window_flux * v) / light_b
+        for k, v in values.items()
+        if not k.endswith("_mw") and k != "log_mass_surface_density"
+    }
     out.update({k: blur(mass * values[k]) / mass_b for k in ("log_age_mw", "metallicity_mw")})
     out["log_mass_surface_density"] = np.log10(mass_b)
     return out
@@ -266,37 +323,69 @@ def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: boo
 def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Dataset:
     """The truth maps in the Maps schema."""
     dims = ("y", "x")
-    ds = xr.Dataset({k: (dims, v.astype(np.float32), property_attrs(k))
-                     for k, v in truth_values(maps, lib, cfg).items()})
+    ds = xr.Dataset(
+        {k: (dims, v.astype(np.float32), property_attrs(k)) for k, v in truth_values(maps, lib, cfg).items()}
+    )
     if cfg.psf_fwhm_pixels > 0:  # the pixel-level truth too, beside the truth at the images' resolution
         for k, v in truth_values(maps, lib, cfg, at_psf=False).items():
             ds[f"{k}_intrinsic"] = (dims, v.astype(np.float32), property_attrs(k))
-    ds["weights"] = (("y", "x", "age", "metal"), np.swapaxes(maps.weights, -1, -2).astype(np.float32),
-                     property_attrs("weights"))
-    ds["light"] = (dims, (maps.light * cfg.peak_flux / maps.light.max()).astype(np.float32),
-                   {"units": "1e-20 erg/s/cm2/Angstrom", "long_name": "mean continuum flux density "
-                    "in the rest-frame light window before dust"})
-    ds["halpha_flux"] = (dims, (maps.halpha * cfg.peak_flux / maps.light.max()).astype(np.float32),
-                         {"units": "1e-20 erg/s/cm2", "long_name": "H-alpha line flux before dust"})
-    ds["radius"] = (dims, maps.radius.astype(np.float32),
-                    {"units": "spaxel", "long_name": "deprojected galactocentric radius"})
-    ds = ds.assign_coords(age=("age", lib.log_age, {"units": "log10(yr)", "long_name": "SSP log age"}),
-                          metal=("metal", lib.metal, {"units": "dex", "long_name": "SSP [M/H]"}))
-    ds.attrs.update({
-        "title": "truth maps of a survey-proc mock cube",
-        "inclination_deg": cfg.inclination, "position_angle_deg": cfg.position_angle,
-        "centre_x": galaxy_centre(cfg)[0], "centre_y": galaxy_centre(cfg)[1], "r_e_spaxel": maps.r_e,
-        "input_gradients_per_r_e": str(maps.gradients),
-        "light_weighting": "fraction of rest-frame flux in 5070-5950 Angstrom before dust",
-        "pixel_scale_arcsec": cfg.pixel_scale_arcsec, "redshift": cfg.redshift,
-        "truth_resolution": (f"PSF-matched: Gaussian seeing of FWHM {cfg.psf_fwhm_pixels:g} pixels (pixel-level "
-                             "truth in <name>_intrinsic)" if cfg.psf_fwhm_pixels > 0 else "per spaxel"),
-    })
+    ds["weights"] = (
+        ("y", "x", "age", "metal"),
+        np.swapaxes(maps.weights, -1, -2).astype(np.float32),
+        property_attrs("weights"),
+    )
+    ds["light"] = (
+        dims,
+        (maps.light * cfg.peak_flux / maps.light.max()).astype(np.float32),
+        {
+            "units": "1e-20 erg/s/cm2/Angstrom",
+            "long_name": "mean continuum flux density in the rest-frame light window before dust",
+        },
+    )
+    ds["halpha_flux"] = (
+        dims,
+        (maps.halpha * cfg.peak_flux / maps.light.max()).astype(np.float32),
+        {"units": "1e-20 erg/s/cm2", "long_name": "H-alpha line flux before dust"},
+    )
+    ds["radius"] = (
+        dims,
+        maps.radius.astype(np.float32),
+        {"units": "spaxel", "long_name": "deprojected galactocentric radius"},
+    )
+    ds = ds.assign_coords(
+        age=("age", lib.log_age, {"units": "log10(yr)", "long_name": "SSP log age"}),
+        metal=("metal", lib.metal, {"units": "dex", "long_name": "SSP [M/H]"}),
+    )
+    ds.attrs.update(
+        {
+            "title": "truth maps of a survey-proc mock cube",
+            "inclination_deg": cfg.inclination,
+            "position_angle_deg": cfg.position_angle,
+            "centre_x": galaxy_centre(cfg)[0],
+            "centre_y": galaxy_centre(cfg)[1],
+            "r_e_spaxel": maps.r_e,
+            "input_gradients_per_r_e": str(maps.gradients),
+            "light_weighting": "fraction of rest-frame flux in 5070-5950 Angstrom before dust",
+            "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
+            "redshift": cfg.redshift,
+            "truth_resolution": (
+                f"PSF-matched: Gaussian seeing of FWHM {cfg.psf_fwhm_pixels:g} pixels (pixel-level "
+                "truth in <name>_intrinsic)"
+                if cfg.psf_fwhm_pixels > 0
+                else "per spaxel"
+            ),
+        }
+    )
     return ds
 
 
-def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None = None,
-               progress: bool = False, threads: int | None = None) -> dict:
+def write_mock(
+    path: str | os.PathLike,
+    cfg: MockConfig,
+    lib: SSPLibrary | None = None,
+    progress: bool = False,
+    threads: int | None = None,
+) -> dict:
     """Build a mock cube store at ``path``; returns a summary dict.
 
     The store holds ``flux``, ``var``, ``mask`` (dims y, x, wave) and the truth maps in group
@@ -320,19 +409,31 @@ def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None 
     # noise model: var = a * F + sky; at the brightest spaxel S/N per Angstrom = cfg.snr
     peak = cfg.peak_flux
     snr_pix = cfg.snr * np.sqrt(cfg.wave_step)
-    gain = peak / (snr_pix**2 * (1 + cfg.sky_fraction))   # a
-    sky_var = cfg.sky_fraction * gain * peak              # continuum sky variance
+    gain = peak / (snr_pix**2 * (1 + cfg.sky_fraction))  # a
+    sky_var = cfg.sky_fraction * gain * peak  # continuum sky variance
     sky_line_var = sky_var * 30.0 * sky_profiles.max(axis=0)
     scale = maps.light / maps.light.max() * peak
 
     attrs = {
-        "redshift": cfg.redshift, "instrument": "MUSE (mock)", "lsf": "MUSE, Bacon et al. (2017) eq. 8",
-        "source": "survey-proc mock", "software": f"survey-proc {__version__}",
-        "mock_config": str(asdict(cfg)), "ssp_library": lib.provenance.get("source", "E-MILES"),
+        "redshift": cfg.redshift,
+        "instrument": "MUSE (mock)",
+        "lsf": "MUSE, Bacon et al. (2017) eq. 8",
+        "source": "survey-proc mock",
+        "software": f"survey-proc {__version__}",
+        "mock_config": str(asdict(cfg)),
+        "ssp_library": lib.provenance.get("source", "E-MILES"),
         "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
     }
-    create_cube_store(path, ny=cfg.ny, nx=cfg.nx, wave=wave, flux_units="1e-20 erg/s/cm2/Angstrom",
-                      attrs=attrs, chunk=cfg.chunk, lsf_fwhm=lsf)
+    create_cube_store(
+        path,
+        ny=cfg.ny,
+        nx=cfg.nx,
+        wave=wave,
+        flux_units="1e-20 erg/s/cm2/Angstrom",
+        attrs=attrs,
+        chunk=cfg.chunk,
+        lsf_fwhm=lsf,
+    )
     truth = truth_dataset(maps, lib, cfg)
     truth.to_zarr(path, group="truth", mode="w", zarr_format=3, consolidated=False)
 
@@ -345,27 +446,43 @@ def write_mock(path: str | os.PathLike, cfg: MockConfig, lib: SSPLibrary | None 
         shape = (ys.stop - ys.start, xs.stop - xs.start)
         r_rng = np.random.default_rng([cfg.seed, k])
         w = maps.weights[sub].reshape(-1, *maps.weights.shape[2:])
-        flux = synth.observe(w, maps.av[sub].ravel(), maps.velocity[sub].ravel(),
-                             maps.sigma[sub].ravel(), scale[sub].ravel())
-        flux += emission_line_spectra(wave, cfg.redshift, (maps.halpha * peak / maps.light.max())[sub].ravel(),
-                                      maps.velocity[sub].ravel(), np.full(flux.shape[0], 30.0),
-                                      maps.av[sub].ravel(), muse_lsf_fwhm)
+        flux = synth.observe(
+            w, maps.av[sub].ravel(), maps.velocity[sub].ravel(), maps.sigma[sub].ravel(), scale[sub].ravel()
+        )
+        flux += emission_line_spectra(
+            wave,
+            cfg.redshift,
+            (maps.halpha * peak / maps.light.max())[sub].ravel(),
+            maps.velocity[sub].ravel(),
+            np.full(flux.shape[0], 30.0),
+            maps.av[sub].ravel(),
+            muse_lsf_fwhm,
+        )
         var = gain * np.clip(flux, 0, None) + sky_var + sky_line_var[None, :]
         noise = r_rng.standard_normal(flux.shape).astype(np.float32) * np.sqrt(var)
         sky_resid = (sky_amp[:, None] * sky_profiles).sum(axis=0) * np.sqrt(sky_line_var)
         observed = flux + noise + sky_resid[None, :].astype(np.float32)
         mask = r_rng.random(flux.shape) < cfg.bad_pixel_fraction
         observed[mask] = np.nan
-        write_region(path, {"y": ys, "x": xs}, {
-            "flux": observed.reshape(*shape, -1).astype(np.float32),
-            "var": var.reshape(*shape, -1).astype(np.float32),
-            "mask": mask.reshape(*shape, -1),
-        })
+        write_region(
+            path,
+            {"y": ys, "x": xs},
+            {
+                "flux": observed.reshape(*shape, -1).astype(np.float32),
+                "var": var.reshape(*shape, -1).astype(np.float32),
+                "mask": mask.reshape(*shape, -1),
+            },
+        )
 
     for_each_region(one_region, len(regions), threads, "mock regions" if progress else None)
     consolidate(path)
-    return {"path": str(path), "spaxels": cfg.nx * cfg.ny, "wavelengths": wave.size,
-            "seconds": time.perf_counter() - t0, "r_e_spaxel": maps.r_e}
+    return {
+        "path": str(path),
+        "spaxels": cfg.nx * cfg.ny,
+        "wavelengths": wave.size,
+        "seconds": time.perf_counter() - t0,
+        "r_e_spaxel": maps.r_e,
+    }
 
 
 def for_each_region(work, count: int, threads: int | None, desc: str | None) -> None:

@@ -47,9 +47,18 @@ def _copy_truth(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     return True
 
 
-def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str | os.PathLike, *,
-                          cluster: str | None = None, workers: int | None = None, min_coverage: float = 0.99,
-                          max_masked: float = 0.2, mask_sky: bool = True, progress: bool = True) -> dict:
+def photometry_from_store(
+    cube: str | os.PathLike,
+    filters: FilterSet,
+    out: str | os.PathLike,
+    *,
+    cluster: str | None = None,
+    workers: int | None = None,
+    min_coverage: float = 0.99,
+    max_masked: float = 0.2,
+    mask_sky: bool = True,
+    progress: bool = True,
+) -> dict:
     """Synthetic photometry of every spectrum of ``cube`` through ``filters``, written to ``out``.
 
     ``mask_sky`` leaves the pixels within 2 FWHM of the bright night-sky lines (:data:`SKY_LINES`) out
@@ -71,17 +80,32 @@ def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str 
 
     def block(flux: np.ndarray, var: np.ndarray, mask: np.ndarray):
         shape = flux.shape[:-1]
-        ph = synthetic_photometry(flux.reshape(-1, flux.shape[-1]), var.reshape(-1, var.shape[-1]),
-                                  mask.reshape(-1, mask.shape[-1]) | sky[None, :], wave, filters, unit,
-                                  min_coverage, max_masked)
+        ph = synthetic_photometry(
+            flux.reshape(-1, flux.shape[-1]),
+            var.reshape(-1, var.shape[-1]),
+            mask.reshape(-1, mask.shape[-1]) | sky[None, :],
+            wave,
+            filters,
+            unit,
+            min_coverage,
+            max_masked,
+        )
         mag, err = ph.ab()
-        return tuple(a.reshape(*shape, nb) for a in (ph.flux, ph.var, ph.mask, mag.astype(np.float32),
-                                                     err.astype(np.float32)))
+        return tuple(
+            a.reshape(*shape, nb) for a in (ph.flux, ph.var, ph.mask, mag.astype(np.float32), err.astype(np.float32))
+        )
 
-    outs = xr.apply_ufunc(block, ds["flux"], ds["var"], ds["mask"], input_core_dims=[["wave"]] * 3,
-                          output_core_dims=[["band"]] * 5, dask="parallelized",
-                          output_dtypes=[np.float32, np.float32, bool, np.float32, np.float32],
-                          dask_gufunc_kwargs={"output_sizes": {"band": nb}})
+    outs = xr.apply_ufunc(
+        block,
+        ds["flux"],
+        ds["var"],
+        ds["mask"],
+        input_core_dims=[["wave"]] * 3,
+        output_core_dims=[["band"]] * 5,
+        dask="parallelized",
+        output_dtypes=[np.float32, np.float32, bool, np.float32, np.float32],
+        dask_gufunc_kwargs={"output_sizes": {"band": nb}},
+    )
     coverage = synthetic_photometry(np.zeros((1, wave.size)), None, None, wave, filters).coverage
     names = ("flux", "var", "mask", "mag", "mag_err")
     attrs = {
@@ -95,13 +119,17 @@ def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str 
     fds = filter_dataset(filters)
     result = result.assign_coords(band=fds["band"]).merge(fds)
     result = result.drop_vars([c for c in ("wave",) if c in result.coords])
-    result.attrs = {**fds.attrs, "photometric_system": "AB",
-                    **{k: ds.attrs[k] for k in _KEPT_ATTRS if k in ds.attrs},
-                    "synthetic_photometry_of": str(Path(cube).resolve()),
-                    "sky_lines_masked": int(mask_sky),
-                    "band_coverage": [float(c) for c in coverage], "software": f"survey-proc {__version__}"}
+    result.attrs = {
+        **fds.attrs,
+        "photometric_system": "AB",
+        **{k: ds.attrs[k] for k in _KEPT_ATTRS if k in ds.attrs},
+        "synthetic_photometry_of": str(Path(cube).resolve()),
+        "sky_lines_masked": int(mask_sky),
+        "band_coverage": [float(c) for c in coverage],
+        "software": f"survey-proc {__version__}",
+    }
     chunks = {d: int(max(ds["flux"].chunks[i])) for i, d in enumerate(ds["flux"].dims) if d in dims}
-    encoding = {n: {"chunks": tuple(chunks[d] for d in dims) + (nb,)} for n in names}
+    encoding = {n: {"chunks": (*tuple(chunks[d] for d in dims), nb)} for n in names}
     delayed = result.to_zarr(out, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
     with make_client(cluster or get("run.cluster"), workers, 1) as client:
         t_compute = time.perf_counter()
@@ -119,13 +147,24 @@ def photometry_from_store(cube: str | os.PathLike, filters: FilterSet, out: str 
     consolidate(out)
     n = int(np.prod([ds.sizes[d] for d in dims]))
     seconds = time.perf_counter() - t0
-    return {"path": str(out), "spectra": n, "bands": nb, "seconds": seconds, "spectra_per_s": n / compute_seconds,
-            "bands_short_of_coverage": [b for b, c in zip(filters.bands, coverage) if c < min_coverage],
-            "truth": truth}
+    return {
+        "path": str(out),
+        "spectra": n,
+        "bands": nb,
+        "seconds": seconds,
+        "spectra_per_s": n / compute_seconds,
+        "bands_short_of_coverage": [b for b, c in zip(filters.bands, coverage) if c < min_coverage],
+        "truth": truth,
+    }
 
 
-def write_mock_photometry(path: str | os.PathLike, cfg: MockConfig, filters: FilterSet,
-                          lib: SSPLibrary | None = None, synthesiser: PhotometrySynthesiser | None = None) -> dict:
+def write_mock_photometry(
+    path: str | os.PathLike,
+    cfg: MockConfig,
+    filters: FilterSet,
+    lib: SSPLibrary | None = None,
+    synthesiser: PhotometrySynthesiser | None = None,
+) -> dict:
     """Photometric store of the mock galaxy of ``cfg`` through ``filters``, with its truth maps.
 
     The galaxy, its populations and truth are those :func:`~survey_proc.synth.write_mock` builds
@@ -140,23 +179,41 @@ def write_mock_photometry(path: str | os.PathLike, cfg: MockConfig, filters: Fil
     lib = lib or load_ssp_library()
     maps, flux, var, mask = mock_band_fluxes(cfg, lib, filters, synthesiser)
     truth = truth_dataset(maps, lib, cfg)
-    attrs = {"redshift": cfg.redshift, "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
-             "psf_fwhm_arcsec": cfg.psf_fwhm_pixels * cfg.pixel_scale_arcsec,
-             "instrument": f"{filters.name} imaging (mock)", "source": "survey-proc mock photometry",
-             "software": f"survey-proc {__version__}", "mock_config": str(asdict(cfg)),
-             "ssp_library": lib.provenance.get("source", "E-MILES")}
+    attrs = {
+        "redshift": cfg.redshift,
+        "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
+        "psf_fwhm_arcsec": cfg.psf_fwhm_pixels * cfg.pixel_scale_arcsec,
+        "instrument": f"{filters.name} imaging (mock)",
+        "source": "survey-proc mock photometry",
+        "software": f"survey-proc {__version__}",
+        "mock_config": str(asdict(cfg)),
+        "ssp_library": lib.provenance.get("source", "E-MILES"),
+    }
     create_photometry_store(path, spatial={"y": cfg.ny, "x": cfg.nx}, filters=filters, attrs=attrs, chunk=cfg.chunk)
     truth.to_zarr(path, group="truth", mode="w", zarr_format=3, consolidated=False)
     mag, err = ab_magnitude(flux, var)
-    write_region(path, {}, {"flux": flux, "var": var, "mask": mask, "mag": mag.astype(np.float32),
-                            "mag_err": err.astype(np.float32)})
+    write_region(
+        path,
+        {},
+        {"flux": flux, "var": var, "mask": mask, "mag": mag.astype(np.float32), "mag_err": err.astype(np.float32)},
+    )
     consolidate(path)
-    return {"path": str(path), "pixels": cfg.nx * cfg.ny, "bands": len(filters),
-            "seconds": time.perf_counter() - t0, "r_e_spaxel": maps.r_e}
+    return {
+        "path": str(path),
+        "pixels": cfg.nx * cfg.ny,
+        "bands": len(filters),
+        "seconds": time.perf_counter() - t0,
+        "r_e_spaxel": maps.r_e,
+    }
 
 
-def mock_band_fluxes(cfg: MockConfig, lib: SSPLibrary, filters: FilterSet,
-                     synthesiser: PhotometrySynthesiser | None = None, noise: bool = True):
+def mock_band_fluxes(
+    cfg: MockConfig,
+    lib: SSPLibrary,
+    filters: FilterSet,
+    synthesiser: PhotometrySynthesiser | None = None,
+    noise: bool = True,
+):
     """(galaxy maps, flux, var, mask) of the mock galaxy of ``cfg``: band arrays (ny, nx, nband) in nJy.
 
     With ``noise=False`` the noise-free fluxes are returned with their variance (no draw, no mask).
@@ -166,8 +223,13 @@ def mock_band_fluxes(cfg: MockConfig, lib: SSPLibrary, filters: FilterSet,
     ps = synthesiser or PhotometrySynthesiser(lib, filters, cfg.redshift)
     scale = maps.light / maps.light.max() * cfg.peak_flux
     halpha = maps.halpha * cfg.peak_flux / maps.light.max()
-    flux = ps.observe(maps.weights.reshape(-1, *maps.weights.shape[2:]), maps.av.ravel(), scale.ravel(),
-                      halpha.ravel(), maps.velocity.ravel())
+    flux = ps.observe(
+        maps.weights.reshape(-1, *maps.weights.shape[2:]),
+        maps.av.ravel(),
+        scale.ravel(),
+        halpha.ravel(),
+        maps.velocity.ravel(),
+    )
     shape = (cfg.ny, cfg.nx, len(filters))
     if cfg.psf_fwhm_pixels > 0:  # seeing: every band image blurred by the same Gaussian
         from scipy.ndimage import gaussian_filter

@@ -69,8 +69,9 @@ def flux_unit_cgs(units: str) -> float:
             warnings.simplefilter("ignore", u.UnitsWarning)  # '1e-20 erg/s/cm2/AA': several slashes
             return float(u.Unit(units.replace("Angstrom", "AA")).to(u.erg / u.s / u.cm**2 / u.AA))
     except (ValueError, u.UnitConversionError, TypeError) as exc:
-        raise CubeError(f"flux units {units!r} are not a flux density per wavelength "
-                        f"(e.g. '1e-20 erg/s/cm2/Angstrom'): {exc}") from exc
+        raise CubeError(
+            f"flux units {units!r} are not a flux density per wavelength (e.g. '1e-20 erg/s/cm2/Angstrom'): {exc}"
+        ) from exc
 
 
 @dataclass
@@ -92,13 +93,24 @@ def ab_magnitude(flux_njy: np.ndarray, var: np.ndarray | None = None) -> tuple[n
     f = np.asarray(flux_njy, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(f > 0, ZP_NJY - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
-        err = (2.5 / np.log(10) * np.sqrt(np.asarray(var, np.float64)) / f) if var is not None else np.full_like(f, np.nan)
+        err = (
+            (2.5 / np.log(10) * np.sqrt(np.asarray(var, np.float64)) / f)
+            if var is not None
+            else np.full_like(f, np.nan)
+        )
     return mag, np.where(f > 0, err, np.nan)
 
 
-def synthetic_photometry(flux: np.ndarray, var: np.ndarray | None, mask: np.ndarray | None, wave: np.ndarray,
-                         filters: FilterSet, flux_unit: float = 1.0, min_coverage: float = 0.99,
-                         max_masked: float = 0.2) -> BandPhotometry:
+def synthetic_photometry(
+    flux: np.ndarray,
+    var: np.ndarray | None,
+    mask: np.ndarray | None,
+    wave: np.ndarray,
+    filters: FilterSet,
+    flux_unit: float = 1.0,
+    min_coverage: float = 0.99,
+    max_masked: float = 0.2,
+) -> BandPhotometry:
     """Band photometry of spectra (n, nwave) in units of ``flux_unit`` erg/s/cm2/Angstrom.
 
     ``var`` (same units squared) may be None (noise-free spectra: zero variance); ``mask`` True = bad.
@@ -116,8 +128,11 @@ def synthetic_photometry(flux: np.ndarray, var: np.ndarray | None, mask: np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = flux_unit / NJY_CGS
         f_nu = (f @ a) / den * scale
-        v_nu = (np.where(good, var, 0.0).astype(np.float64) @ a**2) / den**2 * scale**2 if var is not None \
+        v_nu = (
+            (np.where(good, var, 0.0).astype(np.float64) @ a**2) / den**2 * scale**2
+            if var is not None
             else np.zeros_like(f_nu)
+        )
         masked = 1.0 - den / b.sum(axis=0)[None, :]
     bad = (den <= 0) | (masked > max_masked) | (coverage < min_coverage)[None, :]
     f_nu[den <= 0] = np.nan
@@ -125,8 +140,9 @@ def synthetic_photometry(flux: np.ndarray, var: np.ndarray | None, mask: np.ndar
     return BandPhotometry(f_nu.astype(np.float32), v_nu.astype(np.float32), bad, coverage)
 
 
-def sky_line_windows(wave: np.ndarray, lsf_fwhm: np.ndarray, lines: tuple[float, ...] = SKY_LINES,
-                     half_width_fwhm: float = 2.0) -> np.ndarray:
+def sky_line_windows(
+    wave: np.ndarray, lsf_fwhm: np.ndarray, lines: tuple[float, ...] = SKY_LINES, half_width_fwhm: float = 2.0
+) -> np.ndarray:
     """Boolean (nwave,): within ``half_width_fwhm`` x the instrumental FWHM of a bright night-sky line
     (observed frame), where sky-subtraction residuals live in IFU cubes."""
     wave = np.asarray(wave, np.float64)
@@ -162,20 +178,21 @@ class PhotometrySynthesiser:
     av_step: float = 0.025
     dust_law: str = "calzetti00"
     av_grid: np.ndarray = field(init=False, repr=False)
-    table: np.ndarray = field(init=False, repr=False)      #: (nav, ntemplates, nband) nJy per unit scale
-    coverage: np.ndarray = field(init=False, repr=False)   #: (nband,) share of each band the library covers
+    table: np.ndarray = field(init=False, repr=False)  #: (nav, ntemplates, nband) nJy per unit scale
+    coverage: np.ndarray = field(init=False, repr=False)  #: (nband,) share of each band the library covers
 
     def __post_init__(self) -> None:
         z1 = 1.0 + self.redshift
         lo, hi = self.filters.support.min(), self.filters.support.max()
         lib = self.lib.crop(max(lo / z1 - 5.0, self.lib.wave[0]), min(hi / z1 + 5.0, self.lib.wave[-1]))
-        templates = (lib.flux.reshape(-1, lib.wave.size) / self.lib.light_in_window(LIGHT_WINDOW).reshape(-1, 1))
+        templates = lib.flux.reshape(-1, lib.wave.size) / self.lib.light_in_window(LIGHT_WINDOW).reshape(-1, 1)
         a, b, self.coverage = band_weights(lib.wave * z1, self.filters)
         k = attenuation_curve(lib.wave, self.dust_law)
         self.av_grid = np.arange(0.0, self.av_max + 0.5 * self.av_step, self.av_step)
         scale = self.flux_unit / NJY_CGS / b.sum(axis=0)
-        self.table = np.stack([(templates * 10.0 ** (-0.4 * av * k)) @ a * scale for av in self.av_grid]
-                              ).astype(np.float64)
+        self.table = np.stack([(templates * 10.0 ** (-0.4 * av * k)) @ a * scale for av in self.av_grid]).astype(
+            np.float64
+        )
         # emission lines: response x wavelength / int R c/lambda at each line, per band (evaluated per pixel)
         self._b_full = np.trapezoid(self.filters.response * C_ANGSTROM_S / self.filters.wave, self.filters.wave, axis=1)
         rest = np.array([w for w, _ in EMISSION_LINES.values()])
@@ -205,12 +222,20 @@ class PhotometrySynthesiser:
         dust = 10.0 ** (-0.4 * np.asarray(av, np.float64)[:, None] * self._line_k[None, :])  # (n, nline)
         for j, (rest, ratio) in enumerate(zip(self._line_rest, self._line_ratio)):
             lam = rest * z1
-            resp = np.stack([np.interp(lam, self.filters.wave, r, left=0.0, right=0.0) for r in self.filters.response], 1)
+            resp = np.stack(
+                [np.interp(lam, self.filters.wave, r, left=0.0, right=0.0) for r in self.filters.response], 1
+            )
             out += (halpha * ratio * dust[:, j])[:, None] * resp * lam[:, None] / self._b_full[None, :]
         return out * self.flux_unit / NJY_CGS
 
-    def observe(self, weights: np.ndarray, av: np.ndarray, scale: np.ndarray | float = 1.0,
-                halpha_flux: np.ndarray | None = None, velocity: np.ndarray | None = None) -> np.ndarray:
+    def observe(
+        self,
+        weights: np.ndarray,
+        av: np.ndarray,
+        scale: np.ndarray | float = 1.0,
+        halpha_flux: np.ndarray | None = None,
+        velocity: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Continuum plus lines, (n, nband) nJy, float32."""
         out = self.continuum(weights, av, scale)
         if halpha_flux is not None:
@@ -219,8 +244,9 @@ class PhotometrySynthesiser:
         return out.astype(np.float32)
 
 
-def band_noise(flux: np.ndarray, filters: FilterSet, snr: float, sky_fraction: float, peak_flux: float,
-               flux_unit: float = 1e-20) -> np.ndarray:
+def band_noise(
+    flux: np.ndarray, filters: FilterSet, snr: float, sky_fraction: float, peak_flux: float, flux_unit: float = 1e-20
+) -> np.ndarray:
     """Variance (n, nband) nJy^2 of band fluxes (n, nband) nJy under the mock cubes' noise model.
 
     Per Angstrom of spectrum the variance of f_lambda is ``g f_lambda + s`` with S/N per Angstrom ``snr``
@@ -233,7 +259,7 @@ def band_noise(flux: np.ndarray, filters: FilterSet, snr: float, sky_fraction: f
     a, b, _ = band_weights(wave, filters)
     step = trapezoid_widths(wave)[:, None]
     to_njy = flux_unit / NJY_CGS
-    per_flambda = a.sum(axis=0) / b.sum(axis=0) * to_njy          # nJy per flux_unit of a flat f_lambda
+    per_flambda = a.sum(axis=0) / b.sum(axis=0) * to_njy  # nJy per flux_unit of a flat f_lambda
     var_factor = (a**2 / step).sum(axis=0) / b.sum(axis=0) ** 2 * to_njy**2  # nJy^2 per (flux_unit^2 / A)
     f_lambda = np.clip(np.asarray(flux, np.float64), 0.0, None) / per_flambda
     per_angstrom = (peak_flux * f_lambda + sky_fraction * peak_flux**2) / (snr**2 * (1.0 + sky_fraction))

@@ -47,9 +47,16 @@ def nearest_index(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(np.abs(values - left) <= np.abs(values - right), idx - 1, idx)
 
 
-def sample_cluster(rng: np.random.Generator, lib: SSPLibrary, centre_log_age: np.ndarray,
-                   centre_metal: np.ndarray, spread_age: np.ndarray, spread_metal: np.ndarray,
-                   n_ssp: np.ndarray, max_ssp: int = 5) -> np.ndarray:
+def sample_cluster(
+    rng: np.random.Generator,
+    lib: SSPLibrary,
+    centre_log_age: np.ndarray,
+    centre_metal: np.ndarray,
+    spread_age: np.ndarray,
+    spread_metal: np.ndarray,
+    n_ssp: np.ndarray,
+    max_ssp: int = 5,
+) -> np.ndarray:
     """Light-fraction grids of mixtures of ``n_ssp`` SSPs scattered around a centre.
 
     Each mixture draws ``n_ssp[i]`` (1..max_ssp) SSPs whose log age and [M/H] are the centre plus
@@ -75,8 +82,9 @@ def sample_cluster(rng: np.random.Generator, lib: SSPLibrary, centre_log_age: np
 def age_bin_widths(lib: SSPLibrary) -> np.ndarray:
     """Width (yr) of the age interval each SSP of the grid stands for (edges midway in log age)."""
     la = lib.log_age
-    edges = np.concatenate([[la[0] - 0.5 * (la[1] - la[0])], 0.5 * (la[1:] + la[:-1]),
-                            [la[-1] + 0.5 * (la[-1] - la[-2])]])
+    edges = np.concatenate(
+        [[la[0] - 0.5 * (la[1] - la[0])], 0.5 * (la[1:] + la[:-1]), [la[-1] + 0.5 * (la[-1] - la[-2])]]
+    )
     return np.diff(10.0**edges)
 
 
@@ -87,14 +95,15 @@ def metal_split(lib: SSPLibrary, metal: np.ndarray) -> np.ndarray:
     hi = np.clip(np.searchsorted(lib.metal, m, side="right"), 1, lib.metal.size - 1)
     lo = hi - 1
     t = (m - lib.metal[lo]) / (lib.metal[hi] - lib.metal[lo])
-    out = np.zeros(m.shape + (lib.metal.size,))
+    out = np.zeros((*m.shape, lib.metal.size))
     np.put_along_axis(out, lo[..., None], (1 - t)[..., None], axis=-1)
     np.put_along_axis(out, hi[..., None], t[..., None], axis=-1)
     return out
 
 
-def sample_sfh_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, *, burst_fraction: float = 0.4
-                        ) -> np.ndarray:
+def sample_sfh_mixtures(
+    rng: np.random.Generator, lib: SSPLibrary, n: int, *, burst_fraction: float = 0.4
+) -> np.ndarray:
     """Light-fraction grids (n, nmetal, nage) of continuous star-formation histories.
 
     Delayed-tau histories, SFR(t) ∝ t exp(-t/tau) with t the time since formation: formation
@@ -104,7 +113,7 @@ def sample_sfh_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, *, bu
     ``z1 >= z0``; continuous values are split between bracketing grid metallicities. Mass formed
     per age bin becomes light through the SSPs' light per unit initial mass.
     """
-    ages = 10.0**lib.log_age                      # lookback time of each bin, yr
+    ages = 10.0**lib.log_age  # lookback time of each bin, yr
     width = age_bin_widths(lib)
     start = rng.uniform(1e9, ages[-1], n)[:, None]
     tau = np.exp(rng.uniform(np.log(1e8), np.log(2e10), n))[:, None]
@@ -120,16 +129,17 @@ def sample_sfh_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, *, bu
     mass /= mass.sum(axis=1, keepdims=True)
     z_a, z_b = rng.uniform(lib.metal[0], lib.metal[-1], (2, n))
     z0, z1 = np.minimum(z_a, z_b), np.maximum(z_a, z_b)
-    frac_time = np.clip(1.0 - ages[None, :] / start, 0.0, 1.0)   # 0 at formation, 1 today
+    frac_time = np.clip(1.0 - ages[None, :] / start, 0.0, 1.0)  # 0 at formation, 1 today
     metal = z0[:, None] + (z1 - z0)[:, None] * frac_time
-    split = metal_split(lib, metal)                              # (n, nage, nmetal)
-    light_per_mass = lib.light_in_window()                       # (nmetal, nage) per unit initial mass
+    split = metal_split(lib, metal)  # (n, nage, nmetal)
+    light_per_mass = lib.light_in_window()  # (nmetal, nage) per unit initial mass
     weights = np.einsum("na,nam,ma->nma", mass, split, light_per_mass)
     return weights / weights.sum(axis=(1, 2), keepdims=True)
 
 
-def sample_training_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, *,
-                             max_ssp: int = 5, young_fraction: float = 0.3) -> np.ndarray:
+def sample_training_mixtures(
+    rng: np.random.Generator, lib: SSPLibrary, n: int, *, max_ssp: int = 5, young_fraction: float = 0.3
+) -> np.ndarray:
     """Light-fraction grids covering the age-[M/H] plane evenly (not one Gaussian blob).
 
     The centre of each mixture is uniform over the grid's log age and [M/H] ranges; the spread
@@ -138,14 +148,29 @@ def sample_training_mixtures(rng: np.random.Generator, lib: SSPLibrary, n: int, 
     """
     centre_age = rng.uniform(lib.log_age[0], lib.log_age[-1], n)
     centre_metal = rng.uniform(lib.metal[0], lib.metal[-1], n)
-    weights = sample_cluster(rng, lib, centre_age, centre_metal, rng.uniform(0, 0.5, n),
-                             rng.uniform(0, 0.4, n), rng.integers(1, max_ssp + 1, n), max_ssp)
+    weights = sample_cluster(
+        rng,
+        lib,
+        centre_age,
+        centre_metal,
+        rng.uniform(0, 0.5, n),
+        rng.uniform(0, 0.4, n),
+        rng.integers(1, max_ssp + 1, n),
+        max_ssp,
+    )
     young = rng.random(n) < young_fraction
     if young.any():
         k = int(young.sum())
-        burst = sample_cluster(rng, lib, rng.uniform(lib.log_age[0], np.log10(5e8), k),
-                               rng.uniform(lib.metal[0], lib.metal[-1], k), np.full(k, 0.1),
-                               np.full(k, 0.2), rng.integers(1, 3, k), 2)
+        burst = sample_cluster(
+            rng,
+            lib,
+            rng.uniform(lib.log_age[0], np.log10(5e8), k),
+            rng.uniform(lib.metal[0], lib.metal[-1], k),
+            np.full(k, 0.1),
+            np.full(k, 0.2),
+            rng.integers(1, 3, k),
+            2,
+        )
         f = rng.uniform(0.0, 0.5, k)[:, None, None]
         weights[young] = (1 - f) * weights[young] + f * burst
     return weights

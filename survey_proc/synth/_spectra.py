@@ -53,8 +53,7 @@ EMISSION_LINES_OPTICAL: dict[str, tuple[float, float]] = {
 LINE_SETS = {"default": EMISSION_LINES, "optical": EMISSION_LINES_OPTICAL}
 
 #: bright night-sky lines (air, observed frame, Angstrom) whose subtraction leaves residuals
-SKY_LINES = (5577.34, 5889.95, 5895.92, 6300.30, 6363.78, 6863.96, 7340.89, 8344.60, 8399.17,
-             8827.10, 8885.85, 8919.64)
+SKY_LINES = (5577.34, 5889.95, 5895.92, 6300.30, 6363.78, 6863.96, 7340.89, 8344.60, 8399.17, 8827.10, 8885.85, 8919.64)
 
 
 @dataclass
@@ -101,16 +100,21 @@ class Synthesiser:
     def n_templates(self) -> int:
         return self.templates.shape[0]
 
-    def rest_frame(self, weights: np.ndarray, av: np.ndarray, velocity: np.ndarray,
-                   sigma: np.ndarray) -> np.ndarray:
+    def rest_frame(self, weights: np.ndarray, av: np.ndarray, velocity: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         """Spectra on the internal ln(lambda) rest grid, (n, nlog), unit mean light before dust."""
         n = weights.shape[0]
         flux = weights.reshape(n, -1).astype(np.float32) @ self.templates
         flux *= 10.0 ** (-0.4 * np.asarray(av, np.float32)[:, None] * self.dust_curve[None, :])
         return losvd_convolve(flux, self.velscale, velocity, sigma)
 
-    def observe(self, weights: np.ndarray, av: np.ndarray, velocity: np.ndarray,
-                sigma: np.ndarray, scale: np.ndarray | float = 1.0) -> np.ndarray:
+    def observe(
+        self,
+        weights: np.ndarray,
+        av: np.ndarray,
+        velocity: np.ndarray,
+        sigma: np.ndarray,
+        scale: np.ndarray | float = 1.0,
+    ) -> np.ndarray:
         """Observed-frame spectra (n, len(wave_obs)), float32.
 
         ``weights`` (n, nmetal, nage) light fractions; ``av`` mag; ``velocity`` and ``sigma`` km/s
@@ -122,15 +126,22 @@ class Synthesiser:
         return (out * np.reshape(np.asarray(scale, np.float32), (-1, 1))).astype(np.float32)
 
 
-def emission_line_spectra(wave_obs: np.ndarray, redshift: float, halpha_flux: np.ndarray,
-                          velocity: np.ndarray, sigma_gas: np.ndarray, av: np.ndarray,
-                          lsf_fwhm: Callable[[np.ndarray], np.ndarray],
-                          dust_law: str = "calzetti00",
-                          lines: dict[str, tuple[float, float]] | None = None) -> np.ndarray:
+def emission_line_spectra(
+    wave_obs: np.ndarray,
+    redshift: float,
+    halpha_flux: np.ndarray,
+    velocity: np.ndarray,
+    sigma_gas: np.ndarray,
+    av: np.ndarray,
+    lsf_fwhm: Callable[[np.ndarray], np.ndarray],
+    dust_law: str = "calzetti00",
+    lines: dict[str, tuple[float, float]] | None = None,
+) -> np.ndarray:
     """Gaussian nebular lines (n, len(wave_obs)) in flux density units per Angstrom.
 
     ``halpha_flux`` is the unattenuated H-alpha line flux (flux density x Angstrom); the other lines
-    follow ``lines`` (default :data:`EMISSION_LINES`; air wavelengths, ratio to H-alpha), all attenuated by the screen ``av`` (mag) at their wavelengths.
+    follow ``lines`` (default :data:`EMISSION_LINES`; air wavelengths, ratio to H-alpha), all attenuated
+    by the screen ``av`` (mag) at their wavelengths.
     """
     n = np.size(halpha_flux)
     out = np.zeros((n, wave_obs.size), np.float32)
@@ -141,20 +152,23 @@ def emission_line_spectra(wave_obs: np.ndarray, redshift: float, halpha_flux: np
     z1 = (1 + redshift) * (1 + np.asarray(velocity, np.float64) / C_KMS)
     for j in range(rest.size):
         centre = rest[j] * z1  # (n,)
-        sig = np.sqrt((centre * np.asarray(sigma_gas) / C_KMS) ** 2
-                      + (lsf_fwhm(centre) / 2.3548) ** 2)
+        sig = np.sqrt((centre * np.asarray(sigma_gas) / C_KMS) ** 2 + (lsf_fwhm(centre) / 2.3548) ** 2)
         amp = np.asarray(halpha_flux) * ratio[j] * 10 ** (-0.4 * np.asarray(av) * k[j])
         lo, hi = np.searchsorted(wave_obs, [centre.min() - 8 * sig.max(), centre.max() + 8 * sig.max()])
         if hi <= lo:
             continue
         w = wave_obs[lo:hi][None, :]
-        out[:, lo:hi] += (amp[:, None] / (np.sqrt(2 * np.pi) * sig[:, None])
-                          * np.exp(-0.5 * ((w - centre[:, None]) / sig[:, None]) ** 2))
+        out[:, lo:hi] += (
+            amp[:, None]
+            / (np.sqrt(2 * np.pi) * sig[:, None])
+            * np.exp(-0.5 * ((w - centre[:, None]) / sig[:, None]) ** 2)
+        )
     return out
 
 
-def sky_line_profile(wave_obs: np.ndarray, lsf_fwhm: Callable[[np.ndarray], np.ndarray],
-                     lines: tuple[float, ...] = SKY_LINES) -> np.ndarray:
+def sky_line_profile(
+    wave_obs: np.ndarray, lsf_fwhm: Callable[[np.ndarray], np.ndarray], lines: tuple[float, ...] = SKY_LINES
+) -> np.ndarray:
     """(nlines, nwave) unit-peak Gaussian profiles of sky lines at the instrument resolution."""
     lines_arr = np.asarray([w for w in lines if wave_obs[0] < w < wave_obs[-1]])
     sig = lsf_fwhm(lines_arr) / 2.3548

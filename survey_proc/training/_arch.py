@@ -35,9 +35,19 @@ class SpectrumCNN(nn.Module):
     ``activation``: ``gelu`` or ``relu`` (cheaper on CPUs: one comparison instead of an erf).
     """
 
-    def __init__(self, in_channels: int, length: int, n_outputs: int, n_weights: int = 0,
-                 widths: tuple[int, ...] = (24, 32, 48, 64, 64), kernels: tuple[int, ...] = (8, 5, 5, 5, 3),
-                 stem_stride: int = 4, hidden: int = 128, dropout: float = 0.0, activation: str = "gelu") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        length: int,
+        n_outputs: int,
+        n_weights: int = 0,
+        widths: tuple[int, ...] = (24, 32, 48, 64, 64),
+        kernels: tuple[int, ...] = (8, 5, 5, 5, 3),
+        stem_stride: int = 4,
+        hidden: int = 128,
+        dropout: float = 0.0,
+        activation: str = "gelu",
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
@@ -50,8 +60,9 @@ class SpectrumCNN(nn.Module):
             n = conv_length(n, k, stride)
             c_in = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * n, hidden), act(), nn.Dropout(dropout),
-                                  nn.Linear(hidden, hidden), act())
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c_in * n, hidden), act(), nn.Dropout(dropout), nn.Linear(hidden, hidden), act()
+        )
         self.mean = nn.Linear(hidden, n_outputs)
         self.log_var = nn.Linear(hidden, n_outputs)
         self.weights = nn.Linear(hidden, n_weights) if n_weights else None
@@ -71,8 +82,15 @@ class _Branch(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, conv_length(length, kernel, stride), d_model))
         self.norm = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
-        self.encoder = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
-                                                  batch_first=True, norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model,
+            heads,
+            dim_feedforward=2 * d_model,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+            activation="gelu",
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.gelu(self.conv(x)).transpose(1, 2) + self.pos
@@ -91,13 +109,23 @@ class GalProTENet(nn.Module):
     :class:`Reconstructor` the predicted weights, A_V, velocity and sigma rebuild the spectrum.
     """
 
-    def __init__(self, in_channels: int, length: int, n_outputs: int, n_weights: int = 150,
-                 kernels: tuple[int, ...] = (11, 21, 31, 61), stride: int = 8, d_model: int = 32,
-                 heads: int = 4, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        length: int,
+        n_outputs: int,
+        n_weights: int = 150,
+        kernels: tuple[int, ...] = (11, 21, 31, 61),
+        stride: int = 8,
+        d_model: int = 32,
+        heads: int = 4,
+        hidden: int = 256,
+    ) -> None:
         super().__init__()
         self.branches = nn.ModuleList([_Branch(in_channels, length, k, stride, d_model, heads) for k in kernels])
-        self.trunk = nn.Sequential(nn.Linear(2 * d_model * len(kernels), hidden), nn.GELU(),
-                                   nn.Linear(hidden, hidden), nn.GELU())
+        self.trunk = nn.Sequential(
+            nn.Linear(2 * d_model * len(kernels), hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
+        )
         self.mean = nn.Linear(hidden, n_outputs)
         self.log_var = nn.Linear(hidden, n_outputs)
         self.weights = nn.Linear(hidden, n_weights)
@@ -126,13 +154,19 @@ class Reconstructor(nn.Module):
     pixel, Cappellari 2017) and interpolates onto the model's linear grid. Differentiable.
     """
 
-    def __init__(self, templates: torch.Tensor, dust_curve: torch.Tensor, velscale: float,
-                 index: torch.Tensor, frac: torch.Tensor) -> None:
+    def __init__(
+        self,
+        templates: torch.Tensor,
+        dust_curve: torch.Tensor,
+        velscale: float,
+        index: torch.Tensor,
+        frac: torch.Tensor,
+    ) -> None:
         super().__init__()
-        self.register_buffer("templates", templates.float())    # (ntemp, nlog)
+        self.register_buffer("templates", templates.float())  # (ntemp, nlog)
         self.register_buffer("dust_curve", dust_curve.float())  # (nlog,) A(lambda)/A_V
-        self.register_buffer("index", index.long())             # (nmodel,) left neighbour on the log grid
-        self.register_buffer("frac", frac.float())              # (nmodel,) interpolation weight
+        self.register_buffer("index", index.long())  # (nmodel,) left neighbour on the log grid
+        self.register_buffer("frac", frac.float())  # (nmodel,) interpolation weight
         self.velscale = float(velscale)
         self.nfft = 1 << int(math.ceil(math.log2(templates.shape[1] * 1.25)))
         self.register_buffer("omega", (2.0 * math.pi * torch.fft.rfftfreq(self.nfft)).float())
@@ -143,11 +177,17 @@ class Reconstructor(nn.Module):
         log_wave = synth.wave_log
         idx = np.clip(np.searchsorted(log_wave, model_wave) - 1, 0, log_wave.size - 2)
         frac = (model_wave - log_wave[idx]) / (log_wave[idx + 1] - log_wave[idx])
-        return cls(torch.from_numpy(synth.templates), torch.from_numpy(synth.dust_curve), synth.velscale,
-                   torch.from_numpy(idx), torch.from_numpy(frac))
+        return cls(
+            torch.from_numpy(synth.templates),
+            torch.from_numpy(synth.dust_curve),
+            synth.velscale,
+            torch.from_numpy(idx),
+            torch.from_numpy(frac),
+        )
 
-    def forward(self, weights: torch.Tensor, av: torch.Tensor, velocity: torch.Tensor,
-                sigma: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, weights: torch.Tensor, av: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
         flux = weights @ self.templates
         flux = flux * torch.pow(10.0, -0.4 * av[:, None] * self.dust_curve[None, :])
         ft = torch.fft.rfft(flux, n=self.nfft, dim=1)
@@ -183,11 +223,20 @@ class ExportedModel(nn.Module):
     de-shrunk at the grid edges, their uncertainties scaled by the slope of the correction.
     """
 
-    def __init__(self, net: nn.Module, names: list[str], label_mean: torch.Tensor, label_std: torch.Tensor,
-                 feat_mean: torch.Tensor, feat_prec: torch.Tensor, err_scale: torch.Tensor | None = None,
-                 reconstructor: Reconstructor | None = None, grid_shape: tuple[int, int] = (0, 0),
-                 edge_tables: dict[str, EdgeTable] | None = None,
-                 noise_channels: tuple[int, int, int] = (0, 1, 2)) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        names: list[str],
+        label_mean: torch.Tensor,
+        label_std: torch.Tensor,
+        feat_mean: torch.Tensor,
+        feat_prec: torch.Tensor,
+        err_scale: torch.Tensor | None = None,
+        reconstructor: Reconstructor | None = None,
+        grid_shape: tuple[int, int] = (0, 0),
+        edge_tables: dict[str, EdgeTable] | None = None,
+        noise_channels: tuple[int, int, int] = (0, 1, 2),
+    ) -> None:
         super().__init__()
         self.net = net
         self.names = names
@@ -218,10 +267,15 @@ class ExportedModel(nn.Module):
             if tables[n].noise.size != n_err or tables[n].true.size != n_true:
                 raise ValueError("edge tables of one model must share their shape")
         device = self.label_mean.device
-        self.register_buffer("edge_index", torch.tensor([self.names.index(n) for n in names], dtype=torch.long,
-                                                        device=device))
-        stack = (lambda f, shape: torch.tensor(np.array([f(tables[n]) for n in names]), dtype=torch.float32,
-                                               device=device) if names else torch.zeros(shape, device=device))
+        self.register_buffer(
+            "edge_index", torch.tensor([self.names.index(n) for n in names], dtype=torch.long, device=device)
+        )
+
+        def stack(f, shape):
+            if not names:
+                return torch.zeros(shape, device=device)
+            return torch.tensor(np.array([f(tables[n]) for n in names]), dtype=torch.float32, device=device)
+
         self.register_buffer("edge_noise", stack(lambda t: t.noise, (0, n_err)))
         self.register_buffer("edge_true", stack(lambda t: t.true, (0, n_true)))
         self.register_buffer("edge_table", stack(lambda t: t.table, (0, n_err, n_true)))
@@ -241,10 +295,17 @@ class ExportedModel(nn.Module):
             noise = torch.zeros_like(value[:, 0])
         for k in range(self.edge_index.shape[0]):
             i = int(self.edge_index[k])
-            v, e = apply_edge_table(value[:, i], err[:, i], noise, self.edge_noise[k], self.edge_true[k],
-                                    self.edge_table[k], self.edge_err_factor[k])
-            value = torch.cat([value[:, :i], v[:, None], value[:, i + 1:]], dim=1)
-            err = torch.cat([err[:, :i], e[:, None], err[:, i + 1:]], dim=1)
+            v, e = apply_edge_table(
+                value[:, i],
+                err[:, i],
+                noise,
+                self.edge_noise[k],
+                self.edge_true[k],
+                self.edge_table[k],
+                self.edge_err_factor[k],
+            )
+            value = torch.cat([value[:, :i], v[:, None], value[:, i + 1 :]], dim=1)
+            err = torch.cat([err[:, :i], e[:, None], err[:, i + 1 :]], dim=1)
         d = feat - self.feat_mean
         score = torch.sqrt((d @ self.feat_prec * d).sum(dim=1) / float(d.shape[1]))
         out: dict[str, torch.Tensor] = {"ood_score": score}

@@ -35,18 +35,32 @@ from survey_proc.synth import (
 #: rest-frame windows (Angstrom) masked around nebular lines, wide enough for +-400 km/s and
 #: the lines' own width (after GalProTE, Anwar et al. 2025, Table 2)
 EMISSION_MASKS_REST = (
-    (4846.0, 4877.0), (4944.0, 4974.0), (4992.0, 5022.0), (5189.0, 5210.0), (5866.0, 5886.0),
-    (6285.0, 6316.0), (6350.0, 6380.0), (6530.0, 6600.0), (6700.0, 6747.0),
+    (4846.0, 4877.0),
+    (4944.0, 4974.0),
+    (4992.0, 5022.0),
+    (5189.0, 5210.0),
+    (5866.0, 5886.0),
+    (6285.0, 6316.0),
+    (6350.0, 6380.0),
+    (6530.0, 6600.0),
+    (6700.0, 6747.0),
 )
 #: observed-frame windows masked around the strongest sky lines (Angstrom)
-SKY_MASKS_OBSERVED = ((5570.0, 5585.0), (5885.0, 5900.0), (6295.0, 6306.0), (6358.0, 6369.0),
-                      (6860.0, 6868.0))
+SKY_MASKS_OBSERVED = ((5570.0, 5585.0), (5885.0, 5900.0), (6295.0, 6306.0), (6358.0, 6369.0), (6860.0, 6868.0))
 
 #: rest-frame lines beyond 7100 A masked by the wide MUSE input ([Ar III] 7136, [O II] 7320/7330)
 EMISSION_MASKS_REST_RED = ((7126.0, 7146.0), (7310.0, 7340.0))
 #: observed-frame sky lines and telluric bands of the red half of MUSE's range (Angstrom)
-SKY_MASKS_OBSERVED_RED = ((6865.0, 6935.0), (7334.0, 7348.0), (7590.0, 7700.0), (8338.0, 8351.0),
-                          (8393.0, 8406.0), (8821.0, 8834.0), (8879.0, 8893.0), (8913.0, 8926.0))
+SKY_MASKS_OBSERVED_RED = (
+    (6865.0, 6935.0),
+    (7334.0, 7348.0),
+    (7590.0, 7700.0),
+    (8338.0, 8351.0),
+    (8393.0, 8406.0),
+    (8821.0, 8834.0),
+    (8879.0, 8893.0),
+    (8913.0, 8926.0),
+)
 
 
 @dataclass(frozen=True)
@@ -54,16 +68,17 @@ class Instrument:
     """The observed-frame grid and resolution spectra of a training set are synthesised on."""
 
     name: str
-    wave_start: float                        #: Angstrom, observed frame
+    wave_start: float  #: Angstrom, observed frame
     wave_stop: float
     wave_step: float
     lsf_fwhm: Callable[[np.ndarray], np.ndarray]  #: FWHM (Angstrom) at observed wavelengths
-    medium: str = "air"                      #: medium of the grid (SDSS: vacuum)
+    medium: str = "air"  #: medium of the grid (SDSS: vacuum)
 
     @property
     def wave(self) -> np.ndarray:
         return self.wave_start + self.wave_step * np.arange(
-            int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1)
+            int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1
+        )
 
     @property
     def wave_air(self) -> np.ndarray:
@@ -96,31 +111,52 @@ SDSS_SKY_MASKS_VACUUM = ((5572.0, 5586.0), (5885.0, 5904.0), (6295.0, 6310.0), (
 
 def default_muse_input() -> InputSpec:
     """The input of the default MUSE models: rest frame 4750-7100 A at 1.25 A (1881 pixels)."""
-    return InputSpec(wave_start=4750.0, wave_stop=7100.0, wave_step=1.25, frame="rest", medium="air",
-                     channels=("flux", "error", "mask"), normalise="median",
-                     masks_rest=EMISSION_MASKS_REST, masks_observed=SKY_MASKS_OBSERVED,
-                     max_masked_fraction=0.5, min_coverage=0.99,
-                     lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame")
+    return InputSpec(
+        wave_start=4750.0,
+        wave_stop=7100.0,
+        wave_step=1.25,
+        frame="rest",
+        medium="air",
+        channels=("flux", "error", "mask"),
+        normalise="median",
+        masks_rest=EMISSION_MASKS_REST,
+        masks_observed=SKY_MASKS_OBSERVED,
+        max_masked_fraction=0.5,
+        min_coverage=0.99,
+        lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame",
+    )
 
 
 def wide_muse_input() -> InputSpec:
     """MUSE rest frame 4750-8800 A at 1.25 A (3241 pixels): the red half of MUSE's range adds the
     dust lever arm and the Ca triplet; it needs z <= 0.062 for MUSE's 9350 A red end. Telluric bands
     and the red sky lines are masked in the observed frame."""
-    return dataclasses.replace(default_muse_input(), wave_stop=8800.0,
-                               masks_rest=EMISSION_MASKS_REST + EMISSION_MASKS_REST_RED,
-                               masks_observed=SKY_MASKS_OBSERVED + SKY_MASKS_OBSERVED_RED)
+    return dataclasses.replace(
+        default_muse_input(),
+        wave_stop=8800.0,
+        masks_rest=EMISSION_MASKS_REST + EMISSION_MASKS_REST_RED,
+        masks_observed=SKY_MASKS_OBSERVED + SKY_MASKS_OBSERVED_RED,
+    )
 
 
 def sdss_observed_input() -> InputSpec:
     """The input of SDSS-like models (after Wang et al. 2024): observed frame 3800-8900 A
     (vacuum) at 1 A (5101 pixels), normalised by the median in 4950-5050 A, no de-redshifting;
     strong sky-line residuals masked."""
-    return InputSpec(wave_start=3800.0, wave_stop=8900.0, wave_step=1.0, frame="observed", medium="vacuum",
-                     channels=("flux", "error", "mask"), normalise="window",
-                     normalise_window=(4950.0, 5050.0), masks_observed=SDSS_SKY_MASKS_VACUUM,
-                     max_masked_fraction=0.5, min_coverage=0.99,
-                     lsf="SDSS, R ~ 1800-2700 (ssp.sdss_lsf_fwhm), observed frame")
+    return InputSpec(
+        wave_start=3800.0,
+        wave_stop=8900.0,
+        wave_step=1.0,
+        frame="observed",
+        medium="vacuum",
+        channels=("flux", "error", "mask"),
+        normalise="window",
+        normalise_window=(4950.0, 5050.0),
+        masks_observed=SDSS_SKY_MASKS_VACUUM,
+        max_masked_fraction=0.5,
+        min_coverage=0.99,
+        lsf="SDSS, R ~ 1800-2700 (ssp.sdss_lsf_fwhm), observed frame",
+    )
 
 
 @dataclass
@@ -140,23 +176,23 @@ class TrainsetConfig:
     instrument: str = "muse"
     labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
     redshift_range: tuple[float, float] = (0.0, 0.1)
-    redshift_distribution: str = "uniform"        #: uniform | sdss (see draw_redshift)
+    redshift_distribution: str = "uniform"  #: uniform | sdss (see draw_redshift)
     av_range: tuple[float, float] = (0.0, 1.5)
     dust_law: str = "calzetti00"
     sigma_range_kms: tuple[float, float] = (30.0, 300.0)
     velocity_range_kms: tuple[float, float] = (-300.0, 300.0)
-    snr_range: tuple[float, float] = (5.0, 80.0)   #: S/N per Angstrom, log-uniform
-    noiseless_fraction: float = 0.05              #: spectra at S/N 300 (GalProTE's 0 % noise)
+    snr_range: tuple[float, float] = (5.0, 80.0)  #: S/N per Angstrom, log-uniform
+    noiseless_fraction: float = 0.05  #: spectra at S/N 300 (GalProTE's 0 % noise)
     max_ssp: int = 5
-    young_fraction: float = 0.3                   #: SSP mixtures with a young burst on top
-    sfh_fraction: float = 0.3                     #: spectra from continuous star-formation histories
+    young_fraction: float = 0.3  #: SSP mixtures with a young burst on top
+    sfh_fraction: float = 0.3  #: spectra from continuous star-formation histories
     emission_fraction: float = 0.5
-    max_halpha_ew: float = 60.0                   #: Angstrom
-    line_set: str = "default"                     #: nebular lines drawn: default | optical (LINE_SETS)
-    bad_patches: tuple[int, int] = (15, 25)       #: masked patches of 3-15 pixels per spectrum ...
-    bad_patch_fraction: float = 0.5               #: ... in this share of the spectra
-    noisy_patch_fraction: float = 0.25            #: share of spectra with a high-noise patch
-    batch: int = 2048                             #: spectra synthesised per redshift draw
+    max_halpha_ew: float = 60.0  #: Angstrom
+    line_set: str = "default"  #: nebular lines drawn: default | optical (LINE_SETS)
+    bad_patches: tuple[int, int] = (15, 25)  #: masked patches of 3-15 pixels per spectrum ...
+    bad_patch_fraction: float = 0.5  #: ... in this share of the spectra
+    noisy_patch_fraction: float = 0.25  #: share of spectra with a high-noise patch
+    batch: int = 2048  #: spectra synthesised per redshift draw
     extra: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
@@ -167,8 +203,9 @@ class TrainsetConfig:
 
     def digest(self, lib: SSPLibrary, spec: InputSpec) -> str:
         """Hash of everything that defines the set (config, library, model input)."""
-        payload = json.dumps({"cfg": self.identity(), "lib": lib.digest(), "input": spec.to_manifest()},
-                             sort_keys=True, default=str)
+        payload = json.dumps(
+            {"cfg": self.identity(), "lib": lib.digest(), "input": spec.to_manifest()}, sort_keys=True, default=str
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -195,29 +232,42 @@ SSP_MIXTURE, CONTINUOUS_SFH = 0, 1
 class NoiseFreeSet:
     """Spectra before noise: observed frame, one row per spectrum."""
 
-    flux: np.ndarray           #: (n, nobs) float32, observed-frame flux on ``wave`` rows
-    wave_index: np.ndarray     #: (n,) index into the full instrument grid of each row's first pixel
-    redshift: np.ndarray       #: (n,)
-    snr: np.ndarray            #: (n,) target S/N per Angstrom
-    labels: np.ndarray         #: (n, nlabels) float32
+    flux: np.ndarray  #: (n, nobs) float32, observed-frame flux on ``wave`` rows
+    wave_index: np.ndarray  #: (n,) index into the full instrument grid of each row's first pixel
+    redshift: np.ndarray  #: (n,)
+    snr: np.ndarray  #: (n,) target S/N per Angstrom
+    labels: np.ndarray  #: (n, nlabels) float32
     label_names: tuple[str, ...]
-    weights: np.ndarray        #: (n, nmetal, nage) float32 light fractions
-    kind: np.ndarray           #: (n,) SSP_MIXTURE or CONTINUOUS_SFH
-    emission: np.ndarray       #: (n,) bool, nebular lines added
+    weights: np.ndarray  #: (n, nmetal, nage) float32 light fractions
+    kind: np.ndarray  #: (n,) SSP_MIXTURE or CONTINUOUS_SFH
+    emission: np.ndarray  #: (n,) bool, nebular lines added
 
     def __len__(self) -> int:
         return self.flux.shape[0]
 
     def subset(self, idx: np.ndarray) -> NoiseFreeSet:
-        return NoiseFreeSet(self.flux[idx], self.wave_index[idx], self.redshift[idx], self.snr[idx],
-                            self.labels[idx], self.label_names, self.weights[idx], self.kind[idx],
-                            self.emission[idx])
+        return NoiseFreeSet(
+            self.flux[idx],
+            self.wave_index[idx],
+            self.redshift[idx],
+            self.snr[idx],
+            self.labels[idx],
+            self.label_names,
+            self.weights[idx],
+            self.kind[idx],
+            self.emission[idx],
+        )
 
     @classmethod
     def concat(cls, parts: list[NoiseFreeSet]) -> NoiseFreeSet:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                     ("flux", "wave_index", "redshift", "snr", "labels")), parts[0].label_names,
-                   *(np.concatenate([getattr(p, f) for p in parts]) for f in ("weights", "kind", "emission")))
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("flux", "wave_index", "redshift", "snr", "labels")
+            ),
+            parts[0].label_names,
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("weights", "kind", "emission")),
+        )
 
 
 def instrument_of(cfg: TrainsetConfig) -> Instrument:
@@ -260,11 +310,24 @@ def _row_window(spec: InputSpec, inst: Instrument, z: float, z_max: float) -> tu
     return int(np.clip(np.searchsorted(full, lo * (1 + z)) - 1, 0, full.size - n_obs)), n_obs
 
 
-def _label_values(names: tuple[str, ...], weights: np.ndarray, lib: SSPLibrary, av: np.ndarray,
-                  sigma: np.ndarray, velocity: np.ndarray, dust_law: str = "calzetti00") -> np.ndarray:
+def _label_values(
+    names: tuple[str, ...],
+    weights: np.ndarray,
+    lib: SSPLibrary,
+    av: np.ndarray,
+    sigma: np.ndarray,
+    velocity: np.ndarray,
+    dust_law: str = "calzetti00",
+) -> np.ndarray:
     log_age, metal = light_weighted(weights, lib)
-    cols = {"log_age": log_age, "metallicity": metal, "av": av, "sigma": sigma, "velocity": velocity,
-            "ebv": av / DUST_LAW_RV[dust_law]}  # E(B-V) of the law the spectra are reddened with
+    cols = {
+        "log_age": log_age,
+        "metallicity": metal,
+        "av": av,
+        "sigma": sigma,
+        "velocity": velocity,
+        "ebv": av / DUST_LAW_RV[dust_law],
+    }  # E(B-V) of the law the spectra are reddened with
     if any(n.endswith("_mw") for n in names):
         cols["log_age_mw"], cols["metallicity_mw"] = mass_weighted(weights, lib)
     unknown = [n for n in names if n not in cols]
@@ -292,14 +355,15 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
     m = min(cfg.batch, cfg.n - index * cfg.batch)
     z = draw_redshift(rng, cfg)
     i0, n_obs = _row_window(spec, inst, z, cfg.redshift_range[1])
-    wave = inst.wave_air[i0:i0 + n_obs]  # the SSP library and the line lists are in air
+    wave = inst.wave_air[i0 : i0 + n_obs]  # the SSP library and the line lists are in air
     synth = Synthesiser(lib, wave, z, inst.lsf_fwhm, dust_law=cfg.dust_law)
     kind = np.where(rng.random(m) < cfg.sfh_fraction, CONTINUOUS_SFH, SSP_MIXTURE).astype(np.uint8)
     weights = np.empty((m, lib.metal.size, lib.log_age.size))
     n_sfh = int((kind == CONTINUOUS_SFH).sum())
     weights[kind == CONTINUOUS_SFH] = sample_sfh_mixtures(rng, lib, n_sfh)
-    weights[kind == SSP_MIXTURE] = sample_training_mixtures(rng, lib, m - n_sfh, max_ssp=cfg.max_ssp,
-                                                            young_fraction=cfg.young_fraction)
+    weights[kind == SSP_MIXTURE] = sample_training_mixtures(
+        rng, lib, m - n_sfh, max_ssp=cfg.max_ssp, young_fraction=cfg.young_fraction
+    )
     av = rng.uniform(*cfg.av_range, m)
     sigma = rng.uniform(*cfg.sigma_range_kms, m)
     velocity = rng.uniform(*cfg.velocity_range_kms, m)
@@ -308,16 +372,32 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
     if emit.any():
         ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
         cont = np.median(flux[emit], axis=1)
-        lines = emission_line_spectra(wave, z, ew * cont, velocity[emit] + rng.normal(0, 30, ew.size),
-                                      rng.uniform(20, 80, ew.size), av[emit], inst.lsf_fwhm, cfg.dust_law,
-                                      lines=_line_list(cfg))
+        lines = emission_line_spectra(
+            wave,
+            z,
+            ew * cont,
+            velocity[emit] + rng.normal(0, 30, ew.size),
+            rng.uniform(20, 80, ew.size),
+            av[emit],
+            inst.lsf_fwhm,
+            cfg.dust_law,
+            lines=_line_list(cfg),
+        )
         # vary line ratios around the defaults (AGN-like [NII]/[OIII] up to 3x)
         flux[emit] += lines * rng.uniform(0.5, 1.5, (ew.size, 1)).astype(np.float32)
     snr = np.exp(rng.uniform(*np.log(cfg.snr_range), m))
     snr[rng.random(m) < cfg.noiseless_fraction] = 300.0
-    return NoiseFreeSet(flux.astype(np.float32), np.full(m, i0), np.full(m, z), snr,
-                        _label_values(cfg.labels, weights, lib, av, sigma, velocity, cfg.dust_law),
-                        tuple(cfg.labels), weights.astype(np.float32), kind, emit)
+    return NoiseFreeSet(
+        flux.astype(np.float32),
+        np.full(m, i0),
+        np.full(m, z),
+        snr,
+        _label_values(cfg.labels, weights, lib, av, sigma, velocity, cfg.dust_law),
+        tuple(cfg.labels),
+        weights.astype(np.float32),
+        kind,
+        emit,
+    )
 
 
 def n_batches(cfg: TrainsetConfig) -> int:
@@ -349,8 +429,10 @@ class StoredSet:
         attrs = dict(self.group.attrs)
         done = np.asarray(self.group["batch_done"][...])
         if not done.all():
-            raise ValueError(f"training set {path} is incomplete ({int(done.sum())} of {done.size} batches); "
-                             "rerun `survey-proc trainset` with the same arguments to finish it")
+            raise ValueError(
+                f"training set {path} is incomplete ({int(done.sum())} of {done.size} batches); "
+                "rerun `survey-proc trainset` with the same arguments to finish it"
+            )
         self.config = trainset_from_record(json.loads(attrs["config"]))
         self.digest = attrs["digest"]
         self.label_names = tuple(attrs["label_names"])
@@ -370,9 +452,17 @@ class StoredSet:
 
     def load(self) -> NoiseFreeSet:
         """The whole set in memory (when it fits, reading it once beats reading it every epoch)."""
-        return NoiseFreeSet(np.asarray(self.group["flux"][...]), self.wave_index, self.redshift, self.snr,
-                            self.labels, self.label_names, np.asarray(self.group["weights"][...]), self.kind,
-                            self.emission)
+        return NoiseFreeSet(
+            np.asarray(self.group["flux"][...]),
+            self.wave_index,
+            self.redshift,
+            self.snr,
+            self.labels,
+            self.label_names,
+            np.asarray(self.group["weights"][...]),
+            self.kind,
+            self.emission,
+        )
 
     def subset(self, idx: np.ndarray) -> NoiseFreeSet:
         idx = np.asarray(idx)
@@ -381,17 +471,26 @@ class StoredSet:
         # read runs of consecutive rows as slices (zarr's fancy indexing is far slower)
         breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
         runs = np.split(rows, breaks)
-        flux = np.concatenate([np.asarray(self.group["flux"][r[0]:r[-1] + 1]) for r in runs])
-        weights = np.concatenate([np.asarray(self.group["weights"][r[0]:r[-1] + 1]) for r in runs])
+        flux = np.concatenate([np.asarray(self.group["flux"][r[0] : r[-1] + 1]) for r in runs])
+        weights = np.concatenate([np.asarray(self.group["weights"][r[0] : r[-1] + 1]) for r in runs])
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
-        return NoiseFreeSet(flux[inverse], self.wave_index[idx], self.redshift[idx], self.snr[idx],
-                            self.labels[idx], self.label_names, weights[inverse], self.kind[idx],
-                            self.emission[idx])
+        return NoiseFreeSet(
+            flux[inverse],
+            self.wave_index[idx],
+            self.redshift[idx],
+            self.snr[idx],
+            self.labels[idx],
+            self.label_names,
+            weights[inverse],
+            self.kind[idx],
+            self.emission[idx],
+        )
 
 
-def write_trainset(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: str | os.PathLike,
-                   progress: bool = False) -> StoredSet:
+def write_trainset(
+    cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: str | os.PathLike, progress: bool = False
+) -> StoredSet:
     """Synthesise the set batch by batch into a Zarr store (bounded memory; a rerun resumes).
 
     Each batch is seeded by (seed, batch index), so the store does not depend on how often the
@@ -406,25 +505,42 @@ def write_trainset(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: 
     try:
         group = zarr.open_group(path, mode="r+")
         if group.attrs.get("digest") != digest:
-            raise ValueError(f"{path} holds another training set (digest {group.attrs.get('digest')} vs "
-                             f"{digest}); choose another path or delete it")
+            raise ValueError(
+                f"{path} holds another training set (digest {group.attrs.get('digest')} vs "
+                f"{digest}); choose another path or delete it"
+            )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         group = zarr.open_group(path, mode="w", zarr_format=3)
         b = cfg.batch
         # noise-free float spectra barely compress (~12 %); uncompressed they stream far faster
         group.create_array("flux", shape=(cfg.n, n_obs), chunks=(b, n_obs), dtype="float32", compressors=None)
-        group.create_array("weights", shape=(cfg.n, lib.metal.size, lib.log_age.size),
-                           chunks=(b, lib.metal.size, lib.log_age.size), dtype="float32")
+        group.create_array(
+            "weights",
+            shape=(cfg.n, lib.metal.size, lib.log_age.size),
+            chunks=(b, lib.metal.size, lib.log_age.size),
+            dtype="float32",
+        )
         group.create_array("labels", shape=(cfg.n, len(cfg.labels)), chunks=(b, len(cfg.labels)), dtype="float32")
-        for name, dtype in (("wave_index", "int32"), ("redshift", "float64"), ("snr", "float32"),
-                            ("kind", "uint8"), ("emission", "bool")):
+        for name, dtype in (
+            ("wave_index", "int32"),
+            ("redshift", "float64"),
+            ("snr", "float32"),
+            ("kind", "uint8"),
+            ("emission", "bool"),
+        ):
             group.create_array(name, shape=(cfg.n,), chunks=(b,), dtype=dtype)
         group.create_array("batch_done", shape=(nb,), chunks=(1,), dtype="uint8", fill_value=0)
-        group.attrs.update({"config": json.dumps(asdict(cfg), default=list), "digest": digest,
-                            "label_names": list(cfg.labels), "instrument": cfg.instrument,
-                            "input": json.dumps(spec.to_manifest()),
-                            "ssp_library": lib.provenance.get("source", ""),
-                            "description": "noise-free observed-frame training spectra; noise is drawn per epoch"})
+        group.attrs.update(
+            {
+                "config": json.dumps(asdict(cfg), default=list),
+                "digest": digest,
+                "label_names": list(cfg.labels),
+                "instrument": cfg.instrument,
+                "input": json.dumps(spec.to_manifest()),
+                "ssp_library": lib.provenance.get("source", ""),
+                "description": "noise-free observed-frame training spectra; noise is drawn per epoch",
+            }
+        )
     done = np.asarray(group["batch_done"][...])
     todo = [k for k in range(nb) if not done[k]]
     if progress:
@@ -439,12 +555,13 @@ def write_trainset(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: 
         group["labels"][sl] = part.labels
         for name in ("wave_index", "redshift", "snr", "kind", "emission"):
             group[name][sl] = getattr(part, name)
-        group["batch_done"][k:k + 1] = np.ones(1, np.uint8)
+        group["batch_done"][k : k + 1] = np.ones(1, np.uint8)
     return StoredSet(path)
 
 
-def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def observe_noisy(
+    data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One noise realisation: (flux, var, mask) arrays on each row's observed grid."""
     flux = data.flux
     n, npix = flux.shape
@@ -480,8 +597,9 @@ def observe_noisy(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetCon
     return (flux + noise + resid).astype(np.float32), var.astype(np.float32), mask
 
 
-def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig, spec: InputSpec,
-                chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_inputs(
+    data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig, spec: InputSpec, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs for one noise realisation: (x, flags, snr) through the engine's ``prepare``."""
     full = instrument_of(cfg).wave_in(spec.medium)  # the engine, too, hands the data in the model's medium
     xs, flags, snrs = [], [], []
@@ -494,7 +612,7 @@ def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfi
         sn = np.zeros(len(part))
         for i0 in np.unique(part.wave_index):
             rows = part.wave_index == i0
-            wave = full[i0:i0 + flux.shape[1]]
+            wave = full[i0 : i0 + flux.shape[1]]
             prep = prepare(flux[rows], var[rows], mask[rows], wave, part.redshift[rows], spec)
             x[rows], fl[rows], sn[rows] = prep.x, prep.flags, prep.snr
         xs.append(x)
@@ -503,7 +621,29 @@ def make_inputs(data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfi
     return np.concatenate(xs), np.concatenate(flags), np.concatenate(snrs)
 
 
-__all__ = ["CALZETTI_RV", "CONTINUOUS_SFH", "DUST_LAW_RV", "EMISSION_LINES", "EMISSION_MASKS_REST", "INSTRUMENTS",
-           "SDSS_SKY_MASKS_VACUUM", "SKY_MASKS_OBSERVED", "SSP_MIXTURE", "Instrument", "NoiseFreeSet", "StoredSet",
-           "TrainsetConfig", "default_muse_input", "draw_redshift", "make_inputs", "n_batches", "observe_noisy",
-           "sdss_observed_input", "wide_muse_input", "synthesise", "synthesise_batch", "trainset_from_record", "write_trainset"]
+__all__ = [
+    "CALZETTI_RV",
+    "CONTINUOUS_SFH",
+    "DUST_LAW_RV",
+    "EMISSION_LINES",
+    "EMISSION_MASKS_REST",
+    "INSTRUMENTS",
+    "SDSS_SKY_MASKS_VACUUM",
+    "SKY_MASKS_OBSERVED",
+    "SSP_MIXTURE",
+    "Instrument",
+    "NoiseFreeSet",
+    "StoredSet",
+    "TrainsetConfig",
+    "default_muse_input",
+    "draw_redshift",
+    "make_inputs",
+    "n_batches",
+    "observe_noisy",
+    "sdss_observed_input",
+    "synthesise",
+    "synthesise_batch",
+    "trainset_from_record",
+    "wide_muse_input",
+    "write_trainset",
+]

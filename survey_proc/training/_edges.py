@@ -19,8 +19,8 @@ the published models show). The fix is the calibration curve read backwards:
    noise row that makes 68 % of the calibration spectra fall inside it.
 
 Estimates may then step a little beyond the grid (as an unbiased estimator must); where the
-calibration finds no significant pull, ``g`` is the identity and nothing changes. The table is fitted in NumPy and applied inside the
-exported TorchScript module by :func:`apply_edge_table`.
+calibration finds no significant pull, ``g`` is the identity and nothing changes. The table is fitted
+in NumPy and applied inside the exported TorchScript module by :func:`apply_edge_table`.
 """
 
 from __future__ import annotations
@@ -35,23 +35,37 @@ import torch
 class EdgeTable:
     """Median prediction ``table[i, j]`` of true value ``true[j]`` for noise level ``noise[i]``."""
 
-    noise: np.ndarray    #: (ne,) bin centres of the noise level (1 / median S/N per pixel)
-    true: np.ndarray     #: (nt,) bin centres of the true value (label units)
-    table: np.ndarray    #: (ne, nt) median prediction, increasing along the last axis
+    noise: np.ndarray  #: (ne,) bin centres of the noise level (1 / median S/N per pixel)
+    true: np.ndarray  #: (nt,) bin centres of the true value (label units)
+    table: np.ndarray  #: (ne, nt) median prediction, increasing along the last axis
     err_factor: np.ndarray | None = None  #: (ne,) uncertainty calibration per noise row (None: ones)
 
     def factors(self) -> np.ndarray:
         return np.ones(self.noise.size) if self.err_factor is None else self.err_factor
 
     def to_manifest(self) -> dict:
-        return {"noise": self.noise.tolist(), "true": self.true.tolist(), "table": self.table.tolist(),
-                "err_factor": self.factors().tolist()}
+        return {
+            "noise": self.noise.tolist(),
+            "true": self.true.tolist(),
+            "table": self.table.tolist(),
+            "err_factor": self.factors().tolist(),
+        }
 
 
-def fit_edge_table(pred: np.ndarray, true: np.ndarray, noise: np.ndarray, lo: float, hi: float,
-                   n_true: int = 24, n_err: int = 6, max_slope: float = 3.0, min_count: int = 8,
-                   snr: np.ndarray | None = None, min_snr: float = 0.0,
-                   err: np.ndarray | None = None) -> EdgeTable:
+def fit_edge_table(
+    pred: np.ndarray,
+    true: np.ndarray,
+    noise: np.ndarray,
+    lo: float,
+    hi: float,
+    n_true: int = 24,
+    n_err: int = 6,
+    max_slope: float = 3.0,
+    min_count: int = 8,
+    snr: np.ndarray | None = None,
+    min_snr: float = 0.0,
+    err: np.ndarray | None = None,
+) -> EdgeTable:
     """Tabulate the median prediction against the truth on [lo, hi], per quantile bin of ``noise``.
 
     Rows whose spectra have a median ``snr`` (S/N per Angstrom as the engine measures it) below
@@ -101,7 +115,7 @@ def fit_edge_table(pred: np.ndarray, true: np.ndarray, noise: np.ndarray, lo: fl
             continue
         offset = np.interp(centres_t, centres_t[have], offset[have])
         padded = np.concatenate([offset[:1], offset, offset[-1:]])
-        offset = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]   # [1, 2, 1] / 4 smoothing
+        offset = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]  # [1, 2, 1] / 4 smoothing
         med = centres_t + offset
         rows.append(_increasing_from_middle(med, step))
     table = np.array(rows)
@@ -111,8 +125,15 @@ def fit_edge_table(pred: np.ndarray, true: np.ndarray, noise: np.ndarray, lo: fl
         for k, i in enumerate(np.unique(ie)):
             row = (ie == i) & np.isfinite(unc) & (unc > 0)
             if row.sum() >= min_count:  # this row alone, with unit uncertainties: (estimate, slope)
-                est, slope = apply_edge_table(t(pred[row]), t(np.ones(row.sum())), t(err[row]), t(centres_e[k:k + 1]),
-                                              t(centres_t), t(table[k:k + 1]), t([1.0]))
+                est, slope = apply_edge_table(
+                    t(pred[row]),
+                    t(np.ones(row.sum())),
+                    t(err[row]),
+                    t(centres_e[k : k + 1]),
+                    t(centres_t),
+                    t(table[k : k + 1]),
+                    t([1.0]),
+                )
                 factors[k] = np.quantile(np.abs(est.numpy() - true[row]) / (unc[row] * slope.numpy()), 0.6827)
     return EdgeTable(np.array(centres_e), centres_t, table, factors)
 
@@ -138,15 +159,22 @@ def noise_level(x: torch.Tensor, i_flux: int, i_error: int, i_mask: int, stride:
     good = error > 0
     if i_mask >= 0:
         good = good & (x[:, i_mask, ::stride] < 0.5)
-    ratio = torch.where(good, flux / torch.where(good, error, torch.ones_like(error)),
-                        torch.full_like(flux, float("nan")))
+    ratio = torch.where(
+        good, flux / torch.where(good, error, torch.ones_like(error)), torch.full_like(flux, float("nan"))
+    )
     snr = torch.nanmedian(ratio, dim=1).values
     return torch.where(snr > 0, 1.0 / snr, torch.full_like(snr, float("inf")))
 
 
-def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor, noise_centres: torch.Tensor,
-                     true: torch.Tensor, table: torch.Tensor, err_factor: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_edge_table(
+    value: torch.Tensor,
+    err: torch.Tensor,
+    noise: torch.Tensor,
+    noise_centres: torch.Tensor,
+    true: torch.Tensor,
+    table: torch.Tensor,
+    err_factor: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert the table: (estimate, uncertainty) for predictions ``value`` with uncertainties ``err``
     from spectra of noise level ``noise``.
 
@@ -173,7 +201,7 @@ def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor
     if n_rows == 1:
         est, slope = estimates[0], slopes[0]
     else:
-        est_rows, slope_rows = torch.stack(estimates), torch.stack(slopes)   # (rows, n)
+        est_rows, slope_rows = torch.stack(estimates), torch.stack(slopes)  # (rows, n)
         e = torch.clamp(noise, float(noise_centres[0]), float(noise_centres[-1]))
         k = torch.clamp(torch.searchsorted(noise_centres.contiguous(), e.contiguous()) - 1, 0, n_rows - 2)
         e0, e1 = noise_centres[k], noise_centres[k + 1]
@@ -181,5 +209,5 @@ def apply_edge_table(value: torch.Tensor, err: torch.Tensor, noise: torch.Tensor
         cols = torch.arange(value.shape[0], device=value.device)
         est = est_rows[k, cols] * (1 - w) + est_rows[k + 1, cols] * w
         slope = slope_rows[k, cols] * (1 - w) + slope_rows[k + 1, cols] * w
-    finite = torch.isfinite(value)   # a non-finite prediction passes through unchanged
+    finite = torch.isfinite(value)  # a non-finite prediction passes through unchanged
     return torch.where(finite, est, value), torch.where(finite, err * slope, err)

@@ -50,8 +50,9 @@ def heldout_config(train_cfg: TrainsetConfig, family: str, n: int, seed: int) ->
     return dataclasses.replace(train_cfg, n=n, seed=seed, batch=min(train_cfg.batch, n), **FAMILIES[family])
 
 
-def predict_noisy(est: Estimator, data: NoiseFreeSet, flux: np.ndarray, var: np.ndarray, mask: np.ndarray,
-                  cfg: TrainsetConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def predict_noisy(
+    est: Estimator, data: NoiseFreeSet, flux: np.ndarray, var: np.ndarray, mask: np.ndarray, cfg: TrainsetConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run ``est`` on noisy observed spectra through its own preprocessing; returns (pred, fitted)."""
     inst = instrument_of(cfg)
     spec = est.manifest.input
@@ -61,7 +62,7 @@ def predict_noisy(est: Estimator, data: NoiseFreeSet, flux: np.ndarray, var: np.
     parts: dict[str, np.ndarray] = {}
     for i0 in np.unique(data.wave_index):
         rows = np.nonzero(data.wave_index == i0)[0]
-        wave = full[i0:i0 + flux.shape[1]]
+        wave = full[i0 : i0 + flux.shape[1]]
         prep = prepare(flux[rows], var[rows], mask[rows], wave, data.redshift[rows], spec)
         ok = prep.fit
         fitted[rows] = ok
@@ -71,7 +72,7 @@ def predict_noisy(est: Estimator, data: NoiseFreeSet, flux: np.ndarray, var: np.
         pred = est.predict(prep.x[ok], meta)
         for key, value in pred.items():
             if key not in parts:
-                parts[key] = np.full((n,) + value.shape[1:], np.nan, np.float32)
+                parts[key] = np.full((n, *value.shape[1:]), np.nan, np.float32)
             parts[key][rows[ok]] = value
     return parts, fitted
 
@@ -80,16 +81,24 @@ def _edge_bias(pred: np.ndarray, truth: np.ndarray, lo: float, hi: float) -> dic
     span = hi - lo
     d = pred - truth
     out = {}
-    for name, sel in (("bias_low_edge", truth <= lo + EDGE_FRACTION * span),
-                      ("bias_high_edge", truth >= hi - EDGE_FRACTION * span)):
+    for name, sel in (
+        ("bias_low_edge", truth <= lo + EDGE_FRACTION * span),
+        ("bias_high_edge", truth >= hi - EDGE_FRACTION * span),
+    ):
         ok = sel & np.isfinite(d)
         out[name] = float(np.median(d[ok])) if ok.sum() >= 10 else float("nan")
         out[name.replace("bias", "n")] = int(ok.sum())
     return out
 
 
-def score(pred: dict[str, np.ndarray], fitted: np.ndarray, data: NoiseFreeSet, names: Sequence[str],
-          lib: SSPLibrary, select: np.ndarray | None = None) -> dict[str, Any]:
+def score(
+    pred: dict[str, np.ndarray],
+    fitted: np.ndarray,
+    data: NoiseFreeSet,
+    names: Sequence[str],
+    lib: SSPLibrary,
+    select: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Metrics of fitted spectra (optionally a subset): bias, robust sigma, coverage, edge biases."""
     sel = fitted if select is None else fitted & select
     truth = {n: data.labels[sel, i] for i, n in enumerate(data.label_names)}
@@ -104,10 +113,17 @@ def score(pred: dict[str, np.ndarray], fitted: np.ndarray, data: NoiseFreeSet, n
     return out
 
 
-def evaluate(model: str, snrs: Sequence[float] = (10, 20, 30, 50), n: int = 500,
-             baseline: str | None = None, seed: int | None = None, lib: SSPLibrary | None = None,
-             families: Sequence[str] = ("ssp", "csfh"), png: str | os.PathLike | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: str,
+    snrs: Sequence[float] = (10, 20, 30, 50),
+    n: int = 500,
+    baseline: str | None = None,
+    seed: int | None = None,
+    lib: SSPLibrary | None = None,
+    families: Sequence[str] = ("ssp", "csfh"),
+    png: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on held-out spectra at each S/N.
 
     Returns ``{"snr": {"30": {"model": {...}, "ppxf": {...}}}, "by_family": {...}, ...}`` where the
@@ -132,10 +148,17 @@ def evaluate(model: str, snrs: Sequence[float] = (10, 20, 30, 50), n: int = 500,
     names = [s.name for s in est.manifest.outputs if s.name in tcfg.labels]
     spec = est.manifest.input
     sets = {f: synthesise(heldout_config(tcfg, f, n, seed + k), lib, spec) for k, f in enumerate(families)}
-    result: dict[str, Any] = {"model": est.manifest.model_id, "baseline": baseline, "n_per_family": n,
-                              "families": list(families), "seed": seed, "snr": {}, "by_family": {},
-                              "note": "held-out spectra synthesised with a seed never used in training or "
-                                      "validation; the same noisy spectra go to every estimator"}
+    result: dict[str, Any] = {
+        "model": est.manifest.model_id,
+        "baseline": baseline,
+        "n_per_family": n,
+        "families": list(families),
+        "seed": seed,
+        "snr": {},
+        "by_family": {},
+        "note": "held-out spectra synthesised with a seed never used in training or "
+        "validation; the same noisy spectra go to every estimator",
+    }
     curves: dict[str, dict[str, Any]] = {}
     for snr in snrs:
         key = f"{snr:g}"
@@ -148,8 +171,9 @@ def evaluate(model: str, snrs: Sequence[float] = (10, 20, 30, 50), n: int = 500,
                 if progress:
                     print(f"S/N {key}: {fam} spectra through {label} ...", flush=True)
                 pred, fitted = predict_noisy(e, noisy_set, flux, var, mask, tcfg)
-                result["by_family"].setdefault(fam, {"snr": {}})["snr"].setdefault(key, {})[label] = \
-                    score(pred, fitted, noisy_set, names, lib)
+                result["by_family"].setdefault(fam, {"snr": {}})["snr"].setdefault(key, {})[label] = score(
+                    pred, fitted, noisy_set, names, lib
+                )
                 acc = pooled.setdefault(label, {"pred": [], "fitted": [], "data": []})
                 acc["pred"].append(pred)
                 acc["fitted"].append(fitted)
@@ -177,8 +201,12 @@ def plot_predicted_vs_true(curves: dict, names: Sequence[str], path: str | os.Pa
 
     snrs = list(curves)
     estimators = list(next(iter(curves.values())))
-    fig, axes = plt.subplots(len(names), len(snrs) * len(estimators),
-                             figsize=(3.0 * len(snrs) * len(estimators), 2.8 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(names),
+        len(snrs) * len(estimators),
+        figsize=(3.0 * len(snrs) * len(estimators), 2.8 * len(names)),
+        squeeze=False,
+    )
     for j, key in enumerate(snrs):
         for e, label in enumerate(estimators):
             pred, fitted, data = curves[key][label]
@@ -198,8 +226,9 @@ def plot_predicted_vs_true(curves: dict, names: Sequence[str], path: str | os.Pa
                 d = p[fitted] - t[fitted]
                 from survey_proc.stores._maps import robust_sigma
 
-                ax.set_title(f"{label} S/N {key}: {name}\nbias {np.nanmedian(d):+.3f} sigma {robust_sigma(d):.3f}",
-                             fontsize=8)
+                ax.set_title(
+                    f"{label} S/N {key}: {name}\nbias {np.nanmedian(d):+.3f} sigma {robust_sigma(d):.3f}", fontsize=8
+                )
                 ax.tick_params(labelsize=7)
     path = save_figure(fig, path, dpi=80)
     return path

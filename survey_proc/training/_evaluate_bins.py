@@ -12,6 +12,7 @@ inside the predicted 68 % interval. Writes ``evaluation.json`` and ``pred_vs_tru
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from pathlib import Path
@@ -31,20 +32,24 @@ CLASSES: dict[str, dict[str, Any]] = {
 }
 
 
-def binned_scores(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], names: list[str],
-                  key: np.ndarray, edges: list[float] | None = None,
-                  labels: list[str] | None = None) -> dict[str, dict]:
+def binned_scores(
+    pred: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    names: list[str],
+    key: np.ndarray,
+    edges: list[float] | None = None,
+    labels: list[str] | None = None,
+) -> dict[str, dict]:
     """:func:`score_predictions` per bin of ``key`` (numeric with ``edges``, or categorical)."""
     out: dict[str, dict] = {}
     if edges is not None:
-        groups = [(f"{lo:g}-{hi:g}", (key >= lo) & (key < hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+        groups = [(f"{lo:g}-{hi:g}", (key >= lo) & (key < hi)) for lo, hi in itertools.pairwise(edges)]
     else:
         groups = [(str(lab), key == lab) for lab in (labels or sorted(set(key.tolist())))]
     for name, sel in groups:
         if sel.sum() == 0:
             continue
-        scores = score_predictions({k: v[sel] for k, v in pred.items()}, {k: v[sel] for k, v in truth.items()},
-                                   names)
+        scores = score_predictions({k: v[sel] for k, v in pred.items()}, {k: v[sel] for k, v in truth.items()}, names)
         out[name] = {"n": int(sel.sum()), **scores}
     return out
 
@@ -54,9 +59,17 @@ def trainset_of(manifest_raw: dict) -> TrainsetConfig:
     return trainset_from_record(manifest_raw["training"]["config"].get("trainset", {}))
 
 
-def evaluate_held_out(bundle: str | os.PathLike, out_dir: str | os.PathLike, *, n_per_class: int = 2000,
-                      seed: int = 90_000_001, snr_edges: tuple[float, ...] = (5, 10, 20, 35, 50.01),
-                      z_edges: tuple[float, ...] | None = None, batch: int = 32, progress: bool = True) -> dict:
+def evaluate_held_out(
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    n_per_class: int = 2000,
+    seed: int = 90_000_001,
+    snr_edges: tuple[float, ...] = (5, 10, 20, 35, 50.01),
+    z_edges: tuple[float, ...] | None = None,
+    batch: int = 32,
+    progress: bool = True,
+) -> dict:
     """Evaluate ``bundle`` on new synthetic spectra (``seed`` never used in training); returns the
     numbers written to ``out_dir/evaluation.json``. ``batch``: spectra per redshift draw (small, so
     the redshift bins hold many redshifts)."""
@@ -74,8 +87,7 @@ def evaluate_held_out(bundle: str | os.PathLike, out_dir: str | os.PathLike, *, 
     say = print if progress else (lambda *a, **k: None)
     rows: dict[str, list] = {"pred": [], "truth": [], "snr": [], "z": [], "cls": []}
     for k, (cls, overrides) in enumerate(CLASSES.items()):
-        cfg = dataclasses.replace(ts, n=n_per_class, seed=seed + k, noiseless_fraction=0.0, batch=batch,
-                                  **overrides)
+        cfg = dataclasses.replace(ts, n=n_per_class, seed=seed + k, noiseless_fraction=0.0, batch=batch, **overrides)
         data = synthesise(cfg, lib, spec)
         x, flags, _ = make_inputs(data, np.random.default_rng([seed, k]), cfg, spec)
         fit = (flags & int(NOT_FITTED)) == 0
@@ -91,19 +103,29 @@ def evaluate_held_out(bundle: str | os.PathLike, out_dir: str | os.PathLike, *, 
     truth = {n: truth_arr[:, i] for i, n in enumerate(names)}
     snr, z, cls = np.concatenate(rows["snr"]), np.concatenate(rows["z"]), np.concatenate(rows["cls"])
     lo, hi = ts.redshift_range
-    z_edges = z_edges or tuple(np.round(np.linspace(lo, hi, 6), 4)[:-1].tolist()) + (hi + 1e-6,)
+    z_edges = z_edges or (*tuple(np.round(np.linspace(lo, hi, 6), 4)[:-1].tolist()), hi + 1e-06)
     result = {
-        "bundle": str(Path(bundle)), "model_id": est.manifest.model_id,
-        "note": (f"{n_per_class} spectra per class synthesised with seed {seed} (+class index), never used in "
-                 "training/validation/test; S/N per Angstrom drawn as in training; scored through the engine's "
-                 "prepare and the exported TorchScript file"),
+        "bundle": str(Path(bundle)),
+        "model_id": est.manifest.model_id,
+        "note": (
+            f"{n_per_class} spectra per class synthesised with seed {seed} (+class index), never used in "
+            "training/validation/test; S/N per Angstrom drawn as in training; scored through the engine's "
+            "prepare and the exported TorchScript file"
+        ),
         "overall": {"n": int(snr.size), **score_predictions(pred, truth, names)},
         "by_snr": binned_scores(pred, truth, names, snr, list(snr_edges)),
         "by_redshift": binned_scores(pred, truth, names, z, list(z_edges)),
         "by_class": binned_scores(pred, truth, names, cls, labels=list(CLASSES)),
-        "by_class_and_snr": {c: binned_scores({k: v[cls == c] for k, v in pred.items()},
-                                              {k: v[cls == c] for k, v in truth.items()}, names,
-                                              snr[cls == c], list(snr_edges)) for c in CLASSES},
+        "by_class_and_snr": {
+            c: binned_scores(
+                {k: v[cls == c] for k, v in pred.items()},
+                {k: v[cls == c] for k, v in truth.items()},
+                names,
+                snr[cls == c],
+                list(snr_edges),
+            )
+            for c in CLASSES
+        },
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +150,9 @@ def format_evaluation(result: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_pred_vs_true(pred: dict, truth: dict, names: list[str], snr: np.ndarray, cls: np.ndarray,
-                      path: Path, title: str = "") -> Path:
+def plot_pred_vs_true(
+    pred: dict, truth: dict, names: list[str], snr: np.ndarray, cls: np.ndarray, path: Path, title: str = ""
+) -> Path:
     """Predicted vs true per label, coloured by S/N; passive as dots, star-forming as crosses."""
     import matplotlib
 
@@ -143,8 +166,19 @@ def plot_pred_vs_true(pred: dict, truth: dict, names: list[str], snr: np.ndarray
         t, p = truth[name], pred[name]
         for c, marker in (("passive", "."), ("star_forming", "x")):
             sel = cls == c
-            sc = ax.scatter(t[sel], p[sel], c=snr[sel], s=4, marker=marker, cmap="viridis", vmin=5, vmax=50,
-                            alpha=0.6, linewidths=0.5, label=c.replace("_", "-"))
+            sc = ax.scatter(
+                t[sel],
+                p[sel],
+                c=snr[sel],
+                s=4,
+                marker=marker,
+                cmap="viridis",
+                vmin=5,
+                vmax=50,
+                alpha=0.6,
+                linewidths=0.5,
+                label=c.replace("_", "-"),
+            )
         lims = [min(t.min(), p.min()), max(t.max(), p.max())]
         ax.plot(lims, lims, "k-", lw=0.8)
         units = PROPERTIES.get(name, {}).get("units", "")

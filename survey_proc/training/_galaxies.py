@@ -26,16 +26,16 @@ class GalaxySetConfig:
     """How the galaxies of a training set are drawn (ranges inclusive; log-uniform where noted)."""
 
     n_galaxies: int = 800
-    size: int = 32                                         #: pixels per side
+    size: int = 32  #: pixels per side
     filters: str = "jpas36"
     redshifts: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03)
-    snr_range: tuple[float, float] = (1.0, 20.0)           #: per Angstrom at the brightest pixel, log-uniform
+    snr_range: tuple[float, float] = (1.0, 20.0)  #: per Angstrom at the brightest pixel, log-uniform
     peak_flux_range: tuple[float, float] = (300.0, 3000.0)  #: 1e-20 erg/s/cm2/A per pixel, log-uniform
     sky_fraction_range: tuple[float, float] = (0.02, 0.2)
     inclination_range: tuple[float, float] = (0.0, 75.0)
     pixel_scale_arcsec: float = 0.2
     psf_fwhm_pixels: float = 0.0
-    mask_fraction: float = 0.003                           #: band measurements masked per epoch
+    mask_fraction: float = 0.003  #: band measurements masked per epoch
     seed: int = 0
 
     def digest(self, lib: SSPLibrary) -> str:
@@ -47,11 +47,11 @@ class GalaxySetConfig:
 class GalaxySet:
     """Noise-free band images of galaxies with their truth maps."""
 
-    flux: np.ndarray          #: (G, H, W, nband) nJy
-    var: np.ndarray           #: (G, H, W, nband) nJy^2, the noise each epoch draws
-    labels: np.ndarray        #: (G, H, W, nlabel)
+    flux: np.ndarray  #: (G, H, W, nband) nJy
+    var: np.ndarray  #: (G, H, W, nband) nJy^2, the noise each epoch draws
+    labels: np.ndarray  #: (G, H, W, nlabel)
     label_names: tuple[str, ...]
-    redshift: np.ndarray      #: (G,)
+    redshift: np.ndarray  #: (G,)
     configs: list[MockConfig] = field(repr=False)
     filters: FilterSet = field(repr=False)
 
@@ -59,8 +59,15 @@ class GalaxySet:
         return self.flux.shape[0]
 
     def subset(self, idx: np.ndarray) -> GalaxySet:
-        return GalaxySet(self.flux[idx], self.var[idx], self.labels[idx], self.label_names, self.redshift[idx],
-                         [self.configs[i] for i in idx], self.filters)
+        return GalaxySet(
+            self.flux[idx],
+            self.var[idx],
+            self.labels[idx],
+            self.label_names,
+            self.redshift[idx],
+            [self.configs[i] for i in idx],
+            self.filters,
+        )
 
     def expected_snr(self) -> np.ndarray:
         """(G, H, W) median band S/N of the noise-free fluxes."""
@@ -69,29 +76,38 @@ class GalaxySet:
 
 def draw_mock_config(rng: np.random.Generator, cfg: GalaxySetConfig) -> MockConfig:
     """The mock of one training galaxy."""
+
     def log_uniform(lo: float, hi: float) -> float:
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
-    return MockConfig(nx=cfg.size, ny=cfg.size, seed=int(rng.integers(2**31 - 1)),
-                      snr=log_uniform(*cfg.snr_range), redshift=float(rng.choice(cfg.redshifts)),
-                      inclination=float(rng.uniform(*cfg.inclination_range)),
-                      position_angle=float(rng.uniform(0.0, 180.0)), chunk=cfg.size,
-                      peak_flux=log_uniform(*cfg.peak_flux_range),
-                      sky_fraction=float(rng.uniform(*cfg.sky_fraction_range)),
-                      pixel_scale_arcsec=cfg.pixel_scale_arcsec, psf_fwhm_pixels=cfg.psf_fwhm_pixels,
-                      galaxy=GalaxyParams.draw(rng))
+    return MockConfig(
+        nx=cfg.size,
+        ny=cfg.size,
+        seed=int(rng.integers(2**31 - 1)),
+        snr=log_uniform(*cfg.snr_range),
+        redshift=float(rng.choice(cfg.redshifts)),
+        inclination=float(rng.uniform(*cfg.inclination_range)),
+        position_angle=float(rng.uniform(0.0, 180.0)),
+        chunk=cfg.size,
+        peak_flux=log_uniform(*cfg.peak_flux_range),
+        sky_fraction=float(rng.uniform(*cfg.sky_fraction_range)),
+        pixel_scale_arcsec=cfg.pixel_scale_arcsec,
+        psf_fwhm_pixels=cfg.psf_fwhm_pixels,
+        galaxy=GalaxyParams.draw(rng),
+    )
 
 
-def synthesise_galaxies(cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str, ...],
-                        progress: bool = False) -> GalaxySet:
+def synthesise_galaxies(
+    cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str, ...], progress: bool = False
+) -> GalaxySet:
     """Draw ``cfg.n_galaxies`` galaxies (one photometric synthesiser per redshift, built once)."""
     filters = load_filters(cfg.filters)
     rng = np.random.default_rng(cfg.seed)
     synths: dict[float, PhotometrySynthesiser] = {}
     shape = (cfg.n_galaxies, cfg.size, cfg.size)
-    flux = np.empty(shape + (len(filters),), np.float32)
+    flux = np.empty((*shape, len(filters)), np.float32)
     var = np.empty_like(flux)
-    lab = np.empty(shape + (len(labels),), np.float32)
+    lab = np.empty((*shape, len(labels)), np.float32)
     configs = []
     galaxies = range(cfg.n_galaxies)
     if progress:
@@ -109,8 +125,9 @@ def synthesise_galaxies(cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str
     return GalaxySet(flux, var, lab, tuple(labels), np.array([c.redshift for c in configs]), configs, filters)
 
 
-def noisy(flux: np.ndarray, var: np.ndarray, rng: np.random.Generator, mask_fraction: float
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def noisy(
+    flux: np.ndarray, var: np.ndarray, rng: np.random.Generator, mask_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One noise realisation: (flux, var, mask) with a fraction of measurements masked (flux NaN)."""
     out = flux + rng.standard_normal(flux.shape, dtype=np.float32) * np.sqrt(var)
     mask = rng.random(flux.shape) < mask_fraction
@@ -118,10 +135,11 @@ def noisy(flux: np.ndarray, var: np.ndarray, rng: np.random.Generator, mask_frac
     return out.astype(np.float32), var, mask
 
 
-def split_galaxies(n: int, val_fraction: float, test_fraction: float, seed: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_galaxies(
+    n: int, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, validation, test) galaxy indices: whole galaxies, disjoint."""
     order = np.random.default_rng([seed, 17]).permutation(n)
     n_val = max(1, int(round(val_fraction * n)))
     n_test = max(1, int(round(test_fraction * n)))
-    return np.sort(order[n_val + n_test:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_test])
+    return np.sort(order[n_val + n_test :]), np.sort(order[:n_val]), np.sort(order[n_val : n_val + n_test])

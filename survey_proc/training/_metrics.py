@@ -9,8 +9,9 @@ import numpy as np
 from survey_proc.stores._maps import robust_sigma
 
 
-def score_predictions(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
-                      names: Sequence[str]) -> dict[str, dict[str, float]]:
+def score_predictions(
+    pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], names: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Per output: median bias, robust sigma (1.4826 MAD) of pred - truth, and the fractions of
     truths inside the predicted 68 % and 95 % intervals (where ``<name>_err`` is given)."""
     out: dict[str, dict[str, float]] = {}
@@ -18,8 +19,11 @@ def score_predictions(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.nda
         p, t = np.asarray(pred[name], np.float64), np.asarray(truth[name], np.float64)
         ok = np.isfinite(p) & np.isfinite(t)
         d = p[ok] - t[ok]
-        entry = {"bias": float(np.median(d)) if d.size else float("nan"), "robust_sigma": robust_sigma(d),
-                 "n": int(ok.sum())}
+        entry = {
+            "bias": float(np.median(d)) if d.size else float("nan"),
+            "robust_sigma": robust_sigma(d),
+            "n": int(ok.sum()),
+        }
         err = pred.get(f"{name}_err")
         if err is not None:
             e = np.asarray(err, np.float64)[ok]

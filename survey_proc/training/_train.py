@@ -18,9 +18,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import dask.config
@@ -48,8 +48,11 @@ from survey_proc.training._dataset import (
 from survey_proc.training._edges import fit_edge_table, noise_level
 from survey_proc.training._evaluate import evaluate
 
-INPUT_PRESETS = {"muse-rest-4750-7100": default_muse_input, "muse-rest-4750-8800": wide_muse_input,
-                 "sdss-observed-3800-8900": sdss_observed_input}
+INPUT_PRESETS = {
+    "muse-rest-4750-7100": default_muse_input,
+    "muse-rest-4750-8800": wide_muse_input,
+    "sdss-observed-3800-8900": sdss_observed_input,
+}
 
 
 @dataclass
@@ -62,28 +65,30 @@ class TrainConfig:
     arch: str = "cnn"
     arch_kwargs: dict = field(default_factory=dict)
     trainset: TrainsetConfig = field(default_factory=TrainsetConfig)
-    trainset_store: str | None = None   #: Zarr store of the training set (written if absent; relative = in the run folder)
+    trainset_store: str | None = (
+        None  #: Zarr store of the training set (written if absent; relative = in the run folder)
+    )
     n_val: int = 4000
-    n_test: int = 4000                  #: held-out spectra per family (SSP mixtures, continuous SFHs)
+    n_test: int = 4000  #: held-out spectra per family (SSP mixtures, continuous SFHs)
     test_snr: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
     epochs: int = 30
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 6
-    weight_loss: float = 0.0            #: weight of the cross-entropy on the light-fraction grid (0: no grid)
-    recon_loss: float = 0.0             #: weight of the reduced chi^2 of the rebuilt spectrum
-    reconstruct: bool = False           #: export the reconstructor (weights grid + chi2 outputs)
+    weight_loss: float = 0.0  #: weight of the cross-entropy on the light-fraction grid (0: no grid)
+    recon_loss: float = 0.0  #: weight of the reduced chi^2 of the rebuilt spectrum
+    reconstruct: bool = False  #: export the reconstructor (weights grid + chi2 outputs)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    init_from: str | None = None        #: start from the weights of this bundle (name or path) where shapes match
+    init_from: str | None = None  #: start from the weights of this bundle (name or path) where shapes match
     min_snr: float = 5.0
     ood_quantile: float = 0.995
     chunk: int = 8192
-    edge_correction: bool = True        #: de-shrink log_age and [M/H] at the grid edges (training._edges)
-    n_calib: int = 40000                #: calibration spectra (own seeds) the edge tables are fitted on
-    edge_min_snr: float = 20.0          #: S/N per Angstrom below which the edge correction fades out
+    edge_correction: bool = True  #: de-shrink log_age and [M/H] at the grid edges (training._edges)
+    n_calib: int = 40000  #: calibration spectra (own seeds) the edge tables are fitted on
+    edge_min_snr: float = 20.0  #: S/N per Angstrom below which the edge correction fades out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
@@ -158,7 +163,7 @@ class _Epochs:
         starts = np.arange(0, len(data), batch)
         rng.shuffle(starts)
         order = np.concatenate([np.arange(s, min(s + batch, len(data))) for s in starts])
-        self.chunks = [order[i:i + cfg.chunk] for i in range(0, len(order), cfg.chunk)]
+        self.chunks = [order[i : i + cfg.chunk] for i in range(0, len(order), cfg.chunk)]
         self.rng = rng
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._produce, daemon=True)
@@ -189,21 +194,23 @@ def make_reconstructor(lib: SSPLibrary, spec: InputSpec, ts: TrainsetConfig) -> 
     return Reconstructor.from_synthesiser(synth, model_rest)
 
 
-def _physical(values: torch.Tensor, names: list[str], mean: torch.Tensor, std: torch.Tensor, name: str,
-              default: float, low: float) -> torch.Tensor:
+def _physical(
+    values: torch.Tensor, names: list[str], mean: torch.Tensor, std: torch.Tensor, name: str, default: float, low: float
+) -> torch.Tensor:
     if name not in names:
         return torch.full_like(values[:, 0], default)
     i = names.index(name)
     return (values[:, i] * std[i] + mean[i]).clamp(min=low)
 
 
-def _predict_raw(net: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 2048
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _predict_raw(
+    net: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     net.eval()
     means, logvars, feats = [], [], []
     with torch.inference_mode():
         for s in range(0, x.shape[0], batch):
-            m, lv, f, _ = net(torch.from_numpy(x[s:s + batch]).to(device))
+            m, lv, f, _ = net(torch.from_numpy(x[s : s + batch]).to(device))
             means.append(m.float().cpu().numpy())
             logvars.append(lv.float().cpu().numpy())
             feats.append(f.float().cpu().numpy())
@@ -253,8 +260,9 @@ def _novelty_statistics(net, train_set, val_feats: np.ndarray, cfg: TrainConfig,
     return novelty_stats(feats, val_feats, cfg.ood_quantile)
 
 
-def novelty_stats(feats_ref: np.ndarray, feats_val: np.ndarray, quantile: float
-                  ) -> tuple[np.ndarray, np.ndarray, float]:
+def novelty_stats(
+    feats_ref: np.ndarray, feats_val: np.ndarray, quantile: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(feature mean, precision, threshold): the mean and (lightly regularised) precision of the
     reference features, and the ``quantile`` of the validation features' Mahalanobis score / sqrt(dim)."""
     feat_mean = feats_ref.mean(axis=0)
@@ -266,9 +274,11 @@ def novelty_stats(feats_ref: np.ndarray, feats_val: np.ndarray, quantile: float
     return feat_mean, prec, float(np.quantile(scores, quantile))
 
 
-_EDGE_NOTE = ("median prediction (table[i][j]) of true value true[j] at noise level noise[i] (1 / median S/N "
-              "per pixel of the model input), from "
-              "calibration spectra of their own seed; outputs are this curve inverted (survey_proc.training._edges)")
+_EDGE_NOTE = (
+    "median prediction (table[i][j]) of true value true[j] at noise level noise[i] (1 / median S/N "
+    "per pixel of the model input), from "
+    "calibration spectra of their own seed; outputs are this curve inverted (survey_proc.training._edges)"
+)
 
 
 def _fit_edge_tables(exported: ExportedModel, cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec) -> dict:
@@ -284,19 +294,28 @@ def _fit_edge_tables(exported: ExportedModel, cfg: TrainConfig, lib: SSPLibrary,
     preds: dict[str, list] = {}
     for k, family in enumerate(FAMILIES):
         # S/N over the training range; no noiseless spectra (they would fill the smallest-noise bin)
-        ts = dataclasses.replace(heldout_config(cfg.trainset, family, cfg.n_calib // len(FAMILIES),
-                                                cfg.trainset.seed + 1_500_007 + k), noiseless_fraction=0.0)
+        ts = dataclasses.replace(
+            heldout_config(cfg.trainset, family, cfg.n_calib // len(FAMILIES), cfg.trainset.seed + 1_500_007 + k),
+            noiseless_fraction=0.0,
+        )
         calib = synthesise(ts, lib, spec)
         x, flags, snr = make_inputs(calib, np.random.default_rng([cfg.seed, 97, k]), ts, spec)
-        fitted = (flags & int(NOT_FITTED)) == 0   # spectra the engine would not fit do not calibrate
+        fitted = (flags & int(NOT_FITTED)) == 0  # spectra the engine would not fit do not calibrate
         xt = torch.from_numpy(x[fitted])
         with torch.inference_mode():
-            outs = [exported(xt[s:s + 2048]) for s in range(0, xt.shape[0], 2048)]
+            outs = [exported(xt[s : s + 2048]) for s in range(0, xt.shape[0], 2048)]
             noise = noise_level(xt, *exported_noise_channels(spec)).numpy()
         for n in names:
             true = calib.labels[fitted, list(calib.label_names).index(n)]
-            preds.setdefault(n, []).append((torch.cat([o[n] for o in outs]).numpy(), true, noise, snr[fitted],
-                                            torch.cat([o[n + "_err"] for o in outs]).numpy()))
+            preds.setdefault(n, []).append(
+                (
+                    torch.cat([o[n] for o in outs]).numpy(),
+                    true,
+                    noise,
+                    snr[fitted],
+                    torch.cat([o[n + "_err"] for o in outs]).numpy(),
+                )
+            )
     # (pred, true, noise, snr, err) per family -> pooled arrays
     tables = {}
     for n, parts in preds.items():
@@ -321,8 +340,9 @@ def optimiser_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch
     return float(loss.detach())
 
 
-def resume_state(ckpt_path: Path, net: torch.nn.Module, opt, sched, digest: str, device: torch.device,
-                 say: Callable[..., None]) -> dict:
+def resume_state(
+    ckpt_path: Path, net: torch.nn.Module, opt, sched, digest: str, device: torch.device, say: Callable[..., None]
+) -> dict:
     """The loop state: fresh, or from ``ckpt_path`` (weights, optimiser, schedule restored in place)
     when that checkpoint was written for the configuration of this ``digest``."""
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": -1, "history": [], "stale": 0}
@@ -339,15 +359,34 @@ def resume_state(ckpt_path: Path, net: torch.nn.Module, opt, sched, digest: str,
     return state
 
 
-def end_epoch(state: dict, label: str, train_loss: float, val_loss: float, seconds: float, samples: int,
-              unit: str, net: torch.nn.Module, opt, sched, digest: str, out: Path,
-              say: Callable[..., None]) -> None:
+def end_epoch(
+    state: dict,
+    label: str,
+    train_loss: float,
+    val_loss: float,
+    seconds: float,
+    samples: int,
+    unit: str,
+    net: torch.nn.Module,
+    opt,
+    sched,
+    digest: str,
+    out: Path,
+    say: Callable[..., None],
+) -> None:
     """After an epoch of ``samples`` in ``seconds`` (``sched`` already stepped): history, best weights
     (``out/best.pt``), early-stopping count, a log line, the checkpoint (written atomically), loss curve."""
     epoch = state["epoch"] + 1
     state["epoch"] = epoch
-    state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                             "seconds": seconds, "lr": sched.get_last_lr()[0]})
+    state["history"].append(
+        {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "seconds": seconds,
+            "lr": sched.get_last_lr()[0],
+        }
+    )
     if val_loss < state["best_val"]:
         state.update(best_val=val_loss, best_epoch=epoch, stale=0)
         torch.save(net.state_dict(), out / "best.pt")
@@ -356,8 +395,16 @@ def end_epoch(state: dict, label: str, train_loss: float, val_loss: float, secon
     say(f"{label}: train {train_loss:.4f}  val {val_loss:.4f}  ({samples / seconds:.0f} {unit})")
     ckpt_path = out / "checkpoint.pt"
     tmp = ckpt_path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "state": state, "config_digest": digest}, tmp)
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "state": state,
+            "config_digest": digest,
+        },
+        tmp,
+    )
     os.replace(tmp, ckpt_path)
     _plot_history(state["history"], out / "loss_curve.png")
 
@@ -403,8 +450,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     mean_t, std_t = torch.tensor(label_mean, device=device), torch.tensor(label_std, device=device)
 
     n_grid = lib.metal.size * lib.log_age.size if cfg.predicts_weights else 0
-    net = build(cfg.arch, len(spec.channels), spec.wave.size, len(names), n_weights=n_grid,
-                **cfg.arch_kwargs).to(device)
+    net = build(cfg.arch, len(spec.channels), spec.wave.size, len(names), n_weights=n_grid, **cfg.arch_kwargs).to(
+        device
+    )
     recon = make_reconstructor(lib, spec, ts).to(device) if (cfg.recon_loss > 0 or cfg.reconstruct) else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -427,19 +475,22 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
             bar = tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="spec", leave=False)
         for xc, yc, wc in _Epochs(train_set, cfg, spec, y_train, epoch):
             for s in range(0, xc.shape[0], cfg.batch_size):
-                xb = torch.from_numpy(xc[s:s + cfg.batch_size]).to(device, non_blocking=True)
-                yb = torch.from_numpy(yc[s:s + cfg.batch_size]).to(device, non_blocking=True)
+                xb = torch.from_numpy(xc[s : s + cfg.batch_size]).to(device, non_blocking=True)
+                yb = torch.from_numpy(yc[s : s + cfg.batch_size]).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     mean, log_var, _, weights = net(xb)
                 mean, log_var, weights = mean.float(), log_var.float(), weights.float()
                 loss = gaussian_nll(mean, log_var, yb)
                 if cfg.weight_loss > 0:
-                    wb = torch.from_numpy(wc[s:s + cfg.batch_size]).to(device, non_blocking=True)
+                    wb = torch.from_numpy(wc[s : s + cfg.batch_size]).to(device, non_blocking=True)
                     loss = loss + cfg.weight_loss * grid_cross_entropy(weights, wb)
                 if cfg.recon_loss > 0 and recon is not None:
-                    model = recon(weights, _physical(mean, names, mean_t, std_t, "av", 0.0, 0.0),
-                                  _physical(mean, names, mean_t, std_t, "velocity", 0.0, -1e4),
-                                  _physical(mean, names, mean_t, std_t, "sigma", 100.0, 1.0))
+                    model = recon(
+                        weights,
+                        _physical(mean, names, mean_t, std_t, "av", 0.0, 0.0),
+                        _physical(mean, names, mean_t, std_t, "velocity", 0.0, -1e4),
+                        _physical(mean, names, mean_t, std_t, "sigma", 100.0, 1.0),
+                    )
                     chi2, _ = reduced_chi2(xb, model)
                     loss = loss + cfg.recon_loss * torch.log1p(chi2).mean()
                 losses.append(optimiser_step(net, opt, loss))
@@ -452,8 +503,21 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
         sched.step()
         m, lv, _ = _predict_raw(net, x_val, device)
         val_loss = float(gaussian_nll(torch.from_numpy(m), torch.from_numpy(lv), torch.from_numpy(y_val)))
-        end_epoch(state, f"epoch {epoch + 1}", float(np.mean(losses)), val_loss, time.perf_counter() - t_ep, seen,
-                  "spectra/s", net, opt, sched, cfg.digest(), out, say)
+        end_epoch(
+            state,
+            f"epoch {epoch + 1}",
+            float(np.mean(losses)),
+            val_loss,
+            time.perf_counter() - t_ep,
+            seen,
+            "spectra/s",
+            net,
+            opt,
+            sched,
+            cfg.digest(),
+            out,
+            say,
+        )
 
     net.load_state_dict(torch.load(best_path, map_location=device))
     net = net.cpu().eval()
@@ -462,53 +526,115 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     m, lv, feats_val = _predict_raw(net, x_val, torch.device("cpu"))
     err_scale = np.quantile(np.abs(m - y_val) / np.exp(0.5 * lv), 0.6827, axis=0)
     feat_mean, prec, ood_threshold = _novelty_statistics(net, train_set, feats_val, cfg, spec)
-    exported = ExportedModel(net, names, torch.tensor(label_mean), torch.tensor(label_std), torch.tensor(feat_mean),
-                             torch.tensor(prec), torch.tensor(err_scale),
-                             recon if cfg.reconstruct else None, (lib.metal.size, lib.log_age.size),
-                             noise_channels=exported_noise_channels(spec) if "error" in spec.channels else (0, 0, -1))
+    exported = ExportedModel(
+        net,
+        names,
+        torch.tensor(label_mean),
+        torch.tensor(label_std),
+        torch.tensor(feat_mean),
+        torch.tensor(prec),
+        torch.tensor(err_scale),
+        recon if cfg.reconstruct else None,
+        (lib.metal.size, lib.log_age.size),
+        noise_channels=exported_noise_channels(spec) if "error" in spec.channels else (0, 0, -1),
+    )
     edge_tables = _fit_edge_tables(exported, cfg, lib, spec) if cfg.edge_correction else {}
     exported.set_edge_tables(edge_tables)
-    rules: list[dict] = [{"output": "ood_score", "threshold": ood_threshold,
-                          "meaning": f"feature Mahalanobis score above the {cfg.ood_quantile:.1%} quantile of "
-                                     "validation spectra"}]
+    rules: list[dict] = [
+        {
+            "output": "ood_score",
+            "threshold": ood_threshold,
+            "meaning": f"feature Mahalanobis score above the {cfg.ood_quantile:.1%} quantile of validation spectra",
+        }
+    ]
     outputs = {n: {**property_attrs(n), "error": True} for n in names}
     if cfg.reconstruct:
         with torch.inference_mode():
-            chi2_val = np.concatenate([exported(torch.from_numpy(x_val[s:s + 2048]))["chi2"].numpy()
-                                       for s in range(0, x_val.shape[0], 2048)])
-        rules.append({"output": "chi2", "threshold": float(np.quantile(chi2_val, cfg.ood_quantile)),
-                      "meaning": f"reduced chi2 of the rebuilt spectrum above the {cfg.ood_quantile:.1%} quantile "
-                                 "of validation spectra"})
-        outputs["weights"] = {**property_attrs("weights"), "dims": ["age", "metal"],
-                              "coords": {"age": lib.log_age.tolist(), "metal": lib.metal.tolist()}}
+            chi2_val = np.concatenate(
+                [
+                    exported(torch.from_numpy(x_val[s : s + 2048]))["chi2"].numpy()
+                    for s in range(0, x_val.shape[0], 2048)
+                ]
+            )
+        rules.append(
+            {
+                "output": "chi2",
+                "threshold": float(np.quantile(chi2_val, cfg.ood_quantile)),
+                "meaning": f"reduced chi2 of the rebuilt spectrum above the {cfg.ood_quantile:.1%} quantile "
+                "of validation spectra",
+            }
+        )
+        outputs["weights"] = {
+            **property_attrs("weights"),
+            "dims": ["age", "metal"],
+            "coords": {"age": lib.log_age.tolist(), "metal": lib.metal.tolist()},
+        }
         outputs["chi2"] = property_attrs("chi2")
-    bundle = _export(exported, out, cfg, spec, lib, outputs, rules, {
-        "config": asdict(cfg), "config_digest": cfg.digest(), "trainset_hash": ts.digest(lib, spec),
-        "ssp_library": lib.provenance.get("source"), "n_train": len(train_set), "n_val": len(val_set),
-        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "uncertainty_scale": err_scale.tolist(),
-        "edge_correction": {"note": _EDGE_NOTE, **{n: t.to_manifest() for n, t in edge_tables.items()}}
-        if edge_tables else None,
-        "parameters": int(sum(p.numel() for p in net.parameters())), "device": str(device),
-        "seconds": time.perf_counter() - t0,  # this invocation (a resumed run: calibration and export only)
-        "epoch_seconds": float(sum(h["seconds"] for h in state["history"]))})
+    bundle = _export(
+        exported,
+        out,
+        cfg,
+        spec,
+        lib,
+        outputs,
+        rules,
+        {
+            "config": asdict(cfg),
+            "config_digest": cfg.digest(),
+            "trainset_hash": ts.digest(lib, spec),
+            "ssp_library": lib.provenance.get("source"),
+            "n_train": len(train_set),
+            "n_val": len(val_set),
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "uncertainty_scale": err_scale.tolist(),
+            "edge_correction": {"note": _EDGE_NOTE, **{n: t.to_manifest() for n, t in edge_tables.items()}}
+            if edge_tables
+            else None,
+            "parameters": int(sum(p.numel() for p in net.parameters())),
+            "device": str(device),
+            "seconds": time.perf_counter() - t0,  # this invocation (a resumed run: calibration and export only)
+            "epoch_seconds": float(sum(h["seconds"] for h in state["history"])),
+        },
+    )
 
     with dask.config.set({"survey-proc.run.cpu-precision": "float32"}):  # the reference numbers
-        metrics = evaluate(str(bundle), snrs=cfg.test_snr, n=cfg.n_test, seed=ts.seed + 2_000_003, lib=lib,
-                           png=out / "heldout_predicted_vs_true.png", progress=False)
+        metrics = evaluate(
+            str(bundle),
+            snrs=cfg.test_snr,
+            n=cfg.n_test,
+            seed=ts.seed + 2_000_003,
+            lib=lib,
+            png=out / "heldout_predicted_vs_true.png",
+            progress=False,
+        )
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
-    manifest["metrics"] = {"held_out": metrics, "note": (
-        f"{cfg.n_test} spectra per family (1-3 SSP mixtures; continuous SFHs) synthesised with a seed never "
-        "used in training or validation, scored with the exported TorchScript file through the engine's "
-        "preprocessing, in float32 (`survey-proc evaluate` scores the precision a run would use)")}
+    manifest["metrics"] = {
+        "held_out": metrics,
+        "note": (
+            f"{cfg.n_test} spectra per family (1-3 SSP mixtures; continuous SFHs) synthesised with a seed never "
+            "used in training or validation, scored with the exported TorchScript file through the engine's "
+            "preprocessing, in float32 (`survey-proc evaluate` scores the precision a run would use)"
+        ),
+    }
     (bundle / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=float))
-    (out / "metrics.json").write_text(json.dumps({"held_out": metrics, "history": state["history"]}, indent=2,
-                                                 default=float))
+    (out / "metrics.json").write_text(
+        json.dumps({"held_out": metrics, "history": state["history"]}, indent=2, default=float)
+    )
     say(f"bundle written to {bundle}")
     return bundle
 
 
-def _export(exported: ExportedModel, out: Path, cfg: TrainConfig, spec: InputSpec, lib: SSPLibrary,
-            outputs: dict, rules: list[dict], training: dict) -> Path:
+def _export(
+    exported: ExportedModel,
+    out: Path,
+    cfg: TrainConfig,
+    spec: InputSpec,
+    lib: SSPLibrary,
+    outputs: dict,
+    rules: list[dict],
+    training: dict,
+) -> Path:
     """Script the model, write model.pt and its manifest into ``out/bundle``."""
     from survey_proc import __version__
     from survey_proc._fetch import sha256_of
@@ -518,10 +644,18 @@ def _export(exported: ExportedModel, out: Path, cfg: TrainConfig, spec: InputSpe
     model_path = bundle / "model.pt"
     torch.jit.script(exported).save(str(model_path))
     manifest = {
-        "format": BUNDLE_FORMAT, "name": cfg.name, "description": cfg.description,
-        "estimator": "torchscript", "file": "model.pt", "sha256": sha256_of(model_path),
-        "input": spec.to_manifest(), "outputs": outputs, "flags": {"OUT_OF_DISTRIBUTION": rules},
-        "min_snr": cfg.min_snr, "batch_size": 1024, "training": training,
+        "format": BUNDLE_FORMAT,
+        "name": cfg.name,
+        "description": cfg.description,
+        "estimator": "torchscript",
+        "file": "model.pt",
+        "sha256": sha256_of(model_path),
+        "input": spec.to_manifest(),
+        "outputs": outputs,
+        "flags": {"OUT_OF_DISTRIBUTION": rules},
+        "min_snr": cfg.min_snr,
+        "batch_size": 1024,
+        "training": training,
         "software": f"survey-proc {__version__}, torch {torch.__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
