@@ -110,7 +110,7 @@ def sample_cube(cube: Path, out: Path, n: int, regions: int = 4) -> Path:
     (catalogues: every k-th object)."""
     import xarray as xr
 
-    from survey_proc.stores._cube import consolidate, cube_compressors
+    from survey_proc.stores import consolidate, cube_compressors
 
     ds = xr.open_zarr(cube, consolidated=False)
     has_truth = (cube / "truth").exists()
@@ -149,7 +149,7 @@ def bench_cluster(workers: int, env: dict | None = None):
     """A warm LocalCluster made exactly as the engine makes it (one thread per worker); yields its client."""
     from distributed import Client
 
-    from survey_proc.cluster._local import local_cluster
+    from survey_proc.cluster import local_cluster
 
     cluster = local_cluster(workers, 1, **({"env": env} if env else {}))
     try:

@@ -31,8 +31,8 @@ class NullModel(torch.nn.Module):
 
 def null_bundle(model: str | Path, folder: Path) -> Path:
     """Write the null bundle of ``model`` (a bundle path or packaged name) into ``folder``."""
-    from survey_proc._fetch import sha256_of
     from survey_proc.estimators import load_manifest
+    from survey_proc.fetch import sha256_of
 
     manifest = load_manifest(model)
     shapes: dict[str, list[int]] = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from survey_proc._figures import save_figure
+from survey_proc.figures import save_figure
 
 MODELS = {
     "narrowband": {
@@ -51,9 +51,9 @@ def evaluate(model: str, n: int, work: Path, seed: int, cluster: str) -> dict:
     from survey_proc.analysis import gradient_report
     from survey_proc.engine import RunConfig, run
     from survey_proc.ssp import load_filters, load_ssp_library
-    from survey_proc.stores._maps import robust_sigma
+    from survey_proc.stores import robust_sigma
     from survey_proc.synth import write_mock_photometry
-    from survey_proc.training._galaxies import GalaxySetConfig, draw_mock_config
+    from survey_proc.training import GalaxySetConfig, draw_mock_config
 
     spec = MODELS[model]
     lib = load_ssp_library()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from survey_proc._figures import save_figure
+from survey_proc.figures import save_figure
 
 PROPS = ("log_age", "metallicity", "av", "sigma", "velocity")
 

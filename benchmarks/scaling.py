@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from throughput import machine
 
-from survey_proc._figures import save_figure
+from survey_proc.figures import save_figure
 
 
 def _peak_rss_mb() -> float:

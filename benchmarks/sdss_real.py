@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from survey_proc._figures import save_figure
+from survey_proc.figures import save_figure
 
 C_KMS = 299792.458
 PROPS = ("log_age", "metallicity", "ebv", "sigma")
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from survey_proc.engine import RunConfig, run
     from survey_proc.ssp import load_ssp_library
-    from survey_proc.stores import ingest_sdss_spectra, open_spectral_store
-    from survey_proc.stores._examples import sdss_spectra
+    from survey_proc.stores import ingest_sdss_spectra, open_spectral_store, sdss_spectra
 
     out_json = Path(args.json)
     out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def default_chunk(nx: int, ny: int) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from survey_proc.stores._fits import ingest_muse_fits
+    from survey_proc.stores import ingest_muse_fits
 
     info = ingest_muse_fits(
         args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm, chunk=args.chunk, progress=not args.quiet
@@ -125,7 +125,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest_spectra(args: argparse.Namespace) -> int:
-    from survey_proc.stores._sdss import ingest_sdss_spectra
+    from survey_proc.stores import ingest_sdss_spectra
 
     info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=args.chunk, progress=not args.quiet)
     print(
@@ -138,7 +138,7 @@ def cmd_ingest_spectra(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_bins(args: argparse.Namespace) -> int:
-    from survey_proc.training._evaluate_bins import evaluate_held_out
+    from survey_proc.training import evaluate_held_out
 
     evaluate_held_out(args.model, args.out, n_per_class=args.n, seed=args.seed, progress=not args.quiet)
     print(
@@ -150,7 +150,7 @@ def cmd_evaluate_bins(args: argparse.Namespace) -> int:
 
 def cmd_example(args: argparse.Namespace) -> int:
     if args.name == "sdss-spectra":
-        from survey_proc.stores._examples import sdss_spectra
+        from survey_proc.stores import sdss_spectra
 
         paths = sdss_spectra()
         print(" ".join(str(p) for p in paths))
@@ -159,7 +159,7 @@ def cmd_example(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    from survey_proc.stores._examples import MINICUBE_REDSHIFT, muse_minicube
+    from survey_proc.stores import MINICUBE_REDSHIFT, muse_minicube
 
     path = muse_minicube()
     print(path)
@@ -385,13 +385,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     raw = read_yaml(args.config)
     if raw.get("kind", "spectrum") in ("sed", "image"):  # photometric models, trained on mock galaxies
-        from survey_proc.training._photometric import PhotTrainConfig as Config
-        from survey_proc.training._photometric import train_photometric as train
+        from survey_proc.training import PhotTrainConfig as Config
+        from survey_proc.training import train_photometric as train
 
         store = "PHOTOMETRY.zarr"
     else:
-        from survey_proc.training._train import TrainConfig as Config
-        from survey_proc.training._train import train
+        from survey_proc.training import TrainConfig as Config
+        from survey_proc.training import train
 
         store = "CUBE.zarr"
     cfg = Config.from_dict(raw)
@@ -480,8 +480,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_trainset(args: argparse.Namespace) -> int:
     from survey_proc.ssp import load_ssp_library
-    from survey_proc.training._dataset import write_trainset
-    from survey_proc.training._train import INPUT_PRESETS, TrainConfig
+    from survey_proc.training import INPUT_PRESETS, TrainConfig, write_trainset
 
     cfg = TrainConfig.from_yaml(args.config)
     t0 = time.perf_counter()
@@ -497,7 +496,7 @@ def cmd_trainset(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from survey_proc.training._evaluate import evaluate, write_json
+    from survey_proc.training import evaluate, write_json
 
     snrs = [float(v) for v in args.snr.split(",")]
     png = args.png or (Path(args.json).with_suffix(".png") if args.json else Path("evaluate_predicted_vs_true.png"))

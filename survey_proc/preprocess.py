@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from survey_proc import _prepare_fused
-from survey_proc.ssp._instrument import log_wave_grid
-from survey_proc.stores._maps import Flag
+from survey_proc.ssp import log_wave_grid
+from survey_proc.stores import Flag
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class Prepared:
 
     @property
     def fit(self) -> np.ndarray:
-        from survey_proc.stores._maps import NOT_FITTED
+        from survey_proc.stores import NOT_FITTED
 
         return (self.flags & int(NOT_FITTED)) == 0
 

@@ -27,14 +27,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from survey_proc.preprocess import Prepared, fill_gaps, masked_median
-from survey_proc.stores._maps import Flag
+from survey_proc.stores import Flag
 
 
 def select_bands(
     flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequence[str], bands: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flux, var, bad) of the model's ``bands`` (n, nband) picked by name from the store's ``axis``."""
-    from survey_proc.stores._photometry import band_index
+    from survey_proc.stores import band_index
 
     idx = band_index([str(a) for a in axis], bands)
     f = np.asarray(flux, np.float32)[:, idx]
@@ -71,7 +71,7 @@ def band_snr(flux: np.ndarray, var: np.ndarray, bad: np.ndarray) -> np.ndarray:
 def _check_bands(ds: Any, bands: Sequence[str], pivot: Sequence[float], path: str, model: str) -> None:
     """CubeError unless ``ds`` has every band, with pivot wavelengths within 1 % of the model's."""
     from survey_proc.errors import CubeError
-    from survey_proc.stores._photometry import band_index
+    from survey_proc.stores import band_index
 
     if "band" not in ds.dims:
         raise CubeError(f"{path} has no 'band' dim: model {model} reads a photometric store")

@@ -10,8 +10,7 @@ import dask
 import pytest
 import yaml
 
-from survey_proc.cluster import cluster_kind, job_script, make_client
-from survey_proc.cluster._jobqueue import GPU_RESOURCE, GPU_TASK
+from survey_proc.cluster import GPU_RESOURCE, GPU_TASK, cluster_kind, job_script, make_client
 from survey_proc.errors import SurveyProcError
 
 PACKAGED = Path(__file__).parents[1] / "survey_proc" / "cluster"
@@ -98,7 +97,7 @@ def test_local_cuda_without_dask_cuda_says_what_to_install():
 
 
 def test_gpu_workers_share_the_cores_among_them():
-    from survey_proc.cluster._cuda import gpu_worker_threads
+    from survey_proc.cluster import gpu_worker_threads
 
     assert gpu_worker_threads("auto", 16, 1) == 16  # one GPU: every core feeds it
     assert gpu_worker_threads(None, 16, 4) == 4
@@ -147,7 +146,7 @@ def test_cli_prints_the_job_script(jobqueue):
 
 
 def test_gpu_batch_size_from_free_memory():
-    from survey_proc.estimators._torchscript import gpu_batch_size
+    from survey_proc.estimators import gpu_batch_size
 
     # 80 GB free, half of it, 200 kB per spectrum -> 200,000 -> largest power of two 131072, capped
     assert gpu_batch_size(80e9, 2e5, 0.5, 1024, 65536) == 65536
@@ -162,7 +161,7 @@ def test_gpu_settings_read_as_meant():
     import torch
 
     from survey_proc.cluster._cuda import _visible_gpus
-    from survey_proc.estimators._torchscript import is_out_of_memory
+    from survey_proc.estimators import is_out_of_memory
 
     assert _visible_gpus(0, None) == 1 and _visible_gpus("0,1", None) == 2 and _visible_gpus(None, 3) == 3
     assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
@@ -171,7 +170,7 @@ def test_gpu_settings_read_as_meant():
 
 
 def test_gpu_pinned_buffer_fits_the_chunks_not_the_batch():
-    from survey_proc.estimators._torchscript import pinned_rows
+    from survey_proc.estimators import pinned_rows
 
     assert pinned_rows(1024, 65536) == 1024  # a region of 1,024 spectra pins 1,024 rows, not 65,536
     assert pinned_rows(1000, 65536) == 1024
@@ -186,8 +185,7 @@ def test_photometric_models_keep_their_batch_on_a_gpu(model):
     (Decided before any CUDA call, so it is checked here on a CPU.)"""
     import torch
 
-    from survey_proc.estimators import load_manifest
-    from survey_proc.estimators._torchscript import batch_size_for
+    from survey_proc.estimators import batch_size_for, load_manifest
 
     manifest = load_manifest(model)
     with dask.config.set({"survey-proc.gpu.batch-size": "auto"}):
@@ -211,7 +209,7 @@ def test_local_workers_start_with_our_settings():
     worker, as configured."""
     from distributed import Client
 
-    from survey_proc.cluster._local import local_cluster
+    from survey_proc.cluster import local_cluster
 
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         settings = set(client.run(_worker_settings).values())
@@ -225,7 +223,7 @@ def _zarr_threads():
 
 
 def _limited_pool(opts) -> int | None:
-    from survey_proc.engine._region import limit_io_threads
+    from survey_proc.engine import limit_io_threads
 
     limit_io_threads(opts)
     return _zarr_threads()
@@ -247,8 +245,8 @@ def test_worker_setup_sizes_the_zarr_decoding_pool():
     import zarr
     from distributed import Client
 
-    from survey_proc.cluster._local import local_cluster
-    from survey_proc.engine._region import RegionOptions, limit_io_threads
+    from survey_proc.cluster import local_cluster
+    from survey_proc.engine import RegionOptions, limit_io_threads
 
     with local_cluster(2, 1) as cluster, Client(cluster) as client:
         opts = RegionOptions(cube="c.zarr", out="m.zarr", model="default", redshift=0.0, min_snr=5.0, threads=1)

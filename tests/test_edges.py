@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from survey_proc.training._edges import apply_edge_table, fit_edge_table
+from survey_proc.training import apply_edge_table, fit_edge_table
 
 
 def _shrinking_estimator(n: int, seed: int):
@@ -81,7 +81,7 @@ def test_a_flat_stretch_at_one_edge_does_not_shift_the_middle():
 
 
 def test_noise_level_is_one_over_the_median_snr_of_unmasked_pixels():
-    from survey_proc.training._edges import noise_level
+    from survey_proc.training import noise_level
 
     x = torch.zeros(3, 3, 100)
     x[:, 0] = 1.0
@@ -131,8 +131,7 @@ def test_the_shipped_model_is_less_biased_at_the_grid_edges_with_its_tables(ssp_
     import dataclasses
 
     from survey_proc.estimators import read_manifest, resolve_model
-    from survey_proc.training._dataset import make_inputs, synthesise, trainset_from_record
-    from survey_proc.training._evaluate import heldout_config
+    from survey_proc.training import heldout_config, make_inputs, synthesise, trainset_from_record
 
     manifest = read_manifest(resolve_model("muse-7100"))
     tcfg = trainset_from_record(manifest.raw["training"]["config"]["trainset"])

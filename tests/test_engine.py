@@ -131,7 +131,7 @@ def test_corrupt_or_missing_model_file(mock16, tmp_path, default_bundle):
     import json
 
     (bundle / "model.pt").write_bytes(b"not a torchscript archive")
-    from survey_proc._fetch import sha256_of
+    from survey_proc.fetch import sha256_of
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["sha256"] = sha256_of(bundle / "model.pt")
@@ -266,8 +266,7 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
     """verify re-reads the outputs a strip of regions at a time (here or on the workers); a region
     whose stored values changed after its CRC-32 was recorded, and one without its marker, are
     named; the others pass."""
-    from survey_proc.engine._run import verify
-    from survey_proc.engine._template import make_regions, output_variables
+    from survey_proc.engine import make_regions, output_variables, verify
     from survey_proc.estimators import load_manifest
 
     out = tmp_path / "m.zarr"
@@ -283,7 +282,7 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
     assert verify(str(out), regions, names) == expected
     from distributed import Client
 
-    from survey_proc.cluster._local import local_cluster
+    from survey_proc.cluster import local_cluster
 
     with local_cluster(2, 1) as cluster, Client(cluster) as client:  # the strips read on the workers
         assert verify(str(out), regions, names, client) == expected
@@ -297,8 +296,7 @@ def test_verification_finds_a_changed_or_unmarked_region(mock16, tmp_path):
 
 
 def test_a_region_that_does_not_read_back_as_written_stays_unmarked(mock16, tmp_path):
-    from survey_proc.engine import region_checksum
-    from survey_proc.engine._region import RegionWriteError, write_region_outputs
+    from survey_proc.engine import RegionWriteError, region_checksum, write_region_outputs
 
     out = tmp_path / "m.zarr"
     run(RunConfig(cube=str(mock16), out=str(out), cluster="none", progress=False))

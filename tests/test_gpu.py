@@ -49,8 +49,7 @@ def test_gpu_batches_split_and_join(default_bundle):
     comes back in order, as one pass would give it."""
     import dask.config
 
-    from survey_proc.estimators import load_manifest
-    from survey_proc.estimators._torchscript import TorchScriptEstimator
+    from survey_proc.estimators import TorchScriptEstimator, load_manifest
 
     x = _spectra(default_bundle, 300)
     manifest = load_manifest(str(default_bundle))

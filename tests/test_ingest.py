@@ -8,9 +8,7 @@ import xarray as xr
 from astropy.io import fits
 
 from survey_proc.errors import CubeError
-from survey_proc.stores import open_cube
-from survey_proc.stores._examples import MINICUBE_REDSHIFT, muse_minicube
-from survey_proc.stores._fits import ingest_muse_fits
+from survey_proc.stores import MINICUBE_REDSHIFT, ingest_muse_fits, muse_minicube, open_cube
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ import xarray as xr
 import zarr
 from conftest import robust_sigma
 
-from survey_proc.engine import RunConfig, run
-from survey_proc.engine._region import halo_window
-from survey_proc.engine._template import Region
+from survey_proc.engine import Region, RunConfig, halo_window, run
 from survey_proc.errors import CubeError, ModelError
 from survey_proc.ssp import load_filters
 from survey_proc.synth import GalaxyParams, MockConfig, write_mock_photometry
@@ -183,7 +181,7 @@ def test_object_catalogue_of_band_fluxes_gives_the_same_estimates(jpas_mock, tmp
 def test_photometric_trainers_train_export_and_run_through_the_engine(kind, jpas_mock, ssp_lib, tmp_path):
     """`survey-proc train` for both photometric kinds at toy size: galaxies drawn, trained, calibrated,
     exported as TorchScript, scored on test galaxies, and the bundle runs through the engine unchanged."""
-    from survey_proc.training._photometric import PhotTrainConfig, train_photometric
+    from survey_proc.training import PhotTrainConfig, train_photometric
 
     if kind == "sed":
         cfg = PhotTrainConfig.from_dict(

@@ -11,6 +11,7 @@ from survey_proc.errors import CubeError
 from survey_proc.ssp import EMILES_FWHM, load_filters
 from survey_proc.stores import create_photometry_store, open_photometry_store
 from survey_proc.synth import (
+    C_ANGSTROM_S,
     MockConfig,
     PhotometrySynthesiser,
     Synthesiser,
@@ -23,7 +24,6 @@ from survey_proc.synth import (
     write_mock,
     write_mock_photometry,
 )
-from survey_proc.synth._photometry import C_ANGSTROM_S
 
 WAVE = np.arange(2800.0, 11500.0, 0.7)
 

@@ -35,7 +35,7 @@ def test_packaged_configuration_matches_the_model_inputs(ssp_lib, ppxf, model):
 
 
 def test_templates_are_light_normalised_and_lsf_matched(ssp_lib):
-    from survey_proc.estimators._ppxf import prepare_templates
+    from survey_proc.estimators import prepare_templates
     from survey_proc.ssp import LIGHT_WINDOW, log_wave_grid
 
     lam = log_wave_grid(4700.0, 7200.0, 64.0)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from survey_proc.engine._region import _wave_and_lsf, read_arrays
+from survey_proc.engine import read_arrays
+from survey_proc.engine._region import _wave_and_lsf
 from survey_proc.errors import ModelError
-from survey_proc.estimators import _torchscript, load_manifest
-from survey_proc.estimators._torchscript import TorchScriptEstimator, cpu_precision
+from survey_proc.estimators import TorchScriptEstimator, _torchscript, cpu_precision, load_manifest
 
 
 def _estimator(precision: str, model: str = "default") -> TorchScriptEstimator:

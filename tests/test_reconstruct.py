@@ -8,8 +8,7 @@ import torch
 
 from survey_proc.ssp import muse_lsf_fwhm
 from survey_proc.synth import Synthesiser, sample_training_mixtures
-from survey_proc.training._arch import Reconstructor, reduced_chi2
-from survey_proc.training._dataset import default_muse_input
+from survey_proc.training import Reconstructor, default_muse_input, reduced_chi2
 
 
 def test_reconstructor_matches_the_synthesiser(ssp_lib):

@@ -16,9 +16,14 @@ from conftest import robust_sigma
 from survey_proc.errors import CubeError
 from survey_proc.preprocess import prepare
 from survey_proc.ssp import air_to_vacuum, sdss_lsf_fwhm, vacuum_to_air
-from survey_proc.stores import create_catalogue_store, ingest_sdss_spectra, open_spectral_store, write_region
-from survey_proc.stores._examples import sdss_spectra
-from survey_proc.training._dataset import (
+from survey_proc.stores import (
+    create_catalogue_store,
+    ingest_sdss_spectra,
+    open_spectral_store,
+    sdss_spectra,
+    write_region,
+)
+from survey_proc.training import (
     CALZETTI_RV,
     INSTRUMENTS,
     TrainsetConfig,
@@ -204,7 +209,7 @@ def test_training_spectra_put_lines_at_observed_vacuum_wavelengths(ssp_lib):
 def _synthetic_catalogue(path: Path, n: int, seed: int, ssp_lib) -> np.ndarray:
     """A catalogue store of n held-out synthetic SDSS spectra (seed never used in training); returns labels."""
     from survey_proc.estimators import load_manifest
-    from survey_proc.training._evaluate_bins import trainset_of
+    from survey_proc.training import trainset_of
 
     manifest = load_manifest("sdss-cnn")
     ts = dataclasses.replace(trainset_of(manifest.raw), n=n, seed=seed, batch=16, noiseless_fraction=0.0)

@@ -18,8 +18,7 @@ import yaml
 import zarr
 from conftest import is_chunk_key, write_small_mock
 
-from survey_proc.engine import RunConfig, read_survey, run, run_many
-from survey_proc.engine._survey import SurveyError
+from survey_proc.engine import RunConfig, SurveyError, read_survey, run, run_many
 
 
 @pytest.fixture(scope="module")

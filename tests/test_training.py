@@ -9,8 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from survey_proc.training._dataset import TrainsetConfig, default_muse_input, make_inputs, synthesise
-from survey_proc.training._train import TrainConfig, train
+from survey_proc.training import TrainConfig, TrainsetConfig, default_muse_input, make_inputs, synthesise, train
 
 
 def test_training_set_labels_cover_the_grid(ssp_lib):
@@ -77,7 +76,7 @@ def test_train_export_and_run(toy_bundle, tmp_path, mock16):
 
 
 def test_spectrum_cnn_activations():
-    from survey_proc.training._arch import SpectrumCNN
+    from survey_proc.training import SpectrumCNN
 
     relu = SpectrumCNN(3, 400, 4, widths=(4, 4, 4, 4, 4), activation="relu")
     assert any(isinstance(m, torch.nn.ReLU) for m in relu.modules())
@@ -200,9 +199,7 @@ def test_wide_input_and_weights_from_a_shorter_range_model():
     """The default's input covers rest 4750-8800 A with the red sky lines and telluric bands masked;
     its convolutions can start from a 4750-7100 A bundle (same shapes), the dense layer cannot."""
     from survey_proc.estimators import load_manifest
-    from survey_proc.training._arch import build
-    from survey_proc.training._dataset import wide_muse_input
-    from survey_proc.training._train import initial_weights
+    from survey_proc.training import build, initial_weights, wide_muse_input
 
     spec = wide_muse_input()
     assert spec.wave.size == 3241 and spec.wave[-1] == 8800.0

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc._figures import save_figure
-from survey_proc.stores._maps import robust_sigma
+from survey_proc.figures import save_figure
+from survey_proc.stores import robust_sigma
 
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
 

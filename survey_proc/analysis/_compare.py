@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc._figures import save_figure
-from survey_proc.stores._maps import robust_sigma
+from survey_proc.figures import save_figure
+from survey_proc.stores import robust_sigma
 
 #: properties compared by default, where both stores have them
 COMPARED = ("log_age", "metallicity", "av", "sigma", "velocity")
@@ -83,7 +83,7 @@ def running_difference(reference: np.ndarray, diff: np.ndarray, bins: int = 8) -
 
 def good_pixels(ds: xr.Dataset, good_only: bool = True) -> np.ndarray:
     """Pixels to compare: ``flag == 0``, or every fitted pixel when ``good_only`` is False."""
-    from survey_proc.stores._maps import NOT_FITTED
+    from survey_proc.stores import NOT_FITTED
 
     flag = np.asarray(ds["flag"].values)
     return flag == 0 if good_only else (flag & np.uint8(NOT_FITTED)) == 0
@@ -234,7 +234,7 @@ def compare_stores(
 ) -> Comparison:
     """Compare two maps stores on disk; writes ``compare.json`` and ``compare_<name>.png`` in ``out_dir``."""
     from survey_proc.errors import CubeError
-    from survey_proc.stores._maps import open_maps
+    from survey_proc.stores import open_maps
 
     a, b = open_maps(a_path), open_maps(b_path)
     for dim in ("y", "x", "object"):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc._figures import save_figure
 from survey_proc.errors import CubeError
+from survey_proc.figures import save_figure
 from survey_proc.geometry import disc_coordinates
 
 DEFAULT_GRADIENT_PROPERTIES = ("log_age", "metallicity", "av", "log_mass_surface_density")
@@ -259,7 +259,7 @@ def gradient_report(
     """Gradients of a maps store (and of a second map set: ``truth`` = the cube's truth group, or another
     maps store of the same galaxy), written as JSON and a PNG in ``out_dir`` (default: beside the maps).
     Returns the report dict (with paths)."""
-    from survey_proc.stores._maps import open_maps
+    from survey_proc.stores import open_maps
 
     maps_path = Path(maps_path)
     maps = open_maps(maps_path)
@@ -308,7 +308,7 @@ def gradient_report(
 
 
 def _open_other(maps: xr.Dataset, compare: str) -> tuple[xr.Dataset, str]:
-    from survey_proc.stores._maps import open_maps
+    from survey_proc.stores import open_maps
 
     if compare == "truth":
         cube = maps.attrs.get("cube")

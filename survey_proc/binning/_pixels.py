@@ -13,8 +13,7 @@ import xarray as xr
 import zarr
 
 from survey_proc.binning._voronoi import PIXEL_MAP, chunk_blocks
-from survey_proc.stores._cube import consolidate
-from survey_proc.stores._maps import Flag
+from survey_proc.stores import Flag, consolidate
 
 PIXEL_GROUP = "pixels"
 

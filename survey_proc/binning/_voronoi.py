@@ -27,17 +27,10 @@ import xarray as xr
 import zarr
 
 from survey_proc import config
-from survey_proc._figures import save_figure
 from survey_proc.errors import CubeError, SurveyProcError
+from survey_proc.figures import save_figure
 from survey_proc.preprocess import masked_median, snr_per_angstrom
-from survey_proc.stores._cube import (
-    CATALOGUE_DIMS,
-    SPECTRAL_DIM,
-    _stored_chunks,
-    consolidate,
-    open_spectral_store,
-    wave_attrs,
-)
+from survey_proc.stores import CATALOGUE_DIMS, SPECTRAL_DIM, consolidate, open_spectral_store, stored_chunks, wave_attrs
 
 #: the variable of a binned catalogue mapping each spaxel to its bin (-1: in no bin)
 PIXEL_MAP = "bin_id"
@@ -313,7 +306,7 @@ def bin_cube(cube_path: str | Path, out: str | Path, cfg: BinConfig | None = Non
     if Path(out).exists() and not cfg.overwrite:
         raise CubeError(f"{out} exists; pass --overwrite to replace it")
     ny, nx = cube.sizes["y"], cube.sizes["x"]
-    cy, cx = (_stored_chunks(cube["flux"]) or (ny, nx, 0))[:2]
+    cy, cx = (stored_chunks(cube["flux"]) or (ny, nx, 0))[:2]
     wave = np.asarray(cube[SPECTRAL_DIM].values, np.float64)
     redshift = float(cube.attrs.get("redshift", 0.0))
     signal, noise = measure_snr(cube_path, wave, redshift, cfg.wave_range, (cy, cx), (ny, nx))

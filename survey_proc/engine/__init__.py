@@ -1,6 +1,17 @@
 """The engine: template -> setup -> one task per region -> verification (xarray-beam style), over one cube or many."""
 
-from survey_proc.engine._region import RegionOptions, RegionResult, estimate_region, process_region, region_checksum
+from survey_proc.engine._region import (
+    RegionOptions,
+    RegionResult,
+    RegionWriteError,
+    estimate_region,
+    halo_window,
+    limit_io_threads,
+    process_region,
+    read_arrays,
+    region_checksum,
+    write_region_outputs,
+)
 from survey_proc.engine._run import (
     CubeJob,
     CubeOutcome,
@@ -24,6 +35,7 @@ __all__ = [
     "Region",
     "RegionOptions",
     "RegionResult",
+    "RegionWriteError",
     "RunConfig",
     "RunInterrupted",
     "RunSummary",
@@ -33,11 +45,14 @@ __all__ = [
     "estimate_region",
     "finish_cube",
     "format_table",
+    "halo_window",
+    "limit_io_threads",
     "make_regions",
     "maps_template",
     "output_variables",
     "prepare_cube",
     "process_region",
+    "read_arrays",
     "read_survey",
     "region_checksum",
     "run",
@@ -45,4 +60,5 @@ __all__ = [
     "run_many",
     "spatial_chunks",
     "verify",
+    "write_region_outputs",
 ]

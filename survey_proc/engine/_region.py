@@ -26,11 +26,10 @@ from zarr.core.sync import sync as zarr_sync
 from survey_proc import config
 from survey_proc.engine._template import Region, output_variables
 from survey_proc.errors import CubeError, SurveyProcError
-from survey_proc.estimators import load_estimator
-from survey_proc.estimators._base import Estimator
+from survey_proc.estimators import Estimator, load_estimator
 from survey_proc.preprocess import estimator_meta
 from survey_proc.ssp import to_medium
-from survey_proc.stores._maps import NOT_FITTED, Flag
+from survey_proc.stores import NOT_FITTED, Flag
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,8 @@ from survey_proc.engine._template import (
     spatial_chunks,
 )
 from survey_proc.errors import CubeError, SurveyProcError
-from survey_proc.estimators import load_estimator, load_manifest
-from survey_proc.estimators._base import Manifest
-from survey_proc.stores._cube import consolidate, spatial_dims
-from survey_proc.stores._inputs import open_input_store
+from survey_proc.estimators import Manifest, load_estimator, load_manifest
+from survey_proc.stores import consolidate, open_input_store, spatial_dims
 
 
 class RunInterrupted(SurveyProcError):

@@ -19,9 +19,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from survey_proc.estimators._base import Manifest
-from survey_proc.stores._cube import spatial_dims
-from survey_proc.stores._maps import flag_attrs, property_attrs
+from survey_proc.estimators import Manifest
+from survey_proc.stores import flag_attrs, property_attrs, spatial_dims
 
 
 @dataclass(frozen=True)

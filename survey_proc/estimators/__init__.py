@@ -10,6 +10,15 @@ from survey_proc.estimators._load import (
     resolve_model,
     verify_bundle,
 )
+from survey_proc.estimators._ppxf import prepare_templates
+from survey_proc.estimators._torchscript import (
+    TorchScriptEstimator,
+    batch_size_for,
+    cpu_precision,
+    gpu_batch_size,
+    is_out_of_memory,
+    pinned_rows,
+)
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -19,9 +28,16 @@ __all__ = [
     "Estimator",
     "Manifest",
     "OutputSpec",
+    "TorchScriptEstimator",
+    "batch_size_for",
+    "cpu_precision",
+    "gpu_batch_size",
+    "is_out_of_memory",
     "load_estimator",
     "load_manifest",
     "packaged_models",
+    "pinned_rows",
+    "prepare_templates",
     "read_manifest",
     "resolve_model",
     "verify_bundle",

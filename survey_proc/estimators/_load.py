@@ -13,9 +13,9 @@ import importlib
 import threading
 from pathlib import Path
 
-from survey_proc._fetch import sha256_of
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest, read_manifest
+from survey_proc.fetch import sha256_of
 
 PACKAGED = Path(__file__).with_name("models")
 

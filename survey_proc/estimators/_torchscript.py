@@ -163,7 +163,7 @@ class TorchScriptEstimator:
         Neither changes the numbers beyond float rounding. The process keeps its freed heap for the
         next batch (:func:`~survey_proc.cluster._local.tune_heap`; local workers start that way).
         """
-        from survey_proc.cluster._local import tune_heap
+        from survey_proc.cluster import tune_heap
 
         tune_heap()
         cpu_batch = config.get("run.cpu-batch-size")

@@ -20,7 +20,7 @@ from survey_proc.ssp._instrument import (
     vacuum_to_air,
     wdisp_to_fwhm,
 )
-from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SSPLibrary, load_ssp_library
+from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SDIST, SSPLibrary, load_ssp_library
 
 __all__ = [
     "C_KMS",
@@ -28,6 +28,7 @@ __all__ = [
     "FILTER_SETS",
     "FWHM_TO_SIGMA",
     "LIGHT_WINDOW",
+    "SDIST",
     "SDSS_LSF_KNOTS",
     "FilterSet",
     "SSPLibrary",

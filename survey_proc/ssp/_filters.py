@@ -180,7 +180,7 @@ def _speclite_texts(group: str, bands: Sequence[str]) -> tuple[dict[str, str], s
             )
     except ImportError:
         pass
-    from survey_proc._fetch import registry_file
+    from survey_proc.fetch import registry_file
 
     how = _SPECLITE_HOW.format(downloads=config.cache_dir() / "downloads")
     wheel = registry_file(

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from survey_proc import config
-from survey_proc._fetch import registry_file, sha256_of
 from survey_proc.errors import DataUnavailableError
+from survey_proc.fetch import registry_file, sha256_of
 
 #: FWHM of the E-MILES spectra in the optical (Angstrom, rest frame, air wavelengths).
 EMILES_FWHM = 2.51
@@ -31,12 +31,12 @@ LIGHT_WINDOW = (5070.0, 5950.0)
 _SSP_GLOB = "Eun1.30Z*T*_iPp0.00_baseFe_linear_FWHM_variable.fits"
 _SSP_RE = re.compile(r"Eun1\.30Z([mp])(\d+\.\d+)T(\d+\.\d+)_iPp0\.00_baseFe")
 _MASS_TABLE = "Vazdekis2012_ssp_mass_Padova00_UN_baseFe_v10.0.txt"
-_SDIST = "ppxf-8.2.6.tar.gz"
+SDIST = "ppxf-8.2.6.tar.gz"
 _COMPACT_VERSION = 1
 
 HOW_TO_SUPPLY = (
     "To supply the library by hand (e.g. on a compute node without registry access), download "
-    f"{_SDIST} from PyPI on a machine that can reach it, extract ppxf/miles_models/ and point "
+    f"{SDIST} from PyPI on a machine that can reach it, extract ppxf/miles_models/ and point "
     "SURVEY_PROC_SSP_DIR (or dask config 'survey-proc.ssp.dir') at that folder; it must hold the "
     f"150 files {_SSP_GLOB} and {_MASS_TABLE}."
 )
@@ -170,7 +170,7 @@ def convert_fits_folder(folder: Path, wave_range: tuple[float, float]) -> SSPLib
         log_age=np.log10(ages * 1e9),
         metal=metals,
         mass=mass,
-        provenance={"source": f"E-MILES via {_SDIST}", "folder": str(folder)},
+        provenance={"source": f"E-MILES via {SDIST}", "folder": str(folder)},
     )
 
 
@@ -243,7 +243,7 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
 
     sdist = registry_file(
         config.get("ssp.package"),
-        _SDIST,
+        SDIST,
         config.get("ssp.sha256"),
         pip_args=("--no-binary", ":all:"),
         how_to_supply=HOW_TO_SUPPLY,
@@ -258,7 +258,7 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
         lib.metal,
         lib.mass,
         lib.fwhm,
-        {"source": f"E-MILES via {config.get('ssp.package')} ({_SDIST})", "sha256": sha256_of(sdist)},
+        {"source": f"E-MILES via {config.get('ssp.package')} ({SDIST})", "sha256": sha256_of(sdist)},
     )
     _save_compact(lib, compact)
     return _load_compact(compact)

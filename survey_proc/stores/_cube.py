@@ -45,7 +45,7 @@ def spatial_dims(ds: xr.Dataset) -> tuple[str, ...]:
     return tuple(d for d in ds["flux"].dims if d not in FEATURE_DIMS)
 
 
-def _stored_chunks(var: xr.DataArray) -> tuple[int, ...] | None:
+def stored_chunks(var: xr.DataArray) -> tuple[int, ...] | None:
     """Chunk shape as stored on disk (zarr encoding), else the dask chunking, else None."""
     enc = var.encoding.get("chunks") or var.encoding.get("preferred_chunks")
     if isinstance(enc, Mapping):
@@ -132,7 +132,7 @@ def validate_spectral_store(
         for var in ("flux", "var", "mask"):
             if var not in ds:
                 continue
-            chunks = _stored_chunks(ds[var])
+            chunks = stored_chunks(ds[var])
             if chunks and chunks[axis] < ds[var].shape[axis]:
                 problems.append(
                     f"the spectral axis of '{var}' is split across chunks ({chunks[axis]} of "

@@ -6,8 +6,8 @@ import zipfile
 from pathlib import Path
 
 from survey_proc import config
-from survey_proc._fetch import registry_file
 from survey_proc.errors import DataUnavailableError
+from survey_proc.fetch import registry_file
 
 MPDAF_WHEEL = "mpdaf-3.6-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 MPDAF_SHA256 = "c76e20ae254012669ed966c35f2acd31ced81acc31946d9a04587cce3578ee17"
@@ -68,19 +68,19 @@ def sdss_spectra() -> list[Path]:
     (the sdist is the one the SSP library comes from) and cached."""
     import tarfile
 
-    from survey_proc.ssp._library import _SDIST
+    from survey_proc.ssp import SDIST
 
     folder = config.cache_dir() / "examples" / "sdss"
     targets = [folder / name for name in SDSS_SPECTRA]
     if all(t.exists() for t in targets):
         return targets
     how = (
-        f"To supply them by hand, download {_SDIST} from PyPI, extract ppxf/spectra/ from it and copy "
+        f"To supply them by hand, download {SDIST} from PyPI, extract ppxf/spectra/ from it and copy "
         f"{', '.join(SDSS_SPECTRA)} to {folder}"
     )
     sdist = registry_file(
         config.get("ssp.package"),
-        _SDIST,
+        SDIST,
         config.get("ssp.sha256"),
         pip_args=("--no-binary", ":all:"),
         how_to_supply=how,

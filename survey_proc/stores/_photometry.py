@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from survey_proc.errors import CubeError
-from survey_proc.ssp._filters import FilterSet
+from survey_proc.ssp import FilterSet
 
 BAND_DIM = "band"
 IMAGE_DIMS = ("y", "x", BAND_DIM)
@@ -113,7 +113,7 @@ def validate_photometry_store(
         _has_finite_flux,
         _missing_variables,
         _problem_list,
-        _stored_chunks,
+        stored_chunks,
     )
 
     problems = _missing_variables(ds, {"flux": "band flux", "var": "variance of flux", "mask": "bad-measurement mask"})
@@ -156,7 +156,7 @@ def validate_photometry_store(
     if BAND_DIM in flux.dims:
         axis = flux.dims.index(BAND_DIM)
         for var in ("flux", "var", "mask"):
-            chunks = _stored_chunks(ds[var]) if var in ds else None
+            chunks = stored_chunks(ds[var]) if var in ds else None
             if chunks and chunks[axis] < ds[var].shape[axis]:
                 problems.append(
                     f"the band axis of '{var}' is split across chunks ({chunks[axis]} of "

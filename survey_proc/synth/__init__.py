@@ -15,6 +15,7 @@ from survey_proc.synth._mock import (
 )
 from survey_proc.synth._phot_store import mock_band_fluxes, photometry_from_store, write_mock_photometry
 from survey_proc.synth._photometry import (
+    C_ANGSTROM_S,
     BandPhotometry,
     PhotometrySynthesiser,
     ab_magnitude,
@@ -47,6 +48,7 @@ from survey_proc.synth._spectra import (
 )
 
 __all__ = [
+    "C_ANGSTROM_S",
     "EMISSION_LINES",
     "EMISSION_LINES_OPTICAL",
     "LIKE",

@@ -22,8 +22,7 @@ from scipy.ndimage import gaussian_filter
 
 from survey_proc.geometry import disc_coordinates, half_light_radius
 from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm
-from survey_proc.stores._cube import consolidate, create_cube_store, write_region
-from survey_proc.stores._maps import property_attrs
+from survey_proc.stores import consolidate, create_cube_store, property_attrs, write_region
 from survey_proc.synth._populations import light_weighted, mass_to_light, mass_weighted, sample_cluster
 from survey_proc.synth._spectra import Synthesiser, emission_line_spectra, sky_line_profile
 
@@ -517,6 +516,6 @@ def for_each_region(work, count: int, threads: int | None, desc: str | None) -> 
 
 def open_truth(path: str | os.PathLike) -> xr.Dataset:
     """The truth maps of a mock cube."""
-    from survey_proc.stores._maps import open_maps
+    from survey_proc.stores import open_maps
 
     return open_maps(Path(path), group="truth")

@@ -18,10 +18,17 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc.ssp import SSPLibrary, load_ssp_library
-from survey_proc.ssp._filters import FilterSet
-from survey_proc.stores._cube import consolidate, lsf_fwhm_at, open_spectral_store, spatial_dims, write_region
-from survey_proc.stores._photometry import FLUX_UNITS, create_photometry_store, filter_dataset
+from survey_proc.ssp import FilterSet, SSPLibrary, load_ssp_library
+from survey_proc.stores import (
+    FLUX_UNITS,
+    consolidate,
+    create_photometry_store,
+    filter_dataset,
+    lsf_fwhm_at,
+    open_spectral_store,
+    spatial_dims,
+    write_region,
+)
 from survey_proc.synth._mock import MockConfig, galaxy_maps, truth_dataset
 from survey_proc.synth._photometry import (
     PhotometrySynthesiser,

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from survey_proc.ssp import C_KMS, LIGHT_WINDOW, SSPLibrary, attenuation_curve
-from survey_proc.ssp._filters import FilterSet
-from survey_proc.stores._photometry import ZP_NJY
+from survey_proc.ssp import C_KMS, LIGHT_WINDOW, FilterSet, SSPLibrary, attenuation_curve
+from survey_proc.stores import ZP_NJY
 from survey_proc.synth._spectra import EMISSION_LINES, SKY_LINES
 
 C_ANGSTROM_S = 2.99792458e18

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from survey_proc._figures import save_figure
 from survey_proc.estimators import Estimator, load_estimator
+from survey_proc.figures import save_figure
 from survey_proc.preprocess import estimator_meta, prepare
 from survey_proc.ssp import SSPLibrary
 from survey_proc.training._dataset import (
@@ -224,7 +224,7 @@ def plot_predicted_vs_true(curves: dict, names: Sequence[str], path: str | os.Pa
                 lo, hi = np.nanmin(t), np.nanmax(t)
                 ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
                 d = p[fitted] - t[fitted]
-                from survey_proc.stores._maps import robust_sigma
+                from survey_proc.stores import robust_sigma
 
                 ax.set_title(
                     f"{label} S/N {key}: {name}\nbias {np.nanmedian(d):+.3f} sigma {robust_sigma(d):.3f}", fontsize=8

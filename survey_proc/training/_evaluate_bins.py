@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from survey_proc._figures import save_figure
-from survey_proc.stores._maps import NOT_FITTED
+from survey_proc.figures import save_figure
+from survey_proc.stores import NOT_FITTED
 from survey_proc.training._dataset import TrainsetConfig, make_inputs, synthesise, trainset_from_record
 from survey_proc.training._metrics import score_predictions
 
@@ -159,7 +159,7 @@ def plot_pred_vs_true(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from survey_proc.stores._maps import PROPERTIES
+    from survey_proc.stores import PROPERTIES
 
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), layout="constrained")
     for ax, name in zip(np.atleast_1d(axes), names):

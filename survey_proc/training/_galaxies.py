@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from survey_proc.ssp import SSPLibrary, load_filters
-from survey_proc.ssp._filters import FilterSet
+from survey_proc.ssp import FilterSet, SSPLibrary, load_filters
 from survey_proc.synth import GalaxyParams, MockConfig, PhotometrySynthesiser, mock_band_fluxes, truth_values
 
 

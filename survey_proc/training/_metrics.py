@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from survey_proc.stores._maps import robust_sigma
+from survey_proc.stores import robust_sigma
 
 
 def score_predictions(

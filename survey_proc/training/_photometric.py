@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from survey_proc._figures import save_figure
 from survey_proc.config import dataclass_options, read_yaml
 from survey_proc.estimators import BUNDLE_FORMAT, MANIFEST_NAME
+from survey_proc.figures import save_figure
 from survey_proc.preprocess_bands import ImageInputSpec, SEDInputSpec
 from survey_proc.ssp import load_ssp_library
-from survey_proc.stores._maps import NOT_FITTED, property_attrs
+from survey_proc.stores import NOT_FITTED, property_attrs
 from survey_proc.training._arch import ExportedModel
 from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, noisy, split_galaxies, synthesise_galaxies
 from survey_proc.training._metrics import score_predictions
@@ -330,7 +330,7 @@ def _manifest(
     batch_size: int,
 ) -> dict:
     from survey_proc import __version__
-    from survey_proc._fetch import sha256_of
+    from survey_proc.fetch import sha256_of
 
     return {
         "format": BUNDLE_FORMAT,
@@ -688,7 +688,7 @@ def _plot_vs_truth(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from survey_proc.stores._maps import robust_sigma
+    from survey_proc.stores import robust_sigma
 
     sel = snr >= min_snr
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)

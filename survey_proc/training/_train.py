@@ -27,12 +27,12 @@ import dask.config
 import numpy as np
 import torch
 
-from survey_proc._figures import save_figure
 from survey_proc.config import dataclass_options, read_yaml
-from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME
+from survey_proc.estimators import BUNDLE_FORMAT, MANIFEST_NAME
+from survey_proc.figures import save_figure
 from survey_proc.preprocess import InputSpec
 from survey_proc.ssp import SSPLibrary, load_ssp_library, to_medium
-from survey_proc.stores._maps import NOT_FITTED, property_attrs
+from survey_proc.stores import NOT_FITTED, property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
 from survey_proc.training._dataset import (
@@ -131,7 +131,7 @@ def start_run(out_dir: str | os.PathLike, device: str, threads: int | None, seed
 
     The process keeps its freed heap between batches (``tune_heap``: ~13 % faster CPU training steps).
     """
-    from survey_proc.cluster._local import tune_heap
+    from survey_proc.cluster import tune_heap
 
     tune_heap()
     out = Path(out_dir)
@@ -637,7 +637,7 @@ def _export(
 ) -> Path:
     """Script the model, write model.pt and its manifest into ``out/bundle``."""
     from survey_proc import __version__
-    from survey_proc._fetch import sha256_of
+    from survey_proc.fetch import sha256_of
 
     bundle = out / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
