@@ -1,0 +1,160 @@
+"""The shape ARCHITECTURE.md promises, checked on the source: layers, private modules, sizes.
+
+- Dependencies point down the layers (``LAYERS``): a package imports only packages of its own layer or
+  below it, never one above; the engine never imports torch, pPXF or the training code.
+- No package imports another package's private module (``survey_proc.stores._maps``) or private name:
+  each package re-exports its public API in ``__init__``.
+- No module over ``MAX_MODULE_LINES`` lines, no function over ``MAX_FUNCTION_LINES`` lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "survey_proc"
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 90
+
+#: top to bottom; a unit may import its own layer and the layers below it
+LAYERS = [
+    {"cli", "__main__"},
+    {"engine", "training", "analysis", "binning", "synth"},
+    {"cluster", "estimators", "preprocess", "preprocess_bands", "_prepare_fused"},
+    {"stores", "ssp", "geometry"},
+    {"config", "errors", "fetch", "figures", "progress", "__init__"},
+]
+#: third-party packages a unit must never import (the engine stays model-agnostic)
+FORBIDDEN = {"engine": {"torch", "ppxf"}}
+#: what the engine must not import of the package itself
+FORBIDDEN_INTERNAL = {"engine": {"training"}}
+
+#: functions longer than MAX_FUNCTION_LINES today, to be split (this list only shrinks)
+LONG_FUNCTIONS_TODAY: set[str] = {
+    "survey_proc/cli.py:build_parser",
+    "survey_proc/engine/_run.py:_execute",
+    "survey_proc/stores/_fits.py:ingest_muse_fits",
+    "survey_proc/stores/_sdss.py:read_sdss_spectrum",
+    "survey_proc/stores/_sdss.py:ingest_sdss_spectra",
+    "survey_proc/synth/_mock.py:write_mock",
+    "survey_proc/synth/_phot_store.py:photometry_from_store",
+    "survey_proc/training/_photometric.py:train_sed",
+    "survey_proc/training/_photometric.py:train_image",
+    "survey_proc/training/_train.py:train",
+}
+#: modules longer than MAX_MODULE_LINES today, to be split (this list only shrinks)
+LONG_MODULES_TODAY: set[str] = {
+    "survey_proc/cli.py",
+    "survey_proc/engine/_run.py",
+    "survey_proc/preprocess.py",
+    "survey_proc/synth/_mock.py",
+    "survey_proc/training/_dataset.py",
+    "survey_proc/training/_photometric.py",
+    "survey_proc/training/_train.py",
+}
+
+
+def _unit(path: Path) -> str:
+    """The layer unit of a source file: its subpackage, or the top-level module's name."""
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _layer(unit: str) -> int:
+    for i, units in enumerate(LAYERS):
+        if unit in units:
+            return i
+    raise AssertionError(f"{unit} is in no layer of tests/test_architecture.py: place it")
+
+
+def _sources() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) of every import in ``path``, at any depth."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, []) for a in node.names]
+    return out
+
+
+def _internal_unit(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "survey_proc" and len(parts) > 1 else None
+
+
+def test_every_unit_has_a_layer():
+    for path in _sources():
+        _layer(_unit(path))
+
+
+def test_dependencies_point_down_the_layers():
+    upward = []
+    for path in _sources():
+        unit = _unit(path)
+        for line, module, _ in _imports(path):
+            target = _internal_unit(module)
+            if target and target != unit and _layer(target) < _layer(unit):
+                upward.append(f"{path.relative_to(SRC.parent)}:{line} {unit} imports {module}")
+            if target in FORBIDDEN_INTERNAL.get(unit, ()):
+                upward.append(f"{path.relative_to(SRC.parent)}:{line} {unit} must not import {module}")
+            if module.split(".")[0] in FORBIDDEN.get(unit, ()):
+                upward.append(f"{path.relative_to(SRC.parent)}:{line} {unit} must not import {module}")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_private_imports_across_packages():
+    leaks = []
+    for path in _sources():
+        unit = _unit(path)
+        for line, module, names in _imports(path):
+            target = _internal_unit(module)
+            if not target or target == unit:
+                continue
+            private = [p for p in module.split(".")[1:] if p.startswith("_")]
+            private += [n for n in names if n.startswith("_")]
+            if private:
+                leaks.append(f"{path.relative_to(SRC.parent)}:{line} from {module} import {', '.join(names)}")
+    assert not leaks, "\n".join(leaks)
+
+
+def _long_functions() -> dict[str, int]:
+    out = {}
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    out[f"{path.relative_to(SRC.parent)}:{node.name}"] = lines
+    return out
+
+
+def _long_modules() -> dict[str, int]:
+    out = {}
+    for path in _sources():
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES:
+            out[str(path.relative_to(SRC.parent))] = lines
+    return out
+
+
+@pytest.mark.parametrize(
+    ("measure", "allowed", "limit"),
+    [
+        (_long_functions, LONG_FUNCTIONS_TODAY, MAX_FUNCTION_LINES),
+        (_long_modules, LONG_MODULES_TODAY, MAX_MODULE_LINES),
+    ],
+    ids=["functions", "modules"],
+)
+def test_sizes(measure, allowed, limit):
+    found = measure()
+    new = {k: v for k, v in found.items() if k not in allowed}
+    assert not new, f"over {limit} lines: {new}"
+    fixed = allowed - set(found)
+    assert not fixed, f"no longer over {limit} lines, take them off the list: {sorted(fixed)}"
