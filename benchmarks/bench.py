@@ -413,7 +413,7 @@ def accuracy(maps: str, cube: Path) -> dict | None:
     if not (cube / "truth").exists():
         return None
     names = ("log_age", "metallicity", "av", "sigma", "velocity")
-    return accuracy_vs_truth(xr.open_zarr(maps), xr.open_zarr(cube, group="truth"), names)
+    return accuracy_vs_truth(xr.open_zarr(maps), xr.open_zarr(cube, group="truth"), names).to_json()
 
 
 def linear_cost(rows: list[dict]) -> dict:

@@ -77,7 +77,7 @@ def evaluate(model: str, n: int, work: Path, seed: int, cluster: str) -> dict:
         snrs.append(maps.snr.values[good])
         for p in spec["properties"]:
             diffs[p].append((maps[p].values - truth[p].values)[good])
-        rep = gradient_report(maps_path, compare="truth", out_dir=work, properties=spec["properties"])
+        rep = gradient_report(maps_path, compare="truth", out_dir=work, properties=spec["properties"]).to_json()
         galaxies.append(
             {
                 "seed": mc.seed,

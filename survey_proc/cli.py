@@ -321,14 +321,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         work / "demo_maps_vs_truth.png",
         title=f"{summary.model_id} on a {cfg.nx}x{cfg.ny} mock, S/N {cfg.snr:g}",
     )
-    (work / "demo_accuracy.json").write_text(json.dumps(acc, indent=2))
-    print(f"accuracy over {acc['used']} unflagged spaxels ({acc['flagged_fraction']:.0%} flagged):")
+    (work / "demo_accuracy.json").write_text(json.dumps(acc.to_json(), indent=2))
+    print(f"accuracy over {acc.used} unflagged spaxels ({acc.flagged_fraction:.0%} flagged):")
     for name in ("log_age", "metallicity", "av", "sigma"):
-        if name in acc:
-            a = acc[name]
+        if name in acc.properties:
+            a = acc.properties[name]
             print(
-                f"  {name:12s} bias {a['bias']:+.3f}  robust sigma {a['robust_sigma']:.3f} {a['units']}"
-                + (f"  (68% interval holds {a['coverage_68']:.0%})" if "coverage_68" in a else "")
+                f"  {name:12s} bias {a.bias:+.3f}  robust sigma {a.robust_sigma:.3f} {a.units}"
+                + (f"  (68% interval holds {a.coverage_68:.0%})" if a.coverage_68 is not None else "")
             )
     print(f"figure: {png}\nnumbers: {work / 'demo_accuracy.json'}\ncube: {cube}\nmaps: {maps_path}")
     return 0
@@ -350,8 +350,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{pair}:")
         for name, st in props.items():
             print(
-                f"  {name:12s} bias {st['bias']:+9.3f}  robust sigma {st['robust_sigma']:8.3f}  "
-                f"rms {st['rms']:8.3f}  r {st['correlation']:+.3f}  n {st['n']}  [{st['units']}]"
+                f"  {name:12s} bias {st.bias:+9.3f}  robust sigma {st.robust_sigma:8.3f}  "
+                f"rms {st.rms:8.3f}  r {st.correlation:+.3f}  n {st.n}  [{st.units}]"
             )
     print(f"figures: {', '.join(result.figures)}\nnumbers: {out / 'compare.json'}")
     return 0
@@ -426,28 +426,25 @@ def cmd_gradients(args: argparse.Namespace) -> int:
             fraction=args.fraction,
             min_inside=args.min_inside,
         )
-        g = rep["geometry"]
+        g = rep.geometry
         print(
-            f"{maps}: R_e {g['r_e_pixels']:.1f} px, inclination {g['inclination_deg']:.0f} deg, PA "
-            f"{g['position_angle_deg']:.0f} deg, centre ({g['centre_x']:.1f}, {g['centre_y']:.1f}) from {g['source']}"
+            f"{maps}: R_e {g.r_e_pixels:.1f} px, inclination {g.inclination_deg:.0f} deg, PA "
+            f"{g.position_angle_deg:.0f} deg, centre ({g.centre_x:.1f}, {g.centre_y:.1f}) from {g.source}"
         )
-        other = rep.get("compare", {})
-        for p, fit in rep["gradients"].items():
+        other = rep.compare
+        for p, fit in rep.gradients.items():
             line = f"  {p:26s} " + (
-                f"{fit['slope']:+.3f} ± {fit['slope_err']:.3f} per R_e ({fit['n_inside']} px inside R_e)"
+                f"{fit.slope:+.3f} ± {fit.slope_err:.3f} per R_e ({fit.n_inside} px inside R_e)"
                 if fit
                 else "not fitted (too few pixels inside R_e or none outside)"
             )
-            d = other.get("differences", {}).get(p)
+            d = other.differences.get(p) if other else None
             if d:
-                line += (
-                    f"; {other['with']}: {d['slope_b']:+.3f}, difference {d['difference']:+.3f} "
-                    f"({d['n_sigma']:.1f} sigma)"
-                )
+                line += f"; {other.label}: {d.slope_b:+.3f}, difference {d.difference:+.3f} ({d.n_sigma:.1f} sigma)"
             print(line)
-        if "input_gradients_per_r_e" in other:
-            print(f"  mock input gradients of the disc component: {other['input_gradients_per_r_e']}")
-        print(f"  figure: {rep['figure']}\n  numbers: {rep['json']}")
+        if other and other.input_gradients_per_r_e is not None:
+            print(f"  mock input gradients of the disc component: {other.input_gradients_per_r_e}")
+        print(f"  figure: {rep.figure}\n  numbers: {rep.json_path}")
     return 0
 
 

@@ -18,15 +18,15 @@ def test_difference_stats_known_answer():
     ref = np.arange(30, dtype=float)
     d = 0.1 + np.tile([-0.2, 0.0, 0.2], 10)  # median 0.1, |d - median| median 0.2
     s = difference_stats(ref + d, ref)
-    assert s["n"] == 30
-    assert s["bias"] == pytest.approx(0.1)
-    assert s["robust_sigma"] == pytest.approx(1.4826 * 0.2)
-    assert s["mean_difference"] == pytest.approx(0.1)
-    assert s["rms"] == pytest.approx(np.sqrt(np.mean(d**2)))
-    assert s["correlation"] == pytest.approx(np.corrcoef(ref + d, ref)[0, 1])
+    assert s.n == 30
+    assert s.bias == pytest.approx(0.1)
+    assert s.robust_sigma == pytest.approx(1.4826 * 0.2)
+    assert s.mean_difference == pytest.approx(0.1)
+    assert s.rms == pytest.approx(np.sqrt(np.mean(d**2)))
+    assert s.correlation == pytest.approx(np.corrcoef(ref + d, ref)[0, 1])
     run = running_difference(ref, d, bins=3)
-    assert run["n"] == [10, 10, 10] and run["median"] == pytest.approx([0.1, 0.1, 0.1])
-    assert difference_stats(-ref, ref)["correlation"] == pytest.approx(-1.0)
+    assert run.n == [10, 10, 10] and run.median == pytest.approx([0.1, 0.1, 0.1])
+    assert difference_stats(-ref, ref).correlation == pytest.approx(-1.0)
 
 
 def _maps(values: dict[str, np.ndarray], flag: np.ndarray, name: str) -> xr.Dataset:
@@ -65,14 +65,14 @@ def test_compare_maps_known_answer(known_stores):
     res = compare_maps(a, b, truth, labels=("model", "ppxf"))
     assert res.used["both_good"] == 29  # the flagged pixel is left out
     ab = res.pairs["model vs ppxf"]
-    assert ab["log_age"]["n"] == 28  # ... and the NaN one
-    assert ab["log_age"]["bias"] == pytest.approx(0.1, abs=1e-5)
-    assert ab["log_age"]["robust_sigma"] == pytest.approx(0.0, abs=1e-5)
-    assert ab["log_age"]["correlation"] == pytest.approx(1.0, abs=1e-6)
-    assert ab["metallicity"]["correlation"] == pytest.approx(-1.0, abs=1e-6)
-    assert res.pairs["ppxf vs truth"]["log_age"]["bias"] == pytest.approx(0.05, abs=1e-5)
-    assert res.pairs["model vs truth"]["log_age"]["bias"] == pytest.approx(0.15, abs=1e-5)
-    assert res.pairs["ppxf vs truth"]["metallicity"]["rms"] == pytest.approx(0.0, abs=1e-6)
+    assert ab["log_age"].n == 28  # ... and the NaN one
+    assert ab["log_age"].bias == pytest.approx(0.1, abs=1e-5)
+    assert ab["log_age"].robust_sigma == pytest.approx(0.0, abs=1e-5)
+    assert ab["log_age"].correlation == pytest.approx(1.0, abs=1e-6)
+    assert ab["metallicity"].correlation == pytest.approx(-1.0, abs=1e-6)
+    assert res.pairs["ppxf vs truth"]["log_age"].bias == pytest.approx(0.05, abs=1e-5)
+    assert res.pairs["model vs truth"]["log_age"].bias == pytest.approx(0.15, abs=1e-5)
+    assert res.pairs["ppxf vs truth"]["metallicity"].rms == pytest.approx(0.0, abs=1e-6)
 
 
 def test_compare_cli_writes_figures_and_json(known_stores, tmp_path):

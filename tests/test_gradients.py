@@ -57,7 +57,7 @@ def test_compare_gradients_reports_significance():
         10 - 0.1 * np.linspace(0, 2, 500) + np.random.default_rng(0).normal(0, 0.05, 500), np.linspace(0, 2, 500)
     )
     cmp = compare_gradients({"log_age": a}, {"log_age": b})["log_age"]
-    assert cmp["difference"] == pytest.approx(-0.2, abs=0.03) and cmp["n_sigma"] > 3
+    assert cmp.difference == pytest.approx(-0.2, abs=0.03) and cmp.n_sigma > 3
 
 
 def _maps_like(truth: xr.Dataset, cube: str, noise: float, seed: int) -> xr.Dataset:
@@ -143,10 +143,10 @@ def test_gradients_recovered_from_a_mock_cube(tmp_path, ssp_lib):
         )
     )
     report = gradient_report(tmp_path / "maps.zarr", compare="truth")
-    assert report["compare"]["input_gradients_per_r_e"] == str({"log_age_disc": -0.35, "metallicity_disc": -0.3})
+    assert report.compare.input_gradients_per_r_e == str({"log_age_disc": -0.35, "metallicity_disc": -0.3})
     for name in ("log_age", "metallicity"):
-        fit, truth = report["gradients"][name], report["compare"]["gradients"][name]
-        assert fit["n_inside"] >= 25 and fit["n_outside"] > 0
-        assert truth["slope"] < -0.1  # the truth maps do fall outwards
-        diff = report["compare"]["differences"][name]
-        assert diff["n_sigma"] < 2.0, (name, diff)
+        fit, truth = report.gradients[name], report.compare.gradients[name]
+        assert fit.n_inside >= 25 and fit.n_outside > 0
+        assert truth.slope < -0.1  # the truth maps do fall outwards
+        diff = report.compare.differences[name]
+        assert diff.n_sigma < 2.0, (name, diff)

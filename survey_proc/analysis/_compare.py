@@ -11,42 +11,69 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from survey_proc.errors import CubeError
 from survey_proc.figures import save_figure
-from survey_proc.stores import robust_sigma
+from survey_proc.stores import NOT_FITTED, open_maps, robust_sigma
 
 #: properties compared by default, where both stores have them
 COMPARED = ("log_age", "metallicity", "av", "sigma", "velocity")
 
 
-def difference_stats(values: np.ndarray, reference: np.ndarray, bins: int = 8) -> dict:
-    """Bias, scatter and correlation of ``values`` against ``reference`` over the finite pairs.
+@dataclass
+class RunningDifference:
+    """Median and 16/84th percentiles of a difference in quantile bins of the reference value."""
 
-    Returns {n, bias (median difference), mean_difference, robust_sigma (1.4826 MAD), rms,
-    correlation (Pearson r), running: {reference, median, p16, p84, n} in quantile bins of the
-    reference}. Differences are ``values - reference``.
-    """
+    reference: list[float] = field(default_factory=list)  #: median reference value of each bin
+    median: list[float] = field(default_factory=list)
+    p16: list[float] = field(default_factory=list)
+    p84: list[float] = field(default_factory=list)
+    n: list[int] = field(default_factory=list)  #: pairs in each bin
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DifferenceStats:
+    """Bias, scatter and correlation of values against a reference (differences: values - reference)."""
+
+    n: int  #: finite pairs
+    bias: float  #: median difference
+    mean_difference: float
+    robust_sigma: float  #: 1.4826 MAD of the differences
+    rms: float
+    correlation: float  #: Pearson r of values with reference
+    running: RunningDifference
+    units: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def difference_stats(values: np.ndarray, reference: np.ndarray, bins: int = 8) -> DifferenceStats:
+    """Bias, scatter and correlation of ``values`` against ``reference`` over the finite pairs, with the
+    running difference in ``bins`` quantile bins of the reference. Differences are ``values - reference``."""
     v = np.asarray(values, np.float64).ravel()
     r = np.asarray(reference, np.float64).ravel()
     ok = np.isfinite(v) & np.isfinite(r)
     v, r = v[ok], r[ok]
     d = v - r
     nan = float("nan")
-    out = {
-        "n": int(d.size),
-        "bias": float(np.median(d)) if d.size else nan,
-        "mean_difference": float(d.mean()) if d.size else nan,
-        "robust_sigma": robust_sigma(d),
-        "rms": float(np.sqrt(np.mean(d**2))) if d.size else nan,
-        "correlation": pearson(v, r),
-        "running": running_difference(r, d, bins),
-    }
-    return out
+    return DifferenceStats(
+        n=int(d.size),
+        bias=float(np.median(d)) if d.size else nan,
+        mean_difference=float(d.mean()) if d.size else nan,
+        robust_sigma=robust_sigma(d),
+        rms=float(np.sqrt(np.mean(d**2))) if d.size else nan,
+        correlation=pearson(v, r),
+        running=running_difference(r, d, bins),
+    )
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,35 +83,33 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def running_difference(reference: np.ndarray, diff: np.ndarray, bins: int = 8) -> dict:
-    """Median and 16/84th percentiles of ``diff`` in ``bins`` quantile bins of ``reference``."""
-    empty = {"reference": [], "median": [], "p16": [], "p84": [], "n": []}
+def running_difference(reference: np.ndarray, diff: np.ndarray, bins: int = 8) -> RunningDifference:
+    """Median and 16/84th percentiles of ``diff`` in ``bins`` quantile bins of ``reference`` (fewer bins
+    for fewer than two pairs per bin; empty bins are left out)."""
+    res = RunningDifference()
     if reference.size < 2 * bins:
         bins = max(1, reference.size // 2)
     if reference.size == 0:
-        return empty
+        return res
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
     if edges.size < 2:
         edges = np.array([reference.min(), reference.max() + 1e-12])
     which = np.clip(np.searchsorted(edges, reference, side="right") - 1, 0, edges.size - 2)
-    res = {k: [] for k in empty}
     for k in range(edges.size - 1):
         sel = which == k
         if not sel.any():
             continue
         p16, med, p84 = np.percentile(diff[sel], [16, 50, 84])
-        res["reference"].append(float(np.median(reference[sel])))
-        res["median"].append(float(med))
-        res["p16"].append(float(p16))
-        res["p84"].append(float(p84))
-        res["n"].append(int(sel.sum()))
+        res.reference.append(float(np.median(reference[sel])))
+        res.median.append(float(med))
+        res.p16.append(float(p16))
+        res.p84.append(float(p84))
+        res.n.append(int(sel.sum()))
     return res
 
 
 def good_pixels(ds: xr.Dataset, good_only: bool = True) -> np.ndarray:
     """Pixels to compare: ``flag == 0``, or every fitted pixel when ``good_only`` is False."""
-    from survey_proc.stores import NOT_FITTED
-
     flag = np.asarray(ds["flag"].values)
     return flag == 0 if good_only else (flag & np.uint8(NOT_FITTED)) == 0
 
@@ -95,7 +120,7 @@ class Comparison:
 
     labels: tuple[str, ...]
     reference: str
-    pairs: dict[str, dict[str, dict]] = field(default_factory=dict)  #: "A vs B" -> property -> stats
+    pairs: dict[str, dict[str, DifferenceStats]] = field(default_factory=dict)  #: "A vs B" -> property -> stats
     used: dict[str, int] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
 
@@ -104,7 +129,7 @@ class Comparison:
             "labels": list(self.labels),
             "reference": self.reference,
             "used_pixels": self.used,
-            "pairs": self.pairs,
+            "pairs": {pair: {name: s.to_json() for name, s in props.items()} for pair, props in self.pairs.items()},
             "figures": self.figures,
         }
 
@@ -131,15 +156,14 @@ def compare_maps(
     if truth is not None:
         pairs = [(labels[0], a, "truth", truth), (labels[1], b, "truth", truth), *pairs]
     for la, da, lb, db in pairs:
-        key = f"{la} vs {lb}"
-        result.pairs[key] = {}
-        for name in names:
-            if name not in db:
-                continue
-            sel = good
-            stats = difference_stats(np.asarray(da[name].values)[sel], np.asarray(db[name].values)[sel], bins)
-            stats["units"] = da[name].attrs.get("units", "")
-            result.pairs[key][name] = stats
+        result.pairs[f"{la} vs {lb}"] = {
+            name: replace(
+                difference_stats(np.asarray(da[name].values)[good], np.asarray(db[name].values)[good], bins),
+                units=da[name].attrs.get("units", ""),
+            )
+            for name in names
+            if name in db
+        }
     return result
 
 
@@ -167,60 +191,95 @@ def plot_comparison(
     va = np.where(good, np.asarray(a[name].values, np.float64), np.nan)
     vb = np.where(good, np.asarray(b[name].values, np.float64), np.nan)
     units = a[name].attrs.get("units", "")
-    if truth is not None and name in truth:
-        ref = np.asarray(truth[name].values, np.float64)
-        maps = [("truth", ref), (labels[0], va), (labels[1], vb)]
-        diffs = [(f"{labels[0]} - truth", va - ref), (f"{labels[1]} - truth", vb - ref)]
-        running = [(labels[0], ref, va - ref), (labels[1], ref, vb - ref)]
-        ref_label = "truth"
-    else:
-        maps = [(labels[0], va), (labels[1], vb)]
-        diffs = [(f"{labels[0]} - {labels[1]}", va - vb)]
-        running = [(f"{labels[0]} - {labels[1]}", vb, va - vb)]
-        ref_label = labels[1]
-    if va.ndim != 2:  # a catalogue: no maps to show, only the differences against the reference
-        maps, diffs = [], []
-    ncol = max(len(maps), len(diffs) + 1)
-    nrow = 2 if maps else 1
+    panels = _Panels.of(va, vb, truth[name].values if truth is not None and name in truth else None, labels)
+    ncol = max(len(panels.maps), len(panels.diffs) + 1)
+    nrow = 2 if panels.maps else 1
     fig, grid = plt.subplots(nrow, ncol, figsize=(3.6 * ncol + (2 if ncol == 1 else 0), 3.2 * nrow), squeeze=False)
     for ax in grid.ravel():
         ax.set_visible(False)
-    finite = [m[np.isfinite(m)] for _, m in maps]
-    stack = np.concatenate([*finite, np.zeros(0)])
+    _show_maps(fig, grid[0], panels.maps, name, units)
+    _show_differences(fig, grid[-1], panels.diffs, units)
+    _plot_running(grid[-1][len(panels.diffs)], panels.running, f"{panels.reference} {name}", units, bins)
+    return save_figure(fig, path, dpi=90)
+
+
+@dataclass
+class _Panels:
+    """What :func:`plot_comparison` shows: maps, difference maps, and (label, reference, difference) curves."""
+
+    maps: list[tuple[str, np.ndarray]]
+    diffs: list[tuple[str, np.ndarray]]
+    running: list[tuple[str, np.ndarray, np.ndarray]]
+    reference: str
+
+    @classmethod
+    def of(cls, va: np.ndarray, vb: np.ndarray, truth: np.ndarray | None, labels: tuple[str, str]) -> _Panels:
+        if truth is not None:
+            ref = np.asarray(truth, np.float64)
+            panels = cls(
+                maps=[("truth", ref), (labels[0], va), (labels[1], vb)],
+                diffs=[(f"{labels[0]} - truth", va - ref), (f"{labels[1]} - truth", vb - ref)],
+                running=[(labels[0], ref, va - ref), (labels[1], ref, vb - ref)],
+                reference="truth",
+            )
+        else:
+            panels = cls(
+                maps=[(labels[0], va), (labels[1], vb)],
+                diffs=[(f"{labels[0]} - {labels[1]}", va - vb)],
+                running=[(f"{labels[0]} - {labels[1]}", vb, va - vb)],
+                reference=labels[1],
+            )
+        if va.ndim != 2:  # a catalogue: no maps to show, only the differences against the reference
+            panels.maps, panels.diffs = [], []
+        return panels
+
+
+def _finite(images: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([m[np.isfinite(m)] for _, m in images] + [np.zeros(0)])
+
+
+def _show_maps(fig, axes, maps: list[tuple[str, np.ndarray]], name: str, units: str) -> None:
+    """The maps on one colour scale (their 2-98th percentiles)."""
+    stack = _finite(maps)
     lo, hi = np.percentile(stack, [2, 98]) if stack.size else (0.0, 1.0)
-    for ax, (label, img) in zip(grid[0], maps):
+    for ax, (label, img) in zip(axes, maps):
         ax.set_visible(True)
         im = ax.imshow(img, origin="lower", vmin=lo, vmax=hi, cmap="viridis")
         ax.set_title(f"{name}: {label}", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8, label=units)
         ax.set_xticks([])
         ax.set_yticks([])
-    dstack = np.concatenate([d[np.isfinite(d)] for _, d in diffs] + [np.zeros(0)])
+
+
+def _show_differences(fig, axes, diffs: list[tuple[str, np.ndarray]], units: str) -> None:
+    """The difference maps on one symmetric scale (the 95th percentile of their magnitudes)."""
+    dstack = _finite(diffs)
     lim = float(np.percentile(np.abs(dstack), 95)) if dstack.size else 1.0
     lim = lim if lim > 0 else 1.0
-    for ax, (label, img) in zip(grid[-1], diffs):
+    for ax, (label, img) in zip(axes, diffs):
         ax.set_visible(True)
         im = ax.imshow(img, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_title(f"{label}\n(robust sigma {robust_sigma(img):.3g} {units})", fontsize=8)
         fig.colorbar(im, ax=ax, shrink=0.8, label=units)
         ax.set_xticks([])
         ax.set_yticks([])
-    ax = grid[-1][len(diffs)]
+
+
+def _plot_running(ax, running: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str, units: str, bins: int) -> None:
+    """Differences against the reference value, with their running median and 16-84 % band."""
     ax.set_visible(True)
     for (label, ref, d), colour in zip(running, ("C0", "C1")):
         ok = np.isfinite(ref) & np.isfinite(d)
         ax.scatter(ref[ok], d[ok], s=3, alpha=0.25, color=colour)
         run = running_difference(ref[ok], d[ok], bins)
-        if run["reference"]:
-            ax.plot(run["reference"], run["median"], color=colour, lw=2, label=label)
-            ax.fill_between(run["reference"], run["p16"], run["p84"], color=colour, alpha=0.2)
+        if run.reference:
+            ax.plot(run.reference, run.median, color=colour, lw=2, label=label)
+            ax.fill_between(run.reference, run.p16, run.p84, color=colour, alpha=0.2)
     ax.axhline(0.0, color="k", lw=0.8, ls="--")
-    ax.set_xlabel(f"{ref_label} {name} [{units}]", fontsize=8)
+    ax.set_xlabel(f"{xlabel} [{units}]", fontsize=8)
     ax.set_ylabel(f"difference [{units}]", fontsize=8)
     ax.set_title("running median, 16-84 %", fontsize=9)
     ax.legend(fontsize=7)
-    path = save_figure(fig, path, dpi=90)
-    return path
 
 
 def compare_stores(
@@ -233,27 +292,14 @@ def compare_stores(
     good_only: bool = True,
 ) -> Comparison:
     """Compare two maps stores on disk; writes ``compare.json`` and ``compare_<name>.png`` in ``out_dir``."""
-    from survey_proc.errors import CubeError
-    from survey_proc.stores import open_maps
-
-    a, b = open_maps(a_path), open_maps(b_path)
-    for dim in ("y", "x", "object"):
-        if (dim in a.dims or dim in b.dims) and a.sizes.get(dim) != b.sizes.get(dim):
-            raise CubeError(
-                f"{a_path} and {b_path} cover different pixels ({dim}: {a.sizes.get(dim)} vs "
-                f"{b.sizes.get(dim)}); compare maps of the same cube"
-            )
-    truth = open_maps(truth_cube, group="truth") if truth_cube else None
-    if truth is not None and any(truth.sizes.get(d) != a.sizes.get(d) for d in ("y", "x")):
-        raise CubeError(f"the truth of {truth_cube} ({dict(truth.sizes)}) does not match the maps ({dict(a.sizes)})")
+    a, b, truth = _open_compared(a_path, b_path, truth_cube)
     labels = labels or (_label(a, a_path), _label(b, b_path))
     if labels[0] == labels[1]:
         labels = (f"{labels[0]} (A)", f"{labels[1]} (B)")
     result = compare_maps(a, b, truth, names, labels, good_only)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shown = [n for n in names if n in a and n in b]
-    for name in shown:
+    for name in (n for n in names if n in a and n in b):
         png = plot_comparison(a, b, name, out / f"compare_{name}.png", truth, labels, good_only)
         result.figures.append(str(png))
     payload = result.to_json() | {
@@ -265,6 +311,23 @@ def compare_stores(
     }
     (out / "compare.json").write_text(json.dumps(payload, indent=2))
     return result
+
+
+def _open_compared(
+    a_path: str | os.PathLike, b_path: str | os.PathLike, truth_cube: str | os.PathLike | None = None
+) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
+    """The two maps stores (and the truth group of ``truth_cube``), refused unless they cover the same pixels."""
+    a, b = open_maps(a_path), open_maps(b_path)
+    for dim in ("y", "x", "object"):
+        if (dim in a.dims or dim in b.dims) and a.sizes.get(dim) != b.sizes.get(dim):
+            raise CubeError(
+                f"{a_path} and {b_path} cover different pixels ({dim}: {a.sizes.get(dim)} vs "
+                f"{b.sizes.get(dim)}); compare maps of the same cube"
+            )
+    truth = open_maps(truth_cube, group="truth") if truth_cube else None
+    if truth is not None and any(truth.sizes.get(d) != a.sizes.get(d) for d in ("y", "x")):
+        raise CubeError(f"the truth of {truth_cube} ({dict(truth.sizes)}) does not match the maps ({dict(a.sizes)})")
+    return a, b, truth
 
 
 def _label(ds: xr.Dataset, path) -> str:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -26,6 +27,7 @@ import xarray as xr
 from survey_proc.errors import CubeError
 from survey_proc.figures import save_figure
 from survey_proc.geometry import disc_coordinates
+from survey_proc.stores import open_maps
 
 DEFAULT_GRADIENT_PROPERTIES = ("log_age", "metallicity", "av", "log_mass_surface_density")
 
@@ -128,6 +130,27 @@ def gradients_of(
 def geometry_from(maps: xr.Dataset, maps_path: str | os.PathLike, overrides: Mapping[str, float | None]) -> Geometry:
     """The galaxy geometry: explicit ``overrides`` (centre_x, centre_y, inclination_deg, position_angle_deg,
     r_e_pixels) first, then the maps' own attributes, then the truth group of the cube the maps came from."""
+    values: dict[str, float] = {}
+    origin = []
+    sources = _geometry_sources(maps, maps_path, overrides)
+    for field_name, key in _GEOMETRY_KEYS.items():
+        for where, attrs in sources:
+            value = attrs.get(field_name, attrs.get(key))
+            if value is not None:
+                values[field_name] = float(value)
+                origin.append(where)
+                break
+    if "centre_x" not in values or "centre_y" not in values:  # default: the middle of the field
+        values.setdefault("centre_x", (maps.sizes["x"] - 1) / 2.0)
+        values.setdefault("centre_y", (maps.sizes["y"] - 1) / 2.0)
+    _check_geometry(values, maps_path)
+    return Geometry(**values, source=", ".join(sorted(set(origin))))
+
+
+def _geometry_sources(
+    maps: xr.Dataset, maps_path: str | os.PathLike, overrides: Mapping[str, float | None]
+) -> list[tuple[str, Mapping]]:
+    """(where, attributes) to read the geometry from, first first: options, the maps, the cube's truth."""
     sources: list[tuple[str, Mapping]] = []
     given = {k: v for k, v in overrides.items() if v is not None}
     if given:
@@ -140,18 +163,11 @@ def geometry_from(maps: xr.Dataset, maps_path: str | os.PathLike, overrides: Map
             sources.append((f"{cube} truth", dict(truth.attrs)))
         except Exception:  # no truth group: a real cube
             pass
-    values: dict[str, float] = {}
-    origin = []
-    for field_name, key in _GEOMETRY_KEYS.items():
-        for where, attrs in sources:
-            value = attrs.get(field_name, attrs.get(key))
-            if value is not None:
-                values[field_name] = float(value)
-                origin.append(where)
-                break
-    if "centre_x" not in values or "centre_y" not in values:  # default: the middle of the field
-        values.setdefault("centre_x", (maps.sizes["x"] - 1) / 2.0)
-        values.setdefault("centre_y", (maps.sizes["y"] - 1) / 2.0)
+    return sources
+
+
+def _check_geometry(values: Mapping[str, float], maps_path: str | os.PathLike) -> None:
+    """Refuse a geometry with unknown or impossible values, naming the options that give them."""
     missing = [k for k in ("inclination_deg", "position_angle_deg", "r_e_pixels") if k not in values]
     if missing:
         opts = {"inclination_deg": "--inclination", "position_angle_deg": "--position-angle", "r_e_pixels": "--r-e"}
@@ -164,7 +180,6 @@ def geometry_from(maps: xr.Dataset, maps_path: str | os.PathLike, overrides: Map
             f"{maps_path}: R_e must be > 0 and the inclination within [0, 90) degrees, got "
             f"{values['r_e_pixels']:g} and {values['inclination_deg']:g}"
         )
-    return Geometry(**values, source=", ".join(sorted(set(origin))))
 
 
 #: Geometry field -> attribute name in truth groups / maps stores
@@ -177,21 +192,34 @@ _GEOMETRY_KEYS = {
 }
 
 
-def compare_gradients(a: Mapping[str, GradientFit | None], b: Mapping[str, GradientFit | None]) -> dict[str, dict]:
-    """Per property: both slopes, their difference and its significance (difference / combined error)."""
+@dataclass(frozen=True)
+class GradientDifference:
+    """Two fitted slopes of one property and how significantly they differ."""
+
+    slope_a: float
+    slope_b: float
+    difference: float  #: slope_a - slope_b
+    combined_err: float  #: the two slope errors added in quadrature
+    n_sigma: float  #: |difference| / combined_err
+
+
+def compare_gradients(
+    a: Mapping[str, GradientFit | None], b: Mapping[str, GradientFit | None]
+) -> dict[str, GradientDifference]:
+    """Per property fitted in both: both slopes, their difference and its significance."""
     out = {}
     for p in a:
         if p not in b or a[p] is None or b[p] is None:
             continue
         diff = a[p].slope - b[p].slope
         err = float(np.hypot(a[p].slope_err, b[p].slope_err))
-        out[p] = {
-            "slope_a": a[p].slope,
-            "slope_b": b[p].slope,
-            "difference": diff,
-            "combined_err": err,
-            "n_sigma": abs(diff) / err if err > 0 else float("inf"),
-        }
+        out[p] = GradientDifference(
+            slope_a=a[p].slope,
+            slope_b=b[p].slope,
+            difference=diff,
+            combined_err=err,
+            n_sigma=abs(diff) / err if err > 0 else float("inf"),
+        )
     return out
 
 
@@ -244,6 +272,68 @@ def _good(ds: xr.Dataset) -> np.ndarray | None:
     return np.asarray(ds["flag"].values) == 0 if "flag" in ds else None
 
 
+@dataclass(frozen=True)
+class GradientOptions:
+    """How gradients are fitted (see :func:`radial_gradient`)."""
+
+    r_max: float = 1.0  #: fit inside this many R_e
+    n_draws: int = 100  #: subsamples for the error
+    fraction: float = 0.75  #: of the pixels inside, per subsample
+    min_inside: int = 25  #: usable pixels inside r_max a galaxy needs to be fitted
+    seed: int = 0
+
+
+def _fits_json(fits: Mapping[str, GradientFit | None]) -> dict:
+    return {p: asdict(f) if f else None for p, f in fits.items()}
+
+
+@dataclass(frozen=True)
+class GradientComparison:
+    """The gradients of a second map set of the same galaxy (the truth, or another run) beside the first's."""
+
+    label: str  #: ``truth`` or the other store's name
+    gradients: dict[str, GradientFit | None]
+    differences: dict[str, GradientDifference]
+    input_gradients_per_r_e: Any = None  #: a mock's input gradients (its truth attribute), where known
+
+    def to_json(self) -> dict:
+        out = {
+            "with": self.label,
+            "gradients": _fits_json(self.gradients),
+            "differences": {p: asdict(d) for p, d in self.differences.items()},
+        }
+        if self.input_gradients_per_r_e is not None:
+            out["input_gradients_per_r_e"] = self.input_gradients_per_r_e
+        return out
+
+
+@dataclass(frozen=True)
+class GradientReport:
+    """Result of :func:`gradient_report` (``to_json`` gives the JSON it writes)."""
+
+    maps: Path
+    geometry: Geometry
+    options: GradientOptions
+    gradients: dict[str, GradientFit | None]  #: property -> fit, None where the galaxy does not qualify
+    not_fitted: dict[str, str]  #: property -> why
+    compare: GradientComparison | None
+    figure: Path
+    json_path: Path
+
+    def to_json(self) -> dict:
+        out = {
+            "maps": str(self.maps),
+            "geometry": asdict(self.geometry),
+            "options": asdict(self.options),
+            "gradients": _fits_json(self.gradients),
+        }
+        if self.not_fitted:
+            out["not_fitted"] = dict(self.not_fitted)
+        if self.compare is not None:
+            out["compare"] = self.compare.to_json()
+        return out | {"figure": str(self.figure), "json": str(self.json_path)}
+
+
 def gradient_report(
     maps_path: str | os.PathLike,
     compare: str | None = None,
@@ -255,61 +345,47 @@ def gradient_report(
     fraction: float = 0.75,
     min_inside: int = 25,
     seed: int = 0,
-) -> dict:
+) -> GradientReport:
     """Gradients of a maps store (and of a second map set: ``truth`` = the cube's truth group, or another
-    maps store of the same galaxy), written as JSON and a PNG in ``out_dir`` (default: beside the maps).
-    Returns the report dict (with paths)."""
-    from survey_proc.stores import open_maps
-
+    maps store of the same galaxy), written as ``<maps>.gradients.json`` and ``.png`` in ``out_dir``
+    (default: beside the maps)."""
     maps_path = Path(maps_path)
     maps = open_maps(maps_path)
     geometry = geometry_from(maps, maps_path, geometry_overrides or {})
-    kw = dict(r_max=r_max, n_draws=n_draws, fraction=fraction, min_inside=min_inside, seed=seed)
-    fits = gradients_of(maps, geometry, properties, **kw)
+    options = GradientOptions(r_max=r_max, n_draws=n_draws, fraction=fraction, min_inside=min_inside, seed=seed)
+    fits = gradients_of(maps, geometry, properties, **asdict(options))
     sets = {maps_path.name: (maps, fits, _good(maps))}
-    report: dict = {
-        "maps": str(maps_path),
-        "geometry": asdict(geometry),
-        "options": kw,
-        "gradients": {p: asdict(f) if f else None for p, f in fits.items()},
-    }
-    not_fitted = [p for p, f in fits.items() if f is None]
-    if not_fitted:
-        report["not_fitted"] = {
-            p: f"fewer than {min_inside} usable pixels inside {r_max:g} R_e or none outside" for p in not_fitted
-        }
+    why = f"fewer than {min_inside} usable pixels inside {r_max:g} R_e or none outside"
+    not_fitted = {p: why for p, f in fits.items() if f is None}
+    comparison = None
     if compare:
         other, label = _open_other(maps, compare)
         # truth maps have no flags: every pixel counts, like the engine's maps with flag == 0
-        other_fits = gradients_of(other, geometry, [p for p in fits], good=_good(other), **kw)
+        other_fits = gradients_of(other, geometry, list(fits), good=_good(other), **asdict(options))
         sets[label] = (other, other_fits, _good(other))
-        report["compare"] = {
-            "with": label,
-            "gradients": {p: asdict(f) if f else None for p, f in other_fits.items()},
-            "differences": compare_gradients(fits, other_fits),
-        }
-        if "input_gradients_per_r_e" in other.attrs:
-            report["compare"]["input_gradients_per_r_e"] = other.attrs["input_gradients_per_r_e"]
+        comparison = GradientComparison(
+            label, other_fits, compare_gradients(fits, other_fits), other.attrs.get("input_gradients_per_r_e")
+        )
     out = Path(out_dir) if out_dir else maps_path.parent
     out.mkdir(parents=True, exist_ok=True)
-    stem = maps_path.name[:-5] if maps_path.name.endswith(".zarr") else maps_path.name
-    png = plot_gradients(
-        sets,
-        geometry,
-        out / f"{stem}.gradients.png",
-        title=f"radial gradients within {r_max:g} R_e (R_e = {geometry.r_e_pixels:.1f} px, "
-        f"i = {geometry.inclination_deg:.0f} deg, PA = {geometry.position_angle_deg:.0f} deg)",
-        r_max=r_max,
+    stem = maps_path.name.removesuffix(".zarr")
+    png = plot_gradients(sets, geometry, out / f"{stem}.gradients.png", title=_title(geometry, r_max), r_max=r_max)
+    report = GradientReport(
+        maps_path, geometry, options, fits, not_fitted, comparison, png, out / f"{stem}.gradients.json"
     )
-    report["figure"] = str(png)
-    report["json"] = str(out / f"{stem}.gradients.json")
-    Path(report["json"]).write_text(json.dumps(report, indent=2, default=str))
+    report.json_path.write_text(json.dumps(report.to_json(), indent=2, default=str))
     return report
 
 
-def _open_other(maps: xr.Dataset, compare: str) -> tuple[xr.Dataset, str]:
-    from survey_proc.stores import open_maps
+def _title(geometry: Geometry, r_max: float) -> str:
+    return (
+        f"radial gradients within {r_max:g} R_e (R_e = {geometry.r_e_pixels:.1f} px, "
+        f"i = {geometry.inclination_deg:.0f} deg, PA = {geometry.position_angle_deg:.0f} deg)"
+    )
 
+
+def _open_other(maps: xr.Dataset, compare: str) -> tuple[xr.Dataset, str]:
+    """The second map set: the truth group of the maps' cube (``truth``), or another maps store."""
     if compare == "truth":
         cube = maps.attrs.get("cube")
         if not cube or not Path(cube).exists():
