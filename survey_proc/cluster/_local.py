@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import dask.config
@@ -33,8 +34,6 @@ def tune_heap() -> bool:
     batches of large temporaries otherwise go back to the system after each use (measured: the
     default network ~1.8x slower per spectrum). False where there is no glibc (nothing changed).
     """
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -29,6 +29,7 @@ from scipy.special import erf
 
 from survey_proc import config
 from survey_proc.errors import DataUnavailableError
+from survey_proc.fetch import registry_file
 
 #: J-PAS-like design: centres 3785 + 100 k Angstrom, k = 0..53, FWHM 145 Angstrom
 JPAS_FIRST_CENTRE = 3785.0
@@ -180,8 +181,6 @@ def _speclite_texts(group: str, bands: Sequence[str]) -> tuple[dict[str, str], s
             )
     except ImportError:
         pass
-    from survey_proc.fetch import registry_file
-
     how = _SPECLITE_HOW.format(downloads=config.cache_dir() / "downloads")
     wheel = registry_file(
         SPECLITE_REQUIREMENT, SPECLITE_WHEEL, SPECLITE_SHA256, pip_args=("--only-binary", ":all:"), how_to_supply=how

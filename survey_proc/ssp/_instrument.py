@@ -5,6 +5,7 @@ Small pure NumPy functions; wavelengths in Angstrom, velocities in km/s.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -71,8 +72,6 @@ def wdisp_to_fwhm(wave: np.ndarray, wdisp: np.ndarray) -> np.ndarray:
 def vacuum_to_air(wave: np.ndarray) -> np.ndarray:
     """Air wavelengths (Angstrom) of vacuum wavelengths (Angstrom), Ciddor (1996) as in the SDSS
     idlutils (``pydl.goddard.astro.vactoair``); below 2000 A unchanged."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydl imports deprecated astropy test helpers
         from pydl.goddard.astro import vactoair
@@ -82,8 +81,6 @@ def vacuum_to_air(wave: np.ndarray) -> np.ndarray:
 def air_to_vacuum(wave: np.ndarray) -> np.ndarray:
     """Vacuum wavelengths (Angstrom) of air wavelengths (Angstrom), the inverse of
     :func:`vacuum_to_air` (``pydl.goddard.astro.airtovac``)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pydl.goddard.astro import airtovac

