@@ -1,4 +1,4 @@
-"""Filter sets, synthetic photometry (AB fluxes, magnitudes, variance), photometric stores."""
+"""Synthetic photometry (AB fluxes, magnitudes, variance), photometric stores (filter sets: tests/ssp)."""
 
 from __future__ import annotations
 
@@ -26,24 +26,6 @@ from survey_proc.synth import (
 )
 
 WAVE = np.arange(2800.0, 11500.0, 0.7)
-
-
-def test_jpas_design():
-    jpas = load_filters("jpas")
-    assert len(jpas) == 54
-    np.testing.assert_allclose(jpas.pivot, 3785 + 100 * np.arange(54), atol=1.0)
-    assert np.all(np.abs(jpas.fwhm - 145) <= 1.0)
-    j36 = load_filters("jpas36")
-    assert len(j36) == 36 and j36.bands[0] == "J3785" and j36.bands[-1] == "J7285"
-    assert jpas.in_range(3700, 7000).bands == tuple(f"J{3785 + 100 * k}" for k in range(33))
-
-
-def test_sdss_curves_come_from_speclite():
-    sdss = load_filters("sdss")
-    assert sdss.bands == ("u", "g", "r", "i", "z")
-    # pivot wavelengths of the Doi et al. (2010) responses through airmass 1.3
-    np.testing.assert_allclose(sdss.pivot, [3594, 4701, 6177, 7491, 8946], rtol=0.01)
-    assert "Doi" in sdss.provenance["source"]
 
 
 @pytest.mark.parametrize("name", ["jpas", "sdss"])

@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from survey_proc.analysis import Geometry, compare_gradients, radial_gradient
-from survey_proc.geometry import disc_coordinates, half_light_radius
-
-
-def test_deprojected_radius_of_an_inclined_disc():
-    # a point on the minor axis at projected distance d lies at d / cos(i) in the disc plane
-    r, _, major = disc_coordinates((41, 41), 20.0, 20.0, 60.0, 90.0)  # major axis along +x
-    assert r[20, 30] == pytest.approx(10.0) and major[20, 30] == pytest.approx(10.0)
-    assert r[30, 20] == pytest.approx(20.0)
-    light = np.exp(-r / 5.0)
-    assert half_light_radius(r, light) == pytest.approx(5 * 1.678, rel=0.05)  # exponential disc: R_e = 1.678 h
+from survey_proc.analysis import (
+    Geometry,
+    GradientOptions,
+    compare_gradients,
+    geometry_from,
+    gradient_report,
+    gradients_of,
+    radial_gradient,
+)
+from survey_proc.errors import CubeError
 
 
 def test_subsampled_fit_recovers_a_known_slope():
@@ -58,6 +57,72 @@ def test_compare_gradients_reports_significance():
     )
     cmp = compare_gradients({"log_age": a}, {"log_age": b})["log_age"]
     assert cmp.difference == pytest.approx(-0.2, abs=0.03) and cmp.n_sigma > 3
+
+
+def _disc_maps(geometry: Geometry, slope: float, shape=(40, 40), **attrs) -> xr.Dataset:
+    """log_age = 10 + slope * R/R_e exactly, metallicity flat; the geometry's attributes as a truth group has them."""
+    x = geometry.radius_re(shape)
+    ds = xr.Dataset(
+        {
+            "log_age": (("y", "x"), 10.0 + slope * x, {"units": "dex"}),
+            "metallicity": (("y", "x"), np.zeros(shape), {"units": "dex"}),
+            "flag": (("y", "x"), np.zeros(shape, np.uint8)),
+        }
+    )
+    ds.attrs.update(attrs)
+    return ds
+
+
+GEOMETRY = Geometry(19.5, 19.5, 50.0, 20.0, 8.0)
+ATTRS = {"inclination_deg": 50.0, "position_angle_deg": 20.0, "r_e_spaxel": 8.0}
+
+
+def test_geometry_from_options_then_attributes():
+    maps = _disc_maps(GEOMETRY, -0.2, **ATTRS)
+    geo = geometry_from(maps, "m.zarr", {})
+    assert (geo.inclination_deg, geo.position_angle_deg, geo.r_e_pixels) == (50.0, 20.0, 8.0)
+    assert (geo.centre_x, geo.centre_y) == (19.5, 19.5)  # the middle of the field by default
+    assert geo.source == "m.zarr attributes"
+    geo = geometry_from(maps, "m.zarr", {"r_e_pixels": 5.0, "inclination_deg": None})
+    assert geo.r_e_pixels == 5.0 and geo.inclination_deg == 50.0
+    assert geo.source == "m.zarr attributes, options"
+
+
+def test_geometry_that_is_unknown_or_impossible_is_refused():
+    maps = _disc_maps(GEOMETRY, -0.2)
+    with pytest.raises(CubeError, match="--inclination VALUE --position-angle VALUE --r-e VALUE"):
+        geometry_from(maps, "m.zarr", {})
+    with pytest.raises(CubeError, match=r"inclination within \[0, 90\)"):
+        geometry_from(maps, "m.zarr", {"inclination_deg": 90.0, "position_angle_deg": 0.0, "r_e_pixels": 3.0})
+
+
+def test_gradients_of_skips_what_is_not_a_map():
+    maps = _disc_maps(GEOMETRY, -0.2)
+    maps["log_mass_surface_density"] = (("object",), np.zeros(3))
+    fits = gradients_of(maps, GEOMETRY, ("log_age", "av", "log_mass_surface_density"))
+    assert list(fits) == ["log_age"] and fits["log_age"].slope == pytest.approx(-0.2)
+
+
+def test_report_of_two_map_sets(tmp_path):
+    _disc_maps(GEOMETRY, -0.2, **ATTRS).to_zarr(tmp_path / "a.zarr", zarr_format=3, consolidated=False)
+    _disc_maps(GEOMETRY, -0.5, **ATTRS).to_zarr(tmp_path / "b.zarr", zarr_format=3, consolidated=False)
+    report = gradient_report(
+        tmp_path / "a.zarr", compare=str(tmp_path / "b.zarr"), out_dir=tmp_path / "out", n_draws=10, min_inside=100
+    )
+    assert report.options == GradientOptions(n_draws=10, min_inside=100)
+    assert report.gradients["log_age"].slope == pytest.approx(-0.2)
+    assert report.compare.label == "b.zarr" and report.compare.differences["log_age"].difference == pytest.approx(0.3)
+    assert report.compare.input_gradients_per_r_e is None
+    assert report.figure == tmp_path / "out" / "a.gradients.png" and report.figure.stat().st_size > 1000
+    written = json.loads(report.json_path.read_text())
+    assert list(written) == ["maps", "geometry", "options", "gradients", "compare", "figure", "json"]
+    assert written == json.loads(json.dumps(report.to_json(), default=str))
+    assert list(written["compare"]) == ["with", "gradients", "differences"]
+    # too few pixels inside R_e: not fitted, and the report says why
+    report = gradient_report(tmp_path / "a.zarr", out_dir=tmp_path / "out", min_inside=10_000)
+    assert report.gradients == {"log_age": None, "metallicity": None} and report.compare is None
+    assert "fewer than 10000 usable pixels" in report.not_fitted["log_age"]
+    assert list(report.to_json()) == ["maps", "geometry", "options", "gradients", "not_fitted", "figure", "json"]
 
 
 def _maps_like(truth: xr.Dataset, cube: str, noise: float, seed: int) -> xr.Dataset:
@@ -108,7 +173,6 @@ def test_gradients_recovered_from_a_mock_cube(tmp_path, ssp_lib):
     those of the truth maps (same geometry) within 2 combined jackknife errors. At S/N 15 per Angstrom at the
     brightest pixel; at S/N 5 the shipped model's metallicity gradient comes out 3.4 sigma too steep and its
     age gradient 2.1 sigma too shallow (the age-metallicity degeneracy; docs/gradients.md)."""
-    from survey_proc.analysis import gradient_report
     from survey_proc.engine import RunConfig, run
     from survey_proc.ssp import load_filters
     from survey_proc.synth import GalaxyParams, MockConfig, photometry_from_store, write_mock

@@ -1,4 +1,4 @@
-"""SSP library and the instrument/physics functions (pure NumPy, no Dask)."""
+"""Instrument and physics applied to spectra: LSFs, air/vacuum, convolution, LOSVD, dust, grids."""
 
 from __future__ import annotations
 
@@ -6,31 +6,6 @@ import numpy as np
 import pytest
 
 from survey_proc import ssp
-from survey_proc.errors import DataUnavailableError
-
-
-def test_library_grid_and_tables(ssp_lib):
-    assert ssp_lib.flux.shape[:2] == (6, 25)
-    assert ssp_lib.n_templates == 150
-    np.testing.assert_allclose(ssp_lib.metal, [-1.71, -1.31, -0.71, -0.40, 0.0, 0.22])
-    np.testing.assert_allclose(10 ** ssp_lib.log_age[[0, -1]] / 1e9, [0.0631, 15.8489], rtol=1e-3)
-    assert ssp_lib.step == pytest.approx(0.9)
-    assert ssp_lib.wave[0] <= 2600 and ssp_lib.wave[-1] >= 10400
-    # stellar + remnant mass per unit initial mass: below 1, decreasing with age
-    assert np.all((ssp_lib.mass > 0.4) & (ssp_lib.mass < 1.0))
-    assert np.all(np.diff(ssp_lib.mass, axis=1) < 0.01)
-    # old populations are fainter per unit mass in the optical than young ones
-    light = ssp_lib.light_in_window()
-    assert np.all(light[:, 0] > 10 * light[:, -1])
-    assert "sha256" in ssp_lib.provenance or "cache" in ssp_lib.provenance
-
-
-def test_supplied_folder_with_missing_files_says_how(tmp_path):
-    (tmp_path / "readme.txt").write_text("nothing here")
-    with pytest.raises(DataUnavailableError, match=r"expected 150.*SURVEY_PROC_SSP_DIR"):
-        ssp.load_ssp_library(tmp_path)
-    with pytest.raises(DataUnavailableError, match="does not exist"):
-        ssp.load_ssp_library(tmp_path / "absent")
 
 
 def test_muse_lsf_matches_bacon2017():
@@ -93,3 +68,40 @@ def test_log_grid_and_resample():
     wave = np.linspace(3000.0, 6000.0, 100)
     out = ssp.resample(wave, 2 * wave[None, :], np.array([2900.0, 4500.0]))
     assert np.isnan(out[0, 0]) and out[0, 1] == pytest.approx(9000.0)
+
+
+def test_sdss_lsf_from_the_knots_and_from_wdisp():
+    knots, fwhm = np.array(ssp.SDSS_LSF_KNOTS[0]), np.array(ssp.SDSS_LSF_KNOTS[1])
+    np.testing.assert_allclose(ssp.sdss_lsf_fwhm(knots), fwhm)
+    assert ssp.sdss_lsf_fwhm(np.array([3000.0]))[0] == fwhm[0]  # held flat beyond the knots
+    wave = np.linspace(5000.0, 5010.0, 11)  # 1 A pixels
+    np.testing.assert_allclose(ssp.wdisp_to_fwhm(wave, np.ones(11)), 2.3548, rtol=1e-4)
+
+
+def test_air_and_vacuum_wavelengths():
+    air = ssp.vacuum_to_air(np.array([1500.0, 6564.61]))
+    assert air[0] == 1500.0  # below 2000 A: unchanged
+    assert air[1] == pytest.approx(6562.80, abs=0.01)  # H-alpha
+    np.testing.assert_allclose(ssp.air_to_vacuum(air), [1500.0, 6564.61], atol=1e-3)
+    np.testing.assert_array_equal(ssp.to_medium(air, "air", "air"), air)
+    np.testing.assert_allclose(ssp.to_medium(air, "air", "vacuum"), ssp.air_to_vacuum(air))
+    with pytest.raises(ValueError, match="unknown wavelength medium"):
+        ssp.to_medium(air, "air", "water")
+
+
+def test_pixel_gaussian_weights_are_normalised():
+    w = ssp.gaussian_pixel_weights(np.array([0.0, 0.5, 2.0]), 6)
+    assert w.shape == (3, 13)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    assert w[0, 6] == pytest.approx(1.0)  # sigma 0: a delta
+    np.testing.assert_allclose(w, w[:, ::-1])  # symmetric
+
+
+def test_every_named_dust_law_dims_the_blue_more():
+    wave = np.array([4000.0, 5500.0, 8000.0])
+    for law in ("calzetti00", "ccm89", "odonnell94", "fitzpatrick99"):
+        k = ssp.attenuation_curve(wave, law)
+        assert k[0] > k[1] > k[2] and k[1] == pytest.approx(1.0, abs=0.1)  # A_V at V
+    flux = np.ones((2, 3), np.float32)
+    out = ssp.attenuate(wave, flux, np.array([0.0, 1.0]))
+    assert out.dtype == np.float32 and np.all(out[0] == 1.0) and np.all(out[1] < 1.0)

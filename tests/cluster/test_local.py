@@ -1,0 +1,34 @@
+"""--cluster local: worker processes start with the configured environment and Dask settings."""
+
+from __future__ import annotations
+
+import dask
+from distributed import Client
+
+from survey_proc.cluster import local_cluster, tune_heap
+
+
+def _worker_settings():
+    import os
+
+    import dask.config
+
+    return (
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        dask.config.get("distributed.worker.profile.enabled"),
+        dask.config.get("distributed.admin.tick.interval"),
+    )
+
+
+def test_local_workers_start_with_our_settings():
+    """Heap reuse (malloc tunables), no sampling profiler and a slow housekeeping tick in every local
+    worker, as configured."""
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
+        settings = set(client.run(_worker_settings).values())
+    assert settings == {("67108864", False, "1s")}
+
+
+def test_the_driver_takes_the_workers_heap_settings():
+    assert tune_heap() is True  # glibc: mallopt applied (CI and the development machines are Linux)
+    with dask.config.set({"survey-proc.cluster.worker-environ": {"MALLOC_TRIM_THRESHOLD_": "not-a-number"}}):
+        assert tune_heap() is True  # a value mallopt cannot take is left to glibc's default
