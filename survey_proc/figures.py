@@ -1,9 +1,22 @@
-"""Writing figures: one place for the PNG tail every plotting function shares."""
+"""Writing figures: matplotlib set up for files, and the PNG tail every plotting function shares.
+
+matplotlib is imported on first use only (it is slow to import and only the plotting paths need it).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend: figures go to files, never to a screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 90, tight: bool = True) -> Path:

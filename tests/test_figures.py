@@ -13,3 +13,9 @@ def test_save_figure_writes_a_png_and_frees_the_figure(tmp_path):
     path = save_figure(fig, str(tmp_path / "f.png"), dpi=50)
     assert path == tmp_path / "f.png" and path.read_bytes()[:4] == b"\x89PNG"
     assert not plt.fignum_exists(fig.number)
+
+
+def test_pyplot_draws_off_screen():
+    from survey_proc.figures import pyplot
+
+    assert pyplot() is plt and plt.get_backend().lower() == "agg"

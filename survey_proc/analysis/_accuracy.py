@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc.figures import save_figure
+from survey_proc.figures import pyplot, save_figure
 from survey_proc.stores import robust_sigma
 
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
@@ -102,11 +102,7 @@ def plot_maps_vs_truth(
     title: str = "",
 ) -> Path:
     """PNG with one row per property: truth, estimate, estimate - truth, estimate vs truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [n for n in names if n in maps and n in truth]
     flag = np.asarray(maps["flag"].values)
     fig, axes = plt.subplots(len(names), 4, figsize=(14, 3.1 * len(names)), squeeze=False)

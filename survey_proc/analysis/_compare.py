@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from survey_proc.errors import CubeError
-from survey_proc.figures import save_figure
+from survey_proc.figures import pyplot, save_figure
 from survey_proc.stores import NOT_FITTED, open_maps, robust_sigma
 
 #: properties compared by default, where both stores have them
@@ -182,11 +182,7 @@ def plot_comparison(
     Without truth: top [A, B], bottom [A - B, (A - B) against B]. With truth: top [truth, A, B],
     bottom [A - truth, B - truth, both against truth]. Catalogues (1-D) get the last panel only.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     good = good_pixels(a, good_only) & good_pixels(b, good_only)
     va = np.where(good, np.asarray(a[name].values, np.float64), np.nan)
     vb = np.where(good, np.asarray(b[name].values, np.float64), np.nan)

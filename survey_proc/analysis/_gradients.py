@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from survey_proc.errors import CubeError
-from survey_proc.figures import save_figure
+from survey_proc.figures import pyplot, save_figure
 from survey_proc.geometry import disc_coordinates
 from survey_proc.stores import open_maps
 
@@ -231,11 +231,7 @@ def plot_gradients(
     r_max: float = 1.0,
 ) -> Path:
     """PNG: one panel per property, pixel values against R/R_e for each map set, with the fitted lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     props = [p for p in next(iter(sets.values()))[1]]
     fig, axes = plt.subplots(1, max(len(props), 1), figsize=(4.5 * max(len(props), 1), 4), squeeze=False)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
