@@ -1,8 +1,8 @@
 """The GPU paths on a real GPU (marker ``gpu``; skipped where torch sees no CUDA device).
 
 Run on a GPU node with ``pytest -m gpu`` (``benchmarks/gpu/run_on_gpu.sh`` does). What runs on CPUs
-alone (batch sizing, pinned rows, local-cuda threads, TF32 settings) is tested in test_cluster.py and
-test_estimators.py.
+alone is tested there: batch sizing, pinned rows and TF32 settings in test_cluster.py, local-cuda
+threads in cluster/test_cuda.py.
 """
 
 from __future__ import annotations
