@@ -7,13 +7,41 @@ without a traceback, with exit status 2; an interrupted run exits 130 and says h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from survey_proc import config
+from survey_proc import config, progress
 from survey_proc.errors import SurveyProcError
+
+
+class _AboveBars(logging.Handler):
+    """Log lines printed above the progress bars (``progress.write``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress.write(self.format(record))
+
+
+@contextlib.contextmanager
+def _reporting(quiet: bool) -> Iterator[None]:
+    """Progress bars and the library's INFO log lines for what a verb runs, unless ``--quiet``."""
+    if quiet:
+        yield
+        return
+    logger, handler = logging.getLogger("survey_proc"), _AboveBars()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with progress.shown():
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _positive_int(text: str) -> int:
@@ -399,7 +427,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.epochs = args.epochs
     if args.device:
         cfg.device = args.device
-    bundle = train(cfg, args.out, progress=not args.quiet)
+    with _reporting(args.quiet):  # (the bars of the training set's synthesis)
+        bundle = train(cfg, args.out, progress=not args.quiet)
     print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube {store} --model {bundle}")
     return 0
 
@@ -477,13 +506,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_trainset(args: argparse.Namespace) -> int:
     from survey_proc.ssp import load_ssp_library
-    from survey_proc.training import INPUT_PRESETS, TrainConfig, write_trainset
+    from survey_proc.training import TrainConfig, input_preset, write_trainset
 
     cfg = TrainConfig.from_yaml(args.config)
     t0 = time.perf_counter()
-    store = write_trainset(
-        cfg.trainset, load_ssp_library(), INPUT_PRESETS[cfg.input](), args.out, progress=not args.quiet
-    )
+    with _reporting(args.quiet):
+        store = write_trainset(cfg.trainset, load_ssp_library(), input_preset(cfg.input), args.out)
     print(
         f"training set of {len(store)} noise-free spectra ({', '.join(store.label_names)} + the "
         f"age-[M/H] weight grid) written to {args.out} in {time.perf_counter() - t0:.0f} s; "

@@ -50,7 +50,6 @@ LONG_MODULES_TODAY: set[str] = {
     "survey_proc/engine/_run.py",
     "survey_proc/preprocess.py",
     "survey_proc/synth/_mock.py",
-    "survey_proc/training/_dataset.py",
     "survey_proc/training/_photometric.py",
     "survey_proc/training/_train.py",
 }

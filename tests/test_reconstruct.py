@@ -8,11 +8,11 @@ import torch
 
 from survey_proc.ssp import muse_lsf_fwhm
 from survey_proc.synth import Synthesiser, sample_training_mixtures
-from survey_proc.training import Reconstructor, default_muse_input, reduced_chi2
+from survey_proc.training import Reconstructor, muse_rest_4750_7100_input, reduced_chi2
 
 
 def test_reconstructor_matches_the_synthesiser(ssp_lib):
-    spec = default_muse_input()
+    spec = muse_rest_4750_7100_input()
     z = 0.05
     synth = Synthesiser(ssp_lib, spec.wave * (1 + z), z, muse_lsf_fwhm, max_velocity=1500.0)
     recon = Reconstructor.from_synthesiser(synth, spec.wave)

@@ -9,19 +9,19 @@ import pytest
 import torch
 import xarray as xr
 
-from survey_proc.training import TrainConfig, TrainsetConfig, default_muse_input, make_inputs, synthesise, train
+from survey_proc.training import TrainConfig, TrainsetConfig, make_inputs, muse_rest_4750_7100_input, synthesise, train
 
 
 def test_training_set_labels_cover_the_grid(ssp_lib):
     cfg = TrainsetConfig(n=3000, seed=5, batch=1000)
-    data = synthesise(cfg, ssp_lib, default_muse_input())
+    data = synthesise(cfg, ssp_lib, muse_rest_4750_7100_input())
     la, mh = data.labels[:, 0], data.labels[:, 1]
     # not one Gaussian blob: the age-[M/H] plane is covered to its edges
     assert la.min() < 8.0 and la.max() > 10.1
     assert mh.min() < -1.6 and mh.max() > 0.2
     hist, _, _ = np.histogram2d(la, mh, bins=4)
     assert (hist > 0).all()
-    x, _flags, snr = make_inputs(data, np.random.default_rng(0), cfg, default_muse_input())
+    x, _flags, snr = make_inputs(data, np.random.default_rng(0), cfg, muse_rest_4750_7100_input())
     assert x.shape == (3000, 3, 1881) and np.isfinite(x).all()
     # measured S/N follows the drawn S/N
     ok = data.snr < 200
@@ -195,13 +195,31 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
     assert np.isfinite(maps.velocity.values[ok]).all() and (maps.velocity_err.values[ok] > 0).all()
 
 
-def test_wide_input_and_weights_from_a_shorter_range_model():
+def test_input_presets_by_name_and_their_former_function_names():
+    from survey_proc.training import (
+        INPUT_PRESETS,
+        default_muse_input,
+        input_preset,
+        muse_rest_4750_8800_input,
+        wide_muse_input,
+    )
+
+    assert input_preset("muse-rest-4750-7100") == muse_rest_4750_7100_input()
+    assert input_preset("muse-rest-4750-8800") == muse_rest_4750_8800_input()
+    assert set(INPUT_PRESETS) == {"muse-rest-4750-7100", "muse-rest-4750-8800", "sdss-observed-3800-8900"}
+    # the names from when 4750-7100 A was the default's input and 4750-8800 A "wide" still work
+    assert default_muse_input() == muse_rest_4750_7100_input() and wide_muse_input() == muse_rest_4750_8800_input()
+    with pytest.raises(ValueError, match="unknown input preset 'muse'; known: muse-rest-4750-7100"):
+        input_preset("muse")
+
+
+def test_4750_8800_input_and_weights_from_a_shorter_range_model():
     """The default's input covers rest 4750-8800 A with the red sky lines and telluric bands masked;
     its convolutions can start from a 4750-7100 A bundle (same shapes), the dense layer cannot."""
     from survey_proc.estimators import load_manifest
-    from survey_proc.training import build, initial_weights, wide_muse_input
+    from survey_proc.training import build, initial_weights, muse_rest_4750_8800_input
 
-    spec = wide_muse_input()
+    spec = muse_rest_4750_8800_input()
     assert spec.wave.size == 3241 and spec.wave[-1] == 8800.0
     assert (7590.0, 7700.0) in spec.masks_observed and (7310.0, 7340.0) in spec.masks_rest
     old = load_manifest("muse-7100")

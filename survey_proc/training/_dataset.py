@@ -8,20 +8,18 @@ the engine will feed it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from survey_proc import progress
 from survey_proc.config import dataclass_options
 from survey_proc.preprocess import InputSpec, prepare
 from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
 from survey_proc.synth import (
-    EMISSION_LINES,
     LINE_SETS,
     Synthesiser,
     emission_line_spectra,
@@ -30,36 +28,6 @@ from survey_proc.synth import (
     sample_sfh_mixtures,
     sample_training_mixtures,
     sky_line_profile,
-)
-
-#: rest-frame windows (Angstrom) masked around nebular lines, wide enough for +-400 km/s and
-#: the lines' own width (after GalProTE, Anwar et al. 2025, Table 2)
-EMISSION_MASKS_REST = (
-    (4846.0, 4877.0),
-    (4944.0, 4974.0),
-    (4992.0, 5022.0),
-    (5189.0, 5210.0),
-    (5866.0, 5886.0),
-    (6285.0, 6316.0),
-    (6350.0, 6380.0),
-    (6530.0, 6600.0),
-    (6700.0, 6747.0),
-)
-#: observed-frame windows masked around the strongest sky lines (Angstrom)
-SKY_MASKS_OBSERVED = ((5570.0, 5585.0), (5885.0, 5900.0), (6295.0, 6306.0), (6358.0, 6369.0), (6860.0, 6868.0))
-
-#: rest-frame lines beyond 7100 A masked by the wide MUSE input ([Ar III] 7136, [O II] 7320/7330)
-EMISSION_MASKS_REST_RED = ((7126.0, 7146.0), (7310.0, 7340.0))
-#: observed-frame sky lines and telluric bands of the red half of MUSE's range (Angstrom)
-SKY_MASKS_OBSERVED_RED = (
-    (6865.0, 6935.0),
-    (7334.0, 7348.0),
-    (7590.0, 7700.0),
-    (8338.0, 8351.0),
-    (8393.0, 8406.0),
-    (8821.0, 8834.0),
-    (8879.0, 8893.0),
-    (8913.0, 8926.0),
 )
 
 
@@ -103,60 +71,6 @@ INSTRUMENTS: dict[str, Instrument] = {
 CALZETTI_RV = 4.05
 #: R_V = A_V / E(B-V) of each dust law a set can be reddened with (ssp.attenuation_curve), for ``ebv``
 DUST_LAW_RV = {"calzetti00": CALZETTI_RV, "ccm89": 3.1, "odonnell94": 3.1, "fitzpatrick99": 3.1}
-
-#: sky-line windows masked in SDSS spectra (observed frame, vacuum Angstrom: [OI]5577, NaD,
-#: [OI]6300, [OI]6363, the strongest residuals of the SDSS sky subtraction)
-SDSS_SKY_MASKS_VACUUM = ((5572.0, 5586.0), (5885.0, 5904.0), (6295.0, 6310.0), (6359.0, 6373.0))
-
-
-def default_muse_input() -> InputSpec:
-    """The input of the default MUSE models: rest frame 4750-7100 A at 1.25 A (1881 pixels)."""
-    return InputSpec(
-        wave_start=4750.0,
-        wave_stop=7100.0,
-        wave_step=1.25,
-        frame="rest",
-        medium="air",
-        channels=("flux", "error", "mask"),
-        normalise="median",
-        masks_rest=EMISSION_MASKS_REST,
-        masks_observed=SKY_MASKS_OBSERVED,
-        max_masked_fraction=0.5,
-        min_coverage=0.99,
-        lsf="MUSE, Bacon et al. (2017) eq. 8, in the observed frame",
-    )
-
-
-def wide_muse_input() -> InputSpec:
-    """MUSE rest frame 4750-8800 A at 1.25 A (3241 pixels): the red half of MUSE's range adds the
-    dust lever arm and the Ca triplet; it needs z <= 0.062 for MUSE's 9350 A red end. Telluric bands
-    and the red sky lines are masked in the observed frame."""
-    return dataclasses.replace(
-        default_muse_input(),
-        wave_stop=8800.0,
-        masks_rest=EMISSION_MASKS_REST + EMISSION_MASKS_REST_RED,
-        masks_observed=SKY_MASKS_OBSERVED + SKY_MASKS_OBSERVED_RED,
-    )
-
-
-def sdss_observed_input() -> InputSpec:
-    """The input of SDSS-like models (after Wang et al. 2024): observed frame 3800-8900 A
-    (vacuum) at 1 A (5101 pixels), normalised by the median in 4950-5050 A, no de-redshifting;
-    strong sky-line residuals masked."""
-    return InputSpec(
-        wave_start=3800.0,
-        wave_stop=8900.0,
-        wave_step=1.0,
-        frame="observed",
-        medium="vacuum",
-        channels=("flux", "error", "mask"),
-        normalise="window",
-        normalise_window=(4950.0, 5050.0),
-        masks_observed=SDSS_SKY_MASKS_VACUUM,
-        max_masked_fraction=0.5,
-        min_coverage=0.99,
-        lsf="SDSS, R ~ 1800-2700 (ssp.sdss_lsf_fwhm), observed frame",
-    )
 
 
 @dataclass
@@ -336,7 +250,7 @@ def _label_values(
     return np.stack([cols[n] for n in names], axis=1).astype(np.float32)
 
 
-def _grid_rows(cfg: TrainsetConfig, spec: InputSpec) -> int:
+def grid_rows(cfg: TrainsetConfig, spec: InputSpec) -> int:
     """Observed pixels per row (the same for every batch of a set)."""
     return _row_window(spec, instrument_of(cfg), cfg.redshift_range[0], cfg.redshift_range[1])[1]
 
@@ -404,159 +318,11 @@ def n_batches(cfg: TrainsetConfig) -> int:
     return -(-cfg.n // cfg.batch)
 
 
-def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, progress: bool = False) -> NoiseFreeSet:
+def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec) -> NoiseFreeSet:
     """Draw ``cfg.n`` noise-free observed-frame spectra covering the model's range (in memory)."""
     _line_list(cfg)  # unknown options fail before any work
-    batches = range(n_batches(cfg))
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="synthesising", unit="batch")
+    batches = progress.track(range(n_batches(cfg)), "synthesising", unit="batch")
     return NoiseFreeSet.concat([synthesise_batch(cfg, lib, spec, k) for k in batches])
-
-
-class StoredSet:
-    """A training set in a Zarr store: labels and small columns in memory, spectra read on demand.
-
-    Quacks like :class:`NoiseFreeSet` where training needs it (``len``, ``labels``, ``subset``).
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import zarr
-
-        self.path = str(path)
-        self.group = zarr.open_group(self.path, mode="r")
-        attrs = dict(self.group.attrs)
-        done = np.asarray(self.group["batch_done"][...])
-        if not done.all():
-            raise ValueError(
-                f"training set {path} is incomplete ({int(done.sum())} of {done.size} batches); "
-                "rerun `survey-proc trainset` with the same arguments to finish it"
-            )
-        self.config = trainset_from_record(json.loads(attrs["config"]))
-        self.digest = attrs["digest"]
-        self.label_names = tuple(attrs["label_names"])
-        self.labels = np.asarray(self.group["labels"][...])
-        self.wave_index = np.asarray(self.group["wave_index"][...])
-        self.redshift = np.asarray(self.group["redshift"][...])
-        self.snr = np.asarray(self.group["snr"][...])
-        self.kind = np.asarray(self.group["kind"][...])
-        self.emission = np.asarray(self.group["emission"][...])
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.group["flux"].shape)) * 4 + int(np.prod(self.group["weights"].shape)) * 4
-
-    def load(self) -> NoiseFreeSet:
-        """The whole set in memory (when it fits, reading it once beats reading it every epoch)."""
-        return NoiseFreeSet(
-            np.asarray(self.group["flux"][...]),
-            self.wave_index,
-            self.redshift,
-            self.snr,
-            self.labels,
-            self.label_names,
-            np.asarray(self.group["weights"][...]),
-            self.kind,
-            self.emission,
-        )
-
-    def subset(self, idx: np.ndarray) -> NoiseFreeSet:
-        idx = np.asarray(idx)
-        order = np.argsort(idx, kind="stable")
-        rows = idx[order]
-        # read runs of consecutive rows as slices (zarr's fancy indexing is far slower)
-        breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
-        runs = np.split(rows, breaks)
-        flux = np.concatenate([np.asarray(self.group["flux"][r[0] : r[-1] + 1]) for r in runs])
-        weights = np.concatenate([np.asarray(self.group["weights"][r[0] : r[-1] + 1]) for r in runs])
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        return NoiseFreeSet(
-            flux[inverse],
-            self.wave_index[idx],
-            self.redshift[idx],
-            self.snr[idx],
-            self.labels[idx],
-            self.label_names,
-            weights[inverse],
-            self.kind[idx],
-            self.emission[idx],
-        )
-
-
-def write_trainset(
-    cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: str | os.PathLike, progress: bool = False
-) -> StoredSet:
-    """Synthesise the set batch by batch into a Zarr store (bounded memory; a rerun resumes).
-
-    Each batch is seeded by (seed, batch index), so the store does not depend on how often the
-    writing was interrupted.
-    """
-    import zarr
-
-    path = str(path)
-    nb = n_batches(cfg)
-    digest = cfg.digest(lib, spec)
-    n_obs = _grid_rows(cfg, spec)
-    try:
-        group = zarr.open_group(path, mode="r+")
-        if group.attrs.get("digest") != digest:
-            raise ValueError(
-                f"{path} holds another training set (digest {group.attrs.get('digest')} vs "
-                f"{digest}); choose another path or delete it"
-            )
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        b = cfg.batch
-        # noise-free float spectra barely compress (~12 %); uncompressed they stream far faster
-        group.create_array("flux", shape=(cfg.n, n_obs), chunks=(b, n_obs), dtype="float32", compressors=None)
-        group.create_array(
-            "weights",
-            shape=(cfg.n, lib.metal.size, lib.log_age.size),
-            chunks=(b, lib.metal.size, lib.log_age.size),
-            dtype="float32",
-        )
-        group.create_array("labels", shape=(cfg.n, len(cfg.labels)), chunks=(b, len(cfg.labels)), dtype="float32")
-        for name, dtype in (
-            ("wave_index", "int32"),
-            ("redshift", "float64"),
-            ("snr", "float32"),
-            ("kind", "uint8"),
-            ("emission", "bool"),
-        ):
-            group.create_array(name, shape=(cfg.n,), chunks=(b,), dtype=dtype)
-        group.create_array("batch_done", shape=(nb,), chunks=(1,), dtype="uint8", fill_value=0)
-        group.attrs.update(
-            {
-                "config": json.dumps(asdict(cfg), default=list),
-                "digest": digest,
-                "label_names": list(cfg.labels),
-                "instrument": cfg.instrument,
-                "input": json.dumps(spec.to_manifest()),
-                "ssp_library": lib.provenance.get("source", ""),
-                "description": "noise-free observed-frame training spectra; noise is drawn per epoch",
-            }
-        )
-    done = np.asarray(group["batch_done"][...])
-    todo = [k for k in range(nb) if not done[k]]
-    if progress:
-        from tqdm import tqdm
-
-        todo = tqdm(todo, desc="training set", unit="batch")
-    for k in todo:
-        part = synthesise_batch(cfg, lib, spec, k)
-        sl = slice(k * cfg.batch, k * cfg.batch + len(part))
-        group["flux"][sl] = part.flux
-        group["weights"][sl] = part.weights
-        group["labels"][sl] = part.labels
-        for name in ("wave_index", "redshift", "snr", "kind", "emission"):
-            group[name][sl] = getattr(part, name)
-        group["batch_done"][k : k + 1] = np.ones(1, np.uint8)
-    return StoredSet(path)
 
 
 def observe_noisy(
@@ -619,31 +385,3 @@ def make_inputs(
         flags.append(fl)
         snrs.append(sn)
     return np.concatenate(xs), np.concatenate(flags), np.concatenate(snrs)
-
-
-__all__ = [
-    "CALZETTI_RV",
-    "CONTINUOUS_SFH",
-    "DUST_LAW_RV",
-    "EMISSION_LINES",
-    "EMISSION_MASKS_REST",
-    "INSTRUMENTS",
-    "SDSS_SKY_MASKS_VACUUM",
-    "SKY_MASKS_OBSERVED",
-    "SSP_MIXTURE",
-    "Instrument",
-    "NoiseFreeSet",
-    "StoredSet",
-    "TrainsetConfig",
-    "default_muse_input",
-    "draw_redshift",
-    "make_inputs",
-    "n_batches",
-    "observe_noisy",
-    "sdss_observed_input",
-    "synthesise",
-    "synthesise_batch",
-    "trainset_from_record",
-    "wide_muse_input",
-    "write_trainset",
-]

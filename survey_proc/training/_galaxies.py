@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from survey_proc import progress
 from survey_proc.ssp import FilterSet, SSPLibrary, load_filters
 from survey_proc.synth import GalaxyParams, MockConfig, PhotometrySynthesiser, mock_band_fluxes, truth_values
 
@@ -96,9 +97,7 @@ def draw_mock_config(rng: np.random.Generator, cfg: GalaxySetConfig) -> MockConf
     )
 
 
-def synthesise_galaxies(
-    cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str, ...], progress: bool = False
-) -> GalaxySet:
+def synthesise_galaxies(cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str, ...]) -> GalaxySet:
     """Draw ``cfg.n_galaxies`` galaxies (one photometric synthesiser per redshift, built once)."""
     filters = load_filters(cfg.filters)
     rng = np.random.default_rng(cfg.seed)
@@ -108,12 +107,7 @@ def synthesise_galaxies(
     var = np.empty_like(flux)
     lab = np.empty((*shape, len(labels)), np.float32)
     configs = []
-    galaxies = range(cfg.n_galaxies)
-    if progress:
-        from tqdm import tqdm
-
-        galaxies = tqdm(galaxies, desc="galaxies", unit="galaxy")
-    for g in galaxies:
+    for g in progress.track(range(cfg.n_galaxies), "galaxies", unit="galaxy"):
         mc = draw_mock_config(rng, cfg)
         if mc.redshift not in synths:
             synths[mc.redshift] = PhotometrySynthesiser(lib, filters, mc.redshift)

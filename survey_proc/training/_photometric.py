@@ -716,7 +716,7 @@ def train_photometric(cfg: PhotTrainConfig, out_dir: str | os.PathLike, progress
     say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
     lib = load_ssp_library()
-    data = synthesise_galaxies(cfg.galaxies, lib, tuple(cfg.labels), progress=progress)
+    data = synthesise_galaxies(cfg.galaxies, lib, tuple(cfg.labels))
     say(
         f"synthesised {len(data)} galaxies of {cfg.galaxies.size}^2 pixels through {cfg.galaxies.filters} "
         f"in {time.perf_counter() - t0:.0f} s"

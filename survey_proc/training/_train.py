@@ -35,24 +35,11 @@ from survey_proc.ssp import SSPLibrary, load_ssp_library, to_medium
 from survey_proc.stores import NOT_FITTED, property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
-from survey_proc.training._dataset import (
-    TrainsetConfig,
-    default_muse_input,
-    instrument_of,
-    make_inputs,
-    sdss_observed_input,
-    synthesise,
-    wide_muse_input,
-    write_trainset,
-)
+from survey_proc.training._dataset import TrainsetConfig, instrument_of, make_inputs, synthesise
 from survey_proc.training._edges import fit_edge_table, noise_level
 from survey_proc.training._evaluate import evaluate
-
-INPUT_PRESETS = {
-    "muse-rest-4750-7100": default_muse_input,
-    "muse-rest-4750-8800": wide_muse_input,
-    "sdss-observed-3800-8900": sdss_observed_input,
-}
+from survey_proc.training._inputs import input_preset
+from survey_proc.training._store import write_trainset
 
 
 @dataclass
@@ -233,18 +220,18 @@ def _plot_history(history: list[dict], path: Path) -> None:
     save_figure(fig, path, dpi=100)
 
 
-def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, out: Path, progress: bool):
+def _load_sets(cfg: TrainConfig, lib: SSPLibrary, spec: InputSpec, out: Path):
     ts = cfg.trainset
     if cfg.trainset_store:
         store = Path(cfg.trainset_store)
         store = store if store.is_absolute() else out / store  # relative paths live in the run folder
-        train_set = write_trainset(ts, lib, spec, store, progress=progress)
+        train_set = write_trainset(ts, lib, spec, store)
         import psutil
 
         if train_set.nbytes < 0.3 * psutil.virtual_memory().available:
             train_set = train_set.load()  # fits in memory: read once instead of every epoch
     else:
-        train_set = synthesise(ts, lib, spec, progress=progress)
+        train_set = synthesise(ts, lib, spec)
     val_set = synthesise(dataclasses.replace(ts, n=cfg.n_val, seed=ts.seed + 1_000_003), lib, spec)
     return train_set, val_set
 
@@ -431,14 +418,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     """
     out, device = start_run(out_dir, cfg.device, cfg.threads, cfg.seed)
     lib = load_ssp_library()
-    if cfg.input not in INPUT_PRESETS:
-        raise ValueError(f"unknown input preset {cfg.input!r}; known: {', '.join(INPUT_PRESETS)}")
-    spec = INPUT_PRESETS[cfg.input]()
+    spec = input_preset(cfg.input)
     say = print if progress else (lambda *a, **k: None)
 
     t0 = time.perf_counter()
     ts = cfg.trainset
-    train_set, val_set = _load_sets(cfg, lib, spec, out, progress)
+    train_set, val_set = _load_sets(cfg, lib, spec, out)
     say(f"{len(train_set)} training and {len(val_set)} validation spectra ready in {time.perf_counter() - t0:.0f} s")
 
     names = list(ts.labels)
