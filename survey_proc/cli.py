@@ -166,9 +166,12 @@ def cmd_ingest_spectra(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_bins(args: argparse.Namespace) -> int:
-    from survey_proc.training import evaluate_held_out
+    from survey_proc.training import evaluate_held_out, format_evaluation
 
-    evaluate_held_out(args.model, args.out, n_per_class=args.n, seed=args.seed, progress=not args.quiet)
+    with _reporting(args.quiet):
+        result = evaluate_held_out(args.model, args.out, n_per_class=args.n, seed=args.seed)
+    if not args.quiet:
+        print(format_evaluation(result))
     print(
         f"numbers: {Path(args.out) / 'evaluation.json'}\nfigures: {Path(args.out) / 'pred_vs_true.png'}, "
         f"{Path(args.out) / 'scatter_by_bin.png'}"
@@ -525,9 +528,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     snrs = [float(v) for v in args.snr.split(",")]
     png = args.png or (Path(args.json).with_suffix(".png") if args.json else Path("evaluate_predicted_vs_true.png"))
-    result = evaluate(
-        args.model, snrs=snrs, n=args.n, baseline=args.baseline, seed=args.seed, png=png, progress=not args.quiet
-    )
+    with _reporting(args.quiet):
+        result = evaluate(args.model, snrs=snrs, n=args.n, baseline=args.baseline, seed=args.seed, png=png)
     if args.json:
         write_json(result, args.json)
     for key, block in result["snr"].items():

@@ -213,6 +213,17 @@ def test_input_presets_by_name_and_their_former_function_names():
         input_preset("muse")
 
 
+def test_evaluate_bins_cli_prints_its_table_and_the_progress_log(toy_bundle, tmp_path, capsys):
+    from survey_proc.cli import main
+
+    bundle, _ = toy_bundle
+    assert main(["evaluate-bins", str(bundle), "--out", str(tmp_path / "eb"), "--n", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out spectra fitted" in out  # a log line of the library, shown by the CLI
+    assert "overall (bias / robust scatter)" in out and "by_class" in out  # the table
+    assert json.loads((tmp_path / "eb" / "evaluation.json").read_text())["overall"]["n"] > 0
+
+
 def test_4750_8800_input_and_weights_from_a_shorter_range_model():
     """The default's input covers rest 4750-8800 A with the red sky lines and telluric bands masked;
     its convolutions can start from a 4750-7100 A bundle (same shapes), the dense layer cannot."""

@@ -13,7 +13,7 @@ from survey_proc.training._dataset import (
 )
 from survey_proc.training._edges import apply_edge_table, fit_edge_table, noise_level
 from survey_proc.training._evaluate import evaluate, heldout_config, write_json
-from survey_proc.training._evaluate_bins import evaluate_held_out, trainset_of
+from survey_proc.training._evaluate_bins import evaluate_held_out, format_evaluation, trainset_of
 from survey_proc.training._galaxies import GalaxySetConfig, draw_mock_config
 from survey_proc.training._inputs import (
     INPUT_PRESETS,
@@ -47,6 +47,7 @@ __all__ = [
     "evaluate",
     "evaluate_held_out",
     "fit_edge_table",
+    "format_evaluation",
     "heldout_config",
     "initial_weights",
     "input_preset",

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from survey_proc import progress
 from survey_proc.estimators import Estimator, load_estimator
 from survey_proc.figures import save_figure
 from survey_proc.preprocess import estimator_meta, prepare
-from survey_proc.ssp import SSPLibrary
+from survey_proc.ssp import SSPLibrary, load_ssp_library
+from survey_proc.stores import robust_sigma
 from survey_proc.training._dataset import (
     CONTINUOUS_SFH,
     NoiseFreeSet,
@@ -32,6 +36,8 @@ from survey_proc.training._dataset import (
     trainset_from_record,
 )
 from survey_proc.training._metrics import score_predictions
+
+log = logging.getLogger(__name__)
 
 #: seed offset of ``survey-proc evaluate`` sets (training uses seed, validation seed + 1000003, the
 #: held-out metrics written into the manifest at export seed + 2000003)
@@ -122,7 +128,6 @@ def evaluate(
     lib: SSPLibrary | None = None,
     families: Sequence[str] = ("ssp", "csfh"),
     png: str | os.PathLike | None = None,
-    progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on held-out spectra at each S/N.
 
@@ -130,18 +135,10 @@ def evaluate(
     top-level ``snr`` block pools the families and each entry maps a label to bias, robust_sigma,
     coverage_68, coverage_95 (and edge biases for log_age and metallicity).
     """
-    from survey_proc.ssp import load_ssp_library
-
     lib = lib or load_ssp_library()
     est = load_estimator(model)
-    raw = est.manifest.raw
-    training = raw.get("training", {}).get("config", {})
-    tcfg = trainset_from_record(training.get("trainset", {}))
-    train_seed = tcfg.seed
-    seed = train_seed + EVAL_SEED_OFFSET if seed is None else seed
-    used = {train_seed, train_seed + 1_000_003}  # training and validation
-    if seed in used:
-        raise ValueError(f"seed {seed} was used to train or validate {model}; choose another")
+    tcfg = trainset_from_record(est.manifest.raw.get("training", {}).get("config", {}).get("trainset", {}))
+    seed = _held_out_seed(tcfg, seed, model)
     estimators = {"model": est}
     if baseline:
         estimators[baseline] = load_estimator(baseline)
@@ -160,36 +157,73 @@ def evaluate(
         "validation; the same noisy spectra go to every estimator",
     }
     curves: dict[str, dict[str, Any]] = {}
-    for snr in snrs:
-        key = f"{snr:g}"
-        pooled: dict[str, dict] = {}
-        for fam, data in sets.items():
-            noisy_set = dataclasses.replace(data, snr=np.full(len(data), float(snr)))
-            rng = np.random.default_rng([seed, int(snr * 10), list(sets).index(fam)])
-            flux, var, mask = observe_noisy(noisy_set, rng, tcfg)
-            for label, e in estimators.items():
-                if progress:
-                    print(f"S/N {key}: {fam} spectra through {label} ...", flush=True)
-                pred, fitted = predict_noisy(e, noisy_set, flux, var, mask, tcfg)
-                result["by_family"].setdefault(fam, {"snr": {}})["snr"].setdefault(key, {})[label] = score(
-                    pred, fitted, noisy_set, names, lib
-                )
-                acc = pooled.setdefault(label, {"pred": [], "fitted": [], "data": []})
-                acc["pred"].append(pred)
-                acc["fitted"].append(fitted)
-                acc["data"].append(noisy_set)
-        result["snr"][key] = {}
-        for label, acc in pooled.items():
-            data = NoiseFreeSet.concat(acc["data"])
-            keys = set.intersection(*(set(p) for p in acc["pred"]))
-            pred = {k: np.concatenate([p[k] for p in acc["pred"]]) for k in keys}
-            fitted = np.concatenate(acc["fitted"])
-            result["snr"][key][label] = score(pred, fitted, data, names, lib)
-            curves.setdefault(key, {})[label] = (pred, fitted, data)
+    with progress.bar(len(snrs) * len(sets) * len(estimators), "held-out sets", unit="set") as advance:
+        for snr in snrs:
+            key = f"{snr:g}"
+            pooled = _score_families(float(snr), sets, estimators, tcfg, seed, names, lib, result["by_family"], advance)
+            result["snr"][key] = {}
+            for label, acc in pooled.items():
+                data, pred, fitted = acc.pooled()
+                result["snr"][key][label] = score(pred, fitted, data, names, lib)
+                curves.setdefault(key, {})[label] = (pred, fitted, data)
     if png:
         plot_predicted_vs_true(curves, names, png)
         result["figure"] = str(png)
     return result
+
+
+def _held_out_seed(tcfg: TrainsetConfig, seed: int | None, model: str) -> int:
+    """The held-out seed (default: the training seed + :data:`EVAL_SEED_OFFSET`); never one that
+    trained or validated the model."""
+    seed = tcfg.seed + EVAL_SEED_OFFSET if seed is None else seed
+    if seed in {tcfg.seed, tcfg.seed + 1_000_003}:  # training and validation
+        raise ValueError(f"seed {seed} was used to train or validate {model}; choose another")
+    return seed
+
+
+@dataclass
+class _Pooled:
+    """One estimator's predictions on every family at one S/N, pooled afterwards."""
+
+    data: list[NoiseFreeSet] = field(default_factory=list)
+    pred: list[dict[str, np.ndarray]] = field(default_factory=list)
+    fitted: list[np.ndarray] = field(default_factory=list)
+
+    def pooled(self) -> tuple[NoiseFreeSet, dict[str, np.ndarray], np.ndarray]:
+        keys = set.intersection(*(set(p) for p in self.pred))
+        pred = {k: np.concatenate([p[k] for p in self.pred]) for k in keys}
+        return NoiseFreeSet.concat(self.data), pred, np.concatenate(self.fitted)
+
+
+def _score_families(
+    snr: float,
+    sets: dict[str, NoiseFreeSet],
+    estimators: dict[str, Estimator],
+    tcfg: TrainsetConfig,
+    seed: int,
+    names: Sequence[str],
+    lib: SSPLibrary,
+    by_family: dict[str, Any],
+    advance,
+) -> dict[str, _Pooled]:
+    """Every family's spectra at ``snr`` with one noise draw, through every estimator: the scores
+    per family (into ``by_family``) and the predictions to pool."""
+    key = f"{snr:g}"
+    pooled: dict[str, _Pooled] = {}
+    for k, (fam, data) in enumerate(sets.items()):
+        noisy_set = dataclasses.replace(data, snr=np.full(len(data), snr))
+        flux, var, mask = observe_noisy(noisy_set, np.random.default_rng([seed, int(snr * 10), k]), tcfg)
+        for label, e in estimators.items():
+            log.info(f"S/N {key}: {fam} spectra through {label}")
+            pred, fitted = predict_noisy(e, noisy_set, flux, var, mask, tcfg)
+            scores = score(pred, fitted, noisy_set, names, lib)
+            by_family.setdefault(fam, {"snr": {}})["snr"].setdefault(key, {})[label] = scores
+            acc = pooled.setdefault(label, _Pooled())
+            acc.data.append(noisy_set)
+            acc.pred.append(pred)
+            acc.fitted.append(fitted)
+            advance(1)
+    return pooled
 
 
 def plot_predicted_vs_true(curves: dict, names: Sequence[str], path: str | os.PathLike) -> Path:
@@ -224,8 +258,6 @@ def plot_predicted_vs_true(curves: dict, names: Sequence[str], path: str | os.Pa
                 lo, hi = np.nanmin(t), np.nanmax(t)
                 ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
                 d = p[fitted] - t[fitted]
-                from survey_proc.stores import robust_sigma
-
                 ax.set_title(
                     f"{label} S/N {key}: {name}\nbias {np.nanmedian(d):+.3f} sigma {robust_sigma(d):.3f}", fontsize=8
                 )

@@ -14,16 +14,22 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from survey_proc.estimators import load_estimator
 from survey_proc.figures import save_figure
-from survey_proc.stores import NOT_FITTED
+from survey_proc.ssp import load_ssp_library
+from survey_proc.stores import NOT_FITTED, PROPERTIES
 from survey_proc.training._dataset import TrainsetConfig, make_inputs, synthesise, trainset_from_record
 from survey_proc.training._metrics import score_predictions
+
+log = logging.getLogger(__name__)
 
 #: classes of held-out spectra: TrainsetConfig overrides
 CLASSES: dict[str, dict[str, Any]] = {
@@ -68,40 +74,17 @@ def evaluate_held_out(
     snr_edges: tuple[float, ...] = (5, 10, 20, 35, 50.01),
     z_edges: tuple[float, ...] | None = None,
     batch: int = 32,
-    progress: bool = True,
 ) -> dict:
     """Evaluate ``bundle`` on new synthetic spectra (``seed`` never used in training); returns the
-    numbers written to ``out_dir/evaluation.json``. ``batch``: spectra per redshift draw (small, so
-    the redshift bins hold many redshifts)."""
-    from survey_proc.estimators import load_estimator
-    from survey_proc.ssp import load_ssp_library
-
+    numbers written to ``out_dir/evaluation.json`` (:func:`format_evaluation` makes a table of them).
+    ``batch``: spectra per redshift draw (small, so the redshift bins hold many redshifts)."""
     est = load_estimator(bundle)
-    spec = est.manifest.input
     ts = trainset_of(est.manifest.raw)
     train_seeds = {ts.seed, ts.seed + 1_000_003, ts.seed + 2_000_003}
     if seed in train_seeds or seed + 1 in train_seeds:
         raise ValueError(f"seed {seed} was used to build the training/validation/test sets; pick another")
     names = list(ts.labels)
-    lib = load_ssp_library()
-    say = print if progress else (lambda *a, **k: None)
-    rows: dict[str, list] = {"pred": [], "truth": [], "snr": [], "z": [], "cls": []}
-    for k, (cls, overrides) in enumerate(CLASSES.items()):
-        cfg = dataclasses.replace(ts, n=n_per_class, seed=seed + k, noiseless_fraction=0.0, batch=batch, **overrides)
-        data = synthesise(cfg, lib, spec)
-        x, flags, _ = make_inputs(data, np.random.default_rng([seed, k]), cfg, spec)
-        fit = (flags & int(NOT_FITTED)) == 0
-        pred = est.predict(x[fit])
-        rows["pred"].append({n: pred[n] for n in pred})
-        rows["truth"].append(data.labels[fit])
-        rows["snr"].append(data.snr[fit])
-        rows["z"].append(data.redshift[fit])
-        rows["cls"].append(np.full(int(fit.sum()), cls))
-        say(f"{cls}: {int(fit.sum())} of {len(data)} held-out spectra fitted")
-    pred = {n: np.concatenate([p[n] for p in rows["pred"]]) for n in rows["pred"][0]}
-    truth_arr = np.concatenate(rows["truth"])
-    truth = {n: truth_arr[:, i] for i, n in enumerate(names)}
-    snr, z, cls = np.concatenate(rows["snr"]), np.concatenate(rows["z"]), np.concatenate(rows["cls"])
+    held = _predict_classes(est, ts, n_per_class, seed, batch)
     lo, hi = ts.redshift_range
     z_edges = z_edges or (*tuple(np.round(np.linspace(lo, hi, 6), 4)[:-1].tolist()), hi + 1e-06)
     result = {
@@ -112,9 +95,63 @@ def evaluate_held_out(
             "training/validation/test; S/N per Angstrom drawn as in training; scored through the engine's "
             "prepare and the exported TorchScript file"
         ),
+        **_binned(held, names, snr_edges, z_edges),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+    plot_pred_vs_true(
+        held.pred, held.truth, names, held.snr, held.cls, out / "pred_vs_true.png", title=est.manifest.model_id
+    )
+    plot_scatter_by_bin(result, names, out / "scatter_by_bin.png")
+    return result
+
+
+@dataclass
+class HeldOut:
+    """Predictions and truths of the held-out spectra the engine would fit, with their S/N,
+    redshift and class."""
+
+    pred: dict[str, np.ndarray]
+    truth: dict[str, np.ndarray]
+    snr: np.ndarray
+    z: np.ndarray
+    cls: np.ndarray
+
+
+def _predict_classes(est, ts: TrainsetConfig, n_per_class: int, seed: int, batch: int) -> HeldOut:
+    """Each class's spectra (seed + class index), one noise draw, through the engine's ``prepare``
+    and the estimator."""
+    spec, lib = est.manifest.input, load_ssp_library()
+    preds, truths, snrs, zs, classes = [], [], [], [], []
+    for k, (cls, overrides) in enumerate(CLASSES.items()):
+        cfg = dataclasses.replace(ts, n=n_per_class, seed=seed + k, noiseless_fraction=0.0, batch=batch, **overrides)
+        data = synthesise(cfg, lib, spec)
+        x, flags, _ = make_inputs(data, np.random.default_rng([seed, k]), cfg, spec)
+        fit = (flags & int(NOT_FITTED)) == 0
+        preds.append(est.predict(x[fit]))
+        truths.append(data.labels[fit])
+        snrs.append(data.snr[fit])
+        zs.append(data.redshift[fit])
+        classes.append(np.full(int(fit.sum()), cls))
+        log.info(f"{cls}: {int(fit.sum())} of {len(data)} held-out spectra fitted")
+    truth = np.concatenate(truths)
+    return HeldOut(
+        {n: np.concatenate([p[n] for p in preds]) for n in preds[0]},
+        {n: truth[:, i] for i, n in enumerate(ts.labels)},
+        np.concatenate(snrs),
+        np.concatenate(zs),
+        np.concatenate(classes),
+    )
+
+
+def _binned(held: HeldOut, names: list[str], snr_edges, z_edges) -> dict[str, Any]:
+    """The scores overall and by S/N, redshift, class, and class and S/N."""
+    pred, truth, snr, cls = held.pred, held.truth, held.snr, held.cls
+    return {
         "overall": {"n": int(snr.size), **score_predictions(pred, truth, names)},
         "by_snr": binned_scores(pred, truth, names, snr, list(snr_edges)),
-        "by_redshift": binned_scores(pred, truth, names, z, list(z_edges)),
+        "by_redshift": binned_scores(pred, truth, names, held.z, list(z_edges)),
         "by_class": binned_scores(pred, truth, names, cls, labels=list(CLASSES)),
         "by_class_and_snr": {
             c: binned_scores(
@@ -127,17 +164,11 @@ def evaluate_held_out(
             for c in CLASSES
         },
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2))
-    plot_pred_vs_true(pred, truth, names, snr, cls, out / "pred_vs_true.png", title=est.manifest.model_id)
-    plot_scatter_by_bin(result, names, out / "scatter_by_bin.png")
-    say(format_evaluation(result, names))
-    return result
 
 
-def format_evaluation(result: dict, names: list[str]) -> str:
-    """A readable table: bias / robust scatter per label for every bin."""
+def format_evaluation(result: dict, names: list[str] | None = None) -> str:
+    """A readable table: bias / robust scatter per label (default: every label scored) for every bin."""
+    names = names or [k for k, v in result["overall"].items() if isinstance(v, dict)]
     lines = []
     head = f"{'bin':>22s} {'n':>5s} " + " ".join(f"{n:>19s}" for n in names)
     for section in ("overall", "by_snr", "by_redshift", "by_class"):
@@ -158,8 +189,6 @@ def plot_pred_vs_true(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from survey_proc.stores import PROPERTIES
 
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), layout="constrained")
     for ax, name in zip(np.atleast_1d(axes), names):

@@ -591,7 +591,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
             seed=ts.seed + 2_000_003,
             lib=lib,
             png=out / "heldout_predicted_vs_true.png",
-            progress=False,
         )
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     manifest["metrics"] = {
