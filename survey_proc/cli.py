@@ -430,8 +430,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.epochs = args.epochs
     if args.device:
         cfg.device = args.device
-    with _reporting(args.quiet):  # (the bars of the training set's synthesis)
-        bundle = train(cfg, args.out, progress=not args.quiet)
+    with _reporting(args.quiet):
+        bundle = train(cfg, args.out)
     print(f"model bundle: {bundle}\nuse it with: survey-proc run --cube {store} --model {bundle}")
     return 0
 

@@ -222,7 +222,7 @@ def test_photometric_trainers_train_export_and_run_through_the_engine(kind, jpas
             }
         )
         cube = _ugriz_mock(tmp_path / "u.zarr", ssp_lib, 16)
-    bundle = train_photometric(cfg, tmp_path / "run", progress=False)
+    bundle = train_photometric(cfg, tmp_path / "run")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["input"]["kind"] == kind
     assert manifest["metrics"]["held_out"] and (tmp_path / "run" / "loss_curve.png").exists()

@@ -9,7 +9,15 @@ import pytest
 import torch
 import xarray as xr
 
-from survey_proc.training import TrainConfig, TrainsetConfig, make_inputs, muse_rest_4750_7100_input, synthesise, train
+from survey_proc.training import (
+    TrainConfig,
+    TrainsetConfig,
+    load_checkpoint,
+    make_inputs,
+    muse_rest_4750_7100_input,
+    synthesise,
+    train,
+)
 
 
 def test_training_set_labels_cover_the_grid(ssp_lib):
@@ -43,7 +51,7 @@ def toy_bundle(tmp_path_factory):
         threads=1,
         n_calib=1500,
     )
-    return train(cfg, out, progress=False), out
+    return train(cfg, out), out
 
 
 def test_train_export_and_run(toy_bundle, tmp_path, mock16):
@@ -62,7 +70,7 @@ def test_train_export_and_run(toy_bundle, tmp_path, mock16):
     assert 0.0 <= m30["log_age"]["coverage_68"] <= 1.0 and "bias_high_edge" in m30["log_age"]
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
     assert (run_dir / "heldout_predicted_vs_true.png").stat().st_size > 1000
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["state"]["epoch"] == 2
     est = load_estimator(bundle)
     out = est.predict(np.zeros((3, 3, 1881), np.float32))
@@ -105,8 +113,8 @@ def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
         threads=1,
         n_calib=1500,
     )
-    again = train(cfg, run_dir, progress=False)  # the checkpoint says 2 of 2 epochs: nothing more to train
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 2
+    again = train(cfg, run_dir)  # the checkpoint says 2 of 2 epochs: nothing more to train
+    assert load_checkpoint(run_dir / "checkpoint.pt")["state"]["epoch"] == 2
     after = load_estimator(again).predict(x)
     for key in ("log_age", "log_age_err", "ood_score"):
         np.testing.assert_allclose(after[key], before[key], rtol=1e-5)
@@ -175,7 +183,7 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
         threads=1,
         n_calib=1500,
     )
-    bundle = train(cfg, tmp_path / "run", progress=False)
+    bundle = train(cfg, tmp_path / "run")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["outputs"]["weights"]["dims"] == ["age", "metal"]
     assert {r["output"] for r in manifest["flags"]["OUT_OF_DISTRIBUTION"]} == {"ood_score", "chi2"}

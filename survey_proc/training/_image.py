@@ -1,0 +1,174 @@
+"""The image-to-image trainer (``kind: image``): a U-Net from band images to per-pixel maps.
+
+The engine runs the model tile by tile with a halo of ``halo_pixels`` (at least its receptive-field
+radius, a multiple of its down-sampling factor) so tiled maps equal untiled ones in every core
+pixel. Held-out metrics: whole test galaxies, each one tile, per pixel by S/N.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from survey_proc.estimators import load_estimator
+from survey_proc.preprocess_bands import ImageInputSpec
+from survey_proc.training._bundle import add_held_out_metrics
+from survey_proc.training._calibration import Calibration, error_scale, novelty_stats
+from survey_proc.training._fit import FitState
+from survey_proc.training._galaxies import GalaxySet, noisy
+from survey_proc.training._phot_arch import ExportedImageModel, ImageUNet, receptive_radius
+from survey_proc.training._phot_trainer import PhotometricTrainer, metrics_by_snr, plot_vs_truth, standardise
+
+log = logging.getLogger(__name__)
+
+#: training galaxies the novelty reference features come from
+N_REFERENCE_GALAXIES = 64
+#: validation pixels (at random) the novelty threshold is measured on
+N_THRESHOLD_PIXELS = 200000
+
+IMAGE_NOTE = (
+    "test_galaxies: whole galaxies never trained on, one noise realisation, each galaxy one tile through "
+    "the exported TorchScript file and the engine's preprocessing; per pixel, by median S/N per band."
+)
+
+
+class ImageTrainer(PhotometricTrainer):
+    """Train, calibrate and export the image-to-image model; :meth:`run`."""
+
+    unit = "galaxies"
+    val_batch = 32
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.train_idx.size
+
+    def prepare(self) -> None:
+        """The network comes first: its receptive field fixes the halo the input spec declares."""
+        cfg, data, tr = self.cfg, self.galaxies, self.train_idx
+        noise_sigma = np.sqrt(np.median(data.var[tr], axis=(0, 1, 2)))
+        self.net = self._unet().to(self.device)
+        radius = receptive_radius(self._unet(), 3 * len(data.filters))
+        halo = int(np.ceil(radius / ImageUNet.multiple) * ImageUNet.multiple)
+        self.spec = ImageInputSpec(
+            bands=data.filters.bands,
+            softening=tuple(float(s) for s in noise_sigma),
+            pixel_scale_arcsec=cfg.galaxies.pixel_scale_arcsec,
+            halo_pixels=halo,
+            pivot=tuple(float(p) for p in data.filters.pivot),
+            redshift_range=tuple(cfg.redshift_range),
+            filter_set=data.filters.name,
+            extra={
+                "psf_fwhm_arcsec": cfg.galaxies.psf_fwhm_pixels * cfg.galaxies.pixel_scale_arcsec,
+                "receptive_radius_pixels": radius,
+            },
+        )
+        self.label_mean, self.label_std = standardise(data.labels[tr])
+        self.y_all = ((data.labels - self.label_mean) / self.label_std).astype(np.float32).transpose(0, 3, 1, 2)
+        rng = np.random.default_rng([cfg.seed, 99])
+        self.x_val, _ = _image_inputs(data.subset(self.val_idx), self.spec, rng, cfg.galaxies.mask_fraction)
+        self.y_val = self.y_all[self.val_idx]
+        log.info(
+            f"image: {tr.size} training, {self.val_idx.size} validation, {self.test_idx.size} test galaxies of "
+            f"{data.flux.shape[1]}^2 pixels; receptive-field radius {radius} px -> halo {halo} px"
+        )
+        self.train_set = data.subset(tr)
+
+    def _unet(self) -> ImageUNet:
+        return ImageUNet(3 * len(self.galaxies.filters), len(self.names), **self.cfg.arch_kwargs)
+
+    def network(self) -> nn.Module:
+        return self.net
+
+    def batches(self, epoch: int):
+        """A fresh noise draw of the training galaxies, shuffled, each batch flipped and turned at random."""
+        cfg, tr = self.cfg, self.train_idx
+        erng = np.random.default_rng([cfg.seed, epoch])
+        x, _ = _image_inputs(self.train_set, self.spec, erng, cfg.galaxies.mask_fraction)
+        order = erng.permutation(tr.size)
+        for s in range(0, order.size, cfg.batch_size):
+            b = order[s : s + cfg.batch_size]
+            yield _augment(x[b], self.y_all[tr[b]], erng)
+
+    def calibrate(self, net: nn.Module) -> Calibration:
+        """Per pixel of the validation galaxies; the novelty reference from training galaxies with
+        fresh noise, the threshold from a random subset of the validation pixels."""
+        cfg = self.cfg
+        ref_set = self.train_set.subset(np.arange(min(N_REFERENCE_GALAXIES, self.train_idx.size)))
+        with torch.inference_mode():
+            m, lv, fv = (t.numpy() for t in net(torch.from_numpy(self.x_val)))
+            rng = np.random.default_rng([cfg.seed, 98])
+            x_ref, _ = _image_inputs(ref_set, self.spec, rng, cfg.galaxies.mask_fraction)
+            _, _, fr = net(torch.from_numpy(x_ref))
+        err_scale = error_scale(_per_pixel(m), _per_pixel(lv), _per_pixel(self.y_val))
+        sub = np.random.default_rng(5).permutation(_per_pixel(fv).shape[0])[:N_THRESHOLD_PIXELS]
+        return Calibration(err_scale, *novelty_stats(_per_pixel(fr.numpy()), _per_pixel(fv)[sub], cfg.ood_quantile))
+
+    def export(self, net: nn.Module, calibration: Calibration, state: FitState) -> Path:
+        feat_mean, feat_prec, err_scale = calibration.tensors()
+        module = ExportedImageModel(
+            net,
+            self.names,
+            torch.tensor(self.label_mean),
+            torch.tensor(self.label_std),
+            feat_mean,
+            feat_prec,
+            err_scale,
+            ImageUNet.multiple,
+        )
+        n_samples = int(self.train_idx.size * self.galaxies.flux.shape[1] ** 2)
+        return self.save_bundle(module, net, calibration, state, n_samples=n_samples, batch_size=1)
+
+    def evaluate(self, bundle: Path) -> dict[str, Any]:
+        """The test galaxies, one tile each, through the exported file and the engine's preprocessing."""
+        cfg = self.cfg
+        est = load_estimator(bundle)
+        test = self.galaxies.subset(self.test_idx)
+        x_te, snr_te = _image_inputs(test, self.spec, np.random.default_rng([cfg.seed, 7]), cfg.galaxies.mask_fraction)
+        preds = [est.predict(x_te[k : k + 1]) for k in range(len(test))]
+        pred = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
+        truth = {n: test.labels[..., i].reshape(-1) for i, n in enumerate(self.names)}
+        metrics = {"test_galaxies": metrics_by_snr(pred, truth, snr_te.reshape(-1), self.names, cfg.snr_bins)}
+        title = f"{cfg.name}: {self.test_idx.size} test galaxies never trained on, S/N per band >= {cfg.min_snr:g}"
+        plot_vs_truth(pred, truth, snr_te.reshape(-1), self.names, cfg.min_snr, self.out / "test_vs_truth.png", title)
+        add_held_out_metrics(bundle, metrics, IMAGE_NOTE)
+        return metrics
+
+
+def _per_pixel(a: np.ndarray) -> np.ndarray:
+    """(G, C, H, W) -> (G * H * W, C): one row per pixel."""
+    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+
+
+def _image_inputs(
+    data: GalaxySet, spec: ImageInputSpec, rng: np.random.Generator, mask_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x (G, C, H, W), snr (G, H, W)) for one noise realisation, through the engine's preprocessing."""
+    g, h, w, nb = data.flux.shape
+    f, v, m = noisy(data.flux, data.var, rng, mask_fraction)
+    xs, snrs = [], []
+    for k in range(g):
+        prep = spec.prepare_batch(
+            f[k].reshape(-1, nb),
+            v[k].reshape(-1, nb),
+            m[k].reshape(-1, nb),
+            spec.bands,
+            float(data.redshift[k]),
+            shape=(h, w),
+        )
+        xs.append(prep.x[0])
+        snrs.append(prep.snr.reshape(h, w))
+    return np.stack(xs), np.stack(snrs)
+
+
+def _augment(xb: np.ndarray, yb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and quarter turns (the same for a batch; physics does not care about orientation)."""
+    k = int(rng.integers(4))
+    xb, yb = np.rot90(xb, k, axes=(2, 3)), np.rot90(yb, k, axes=(2, 3))
+    if rng.random() < 0.5:
+        xb, yb = xb[..., ::-1], yb[..., ::-1]
+    return np.ascontiguousarray(xb), np.ascontiguousarray(yb)
