@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from survey_proc.engine import read_arrays
-from survey_proc.engine._region import _wave_and_lsf
+from survey_proc.engine import read_arrays, read_feature_axis
 from survey_proc.errors import ModelError
 from survey_proc.estimators import TorchScriptEstimator, _torchscript, cpu_precision, load_manifest
 
@@ -46,8 +45,9 @@ def test_bfloat16_agrees_with_float32_within_the_errors(mock16):
     stem is more sensitive: median 0.24 / 0.05 / 0.45 / 0.06, A_V +0.021 mag and log_age -0.017 dex
     on average (docs/precision.md: keep it in float32).
     """
-    spec = load_manifest("muse-cnn-wide").input
-    wave, _ = _wave_and_lsf(str(mock16), "wave", spec.medium)
+    manifest = load_manifest("muse-cnn-wide")
+    spec = manifest.input
+    wave, _ = read_feature_axis(str(mock16), str(manifest.path))
     data = read_arrays(str(mock16), ["flux", "var", "mask"], (slice(0, 16), slice(0, 16)))
     redshift = float(xr.open_zarr(mock16).attrs["redshift"])
     prep = spec.prepare_batch(*(data[k].reshape(256, -1) for k in ("flux", "var", "mask")), wave, redshift)

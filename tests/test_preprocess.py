@@ -132,10 +132,10 @@ def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
     """The compiled per-spectrum pass (spectra sharing one grid, or one grid each) against the NumPy path, on MUSE-like
     spectra with NaN and infinite fluxes, zero and infinite variances, masked runs (also from a
     row's start and to its end), rows without any valid pixel and negative fluxes."""
-    from survey_proc import _prepare_fused
     from survey_proc.estimators import load_manifest
+    from survey_proc.preprocess import _fused
 
-    if not _prepare_fused.available():
+    if not _fused.available():
         pytest.skip("numba is not installed")
     spec = load_manifest(model).input
     rng = np.random.default_rng(11)
@@ -172,11 +172,11 @@ def test_fused_pass_gives_the_numpy_numbers_bit_for_bit(model):
 def test_compiled_grids_of_per_object_redshifts_are_numpys(model):
     """A grid per spectrum (a catalogue's redshifts, 0-0.35, some beyond the data): the compiled walk
     gives NumPy's columns, weights, masks (rest and observed frame) and coverage exactly."""
-    from survey_proc import _prepare_fused
     from survey_proc.estimators import load_manifest
-    from survey_proc.preprocess import _resampling
+    from survey_proc.preprocess import _fused
+    from survey_proc.preprocess._prepare import _resampling
 
-    if not _prepare_fused.available():
+    if not _fused.available():
         pytest.skip("numba is not installed")
     spec = load_manifest(model).input
     wave = (
@@ -217,10 +217,9 @@ def test_compiled_medians_are_the_partition_medians():
     both signs, far outliers, heavy tails, good values that overflowed to -inf or +inf, constant
     rows, rows without good values, odd and even lengths (the values bit for bit; zeros may differ
     in sign only)."""
-    from survey_proc import _prepare_fused
-    from survey_proc.preprocess import median_of_filled
+    from survey_proc.preprocess import _fused, median_of_filled
 
-    if not _prepare_fused.available():
+    if not _fused.available():
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(5)
     for trial in range(240):
@@ -233,7 +232,7 @@ def test_compiled_medians_are_the_partition_medians():
         n_good = (~bad).sum(axis=1)  # good values that are +inf count as good
         want = median_of_filled(filled.copy(), n_good, length, np.full(n, np.nan, np.float32))
         got = np.full(n, np.nan, np.float32)
-        _prepare_fused.median_rows(filled.copy(), n_good, length, got)
+        _fused.median_rows(filled.copy(), n_good, length, got)
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
         assert np.isnan(got[0])
 

@@ -268,11 +268,12 @@ def test_sdss_bundle_on_the_real_spectra(real_store, tmp_path):
 
 def test_engine_reads_wavelengths_in_the_models_medium(real_store):
     """SDSS data are vacuum; a model declaring air (E-MILES, pPXF) gets air wavelengths."""
-    from survey_proc.engine._region import _wave_and_lsf
+    from survey_proc.engine import read_feature_axis
+    from survey_proc.estimators import resolve_model
 
     vac = xr.open_zarr(real_store).wave.values
-    same, _ = _wave_and_lsf(str(real_store), medium="vacuum")
-    air, lsf = _wave_and_lsf(str(real_store), medium="air")
+    same, _ = read_feature_axis(str(real_store), str(resolve_model("sdss-cnn")))  # a vacuum model
+    air, lsf = read_feature_axis(str(real_store), str(resolve_model("ppxf")))  # an air one
     np.testing.assert_array_equal(same, vac)
     np.testing.assert_allclose(air, vacuum_to_air(vac))
     assert np.all((vac - air > 1.0) & (vac - air < 2.6)) and lsf.shape == vac.shape

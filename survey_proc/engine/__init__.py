@@ -9,6 +9,7 @@ from survey_proc.engine._region import (
     limit_io_threads,
     process_region,
     read_arrays,
+    read_feature_axis,
     region_checksum,
     write_region_outputs,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "prepare_cube",
     "process_region",
     "read_arrays",
+    "read_feature_axis",
     "read_survey",
     "region_checksum",
     "run",

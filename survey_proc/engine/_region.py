@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -26,9 +27,7 @@ from zarr.core.sync import sync as zarr_sync
 from survey_proc import config
 from survey_proc.engine._template import Region, output_variables
 from survey_proc.errors import CubeError, SurveyProcError
-from survey_proc.estimators import Estimator, load_estimator
-from survey_proc.preprocess import estimator_meta
-from survey_proc.ssp import to_medium
+from survey_proc.estimators import Estimator, load_estimator, read_manifest
 from survey_proc.stores import NOT_FITTED, Flag
 
 
@@ -43,6 +42,7 @@ class RegionOptions:
     min_snr: float
     device: str = "cpu"
     threads: int = 1
+    redshift_per_spectrum: bool = False  #: the store has a ``redshift`` per spectrum (a catalogue)
 
 
 @dataclass
@@ -105,9 +105,7 @@ def estimate_region(
         flags[a:b], snr[a:b], fit[a:b] = prep.flags, prep.snr, prep.fit
         x_in, rows = prep.batch()  # rows: the pixels (of this block) the estimator's output rows belong to
         if prep.fit.any():
-            parts.append(
-                (a, rows, estimator.predict(x_in, estimator_meta(z_all[a:b][rows], wave, lsf_fwhm, input_spec)))
-            )
+            parts.append((a, rows, estimator.predict(x_in, input_spec.batch_meta(z_all[a:b][rows], wave, lsf_fwhm))))
         del prep, x_in
         spent += (w1 - w0, c1 - c0, time.perf_counter() - w1, time.process_time() - c1)
     with np.errstate(invalid="ignore"):
@@ -145,9 +143,9 @@ def stream_block(estimator: Estimator, n: int) -> int:
     """Spectra prepared and estimated together within a region: the estimator's batch (on CPUs a
     few hundred: the model input of a whole region, ~40 MB, would be a fresh mmap per region and
     leave the caches before the network reads it), the whole region for estimators without one
-    and for image models (a tile goes in whole)."""
-    batch = getattr(estimator, "batch_size", None)
-    if not batch or getattr(estimator.manifest.input, "kind", "spectrum") == "image":
+    and for input kinds whose regions go in whole (an image model's tile)."""
+    batch = estimator.batch_size
+    if not batch or estimator.manifest.input.whole_regions:
         return max(n, 1)
     return max(int(batch), 1)
 
@@ -161,22 +159,18 @@ def region_checksum(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _wave_and_lsf(
-    cube: str, feature_dim: str = "wave", medium: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The store's feature axis (wavelengths in Angstrom — in ``medium``, the model's, when given —
-    or band names) and, for spectra, the instrumental FWHM per wavelength (Angstrom), once per process."""
+def read_feature_axis(cube: str, model: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The store's feature axis as the model's input kind takes it (wavelengths in the model's
+    medium, or band names) and the store's instrumental FWHM along it (Angstrom; None where the
+    store has none), once per process. ``model``: the path of the model's manifest."""
+    spec = read_manifest(Path(model)).input
     grp = zarr.open_group(cube, mode="r")
-    if feature_dim != "wave":
-        return np.array([str(v) for v in grp[feature_dim][:]], dtype=object), None
-    wave = np.asarray(grp["wave"][:], np.float64)
-    data_medium = grp["wave"].attrs.get("medium")
-    if medium and data_medium and data_medium != medium:  # e.g. SDSS (vacuum) data, E-MILES (air) model
-        wave = to_medium(wave, data_medium, medium)
+    coord = grp[spec.feature_dim]
+    axis = spec.feature_axis(coord[:], coord.attrs.get("medium"))
     if "lsf_fwhm" in grp:
-        return wave, np.asarray(grp["lsf_fwhm"][:], np.float64)
+        return axis, np.asarray(grp["lsf_fwhm"][:], np.float64)
     fwhm = grp.attrs.get("lsf_fwhm")
-    return wave, (np.full(wave.size, float(fwhm)) if fwhm is not None else None)
+    return axis, (np.full(axis.size, float(fwhm)) if fwhm is not None else None)
 
 
 def halo_window(region: Region, halo: int, sizes: Mapping[str, int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -353,14 +347,9 @@ def setup_worker(opts: RegionOptions) -> float:
     t0 = time.perf_counter()
     limit_io_threads(opts)
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)
-    spec = estimator.manifest.input
-    axis, _ = _wave_and_lsf(opts.cube, spec.feature_dim, getattr(spec, "medium", None))
-    if getattr(spec, "kind", "") == "spectrum":  # load (or compile) preprocessing's compiled passes
-        ones = np.ones((2, axis.size), np.float32)
-        spec.prepare_batch(ones, ones, np.zeros(ones.shape, bool), axis, opts.redshift)
-    warm_up = getattr(estimator, "warm_up", None)
-    if warm_up is not None:
-        warm_up()
+    axis, _ = read_feature_axis(opts.cube, opts.model)
+    estimator.manifest.input.warm_up(axis, opts.redshift)
+    estimator.warm_up()
     return time.perf_counter() - t0
 
 
@@ -378,12 +367,12 @@ def process_region(region: Region, opts: RegionOptions) -> RegionResult:
     estimator = load_estimator(opts.model, device=opts.device, threads=opts.threads)  # once per process
     spec = estimator.manifest.input
     t_load, c_load = time.perf_counter(), time.process_time()
-    wave, lsf = _wave_and_lsf(opts.cube, spec.feature_dim, getattr(spec, "medium", None))
+    wave, lsf = read_feature_axis(opts.cube, opts.model)
     # image models see the region plus a halo of neighbouring pixels; only the core is written
     window, core = index, tuple(slice(None) for _ in dims)
     if spec.halo_pixels:
         window, core = halo_window(region, spec.halo_pixels, dict(zip(dims, _open(opts.cube, "r")["flux"].shape)))
-    read = read_region_inputs(opts.cube, region, with_redshift=dims == ("object",), window=window)
+    read = read_region_inputs(opts.cube, region, with_redshift=opts.redshift_per_spectrum, window=window)
     flux, var, mask = read["flux"], read["var"], read["mask"]
     t_read, c_read = time.perf_counter(), time.process_time()
     spatial_shape = flux.shape[:-1]

@@ -435,13 +435,9 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
 
-    precision = getattr(estimator, "precision", "")
-    if precision and str(rc.device).startswith("cuda"):  # bfloat16 is a CPU setting; TF32 a GPU one
-        precision = "tf32" if config.get("gpu.tf32", False) else "float32"
+    precision = estimator.precision_on(str(rc.device))  # the workers' device, not this smoke test's CPU
     template = maps_template(
-        cube,
-        manifest,
-        _provenance(manifest, rc, cube, redshift, min_snr, getattr(estimator, "provenance", None), precision),
+        cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, dict(estimator.provenance), precision)
     )
     signature = _run_signature(cube, manifest, redshift, min_snr)
     resumed = _setup_store(rc.out, template, signature, rc.overwrite)
@@ -456,6 +452,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         min_snr=min_snr,
         device=str(rc.device),
         threads=int(rc.threads_per_worker),
+        redshift_per_spectrum="redshift" in cube and cube["redshift"].dims == dims,
     )
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     if rc.progress and resumed and pending:

@@ -13,15 +13,18 @@ training-set hash, held-out metrics).
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from survey_proc.errors import ModelError
-from survey_proc.preprocess import InputSpec, input_spec
+from survey_proc.preprocess import BatchMeta, InputKind, input_spec
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "survey-proc-bundle/1"
@@ -76,7 +79,7 @@ class Manifest:
         return self.raw["input"].get("kind", "spectrum")
 
     @property
-    def input(self) -> InputSpec:
+    def input(self) -> InputKind:
         """The input spec of the declared kind (spectrum, sed, image; see ``preprocess.INPUT_KINDS``)."""
         try:
             return input_spec(self.raw["input"])
@@ -120,8 +123,6 @@ class Manifest:
         """SHA-256 of the model file, or of the manifest itself for estimators without one (pPXF)."""
         if self.sha256:
             return self.sha256
-        import hashlib
-
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -149,21 +150,44 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest(path=path, raw=raw)
 
 
-@runtime_checkable
-class Estimator(Protocol):
-    """What the engine calls: preprocessed batch in, named arrays out."""
+class Estimator:
+    """What the engine calls on an estimator: ``predict``, and the hooks below with their defaults.
+
+    An implementation subclasses it, sets ``manifest`` and implements :meth:`predict`; it overrides a
+    hook where its default does not hold (the TorchScript estimator batches, warms up and reports
+    its arithmetic; pPXF reports its versions). It is registered by the manifest's ``estimator``
+    name in :data:`survey_proc.estimators.IMPLEMENTATIONS` and built as ``cls(manifest,
+    device=..., threads=...)``.
+    """
 
     manifest: Manifest
+    #: spectra per forward pass: the engine prepares and estimates a region in blocks of it
+    #: (None: a region's spectra at once)
+    batch_size: int | None = None
+    #: the arithmetic of the network on this estimator's device (``float32``, ``bfloat16``, ``tf32``;
+    #: empty for estimators without a network)
+    precision: str = ""
+    #: versions of what computes the numbers beyond the model file (recorded in the maps' attributes)
+    provenance: Mapping[str, Any] = MappingProxyType({})
 
-    def predict(self, x: np.ndarray, meta: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
         """Estimates for a batch.
 
-        x : (n, nchannels, nwave) float32, as made by :func:`survey_proc.preprocess.prepare`
-            with this estimator's ``manifest.input``.
-        meta : what the engine knows about the batch beyond the pixels: ``redshift`` (n,) and
-            ``lsf_fwhm_model`` (nwave,), the data's instrumental FWHM at the model's pixels in the
-            model's frame (Angstrom). Estimators that do not need it ignore it.
+        x : (n, nchannels, nwave) float32, as made by the ``prepare_batch`` of this estimator's
+            ``manifest.input``.
+        meta : what the engine knows about the batch beyond the pixels
+            (:class:`~survey_proc.preprocess.BatchMeta`: redshifts, the data's instrumental FWHM at
+            the model's pixels). Estimators that do not need it ignore it.
         Returns {name: (n, *dims)} for every output in the manifest, ``<name>_err`` for those with
         errors, and the scores named by the manifest's flag rules.
         """
-        ...
+        raise NotImplementedError
+
+    def precision_on(self, device: str) -> str:
+        """The arithmetic the network would run in on ``device`` (the engine checks a bundle on the
+        CPU and records what the workers' devices run)."""
+        return self.precision
+
+    def warm_up(self) -> None:
+        """Run what the first batch would pay for once (graph optimisation, kernel builds), before
+        the timed regions; called once per worker."""

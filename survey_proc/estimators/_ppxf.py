@@ -7,7 +7,7 @@ the fit options (:class:`PPXFOptions`). Templates are the E-MILES SSPs of
 :func:`survey_proc.ssp.load_ssp_library`, each normalised to unit mean flux in
 :data:`survey_proc.ssp.LIGHT_WINDOW`, so the fitted weights are light fractions before dust — the
 convention of the mock truth (see :mod:`survey_proc.synth._populations`). They are matched to the
-data's instrumental FWHM at every model pixel (``meta["lsf_fwhm_model"]``, from the engine), once
+data's instrumental FWHM at every model pixel (``meta.lsf_fwhm_model``, from the engine), once
 per distinct LSF within a worker process. Each spectrum is fitted for a Gaussian LOSVD (velocity
 relative to the systemic redshift, dispersion), a Calzetti (2000) screen (pPXF's ``reddening``,
 the law of the mocks) and the template weights, optionally regularised.
@@ -20,16 +20,19 @@ returns nonsense gives NaN (the engine flags it ``fit_failed``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
 from survey_proc.errors import ModelError
-from survey_proc.estimators._base import Manifest
+from survey_proc.estimators._base import Estimator, Manifest
+from survey_proc.preprocess import BatchMeta
 from survey_proc.ssp import C_KMS, LIGHT_WINDOW, SSPLibrary, load_ssp_library, log_wave_grid, match_lsf, resample
 
 
@@ -95,7 +98,7 @@ def prepare_templates(lib: SSPLibrary, fwhm_wave: np.ndarray, fwhm: np.ndarray, 
     return np.ascontiguousarray(log_flux.reshape(nmetal, nage, -1).transpose(2, 1, 0), np.float64)
 
 
-class PPXFEstimator:
+class PPXFEstimator(Estimator):
     """Fits every spectrum of a batch with pPXF, one after another, on the CPU."""
 
     def __init__(self, manifest: Manifest, device: str = "cpu", threads: int | None = None) -> None:
@@ -214,14 +217,13 @@ class PPXFEstimator:
             weights=weights / total if total > 0 else np.full_like(weights, np.nan),
         )
 
-    def predict(self, x: np.ndarray, meta: dict | None = None) -> dict[str, np.ndarray]:
-        """Fit each spectrum of ``x`` (n, 3, L); ``meta["lsf_fwhm_model"]`` (L,) or (n, L) is required."""
-        meta = meta or {}
-        if meta.get("lsf_fwhm_model") is None:
+    def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
+        """Fit each spectrum of ``x`` (n, 3, L); ``meta.lsf_fwhm_model`` (L,) or (n, L) is required."""
+        if meta is None or meta.lsf_fwhm_model is None:
             raise ModelError(
                 "pPXF needs the data's instrumental FWHM (cube attribute or variable 'lsf_fwhm') to match the templates"
             )
-        fwhm = np.asarray(meta["lsf_fwhm_model"], np.float64)
+        fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
         n = x.shape[0]
         nage, nmetal = self.log_age.size, self.metal.size
         out = {
@@ -249,8 +251,6 @@ class PPXFEstimator:
 def _blas_threads(threads: int | None):
     """Context limiting BLAS/OpenMP threads to ``threads`` (pPXF's least squares would otherwise use
     every core in each worker and the workers would fight over them); a no-op for None."""
-    import contextlib
-
     if not threads:
         return contextlib.nullcontext()
     try:
@@ -261,8 +261,6 @@ def _blas_threads(threads: int | None):
 
 
 def _package_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(name)
     except PackageNotFoundError:

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from survey_proc import config
+from survey_proc.cluster import tune_heap
 from survey_proc.errors import ModelError
-from survey_proc.estimators._base import Manifest
+from survey_proc.estimators._base import Estimator, Manifest
+from survey_proc.preprocess import BatchMeta
 
 
 def gpu_batch_size(free_bytes: float, bytes_per_spectrum: float, fraction: float, lo: int, hi: int) -> int:
@@ -58,7 +60,7 @@ def batch_size_for(device: torch.device, manifest: Manifest, module) -> int:
     if configured not in (None, "auto"):
         return int(configured)
     spec = manifest.input
-    if getattr(spec, "kind", "") != "spectrum":
+    if spec.kind != "spectrum":
         return cpu_batch
     per_spectrum = _bytes_per_spectrum(module, device, (len(spec.channels), spec.wave.size))
     free, _ = torch.cuda.mem_get_info(device)
@@ -111,7 +113,7 @@ def cpu_precision(requested: str, module) -> str:
     return "bfloat16"
 
 
-class TorchScriptEstimator:
+class TorchScriptEstimator(Estimator):
     """Runs a TorchScript bundle on a device, in fixed-size batches, without gradients."""
 
     def __init__(self, manifest: Manifest, device: str = "cpu", threads: int | None = None) -> None:
@@ -161,10 +163,8 @@ class TorchScriptEstimator:
         Activations of 1024 spectra overflow the CPU caches: batches of ``run.cpu-batch-size``
         (default 256) run ~1.8x faster per spectrum; freezing (weights as constants, folded ops) ~10 %.
         Neither changes the numbers beyond float rounding. The process keeps its freed heap for the
-        next batch (:func:`~survey_proc.cluster._local.tune_heap`; local workers start that way).
+        next batch (:func:`survey_proc.cluster.tune_heap`; local workers start that way).
         """
-        from survey_proc.cluster import tune_heap
-
         tune_heap()
         cpu_batch = config.get("run.cpu-batch-size")
         if cpu_batch:
@@ -174,6 +174,12 @@ class TorchScriptEstimator:
             self.module.net.to(torch.bfloat16)
             self.module.net_bf16 = True
         self._freeze()
+
+    def precision_on(self, device: str) -> str:
+        """``float32`` or ``tf32`` (``gpu.tf32``) on a GPU: bfloat16 is a CPU setting, TF32 a GPU one."""
+        if str(device).startswith("cuda"):
+            return "tf32" if config.get("gpu.tf32", False) else "float32"
+        return self.precision
 
     def warm_up(self) -> None:
         """Two forward passes on a batch of zeros: TorchScript's profiling executor optimises the graph
@@ -228,7 +234,7 @@ class TorchScriptEstimator:
             return {}
         return {k: np.concatenate(v) for k, v in pieces.items()}
 
-    def predict(self, x: np.ndarray, meta: dict | None = None) -> dict[str, np.ndarray]:
+    def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
         """Run the model over ``x`` (n, C, L) float32; returns numpy arrays per output (``meta`` unused)."""
         if self._gpu:
             with self._lock:  # one batch at a time on the device; the pinned buffer is shared

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from survey_proc.estimators import load_estimator
-from survey_proc.preprocess_bands import ImageInputSpec
+from survey_proc.preprocess import ImageInputSpec
 from survey_proc.training._bundle import add_held_out_metrics
 from survey_proc.training._calibration import Calibration, error_scale, novelty_stats
 from survey_proc.training._fit import FitState

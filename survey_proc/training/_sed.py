@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from survey_proc.estimators import load_estimator
-from survey_proc.preprocess_bands import SEDInputSpec
+from survey_proc.preprocess import SEDInputSpec
 from survey_proc.stores import NOT_FITTED
 from survey_proc.training._arch import ExportedModel
 from survey_proc.training._bundle import add_held_out_metrics

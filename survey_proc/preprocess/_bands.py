@@ -26,16 +26,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from survey_proc.preprocess import Prepared, fill_gaps, masked_median
-from survey_proc.stores import Flag
+from survey_proc.errors import CubeError
+from survey_proc.preprocess._kinds import InputKind, Prepared
+from survey_proc.preprocess._numeric import fill_gaps, masked_median
+from survey_proc.stores import Flag, band_index
 
 
 def select_bands(
     flux: np.ndarray, var: np.ndarray, mask: np.ndarray, axis: Sequence[str], bands: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flux, var, bad) of the model's ``bands`` (n, nband) picked by name from the store's ``axis``."""
-    from survey_proc.stores import band_index
-
     idx = band_index([str(a) for a in axis], bands)
     f = np.asarray(flux, np.float32)[:, idx]
     v = np.asarray(var, np.float32)[:, idx]
@@ -70,9 +70,6 @@ def band_snr(flux: np.ndarray, var: np.ndarray, bad: np.ndarray) -> np.ndarray:
 
 def _check_bands(ds: Any, bands: Sequence[str], pivot: Sequence[float], path: str, model: str) -> None:
     """CubeError unless ``ds`` has every band, with pivot wavelengths within 1 % of the model's."""
-    from survey_proc.errors import CubeError
-    from survey_proc.stores import band_index
-
     if "band" not in ds.dims:
         raise CubeError(f"{path} has no 'band' dim: model {model} reads a photometric store")
     idx = band_index([str(b) for b in ds["band"].values], bands, where=path)
@@ -89,8 +86,6 @@ def _check_bands(ds: Any, bands: Sequence[str], pivot: Sequence[float], path: st
 
 
 def _check_redshift(redshift: float, redshift_range: tuple[float, float] | None, path: str, model: str) -> None:
-    from survey_proc.errors import CubeError
-
     if redshift_range is not None and not redshift_range[0] <= redshift <= redshift_range[1]:
         raise CubeError(
             f"{path}: redshift {redshift:g} is outside the range {redshift_range[0]:g}-"
@@ -109,13 +104,21 @@ def _common(section: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class BandKind(InputKind):
+    """What the photometric kinds share: they read a store's ``band`` axis, by band name."""
+
+    feature_dim: ClassVar[str] = "band"
+
+    def feature_axis(self, values: np.ndarray, medium: str | None = None) -> np.ndarray:
+        """The store's band names (str, in an object array)."""
+        return np.array([str(v) for v in values], dtype=object)
+
+
 @dataclass(frozen=True)
-class SEDInputSpec:
+class SEDInputSpec(BandKind):
     """What a per-pixel photometric model expects (the manifest's ``input`` with ``kind: sed``)."""
 
     kind: ClassVar[str] = "sed"
-    feature_dim: ClassVar[str] = "band"
-    halo_pixels: ClassVar[int] = 0
 
     bands: tuple[str, ...]
     pivot: tuple[float, ...] = ()  #: Angstrom, per band (checked against the store)
@@ -200,11 +203,12 @@ class SEDInputSpec:
 
 
 @dataclass(frozen=True)
-class ImageInputSpec:
-    """What an image-to-image model expects (the manifest's ``input`` with ``kind: image``)."""
+class ImageInputSpec(BandKind):
+    """What an image-to-image model expects (the manifest's ``input`` with ``kind: image``): a region
+    goes in whole, as one tile grown by ``halo_pixels``."""
 
     kind: ClassVar[str] = "image"
-    feature_dim: ClassVar[str] = "band"
+    whole_regions: ClassVar[bool] = True
 
     bands: tuple[str, ...]
     softening: tuple[float, ...]  #: nJy per band: input is asinh(flux / softening)
@@ -294,8 +298,6 @@ class ImageInputSpec:
         return Prepared(x=x, flags=flags, snr=band_snr(f, v, bad), norm=norm, per_pixel=False)
 
     def check_store(self, ds: Any, redshift: float, path: str, model: str) -> None:
-        from survey_proc.errors import CubeError
-
         if tuple(ds["flux"].dims) != ("y", "x", "band"):
             raise CubeError(
                 f"{path}: model {model} maps images; it needs a (y, x, band) store, not {tuple(ds['flux'].dims)}"
