@@ -12,9 +12,10 @@ import xarray as xr
 import zarr
 from conftest import robust_sigma
 
-from survey_proc.engine import Region, RunConfig, halo_window, run
+from survey_proc.engine import RunConfig, halo_window, run
 from survey_proc.errors import CubeError, ModelError
 from survey_proc.ssp import load_filters
+from survey_proc.stores import Region
 from survey_proc.synth import GalaxyParams, MockConfig, write_mock_photometry
 
 

@@ -61,7 +61,8 @@ def test_one_fit_recovers_known_parameters(ssp_lib):
     flux = synth.observe(weights, np.array([0.4]), np.array([60.0]), np.array([120.0]), 100.0)
     var = (flux / 80.0) ** 2  # S/N 80 per pixel, noise-free so the answer is exact up to pPXF itself
     est = load_estimator("ppxf", threads=1)
-    out, flags, snr, _ = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, est, 5.0, muse_lsf_fwhm(wave))
+    found = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, est, 5.0, muse_lsf_fwhm(wave))
+    out, flags, snr = found.outputs, found.flags, found.snr
     assert flags[0] == 0 and snr[0] > 50
     assert out["velocity"][0] == pytest.approx(60.0, abs=5.0)
     assert out["sigma"][0] == pytest.approx(120.0, abs=10.0)
@@ -90,9 +91,8 @@ def test_regularisation_is_a_manifest_option(tmp_path, ssp_lib):
     fits = {}
     for name, model in (("plain", "ppxf"), ("regularised", tmp_path)):
         est = load_estimator(model, threads=1)
-        out, flags, _, _ = estimate_region(
-            flux, var, np.zeros(flux.shape, bool), wave, 0.0, est, 5.0, muse_lsf_fwhm(wave)
-        )
+        found = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, 0.0, est, 5.0, muse_lsf_fwhm(wave))
+        out, flags = found.outputs, found.flags
         assert flags[0] == 0
         fits[name] = out["weights"][0]
     assert (fits["regularised"] > 1e-3).sum() > (fits["plain"] > 1e-3).sum()
@@ -116,9 +116,10 @@ def test_a_failed_fit_gives_nan_and_fit_failed(mock16):
 
     est._ppxf = broken
     try:
-        out, flags, _, _ = estimate_region(
+        found = estimate_region(
             flux, var, mask, np.asarray(grp["wave"][:]), 0.008, est, 5.0, np.asarray(grp["lsf_fwhm"][:])
         )
+        out, flags = found.outputs, found.flags
     finally:
         est._ppxf = original
     assert flags[0] & Flag.FIT_FAILED and np.isnan(out["log_age"][0]) and np.isnan(out["weights"][0]).all()

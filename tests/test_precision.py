@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from survey_proc.engine import read_arrays, read_feature_axis
+from survey_proc.engine import read_feature_axis
 from survey_proc.errors import ModelError
 from survey_proc.estimators import TorchScriptEstimator, _torchscript, cpu_precision, load_manifest
+from survey_proc.stores import read_arrays
 
 
 def _estimator(precision: str, model: str = "default") -> TorchScriptEstimator:

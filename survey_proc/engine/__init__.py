@@ -1,42 +1,37 @@
-"""The engine: template -> setup -> one task per region -> verification (xarray-beam style), over one cube or many."""
+"""The engine: template -> setup -> one task per region -> verification (xarray-beam style), over one cube or many.
 
+``run`` / ``run_many`` are the entry points; the rest is what they are made of: ``prepare_cube``
+(setup or resume), ``process_region`` (one task), ``estimate_region`` (its pure part),
+``finish_cube`` (verification and summary). The store machinery (regions, commit, verify) is
+:mod:`survey_proc.stores`'s.
+"""
+
+from survey_proc.engine._config import RunConfig, default_output
+from survey_proc.engine._estimate import Estimates, estimate_region, flag_counts, stream_block
+from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import (
+    RegionInputs,
     RegionOptions,
     RegionResult,
-    RegionWriteError,
-    estimate_region,
     halo_window,
     limit_io_threads,
     process_region,
-    read_arrays,
     read_feature_axis,
-    region_checksum,
-    write_region_outputs,
+    setup_worker,
 )
-from survey_proc.engine._run import (
-    CubeJob,
-    CubeOutcome,
-    RunConfig,
-    RunInterrupted,
-    RunSummary,
-    default_output,
-    finish_cube,
-    prepare_cube,
-    run,
-    run_jobs,
-    run_many,
-    verify,
-)
+from survey_proc.engine._run import RunInterrupted, run, run_jobs, run_many
+from survey_proc.engine._setup import prepare_cube
+from survey_proc.engine._summary import CubeOutcome, RunSummary, finish_cube, summed_timings
 from survey_proc.engine._survey import SurveyError, configs_for, format_table, read_survey
-from survey_proc.engine._template import Region, make_regions, maps_template, output_variables, spatial_chunks
+from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
 
 __all__ = [
     "CubeJob",
     "CubeOutcome",
-    "Region",
+    "Estimates",
+    "RegionInputs",
     "RegionOptions",
     "RegionResult",
-    "RegionWriteError",
     "RunConfig",
     "RunInterrupted",
     "RunSummary",
@@ -45,22 +40,21 @@ __all__ = [
     "default_output",
     "estimate_region",
     "finish_cube",
+    "flag_counts",
     "format_table",
     "halo_window",
     "limit_io_threads",
-    "make_regions",
     "maps_template",
     "output_variables",
     "prepare_cube",
     "process_region",
-    "read_arrays",
     "read_feature_axis",
     "read_survey",
-    "region_checksum",
     "run",
     "run_jobs",
     "run_many",
+    "setup_worker",
     "spatial_chunks",
-    "verify",
-    "write_region_outputs",
+    "stream_block",
+    "summed_timings",
 ]

@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from survey_proc.engine._run import CubeOutcome, RunConfig, default_output
+from survey_proc.engine._config import RunConfig, default_output
+from survey_proc.engine._summary import CubeOutcome
 from survey_proc.errors import SurveyProcError
 
 ENTRY_KEYS = {"cube": str, "redshift": float, "min_snr": float, "out": str, "model": str}

@@ -4,42 +4,20 @@ The template is an xarray Dataset of lazy arrays with every output variable and 
 each variable's ``encoding["chunks"]`` aligns the store's chunks to the input store's spatial
 chunks. Its dask arrays are single chunks (as xarray-beam's templates), so writing it with
 ``compute=False`` lays down the metadata without building a graph of one task per chunk (0.5 s
-for a 65,536-spaxel cube). Each region then writes its own chunks (see :mod:`._region`). Three small
-bookkeeping arrays (one element per region) record which regions are complete and a checksum of
-what they wrote: ``region_done``, ``region_spectra``, ``region_checksum``.
+for a 65,536-spaxel cube). Each region then writes its own chunks (see :mod:`._region`), with the
+bookkeeping arrays of :func:`survey_proc.stores.with_region_arrays` (``region_done``,
+``region_spectra``, ``region_checksum``: one element per region).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
 from survey_proc.estimators import Manifest
-from survey_proc.stores import flag_attrs, property_attrs, spatial_dims
-
-
-@dataclass(frozen=True)
-class Region:
-    """One task's share of the store: a block of whole chunks along the spatial dims."""
-
-    index: tuple[int, ...]  #: position in the region grid
-    slices: tuple[tuple[str, int, int], ...]  #: (dim, start, stop) per spatial dim
-
-    def selection(self) -> dict[str, slice]:
-        return {d: slice(a, b) for d, a, b in self.slices}
-
-    @property
-    def size(self) -> int:
-        return int(np.prod([b - a for _, a, b in self.slices]))
-
-    @property
-    def key(self) -> str:
-        return "region-" + "-".join(str(i) for i in self.index)
+from survey_proc.stores import flag_attrs, lazy_full, property_attrs, spatial_dims, with_region_arrays
 
 
 def spatial_chunks(ds: xr.Dataset) -> dict[str, int]:
@@ -51,22 +29,6 @@ def spatial_chunks(ds: xr.Dataset) -> dict[str, int]:
     if ds["flux"].chunks:
         return {d: int(max(c)) for d, c in zip(ds["flux"].dims, ds["flux"].chunks) if d in dims}
     return {d: ds.sizes[d] for d in dims}
-
-
-def make_regions(sizes: Mapping[str, int], chunks: Mapping[str, int]) -> list[Region]:
-    """Regions covering ``sizes`` in blocks of ``chunks`` (row-major order)."""
-    dims = list(sizes)
-    ranges = [range(0, sizes[d], chunks[d]) for d in dims]
-    regions = []
-    for starts in itertools.product(*ranges):
-        index = tuple(s // chunks[d] for s, d in zip(starts, dims))
-        slices = tuple((d, s, min(s + chunks[d], sizes[d])) for d, s in zip(dims, starts))
-        regions.append(Region(index, slices))
-    return regions
-
-
-def region_grid_shape(sizes: Mapping[str, int], chunks: Mapping[str, int]) -> tuple[int, ...]:
-    return tuple(-(-sizes[d] // chunks[d]) for d in sizes)
 
 
 def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dict, dict]]:
@@ -116,32 +78,17 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
     store_chunks: dict[str, tuple[int, ...]] = {}  # Zarr chunks per variable (the dask arrays are one chunk)
     for name, extra, vattrs, vcoords in output_variables(manifest):
         extra_shape = tuple(len(vcoords[e]) for e in extra)
-        data_vars[name] = (dims + tuple(extra), _lazy(shape + extra_shape, np.float32, np.nan), vattrs)
+        data_vars[name] = (dims + tuple(extra), lazy_full(shape + extra_shape, np.float32, np.nan), vattrs)
         store_chunks[name] = chunk_shape + extra_shape
         for e in extra:
             coords.setdefault(e, (e, np.asarray(vcoords[e], np.float64)))
-    data_vars["flag"] = (dims, _lazy(shape, np.uint8, 0), flag_attrs())
+    data_vars["flag"] = (dims, lazy_full(shape, np.uint8, 0), flag_attrs())
     data_vars["snr"] = (
         dims,
-        _lazy(shape, np.float32, np.nan),
+        lazy_full(shape, np.float32, np.nan),
         {"units": "1", "long_name": "median S/N per Angstrom over the model's range"},
     )
     store_chunks["flag"] = store_chunks["snr"] = chunk_shape
-    grid = region_grid_shape(sizes, chunks)
-    rdims = tuple(f"region_{d}" for d in dims)
-    data_vars["region_done"] = (
-        rdims,
-        _lazy(grid, np.uint8, 0),
-        {"long_name": "1 where the region's outputs are complete"},
-    )
-    data_vars["region_spectra"] = (rdims, _lazy(grid, np.int32, 0), {"long_name": "spectra written by the region"})
-    data_vars["region_checksum"] = (
-        rdims,
-        _lazy(grid, np.uint32, 0),
-        {"long_name": "CRC-32 of the region's outputs as written"},
-    )
-    for name in ("region_done", "region_spectra", "region_checksum"):  # one element a chunk: regions write alone
-        store_chunks[name] = (1,) * len(grid)
     for c in ("ra", "dec"):
         if c in cube.coords and set(cube[c].dims) <= set(dims):
             coords[c] = cube[c].variable
@@ -151,9 +98,4 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
     for d in dims:
         if d in cube.coords:
             ds = ds.assign_coords({d: cube[d].values})
-    return ds
-
-
-def _lazy(shape: tuple[int, ...], dtype, fill) -> da.Array:
-    """A lazy array of ``fill`` in one dask chunk (a template's variable: never computed)."""
-    return da.full(shape, fill, dtype=dtype, chunks=-1)
+    return with_region_arrays(ds, sizes, chunks)

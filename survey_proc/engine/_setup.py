@@ -1,0 +1,158 @@
+"""Setting a cube up for a run: validate the cube and the model, write (or resume) the maps store.
+
+:func:`prepare_cube` opens and validates the cube, reads (and verifies) the model's manifest,
+smoke-loads the estimator so a corrupt model fails before any cluster starts, falls back to
+``run.fallback-model`` when the default model does not cover the cube, and creates the maps store
+from its template, or resumes it when it holds this very run (:func:`survey_proc.stores.create_or_resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from survey_proc import __version__, config, progress
+from survey_proc.binning import PIXEL_MAP
+from survey_proc.engine._config import RunConfig
+from survey_proc.engine._jobs import CubeJob
+from survey_proc.engine._region import RegionOptions
+from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
+from survey_proc.errors import CubeError, SurveyProcError
+from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest
+from survey_proc.stores import (
+    create_or_resume,
+    make_regions,
+    open_input_store,
+    pending_regions,
+    run_signature,
+    spatial_dims,
+)
+
+log = logging.getLogger(__name__)
+
+
+def prepare_cube(rc: RunConfig) -> CubeJob:
+    """Validate the cube and the model, write (or resume) the maps store; returns the regions left."""
+    model_named = rc.model is not None or config.get("run.model") != "default"  # only the packaged default falls back
+    rc = rc.resolved()
+    manifest = load_manifest(rc.model)
+    cube = open_input_store(rc.cube, manifest.input.feature_dim, require_redshift=rc.redshift is None)
+    redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
+    rc, manifest = _covering_model(rc, manifest, cube, redshift, model_named)
+    estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
+    min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
+    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
+    resumed = create_or_resume(rc.out, template, _signature(cube, manifest, redshift, min_snr), rc.overwrite)
+    dims = spatial_dims(cube)
+    regions = make_regions({d: cube.sizes[d] for d in dims}, spatial_chunks(cube))
+    pending = pending_regions(rc.out, regions) if resumed else regions
+    if resumed and pending:
+        _say(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
+    opts = RegionOptions(
+        cube=str(Path(rc.cube).resolve()),
+        out=str(Path(rc.out).resolve()),
+        model=str(manifest.path),
+        redshift=redshift,
+        min_snr=min_snr,
+        device=str(rc.device),
+        threads=int(rc.threads_per_worker),
+        redshift_per_spectrum="redshift" in cube and cube["redshift"].dims == dims,
+    )
+    names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
+    return CubeJob(
+        rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names, binned=PIXEL_MAP in cube
+    )
+
+
+def _say(message: str) -> None:
+    """A line for the log and, where progress bars are shown, above them."""
+    log.info(message)
+    progress.write(message)
+
+
+def _covering_model(
+    rc: RunConfig, manifest: Manifest, cube: xr.Dataset, redshift: float, model_named: bool
+) -> tuple[RunConfig, Manifest]:
+    """The run's config and manifest once the model is known to cover the cube: the model's own, or
+    the fallback's when the packaged default does not cover it and no model was named."""
+    try:
+        manifest.input.check_store(cube, redshift, rc.cube, manifest.name)
+    except CubeError as exc:
+        fallback = None if model_named else _fallback_model(cube, redshift, rc.cube, exc)
+        if fallback is None:
+            raise
+        return replace(rc, model=fallback), load_manifest(fallback)
+    return rc, manifest
+
+
+def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError) -> str | None:
+    """``survey-proc.run.fallback-model`` when the default model does not cover a cube (e.g. the
+    default reads rest 4750-8800 A, which MUSE covers only to z = 0.062) and the fallback does;
+    None (the default's error stands) otherwise. Logged as a warning, recorded in the maps' model_id."""
+    fallback = config.get("run.fallback-model", None)
+    if not fallback:
+        return None
+    try:
+        manifest = load_manifest(fallback)
+        manifest.input.check_store(cube, redshift, path, manifest.name)
+    except SurveyProcError:  # a fallback that is missing, broken or does not cover the cube either
+        return None
+    reason = str(exc).split(": ", 1)[-1].split(" (")[0]
+    log.warning(
+        f"note: the default model does not cover {path} ({reason}); using {fallback} "
+        f"({manifest.raw.get('description', manifest.name)})"
+    )
+    return str(fallback)
+
+
+def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float) -> str:
+    """Identity of a run's numbers: the cube's shape/grid/provenance, the model file, the options."""
+    axis = cube[manifest.input.feature_dim].values  # wavelengths or band names
+    ends = [axis[0], axis[-1]]
+    ident = {
+        "sizes": dict(cube.sizes),
+        "wave": [float(e) for e in ends] if np.issubdtype(axis.dtype, np.number) else [str(e) for e in ends],
+        "source": str(cube.attrs.get("source", "")),
+        "mock_config": str(cube.attrs.get("mock_config", "")),
+        "model_sha256": manifest.digest,
+        "model": manifest.name,
+        "estimator": manifest.estimator,
+        "redshift": redshift,
+        "min_snr": min_snr,
+    }
+    if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
+        ident["binning"] = str(cube.attrs["binning"])
+    return run_signature(ident)
+
+
+def _provenance(
+    manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float, estimator: Estimator
+) -> dict:
+    """The maps store's provenance attributes; ``network_precision``: the network's arithmetic on
+    the workers' device (``float32``/``bfloat16``/``tf32``; empty for estimators without a network)."""
+    training = manifest.raw.get("training", {})
+    return {
+        "title": "survey-proc maps",
+        "model_id": manifest.model_id,
+        "model_name": manifest.name,
+        "model_sha256": manifest.digest,
+        "model_software": json.dumps(dict(estimator.provenance), default=str),
+        "model_estimator": manifest.estimator,
+        "model_manifest": str(manifest.path),
+        "model_trainset_hash": training.get("trainset_hash", ""),
+        "software": f"survey-proc {__version__}",
+        "cube": str(Path(rc.cube).resolve()),
+        "cube_source": str(cube.attrs.get("source", "")),
+        "redshift": redshift,
+        "min_snr": min_snr,
+        "network_precision": estimator.precision_on(str(rc.device)),  # the workers', not this CPU check's
+        "run_options": json.dumps({k: v for k, v in asdict(rc).items() if k != "progress"}, default=str),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": "running",
+    }

@@ -1,0 +1,174 @@
+"""The end of a cube's run: verify every region, write pixel maps of a binned input, summarise.
+
+:func:`finish_cube` runs as soon as a cube's tasks are all back; its :class:`RunSummary` is what
+``survey-proc run`` prints and what the store's attributes record, and :class:`CubeOutcome` what
+became of each cube of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from survey_proc.binning import write_pixel_maps
+from survey_proc.engine._estimate import flag_counts
+from survey_proc.engine._jobs import CubeJob
+from survey_proc.engine._region import RegionResult
+from survey_proc.errors import SurveyProcError
+from survey_proc.stores import consolidate, remove_partial_writes, verify_regions
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    cube: str
+    out: str
+    model_id: str
+    spectra: int
+    fitted: int
+    regions: int
+    regions_run: int
+    regions_skipped: int
+    seconds: float
+    estimator_seconds: float
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    verified: bool = False
+    workers: int = 0
+    flagged: int = 0  #: spectra with any flag bit set
+    pixel_maps: str = ""  #: group holding maps on the pixel grid (binned inputs)
+    started: float = 0.0  #: time.perf_counter() of the first region submitted (0: none ran)
+    finished: float = 0.0  #: time.perf_counter() of the last region back
+    setup_seconds: float = 0.0  #: loading the estimator on the workers (not in ``seconds``)
+    timings: dict[str, float] = field(default_factory=dict)  #: summed over the regions run (seconds)
+
+    @property
+    def flagged_fraction(self) -> float:
+        return self.flagged / self.spectra if self.spectra else float("nan")
+
+    @property
+    def spectra_per_s(self) -> float:
+        computed = self.spectra_run
+        return computed / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def spectra_run(self) -> int:
+        return (
+            self.spectra
+            if self.regions_run == self.regions
+            else int(round(self.spectra * self.regions_run / max(self.regions, 1)))
+        )
+
+    def format(self) -> str:
+        flagged = ", ".join(f"{k} {v}" for k, v in self.flag_counts.items() if v) or "none"
+        lines = [
+            self._head(),
+            f"fitted: {self.fitted} of {self.spectra}; flagged: {flagged}",
+            f"model: {self.model_id}",
+            f"checks: {'every region verified (marker, count, CRC-32)' if self.verified else 'NOT VERIFIED'}",
+            f"maps written to {self.out}",
+        ]
+        if self.pixel_maps:
+            lines.append(f"maps on the pixel grid in its group '{self.pixel_maps}'")
+        return "\n".join(lines)
+
+    def _head(self) -> str:
+        if not self.regions_run:
+            return f"nothing to do: all {self.regions} regions ({self.spectra} spectra) were already done"
+        setup = (
+            f"cluster start-up and loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
+            if self.setup_seconds > 0
+            else ""
+        )
+        return (
+            f"spectra processed: {self.spectra_run} of {self.spectra} in {self.seconds:.1f} s "
+            f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); "
+            + setup
+            + f"{self.regions_run} regions run, {self.regions_skipped} already done)"
+        )
+
+
+@dataclass
+class CubeOutcome:
+    """What became of one cube of a batch: ``done``, ``already done`` or ``failed`` (with the reason)."""
+
+    cube: str
+    out: str
+    status: str
+    reason: str = ""
+    summary: RunSummary | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+def finish_cube(job: CubeJob, workers: int, client=None) -> RunSummary:
+    """Verify every region of a cube whose tasks are all back (re-reading those this run did not
+    write, on the ``client``'s workers when given), record the summary in the store."""
+    out = job.rc.out
+    written = {r.key: r.checksum for r in job.results if not r.reused}
+    problems = verify_regions(out, job.regions, job.names, client, written)
+    if problems:
+        raise SurveyProcError(f"{out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
+    remove_partial_writes(out)
+    summary = _summary(job, workers, np.asarray(zarr.open_group(out, mode="r")["flag"][...]))
+    if job.binned:
+        summary.pixel_maps = write_pixel_maps(job.rc.cube, out, job.names)
+    _record(out, summary, bool(job.results))
+    return summary
+
+
+def _summary(job: CubeJob, workers: int, flag: np.ndarray) -> RunSummary:
+    counts, fitted = flag_counts(flag)
+    elapsed = (job.finished - job.started) if job.started is not None and job.finished is not None else 0.0
+    return RunSummary(
+        cube=job.rc.cube,
+        out=job.rc.out,
+        model_id=job.manifest.model_id,
+        spectra=int(flag.size),
+        fitted=fitted,
+        regions=len(job.regions),
+        regions_run=len(job.results),
+        regions_skipped=len(job.regions) - len(job.pending),
+        seconds=elapsed,
+        estimator_seconds=sum(r.estimator_seconds for r in job.results),
+        flag_counts=counts,
+        verified=True,
+        workers=workers,
+        flagged=int((flag != 0).sum()),
+        started=job.started or 0.0,
+        finished=job.finished or 0.0,
+        setup_seconds=job.setup_seconds,
+        timings=summed_timings(job.results),
+    )
+
+
+def _record(out: str, summary: RunSummary, ran: bool) -> None:
+    """The summary in the store's attributes (and the store's metadata consolidated)."""
+    grp = zarr.open_group(out, mode="r+")
+    grp.attrs.update(
+        {
+            "status": "complete",
+            "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "spectra": summary.spectra,
+            "fitted": summary.fitted,
+            "flag_counts": json.dumps(summary.flag_counts),
+        }
+    )
+    if ran:
+        grp.attrs["wall_seconds_last_run"] = summary.seconds
+    consolidate(out)
+
+
+def summed_timings(results: list[RegionResult]) -> dict[str, float]:
+    """Per-stage seconds (read, prepare, estimator, write, their CPU seconds) summed over regions."""
+    total: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            total[key] = total.get(key, 0.0) + float(value)
+    return total
