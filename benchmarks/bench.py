@@ -165,9 +165,7 @@ def _warm_estimator(model: str, device: str) -> str:
     from survey_proc.estimators import load_estimator
 
     est = load_estimator(model, device=device, threads=1)
-    warm_up = getattr(est, "warm_up", None)
-    if warm_up is not None:
-        warm_up()
+    est.warm_up()
     return est.manifest.model_id
 
 

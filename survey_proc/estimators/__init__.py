@@ -1,4 +1,11 @@
-"""Estimators: the interface the engine calls, model bundles and their implementations."""
+"""Estimators: the interface the engine calls, model bundles and their implementations.
+
+The implementations' modules (TorchScript, pPXF) load when one of their names is first used, as
+:func:`load_estimator` loads them only for a manifest that names them: importing the package (the
+engine, a pPXF worker) does not import torch.
+"""
+
+import importlib
 
 from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME, Estimator, Manifest, OutputSpec, read_manifest
 from survey_proc.estimators._load import (
@@ -10,15 +17,25 @@ from survey_proc.estimators._load import (
     resolve_model,
     verify_bundle,
 )
-from survey_proc.estimators._ppxf import prepare_templates
-from survey_proc.estimators._torchscript import (
-    TorchScriptEstimator,
-    batch_size_for,
-    cpu_precision,
-    gpu_batch_size,
-    is_out_of_memory,
-    pinned_rows,
-)
+
+#: public names of the implementation modules, imported on first use
+_LAZY = {
+    "prepare_templates": "_ppxf",
+    "TorchScriptEstimator": "_torchscript",
+    "batch_size_for": "_torchscript",
+    "cpu_precision": "_torchscript",
+    "gpu_batch_size": "_torchscript",
+    "is_out_of_memory": "_torchscript",
+    "pinned_rows": "_torchscript",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "BUNDLE_FORMAT",

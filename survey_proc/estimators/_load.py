@@ -13,6 +13,7 @@ import importlib
 import threading
 from pathlib import Path
 
+from survey_proc import config
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest, read_manifest
 from survey_proc.fetch import sha256_of
@@ -94,8 +95,6 @@ def load_estimator(spec: str | Path, device: str = "cpu", threads: int | None = 
     ``threads`` sets the number of CPU threads the implementation may use (None: its default).
     """
     path = resolve_model(spec)
-    from survey_proc import config
-
     # the precision settings change what is loaded (survey-proc.run.cpu-precision, gpu.tf32): part of the key
     settings = (config.get("run.cpu-precision", None), bool(config.get("gpu.tf32", False)))
     with _LOADING:  # threads of one worker asking at once load the model once (the others find it cached)
