@@ -7,10 +7,9 @@
 """
 
 from survey_proc.engine._config import RunConfig, default_output
-from survey_proc.engine._estimate import Estimates, estimate_region, flag_counts, stream_block
+from survey_proc.engine._estimate import Estimates, estimate_region, stream_block
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import (
-    RegionInputs,
     RegionOptions,
     RegionResult,
     halo_window,
@@ -21,7 +20,7 @@ from survey_proc.engine._region import (
 )
 from survey_proc.engine._run import RunInterrupted, run, run_jobs, run_many
 from survey_proc.engine._setup import prepare_cube
-from survey_proc.engine._summary import CubeOutcome, RunSummary, finish_cube, summed_timings
+from survey_proc.engine._summary import CubeOutcome, RunSummary, finish_cube
 from survey_proc.engine._survey import SurveyError, configs_for, format_table, read_survey
 from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
 
@@ -29,7 +28,6 @@ __all__ = [
     "CubeJob",
     "CubeOutcome",
     "Estimates",
-    "RegionInputs",
     "RegionOptions",
     "RegionResult",
     "RunConfig",
@@ -40,7 +38,6 @@ __all__ = [
     "default_output",
     "estimate_region",
     "finish_cube",
-    "flag_counts",
     "format_table",
     "halo_window",
     "limit_io_threads",
@@ -56,5 +53,4 @@ __all__ = [
     "setup_worker",
     "spatial_chunks",
     "stream_block",
-    "summed_timings",
 ]
