@@ -114,6 +114,21 @@ def _corrupt_chunk(cube: Path, key: tuple[int, int, int]) -> None:
     chunk.write_bytes(b"\x00garbage, not a compressed chunk" * 8)
 
 
+def test_maps_are_named_by_kind_beside_the_cube_or_in_out_dir(tmp_path):
+    """Without ``out``: ``<cube>.maps.zarr`` (``--method ppxf``: ``<cube>.ppxf.zarr``) beside the cube or
+    in ``out_dir``; an ``out`` given is kept as it is."""
+    from survey_proc.engine import configs_for, default_output
+
+    base = RunConfig(cube="")
+    entries = [{"cube": "a/c1.zarr"}, {"cube": "a/c2.zarr", "out": "mine.maps.zarr"}]
+    assert [rc.out for rc in configs_for(entries, base)] == ["a/c1.maps.zarr", "mine.maps.zarr"]
+    assert [rc.out for rc in configs_for(entries, base, kind="ppxf")] == ["a/c1.ppxf.zarr", "mine.maps.zarr"]
+    assert configs_for(entries[:1], base, out_dir=tmp_path, kind="ppxf")[0].out == str(tmp_path / "c1.ppxf.zarr")
+    assert default_output("x/cube", "ppxf") == Path("x/cube.ppxf.zarr")
+    survey = _survey_file(tmp_path, ["c3.zarr"])
+    assert read_survey(survey, base, kind="ppxf")[0].out == str(tmp_path / "c3.ppxf.zarr")
+
+
 def test_bad_cubes_in_a_survey_fail_alone(three_cubes, run_model, tmp_path):
     """A missing cube, one with unreadable metadata and one with a corrupt chunk fail; the rest completes."""
     cubes = tmp_path / "cubes"

@@ -123,6 +123,7 @@ class Comparison:
     pairs: dict[str, dict[str, DifferenceStats]] = field(default_factory=dict)  #: "A vs B" -> property -> stats
     used: dict[str, int] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    json_path: Path | None = None  #: where :func:`compare_stores` wrote ``compare.json``
 
     def to_json(self) -> dict:
         return {
@@ -278,22 +279,29 @@ def _plot_running(ax, running: list[tuple[str, np.ndarray, np.ndarray]], xlabel:
     ax.legend(fontsize=7)
 
 
+def compare_output(a_path: str | os.PathLike, b_path: str | os.PathLike) -> Path:
+    """Where a comparison of two maps stores goes by default: ``<A>_vs_<B>`` beside A (``.zarr`` dropped)."""
+    a, b = Path(a_path), Path(b_path)
+    return a.with_name(f"{a.name.removesuffix('.zarr')}_vs_{b.name.removesuffix('.zarr')}")
+
+
 def compare_stores(
     a_path: str | os.PathLike,
     b_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
     truth_cube: str | os.PathLike | None = None,
     names: Sequence[str] = COMPARED,
     labels: tuple[str, str] | None = None,
     good_only: bool = True,
 ) -> Comparison:
-    """Compare two maps stores on disk; writes ``compare.json`` and ``compare_<name>.png`` in ``out_dir``."""
+    """Compare two maps stores on disk; writes ``compare.json`` and ``compare_<name>.png`` in ``out_dir``
+    (default: :func:`compare_output`)."""
     a, b, truth = _open_compared(a_path, b_path, truth_cube)
     labels = labels or (_label(a, a_path), _label(b, b_path))
     if labels[0] == labels[1]:
         labels = (f"{labels[0]} (A)", f"{labels[1]} (B)")
     result = compare_maps(a, b, truth, names, labels, good_only)
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir else compare_output(a_path, b_path)
     out.mkdir(parents=True, exist_ok=True)
     for name in (n for n in names if n in a and n in b):
         png = plot_comparison(a, b, name, out / f"compare_{name}.png", truth, labels, good_only)
@@ -305,7 +313,8 @@ def compare_stores(
         "a_model": a.attrs.get("model_id", ""),
         "b_model": b.attrs.get("model_id", ""),
     }
-    (out / "compare.json").write_text(json.dumps(payload, indent=2))
+    result.json_path = out / "compare.json"
+    result.json_path.write_text(json.dumps(payload, indent=2))
     return result
 
 

@@ -68,11 +68,12 @@ def _entry(raw: Any, where: str) -> dict[str, Any]:
     return entry
 
 
-def read_survey(path: str | Path, base: RunConfig, out_dir: Path | None = None) -> list[RunConfig]:
+def read_survey(path: str | Path, base: RunConfig, out_dir: Path | None = None, kind: str = "maps") -> list[RunConfig]:
     """The run configs of every cube a survey file names.
 
     ``base`` gives the shared options (its model and min_snr, when set, override the file's
-    defaults; a cube's own entry overrides both); ``out_dir`` overrides the file's ``out_dir``.
+    defaults; a cube's own entry overrides both); ``out_dir`` overrides the file's ``out_dir``;
+    ``kind`` names the maps of a cube without ``out`` (:func:`default_output`).
     """
     path = Path(path)
     try:
@@ -103,7 +104,7 @@ def read_survey(path: str | Path, base: RunConfig, out_dir: Path | None = None) 
         for cube in _expand(entry.pop("cube"), folder):
             key = str(Path(cube).resolve())
             cubes.setdefault(key, {"cube": cube}).update(entry)
-    return configs_for(list(cubes.values()), base, defaults, out_dir, folder)
+    return configs_for(list(cubes.values()), base, defaults, out_dir, folder, kind)
 
 
 def configs_for(
@@ -112,11 +113,12 @@ def configs_for(
     defaults: dict[str, Any] | None = None,
     out_dir: Path | None = None,
     folder: Path | None = None,
+    kind: str = "maps",
 ) -> list[RunConfig]:
     """One RunConfig per cube entry: entry options over ``base`` over ``defaults``.
 
     An entry's relative ``out`` is taken from ``folder``; without ``out``, maps go to ``out_dir``
-    (else beside the cube) as ``<name>.maps.zarr``.
+    (else beside the cube) as ``<name>.<kind>.zarr`` (``maps``; ``ppxf`` for pPXF's).
     """
     defaults = defaults or {}
     configs = []
@@ -126,12 +128,12 @@ def configs_for(
         if out is not None and folder is not None and not Path(out).is_absolute():
             out = str(folder / out)
         elif out is None and out_dir is not None:
-            out = str(out_dir / default_output(cube).name)
+            out = str(out_dir / default_output(cube, kind).name)
         configs.append(
             dataclasses.replace(
                 base,
                 cube=cube,
-                out=out or str(default_output(cube)),
+                out=out or str(default_output(cube, kind)),
                 model=entry.get("model") or base.model or defaults.get("model"),
                 redshift=entry.get("redshift", base.redshift),
                 min_snr=entry.get("min_snr", base.min_snr if base.min_snr is not None else defaults.get("min_snr")),
