@@ -1,5 +1,6 @@
-"""Benchmarks of survey-proc: the neural model and pPXF through the same engine, in one run.
+"""Benchmark scripts of the repository (not installed).
 
-Run with ``survey-proc bench`` (or ``python -m benchmarks.bench`` from the repository root); results
-go to ``benchmarks/results/`` as JSON, a Markdown report and PNG plots.
+``survey-proc bench`` is the installed package's (:mod:`survey_proc.bench`); ``python -m
+benchmarks.bench`` runs it from here. The repository's results are in ``benchmarks/results/``
+(written with ``--json benchmarks/results/bench.json``); ``benchmarks/gpu/`` runs it on a GPU node.
 """

@@ -388,26 +388,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmarks_module():
-    """``benchmarks.bench`` of the source checkout this package runs from (it is not installed)."""
-    import importlib
-
-    from survey_proc.errors import SurveyProcError
-
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "bench.py").exists():
-        raise SurveyProcError(
-            f"survey-proc bench needs the benchmarks/ folder of a source checkout (looked in "
-            f"{root}); clone the repository and install it with pip install -e ."
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return importlib.import_module("benchmarks.bench")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    bench = _benchmarks_module()
-    bench.run_bench(bench.config_from_args(args))
+    from survey_proc.bench import BenchConfig, run_bench
+
+    given = {
+        "cube": args.cube,
+        "json": args.json,
+        "model": args.model,
+        "workers": args.workers,
+        "sizes": args.sizes,
+        "main_size": args.main_size,
+        "ppxf_spectra": args.ppxf_spectra,
+        "watts_per_core": args.watts_per_core,
+        "workdir": args.workdir,
+    }
+    cfg = BenchConfig(quick=args.quick, gpu=not args.no_gpu, **{k: v for k, v in given.items() if v is not None})
+    with _reporting(args.quiet):
+        run_bench(cfg)
     return 0
 
 
@@ -546,11 +543,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        _benchmarks_module().build_parser(parser)
-    except Exception:
-        parser.add_argument("rest", nargs="*")
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cube", help="cube store to benchmark on (default: a mock with truth, built once)")
+    p.add_argument(
+        "--json",
+        help=f"results JSON (default: {config.get('bench.out-dir')}/bench[-quick].json in the current folder); "
+        "the Markdown report and PNG are written beside it",
+    )
+    p.add_argument("--quick", action="store_true", help="small cubes and a 16-spectrum pPXF sample (~1 minute)")
+    p.add_argument("--model", help="model bundle to benchmark against pPXF (default: default)")
+    p.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1, 2, 4, ... up to the cores)")
+    p.add_argument("--sizes", type=int, nargs="+", help="mock cube sides for the cube-size scaling")
+    p.add_argument("--main-size", type=int, help="side of the mock cube measured (without --cube)")
+    p.add_argument("--ppxf-spectra", type=int, help="spectra in pPXF's sample (spread over the cube)")
+    p.add_argument("--watts-per-core", type=float, help="power per busy core for the energy estimate (W)")
+    p.add_argument("--workdir", help="folder for mock cubes and maps (default: beside the JSON, *.scratch)")
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU runs even where GPUs exist")
+    p.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ MAX_FUNCTION_LINES = 90
 #: top to bottom; a unit may import its own layer and the layers below it
 LAYERS = [
     {"cli", "__main__"},
+    {"bench"},
     {"engine", "training", "analysis", "binning", "synth"},
     {"cluster", "estimators", "preprocess"},
     {"stores", "ssp", "geometry"},

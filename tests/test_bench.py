@@ -86,7 +86,7 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     )  # the host is all
 
     # how a GPU row reads (this machine has none): GPU energy beside the host's, and the 50,000/s check
-    from benchmarks.report import write_report
+    from survey_proc.bench import write_report
 
     gpu = dict(
         model[-1],
@@ -133,7 +133,7 @@ class _FakeNVML(types.ModuleType):
 def test_energy_meter_adds_the_host_to_the_gpu_and_falls_back(monkeypatch):
     """NVML's counter is read in millijoules around the window (per GPU); the host is metered too;
     a GPU without the counter leaves the host's figure, named, and NVML is shut down either way."""
-    from benchmarks.energy import EnergyMeter
+    from survey_proc.bench import EnergyMeter
 
     nvml = _FakeNVML()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
@@ -157,12 +157,11 @@ def test_gpu_runs_say_why_they_did_not_run_without_cuda(tmp_path):
     """A GPU that torch cannot use (a CPU build of torch, no driver) is noted, nothing is started."""
     import torch
 
-    from benchmarks.bench import BenchConfig, gpu_runs
+    from survey_proc.bench import gpu_runs
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     rows, notes = gpu_runs(
-        BenchConfig(progress=False),
         [{"index": 0, "name": "X", "uuid": "GPU-0"}],
         tmp_path / "cube.zarr",
         tmp_path,
@@ -173,10 +172,69 @@ def test_gpu_runs_say_why_they_did_not_run_without_cuda(tmp_path):
     assert rows == [] and len(notes) == 1 and "cannot use CUDA" in notes[0]
 
 
-def test_inherited_cuda_visible_devices_by_uuid_prefix_or_index():
-    from benchmarks.machine import _is_visible
+class _FakeNVMLDevices(_FakeNVML):
+    """Two GPUs as NVML lists them (PCI bus order), with the calls ``machine_info`` makes."""
 
-    uuid = "GPU-dae76d0e-3414-958a-8f3e-fc6682b36f31"
-    assert _is_visible(0, uuid, {"0"}) and not _is_visible(1, uuid, {"0"})
-    assert _is_visible(3, uuid, {"GPU-dae76d0e"}) and _is_visible(3, uuid, {uuid})
-    assert not _is_visible(3, uuid, {"GPU-60f2c95a"})
+    uuids = ("GPU-dae76d0e-3414-958a-8f3e-fc6682b36f31", "GPU-60f2c95a-0000-0000-0000-000000000000")
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"550.54"
+
+    def nvmlDeviceGetCount(self):
+        return len(self.uuids)
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.uuids[handle]
+
+    def nvmlDeviceGetName(self, handle):
+        return f"GPU {handle}"
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(total=80 * 2**30)
+
+
+@pytest.mark.parametrize(
+    ("visible", "listed"),
+    [
+        (None, [0, 1]),
+        ("0", [0]),
+        ("1", [1]),
+        ("GPU-dae76d0e", [0]),  # a UUID's prefix, as CUDA accepts
+        ("GPU-60f2c95a-0000-0000-0000-000000000000", [1]),
+        ("GPU-ffffffff", []),
+    ],
+)
+def test_gpus_leave_out_those_an_inherited_cuda_visible_devices_hides(monkeypatch, visible, listed):
+    from survey_proc.bench import gpus
+
+    nvml = _FakeNVMLDevices()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    found = gpus()
+    assert [g["index"] for g in found] == listed and nvml.open == 0
+    assert all(g["driver"] == "550.54" and g["memory_gb"] == 80.0 and g["uuid"].startswith("GPU-") for g in found)
+
+
+def test_bench_results_go_under_the_current_folder_by_default():
+    """Not into the source tree (a wheel install has none): ./survey-proc-bench/bench[-quick].json."""
+    from survey_proc.bench import BenchConfig
+
+    assert BenchConfig(quick=True).resolved().json == "survey-proc-bench/bench-quick.json"
+    assert BenchConfig().resolved().json == "survey-proc-bench/bench.json"
+    assert BenchConfig(json="benchmarks/results/bench.json").resolved().json == "benchmarks/results/bench.json"
+
+
+def test_bench_options_reach_the_config_only_when_given(monkeypatch):
+    import survey_proc.bench as bench
+    from survey_proc.cli import main
+
+    seen = []
+    monkeypatch.setattr(bench, "run_bench", seen.append)
+    assert main(["bench", "--quick", "--workers", "1", "2", "--no-gpu", "--quiet"]) == 0
+    assert main(["bench"]) == 0
+    quick, full = seen
+    assert quick == bench.BenchConfig(quick=True, workers=[1, 2], gpu=False)
+    assert full == bench.BenchConfig() and full.model == "default"

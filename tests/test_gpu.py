@@ -99,7 +99,7 @@ def test_nvml_energy_counter():
     pytest.importorskip("pynvml")
     import time
 
-    from benchmarks.energy import EnergyMeter
+    from survey_proc.bench import EnergyMeter
 
     x = torch.randn(4096, 4096, device="cuda")
     with EnergyMeter(gpus=[0], watts_per_core=10.0) as meter:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu.big --side 512 --json results/bench-gpu-big.json
 
-Builds (or reuses) a ``side`` x ``side`` mock and runs the GPU rows of :func:`benchmarks.bench.gpu_runs`
+Builds (or reuses) a ``side`` x ``side`` mock and runs the GPU rows of :func:`survey_proc.bench.gpu_runs`
 on it: ``local-cuda`` and CPU processes sharing the GPU, each warm, timed end to end (Zarr cube in,
 verified maps out) with NVML board energy. Writes one JSON; ``run_on_gpu.sh`` calls it after the bench.
 """
@@ -17,17 +17,16 @@ import sys
 import time
 from pathlib import Path
 
+from survey_proc import config
+from survey_proc.bench import gpu_runs, machine_info, mock_cube
+from survey_proc.estimators import load_manifest
+
 log = logging.getLogger("survey_proc.benchmarks.gpu")
 
 
 def run_big(side: int, workdir: Path, model: str = "default", chunk: int = 32) -> dict:
     """Result rows of the model on every GPU on a ``side`` x ``side`` mock of ``chunk`` x ``chunk`` regions,
     with the machine and notes."""
-    from benchmarks.bench import BenchConfig, gpu_runs, mock_cube
-    from benchmarks.machine import machine_info
-    from survey_proc import config
-    from survey_proc.estimators import load_manifest
-
     machine = machine_info()
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -35,12 +34,10 @@ def run_big(side: int, workdir: Path, model: str = "default", chunk: int = 32) -
     cube = mock_cube(workdir / name, side, chunk=chunk)
     built = time.perf_counter() - t0
     log.info("mock %dx%d ready in %.1f s", side, side, built)
-    cfg = BenchConfig(model=model).resolved()
     rows, notes = (
         ([], ["no GPU on this machine"])
         if not machine["gpus"]
         else gpu_runs(
-            cfg,
             machine["gpus"],
             cube,
             workdir,

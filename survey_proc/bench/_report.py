@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from survey_proc.figures import save_figure
+from survey_proc.figures import pyplot, save_figure
 
 PROPS = ("log_age", "metallicity", "av", "sigma", "velocity")
 
@@ -110,14 +110,23 @@ def accuracy_table(report: dict) -> list[str]:
 
 
 def write_png(report: dict, path: Path) -> Path:
-    import matplotlib
+    """Four panels: throughput against workers, cost against cube size, energy, accuracy."""
+    fig, ax = pyplot().subplots(2, 2, figsize=(11, 8))
+    _throughput_panel(ax[0, 0], report)
+    _size_panel(ax[0, 1], report)
+    _energy_panel(ax[1, 0], report["results"])
+    _accuracy_panel(ax[1, 1], report.get("accuracy") or {})
+    m = report["machine"]
+    fig.suptitle(
+        f"survey-proc bench, {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'} ({report['created']})",
+        fontsize=10,
+    )
+    save_figure(fig, path, dpi=90)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _throughput_panel(a, report: dict) -> None:
     res = report["results"]
-    fig, ax = plt.subplots(2, 2, figsize=(11, 8))
-    a = ax[0, 0]
     for method, colour in (("model", "C0"), ("ppxf", "C1")):
         rows = sorted((r for r in res if r["method"] == method and r["device"] == "cpu"), key=lambda r: r["workers"])
         if rows:
@@ -143,7 +152,8 @@ def write_png(report: dict, path: Path) -> Path:
     )
     a.legend(fontsize=7)
 
-    a = ax[0, 1]
+
+def _size_panel(a, report: dict) -> None:
     rows = report["cube_size_scaling"]["rows"]
     if rows:
         n = np.array([r["spectra"] for r in rows])
@@ -165,7 +175,8 @@ def write_png(report: dict, path: Path) -> Path:
     a.set_ylabel("seconds per cube, end to end")
     a.set_title("cost vs cube size", fontsize=9)
 
-    a = ax[1, 0]
+
+def _energy_panel(a, res: list[dict]) -> None:
     labels = [f"{r['method']}\n{r['device']}, {r['workers']}w" for r in res]
     vals = [r["joules_per_spectrum"] for r in res]
     bars = a.bar(range(len(res)), vals, color=["C0" if r["method"] == "model" else "C1" for r in res])
@@ -176,8 +187,8 @@ def write_png(report: dict, path: Path) -> Path:
     a.set_ylabel("joules per spectrum")
     a.set_title("energy per spectrum (method above each bar; 'estimate' = CPU-s x W/core)", fontsize=9)
 
-    a = ax[1, 1]
-    acc = report.get("accuracy") or {}
+
+def _accuracy_panel(a, acc: dict) -> None:
     props = ("log_age", "metallicity", "av")
     keys = [k for k in ("model_on_ppxf_sample", "ppxf", "model") if acc.get(k)]
     width = 0.8 / max(len(keys), 1)
@@ -189,13 +200,6 @@ def write_png(report: dict, path: Path) -> Path:
     a.set_title("accuracy against the mock's truth (flag = 0)", fontsize=9)
     if keys:
         a.legend(fontsize=7)
-    m = report["machine"]
-    fig.suptitle(
-        f"survey-proc bench, {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'} ({report['created']})",
-        fontsize=10,
-    )
-    save_figure(fig, path, dpi=90)
-    return path
 
 
 def engine_line(report: dict) -> str:
@@ -235,23 +239,9 @@ def engine_line(report: dict) -> str:
 
 
 def markdown(report: dict, png_name: str) -> str:
-    m = report["machine"]
-    sp = report["speedup_per_core_detail"]
-    fit = report["cube_size_scaling"]["fit"]
-    top = max(r["workers"] for r in report["results"] if r["device"] == "cpu")
+    """The report: headline, throughput, cost against cube size, accuracy, GPU rows and notes."""
     lines = [
-        f"# survey-proc benchmark ({'quick' if report['config']['quick'] else 'full'}), {report['created']}",
-        "",
-        f"Command: `{report['command']}` (took {report['bench_seconds']:.0f} s)",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} logical cores, {m['memory_gb']} GB, GPU: {m['gpu'] or 'none'}"
-        f"{', driver ' + m['driver'] if m.get('driver') else ''}; load average {m['load_average_1min']} at the "
-        f"start, {m.get('load_average_1min_end')} at the end (other jobs share this machine when it is above 0).",
-        "",
-        f"**The model is {report['speedup_per_core']:,.0f}x faster per core than pPXF, end to end** "
-        f"({sp['definition']}); from CPU time {sp['cpu_time']:,.0f}x. "
-        f"Acceptance (>= 1,000x per core): **{'met' if sp['acceptance_1000x'] else 'not met'}**.",
-        "",
+        *_headline(report),
         "## Throughput, energy, memory",
         "",
         *results_table(report),
@@ -268,6 +258,50 @@ def markdown(report: dict, png_name: str) -> str:
         "",
         engine_line(report),
         "",
+        *_size_section(report),
+        "## Accuracy against the truth of the mock",
+        "",
+        *accuracy_table(report),
+        "",
+        f"![benchmark]({png_name})",
+        "",
+        *_gpu_section(report),
+    ]
+    if report.get("gpu_notes"):
+        lines += ["GPU runs not measured: " + "; ".join(report["gpu_notes"]), ""]
+    if report.get("compare_figures"):
+        lines += [
+            "Model and pPXF on the same spectra (`survey-proc compare`): "
+            + ", ".join(f"[{Path(f).stem}]({f})" for f in report["compare_figures"]),
+            "",
+        ]
+    lines += [f"Energy: {report['energy_methods_note']}.", ""]
+    return "\n".join(lines)
+
+
+def _headline(report: dict) -> list[str]:
+    m = report["machine"]
+    sp = report["speedup_per_core_detail"]
+    return [
+        f"# survey-proc benchmark ({'quick' if report['config']['quick'] else 'full'}), {report['created']}",
+        "",
+        f"Command: `{report['command']}` (took {report['bench_seconds']:.0f} s)",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} logical cores, {m['memory_gb']} GB, GPU: {m['gpu'] or 'none'}"
+        f"{', driver ' + m['driver'] if m.get('driver') else ''}; load average {m['load_average_1min']} at the "
+        f"start, {m.get('load_average_1min_end')} at the end (other jobs share this machine when it is above 0).",
+        "",
+        f"**The model is {report['speedup_per_core']:,.0f}x faster per core than pPXF, end to end** "
+        f"({sp['definition']}); from CPU time {sp['cpu_time']:,.0f}x. "
+        f"Acceptance (>= 1,000x per core): **{'met' if sp['acceptance_1000x'] else 'not met'}**.",
+        "",
+    ]
+
+
+def _size_section(report: dict) -> list[str]:
+    fit = report["cube_size_scaling"]["fit"]
+    top = max(r["workers"] for r in report["results"] if r["device"] == "cpu")
+    return [
         "## Cost against cube size",
         "",
         f"Model with {top} worker(s): "
@@ -286,43 +320,32 @@ def markdown(report: dict, png_name: str) -> str:
             for r in report["cube_size_scaling"]["rows"]
         ],
         "",
-        "## Accuracy against the truth of the mock",
+    ]
+
+
+def _gpu_section(report: dict) -> list[str]:
+    gpu_rows = [r for r in report["results"] if r["device"] != "cpu"]
+    if not gpu_rows:
+        return []
+    lines = [
+        "## GPU",
         "",
-        *accuracy_table(report),
-        "",
-        f"![benchmark]({png_name})",
+        *[
+            f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
+            f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
+            for r in gpu_rows
+        ],
         "",
     ]
-    gpu_rows = [r for r in report["results"] if r["device"] != "cpu"]
-    if gpu_rows:
+    per_gpu = report.get("speedup_per_gpu")
+    if per_gpu:
         lines += [
-            "## GPU",
-            "",
-            *[
-                f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
-                f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
-                for r in gpu_rows
-            ],
+            f"One GPU ({per_gpu['row']}) against pPXF on this machine's cores: "
+            f"**{per_gpu['vs_ppxf_per_core']:,.0f}x** one core, {per_gpu['vs_ppxf_all_cores']:,.0f}x all of "
+            f"them; {per_gpu['energy_ratio']:,.0f}x less energy per spectrum ({per_gpu['definition']}).",
             "",
         ]
-        per_gpu = report.get("speedup_per_gpu")
-        if per_gpu:
-            lines += [
-                f"One GPU ({per_gpu['row']}) against pPXF on this machine's cores: "
-                f"**{per_gpu['vs_ppxf_per_core']:,.0f}x** one core, {per_gpu['vs_ppxf_all_cores']:,.0f}x all of "
-                f"them; {per_gpu['energy_ratio']:,.0f}x less energy per spectrum ({per_gpu['definition']}).",
-                "",
-            ]
-    if report.get("gpu_notes"):
-        lines += ["GPU runs not measured: " + "; ".join(report["gpu_notes"]), ""]
-    if report.get("compare_figures"):
-        lines += [
-            "Model and pPXF on the same spectra (`survey-proc compare`): "
-            + ", ".join(f"[{Path(f).stem}]({f})" for f in report["compare_figures"]),
-            "",
-        ]
-    lines += [f"Energy: {report['energy_methods_note']}.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(report: dict, json_path: Path) -> dict[str, Path]:

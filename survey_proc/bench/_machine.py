@@ -7,6 +7,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import psutil
+
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where it exists)."""
@@ -95,8 +97,6 @@ def _version(name: str) -> str:
 
 def machine_info() -> dict:
     """Everything a result needs to be read against (recorded with every benchmark)."""
-    import psutil
-
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

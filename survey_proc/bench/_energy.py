@@ -17,11 +17,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
 
 def process_cpu_seconds() -> dict[int, float]:
     """user + system CPU seconds of this process and each of its descendants, by pid."""
-    import psutil
-
     me = psutil.Process()
     out = {}
     for proc in [me, *me.children(recursive=True)]:

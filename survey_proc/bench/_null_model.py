@@ -3,12 +3,17 @@
 Run through the engine like the real model, it measures reading, preprocessing, writing,
 scheduling and verification with (almost) no estimator cost: the ceiling of the engine's
 throughput on a machine, and so the cost budget left for a model.
+
+(No ``from __future__ import annotations``: TorchScript reads the annotations of ``NullModel``.)
 """
 
 import json
 from pathlib import Path
 
 import torch
+
+from survey_proc.estimators import load_manifest
+from survey_proc.fetch import sha256_of
 
 
 class NullModel(torch.nn.Module):
@@ -31,9 +36,6 @@ class NullModel(torch.nn.Module):
 
 def null_bundle(model: str | Path, folder: Path) -> Path:
     """Write the null bundle of ``model`` (a bundle path or packaged name) into ``folder``."""
-    from survey_proc.estimators import load_manifest
-    from survey_proc.fetch import sha256_of
-
     manifest = load_manifest(model)
     shapes: dict[str, list[int]] = {}
     for o in manifest.outputs:
