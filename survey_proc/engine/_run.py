@@ -10,7 +10,8 @@
 
 A cube that cannot be opened, or whose regions keep failing, is reported as failed with its
 reason while the other cubes carry on (:func:`run_many`); :func:`run` is the one-cube case and
-raises instead. Progress bars show where :mod:`survey_proc.progress` shows them (``RunConfig.progress``).
+raises instead. Progress bars show where :mod:`survey_proc.progress` shows them (``RunConfig.progress``);
+messages (a resumed store, each cube's outcome) are logged, and the command line prints them above the bars.
 """
 
 from __future__ import annotations
@@ -83,7 +84,6 @@ def _failed_setup(rc: RunConfig, exc: Exception) -> CubeOutcome:
     reason = failure_reason(exc)
     line = f"{rc.cube}: failed ({reason.splitlines()[0]})"
     log.info(line)
-    progress.write(line)
     return CubeOutcome(str(rc.cube), str(rc.out or default_output(rc.cube)), "failed", reason=reason)
 
 
@@ -107,7 +107,6 @@ class _Closer:
                 f" ({outcome.reason.splitlines()[0]})" if outcome.failed else ""
             )
             log.info(line)
-            progress.write(line)
 
 
 def _close(job: CubeJob, workers: int, client=None) -> CubeOutcome:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc import __version__, config, progress
+from survey_proc import __version__, config
 from survey_proc.binning import PIXEL_MAP
 from survey_proc.engine._config import RunConfig
 from survey_proc.engine._jobs import CubeJob
@@ -53,7 +53,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     regions = make_regions({d: cube.sizes[d] for d in dims}, spatial_chunks(cube))
     pending = pending_regions(rc.out, regions) if resumed else regions
     if resumed and pending:
-        _say(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
+        log.info(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
     opts = RegionOptions(
         cube=str(Path(rc.cube).resolve()),
         out=str(Path(rc.out).resolve()),
@@ -68,12 +68,6 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     return CubeJob(
         rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names, binned=PIXEL_MAP in cube
     )
-
-
-def _say(message: str) -> None:
-    """A line for the log and, where progress bars are shown, above them."""
-    log.info(message)
-    progress.write(message)
 
 
 def _covering_model(

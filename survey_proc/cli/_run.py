@@ -1,0 +1,132 @@
+"""``survey-proc run``: an estimator over every spectrum of one cube, or of many (``--cube`` repeated,
+``--survey FILE``) on one shared client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from survey_proc import config
+from survey_proc.cli._common import add_quiet, positive_int
+from survey_proc.errors import ModelError, SurveyProcError
+
+
+def add_run(sub) -> None:
+    r = sub.add_parser("run", help="map an estimator over every spectrum of a cube, or of many cubes")
+    r.add_argument("--cube", action="append", help="cube or spectra catalogue store; repeat for several cubes")
+    r.add_argument(
+        "--survey",
+        help="YAML file listing the cubes (paths or globs, each with its redshift and options); see docs/survey.md",
+    )
+    r.add_argument("--out", help="maps store of a single cube (default: <cube>.maps.zarr beside the cube)")
+    r.add_argument("--out-dir", help="folder for the maps of several cubes (<name>.maps.zarr each)")
+    r.add_argument("--model", help=f"packaged model name or bundle folder (default: {config.get('run.model')})")
+    r.add_argument(
+        "--cluster",
+        help=f"local | local-cuda | slurm | pbs | none | scheduler address (default: {config.get('run.cluster')})",
+    )
+    r.add_argument(
+        "--workers",
+        type=positive_int,
+        help="workers (default: one per core; local-cuda: one per GPU; slurm/pbs: the configured number of jobs)",
+    )
+    r.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where workers run the model (default: cuda on GPU clusters, else cpu)",
+    )
+    r.add_argument(
+        "--method",
+        choices=["model", "ppxf"],
+        help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
+        "(maps default to <cube>.ppxf.zarr)",
+    )
+    r.add_argument("--redshift", type=float, help="override the cube's redshift")
+    r.add_argument(
+        "--min-snr",
+        type=float,
+        help="S/N per Angstrom under which spectra are flagged low_snr "
+        "(default: the model manifest's min_snr; survey-proc.run.min-snr "
+        "for bundles without one)",
+    )
+    r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
+    add_quiet(r)
+    r.set_defaults(func=cmd_run, reports=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from survey_proc.engine import RunConfig, run
+
+    cubes = args.cube or []
+    _check_cubes(args, cubes)
+    ppxf = args.method == "ppxf"
+    base = RunConfig(
+        cube="",
+        out=args.out,
+        model=_ppxf_model(args.model) if ppxf else args.model,
+        cluster=args.cluster,
+        workers=args.workers,
+        redshift=args.redshift,
+        min_snr=args.min_snr,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        device=args.device,
+    )
+    kind = "ppxf" if ppxf else "maps"  # <cube>.ppxf.zarr rather than <cube>.maps.zarr
+    if len(cubes) == 1 and not args.survey and not args.out_dir:
+        print(run(_one_cube(base, cubes[0], kind)).format())
+        return 0
+    return _many_cubes(args, base, cubes, kind)
+
+
+def _check_cubes(args: argparse.Namespace, cubes: list[str]) -> None:
+    if not cubes and not args.survey:
+        raise SurveyProcError("give the cube(s) to run: --cube CUBE (repeat it for several) or --survey FILE")
+    if args.out and (len(cubes) > 1 or args.survey):
+        raise SurveyProcError(
+            "--out names the maps of one cube; with several cubes use --out-dir (or 'out' per cube in the survey file)"
+        )
+
+
+def _ppxf_model(model: str | None) -> str:
+    """The bundle ``--method ppxf`` runs: the packaged pPXF configuration, or a copy given with ``--model``."""
+    from survey_proc.estimators import load_manifest
+
+    model = model or "ppxf"
+    estimator = load_manifest(model).estimator
+    if estimator != "ppxf":
+        raise ModelError(
+            f"--method ppxf with --model {model}: that bundle's estimator is {estimator!r}, not a pPXF configuration"
+        )
+    return model
+
+
+def _one_cube(base, cube: str, kind: str):
+    import dataclasses
+
+    from survey_proc.engine import default_output
+
+    return dataclasses.replace(base, cube=cube, out=base.out or str(default_output(cube, kind)))
+
+
+def _many_cubes(args: argparse.Namespace, base, cubes: list[str], kind: str) -> int:
+    """Every cube of ``--survey`` and ``--cube`` on one client; the table of cubes; exit 1 if some failed."""
+    from survey_proc.engine import configs_for, format_table, read_survey, run_many
+
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    configs = read_survey(args.survey, base, out_dir=out_dir, kind=kind) if args.survey else []
+    configs += configs_for([{"cube": c} for c in cubes], base, out_dir=out_dir, kind=kind)
+    t0 = time.perf_counter()
+    outcomes = run_many(configs)
+    print(format_table(outcomes, time.perf_counter() - t0))
+    failed = sum(o.failed for o in outcomes)
+    if failed:
+        print(
+            f"survey-proc run: {failed} of {len(outcomes)} cubes failed (see the table); the others are "
+            "complete, and rerunning the same command retries only what is not done",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
