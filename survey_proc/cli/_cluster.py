@@ -14,10 +14,14 @@ def add_cluster(sub) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    """The job script on stdout, whole lines; then, on stderr and on a line of its own, what is filled
+    in at submission (stdout is flushed first, so the note follows the script where both are shown)."""
     from survey_proc.cluster import PLACEHOLDER_ADDRESS, job_script
 
     if args.action == "job-script":
-        print(job_script(args.cluster), end="")
+        script = job_script(args.cluster)
+        sys.stdout.write(script if script.endswith("\n") else script + "\n")
+        sys.stdout.flush()
         print(
             f"# (the scheduler address {PLACEHOLDER_ADDRESS} and the worker name are filled in when "
             f"`survey-proc run --cluster {args.cluster}` submits the jobs)",
