@@ -63,7 +63,8 @@ def test_maps_schema_and_provenance(acceptance_run):
     store = zarr.open_group(summary.out, mode="r")
     assert store["log_age"].chunks == (8, 8) and store["flag"].chunks == (8, 8)
     assert store["region_done"].chunks == (1, 1) and store["region_done"].shape == (2, 2)
-    assert summary.setup_seconds > 0 and "loading the model on the workers" in summary.format()
+    assert summary.setup_seconds > 0 and summary.startup_seconds >= summary.setup_seconds
+    assert "before that" in summary.format() and "loading the model on them" in summary.format()
 
 
 def test_nan_spaxels_are_flagged_not_fitted(cube_copy, tmp_path):

@@ -191,3 +191,27 @@ def test_summary_reads_as_before():
         "the model on the workers (1.5 s) excluded; 2 regions run, 2 already done)"
     )
     assert "flagged: low_snr 3\n" in text and "every region verified" in text and ran.flagged_fraction == 0.1
+
+
+def test_summary_says_what_the_time_leaves_out_and_what_it_holds():
+    """With batch jobs the workers arrive late: the wait before the first region is named, and workers that
+    joined during the run are said to have started inside the timed seconds (issue 16)."""
+    base = {"cube": "c.zarr", "out": "c.maps.zarr", "model_id": "m@1", "spectra": 100, "fitted": 90}
+    ran = RunSummary(
+        **base,
+        regions=4,
+        regions_run=4,
+        regions_skipped=0,
+        seconds=4.0,
+        estimator_seconds=1.0,
+        verified=True,
+        workers=4,
+        setup_seconds=1.5,
+        startup_seconds=62.0,
+        workers_at_start=1,
+    )
+    assert ran.format().splitlines()[0] == (
+        "spectra processed: 100 of 100 in 4.0 s (25 spectra/s with 4 worker(s); before that 62.0 s starting the "
+        "cluster, waiting for workers and loading the model on them (1.5 s of it); 3 of them joined during the "
+        "run, their start-up inside that time; 4 regions run, 0 already done)"
+    )

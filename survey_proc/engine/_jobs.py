@@ -34,6 +34,8 @@ class CubeJob:
     finished: float | None = None
     error: str | None = None
     setup_seconds: float = 0.0  #: loading the estimator on the workers, before the timed regions
+    requested: float | None = None  #: time.perf_counter() when the run asked for its cluster
+    workers_at_start: int = 0  #: workers when the first region was submitted
 
     @property
     def settled(self) -> bool:

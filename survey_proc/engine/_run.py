@@ -17,6 +17,7 @@ messages (a resumed store, each cube's outcome) are logged, and the command line
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from survey_proc import progress
@@ -128,7 +129,13 @@ def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
     closer = _Closer(jobs)
     todo = [j for j in jobs if j.pending]
     if todo:
+        requested = time.perf_counter()
+        for job in todo:
+            job.requested = requested
         with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as client:
+            if client is None:  # in this process: nothing started, nothing to wait for
+                for job in todo:
+                    job.requested = None
             closer.client, closer.workers = client, (0 if client is not None else 1)
             _execute(client, todo, rc, closer)
         closer.client = None

@@ -124,6 +124,7 @@ class ClientRun:
             job, region = nxt
             if job.started is None:
                 job.started = time.perf_counter()
+                job.workers_at_start = len(self.client.scheduler_info().get("workers", {}))
             future = self.client.submit(
                 process_region,
                 region,

@@ -45,6 +45,10 @@ class RunSummary:
     finished: float = 0.0  #: time.perf_counter() of the last region back
     setup_seconds: float = 0.0  #: loading the estimator on the workers (not in ``seconds``)
     timings: dict[str, float] = field(default_factory=dict)  #: summed over the regions run (seconds)
+    #: from asking for the cluster to the first region submitted: starting it, waiting for workers (batch
+    #: jobs in a queue), loading the model on them (not in ``seconds``)
+    startup_seconds: float = 0.0
+    workers_at_start: int = 0  #: workers when the first region was submitted (``workers``: at the end)
 
     @property
     def flagged_fraction(self) -> float:
@@ -79,17 +83,32 @@ class RunSummary:
     def _head(self) -> str:
         if not self.regions_run:
             return f"nothing to do: all {self.regions} regions ({self.spectra} spectra) were already done"
-        setup = (
-            f"cluster start-up and loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
-            if self.setup_seconds > 0
-            else ""
-        )
         return (
             f"spectra processed: {self.spectra_run} of {self.spectra} in {self.seconds:.1f} s "
             f"({self.spectra_per_s:,.0f} spectra/s with {self.workers} worker(s); "
-            + setup
+            + self._before()
+            + self._joined()
             + f"{self.regions_run} regions run, {self.regions_skipped} already done)"
         )
+
+    def _before(self) -> str:
+        """What happened before the timed regions and is not in their time."""
+        if self.startup_seconds > 0:
+            return (
+                f"before that {self.startup_seconds:.1f} s starting the cluster, waiting for workers and loading "
+                f"the model on them ({self.setup_seconds:.1f} s of it); "
+            )
+        if self.setup_seconds > 0:
+            return f"cluster start-up and loading the model on the workers ({self.setup_seconds:.1f} s) excluded; "
+        return ""
+
+    def _joined(self) -> str:
+        """Workers that joined after the first region (batch jobs starting late): their start-up, and their
+        loading of the model, are inside the timed seconds."""
+        late = self.workers - self.workers_at_start
+        if self.workers_at_start <= 0 or late <= 0:
+            return ""
+        return f"{late} of them joined during the run, their start-up inside that time; "
 
 
 @dataclass
@@ -145,6 +164,8 @@ def _summary(job: CubeJob, workers: int, flag: np.ndarray) -> RunSummary:
         finished=job.finished or 0.0,
         setup_seconds=job.setup_seconds,
         timings=summed_timings(job.results),
+        startup_seconds=(job.started - job.requested) if job.started is not None and job.requested else 0.0,
+        workers_at_start=job.workers_at_start,
     )
 
 
