@@ -82,6 +82,12 @@ def make_client(spec: str = "local", workers: int | None = None, threads_per_wor
     try:
         if cluster is not None:
             client = Client(cluster)
+            if spec in JOBQUEUE:  # batch jobs: wait for the first worker here, saying what the jobs wait for
+                try:
+                    JOBQUEUE[spec].wait_for_workers(cluster, client)
+                except BaseException:
+                    client.close()
+                    raise
         else:
             try:
                 client = Client(spec, timeout="30s")

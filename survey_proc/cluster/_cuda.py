@@ -14,7 +14,7 @@ from dask.system import CPU_COUNT  # cores this process may use (affinity, cgrou
 
 from survey_proc import config
 from survey_proc.cluster._jobqueue import GPU_RESOURCE
-from survey_proc.cluster._local import worker_config
+from survey_proc.cluster._local import dashboard_address, worker_config
 from survey_proc.errors import SurveyProcError
 
 
@@ -73,7 +73,7 @@ def local_cuda_cluster(workers: int | None = None):
                 rmm_managed_memory=False,
                 rmm_async=False,
                 resources=dict(GPU_RESOURCE),
-                dashboard_address=":0",
+                dashboard_address=dashboard_address(),
                 silence_logs=40,
             )
     except Exception as exc:  # no driver, no GPU visible, CUDA_VISIBLE_DEVICES naming a missing GPU

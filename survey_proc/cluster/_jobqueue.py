@@ -15,11 +15,15 @@ only scheduled where a GPU is.
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from survey_proc import config
+from survey_proc.cluster._jobwatch import JobKeeper, StatesOf, wait_for_workers
+from survey_proc.cluster._local import dashboard_address
 from survey_proc.errors import SurveyProcError
 
 #: the scheduler address in a job script printed before any scheduler exists (as dask-jobqueue does)
@@ -43,13 +47,22 @@ class JobqueueBackend:
     job_class: str
     #: (job kwargs, backend settings, gpus per job) -> job kwargs with the GPU request added
     gpu_request: Callable[[dict[str, Any], dict[str, Any], int], dict[str, Any]]
+    #: batch job ids -> their states, as the batch system reports them
+    job_states: StatesOf
 
     def settings(self) -> dict[str, Any]:
-        """The effective ``survey-proc.cluster.<name>`` settings (packaged defaults + user config)."""
-        return dict(config.get(f"cluster.{self.name}") or {})
+        """The effective ``survey-proc.cluster.<name>`` settings (packaged defaults + user config), keys
+        spelled with dashes whichever spelling set them (YAML dashes, environment variables underscores)."""
+        return {k.replace("_", "-"): v for k, v in (config.get(f"cluster.{self.name}") or {}).items()}
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """One setting, under either spelling (``worker-timeout`` in YAML, ``worker_timeout`` from an
+        environment variable such as DASK_SURVEY_PROC__CLUSTER__SLURM__WORKER_TIMEOUT)."""
+        value = config.get(f"cluster.{self.name}.{key}", default)
+        return default if value is None else value
 
     def gpus_per_job(self) -> int:
-        return int(self.settings().get("gpus-per-job") or 0)
+        return int(self.setting("gpus-per-job", 0))
 
     def job_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the dask-jobqueue cluster/job; unset (null) keys are left out."""
@@ -57,7 +70,7 @@ class JobqueueBackend:
         kwargs = {k.replace("-", "_"): v for k, v in (settings.get("job") or {}).items() if v is not None}
         for key in ("job_extra_directives", "job_script_prologue", "worker_extra_args"):
             kwargs[key] = list(kwargs.get(key) or [])
-        gpus = int(settings.get("gpus-per-job") or 0)
+        gpus = self.gpus_per_job()
         if gpus:
             kwargs["processes"] = gpus  # one worker per GPU: cores and memory split between them
             kwargs["worker_command"] = GPU_WORKER_COMMAND
@@ -67,7 +80,7 @@ class JobqueueBackend:
 
     def _module(self):
         try:
-            return importlib.import_module(self.module)
+            return import_keeping_sigint(self.module)
         except ImportError as exc:
             raise SurveyProcError(
                 f"--cluster {self.name} needs dask-jobqueue, which is not installed (pip install 'survey-proc[hpc]')"
@@ -83,19 +96,43 @@ class JobqueueBackend:
         return job.job_script()
 
     def start(self, workers: int | None = None):
-        """Start the cluster (a scheduler here) and submit its jobs: ``workers`` workers, else ``jobs`` jobs."""
+        """Start the cluster (a scheduler here) and its jobs: ``workers`` workers, else ``jobs`` jobs, kept at
+        that number while jobs are lost (up to ``max-job-replacements`` replacements)."""
         cluster_cls = getattr(self._module(), self.cluster_class)
-        settings = self.settings()
         kwargs = self.job_kwargs()
-        scheduler_options = dict(settings.get("scheduler-options") or {})
+        scheduler_options = {"dashboard_address": dashboard_address(), **self.setting("scheduler-options", {})}
         try:
-            cluster = cluster_cls(scheduler_options=scheduler_options or None, **kwargs)
+            cluster = cluster_cls(scheduler_options=scheduler_options, **kwargs)
         except (TypeError, ValueError) as exc:
             raise SurveyProcError(
                 f"could not set up --cluster {self.name} from survey-proc.cluster.{self.name}: {exc}"
             ) from exc
-        if workers:
-            cluster.scale(workers)
-        else:
-            cluster.scale(jobs=int(settings.get("jobs") or 1))
+        jobs = (
+            -(-int(workers) // max(1, int(kwargs.get("processes") or 1))) if workers else int(self.setting("jobs", 1))
+        )
+        adaptive = cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
+        cluster.survey_proc_keeper = JobKeeper(cluster, adaptive, jobs, int(self.setting("max-job-replacements", 4)))
         return cluster
+
+    def wait_for_workers(self, cluster, client) -> float:
+        """Until the first worker joins (jobs wait in the queue), reporting the jobs' states; see
+        :func:`survey_proc.cluster._jobwatch.wait_for_workers`."""
+        return wait_for_workers(
+            cluster,
+            client,
+            self.job_states,
+            timeout=float(self.setting("worker-timeout", 600)),
+            interval=float(self.setting("report-interval", 30)),
+            settings_key=f"survey-proc.cluster.{self.name}",
+        )
+
+
+def import_keeping_sigint(name: str):
+    """Import a module, keeping the SIGINT handler as it was: dask-jobqueue 0.9.0 replaces it on import
+    with one that exits with status 0 (dask/dask-jobqueue#696), so Ctrl-C would end a run silently."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)

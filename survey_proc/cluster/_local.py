@@ -68,6 +68,12 @@ def worker_config() -> dict:
     return settings
 
 
+def dashboard_address() -> str | None:
+    """Where Dask's dashboard listens (``survey-proc.cluster.dashboard-address``): by default this machine
+    only, since it shows (and lets anyone who reaches it stop) the work; None: no dashboard."""
+    return config.get("cluster.dashboard-address", "127.0.0.1:0")
+
+
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwargs):
     """A LocalCluster with one process per worker (default: one per core), dashboard on a free port.
 
@@ -81,7 +87,7 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwa
             n_workers=n,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=kwargs.pop("dashboard_address", ":0"),
+            dashboard_address=kwargs.pop("dashboard_address", dashboard_address()),
             memory_limit=config.get("cluster.memory-limit", "auto"),
             silence_logs=logging.CRITICAL,
             **kwargs,

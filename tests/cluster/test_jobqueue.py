@@ -84,3 +84,35 @@ def test_cli_prints_the_job_script(jobqueue):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("#!/usr/bin/env bash\n") and "#PBS -l walltime=" in proc.stdout
     assert "filled in when" in proc.stderr
+
+
+def test_batch_job_states_are_read_from_the_batch_systems_words():
+    """SLURM's one-line `scontrol show job -o` and PBS's `qstat -f` become JobStates; log patterns are
+    filled in (scontrol shows %J as submitted)."""
+    from survey_proc.cluster._pbs import parse_qstat
+    from survey_proc.cluster._slurm import _fields, _log_path
+
+    line = (
+        "JobId=46 JobName=survey-proc UserId=u(1) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) "
+        "StdErr=/logs/survey-proc-%J.err StdIn=/dev/null StdOut=/logs/survey-proc-%J.out"
+    )
+    fields = _fields(line)
+    assert fields["JobState"] == "FAILED" and fields["Reason"] == "NonZeroExitCode"
+    assert _log_path(fields, "46") == "/logs/survey-proc-46.err"
+    qstat = (
+        "Job Id: 123.pbs\n    Job_Name = survey-proc\n    job_state = Q\n"
+        "    comment = Not Running: Insufficient amount of resource: ncpus (R: 8 A: 4 T: 4)\n"
+        "    Error_Path = login1:/home/u/survey-proc.e123\n\tcontinued\n"
+    )
+    f = parse_qstat(qstat)
+    assert f["job_state"] == "Q" and f["comment"].startswith("Not Running: Insufficient")
+    assert f["Error_Path"] == "login1:/home/u/survey-proc.e123continued"
+
+
+def test_a_pending_job_is_described_with_its_reason_and_ended_jobs_are_told_apart():
+    from survey_proc.cluster._jobwatch import JobState
+
+    assert JobState("7", "PENDING", "Resources").describe() == "job 7 PENDING (Resources)"
+    assert not JobState("7", "PENDING", "Resources").ended
+    assert JobState("8", "FAILED").ended and JobState("9", "F").ended and JobState("10", "GONE").ended
+    assert JobState("11", "RUNNING", "None").describe() == "job 11 RUNNING"

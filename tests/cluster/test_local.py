@@ -32,3 +32,19 @@ def test_the_driver_takes_the_workers_heap_settings():
     assert tune_heap() is True  # glibc: mallopt applied (CI and the development machines are Linux)
     with dask.config.set({"survey-proc.cluster.worker-environ": {"MALLOC_TRIM_THRESHOLD_": "not-a-number"}}):
         assert tune_heap() is True  # a value mallopt cannot take is left to glibc's default
+
+
+def test_the_dashboard_listens_on_this_machine_only():
+    """Dask's dashboard shows the work and can stop it: by default only this machine reaches it (issue 16:
+    it listened on every interface)."""
+    import psutil
+
+    from survey_proc.cluster import local_cluster
+
+    cluster = local_cluster(1, 1)
+    try:
+        port = int(cluster.dashboard_link.split(":")[2].split("/")[0])
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+        assert listening == {"127.0.0.1"}, listening
+    finally:
+        cluster.close()
