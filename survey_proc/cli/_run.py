@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import dask.config
+
 from survey_proc import config
 from survey_proc.cli._common import add_quiet, positive_int
 from survey_proc.errors import ModelError, SurveyProcError
@@ -52,11 +54,23 @@ def add_run(sub) -> None:
         "for bundles without one)",
     )
     r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
+    r.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="run a model bundle whose manifest records no SHA-256 of its model file (its integrity cannot be "
+        "checked; survey-proc.run.trust-model)",
+    )
     add_quiet(r)
     r.set_defaults(func=cmd_run, reports=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    settings = {"survey-proc.run.trust-model": True} if args.trust_model else {}
+    with dask.config.set(settings):
+        return _cmd_run(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from survey_proc.engine import RunConfig, run
 
     cubes = args.cube or []

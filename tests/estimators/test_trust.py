@@ -83,3 +83,18 @@ def test_a_foreign_bundle_with_a_matching_hash_runs_and_a_wrong_one_is_refused(t
         f.write(b"\0")
     with pytest.raises(ModelError, match="is corrupt"):
         load_manifest(bundle, trust=True)  # trust never skips a hash that is there
+
+
+def test_the_run_verb_takes_trust_model(tmp_path, default_bundle, mock16):
+    """`survey-proc run --model UNHASHED` stops with a one-line error naming --trust-model; with the flag
+    the run goes through."""
+    from survey_proc.cli import main
+
+    bundle = tmp_path / "mine"
+    shutil.copytree(default_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["sha256"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    args = ["run", "--cube", str(mock16), "--model", str(bundle), "--cluster", "none", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a.zarr")]) == 2
+    assert main([*args, "--out", str(tmp_path / "b.zarr"), "--trust-model"]) == 0
