@@ -24,10 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from throughput import machine
-
+from survey_proc.bench import machine_info as machine
 from survey_proc.figures import save_figure
 
 

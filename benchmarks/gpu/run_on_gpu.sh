@@ -13,6 +13,8 @@
 # bench-gpu-chunk64.json, dmon.txt (nvidia-smi dmon), run.log (with the tests' output), extras.tar.gz (compare
 # figures).
 set -u
+# a session of our own, so that reap() can end this run's stray Dask workers and no one else's
+[ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] || exec setsid --wait bash "$0" "$@"
 OUTDIR=$(mkdir -p "${1:?usage: run_on_gpu.sh OUTDIR}" && cd "$1" && pwd)
 SIDE=${SIDE:-256}
 BIG=${BIG:-512}
@@ -28,7 +30,7 @@ stage() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
 # seconds a stage may take: its cap, or what is left of BUDGET (default 540 s, inside the node's 600 s per command)
 DEADLINE=$((SECONDS + ${BUDGET:-540}))
 allow() { local left=$((DEADLINE - SECONDS - 20)); [ "$left" -lt 5 ] && left=5; [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-reap() { pkill -9 -f "multiprocessing.spawn" 2>/dev/null; pkill -9 -f "multiprocessing.forkserver" 2>/dev/null; true; }
+reap() { pkill -9 -s $$ -f "multiprocessing.(spawn|forkserver)" 2>/dev/null; true; }
 
 PY=${PY:-python3}
 stage "install"

@@ -22,6 +22,10 @@ import xarray as xr
 
 pytestmark = pytest.mark.slurm
 
+#: job names of this test session (other sessions on the same SLURM must not see or cancel ours)
+JOBS = f"sp-test-{os.getpid()}"
+CLI_JOBS = f"sp-cli-{os.getpid()}"
+
 OUTPUTS = ("log_age", "metallicity", "av", "sigma")
 
 
@@ -48,7 +52,7 @@ def slurm(tmp_path_factory):
         "survey-proc.cluster.slurm.job.processes": 1,
         "survey-proc.cluster.slurm.job.memory": "3GiB",
         "survey-proc.cluster.slurm.job.walltime": "00:20:00",
-        "survey-proc.cluster.slurm.job.job-name": "survey-proc-test",
+        "survey-proc.cluster.slurm.job.job-name": JOBS,
         "survey-proc.cluster.slurm.job.log-directory": str(logs),
     }
     with dask.config.set(settings):
@@ -61,7 +65,7 @@ SLURM_ENV = {  # the same small jobs, for the CLI in a subprocess
     "DASK_SURVEY_PROC__CLUSTER__SLURM__JOB__PROCESSES": "1",
     "DASK_SURVEY_PROC__CLUSTER__SLURM__JOB__MEMORY": "3GiB",
     "DASK_SURVEY_PROC__CLUSTER__SLURM__JOB__WALLTIME": "00:20:00",
-    "DASK_SURVEY_PROC__CLUSTER__SLURM__JOB__JOB_NAME": "survey-proc-cli-test",
+    "DASK_SURVEY_PROC__CLUSTER__SLURM__JOB__JOB_NAME": CLI_JOBS,
 }
 
 
@@ -87,7 +91,7 @@ def _gone(name: str, seconds: float = 30.0) -> bool:
     return False
 
 
-def _jobs(name: str = "survey-proc-test") -> list[str]:
+def _jobs(name: str = JOBS) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, timeout=10)
     return out.stdout.split()
 
@@ -103,7 +107,7 @@ def test_slurm_maps_equal_local(slurm, mock16, tmp_path):
     for name in OUTPUTS:
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
     np.testing.assert_array_equal(a.flag.values, b.flag.values)
-    assert _gone("survey-proc-test"), "worker jobs left behind"
+    assert _gone(JOBS), "worker jobs left behind"
 
 
 def test_slurm_run_survives_a_cancelled_job(slurm, tmp_path):
@@ -120,7 +124,7 @@ def test_slurm_run_survives_a_cancelled_job(slurm, tmp_path):
         for _ in range(600):
             jobs = _jobs()
             running = subprocess.run(
-                ["squeue", "-h", "-n", "survey-proc-test", "-t", "R", "-o", "%i"],
+                ["squeue", "-h", "-n", JOBS, "-t", "R", "-o", "%i"],
                 capture_output=True,
                 text=True,
                 timeout=10,
@@ -155,17 +159,17 @@ def test_lost_jobs_are_replaced_up_to_the_limit(slurm, caplog):
 
     with dask.config.set({"survey-proc.cluster.slurm.max-job-replacements": 1}), make_client("slurm") as client:
         assert _wait(lambda: len(client.scheduler_info()["workers"]) == 2, 120)
-        first = _running("survey-proc-test")
+        first = _running(JOBS)
         subprocess.run(["scancel", first[0]], check=True)
-        assert _wait(lambda: len(set(_running("survey-proc-test")) - {first[0]}) == 2, 120), "not replaced"
+        assert _wait(lambda: len(set(_running(JOBS)) - {first[0]}) == 2, 120), "not replaced"
         assert _wait(lambda: len(client.scheduler_info()["workers"]) == 2, 120)
-        second = sorted(set(_running("survey-proc-test")) - set(first))
+        second = sorted(set(_running(JOBS)) - set(first))
         subprocess.run(["scancel", second[0]], check=True)
         time.sleep(25)  # longer than the replacement above took
-        assert len(_jobs("survey-proc-test")) == 1, "replaced beyond max-job-replacements"
+        assert len(_jobs(JOBS)) == 1, "replaced beyond max-job-replacements"
         assert len(client.scheduler_info()["workers"]) == 1
     assert "lost jobs are no longer replaced" in caplog.text
-    assert _gone("survey-proc-test")
+    assert _gone(JOBS)
 
 
 def test_ctrl_c_on_a_slurm_run_exits_130_and_says_how_to_resume(slurm, tmp_path):
@@ -176,7 +180,7 @@ def test_ctrl_c_on_a_slurm_run_exits_130_and_says_how_to_resume(slurm, tmp_path)
     cube = write_small_mock(tmp_path / "c.zarr", seed=12, n=48, chunk=4)  # 144 regions
     proc = _cli(["run", "--cube", str(cube), "--cluster", "slurm", "--quiet"], cwd=tmp_path)
     for _ in range(240):
-        if len(_running("survey-proc-cli-test")) == 2:
+        if len(_running(CLI_JOBS)) == 2:
             break
         time.sleep(0.5)
     time.sleep(6)  # workers up, regions in flight
@@ -184,7 +188,7 @@ def test_ctrl_c_on_a_slurm_run_exits_130_and_says_how_to_resume(slurm, tmp_path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, out[-800:], err[-1500:])
     assert "interrupted" in err and "again to resume" in err
-    assert _gone("survey-proc-cli-test"), "worker jobs left behind after Ctrl-C"
+    assert _gone(CLI_JOBS), "worker jobs left behind after Ctrl-C"
 
 
 def test_a_job_that_fails_at_start_is_reported_with_its_log(slurm, tmp_path, mock16):
@@ -201,7 +205,7 @@ def test_a_job_that_fails_at_start_is_reported_with_its_log(slurm, tmp_path, moc
     assert proc.returncode == 2, (out[-500:], err[-1500:])
     assert "every worker job ended before a worker started" in err
     assert "FAILED" in err and "prologue-broke" in err
-    assert _gone("survey-proc-cli-test")
+    assert _gone(CLI_JOBS)
 
 
 def test_a_job_that_never_starts_is_reported_with_the_reason(slurm, tmp_path, mock16):
@@ -216,4 +220,4 @@ def test_a_job_that_never_starts_is_reported_with_the_reason(slurm, tmp_path, mo
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, (out[-500:], err[-1500:])
     assert "no worker started within 12 s" in err and "PENDING (BeginTime)" in err
-    assert _gone("survey-proc-cli-test"), "pending jobs left behind"
+    assert _gone(CLI_JOBS), "pending jobs left behind"
