@@ -15,3 +15,7 @@ class ModelError(SurveyProcError):
 
 class DataUnavailableError(SurveyProcError, FileNotFoundError):
     """Reference data (SSP library, test cube) that could neither be found nor fetched."""
+
+
+class OptionError(SurveyProcError, ValueError):
+    """An option or input value outside what survey-proc can make sense of (the message gives the range)."""

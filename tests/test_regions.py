@@ -9,6 +9,7 @@ import zarr
 
 from survey_proc.errors import CubeError
 from survey_proc.stores import (
+    OutputPathError,
     Region,
     RegionWriteError,
     commit_region,
@@ -78,18 +79,22 @@ def test_a_new_store_is_created_the_same_run_resumed_another_refused(tmp_path):
     assert grp["region_done"].shape == (3, 2) and grp["region_done"].chunks == (1, 1)
     assert grp["a"].chunks == (2, 3) and np.isnan(grp["a"][...]).all()  # metadata only
     assert create_or_resume(out, _template(), signature) is True
-    with pytest.raises(CubeError, match=r"holds photometry of another run \(different input or filters"):
-        create_or_resume(out, _template(), "other", what="photometry", identity="input or filters")
+    with pytest.raises(CubeError, match=r"holds maps of another run \(different input or filters"):
+        create_or_resume(out, _template(), "other", identity="input or filters")
+    with pytest.raises(CubeError, match=r"holds a survey-proc maps store, not photometry; pass --overwrite"):
+        create_or_resume(out, _template(), "other", what="photometry")
     assert create_or_resume(out, _template(), "other", overwrite=True) is False
+    assert grp.attrs["survey_proc_store"] == "maps"
 
     plain = tmp_path / "plain.zarr"
     xr.Dataset({"a": ("y", np.zeros(3))}).to_zarr(plain, zarr_format=3, consolidated=False)
-    with pytest.raises(CubeError, match="is not a survey-proc maps store"):
-        create_or_resume(plain, _template(), signature)
+    with pytest.raises(OutputPathError, match=r"is not a survey-proc store \(a Zarr store another tool wrote"):
+        create_or_resume(plain, _template(), signature, overwrite=True)
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "x.txt").write_text("not a store")
-    with pytest.raises(CubeError, match="is not a Zarr store"):
-        create_or_resume(tmp_path / "folder", _template(), signature)
+    with pytest.raises(OutputPathError, match=r"is not a survey-proc store \(a folder of 1 entry\)"):
+        create_or_resume(tmp_path / "folder", _template(), signature, overwrite=True)
+    assert (tmp_path / "folder" / "x.txt").read_text() == "not a store"
 
 
 def test_committed_regions_are_complete_marked_and_counted(tmp_path):

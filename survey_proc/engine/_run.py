@@ -29,6 +29,7 @@ from survey_proc.engine._serial import run_serial
 from survey_proc.engine._setup import prepare_cube
 from survey_proc.engine._summary import CubeOutcome, RunSummary, finish_cube
 from survey_proc.errors import SurveyProcError
+from survey_proc.stores import release_store
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ def run(rc: RunConfig) -> RunSummary:
     """Run an estimator over every spectrum of a cube (or catalogue) and write the maps store."""
     with progress.shown(rc.progress):
         job = prepare_cube(rc)
-        outcome = run_jobs([job], job.rc)[0]
+        try:
+            outcome = run_jobs([job], job.rc)[0]
+        finally:
+            release_store(job.rc.out)  # the lock prepare_cube took
     if outcome.failed:
         raise SurveyProcError(f"{job.rc.cube}: {outcome.reason}")
     assert outcome.summary is not None
@@ -65,7 +69,11 @@ def run_many(rcs: list[RunConfig]) -> list[CubeOutcome]:
                 outcomes.append(None)
             except Exception as exc:  # missing, corrupt or invalid cube: report it, carry on
                 outcomes.append(_failed_setup(rc, exc))
-        ran = iter(run_jobs(jobs, rcs[0].resolved()) if jobs else [])
+        try:
+            ran = iter(run_jobs(jobs, rcs[0].resolved()) if jobs else [])
+        finally:
+            for job in jobs:
+                release_store(job.rc.out)  # the locks prepare_cube took
     return [o if o is not None else next(ran) for o in outcomes]
 
 

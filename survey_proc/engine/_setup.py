@@ -23,13 +23,15 @@ from survey_proc.engine._config import RunConfig
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import RegionOptions
 from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
-from survey_proc.errors import CubeError, SurveyProcError
+from survey_proc.errors import CubeError, OptionError, SurveyProcError
 from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest
 from survey_proc.stores import (
+    content_fingerprint,
     create_or_resume,
     make_regions,
     open_input_store,
     pending_regions,
+    release_store,
     run_signature,
     spatial_dims,
 )
@@ -38,7 +40,10 @@ log = logging.getLogger(__name__)
 
 
 def prepare_cube(rc: RunConfig) -> CubeJob:
-    """Validate the cube and the model, write (or resume) the maps store; returns the regions left."""
+    """Validate the cube and the model, write (or resume) the maps store; returns the regions left.
+
+    The maps store stays locked for this process (:func:`survey_proc.stores.release_store` lets
+    go; :func:`~survey_proc.engine.run` and ``run_many`` do when the run ends)."""
     model_named = rc.model is not None or config.get("run.model") != "default"  # only the packaged default falls back
     rc = rc.resolved()
     manifest = load_manifest(rc.model)
@@ -47,11 +52,20 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     rc, manifest = _covering_model(rc, manifest, cube, redshift, model_named)
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
+    _check_options(redshift, min_snr)
+    fingerprint = content_fingerprint(rc.cube)
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
-    resumed = create_or_resume(rc.out, template, _signature(cube, manifest, redshift, min_snr), rc.overwrite)
+    template.attrs["input_fingerprint"] = fingerprint
+    signature = _signature(cube, manifest, redshift, min_snr, fingerprint)
+    identity = "cube (or its content), model or options"
+    resumed = create_or_resume(rc.out, template, signature, rc.overwrite, identity=identity, inputs=[rc.cube])
     dims = spatial_dims(cube)
     regions = make_regions({d: cube.sizes[d] for d in dims}, spatial_chunks(cube))
-    pending = pending_regions(rc.out, regions) if resumed else regions
+    try:
+        pending = pending_regions(rc.out, regions) if resumed else regions
+    except BaseException:
+        release_store(rc.out)
+        raise
     if resumed and pending:
         log.info(f"resuming {rc.out}: {len(regions) - len(pending)} of {len(regions)} regions already done")
     opts = RegionOptions(
@@ -105,12 +119,22 @@ def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError
     return str(fallback)
 
 
-def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float) -> str:
-    """Identity of a run's numbers: the cube's shape/grid/provenance, the model file, the options."""
+def _check_options(redshift: float, min_snr: float) -> None:
+    """Refuse a redshift or S/N threshold no spectrum could be fitted with."""
+    if not (np.isfinite(redshift) and -0.01 <= redshift < 10):
+        raise OptionError(f"redshift {redshift:g} is outside the plausible range [-0.01, 10): give a finite --redshift")
+    if not (np.isfinite(min_snr) and min_snr >= 0):
+        raise OptionError(f"--min-snr {min_snr:g}: give a finite S/N per Angstrom >= 0 (e.g. 3)")
+
+
+def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float, fingerprint: str) -> str:
+    """Identity of a run's numbers: the cube's content (:func:`survey_proc.stores.content_fingerprint`),
+    shape, grid and provenance, the model file, the options."""
     axis = cube[manifest.input.feature_dim].values  # wavelengths or band names
     ends = [axis[0], axis[-1]]
     ident = {
-        "sizes": dict(cube.sizes),
+        "content": fingerprint,
+        "sizes": {d: n for d, n in cube.sizes.items() if not str(d).startswith("region_")},
         "wave": [float(e) for e in ends] if np.issubdtype(axis.dtype, np.number) else [str(e) for e in ends],
         "source": str(cube.attrs.get("source", "")),
         "mock_config": str(cube.attrs.get("mock_config", "")),

@@ -11,6 +11,7 @@ flux ``units`` and provenance.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import xarray as xr
 import zarr
 
 from survey_proc.errors import CubeError
+from survey_proc.stores._integrity import data_problems
 
 SPECTRAL_DIM = "wave"
 CUBE_DIMS = ("y", "x", SPECTRAL_DIM)
@@ -130,7 +132,7 @@ def validate_spectral_store(
     if SPECTRAL_DIM in flux.dims:
         axis = flux.dims.index(SPECTRAL_DIM)
         for var in ("flux", "var", "mask"):
-            if var not in ds:
+            if var not in ds or ds[var].dims != flux.dims:  # other dims: reported above
                 continue
             chunks = stored_chunks(ds[var])
             if chunks and chunks[axis] < ds[var].shape[axis]:
@@ -213,7 +215,17 @@ def open_spectral_store(
     """
     ds = open_zarr_store(path)
     validate_spectral_store(ds, str(path), check_data=check_data, require_redshift=require_redshift)
+    if check_data:
+        check_stored_data(path)
     return ds
+
+
+def check_stored_data(path: str | os.PathLike) -> None:
+    """Raise :class:`CubeError` when the data on disk are incomplete or damaged (regions not
+    finished, chunks missing: :func:`~survey_proc.stores.data_problems`)."""
+    problems = data_problems(path)
+    if problems:
+        raise _problem_list(str(path), problems)
 
 
 open_cube = open_spectral_store
@@ -250,8 +262,7 @@ def _spectral_variables(
     }
 
 
-def create_cube_store(
-    path: str | os.PathLike,
+def cube_template(
     *,
     ny: int,
     nx: int,
@@ -263,8 +274,9 @@ def create_cube_store(
     medium: str = "air",
     lsf_fwhm: np.ndarray | None = None,
     coords: Mapping[str, xr.DataArray] | None = None,
-) -> None:
-    """Write the metadata of an empty cube store (arrays filled region by region afterwards)."""
+) -> xr.Dataset:
+    """The template of an empty cube store (lazy ``flux``, ``var``, ``mask`` with their Zarr chunks
+    and compressors in ``encoding``; ``wave``, ``lsf_fwhm`` and ``coords`` as values)."""
     shape = (ny, nx, wave.size)
     chunks = (min(chunk, ny), min(chunk, nx), wave.size)
     data_vars = _spectral_variables(CUBE_DIMS, shape, chunks, flux_units)
@@ -281,8 +293,20 @@ def create_cube_store(
     )
     if coords:
         ds = ds.assign_coords(coords)
-    encoding = {v: {"chunks": chunks, "compressors": cube_compressors()} for v in ("flux", "var", "mask")}
-    ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+    return _with_data_encoding(ds, chunks)
+
+
+def _with_data_encoding(ds: xr.Dataset, chunks: tuple[int, ...]) -> xr.Dataset:
+    """``ds`` with the Zarr chunks and compressors of ``flux``, ``var``, ``mask`` in their encoding."""
+    for v in ("flux", "var", "mask"):
+        ds[v].encoding.update({"chunks": chunks, "compressors": cube_compressors()})
+    return ds
+
+
+def create_cube_store(path: str | os.PathLike, **template) -> None:
+    """Write the metadata of an empty cube store (arrays filled region by region afterwards);
+    keywords: those of :func:`cube_template`."""
+    cube_template(**template).to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False)
 
 
 def cube_compressors() -> tuple:
@@ -308,8 +332,7 @@ def cube_compressors() -> tuple:
     )
 
 
-def create_catalogue_store(
-    path: str | os.PathLike,
+def catalogue_template(
     *,
     n: int,
     wave: np.ndarray,
@@ -320,19 +343,20 @@ def create_catalogue_store(
     medium: str = "vacuum",
     object_vars: Mapping[str, tuple[np.ndarray, dict]] | None = None,
     coords: Mapping[str, tuple[np.ndarray, dict]] | None = None,
-) -> None:
-    """Write the metadata of an empty spectra catalogue ``(object, wave)`` (filled block by block).
+    lsf_fwhm: np.ndarray | None = None,
+) -> xr.Dataset:
+    """The template of an empty spectra catalogue ``(object, wave)``.
 
     ``object_vars``: per-object data variables (name -> (values, attrs)), e.g. ``redshift``;
-    ``coords``: per-object coordinates (``ra``, ``dec``, names). A ``lsf_fwhm(wave)`` variable
-    (Angstrom) is laid down empty, to be written once the spectra are read.
+    ``coords``: per-object coordinates (``ra``, ``dec``, names). ``lsf_fwhm(wave)`` (Angstrom):
+    NaN where not given, to be written once the spectra are read.
     """
     shape = (n, wave.size)
     chunks = (min(chunk, n), wave.size)
     data_vars = _spectral_variables(CATALOGUE_DIMS, shape, chunks, flux_units)
     data_vars["lsf_fwhm"] = (
         (SPECTRAL_DIM,),
-        np.full(wave.size, np.nan),
+        np.full(wave.size, np.nan) if lsf_fwhm is None else np.asarray(lsf_fwhm, np.float64),
         {"units": "Angstrom", "long_name": "instrumental FWHM"},
     )
     for name, (values, vattrs) in (object_vars or {}).items():
@@ -343,13 +367,15 @@ def create_catalogue_store(
     }
     for name, (values, cattrs) in (coords or {}).items():
         all_coords[name] = ("object", np.asarray(values), dict(cattrs))
-    ds = xr.Dataset(data_vars, coords=all_coords, attrs=dict(attrs))
-    encoding = {v: {"chunks": chunks, "compressors": cube_compressors()} for v in ("flux", "var", "mask")}
-    import warnings
+    return _with_data_encoding(xr.Dataset(data_vars, coords=all_coords, attrs=dict(attrs)), chunks)
 
+
+def create_catalogue_store(path: str | os.PathLike, **template) -> None:
+    """Write the metadata of an empty spectra catalogue (filled block by block); keywords: those of
+    :func:`catalogue_template`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr notes that string arrays are not yet in the v3 spec
-        ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+        catalogue_template(**template).to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False)
 
 
 def write_region(
@@ -367,8 +393,6 @@ def write_region(
 
 def consolidate(path: str | os.PathLike) -> None:
     """Consolidate a store's metadata so it opens fast (and without xarray's fallback warning)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr notes that consolidation is not yet in the v3 spec
         zarr.consolidate_metadata(str(path))

@@ -64,44 +64,56 @@ def filters_from_store(ds: xr.Dataset) -> FilterSet:
     )
 
 
-def create_photometry_store(
-    path: str | os.PathLike,
+#: the arrays of a photometric store, with their dtypes and attributes
+PHOTOMETRY_VARIABLES = {
+    "flux": ("float32", {"units": FLUX_UNITS, "long_name": "band flux density f_nu (AB system)"}),
+    "var": ("float32", {"units": f"{FLUX_UNITS}**2", "long_name": "variance of flux"}),
+    "mask": ("bool", {"long_name": "bad band measurement (True = do not use)"}),
+    "mag": ("float32", {"units": "mag", "long_name": "AB magnitude (NaN where flux <= 0)"}),
+    "mag_err": ("float32", {"units": "mag", "long_name": "1-sigma uncertainty of the AB magnitude"}),
+}
+
+
+def photometry_template(
     *,
     spatial: Mapping[str, int],
     filters: FilterSet,
     attrs: Mapping[str, Any],
-    chunk: int = 32,
+    chunk: int | Mapping[str, int] = 32,
     with_mag: bool = True,
     coords: Mapping[str, Any] | None = None,
-) -> None:
-    """Write the metadata of an empty photometric store (arrays filled region by region afterwards).
+) -> xr.Dataset:
+    """The template of an empty photometric store (lazy arrays, their Zarr chunks in ``encoding``).
 
-    ``spatial`` is ``{"y": ny, "x": nx}`` or ``{"object": n}``.
+    ``spatial`` is ``{"y": ny, "x": nx}`` or ``{"object": n}``; ``chunk``: along each of them (one
+    size, or one per dim).
     """
     dims = (*tuple(spatial), BAND_DIM)
     if dims not in (IMAGE_DIMS, OBJECT_DIMS):
         raise ValueError(f"spatial dims {tuple(spatial)} must be ('y', 'x') or ('object',)")
     nb = len(filters)
     shape = (*tuple(spatial.values()), nb)
-    chunks = (*tuple(min(chunk, n) for n in spatial.values()), nb)
-    variables = {
-        "flux": ("float32", {"units": FLUX_UNITS, "long_name": "band flux density f_nu (AB system)"}),
-        "var": ("float32", {"units": f"{FLUX_UNITS}**2", "long_name": "variance of flux"}),
-        "mask": ("bool", {"long_name": "bad band measurement (True = do not use)"}),
-    }
-    if with_mag:
-        variables["mag"] = ("float32", {"units": "mag", "long_name": "AB magnitude (NaN where flux <= 0)"})
-        variables["mag_err"] = ("float32", {"units": "mag", "long_name": "1-sigma uncertainty of the AB magnitude"})
+    sizes = chunk if isinstance(chunk, Mapping) else dict.fromkeys(spatial, chunk)
+    chunks = (*tuple(min(sizes[d], n) for d, n in spatial.items()), nb)
+    names = [n for n in PHOTOMETRY_VARIABLES if with_mag or n not in ("mag", "mag_err")]
     data_vars = {
-        name: (dims, da.zeros(shape, chunks=chunks, dtype=dtype), vattrs) for name, (dtype, vattrs) in variables.items()
+        name: (dims, da.zeros(shape, chunks=chunks, dtype=PHOTOMETRY_VARIABLES[name][0]), PHOTOMETRY_VARIABLES[name][1])
+        for name in names
     }
     fds = filter_dataset(filters)
     ds = xr.Dataset(data_vars).merge(fds)
     ds.attrs = {"photometric_system": "AB", **fds.attrs, **dict(attrs)}
     if coords:
         ds = ds.assign_coords(coords)
-    encoding = {v: {"chunks": chunks} for v in variables}
-    ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+    for name in names:
+        ds[name].encoding["chunks"] = chunks
+    return ds
+
+
+def create_photometry_store(path: str | os.PathLike, **template) -> None:
+    """Write the metadata of an empty photometric store (arrays filled region by region afterwards);
+    keywords: those of :func:`photometry_template`."""
+    photometry_template(**template).to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False)
 
 
 def validate_photometry_store(
@@ -175,10 +187,12 @@ def open_photometry_store(
     path: str | os.PathLike, *, check_data: bool = True, require_redshift: bool = False
 ) -> xr.Dataset:
     """Open a photometric store lazily and validate it (CubeError listing every problem)."""
-    from survey_proc.stores._cube import open_zarr_store
+    from survey_proc.stores._cube import check_stored_data, open_zarr_store
 
     ds = open_zarr_store(path)
     validate_photometry_store(ds, str(path), check_data=check_data, require_redshift=require_redshift)
+    if check_data:
+        check_stored_data(path)
     return ds
 
 

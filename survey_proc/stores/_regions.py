@@ -8,40 +8,52 @@ bookkeeping arrays with one element per region, over dims ``region_<dim>``:
 - ``region_spectra`` (int32): how many positions (spectra, pixels, objects) the region wrote;
 - ``region_checksum`` (uint32): the CRC-32 of the region's arrays as written (:func:`region_checksum`).
 
-and the attribute ``run_signature``, the identity of what fills it (inputs and options, hashed by
-:func:`run_signature`). The lifecycle, the same for every store:
+and the attributes ``survey_proc_store`` (the store's kind: the marker that makes it survey-proc's
+own, :mod:`._output`) and ``run_signature``, the identity of what fills it (inputs and options,
+hashed by :func:`run_signature`). The lifecycle, the same for every store:
 
 1. **template** (xarray-beam style): an ``xr.Dataset`` of lazy variables (:func:`lazy_full`:
    one dask chunk each, never computed) with ``encoding["chunks"]`` giving the Zarr chunks, plus
    the bookkeeping arrays (:func:`with_region_arrays`). Variables that are cheap and small
    (coordinates, per-object tables) can be plain NumPy: they are written with the metadata.
-2. **create or resume** (:func:`create_or_resume`): writes the template's metadata
-   (``to_zarr(compute=False)``) unless the store already holds the same signature, in which case
-   the run resumes; a store of another run is refused (unless ``overwrite``).
+2. **create or resume** (:func:`create_or_resume`): the output policy first (only survey-proc's
+   own stores are replaced, never an input: :func:`~._output.check_output`) and a lock on the
+   path (:mod:`._lock`; :func:`release_store` lets go); then the template's metadata
+   (``to_zarr(compute=False)``), marker first and signature last, unless the store already holds
+   the same signature, in which case the run resumes; a store of another run is refused (unless
+   ``overwrite``); a store whose setup was cut short (no signature, arrays missing) is set up again.
 3. **the regions still to do** (:func:`pending_regions`), each computed anywhere (a loop, threads, a
    Dask client: the caller decides) and written by :func:`commit_region`: its arrays and
-   bookkeeping first, then read back and checked against their CRC-32, the ``region_done`` marker
-   last. Each chunk write is atomic (Zarr writes a temporary ``*.partial`` file and renames it),
-   so a writer killed at any point leaves its region unmarked, to be redone; never a region marked
-   but incomplete. A task finding its region marked (:func:`is_done`) need not write it again.
+   bookkeeping first (every chunk stored, even one equal to the fill value), then read back and
+   checked against their CRC-32, the ``region_done`` marker last. Each chunk write is atomic (Zarr
+   writes a temporary ``*.partial`` file and renames it), so a writer killed at any point leaves
+   its region unmarked, to be redone; never a region marked but incomplete. A task finding its
+   region marked (:func:`is_done`) need not write it again.
 4. **verify** (:func:`verify_regions`): every region marked, with the expected count and the
    recorded CRC-32; regions the caller did not write in this run (resumed ones) are re-read a strip
    at a time, on a Dask client's workers when one is given. Then :func:`remove_partial_writes`
    clears the temporaries of writes cut short, and the caller consolidates the metadata.
 
-Usage, e.g. for a store filled from the chunks of an input cube (mock, ingest, synthetic
-photometry and binning fit the same mould: only the template and ``compute`` differ)::
+The engine follows these steps for its maps (in place, resumable by signature). Whole stores
+(mock, ingest, synthetic photometry, binning) follow them inside
+:func:`~._output.staged_output`, written beside the output and renamed into place once complete:
+:func:`~._fill.write_store` is that recipe, given a template, the regions and ``compute``::
 
     regions = make_regions({"y": ny, "x": nx}, {"y": 32, "x": 32})
     template = with_region_arrays(template, {"y": ny, "x": nx}, {"y": 32, "x": 32})
-    create_or_resume(out, template, run_signature({"input": src, "options": opts}), overwrite=False)
-    written = {}
-    for region in pending_regions(out, regions):
-        arrays = compute(region)                    # name -> values at region.block
-        written[region.key] = commit_region(out, region, arrays)
-    problems = verify_regions(out, regions, names, written=written)
-    remove_partial_writes(out)
-    consolidate(out)
+    write_store(out, template, regions, compute,    # compute(region) -> name -> values at region.block
+                signature=run_signature({"input": src, "options": opts}), what="cube",
+                names=["flux", "var", "mask"], inputs=[src])
+
+and, step by step, what it does (a writer whose regions cannot be computed one at a time, as
+binning's, calls these pieces itself)::
+
+    with staged_output(out, inputs=[src], what="cube") as staging:
+        resumed = begin_store(staging, template, signature, "cube")      # create_or_resume
+        written = {}
+        for region in (pending_regions(staging, regions) if resumed else regions):
+            written[region.key] = commit_region(staging, region, compute(region))
+        finish_store(staging, regions, names, written)  # verify, clear temporaries, fingerprint, consolidate
 
 Region blocks must be unions of the store's chunks (regions never share a chunk): then writes of
 different regions, from different processes, never touch the same chunk.
@@ -53,9 +65,11 @@ import asyncio
 import hashlib
 import itertools
 import json
+import logging
 import os
+import warnings
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +81,11 @@ import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync as zarr_sync
 
 from survey_proc.errors import CubeError, SurveyProcError
+from survey_proc.stores._lock import acquire as acquire_lock
+from survey_proc.stores._lock import release as release_lock
+from survey_proc.stores._output import STORE_MARKER, check_output, store_attrs
+
+log = logging.getLogger(__name__)
 
 #: the bookkeeping arrays: 1 where a region is complete; what it wrote; the CRC-32 of its arrays
 REGION_DONE, REGION_COUNT, REGION_CHECKSUM = "region_done", "region_spectra", "region_checksum"
@@ -126,9 +145,16 @@ def lazy_full(shape: tuple[int, ...], dtype, fill) -> da.Array:
     return da.full(shape, fill, dtype=dtype, chunks=-1)
 
 
-def with_region_arrays(template: xr.Dataset, sizes: Mapping[str, int], chunks: Mapping[str, int]) -> xr.Dataset:
+def with_region_arrays(
+    template: xr.Dataset, sizes: Mapping[str, int], chunks: Mapping[str, int], names: Sequence[str] | None = None
+) -> xr.Dataset:
     """``template`` with the bookkeeping arrays of the regions of ``chunks`` over ``sizes`` (dims
-    ``region_<dim>``, one element a Zarr chunk so that regions write alone)."""
+    ``region_<dim>``, one element a Zarr chunk so that regions write alone).
+
+    ``region_done`` records the region layout (attrs ``region_sizes``, ``region_chunks``) and, when
+    given, the ``names`` of the arrays each region writes (``region_arrays``), so that the regions
+    can be checked again from the store alone (:func:`recorded_regions`).
+    """
     grid = region_grid_shape(sizes, chunks)
     rdims = tuple(f"region_{d}" for d in sizes)
     variables = {
@@ -139,9 +165,28 @@ def with_region_arrays(template: xr.Dataset, sizes: Mapping[str, int], chunks: M
     ds = template.assign(
         {name: (rdims, lazy_full(grid, dtype, 0), {"long_name": what}) for name, (dtype, what) in variables.items()}
     )
+    ds[REGION_DONE].attrs.update(region_sizes=dict(sizes), region_chunks=dict(chunks))
+    if names is not None:
+        ds[REGION_DONE].attrs["region_arrays"] = list(names)
     for name in variables:
         ds[name].encoding["chunks"] = (1,) * len(grid)
     return ds
+
+
+def recorded_regions(group: zarr.Group) -> tuple[list[Region], list[str]] | None:
+    """The regions of an (open) store and the arrays each wrote, from what :func:`with_region_arrays`
+    recorded; None where the store has no such record, or one that does not fit its arrays (a
+    store derived from another with xarray keeps the other's bookkeeping)."""
+    if REGION_DONE not in group:
+        return None
+    attrs = group[REGION_DONE].attrs
+    sizes, chunks, names = attrs.get("region_sizes"), attrs.get("region_chunks"), attrs.get("region_arrays")
+    if not (sizes and chunks and names) or not all(n in group for n in names):
+        return None
+    leading = tuple(group[names[0]].shape[: len(sizes)])
+    if leading != tuple(sizes.values()) or region_grid_shape(sizes, chunks) != group[REGION_DONE].shape:
+        return None
+    return make_regions(sizes, chunks), list(names)
 
 
 def run_signature(identity: Mapping) -> str:
@@ -156,36 +201,98 @@ def create_or_resume(
     overwrite: bool = False,
     what: str = "maps",
     identity: str = "cube, model or options",
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    groups: Mapping[str, xr.Dataset] | None = None,
+    lock: bool = True,
 ) -> bool:
-    """Write the template's metadata unless ``path`` holds this very run; True if resuming.
+    """Set the store up from the template (metadata only) unless ``path`` holds this very run; True if resuming.
 
-    ``what`` names the store's kind and ``identity`` what its signature covers, in the errors: a
-    store of another run (another signature), one not made this way, or not a Zarr store at all is
-    refused unless ``overwrite``. The template's ``encoding["chunks"]`` set the Zarr chunks.
+    The output policy of :mod:`._output` holds first: ``path`` must not be, lie in or hold one of
+    ``inputs``, and an existing ``path`` must be a survey-proc store (refused otherwise, even with
+    ``overwrite``). With ``lock``, ``path`` is locked for this process (:func:`release_store` lets
+    go). A store of another run (another signature) is refused unless ``overwrite``; ``what``
+    names the store's kind and ``identity`` what its signature covers, in the errors.
+
+    Setup is recoverable: the marker attribute is written first, then the arrays, the ``groups``
+    (name -> Dataset, e.g. a mock's ``truth``) and, last, the signature. A store whose setup was cut
+    short (no signature, or arrays missing) is set up again. The template's ``encoding["chunks"]``
+    set the Zarr chunks.
     """
-    out = str(path)
-    if Path(out).exists() and not overwrite:
-        recorded = _recorded_signature(out, what)
-        if recorded == signature:
-            return True
-        raise CubeError(
-            f"{out} holds {what} of another run (different {identity}: signature "
-            f"{recorded} vs {signature}); pass --overwrite to replace it "
-            "or --out to write elsewhere"
-        )
-    template.attrs[SIGNATURE_ATTR] = signature
-    template.to_zarr(out, mode="w", compute=False, zarr_format=3, consolidated=False)
+    out = Path(path)
+    check_output(out, inputs, what=what)
+    if lock:
+        acquire_lock(out)
+    try:
+        recorded = _setup_state(out, template, groups)
+        if recorded not in (None, _CUT_SHORT) and not overwrite:
+            if recorded == signature:
+                return True
+            raise CubeError(_other_run(out, recorded, signature, what, identity))
+        if recorded == _CUT_SHORT:
+            log.warning(f"the setup of {out} was cut short; setting it up again")
+        _write_setup(out, template, signature, what, groups or {})
+    except BaseException:
+        if lock:
+            release_lock(out)
+        raise
     return False
 
 
-def _recorded_signature(out: str, what: str) -> str:
-    try:
-        attrs = dict(zarr.open_group(out, mode="r").attrs)
-    except Exception as exc:
-        raise CubeError(f"{out} exists and is not a Zarr store; remove it or pass --overwrite") from exc
+def release_store(path: str | os.PathLike) -> None:
+    """Let go of the lock :func:`create_or_resume` took on ``path``."""
+    release_lock(path)
+
+
+def stored_signature(path: str | os.PathLike) -> str | None:
+    """The signature a store records (None: no store, or its setup is not complete)."""
+    attrs = store_attrs(path)
+    return None if attrs is None else attrs.get(SIGNATURE_ATTR)
+
+
+#: :func:`_setup_state` of a store whose setup did not complete
+_CUT_SHORT = "(setup cut short)"
+
+
+def _setup_state(out: Path, template: xr.Dataset, groups: Mapping[str, xr.Dataset] | None) -> str | None:
+    """The signature of a complete store at ``out``; None if there is none; ``_CUT_SHORT`` if its
+    setup did not complete (no signature, or some of the template's arrays or groups missing)."""
+    attrs = store_attrs(out)
+    if attrs is None:
+        return None
     if SIGNATURE_ATTR not in attrs:
-        raise CubeError(f"{out} exists and is not a survey-proc {what} store; remove it or pass --overwrite")
-    return attrs[SIGNATURE_ATTR]
+        return _CUT_SHORT if STORE_MARKER in attrs else None
+    grp = zarr.open_group(str(out), mode="r", use_consolidated=False)  # what is there, not what was
+    members = set(grp.array_keys()) | set(grp.group_keys())
+    wanted = {str(name) for name in template.variables} | set(groups or {})
+    return attrs[SIGNATURE_ATTR] if wanted <= members else _CUT_SHORT
+
+
+def _other_run(out: Path, recorded: str, signature: str, what: str, identity: str) -> str:
+    kind = (store_attrs(out) or {}).get(STORE_MARKER)
+    if kind and kind != what:
+        return (
+            f"{out} holds a survey-proc {kind} store, not {what}; pass --overwrite to replace it or "
+            "--out to write elsewhere"
+        )
+    return (
+        f"{out} holds {what} of another run (different {identity}: signature "
+        f"{recorded} vs {signature}); pass --overwrite to replace it "
+        "or --out to write elsewhere"
+    )
+
+
+def _write_setup(out: Path, template: xr.Dataset, signature: str, what: str, groups: Mapping[str, xr.Dataset]) -> None:
+    """Marker first (a setup cut short is recognised), then arrays and groups, the signature last."""
+    attrs = {**template.attrs, STORE_MARKER: what}
+    attrs.pop(SIGNATURE_ATTR, None)
+    zarr.open_group(str(out), mode="w", zarr_format=3, attributes=attrs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr notes that string arrays are not yet in the v3 spec
+        template.assign_attrs(attrs).to_zarr(out, mode="a", compute=False, zarr_format=3, consolidated=False)
+        for name, ds in groups.items():
+            ds.to_zarr(out, group=name, mode="w", zarr_format=3, consolidated=False)
+    zarr.open_group(str(out), mode="r+").attrs[SIGNATURE_ATTR] = signature  # last: setup complete
 
 
 def pending_regions(path: str | os.PathLike, regions: list[Region]) -> list[Region]:
@@ -248,7 +355,9 @@ def commit_region(
 async def _commit_region(path: str, region: Region, arrays: Mapping[str, np.ndarray], checksum: int) -> None:
     grp = await zarr_async.open_group(store=path, mode="r+", zarr_format=3)
     names = [*list(arrays), *REGION_ARRAYS]
-    handles = dict(zip(names, await asyncio.gather(*[grp.getitem(name) for name in names])))
+    opened = await asyncio.gather(*[grp.getitem(name) for name in names])
+    # every chunk stored, even one equal to the fill value: a missing chunk then means damage
+    handles = {name: a.with_config({"write_empty_chunks": True}) for name, a in zip(names, opened)}
     index, marker = region.block, region.marker
     one = (1,) * len(marker)
     await asyncio.gather(
