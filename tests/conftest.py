@@ -68,3 +68,18 @@ def is_chunk_key(path: Path, root: Path) -> bool:
     """A finished Zarr chunk file under ``root`` (``c/0/1``), not the temporary file of a write in
     progress or cut short by a kill (``0.<uuid>.partial``)."""
     return path.is_file() and all(part.isdigit() for part in path.relative_to(root).parts)
+
+
+def crop_minicube(dst: Path, ys: slice = slice(0, 8), xs: slice = slice(0, 8), scale: float = 1.0) -> Path:
+    """A small real MUSE FITS cube: spaxels (ys, xs) of the mpdaf minicube, DATA times ``scale``."""
+    from astropy.io import fits
+
+    from survey_proc.stores import muse_minicube
+
+    with fits.open(muse_minicube()) as hdul:
+        out = fits.HDUList([hdul[0].copy()])
+        for hdu in hdul[1:]:
+            data = hdu.data[:, ys, xs] * (scale if hdu.name == "DATA" else 1)
+            out.append(fits.ImageHDU(data.astype(hdu.data.dtype), header=hdu.header, name=hdu.name))
+        out.writeto(dst, overwrite=True)
+    return dst

@@ -12,7 +12,10 @@ from survey_proc.synth import light_weighted, mass_weighted
 
 def test_mock_store_follows_the_schema(mock16):
     ds = open_cube(mock16)
-    assert dict(ds.sizes) == {"y": 16, "x": 16, "wave": 3681}
+    assert dict(ds.flux.sizes) == {"y": 16, "x": 16, "wave": 3681}
+    # written region by region (chunks of 8: 2 x 2 regions), every region verified and marked
+    assert ds.region_done.dims == ("region_y", "region_x") and ds.region_done.values.all()
+    assert ds.region_spectra.values.sum() == 256 and ds.attrs["survey_proc_store"] == "cube"
     assert ds.wave.attrs["frame"] == "observed" and ds.wave.attrs["medium"] == "air"
     assert float(ds.wave[0]) == 4750.0 and float(ds.wave[-1]) == 9350.0
     assert ds.attrs["redshift"] == pytest.approx(0.008)

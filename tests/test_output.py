@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from survey_proc.cli import main
 from survey_proc.engine import RunConfig, run
 from survey_proc.stores import (
     OutputPathError,
@@ -27,8 +28,10 @@ from survey_proc.stores import (
     pending_regions,
     release_store,
     run_signature,
+    staging_path,
     with_region_arrays,
 )
+from survey_proc.synth import MockConfig, MockRegions, write_mock
 
 
 def _template() -> xr.Dataset:
@@ -40,12 +43,50 @@ def _template() -> xr.Dataset:
 # -- 1. output paths ---------------------------------------------------------------------------------
 
 
+def test_mock_refuses_a_folder_that_is_not_a_store(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.txt").write_text("years of work")
+    assert main(["mock", str(precious), "--nx", "4", "--ny", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a survey-proc store (a folder of 1 entry)" in err and "choose another output path" in err
+    assert (precious / "data.txt").read_text() == "years of work"
+
+
 def test_run_refuses_to_write_over_its_input_cube(cube_copy, tmp_path):
     before = xr.open_zarr(cube_copy).flux.values
     for out in (cube_copy, cube_copy / "maps.zarr"):
         with pytest.raises(OutputPathError, match="destroy the input"):
             run(RunConfig(cube=str(cube_copy), out=str(out), overwrite=True, cluster="none", progress=False))
     np.testing.assert_array_equal(xr.open_zarr(cube_copy).flux.values, before)
+
+
+def test_a_failed_write_leaves_the_previous_store_and_resumes(tmp_path, ssp_lib, monkeypatch):
+    """Whole stores are written beside the output and renamed into place only when complete."""
+    out = tmp_path / "m.zarr"
+    write_mock(out, MockConfig(nx=8, ny=8, seed=1, chunk=4), ssp_lib)
+    first = xr.open_zarr(out).flux.values
+    calls = []
+    real = MockRegions.__call__
+
+    def fail_third(self, region):
+        calls.append(region.key)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(self, region)
+
+    monkeypatch.setattr(MockRegions, "__call__", fail_third)
+    cfg = MockConfig(nx=8, ny=8, seed=2, chunk=4)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_mock(out, cfg, ssp_lib, threads=1)
+    np.testing.assert_array_equal(xr.open_zarr(out).flux.values, first)  # untouched
+    assert staging_path(out).is_dir()  # kept, with its 2 finished regions
+    monkeypatch.setattr(MockRegions, "__call__", real)
+    again = write_mock(out, cfg, ssp_lib, threads=1)
+    assert again.regions_resumed == 2 and not staging_path(out).exists()
+    write_mock(tmp_path / "whole.zarr", cfg, ssp_lib)
+    np.testing.assert_array_equal(xr.open_zarr(out).flux.values, xr.open_zarr(tmp_path / "whole.zarr").flux.values)
+    assert not lock_file(out).exists()
 
 
 def test_stores_written_before_the_marker_are_still_ours(tmp_path):

@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = mock_config(nx=side, ny=side, seed=args.seed, snr=args.snr, redshift=None)
     cfg.chunk = default_chunk(side, side)
     print(f"1/3 building a {cfg.nx} x {cfg.ny} mock MUSE cube of a disc galaxy (S/N {cfg.snr:g}) ...")
-    write_mock(cube, cfg, progress=True)
+    write_mock(cube, cfg)
     model = args.model or config.get("run.model")
     print(f"2/3 running model '{model}' on a LocalCluster ...")
     summary = run(

@@ -83,11 +83,11 @@ def cmd_mock(args: argparse.Namespace) -> int:
         cfg.pixel_scale_arcsec = args.pixel_scale
     if args.photometry:
         return _mock_photometry(args, cfg)
-    info = write_mock(args.out, cfg, progress=not args.quiet)
+    info = write_mock(args.out, cfg)
     print(
-        f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info['wavelengths']} wavelengths "
+        f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info.wavelengths} wavelengths "
         f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
-        f"in {info['seconds']:.1f} s; truth maps in its group 'truth'"
+        f"in {info.seconds:.1f} s; truth maps in its group 'truth'"
     )
     return 0
 

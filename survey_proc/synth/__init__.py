@@ -11,8 +11,8 @@ from survey_proc.synth._mock import (
     open_truth,
     truth_dataset,
     truth_values,
-    write_mock,
 )
+from survey_proc.synth._mock_store import MOCK_FLUX_UNITS, MockCube, MockRegions, NoiseModel, write_mock
 from survey_proc.synth._phot_store import mock_band_fluxes, photometry_from_store, write_mock_photometry
 from survey_proc.synth._photometry import (
     C_ANGSTROM_S,
@@ -53,11 +53,15 @@ __all__ = [
     "EMISSION_LINES_OPTICAL",
     "LIKE",
     "LINE_SETS",
+    "MOCK_FLUX_UNITS",
     "SKY_LINES",
     "BandPhotometry",
     "GalaxyMaps",
     "GalaxyParams",
     "MockConfig",
+    "MockCube",
+    "MockRegions",
+    "NoiseModel",
     "PhotometrySynthesiser",
     "Synthesiser",
     "ab_magnitude",

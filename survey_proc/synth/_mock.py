@@ -12,19 +12,19 @@ computed from the very weights used, and written to the store's ``truth`` group.
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from scipy.ndimage import gaussian_filter
 
+from survey_proc.errors import OptionError
 from survey_proc.geometry import disc_coordinates, half_light_radius
-from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm
-from survey_proc.stores import consolidate, create_cube_store, property_attrs, write_region
+from survey_proc.ssp import SSPLibrary
+from survey_proc.stores import open_maps, property_attrs
+from survey_proc.synth._photometry import library_observed_range
 from survey_proc.synth._populations import light_weighted, mass_to_light, mass_weighted, sample_cluster
-from survey_proc.synth._spectra import Synthesiser, emission_line_spectra, sky_line_profile
 
 #: galaxies a mock can be made "like": shape and distance parameters
 LIKE = {
@@ -131,6 +131,45 @@ class MockConfig:
     def wave(self) -> np.ndarray:
         n = int(round((self.wave_stop - self.wave_start) / self.wave_step)) + 1
         return self.wave_start + self.wave_step * np.arange(n)
+
+    def check(self, lib: SSPLibrary | None = None) -> None:
+        """Raise :class:`OptionError` naming every option no mock can be made with; with ``lib``,
+        also the redshifts at which the library does not cover the cube's wavelengths."""
+        problems = self._option_problems()
+        if lib is not None and not problems:
+            problems += self._coverage_problems(lib)
+        if problems:
+            raise OptionError("cannot make this mock: " + "; ".join(problems))
+
+    def _option_problems(self) -> list[str]:
+        def finite(value: float, low: float, what: str, strict: bool = True) -> list[str]:
+            ok = np.isfinite(value) and (value > low if strict else value >= low)
+            return [] if ok else [f"{what} is {value:g}, expected a finite value {'>' if strict else '>='} {low:g}"]
+
+        problems = finite(self.snr, 0, "--snr (S/N per Angstrom of the brightest spaxels)")
+        problems += finite(self.pixel_scale_arcsec, 0, "--pixel-scale (arcsec)")
+        problems += finite(self.psf_fwhm_pixels, 0, "--psf-fwhm (pixels)", strict=False)
+        problems += finite(self.peak_flux, 0, "peak_flux") + finite(self.wave_step, 0, "wave_step")
+        if not (np.isfinite(self.redshift) and -0.01 <= self.redshift < 10):
+            problems.append(f"--redshift {self.redshift:g} is outside [-0.01, 10)")
+        if not (np.isfinite(self.wave_start) and np.isfinite(self.wave_stop) and 0 < self.wave_start < self.wave_stop):
+            problems.append(f"--wave-range {self.wave_start:g} {self.wave_stop:g}: expected 0 < START < STOP")
+        return problems
+
+    def _coverage_problems(self, lib: SSPLibrary) -> list[str]:
+        lo, hi = library_observed_range(lib, 0.0)  # both scale with 1 + z
+        z_min, z_max = max(-0.01, self.wave_stop / hi - 1), self.wave_start / lo - 1
+        if z_min <= self.redshift <= z_max:
+            return []
+        where = (
+            f"for {z_min:.3f} <= z <= {z_max:.3f}: choose a redshift in that range"
+            if z_min <= z_max
+            else "at no redshift: choose a narrower --wave-range"
+        )
+        return [
+            f"at --redshift {self.redshift:g} the SSP library ({lib.wave[0]:.0f}-{lib.wave[-1]:.0f} A rest frame) "
+            f"does not cover the cube's {self.wave_start:g}-{self.wave_stop:g} A; it covers them {where}"
+        ]
 
 
 @dataclass
@@ -378,144 +417,6 @@ def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Data
     return ds
 
 
-def write_mock(
-    path: str | os.PathLike,
-    cfg: MockConfig,
-    lib: SSPLibrary | None = None,
-    progress: bool = False,
-    threads: int | None = None,
-) -> dict:
-    """Build a mock cube store at ``path``; returns a summary dict.
-
-    The store holds ``flux``, ``var``, ``mask`` (dims y, x, wave) and the truth maps in group
-    ``truth``. Regions of ``cfg.chunk`` spaxels are synthesised one at a time, so memory stays
-    bounded whatever the cube size; each region's noise has its own seed, so the cube does not
-    depend on the order of work, nor on ``threads`` (regions made at once; None: the cores this
-    process may use; the synthesis is NumPy work that mostly releases the GIL).
-    """
-    from survey_proc import __version__
-
-    t0 = time.perf_counter()
-    lib = lib or load_ssp_library()
-    rng = np.random.default_rng(cfg.seed)
-    maps = galaxy_maps(cfg, lib, rng)
-    wave = cfg.wave
-    synth = Synthesiser(lib, wave, cfg.redshift, muse_lsf_fwhm)
-    lsf = muse_lsf_fwhm(wave)
-    sky_profiles = sky_line_profile(wave, muse_lsf_fwhm)
-    sky_amp = rng.normal(0.0, 1.0, sky_profiles.shape[0])
-
-    # noise model: var = a * F + sky; at the brightest spaxel S/N per Angstrom = cfg.snr
-    peak = cfg.peak_flux
-    snr_pix = cfg.snr * np.sqrt(cfg.wave_step)
-    gain = peak / (snr_pix**2 * (1 + cfg.sky_fraction))  # a
-    sky_var = cfg.sky_fraction * gain * peak  # continuum sky variance
-    sky_line_var = sky_var * 30.0 * sky_profiles.max(axis=0)
-    scale = maps.light / maps.light.max() * peak
-
-    attrs = {
-        "redshift": cfg.redshift,
-        "instrument": "MUSE (mock)",
-        "lsf": "MUSE, Bacon et al. (2017) eq. 8",
-        "source": "survey-proc mock",
-        "software": f"survey-proc {__version__}",
-        "mock_config": str(asdict(cfg)),
-        "ssp_library": lib.provenance.get("source", "E-MILES"),
-        "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
-    }
-    create_cube_store(
-        path,
-        ny=cfg.ny,
-        nx=cfg.nx,
-        wave=wave,
-        flux_units="1e-20 erg/s/cm2/Angstrom",
-        attrs=attrs,
-        chunk=cfg.chunk,
-        lsf_fwhm=lsf,
-    )
-    truth = truth_dataset(maps, lib, cfg)
-    truth.to_zarr(path, group="truth", mode="w", zarr_format=3, consolidated=False)
-
-    regions = [(y0, x0) for y0 in range(0, cfg.ny, cfg.chunk) for x0 in range(0, cfg.nx, cfg.chunk)]
-
-    def one_region(k: int) -> None:
-        y0, x0 = regions[k]
-        ys, xs = slice(y0, min(y0 + cfg.chunk, cfg.ny)), slice(x0, min(x0 + cfg.chunk, cfg.nx))
-        sub = (ys, xs)
-        shape = (ys.stop - ys.start, xs.stop - xs.start)
-        r_rng = np.random.default_rng([cfg.seed, k])
-        w = maps.weights[sub].reshape(-1, *maps.weights.shape[2:])
-        flux = synth.observe(
-            w, maps.av[sub].ravel(), maps.velocity[sub].ravel(), maps.sigma[sub].ravel(), scale[sub].ravel()
-        )
-        flux += emission_line_spectra(
-            wave,
-            cfg.redshift,
-            (maps.halpha * peak / maps.light.max())[sub].ravel(),
-            maps.velocity[sub].ravel(),
-            np.full(flux.shape[0], 30.0),
-            maps.av[sub].ravel(),
-            muse_lsf_fwhm,
-        )
-        var = gain * np.clip(flux, 0, None) + sky_var + sky_line_var[None, :]
-        noise = r_rng.standard_normal(flux.shape).astype(np.float32) * np.sqrt(var)
-        sky_resid = (sky_amp[:, None] * sky_profiles).sum(axis=0) * np.sqrt(sky_line_var)
-        observed = flux + noise + sky_resid[None, :].astype(np.float32)
-        mask = r_rng.random(flux.shape) < cfg.bad_pixel_fraction
-        observed[mask] = np.nan
-        write_region(
-            path,
-            {"y": ys, "x": xs},
-            {
-                "flux": observed.reshape(*shape, -1).astype(np.float32),
-                "var": var.reshape(*shape, -1).astype(np.float32),
-                "mask": mask.reshape(*shape, -1),
-            },
-        )
-
-    for_each_region(one_region, len(regions), threads, "mock regions" if progress else None)
-    consolidate(path)
-    return {
-        "path": str(path),
-        "spaxels": cfg.nx * cfg.ny,
-        "wavelengths": wave.size,
-        "seconds": time.perf_counter() - t0,
-        "r_e_spaxel": maps.r_e,
-    }
-
-
-def for_each_region(work, count: int, threads: int | None, desc: str | None) -> None:
-    """``work(k)`` for k in 0..count-1 on ``threads`` threads (None: the cores), with a progress
-    bar named ``desc`` (None: no bar). The first failure is raised once the others stop."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from dask.system import CPU_COUNT
-
-    threads = max(1, min(int(threads or CPU_COUNT), count or 1))
-    bar = None
-    if desc:
-        from tqdm import tqdm
-
-        bar = tqdm(total=count, desc=desc, unit="region")
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            futures = [pool.submit(work, k) for k in range(count)]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    if bar is not None:
-                        bar.update()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def open_truth(path: str | os.PathLike) -> xr.Dataset:
     """The truth maps of a mock cube."""
-    from survey_proc.stores import open_maps
-
     return open_maps(Path(path), group="truth")
