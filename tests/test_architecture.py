@@ -34,9 +34,6 @@ FORBIDDEN_INTERNAL = {"engine": {"training"}}
 
 #: functions longer than MAX_FUNCTION_LINES today, to be split (this list only shrinks)
 LONG_FUNCTIONS_TODAY: set[str] = {
-    "survey_proc/stores/_fits.py:ingest_muse_fits",
-    "survey_proc/stores/_sdss.py:read_sdss_spectrum",
-    "survey_proc/stores/_sdss.py:ingest_sdss_spectra",
     "survey_proc/synth/_phot_store.py:photometry_from_store",
 }
 #: modules longer than MAX_MODULE_LINES today, to be split (this list only shrinks)

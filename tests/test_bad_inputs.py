@@ -8,8 +8,15 @@ import subprocess
 
 import pytest
 import xarray as xr
+from astropy.io import fits
+from conftest import crop_minicube
 
 from survey_proc.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_fits(tmp_path_factory):
+    return crop_minicube(tmp_path_factory.mktemp("fits") / "c.fits", slice(0, 8), slice(0, 8))
 
 
 def _refused(argv: list[str], capsys, *expected: str) -> str:
@@ -34,6 +41,39 @@ def _refused(argv: list[str], capsys, *expected: str) -> str:
 def test_mock_refuses_options_no_mock_can_be_made_with(tmp_path, capsys, options, expected):
     out = tmp_path / "m.zarr"
     _refused(["mock", str(out), "--nx", "4", "--ny", "4", "--quiet", *options], capsys, expected)
+    assert not out.exists()
+
+
+def test_ingest_refuses_an_absurd_redshift(small_fits, tmp_path, capsys):
+    _refused(["ingest", str(small_fits), str(tmp_path / "c.zarr"), "--redshift", "-3"], capsys, "--redshift -3")
+
+
+def _fits_with(src, dst, **change) -> None:
+    with fits.open(src) as hdul:
+        hdus = [hdul[0].copy()] + [
+            fits.ImageHDU(change.get(h.name, h.data), header=h.header, name=h.name) for h in hdul[1:]
+        ]
+        fits.HDUList(hdus).writeto(dst)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncated", "the file may be truncated or damaged"),
+        ("stat-rows", "STAT (3681, 6, 8) differs from DATA (3681, 8, 8)"),
+        ("dq-shape", "DQ (3681, 8, 5) differs from DATA (3681, 8, 8)"),
+    ],
+)
+def test_ingest_explains_a_broken_fits_file(small_fits, tmp_path, capsys, damage, expected):
+    bad = tmp_path / "bad.fits"
+    if damage == "truncated":
+        bad.write_bytes(small_fits.read_bytes()[: small_fits.stat().st_size // 2])
+    else:
+        with fits.open(small_fits) as hdul:
+            stat, dq = hdul["STAT"].data, hdul["DQ"].data
+            _fits_with(small_fits, bad, **({"STAT": stat[:, :6]} if damage == "stat-rows" else {"DQ": dq[:, :, :5]}))
+    out = tmp_path / "c.zarr"
+    _refused(["ingest", str(bad), str(out), "--redshift", "0.086", "--quiet"], capsys, expected)
     assert not out.exists()
 
 

@@ -22,7 +22,7 @@ def minicube(tmp_path_factory):
 def test_round_trip_equals_the_fits_values(minicube):
     fits_path, out, _info = minicube
     ds = open_cube(out)
-    assert dict(ds.sizes) == {"y": 40, "x": 40, "wave": 3681}
+    assert dict(ds.flux.sizes) == {"y": 40, "x": 40, "wave": 3681}
     with fits.open(fits_path) as hdul:
         data, stat, dq = hdul["DATA"].data, hdul["STAT"].data, hdul["DQ"].data
         np.testing.assert_array_equal(ds.flux.values, np.transpose(data, (1, 2, 0)))

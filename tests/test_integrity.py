@@ -7,7 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
+from conftest import crop_minicube
 
 from survey_proc.cli import main
 from survey_proc.engine import RunConfig, run
@@ -16,7 +18,9 @@ from survey_proc.stores import (
     consolidate,
     content_fingerprint,
     data_problems,
+    ingest_muse_fits,
     missing_chunks,
+    staging_path,
 )
 
 
@@ -66,7 +70,34 @@ def test_a_store_whose_markers_say_incomplete_is_invalid_and_refused(cube_copy, 
     assert message in capsys.readouterr().err and not out.exists()
 
 
+def test_a_failed_ingest_leaves_nothing_at_the_path(tmp_path):
+    fits_path = crop_minicube(tmp_path / "c.fits")
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(fits_path.read_bytes()[: fits_path.stat().st_size * 2 // 3])  # a download cut short
+    out = tmp_path / "c.zarr"
+    with pytest.raises(CubeError, match="truncated or damaged"):
+        ingest_muse_fits(cut, out, redshift=0.086, chunk=4)
+    assert not out.exists() and not staging_path(out).exists()
+
+
 # -- 4. the content of the input in the run signature -----------------------------------------------
+
+
+def test_a_cube_ingested_again_with_other_data_is_run_again(tmp_path):
+    fits_path, cube, maps = tmp_path / "c.fits", tmp_path / "c.zarr", tmp_path / "c.maps.zarr"
+    crop_minicube(fits_path, slice(0, 8), slice(0, 8))
+    ingest_muse_fits(fits_path, cube, redshift=0.086, chunk=4)
+    first = run(RunConfig(cube=str(cube), out=str(maps), cluster="none", progress=False))
+    v1, snr1 = content_fingerprint(cube), xr.open_zarr(maps).snr.values
+    assert xr.open_zarr(maps).attrs["input_fingerprint"] == v1
+    crop_minicube(fits_path, slice(16, 24), slice(16, 24))  # v2: the same file name, other spaxels
+    ingest_muse_fits(fits_path, cube, redshift=0.086, chunk=4)
+    assert content_fingerprint(cube) != v1
+    with pytest.raises(CubeError, match="holds maps of another run"):
+        run(RunConfig(cube=str(cube), out=str(maps), cluster="none", progress=False))
+    second = run(RunConfig(cube=str(cube), out=str(maps), cluster="none", progress=False, overwrite=True))
+    assert second.regions_run == first.regions_run == 4
+    assert not np.array_equal(xr.open_zarr(maps).snr.values, snr1, equal_nan=True)
 
 
 def test_foreign_stores_are_fingerprinted_from_their_chunks_and_still_run(cube_copy, tmp_path):
@@ -81,3 +112,19 @@ def test_foreign_stores_are_fingerprinted_from_their_chunks_and_still_run(cube_c
         RunConfig(cube=str(cube_copy), out=str(tmp_path / "m.zarr"), cluster="none", progress=False, overwrite=True)
     )
     assert again.regions_run == 4
+
+
+def test_copies_made_with_xarray_stay_valid(tmp_path):
+    """xarray leaves out chunks equal to the fill value (an all-good mask): the recorded CRC-32 still
+    holds, so the copy is valid; a subset keeps bookkeeping that no longer fits and is checked as
+    stores without it are."""
+    cube = tmp_path / "c.zarr"
+    ingest_muse_fits(crop_minicube(tmp_path / "c.fits"), cube, redshift=0.086, chunk=4)
+    assert not missing_chunks(zarr.open_group(str(cube))["mask"])  # survey-proc stores every chunk
+    ds = xr.open_zarr(cube)
+    ds.to_zarr(tmp_path / "copy.zarr", zarr_format=3, consolidated=False)
+    assert missing_chunks(zarr.open_group(str(tmp_path / "copy.zarr"))["mask"])  # all-good chunks left out
+    assert data_problems(tmp_path / "copy.zarr") == []
+    ds.isel(y=slice(0, 6)).to_zarr(tmp_path / "part.zarr", zarr_format=3, consolidated=False)
+    assert data_problems(tmp_path / "part.zarr") == []
+    assert content_fingerprint(tmp_path / "part.zarr") != content_fingerprint(cube)

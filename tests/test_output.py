@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import crop_minicube
 
 from survey_proc.cli import main
 from survey_proc.engine import RunConfig, run
@@ -51,6 +52,15 @@ def test_mock_refuses_a_folder_that_is_not_a_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a survey-proc store (a folder of 1 entry)" in err and "choose another output path" in err
     assert (precious / "data.txt").read_text() == "years of work"
+
+
+def test_ingest_refuses_the_folder_that_holds_its_input(tmp_path, monkeypatch, capsys):
+    crop_minicube(tmp_path / "X.fits", slice(0, 4), slice(0, 4))
+    (tmp_path / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "X.fits", ".", "--redshift", "0.086", "--quiet"]) == 2
+    assert "the output . holds the input X.fits" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.fits", "notes.txt"]
 
 
 def test_run_refuses_to_write_over_its_input_cube(cube_copy, tmp_path):

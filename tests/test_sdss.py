@@ -112,7 +112,7 @@ def test_ingest_refuses_bad_files(tmp_path, real_files):
     with pytest.raises(CubeError, match="no redshift in the file"):
         ingest_sdss_spectra([no_z], tmp_path / "b.zarr")
     info = ingest_sdss_spectra([no_z], tmp_path / "c.zarr", redshift=0.0037)
-    assert info["redshift"] == (0.0037, 0.0037)
+    assert info.redshift == (0.0037, 0.0037)
     with pytest.raises(CubeError, match="not on the SDSS log10 grid"):
         ingest_sdss_spectra([off_grid], tmp_path / "d.zarr")
     with pytest.raises(CubeError, match="no such FITS file"):

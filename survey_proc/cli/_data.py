@@ -176,15 +176,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from survey_proc.stores import ingest_muse_fits
 
     chunk = args.chunk or config.get("ingest.rows-per-chunk")
-    info = ingest_muse_fits(
-        args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm, chunk=chunk, progress=not args.quiet
-    )
-    ny, nx, nw = info["shape"]
-    z = "not set (give --redshift to run)" if info["redshift"] is None else f"{info['redshift']:g}"
+    info = ingest_muse_fits(args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm, chunk=chunk)
+    ny, nx, nw = info.shape
+    z = "not set (give --redshift to run)" if info.redshift is None else f"{info.redshift:g}"
     print(
-        f"ingested {args.fits}: {ny} x {nx} spaxels x {nw} wavelengths ({info['wave'][0]:.1f}-"
-        f"{info['wave'][1]:.1f} A, {info['medium']}), {info['masked_fraction']:.2%} of pixels masked, "
-        f"redshift {z}; written to {args.out} in {info['seconds']:.1f} s"
+        f"ingested {args.fits}: {ny} x {nx} spaxels x {nw} wavelengths ({info.wave[0]:.1f}-"
+        f"{info.wave[1]:.1f} A, {info.medium}), {info.masked_fraction:.2%} of pixels masked, "
+        f"redshift {z}; written to {args.out} in {info.seconds:.1f} s"
     )
     return 0
 
@@ -207,12 +205,12 @@ def cmd_ingest_spectra(args: argparse.Namespace) -> int:
     from survey_proc.stores import ingest_sdss_spectra
 
     chunk = args.chunk or config.get("ingest.spectra-per-chunk")
-    info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=chunk, progress=not args.quiet)
+    info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=chunk)
     print(
-        f"ingested {info['spectra']} SDSS spectra x {info['wavelengths']} wavelengths ({info['wave'][0]:.1f}-"
-        f"{info['wave'][1]:.1f} A, {info['medium']}), z {info['redshift'][0]:.4f}-{info['redshift'][1]:.4f}, "
-        f"{info['masked_fraction_covered']:.2%} of covered pixels masked; written to {args.out} in "
-        f"{info['seconds']:.1f} s ({info['spectra'] / max(info['seconds'], 1e-9):.0f} spectra/s)"
+        f"ingested {info.spectra} SDSS spectra x {info.wavelengths} wavelengths ({info.wave[0]:.1f}-"
+        f"{info.wave[1]:.1f} A, {info.medium}), z {info.redshift[0]:.4f}-{info.redshift[1]:.4f}, "
+        f"{info.masked_fraction_covered:.2%} of covered pixels masked; written to {args.out} in "
+        f"{info.seconds:.1f} s ({info.spectra / max(info.seconds, 1e-9):.0f} spectra/s)"
     )
     return 0
 

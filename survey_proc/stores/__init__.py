@@ -32,7 +32,7 @@ from survey_proc.stores._fill import (
     finish_store,
     write_store,
 )
-from survey_proc.stores._fits import ingest_muse_fits
+from survey_proc.stores._fits import IngestedCube, ingest_muse_fits
 from survey_proc.stores._inputs import open_input_store
 from survey_proc.stores._integrity import (
     FINGERPRINT_ATTR,
@@ -91,7 +91,7 @@ from survey_proc.stores._regions import (
     verify_regions,
     with_region_arrays,
 )
-from survey_proc.stores._sdss import SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
+from survey_proc.stores._sdss import IngestedSpectra, SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
 
 __all__ = [
     "BAND_DIM",
@@ -112,6 +112,8 @@ __all__ = [
     "STORE_MARKER",
     "ZP_NJY",
     "Flag",
+    "IngestedCube",
+    "IngestedSpectra",
     "OutputPathError",
     "Region",
     "RegionWriteError",
