@@ -9,7 +9,7 @@ import zarr
 
 from survey_proc.errors import CubeError
 from survey_proc.ssp import EMILES_FWHM, load_filters
-from survey_proc.stores import create_photometry_store, open_photometry_store
+from survey_proc.stores import OutputPathError, create_photometry_store, open_photometry_store
 from survey_proc.synth import (
     C_ANGSTROM_S,
     MockConfig,
@@ -26,6 +26,11 @@ from survey_proc.synth import (
 )
 
 WAVE = np.arange(2800.0, 11500.0, 0.7)
+
+
+def ph_done(path) -> bool:
+    """Every region of a photometric store written and verified (4 regions of 4 x 4 pixels here)."""
+    return bool(zarr.open_group(str(path), mode="r")["region_done"][...].all())
 
 
 @pytest.mark.parametrize("name", ["jpas", "sdss"])
@@ -110,10 +115,11 @@ def test_photometry_of_a_wide_cube_matches_the_mock_photometry_of_the_same_galax
     cfg = MockConfig(nx=8, ny=8, seed=3, snr=20.0, chunk=4, wave_start=3650.0, wave_stop=7450.0)
     write_mock(tmp_path / "wide.zarr", cfg, ssp_lib)
     filters = load_filters("jpas36")
-    info = photometry_from_store(
-        tmp_path / "wide.zarr", filters, tmp_path / "p.zarr", cluster="local", workers=2, progress=False
-    )
-    assert info["spectra"] == 64 and info["truth"] and not info["bands_short_of_coverage"]
+    with pytest.raises(OutputPathError, match="is the input"):  # never over its input
+        photometry_from_store(tmp_path / "wide.zarr", filters, tmp_path / "wide.zarr", cluster="none")
+    info = photometry_from_store(tmp_path / "wide.zarr", filters, tmp_path / "p.zarr", cluster="local", workers=2)
+    assert info.spectra == 64 and info.truth and not info.bands_short_of_coverage
+    assert ph_done(tmp_path / "p.zarr") and info.regions_resumed == 0
     ph = open_photometry_store(tmp_path / "p.zarr")
     assert ph.attrs["filter_set"] == "jpas36" and ph.flux.encoding["chunks"] == (4, 4, 36)
     _, flux, _, _ = mock_band_fluxes(cfg, ssp_lib, filters, noise=False)

@@ -98,10 +98,10 @@ def _mock_photometry(args: argparse.Namespace, cfg) -> int:
     cfg.psf_fwhm_pixels = args.psf_fwhm or 0.0
     info = write_mock_photometry(args.out, cfg, _filters(args.photometry))
     print(
-        f"mock photometry {cfg.ny} x {cfg.nx} pixels x {info['bands']} {args.photometry} bands (S/N {cfg.snr:g} "
+        f"mock photometry {cfg.ny} x {cfg.nx} pixels x {info.bands} {args.photometry} bands (S/N {cfg.snr:g} "
         f"per A at the brightest pixel, integrated over each band; z = {cfg.redshift:g}, seed {cfg.seed}) "
         f"written to {args.out} in "
-        f"{info['seconds']:.1f} s; truth maps in its group 'truth' (the same galaxy `survey-proc mock` "
+        f"{info.seconds:.1f} s; truth maps in its group 'truth' (the same galaxy `survey-proc mock` "
         "makes with these options)"
     )
     return 0
@@ -145,15 +145,14 @@ def cmd_photometry(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         workers=args.workers,
         mask_sky=not args.keep_sky_lines,
-        progress=not args.quiet,
     )
-    short = info["bands_short_of_coverage"]
+    short = info.bands_short_of_coverage
     print(
-        f"synthetic photometry: {info['spectra']} spectra x {info['bands']} {args.filters} bands in "
-        f"{info['seconds']:.1f} s ({info['spectra_per_s']:,.0f} spectra/s, cluster start-up excluded) "
+        f"synthetic photometry: {info.spectra} spectra x {info.bands} {args.filters} bands in "
+        f"{info.seconds:.1f} s ({info.spectra_per_s:,.0f} spectra/s, cluster start-up excluded) "
         f"written to {args.out}"
         + (f"; masked everywhere for lack of wavelength coverage: {', '.join(short)}" if short else "")
-        + ("; truth maps copied to its group 'truth'" if info["truth"] else "")
+        + ("; truth maps copied to its group 'truth'" if info.truth else "")
     )
     return 0
 

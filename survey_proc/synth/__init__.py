@@ -13,7 +13,14 @@ from survey_proc.synth._mock import (
     truth_values,
 )
 from survey_proc.synth._mock_store import MOCK_FLUX_UNITS, MockCube, MockRegions, NoiseModel, write_mock
-from survey_proc.synth._phot_store import mock_band_fluxes, photometry_from_store, write_mock_photometry
+from survey_proc.synth._phot_store import (
+    BandIntegrals,
+    MockPhotometry,
+    SyntheticPhotometry,
+    mock_band_fluxes,
+    photometry_from_store,
+    write_mock_photometry,
+)
 from survey_proc.synth._photometry import (
     C_ANGSTROM_S,
     BandPhotometry,
@@ -55,15 +62,18 @@ __all__ = [
     "LINE_SETS",
     "MOCK_FLUX_UNITS",
     "SKY_LINES",
+    "BandIntegrals",
     "BandPhotometry",
     "GalaxyMaps",
     "GalaxyParams",
     "MockConfig",
     "MockCube",
+    "MockPhotometry",
     "MockRegions",
     "NoiseModel",
     "PhotometrySynthesiser",
     "Synthesiser",
+    "SyntheticPhotometry",
     "ab_magnitude",
     "age_bin_widths",
     "band_noise",

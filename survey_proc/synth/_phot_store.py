@@ -1,33 +1,46 @@
 """Photometric stores from cubes (synthetic photometry on Dask) and mock photometry with truth.
 
+Both write through :func:`survey_proc.stores.write_store` (one region per spatial chunk: verified,
+resumable, the store renamed into place once complete):
+
 - :func:`photometry_from_store`: every spectrum of a cube or catalogue integrated through a filter
-  set, one Dask task per stored chunk (``xarray.apply_ufunc`` over the spatial chunks, the
-  spectral axis whole), written to a photometric store beside which the curves are kept; a mock's
-  truth group is copied along.
+  set, one Dask task per stored chunk (:class:`BandIntegrals`: the worker reads the region, the
+  spectral axis whole, and commits its photometry), written to a photometric store beside which
+  the curves are kept; a mock's truth group is copied along.
 - :func:`write_mock_photometry`: the mock galaxy of a :class:`MockConfig` (the very galaxy and truth
   :func:`write_mock` makes for the same config) observed through a filter set, noise per band.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
+from scipy.ndimage import gaussian_filter
 
+from survey_proc import __version__, config
+from survey_proc.cluster import make_client
 from survey_proc.ssp import FilterSet, SSPLibrary, load_ssp_library
 from survey_proc.stores import (
-    FLUX_UNITS,
-    consolidate,
-    create_photometry_store,
-    filter_dataset,
+    SPECTRAL_DIM,
+    Region,
+    check_output,
+    content_fingerprint,
     lsf_fwhm_at,
+    make_regions,
     open_spectral_store,
+    photometry_template,
+    read_arrays,
+    run_signature,
     spatial_dims,
-    write_region,
+    with_region_arrays,
+    write_store,
 )
 from survey_proc.synth._mock import MockConfig, galaxy_maps, truth_dataset
 from survey_proc.synth._photometry import (
@@ -41,17 +54,65 @@ from survey_proc.synth._photometry import (
 
 #: attributes of a cube that a photometric store made from it keeps
 _KEPT_ATTRS = ("redshift", "pixel_scale_arcsec", "instrument", "source", "mock_config", "ssp_library")
+#: the arrays each region of a photometric store writes
+_NAMES = ("flux", "var", "mask", "mag", "mag_err")
 
 
-def _copy_truth(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-    """Copy a mock's ``truth`` group; False if ``src`` has none."""
-    import zarr
+@dataclass(frozen=True)
+class SyntheticPhotometry:
+    """What :func:`photometry_from_store` wrote."""
 
-    if "truth" not in zarr.open_group(str(src), mode="r"):
-        return False
-    truth = xr.open_zarr(src, group="truth", consolidated=False)
-    truth.to_zarr(dst, group="truth", mode="w", zarr_format=3, consolidated=False)
-    return True
+    path: str
+    spectra: int
+    bands: int
+    seconds: float
+    spectra_per_s: float  #: over the regions computed, cluster start-up excluded
+    bands_short_of_coverage: list[str]  #: masked everywhere: the spectra do not cover them
+    truth: bool  #: a mock's truth maps were copied along
+    regions_resumed: int = 0  #: regions an earlier, cut-short write had finished
+
+
+@dataclass(frozen=True)
+class MockPhotometry:
+    """What :func:`write_mock_photometry` wrote."""
+
+    path: str
+    pixels: int
+    bands: int
+    seconds: float
+    r_e_spaxel: float
+
+
+@dataclass(frozen=True)
+class BandIntegrals:
+    """Synthetic photometry of one region of a cube or catalogue (the ``compute`` of its regions;
+    small and picklable, so it runs on Dask workers, which read the region themselves)."""
+
+    cube: str
+    wave: np.ndarray
+    filters: FilterSet
+    unit: float  #: the cube's flux unit, erg/s/cm2/A
+    sky: np.ndarray  #: (nwave,) pixels left out of the band integrals (bright sky lines)
+    min_coverage: float
+    max_masked: float
+
+    def __call__(self, region: Region) -> dict[str, np.ndarray]:
+        read = read_arrays(self.cube, ["flux", "var", "mask"], region.block)
+        flux, var, mask = read["flux"], read["var"], read["mask"]
+        shape, nwave = flux.shape[:-1], flux.shape[-1]
+        ph = synthetic_photometry(
+            flux.reshape(-1, nwave),
+            var.reshape(-1, nwave),
+            mask.reshape(-1, nwave) | self.sky[None, :],
+            self.wave,
+            self.filters,
+            self.unit,
+            self.min_coverage,
+            self.max_masked,
+        )
+        mag, err = ph.ab()
+        values = (ph.flux, ph.var, ph.mask, mag.astype(np.float32), err.astype(np.float32))
+        return {name: a.reshape(*shape, len(self.filters)) for name, a in zip(_NAMES, values)}
 
 
 def photometry_from_store(
@@ -64,104 +125,91 @@ def photometry_from_store(
     min_coverage: float = 0.99,
     max_masked: float = 0.2,
     mask_sky: bool = True,
-    progress: bool = True,
-) -> dict:
+) -> SyntheticPhotometry:
     """Synthetic photometry of every spectrum of ``cube`` through ``filters``, written to ``out``.
 
+    One region per stored chunk of the cube, computed on the Dask client of ``cluster`` (default
+    ``survey-proc.run.cluster``; ``none``: here) and written by the worker that computed it.
     ``mask_sky`` leaves the pixels within 2 FWHM of the bright night-sky lines (:data:`SKY_LINES`) out
     of the band integrals, as the spectral models mask them: IFU sky-subtraction residuals there would
     otherwise bias the narrow bands that hold them by several per cent in faint pixels.
-    Returns a summary dict (spectra, seconds, spectra/s, bands masked for coverage, output path).
     """
-    from survey_proc import __version__
-    from survey_proc.cluster import make_client
-    from survey_proc.config import get
-
     t0 = time.perf_counter()
     ds = open_spectral_store(cube, require_redshift=False)
     dims = spatial_dims(ds)
     wave = np.asarray(ds["wave"].values, np.float64)
-    unit = flux_unit_cgs(str(ds["flux"].attrs["units"]))
-    nb = len(filters)
     sky = sky_line_windows(wave, lsf_fwhm_at(ds)) if mask_sky else np.zeros(wave.size, bool)
-
-    def block(flux: np.ndarray, var: np.ndarray, mask: np.ndarray):
-        shape = flux.shape[:-1]
-        ph = synthetic_photometry(
-            flux.reshape(-1, flux.shape[-1]),
-            var.reshape(-1, var.shape[-1]),
-            mask.reshape(-1, mask.shape[-1]) | sky[None, :],
-            wave,
-            filters,
-            unit,
-            min_coverage,
-            max_masked,
-        )
-        mag, err = ph.ab()
-        return tuple(
-            a.reshape(*shape, nb) for a in (ph.flux, ph.var, ph.mask, mag.astype(np.float32), err.astype(np.float32))
-        )
-
-    outs = xr.apply_ufunc(
-        block,
-        ds["flux"],
-        ds["var"],
-        ds["mask"],
-        input_core_dims=[["wave"]] * 3,
-        output_core_dims=[["band"]] * 5,
-        dask="parallelized",
-        output_dtypes=[np.float32, np.float32, bool, np.float32, np.float32],
-        dask_gufunc_kwargs={"output_sizes": {"band": nb}},
+    compute = BandIntegrals(
+        str(cube), wave, filters, flux_unit_cgs(str(ds["flux"].attrs["units"])), sky, min_coverage, max_masked
     )
     coverage = synthetic_photometry(np.zeros((1, wave.size)), None, None, wave, filters).coverage
-    names = ("flux", "var", "mask", "mag", "mag_err")
-    attrs = {
-        "flux": {"units": FLUX_UNITS, "long_name": "band flux density f_nu (AB system)"},
-        "var": {"units": f"{FLUX_UNITS}**2", "long_name": "variance of flux"},
-        "mask": {"long_name": "bad band measurement (True = do not use)"},
-        "mag": {"units": "mag", "long_name": "AB magnitude (NaN where flux <= 0)"},
-        "mag_err": {"units": "mag", "long_name": "1-sigma uncertainty of the AB magnitude"},
-    }
-    result = xr.Dataset({n: o.transpose(*dims, "band").assign_attrs(attrs[n]) for n, o in zip(names, outs)})
-    fds = filter_dataset(filters)
-    result = result.assign_coords(band=fds["band"]).merge(fds)
-    result = result.drop_vars([c for c in ("wave",) if c in result.coords])
-    result.attrs = {
-        **fds.attrs,
+    sizes = {d: ds.sizes[d] for d in dims}
+    chunks = {d: int(max(ds["flux"].chunks[i])) for i, d in enumerate(ds["flux"].dims) if d in dims}
+    template = _photometry_of(ds, filters, sizes, chunks, _attrs(ds, cube, filters, mask_sky, coverage))
+    identity = {"content": content_fingerprint(cube), "filters": _filters_id(filters), "mask_sky": mask_sky}
+    identity |= {"min_coverage": min_coverage, "max_masked": max_masked, "software": __version__}
+    truth = _truth(cube)
+    with make_client(cluster or config.get("run.cluster"), workers, 1) as client:
+        t_compute = time.perf_counter()
+        written = write_store(
+            out,
+            with_region_arrays(template, sizes, chunks),
+            make_regions(sizes, chunks),
+            compute,
+            signature=run_signature(identity),
+            what="photometry",
+            names=list(_NAMES),
+            inputs=[cube],
+            groups={"truth": truth} if truth is not None else None,
+            client=client,
+            desc="photometry",
+        )
+        compute_seconds = time.perf_counter() - t_compute
+    n = int(np.prod(list(sizes.values())))
+    return SyntheticPhotometry(
+        path=str(out),
+        spectra=n,
+        bands=len(filters),
+        seconds=time.perf_counter() - t0,
+        spectra_per_s=n / compute_seconds,
+        bands_short_of_coverage=[b for b, c in zip(filters.bands, coverage) if c < min_coverage],
+        truth=truth is not None,
+        regions_resumed=written.resumed,
+    )
+
+
+def _filters_id(filters: FilterSet) -> str:
+    """The identity of a filter set: its name, bands and curves."""
+    h = hashlib.sha256(f"{filters.name}{filters.bands}".encode())
+    h.update(np.ascontiguousarray(filters.wave).tobytes() + np.ascontiguousarray(filters.response).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _truth(cube: str | os.PathLike) -> xr.Dataset | None:
+    """A mock's ``truth`` group, to be copied along (None if the cube has none)."""
+    if "truth" not in zarr.open_group(str(cube), mode="r"):
+        return None
+    return xr.open_zarr(cube, group="truth", consolidated=False)
+
+
+def _photometry_of(
+    ds: xr.Dataset, filters: FilterSet, sizes: dict[str, int], chunks: dict[str, int], attrs: dict
+) -> xr.Dataset:
+    """The template of the photometry of ``ds``: its spatial coordinates kept, the curves beside."""
+    # loaded: the template's lazy arrays are never computed, its NumPy ones are written with it
+    coords = {k: v.variable.compute() for k, v in ds["flux"].coords.items() if SPECTRAL_DIM not in v.dims}
+    template = photometry_template(spatial=sizes, filters=filters, attrs=attrs, chunk=chunks, coords=coords)
+    return template.drop_vars([c for c in (SPECTRAL_DIM,) if c in template.coords])
+
+
+def _attrs(ds: xr.Dataset, cube: str | os.PathLike, filters: FilterSet, mask_sky: bool, coverage) -> dict:
+    return {
         "photometric_system": "AB",
         **{k: ds.attrs[k] for k in _KEPT_ATTRS if k in ds.attrs},
         "synthetic_photometry_of": str(Path(cube).resolve()),
         "sky_lines_masked": int(mask_sky),
         "band_coverage": [float(c) for c in coverage],
         "software": f"survey-proc {__version__}",
-    }
-    chunks = {d: int(max(ds["flux"].chunks[i])) for i, d in enumerate(ds["flux"].dims) if d in dims}
-    encoding = {n: {"chunks": (*tuple(chunks[d] for d in dims), nb)} for n in names}
-    delayed = result.to_zarr(out, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
-    with make_client(cluster or get("run.cluster"), workers, 1) as client:
-        t_compute = time.perf_counter()
-        if client is None:
-            delayed.compute(scheduler="synchronous")
-        else:
-            future = client.compute(delayed)
-            if progress:
-                from distributed import progress as show
-
-                show(future)
-            future.result()
-        compute_seconds = time.perf_counter() - t_compute
-    truth = _copy_truth(cube, out)
-    consolidate(out)
-    n = int(np.prod([ds.sizes[d] for d in dims]))
-    seconds = time.perf_counter() - t0
-    return {
-        "path": str(out),
-        "spectra": n,
-        "bands": nb,
-        "seconds": seconds,
-        "spectra_per_s": n / compute_seconds,
-        "bands_short_of_coverage": [b for b, c in zip(filters.bands, coverage) if c < min_coverage],
-        "truth": truth,
     }
 
 
@@ -171,21 +219,23 @@ def write_mock_photometry(
     filters: FilterSet,
     lib: SSPLibrary | None = None,
     synthesiser: PhotometrySynthesiser | None = None,
-) -> dict:
+) -> MockPhotometry:
     """Photometric store of the mock galaxy of ``cfg`` through ``filters``, with its truth maps.
 
     The galaxy, its populations and truth are those :func:`~survey_proc.synth.write_mock` builds
     for the same config; fluxes come from :class:`PhotometrySynthesiser` (nebular lines included),
     noise per band from the cube's noise model (:func:`band_noise`: S/N ``cfg.snr`` per Angstrom at the
     brightest spaxel, integrated over each band), and a fraction ``cfg.bad_pixel_fraction`` of
-    measurements masked.
+    measurements masked. The whole galaxy is made at once (a seeing blurs across regions), then
+    written region by region through :func:`~survey_proc.stores.write_store`.
     """
-    from survey_proc import __version__
-
     t0 = time.perf_counter()
+    cfg.check()
+    check_output(path, what="photometry")  # before the galaxy is made
     lib = lib or load_ssp_library()
     maps, flux, var, mask = mock_band_fluxes(cfg, lib, filters, synthesiser)
-    truth = truth_dataset(maps, lib, cfg)
+    mag, err = ab_magnitude(flux, var)
+    arrays = {"flux": flux, "var": var, "mask": mask, "mag": mag.astype(np.float32), "mag_err": err.astype(np.float32)}
     attrs = {
         "redshift": cfg.redshift,
         "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
@@ -196,22 +246,22 @@ def write_mock_photometry(
         "mock_config": str(asdict(cfg)),
         "ssp_library": lib.provenance.get("source", "E-MILES"),
     }
-    create_photometry_store(path, spatial={"y": cfg.ny, "x": cfg.nx}, filters=filters, attrs=attrs, chunk=cfg.chunk)
-    truth.to_zarr(path, group="truth", mode="w", zarr_format=3, consolidated=False)
-    mag, err = ab_magnitude(flux, var)
-    write_region(
+    sizes, chunks = {"y": cfg.ny, "x": cfg.nx}, {"y": cfg.chunk, "x": cfg.chunk}
+    template = photometry_template(spatial=sizes, filters=filters, attrs=attrs, chunk=cfg.chunk)
+    identity = {"mock": asdict(cfg), "filters": _filters_id(filters), "library": lib.provenance.get("sha256")}
+    identity["software"] = __version__
+    write_store(
         path,
-        {},
-        {"flux": flux, "var": var, "mask": mask, "mag": mag.astype(np.float32), "mag_err": err.astype(np.float32)},
+        with_region_arrays(template, sizes, chunks),
+        make_regions(sizes, chunks),
+        lambda region: {name: a[region.block] for name, a in arrays.items()},
+        signature=run_signature(identity),
+        what="photometry",
+        names=list(_NAMES),
+        groups={"truth": truth_dataset(maps, lib, cfg)},
+        desc="mock regions",
     )
-    consolidate(path)
-    return {
-        "path": str(path),
-        "pixels": cfg.nx * cfg.ny,
-        "bands": len(filters),
-        "seconds": time.perf_counter() - t0,
-        "r_e_spaxel": maps.r_e,
-    }
+    return MockPhotometry(str(path), cfg.nx * cfg.ny, len(filters), time.perf_counter() - t0, maps.r_e)
 
 
 def mock_band_fluxes(
@@ -239,8 +289,6 @@ def mock_band_fluxes(
     )
     shape = (cfg.ny, cfg.nx, len(filters))
     if cfg.psf_fwhm_pixels > 0:  # seeing: every band image blurred by the same Gaussian
-        from scipy.ndimage import gaussian_filter
-
         sigma = cfg.psf_fwhm_pixels / 2.3548
         flux = gaussian_filter(flux.reshape(shape), (sigma, sigma, 0), mode="constant").reshape(flux.shape)
     var = band_noise(flux, filters, cfg.snr, cfg.sky_fraction, cfg.peak_flux)

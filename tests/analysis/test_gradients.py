@@ -195,7 +195,6 @@ def test_gradients_recovered_from_a_mock_cube(tmp_path, ssp_lib):
         tmp_path / "phot.zarr",
         cluster="local",
         workers=2,
-        progress=False,
     )
     run(
         RunConfig(
