@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import xarray as xr
 from astropy.io import fits
@@ -119,3 +120,16 @@ def test_a_read_only_output_folder_is_named(tmp_path, capsys):
     finally:
         subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
         folder.chmod(0o755)
+
+
+def test_run_over_the_bins_of_the_real_minicube(tmp_path, capsys):
+    """The bins of a real cube carry pixel_ra/pixel_dec; the pixel maps keep them."""
+    pytest.importorskip("vorbin")
+    from survey_proc.stores import MINICUBE_REDSHIFT, muse_minicube
+
+    cube, bins = tmp_path / "mini.zarr", tmp_path / "bins.zarr"
+    assert main(["ingest", str(muse_minicube()), str(cube), "--redshift", str(MINICUBE_REDSHIFT), "--quiet"]) == 0
+    assert main(["bin", str(cube), str(bins), "--quiet"]) == 0
+    assert main(["run", "--cube", str(bins), "--cluster", "none", "--quiet"]) == 0, capsys.readouterr().err
+    pixels = xr.open_zarr(tmp_path / "bins.maps.zarr", group="pixels")
+    np.testing.assert_array_equal(pixels.ra.values, xr.open_zarr(cube).ra.values)

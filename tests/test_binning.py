@@ -17,7 +17,7 @@ from survey_proc.binning import (
     voronoi_bins,
 )
 from survey_proc.errors import CubeError
-from survey_proc.stores import Flag, open_spectral_store
+from survey_proc.stores import Flag, OutputPathError, open_spectral_store
 
 
 def test_coadd_sums_good_pixels_and_scales_for_bad_ones():
@@ -79,10 +79,10 @@ def binned(mock16, tmp_path_factory):
 def test_binned_catalogue_follows_the_schema(binned, mock16):
     out, info = binned
     cat = open_spectral_store(out)
-    assert cat["flux"].dims == ("object", "wave") and cat.sizes["object"] == info["bins"]
-    assert 4 <= info["bins"] < 200 and info["left_out"] > 0  # the faint outskirts are below S/N 8
+    assert cat["flux"].dims == ("object", "wave") and cat.sizes["object"] == info.bins
+    assert 4 <= info.bins < 200 and info.left_out > 0  # the faint outskirts are below S/N 8
     bin_id = cat.bin_id.values
-    assert bin_id.shape == (16, 16) and bin_id.max() + 1 == info["bins"]
+    assert bin_id.shape == (16, 16) and bin_id.max() + 1 == info.bins
     assert (np.bincount(bin_id[bin_id >= 0]) == cat.bin_npix.values).all()
     assert json.loads(cat.attrs["binning"])["target_snr"] == 30.0
     assert (cat.redshift.values == xr.open_zarr(mock16).attrs["redshift"]).all()
@@ -98,13 +98,26 @@ def test_binned_catalogue_follows_the_schema(binned, mock16):
     np.testing.assert_allclose(cat["var"].values[b][clean], var.sum(0)[clean], rtol=1e-5)
 
 
+def test_bins_committed_region_by_region_equal_one_region(binned, mock16, tmp_path):
+    """Bins are committed (and verified) as each chunk of bins completes; the chunking changes nothing."""
+    out, info = binned
+    small = tmp_path / "b5.zarr"
+    bin_cube(mock16, small, BinConfig(target_snr=30.0, min_snr=8.0, objects_per_chunk=5))
+    a, b = xr.open_zarr(out), xr.open_zarr(small)
+    assert b.region_done.size == -(-info.bins // 5) and b.region_done.values.all()
+    for name in ("flux", "var", "mask", "bin_id", "bin_snr"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    with pytest.raises(OutputPathError, match="is the input"):
+        bin_cube(mock16, mock16, BinConfig(overwrite=True))
+
+
 def test_run_over_bins_writes_maps_on_the_pixel_grid(binned, run_model, tmp_path):
     from survey_proc.engine import RunConfig, run
 
     out, info = binned
     maps_path = tmp_path / "bins.maps.zarr"
     summary = run(RunConfig(cube=str(out), out=str(maps_path), model=run_model, workers=2, progress=False))
-    assert summary.spectra == info["bins"] and summary.verified and summary.pixel_maps == "pixels"
+    assert summary.spectra == info.bins and summary.verified and summary.pixel_maps == "pixels"
     per_bin = xr.open_zarr(maps_path)
     pixels = xr.open_zarr(maps_path, group="pixels")
     bin_id = pixels.bin_id.values

@@ -50,7 +50,8 @@ def write_pixel_maps(catalogue: str, maps_path: str, names: list[str]) -> str:
     coords = {}
     for c in ("pixel_ra", "pixel_dec"):
         if c in cat:
-            coords[c[len("pixel_") :]] = (("y", "x"), np.asarray(cat[c][...]), dict(cat[c].attrs))
+            attrs = {k: v for k, v in cat[c].attrs.items() if k != "_FillValue"}  # zarr's encoding, not an attribute
+            coords[c[len("pixel_") :]] = (("y", "x"), np.asarray(cat[c][...]), attrs)
     maps = xr.open_zarr(maps_path, consolidated=False)
     template = _pixel_template(maps, names, bin_id.astype(np.int32), (cy, cx), coords)
     enc = {n: {"chunks": tuple(int(max(c)) for c in template[n].chunks)} for n in names}

@@ -252,13 +252,13 @@ def cmd_bin(args: argparse.Namespace) -> int:
         objects_per_chunk=args.chunk,
         overwrite=args.overwrite,
     )
-    info = bin_cube(args.cube, args.out, cfg, progress=not args.quiet)
+    info = bin_cube(args.cube, args.out, cfg)
     png = plot_bins(info, Path(args.out).with_suffix(".bins.png"), title=f"{args.cube}: Voronoi bins")
     print(
-        f"{info['spaxels']} spaxels -> {info['bins']} bins at target S/N {cfg.resolved().target_snr:g} per A "
-        f"(median expected bin S/N {info['median_bin_snr']:.1f}; {info['single_spaxel_bins']} single-spaxel "
-        f"bins; largest {info['max_spaxels_per_bin']} spaxels; {info['left_out']} spaxels below the minimum "
-        f"S/N left out) in {info['seconds']:.1f} s\n"
+        f"{info.spaxels} spaxels -> {info.bins} bins at target S/N {cfg.resolved().target_snr:g} per A "
+        f"(median expected bin S/N {info.median_bin_snr:.1f}; {info.single_spaxel_bins} single-spaxel "
+        f"bins; largest {info.max_spaxels_per_bin} spaxels; {info.left_out} spaxels below the minimum "
+        f"S/N left out) in {info.seconds:.1f} s\n"
         f"catalogue of bins written to {args.out} (pixel -> bin map: variable 'bin_id'); bin map: {png}\n"
         f"run it with: survey-proc run --cube {args.out}"
     )
