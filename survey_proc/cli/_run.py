@@ -41,9 +41,10 @@ def add_run(sub) -> None:
     )
     r.add_argument(
         "--method",
-        choices=["model", "ppxf"],
+        choices=["model", "ppxf", "fit"],
         help="model: the neural model (--model); ppxf: the pPXF baseline through the same engine "
-        "(maps default to <cube>.ppxf.zarr)",
+        "(maps default to <cube>.ppxf.zarr); fit: pPXF's model fitted in batches in torch, started from the "
+        "network (velocity, sigma, weights, chi2; <cube>.fit.zarr)",
     )
     r.add_argument("--redshift", type=float, help="override the cube's redshift")
     r.add_argument(
@@ -75,11 +76,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cubes = args.cube or []
     _check_cubes(args, cubes)
-    ppxf = args.method == "ppxf"
+    method = args.method or "model"
     base = RunConfig(
         cube="",
         out=args.out,
-        model=_ppxf_model(args.model) if ppxf else args.model,
+        model=args.model if method == "model" else _method_model(method, args.model),
         cluster=args.cluster,
         workers=args.workers,
         redshift=args.redshift,
@@ -88,7 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         device=args.device,
     )
-    kind = "ppxf" if ppxf else "maps"  # <cube>.ppxf.zarr rather than <cube>.maps.zarr
+    kind = "maps" if method == "model" else method  # <cube>.ppxf.zarr, <cube>.fit.zarr
     if len(cubes) == 1 and not args.survey and not args.out_dir:
         print(run(_one_cube(base, cubes[0], kind)).format())
         return 0
@@ -104,15 +105,18 @@ def _check_cubes(args: argparse.Namespace, cubes: list[str]) -> None:
         )
 
 
-def _ppxf_model(model: str | None) -> str:
-    """The bundle ``--method ppxf`` runs: the packaged pPXF configuration, or a copy given with ``--model``."""
+def _method_model(method: str, model: str | None) -> str:
+    """The bundle ``--method ppxf`` or ``--method fit`` runs: the packaged configuration of that name, or a
+    copy of it given with ``--model``."""
     from survey_proc.estimators import load_manifest
 
-    model = model or "ppxf"
+    model = model or method
     estimator = load_manifest(model).estimator
-    if estimator != "ppxf":
+    if estimator != method:
+        what = "pPXF" if method == "ppxf" else "fit"
         raise ModelError(
-            f"--method ppxf with --model {model}: that bundle's estimator is {estimator!r}, not a pPXF configuration"
+            f"--method {method} with --model {model}: that bundle's estimator is {estimator!r}, not a {what} "
+            "configuration"
         )
     return model
 

@@ -26,6 +26,7 @@ PACKAGED_SUMS = PACKAGED / "SHA256SUMS"
 IMPLEMENTATIONS = {
     "torchscript": "survey_proc.estimators._torchscript:TorchScriptEstimator",
     "ppxf": "survey_proc.estimators._ppxf:PPXFEstimator",
+    "fit": "survey_proc.estimators._fit:FitEstimator",
 }
 
 
@@ -135,7 +136,7 @@ def load_manifest(spec: str | Path, trust: bool | None = None) -> Manifest:
     return manifest
 
 
-_LOADING = threading.Lock()
+_LOADING = threading.RLock()  # re-entrant: an estimator may load another (the fit its seed network)
 
 
 @functools.lru_cache(maxsize=8)

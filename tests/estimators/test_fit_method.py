@@ -1,0 +1,125 @@
+"""--method fit: pPXF's model solved in batches in torch, checked against pPXF and the truth (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from survey_proc.estimators import load_estimator
+from survey_proc.stores import Flag
+
+
+def test_batched_nnls_is_scipy_nnls():
+    """The batched active-set NNLS on normal equations gives scipy's NNLS solutions (ill-conditioned,
+    collinear columns like SSP templates included)."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    from survey_proc.estimators._fitcore import nnls
+
+    rng = np.random.default_rng(3)
+    n, k, L = 40, 16, 300
+    base = np.abs(rng.normal(1, 0.3, (k, L))).cumsum(axis=1)
+    a = base + 1e-3 * rng.normal(size=(n, k, L))  # nearly collinear columns
+    truth = np.where(rng.random((n, k)) < 0.4, rng.random((n, k)), 0.0)
+    y = np.einsum("nk,nkl->nl", truth, a) + 1e-2 * rng.normal(size=(n, L))
+    gram = torch.as_tensor(np.einsum("nkl,njl->nkj", a, a))
+    b = torch.as_tensor(np.einsum("nkl,nl->nk", a, y))
+    ours = nnls(gram, b).numpy()
+    for i in range(n):
+        ref, _ = scipy_nnls(a[i].T, y[i])
+        r_ours = np.linalg.norm(a[i].T @ ours[i] - y[i])
+        r_ref = np.linalg.norm(a[i].T @ ref - y[i])
+        assert (ours[i] >= 0).all() and r_ours <= r_ref * (1 + 1e-6) + 1e-9
+
+
+def _observe(ssp_lib, weights, av, v, sigma, snr=80.0, z=0.01):
+    from survey_proc.engine import estimate_region
+    from survey_proc.ssp import muse_lsf_fwhm
+    from survey_proc.synth import Synthesiser
+
+    wave = 4750.0 + 1.25 * np.arange(3681)
+    synth = Synthesiser(ssp_lib, wave, z, muse_lsf_fwhm)
+    flux = synth.observe(weights, np.asarray(av), np.asarray(v), np.asarray(sigma), 100.0)
+    var = (flux / snr) ** 2
+    return flux, var, wave, z, muse_lsf_fwhm(wave), estimate_region
+
+
+def test_one_fit_recovers_known_parameters(ssp_lib):
+    """A single-SSP spectrum with known kinematics and dust, observed like MUSE (as pPXF's own test)."""
+    weights = np.zeros((1, 6, 25))
+    weights[0, 4, 19] = 1.0  # [M/H] = 0, log age = 9.7
+    flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, [0.4], [60.0], [120.0])
+    est = load_estimator("fit", threads=1)
+    found = estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, est, 5.0, lsf)
+    out = found.outputs
+    assert found.flags[0] == 0
+    assert out["velocity"][0] == pytest.approx(60.0, abs=5.0)
+    assert out["sigma"][0] == pytest.approx(120.0, abs=10.0)
+    assert out["av"][0] == pytest.approx(0.4, abs=0.05)
+    assert out["log_age"][0] == pytest.approx(ssp_lib.log_age[19], abs=0.08)
+    assert out["metallicity"][0] == pytest.approx(0.0, abs=0.1)
+    assert out["weights"].shape == (1, 25, 6) and out["weights"][0].sum() == pytest.approx(1.0, abs=1e-5)
+    for name in ("velocity", "sigma", "av", "log_age", "metallicity"):
+        assert 0 < out[f"{name}_err"][0] < {"velocity": 10, "sigma": 10}.get(name, 0.2), name
+
+
+def test_fit_agrees_with_ppxf_on_the_same_spectra(ssp_lib):
+    """Same templates, masks and noise: the fit and pPXF give the same kinematics, dust and weights."""
+    pytest.importorskip("ppxf")
+    rng = np.random.default_rng(11)
+    n = 6
+    weights = np.zeros((n, 6, 25))
+    for i in range(n):
+        for _ in range(3):
+            weights[i, rng.integers(0, 6), rng.integers(5, 25)] += rng.random()
+    av, v, sigma = rng.uniform(0.1, 1.0, n), rng.uniform(-150, 150, n), rng.uniform(60, 250, n)
+    flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, av, v, sigma, snr=60.0)
+    flux = flux + rng.normal(size=flux.shape).astype(np.float32) * np.sqrt(var)
+    mask = np.zeros(flux.shape, bool)
+    fit = estimate_region(flux, var, mask, wave, z, load_estimator("fit", threads=1), 5.0, lsf).outputs
+    ppxf = estimate_region(flux, var, mask, wave, z, load_estimator("ppxf", threads=1), 5.0, lsf).outputs
+    # within a small fraction of the fit's own error: the two solve the same problem (where chi^2 is flat,
+    # along the age-metallicity-dust degeneracy, they may stop at different points of equal chi^2)
+    for name, tol in {"velocity": 2.0, "sigma": 3.0, "av": 0.01, "log_age": 0.02, "metallicity": 0.02}.items():
+        diff = np.abs(fit[name] - ppxf[name])
+        assert (diff < np.maximum(tol, 0.6 * fit[f"{name}_err"])).all(), (name, fit[name], ppxf[name])
+    # the same chi^2 (pPXF divides by the good pixels, the fit by the degrees of freedom)
+    np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01)
+
+
+def test_bad_spectra_are_flagged_never_fitted_silently(ssp_lib):
+    """All masked, NaN everywhere, zero variance: flagged (no data, masked or fit failed), outputs NaN."""
+    weights = np.zeros((4, 6, 25))
+    weights[:, 4, 19] = 1.0
+    flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, [0.3] * 4, [0.0] * 4, [100.0] * 4)
+    mask = np.zeros(flux.shape, bool)
+    mask[0] = True  # all masked
+    flux[1] = np.nan  # no finite flux
+    var[2] = 0.0  # zero variance: no weight anywhere
+    found = estimate_region(flux, var, mask, wave, z, load_estimator("fit", threads=1), 5.0, lsf)
+    for i in range(3):
+        assert found.flags[i] != 0, i
+        assert np.isnan(found.outputs["log_age"][i]) and np.isnan(found.outputs["weights"][i]).all()
+    assert found.flags[3] == 0 and np.isfinite(found.outputs["log_age"][3])
+
+
+def test_run_method_fit_on_a_mock(mock16, tmp_path):
+    """`survey-proc run --method fit`: maps with velocity, errors, chi2 and weights, close to the truth,
+    reduced chi2 near 1 (the noise model is right), errors that cover about 68 % of the truths."""
+    from survey_proc.cli import main
+
+    out = tmp_path / "c.fit.zarr"
+    assert main(["run", "--cube", str(mock16), "--method", "fit", "--out", str(out), "--cluster", "none"]) == 0
+    maps, truth = xr.open_zarr(out), xr.open_zarr(mock16, group="truth")
+    good = maps.flag.values == 0
+    assert good.mean() > 0.8 and maps.attrs["model_estimator"] == "fit"
+    assert 0.8 < np.median(maps.chi2.values[good]) < 1.3
+    for name, bound in {"log_age": 0.12, "metallicity": 0.15, "av": 0.08, "sigma": 12.0, "velocity": 8.0}.items():
+        diff = (maps[name].values - truth[name].values)[good]
+        assert np.median(np.abs(diff)) < bound, name
+        centred = np.abs(diff - np.median(diff))
+        assert 0.45 < np.mean(centred < maps[f"{name}_err"].values[good]) < 0.9, name
+    assert maps["weights"].dims == ("y", "x", "age", "metal")
+    assert Flag.FIT_FAILED.name.lower() in maps.flag.attrs["flag_meanings"]
