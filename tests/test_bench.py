@@ -29,6 +29,8 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
         "16",
         "--ppxf-spectra",
         "4",
+        "--fit-spectra",
+        "16",
         "--workers",
         "1",
         "2",
@@ -45,7 +47,7 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     assert machine["cores"] >= 1 and machine["cpu"]
 
     results = report["results"]
-    assert {r["method"] for r in results} == {"model", "ppxf"}
+    assert {r["method"] for r in results} == {"model", "ppxf", "fit"}
     schema = {
         "method": str,
         "device": str,
@@ -69,6 +71,10 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     ppxf = [r for r in results if r["method"] == "ppxf"]
     assert len(ppxf) == 1 and ppxf[0]["workers"] == 2 and ppxf[0]["spectra"] == 4
     assert isinstance(report["speedup_per_core"], float) and report["speedup_per_core"] > 0
+    fit = [r for r in results if r["method"] == "fit"]
+    assert len(fit) == 1 and fit[0]["workers"] == 2 and fit[0]["spectra"] == 16
+    assert report["fit_speedup_per_core"]["end_to_end"] > 0 and report["fit_on_ppxf_sample"]["spectra"] == 4
+    assert report["accuracy"]["fit_on_ppxf_sample"]["log_age"]["n"] >= 1
 
     sizes = report["cube_size_scaling"]["rows"]
     assert [r["spectra"] for r in sizes] == [64, 256] and report["cube_size_scaling"]["fit"]
@@ -77,6 +83,7 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     # the readable side: Markdown report, plot, compare figures of model and pPXF on the same spectra
     md = out.with_suffix(".md").read_text()
     assert "faster per core than pPXF" in md and "| method | device | workers |" in md
+    assert "The fit (`--method fit`) is" in md and "fit, pPXF's sample" in md
     assert "estimate" in md or "rapl" in md or "nvml" in md
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["compare_figures"] and all((tmp_path / f).exists() for f in report["compare_figures"])

@@ -109,3 +109,18 @@ def test_nvml_energy_counter():
         torch.cuda.synchronize()
     assert meter.method == "nvml"
     assert 10.0 < meter.joules < 2000.0
+
+
+def test_fit_on_cuda_matches_cpu(mock16, tmp_path):
+    """--method fit on the GPU gives the CPU's answers to the precision of the fit (float32 sums in
+    another order can stop the iterations one step apart)."""
+    from survey_proc.engine import RunConfig, run
+
+    run(RunConfig(cube=str(mock16), out=str(tmp_path / "cpu.zarr"), model="fit", cluster="none", device="cpu"))
+    s = run(RunConfig(cube=str(mock16), out=str(tmp_path / "gpu.zarr"), model="fit", cluster="none", device="cuda"))
+    assert s.verified
+    a, b = xr.open_zarr(tmp_path / "cpu.zarr"), xr.open_zarr(tmp_path / "gpu.zarr")
+    good = (a.flag.values == 0) & (b.flag.values == 0)
+    for name in ("log_age", "metallicity", "av", "sigma", "velocity"):
+        diff = np.abs(a[name].values - b[name].values)[good]
+        assert np.median(diff / a[f"{name}_err"].values[good]) < 0.1, name

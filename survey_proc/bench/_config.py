@@ -25,10 +25,12 @@ class BenchConfig:
     workers: list[int] | None = None
     sizes: list[int] | None = None
     ppxf_spectra: int | None = None
+    fit_spectra: int | None = None
     main_size: int | None = None
     watts_per_core: float | None = None
     workdir: str | None = None
     gpu: bool = True
+    fit: bool = True  #: measure the fit (``--method fit``) too
 
     def resolved(self) -> BenchConfig:
         preset = config.get("bench.quick" if self.quick else "bench.full")
@@ -43,8 +45,10 @@ class BenchConfig:
             workers=sorted(set(self.workers or default_workers)),
             sizes=sorted(set(self.sizes or preset["sizes"])),
             ppxf_spectra=int(self.ppxf_spectra or preset["ppxf-spectra"]),
+            fit_spectra=int(self.fit_spectra or preset["fit-spectra"]),
             main_size=int(self.main_size or preset["cube"]),
             watts_per_core=float(self.watts_per_core or config.get("bench.watts-per-core")),
             workdir=self.workdir,
             gpu=self.gpu,
+            fit=self.fit,
         )

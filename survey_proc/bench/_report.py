@@ -92,7 +92,12 @@ def results_table(report: dict) -> list[str]:
 
 def accuracy_table(report: dict) -> list[str]:
     acc = report.get("accuracy") or {}
-    names = {"model": "model, whole cube", "model_on_ppxf_sample": "model, pPXF's sample", "ppxf": "pPXF, sample"}
+    names = {
+        "model": "model, whole cube",
+        "model_on_ppxf_sample": "model, pPXF's sample",
+        "ppxf": "pPXF, sample",
+        "fit_on_ppxf_sample": "fit, pPXF's sample",
+    }
     lines = [
         "| estimates | spectra used | " + " | ".join(f"{p} bias / robust sigma" for p in PROPS) + " |",
         "|---|---:|" + "---|" * len(PROPS),
@@ -127,7 +132,7 @@ def write_png(report: dict, path: Path) -> Path:
 
 def _throughput_panel(a, report: dict) -> None:
     res = report["results"]
-    for method, colour in (("model", "C0"), ("ppxf", "C1")):
+    for method, colour in (("model", "C0"), ("ppxf", "C1"), ("fit", "C3")):
         rows = sorted((r for r in res if r["method"] == method and r["device"] == "cpu"), key=lambda r: r["workers"])
         if rows:
             w = [r["workers"] for r in rows]
@@ -179,7 +184,8 @@ def _size_panel(a, report: dict) -> None:
 def _energy_panel(a, res: list[dict]) -> None:
     labels = [f"{r['method']}\n{r['device']}, {r['workers']}w" for r in res]
     vals = [r["joules_per_spectrum"] for r in res]
-    bars = a.bar(range(len(res)), vals, color=["C0" if r["method"] == "model" else "C1" for r in res])
+    colours = {"model": "C0", "ppxf": "C1", "fit": "C3"}
+    bars = a.bar(range(len(res)), vals, color=[colours.get(r["method"], "C2") for r in res])
     for b, r in zip(bars, res):
         a.text(b.get_x() + b.get_width() / 2, b.get_height(), r["energy_method"], ha="center", va="bottom", fontsize=7)
     a.set_xticks(range(len(res)), labels, fontsize=7)
@@ -190,7 +196,7 @@ def _energy_panel(a, res: list[dict]) -> None:
 
 def _accuracy_panel(a, acc: dict) -> None:
     props = ("log_age", "metallicity", "av")
-    keys = [k for k in ("model_on_ppxf_sample", "ppxf", "model") if acc.get(k)]
+    keys = [k for k in ("model_on_ppxf_sample", "ppxf", "fit_on_ppxf_sample", "model") if acc.get(k)]
     width = 0.8 / max(len(keys), 1)
     for i, k in enumerate(keys):
         vals = [acc[k].get(p, {}).get("robust_sigma", np.nan) for p in props]
@@ -295,6 +301,19 @@ def _headline(report: dict) -> list[str]:
         f"({sp['definition']}); from CPU time {sp['cpu_time']:,.0f}x. "
         f"Acceptance (>= 1,000x per core): **{'met' if sp['acceptance_1000x'] else 'not met'}**.",
         "",
+        *_fit_headline(report),
+    ]
+
+
+def _fit_headline(report: dict) -> list[str]:
+    fs = report.get("fit_speedup_per_core")
+    if not fs:
+        return []
+    return [
+        f"**The fit (`--method fit`) is {fs['end_to_end']:,.0f}x faster per core than pPXF, end to end** "
+        f"({fs['definition']}); from CPU time {fs['cpu_time']:,.0f}x. "
+        f"Acceptance (>= 100x per core): **{'met' if fs['acceptance_100x'] else 'not met'}**.",
+        "",
     ]
 
 
@@ -323,6 +342,15 @@ def _size_section(report: dict) -> list[str]:
     ]
 
 
+def _gpu_line(r: dict) -> str:
+    target = 10_000 if r["method"] == "fit" else 50_000
+    met = r.get(f"gpu_acceptance_{target // 1000}k")
+    return (
+        f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
+        f"acceptance (>= {target:,} spectra/s): **{'met' if met else 'not met'}**"
+    )
+
+
 def _gpu_section(report: dict) -> list[str]:
     gpu_rows = [r for r in report["results"] if r["device"] != "cpu"]
     if not gpu_rows:
@@ -330,11 +358,7 @@ def _gpu_section(report: dict) -> list[str]:
     lines = [
         "## GPU",
         "",
-        *[
-            f"- {r['kind']}: {r['spectra_per_s']:,.0f} spectra/s end to end with {r['workers']} worker(s); "
-            f"acceptance (>= 50,000 spectra/s): **{'met' if r.get('gpu_acceptance_50k') else 'not met'}**"
-            for r in gpu_rows
-        ],
+        *[_gpu_line(r) for r in gpu_rows],
         "",
     ]
     per_gpu = report.get("speedup_per_gpu")

@@ -23,6 +23,7 @@ import xarray as xr
 from survey_proc.analysis import accuracy_vs_truth, compare_stores
 from survey_proc.bench._config import BenchConfig
 from survey_proc.bench._cubes import mock_cube, sample_cube
+from survey_proc.bench._fit import fit_runs, fit_speedup
 from survey_proc.bench._gpu import gpu_runs, gpu_speedups
 from survey_proc.bench._machine import machine_info
 from survey_proc.bench._null_model import null_bundle
@@ -48,6 +49,8 @@ class Setup:
     model_path: str
     null_path: str
     ppxf_path: str
+    fit_path: str = ""
+    fit_sample: Path | None = None
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Measured:
     size_rows: list[dict] = field(default_factory=list)
     memory: dict[str, list[float]] = field(default_factory=dict)
     on_sample: dict = field(default_factory=dict)  #: the model on pPXF's sample
+    fit_on_sample: dict = field(default_factory=dict)  #: the fit on pPXF's sample
     engine: dict = field(default_factory=dict)  #: the engine alone (the null model)
     gpu_notes: list[str] = field(default_factory=list)
 
@@ -69,11 +73,20 @@ def run_bench(cfg: BenchConfig) -> dict:
     setup = prepare(cfg)
     measured = model_runs(setup)
     ppxf_runs(setup, measured)
+    if cfg.fit:
+        fit_runs(setup, measured)
     if cfg.gpu and setup.machine["gpus"]:
         rows, measured.gpu_notes = gpu_runs(
             setup.machine["gpus"], setup.cube, setup.work, setup.model_path, cfg.watts_per_core, max(cfg.workers)
         )
         measured.results += rows
+        if cfg.fit:
+            rows, notes = gpu_runs(
+                setup.machine["gpus"], setup.cube, setup.work, setup.fit_path, cfg.watts_per_core, max(cfg.workers),
+                method="fit",
+            )  # fmt: skip
+            measured.results += rows
+            measured.gpu_notes += notes
     report = _report(setup, measured, t_start)
     _write(report, setup.json_path, t_start)
     return report
@@ -100,7 +113,13 @@ def prepare(cfg: BenchConfig) -> Setup:
         cube = mock_cube(work / f"mock{cfg.main_size}.zarr", cfg.main_size)
     sample = sample_cube(cube, work / "ppxf-sample.zarr", cfg.ppxf_spectra, regions=max(4, max(cfg.workers)))
     sizes = [mock_cube(work / f"mock{s}.zarr", s) if s != cfg.main_size or cfg.cube else cube for s in cfg.sizes]
-    return Setup(cfg, machine, json_path, work, cube, sample, sizes, model_path, null_path, ppxf_path)
+    setup = Setup(cfg, machine, json_path, work, cube, sample, sizes, model_path, null_path, ppxf_path)
+    if cfg.fit:
+        setup.fit_path = str(load_manifest("fit").path)
+        setup.fit_sample = sample_cube(
+            cube, work / "fit-sample.zarr", cfg.fit_spectra, regions=max(4, max(cfg.workers))
+        )
+    return setup
 
 
 def model_runs(setup: Setup) -> Measured:
@@ -215,6 +234,8 @@ def _report(setup: Setup, measured: Measured, t_start: float) -> dict:
         "model_on_ppxf_sample": accuracy(measured.on_sample["maps"], setup.sample),
         "ppxf": accuracy(ppxf_top["maps"], setup.sample),
     }
+    if measured.fit_on_sample:
+        acc["fit_on_ppxf_sample"] = accuracy(measured.fit_on_sample["maps"], setup.sample)
     figures = _compare_figures(setup, measured.on_sample, ppxf_top)
     return {
         "machine": setup.machine,
@@ -230,6 +251,8 @@ def _report(setup: Setup, measured: Measured, t_start: float) -> dict:
             "acceptance_1000x": bool(speedup >= 1000.0),
         },
         "speedup_per_gpu": gpu_speedups(results, ppxf_top, top),
+        "fit_speedup_per_core": fit_speedup(results, ppxf_top, top),
+        "fit_on_ppxf_sample": measured.fit_on_sample or None,
         "cube_size_scaling": {"rows": measured.size_rows, "fit": linear_cost(measured.size_rows)},
         "model_on_ppxf_sample": measured.on_sample,
         "engine_alone": measured.engine,

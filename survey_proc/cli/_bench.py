@@ -27,6 +27,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=int, nargs="+", help="mock cube sides for the cube-size scaling")
     p.add_argument("--main-size", type=int, help="side of the mock cube measured (without --cube)")
     p.add_argument("--ppxf-spectra", type=int, help="spectra in pPXF's sample (spread over the cube)")
+    p.add_argument("--fit-spectra", type=int, help="spectra in the fit's sample (--method fit; spread over the cube)")
+    p.add_argument("--no-fit", action="store_true", help="skip the fit (--method fit) runs")
     p.add_argument("--watts-per-core", type=float, help="power per busy core for the energy estimate (W)")
     p.add_argument("--workdir", help="folder for mock cubes and maps (default: beside the JSON, *.scratch)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU runs even where GPUs exist")
@@ -40,6 +42,7 @@ def config_from_args(args: argparse.Namespace):
     return BenchConfig(
         quick=args.quick,
         gpu=not args.no_gpu,
+        fit=not args.no_fit,
         **given(
             cube=args.cube,
             json=args.json,
@@ -48,6 +51,7 @@ def config_from_args(args: argparse.Namespace):
             sizes=args.sizes,
             main_size=args.main_size,
             ppxf_spectra=args.ppxf_spectra,
+            fit_spectra=args.fit_spectra,
             watts_per_core=args.watts_per_core,
             workdir=args.workdir,
         ),
