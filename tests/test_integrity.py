@@ -13,7 +13,7 @@ from conftest import crop_minicube
 
 from survey_proc.cli import main
 from survey_proc.engine import RunConfig, run
-from survey_proc.errors import CubeError
+from survey_proc.errors import CubeError, SurveyProcError
 from survey_proc.stores import (
     consolidate,
     content_fingerprint,
@@ -93,7 +93,7 @@ def test_a_cube_ingested_again_with_other_data_is_run_again(tmp_path):
     crop_minicube(fits_path, slice(16, 24), slice(16, 24))  # v2: the same file name, other spaxels
     ingest_muse_fits(fits_path, cube, redshift=0.086, chunk=4)
     assert content_fingerprint(cube) != v1
-    with pytest.raises(CubeError, match="holds maps of another run"):
+    with pytest.raises(SurveyProcError, match=r"maps made from other content of this cube.*--overwrite"):
         run(RunConfig(cube=str(cube), out=str(maps), cluster="none", progress=False))
     second = run(RunConfig(cube=str(cube), out=str(maps), cluster="none", progress=False, overwrite=True))
     assert second.regions_run == first.regions_run == 4

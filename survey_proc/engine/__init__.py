@@ -7,7 +7,7 @@
 """
 
 from survey_proc.engine._config import RunConfig, default_output
-from survey_proc.engine._estimate import Estimates, estimate_region, stream_block
+from survey_proc.engine._estimate import Estimates, estimate_region, rule_hits, stream_block
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import (
     RegionOptions,
@@ -47,6 +47,7 @@ __all__ = [
     "process_region",
     "read_feature_axis",
     "read_survey",
+    "rule_hits",
     "run",
     "run_jobs",
     "run_many",

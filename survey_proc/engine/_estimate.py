@@ -14,7 +14,7 @@ import numpy as np
 
 from survey_proc.engine._template import output_variables
 from survey_proc.estimators import Estimator, Manifest
-from survey_proc.stores import NOT_FITTED, Flag
+from survey_proc.stores import FLAG_DTYPE, NOT_FITTED, Flag
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Estimates:
     """What :func:`estimate_region` made of n spectra.
 
     outputs : {name: (n, ...)} float32 for every variable of :func:`output_variables`.
-    flags : (n,) uint8 :class:`~survey_proc.stores.Flag` bits; snr : (n,) float32.
+    flags : (n,) uint16 :class:`~survey_proc.stores.Flag` bits; snr : (n,) float32.
     estimator_seconds : wall seconds in the estimator.
     timings : wall and CPU seconds of preprocessing and of the estimator (``prepare``,
         ``prepare_cpu``, ``estimator``, ``estimator_cpu``).
@@ -73,7 +73,7 @@ def estimate_region(
     blocks = _run_blocks(flux, var, mask, wave, redshift, estimator, lsf_fwhm, shape)
     flags = blocks.flags
     with np.errstate(invalid="ignore"):
-        flags[np.isfinite(blocks.snr) & (blocks.snr < min_snr)] |= np.uint8(Flag.LOW_SNR)
+        flags[np.isfinite(blocks.snr) & (blocks.snr < min_snr)] |= FLAG_DTYPE(Flag.LOW_SNR)
     outputs = _assemble(estimator.manifest, flux.shape[0], blocks.parts)
     _flag_and_blank(estimator.manifest, outputs, flags, blocks.fit)
     spent = blocks.spent
@@ -95,7 +95,7 @@ def _run_blocks(
     spec = estimator.manifest.input
     n = flux.shape[0]
     z_all = np.broadcast_to(np.asarray(redshift, np.float64), (n,))
-    out = _Blocks(np.zeros(n, np.uint8), np.full(n, np.nan), np.zeros(n, bool))
+    out = _Blocks(np.zeros(n, FLAG_DTYPE), np.full(n, np.nan), np.zeros(n, bool))
     block = stream_block(estimator, n)
     for a in range(0, n, block):
         b = min(a + block, n)
@@ -125,6 +125,18 @@ def _assemble(manifest: Manifest, n: int, parts: list[tuple[int, np.ndarray, dic
     return outputs
 
 
+def rule_hits(rule: dict, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Where a manifest's flag rule fires: the output above ``threshold`` (or ``above``), or below ``below``."""
+    values = outputs[rule["output"]]
+    hit = np.zeros(values.shape, bool)
+    with np.errstate(invalid="ignore"):
+        if "threshold" in rule or "above" in rule:
+            hit |= values > float(rule.get("above", rule.get("threshold")))
+        if "below" in rule:
+            hit |= values < float(rule["below"])
+    return hit
+
+
 def _flag_and_blank(manifest: Manifest, outputs: dict[str, np.ndarray], flags: np.ndarray, fit: np.ndarray) -> None:
     """FIT_FAILED where a fitted spectrum's outputs are not finite, the manifest's flag rules, and
     NaN outputs where no estimate was made (in place)."""
@@ -132,12 +144,10 @@ def _flag_and_blank(manifest: Manifest, outputs: dict[str, np.ndarray], flags: n
     failed = np.zeros(n, bool)
     for spec in manifest.outputs:
         failed |= fit & ~np.isfinite(outputs[spec.name].reshape(n, -1)).all(axis=1)
-    flags[failed] |= np.uint8(Flag.FIT_FAILED)
+    flags[failed] |= FLAG_DTYPE(Flag.FIT_FAILED)
     for flag_name, rule in manifest.flag_rules:
-        with np.errstate(invalid="ignore"):
-            hit = outputs[rule["output"]] > float(rule["threshold"])
-        flags[hit] |= np.uint8(Flag[flag_name])
-    not_fitted = (flags & np.uint8(NOT_FITTED)) != 0
+        flags[rule_hits(rule, outputs)] |= FLAG_DTYPE(Flag[flag_name])
+    not_fitted = (flags & FLAG_DTYPE(NOT_FITTED)) != 0
     for spec in manifest.outputs:  # no numbers where no estimate was made
         outputs[spec.name][not_fitted] = np.nan
         if spec.error:
@@ -157,5 +167,5 @@ def stream_block(estimator: Estimator, n: int) -> int:
 
 def flag_counts(flags: np.ndarray) -> tuple[dict[str, int], int]:
     """Spectra per flag bit, and spectra fitted (no NOT_FITTED bit)."""
-    counts = {f.name.lower(): int(((flags & np.uint8(f)) != 0).sum()) for f in Flag}
-    return counts, int(((flags & np.uint8(NOT_FITTED)) == 0).sum())
+    counts = {f.name.lower(): int(((flags & FLAG_DTYPE(f)) != 0).sum()) for f in Flag}
+    return counts, int(((flags & FLAG_DTYPE(NOT_FITTED)) == 0).sum())

@@ -58,6 +58,8 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     template.attrs["input_fingerprint"] = fingerprint
     signature = _signature(cube, manifest, redshift, min_snr, fingerprint)
     identity = "cube (or its content), model or options"
+    if not rc.overwrite:
+        _refuse_changed_content(rc.out, fingerprint)
     resumed = create_or_resume(rc.out, template, signature, rc.overwrite, identity=identity, inputs=[rc.cube])
     dims = spatial_dims(cube)
     regions = make_regions({d: cube.sizes[d] for d in dims}, spatial_chunks(cube))
@@ -127,6 +129,23 @@ def _check_options(redshift: float, min_snr: float) -> None:
         raise OptionError(f"--min-snr {min_snr:g}: give a finite S/N per Angstrom >= 0 (e.g. 3)")
 
 
+def _refuse_changed_content(out: str, fingerprint: str) -> None:
+    """Name the reason when maps exist for the same cube path but other content (re-ingested, edited):
+    they are stale, and only --overwrite replaces them."""
+    import zarr
+
+    try:
+        made_from = zarr.open_group(out, mode="r").attrs.get("input_fingerprint")
+    except Exception:
+        return
+    if made_from and made_from != fingerprint:
+        raise SurveyProcError(
+            f"{out} holds maps made from other content of this cube (content fingerprint {made_from} then, "
+            f"{fingerprint} now: the cube was re-ingested or changed since); they are out of date: pass "
+            "--overwrite to compute them again"
+        )
+
+
 def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float, fingerprint: str) -> str:
     """Identity of a run's numbers: the cube's content (:func:`survey_proc.stores.content_fingerprint`),
     shape, grid and provenance, the model file, the options."""
@@ -139,6 +158,7 @@ def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: f
         "source": str(cube.attrs.get("source", "")),
         "mock_config": str(cube.attrs.get("mock_config", "")),
         "model_sha256": manifest.digest,
+        "manifest_sha256": manifest.manifest_digest,
         "model": manifest.name,
         "estimator": manifest.estimator,
         "redshift": redshift,
@@ -163,6 +183,7 @@ def _provenance(
         "model_software": json.dumps(dict(estimator.provenance), default=str),
         "model_estimator": manifest.estimator,
         "model_manifest": str(manifest.path),
+        "model_manifest_sha256": manifest.manifest_digest,
         "model_trainset_hash": training.get("trainset_hash", ""),
         "software": f"survey-proc {__version__}",
         "cube": str(Path(rc.cube).resolve()),

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from survey_proc.estimators import Manifest
-from survey_proc.stores import flag_attrs, lazy_full, property_attrs, spatial_dims, with_region_arrays
+from survey_proc.stores import FLAG_DTYPE, flag_attrs, lazy_full, property_attrs, spatial_dims, with_region_arrays
 
 
 def spatial_chunks(ds: xr.Dataset) -> dict[str, int]:
@@ -58,7 +58,7 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
                 {
                     "units": "1",
                     "long_name": f"score behind the {flag_name.lower()} flag",
-                    "flag_threshold": rule["threshold"],
+                    **{f"flag_{k}": rule[k] for k in ("threshold", "above", "below") if k in rule},
                 },
                 {},
             )
@@ -82,7 +82,7 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
         store_chunks[name] = chunk_shape + extra_shape
         for e in extra:
             coords.setdefault(e, (e, np.asarray(vcoords[e], np.float64)))
-    data_vars["flag"] = (dims, lazy_full(shape, np.uint8, 0), flag_attrs())
+    data_vars["flag"] = (dims, lazy_full(shape, FLAG_DTYPE, 0), flag_attrs())
     data_vars["snr"] = (
         dims,
         lazy_full(shape, np.float32, np.nan),

@@ -92,9 +92,12 @@ class Manifest:
 
     @property
     def flag_rules(self) -> list[tuple[str, dict[str, Any]]]:
-        """[(flag name, {"output": name, "threshold": value}), ...]: flag where output > threshold.
+        """[(flag name, rule), ...]: a rule ``{"output": name, "threshold": x}`` (or ``"above": x``) flags where
+        the output is above x, ``{"output": name, "below": x}`` where it is below (both keys: either).
 
-        The manifest's ``flags`` maps a :class:`survey_proc.stores.Flag` name to one rule or a list.
+        The manifest's ``flags`` maps a :class:`survey_proc.stores.Flag` name to one rule or a list (e.g.
+        ``OUT_OF_DISTRIBUTION`` on a novelty score, ``AT_LIMIT`` on the edges of the training ranges,
+        ``POOR_FIT`` on chi^2).
         """
         rules = []
         for flag, entry in self.raw.get("flags", {}).items():
@@ -123,6 +126,11 @@ class Manifest:
         """SHA-256 of the model file, or of the manifest itself for estimators without one (pPXF)."""
         if self.sha256:
             return self.sha256
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def manifest_digest(self) -> str:
+        """SHA-256 of the manifest's content (its flag rules and calibrations shape the maps too)."""
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
 
     @property

@@ -44,7 +44,16 @@ from survey_proc.stores._integrity import (
 from survey_proc.stores._lock import OutputPathError, StoreLockedError, lock_file, locked
 from survey_proc.stores._lock import acquire as acquire_lock
 from survey_proc.stores._lock import release as release_lock
-from survey_proc.stores._maps import NOT_FITTED, PROPERTIES, Flag, flag_attrs, open_maps, property_attrs, robust_sigma
+from survey_proc.stores._maps import (
+    FLAG_DTYPE,
+    NOT_FITTED,
+    PROPERTIES,
+    Flag,
+    flag_attrs,
+    open_maps,
+    property_attrs,
+    robust_sigma,
+)
 from survey_proc.stores._output import (
     STORE_MARKER,
     check_output,
@@ -98,6 +107,7 @@ __all__ = [
     "CATALOGUE_DIMS",
     "CUBE_DIMS",
     "FINGERPRINT_ATTR",
+    "FLAG_DTYPE",
     "FLUX_UNITS",
     "MINICUBE_REDSHIFT",
     "NOT_FITTED",

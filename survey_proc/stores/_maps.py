@@ -28,6 +28,12 @@ class Flag(enum.IntFlag):
     MASKED = 16  #: too many model pixels masked to fit; outputs are NaN
     FIT_FAILED = 32  #: the estimator raised or returned non-finite values; outputs are NaN
     NOT_BINNED = 64  #: pixel maps of a binned input: the spaxel is in no bin (S/N below the binning minimum)
+    AT_LIMIT = 128  #: an estimate at an edge of the range the model was trained on: the truth may lie beyond
+    POOR_FIT = 256  #: the fitted spectrum does not match the data (reduced chi^2 above the manifest's threshold)
+
+
+#: dtype of the ``flag`` variable (the bits above need 9)
+FLAG_DTYPE = np.uint16
 
 
 #: flags that mean "no estimate was made" (outputs NaN)

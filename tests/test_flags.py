@@ -1,0 +1,69 @@
+"""The flags that say an estimate is not to be trusted as it stands: AT_LIMIT and POOR_FIT (issue 17)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from survey_proc.engine import estimate_region
+from survey_proc.estimators import load_estimator
+from survey_proc.stores import FLAG_DTYPE, Flag
+
+
+def _observe(ssp_lib, av, sigma=150.0, snr=60.0, n=4, seed=0):
+    from survey_proc.ssp import muse_lsf_fwhm
+    from survey_proc.synth import Synthesiser
+
+    wave = 4750.0 + 1.25 * np.arange(3681)
+    z = 0.01
+    weights = np.zeros((n, 6, 25))
+    weights[:, 4, 19] = 1.0
+    flux = Synthesiser(ssp_lib, wave, z, muse_lsf_fwhm).observe(
+        weights, np.full(n, av), np.zeros(n), np.full(n, sigma), 100.0
+    )
+    var = (flux / snr) ** 2
+    flux = flux + np.random.default_rng(seed).normal(size=flux.shape).astype(np.float32) * np.sqrt(var)
+    return flux, var, np.zeros(flux.shape, bool), wave, z, muse_lsf_fwhm(wave)
+
+
+def test_rules_fire_above_and_below():
+    from survey_proc.engine import rule_hits
+
+    values = {"sigma": np.array([20.0, 100.0, 295.0, np.nan])}
+    np.testing.assert_array_equal(
+        rule_hits({"output": "sigma", "above": 290.0, "below": 40.0}, values), [True, False, True, False]
+    )
+    np.testing.assert_array_equal(rule_hits({"output": "sigma", "threshold": 99.0}, values), [False, True, True, False])
+
+
+def test_dust_beyond_the_training_range_is_flagged_at_limit(ssp_lib):
+    """The default model was trained on A_V 0-1.5: a spectrum with A_V = 2.5 gets about 1.5 back, which
+    must never pass unflagged."""
+    flux, var, mask, wave, z, lsf = _observe(ssp_lib, av=2.5)
+    found = estimate_region(flux, var, mask, wave, z, load_estimator("default"), 5.0, lsf)
+    assert (found.outputs["av"] > 1.3).all()
+    assert (found.flags & FLAG_DTYPE(Flag.AT_LIMIT)).all(), found.flags
+    ok = estimate_region(*_observe(ssp_lib, av=0.5)[:5], load_estimator("default"), 5.0, lsf)
+    assert not (ok.flags & FLAG_DTYPE(Flag.AT_LIMIT)).any(), ok.outputs["av"]
+
+
+def test_a_fit_that_does_not_match_is_flagged_poor_fit(ssp_lib):
+    """The fit's reduced chi^2 above 3 (here: the variance understated 16x, chi^2 ~ 16) flags POOR_FIT;
+    the same spectra with their true variance do not."""
+    flux, var, mask, wave, z, lsf = _observe(ssp_lib, av=0.4, n=2)
+    est = load_estimator("fit", threads=1)
+    bad = estimate_region(flux, var / 16.0, mask, wave, z, est, 5.0, lsf)
+    assert (bad.outputs["chi2"] > 3).all() and (bad.flags & FLAG_DTYPE(Flag.POOR_FIT)).all()
+    good = estimate_region(flux, var, mask, wave, z, est, 5.0, lsf)
+    assert (good.outputs["chi2"] < 1.5).all() and not (good.flags & FLAG_DTYPE(Flag.POOR_FIT)).any()
+
+
+def test_flags_are_stored_in_16_bits(mock16, tmp_path):
+    import xarray as xr
+
+    from survey_proc.engine import RunConfig, run
+
+    run(RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
+    maps = xr.open_zarr(tmp_path / "m.zarr")
+    assert maps.flag.dtype == np.uint16
+    assert "at_limit" in maps.flag.attrs["flag_meanings"] and "poor_fit" in maps.flag.attrs["flag_meanings"]
+    assert maps.attrs["model_manifest_sha256"]
