@@ -144,3 +144,20 @@ def test_cli_bin_writes_catalogue_and_figure(mock16, tmp_path, capsys):
     assert (tmp_path / "b.bins.png").stat().st_size > 5000
     assert main(["bin", str(mock16), str(out), "--quiet"]) == 2  # exists: refused without --overwrite
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_correlated_spaxels_make_bins_noisier_and_larger(cube_copy, tmp_path):
+    """With --covariance-alpha the noise of a bin of N spaxels is (1 + alpha log10 N) times that of
+    independent ones: the same target S/N needs larger bins, and each bin's variance carries the factor."""
+    import json
+
+    import xarray as xr
+
+    from survey_proc.binning import BinConfig, bin_cube, covariance_factor
+
+    plain = bin_cube(cube_copy, tmp_path / "plain.zarr", BinConfig(target_snr=30.0, min_snr=3.0))
+    corr = bin_cube(cube_copy, tmp_path / "corr.zarr", BinConfig(target_snr=30.0, min_snr=3.0, covariance_alpha=1.07))
+    assert corr.bins < plain.bins
+    cat = xr.open_zarr(tmp_path / "corr.zarr")
+    assert json.loads(cat.attrs["binning"])["covariance_alpha"] == 1.07
+    assert float(covariance_factor(100, 1.07)) == pytest.approx(3.14)

@@ -104,7 +104,9 @@ def bin_cube(cube_path: str | Path, out: str | Path, cfg: BinConfig | None = Non
         cube_path, wave, float(cube.attrs.get("redshift", 0.0)), cfg.wave_range, (cy, cx), (ny, nx)
     )
     t_snr = time.perf_counter()
-    bin_id, last_chunk = order_bins_by_chunk(voronoi_bins(signal, noise, cfg.target_snr, cfg.min_snr), cy, cx)
+    bin_id, last_chunk = order_bins_by_chunk(
+        voronoi_bins(signal, noise, cfg.target_snr, cfg.min_snr, cfg.covariance_alpha), cy, cx
+    )
     t_bins = time.perf_counter()
     geometry = bin_geometry(bin_id, signal, noise)
     template = _catalogue_template(cube, cfg, bin_id, geometry, _attrs(cube, cube_path, cfg, bin_id, (cy, cx)))
@@ -116,7 +118,7 @@ def bin_cube(cube_path: str | Path, out: str | Path, cfg: BinConfig | None = Non
         resumed = begin_store(staging, with_region_arrays(template, sizes, chunks, _NAMES), signature, "catalogue")
         pending = {r.key for r in (pending_regions(staging, regions) if resumed else regions)}
         writer = _RegionWriter(str(staging), regions, pending)
-        _write_coadded(cube_path, writer, bin_id, last_chunk, geometry["npix"], (cy, cx))
+        _write_coadded(cube_path, writer, bin_id, last_chunk, geometry["npix"], (cy, cx), cfg.covariance_alpha)
         finish_store(staging, regions, _NAMES, writer.written)
     npix = geometry["npix"]
     inside = int((bin_id >= 0).sum())
@@ -161,7 +163,13 @@ def _attrs(cube: xr.Dataset, cube_path: str, cfg: BinConfig, bin_id: np.ndarray,
         "package": f"vorbin {version('vorbin')}",
         "target_snr": cfg.target_snr,
         "min_snr": cfg.min_snr,
-        "snr_definition": "median S/N per Angstrom over good pixels, spaxels independent",
+        "snr_definition": "median S/N per Angstrom over good pixels, "
+        + (
+            f"noise of N spaxels x (1 + {cfg.covariance_alpha:g} log10 N) (correlated spaxels)"
+            if cfg.covariance_alpha
+            else "spaxels independent"
+        ),
+        "covariance_alpha": cfg.covariance_alpha,
         "wave_range_rest": list(cfg.wave_range) if cfg.wave_range else None,
         "bins": int(bin_id.max()) + 1,
         "spaxels_binned": int(inside.sum()),
@@ -287,8 +295,10 @@ def _write_coadded(
     last_chunk: np.ndarray,
     npix: np.ndarray,
     chunks: tuple[int, int],
+    alpha: float = 0.0,
 ) -> None:
-    """Second pass: co-add every bin's spectra chunk by chunk and hand the finished bins on in order."""
+    """Second pass: co-add every bin's spectra chunk by chunk and hand the finished bins on in order
+    (variances grown by the covariance factor of ``alpha``)."""
     src = zarr.open_group(cube_path, mode="r")
     open_bins: dict[int, list[np.ndarray]] = {}
     written = 0
@@ -316,6 +326,7 @@ def _write_coadded(
                     np.stack([d[1] for d in done]),
                     np.stack([d[2] for d in done]),
                     npix[written:stop],
+                    alpha,
                 ),
                 stop,
             )

@@ -31,12 +31,16 @@ class BinConfig:
     target_snr, min_snr : S/N per Angstrom of a bin, and under which a spaxel is left out.
     wave_range : rest-frame Angstrom (lo, hi) where S/N is measured; None: the whole cube.
     objects_per_chunk : bins per chunk of the catalogue (= per region when it is run).
+    covariance_alpha : the noise of a bin of N spaxels is that of independent spaxels times
+        (1 + alpha log10 N) (Garcia-Benito et al. 2015, CALIFA: alpha = 1.07); resampled IFU cubes
+        (MUSE, CALIFA, MaNGA) have correlated neighbouring spaxels; 0: independent.
     """
 
     target_snr: float | None = None
     min_snr: float | None = None
     wave_range: tuple[float, float] | None = None
     objects_per_chunk: int | None = None
+    covariance_alpha: float | None = None
     overwrite: bool = False
 
     def check(self) -> None:
@@ -49,6 +53,8 @@ class BinConfig:
             np.all(np.isfinite(self.wave_range)) and self.wave_range[0] < self.wave_range[1]
         ):
             raise OptionError(f"--wave-range {self.wave_range}: expected LO < HI, finite")
+        if not (np.isfinite(self.covariance_alpha) and self.covariance_alpha >= 0):
+            raise OptionError(f"--covariance-alpha {self.covariance_alpha:g}: give a finite value >= 0 (CALIFA: 1.07)")
 
     def resolved(self) -> BinConfig:
         get = config.get
@@ -58,6 +64,9 @@ class BinConfig:
             min_snr=float(self.min_snr if self.min_snr is not None else get("bin.min-snr")),
             wave_range=tuple(float(w) for w in wr) if wr else None,
             objects_per_chunk=int(self.objects_per_chunk or get("bin.objects-per-chunk")),
+            covariance_alpha=float(
+                self.covariance_alpha if self.covariance_alpha is not None else get("bin.covariance-alpha", 0.0)
+            ),
             overwrite=self.overwrite,
         )
 
@@ -89,11 +98,19 @@ def chunk_blocks(ny: int, nx: int, cy: int, cx: int) -> list[tuple[int, int, int
     return [(y0, min(y0 + cy, ny), x0, min(x0 + cx, nx)) for y0 in range(0, ny, cy) for x0 in range(0, nx, cx)]
 
 
-def voronoi_bins(signal: np.ndarray, noise: np.ndarray, target_snr: float, min_snr: float) -> np.ndarray:
+def covariance_factor(npix: np.ndarray | int, alpha: float) -> np.ndarray:
+    """How much larger the noise of a co-add of ``npix`` spaxels is than if they were independent:
+    1 + alpha log10(npix) (Garcia-Benito et al. 2015)."""
+    return 1.0 + alpha * np.log10(np.maximum(np.asarray(npix, np.float64), 1.0))
+
+
+def voronoi_bins(
+    signal: np.ndarray, noise: np.ndarray, target_snr: float, min_snr: float, alpha: float = 0.0
+) -> np.ndarray:
     """Bin number (ny, nx) of every spaxel (-1: left out) from Voronoi binning to ``target_snr``.
 
     Spaxels with no data or S/N below ``min_snr`` are left out. If every spaxel already reaches the
-    target, each is its own bin.
+    target, each is its own bin. ``alpha``: the noise of a bin grows by :func:`covariance_factor`.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = signal / noise
@@ -106,7 +123,7 @@ def voronoi_bins(signal: np.ndarray, noise: np.ndarray, target_snr: float, min_s
     if np.min(s / n) >= target_snr:
         bin_id[usable] = np.arange(yy.size, dtype=np.int32)
         return bin_id
-    total = s.sum() / np.sqrt((n**2).sum())
+    total = s.sum() / np.sqrt((n**2).sum()) / covariance_factor(s.size, alpha)
     if total < target_snr:
         raise CubeError(
             f"all {yy.size} usable spaxels together reach S/N {total:.1f} per Angstrom, below "
@@ -131,9 +148,19 @@ def voronoi_bins(signal: np.ndarray, noise: np.ndarray, target_snr: float, min_s
             plot=False,
             quiet=True,
             wvt=False,
+            **({"sn_func": _correlated_snr(alpha)} if alpha > 0 else {}),
         )
     bin_id[usable] = np.asarray(classe, np.int32)
     return bin_id
+
+
+def _correlated_snr(alpha: float):
+    """vorbin's S/N of a bin with the covariance factor."""
+
+    def sn_func(index, signal, noise):
+        return np.sum(signal[index]) / np.sqrt(np.sum(noise[index] ** 2)) / covariance_factor(np.size(index), alpha)
+
+    return sn_func
 
 
 def order_bins_by_chunk(bin_id: np.ndarray, cy: int, cx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,20 +213,21 @@ def coadd(
 
 
 def finish_bins(
-    sum_flux: np.ndarray, sum_var: np.ndarray, n_good: np.ndarray, npix: np.ndarray
+    sum_flux: np.ndarray, sum_var: np.ndarray, n_good: np.ndarray, npix: np.ndarray, alpha: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Co-added flux, its variance and mask of bins (k, nwave) of ``npix`` spaxels each.
 
     Where some spaxels are bad at a wavelength the sum of the good ones is scaled by
     ``npix / n_good`` (variance by its square); a wavelength where fewer than half the spaxels are
-    good is masked.
+    good is masked. ``alpha`` > 0: the variance grows by the square of :func:`covariance_factor`.
     """
     npix = np.asarray(npix, np.float64)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(n_good > 0, npix / n_good, 0.0)
     bad = 2 * n_good < npix
     flux = np.where(bad, np.nan, sum_flux * scale).astype(np.float32)
-    var = np.where(bad, np.nan, sum_var * scale**2).astype(np.float32)
+    corr = covariance_factor(npix, alpha) ** 2
+    var = np.where(bad, np.nan, sum_var * scale**2 * corr).astype(np.float32)
     return flux, var, bad
 
 

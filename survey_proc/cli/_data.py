@@ -237,6 +237,12 @@ def add_bin(sub) -> None:
         help="rest-frame Angstrom where S/N is measured (default: the whole cube)",
     )
     b.add_argument("--chunk", type=positive_int, help="bins per chunk of the catalogue (= per region of a run)")
+    b.add_argument(
+        "--covariance-alpha",
+        type=float,
+        help="noise of a bin of N spaxels x (1 + ALPHA log10 N), for resampled cubes whose neighbouring spaxels "
+        f"are correlated (CALIFA: 1.07, Garcia-Benito et al. 2015; default: {config.get('bin.covariance-alpha')})",
+    )
     b.add_argument("--overwrite", action="store_true")
     add_quiet(b)
     b.set_defaults(func=cmd_bin, reports=True)
@@ -250,6 +256,7 @@ def cmd_bin(args: argparse.Namespace) -> int:
         min_snr=args.min_snr,
         wave_range=tuple(args.wave_range) if args.wave_range else None,
         objects_per_chunk=args.chunk,
+        covariance_alpha=args.covariance_alpha,
         overwrite=args.overwrite,
     )
     info = bin_cube(args.cube, args.out, cfg)
