@@ -14,6 +14,8 @@ pPXF (on a sample of spaxels spread evenly over the same cube, ``--ppxf-spectra`
 - accuracy of both against the mock's truth, and ``survey-proc compare`` figures of both;
 - the speed-up per core of the model over pPXF, from the same run.
 
+``--real`` scores every estimator on real spectra nobody here made instead (:func:`run_real`).
+
 Everything is written as JSON (the schema of issue 4 plus details), a Markdown report and a PNG,
 by default under ``./survey-proc-bench/`` (``survey-proc.bench.out-dir``). Progress lines are logged
 (``survey_proc.bench``); the command line prints them.
@@ -25,6 +27,7 @@ from survey_proc.bench._energy import EnergyMeter, process_cpu_seconds, rapl_dom
 from survey_proc.bench._gpu import gpu_runs, gpu_speedups
 from survey_proc.bench._machine import cpu_model, gpus, machine_info
 from survey_proc.bench._null_model import NullModel, null_bundle
+from survey_proc.bench._real import RealReport, run_real
 from survey_proc.bench._report import markdown, write_png, write_report
 from survey_proc.bench._run import Measured, Setup, accuracy, linear_cost, model_runs, ppxf_runs, prepare, run_bench
 from survey_proc.bench._timing import bench_cluster, peak_rss_per_worker, timed_run, warm_estimator, warm_timed_run
@@ -34,6 +37,7 @@ __all__ = [
     "EnergyMeter",
     "Measured",
     "NullModel",
+    "RealReport",
     "Setup",
     "accuracy",
     "bench_cluster",
@@ -53,6 +57,7 @@ __all__ = [
     "process_cpu_seconds",
     "rapl_domains",
     "run_bench",
+    "run_real",
     "sample_cube",
     "timed_run",
     "warm_estimator",

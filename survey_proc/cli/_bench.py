@@ -32,6 +32,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--watts-per-core", type=float, help="power per busy core for the energy estimate (W)")
     p.add_argument("--workdir", help="folder for mock cubes and maps (default: beside the JSON, *.scratch)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU runs even where GPUs exist")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="score every estimator on real spectra (SDSS, the MUSE minicube) against pPXF set-ups and published "
+        "values instead (results: real.json)",
+    )
     add_quiet(p)
 
 
@@ -59,7 +65,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from survey_proc.bench import run_bench
+    from pathlib import Path
 
+    from survey_proc.bench import run_bench, run_real
+
+    if args.real:
+        json_path = Path(args.json or Path(config.get("bench.out-dir")) / "real.json")
+        work = Path(args.workdir) if args.workdir else json_path.parent / f"{json_path.stem}.scratch"
+        workers = max(args.workers) if args.workers else 2
+        run_real(work, json_path, workers=workers)
+        return 0
     run_bench(config_from_args(args))
     return 0

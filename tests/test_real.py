@@ -1,0 +1,44 @@
+"""The real-data scoreboard's scoring (survey-proc bench --real); the runs themselves are benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from survey_proc.bench._real import Estimate, RealSet, reference_ranges, score, summarise
+
+
+def _est(values: dict, errors: dict, flags) -> Estimate:
+    return Estimate(
+        {k: np.asarray(v, float) for k, v in values.items()},
+        {k: np.asarray(v, float) for k, v in errors.items()},
+        np.asarray(flags),
+        "m@1",
+    )
+
+
+def test_a_pair_agrees_within_two_errors_of_the_range_and_flags_pass():
+    rs = RealSet("s", Path("s.zarr"), ["a", "b", "c"], ["net"], ["p1", "p2"], {"a": {"sigma": (100.0, 100.0)}}, "pub")
+    ppxf = {
+        "p1": _est({"sigma": [110.0, 200.0, 50.0]}, {"sigma": [np.nan] * 3}, [0, 0, 0]),
+        "p2": _est({"sigma": [120.0, 210.0, 60.0]}, {"sigma": [np.nan] * 3}, [0, 8, 0]),  # b's flagged: left out
+    }
+    refs = reference_ranges(rs, ppxf)
+    assert refs["a"]["sigma"][:2] == (100.0, 120.0) and "pub" in refs["a"]["sigma"][2]
+    assert refs["b"]["sigma"][:2] == (200.0, 200.0)
+    net = _est({"sigma": [130.0, 150.0, 90.0]}, {"sigma": [5.0, 10.0, 10.0]}, [0, 0, 128])
+    rows = {r["object"]: r for r in score(rs, {"net": net}, refs)}
+    assert rows["a"]["agrees"] and rows["a"]["pull"] == 2.0  # 10 km/s above the range, 2 errors
+    assert not rows["b"]["agrees"] and not rows["b"]["passes"]  # 5 errors off and unflagged
+    assert not rows["c"]["agrees"] and rows["c"]["passes"]  # 3 errors off but flagged
+    sm = summarise(list(rows.values()))["net"]
+    assert sm["pairs"] == 3 and abs(sm["pass_fraction"] - 2 / 3) < 1e-9 and abs(sm["unflagged_fraction"] - 2 / 3) < 1e-9
+    assert not sm["acceptance"]
+
+
+def test_the_bench_verb_takes_real():
+    from survey_proc.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--real", "--json", "x/real.json"])
+    assert args.real and args.json == "x/real.json"
