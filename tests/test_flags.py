@@ -67,3 +67,28 @@ def test_flags_are_stored_in_16_bits(mock16, tmp_path):
     assert maps.flag.dtype == np.uint16
     assert "at_limit" in maps.flag.attrs["flag_meanings"] and "poor_fit" in maps.flag.attrs["flag_meanings"]
     assert maps.attrs["model_manifest_sha256"]
+
+
+def test_a_models_caveats_are_said_and_kept_with_the_maps(mock16, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    import xarray as xr
+
+    from survey_proc.engine import RunConfig, run
+    from survey_proc.estimators import load_manifest
+
+    bundle = tmp_path / "cautious"
+    shutil.copytree(load_manifest("default").path.parent, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["caveats"] = ["wrong on real spectra of kind X; use --method fit."]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="survey_proc"):
+        run(
+            RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False)
+        )
+    assert any("wrong on real spectra of kind X" in r.getMessage() for r in caplog.records)
+    assert (
+        xr.open_zarr(tmp_path / "m.zarr").attrs["model_caveats"] == "wrong on real spectra of kind X; use --method fit."
+    )

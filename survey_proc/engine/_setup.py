@@ -50,6 +50,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     cube = open_input_store(rc.cube, manifest.input.feature_dim, require_redshift=rc.redshift is None)
     redshift = float(rc.redshift if rc.redshift is not None else cube.attrs.get("redshift", 0.0))
     rc, manifest = _covering_model(rc, manifest, cube, redshift, model_named)
+    _warn_caveats(manifest)
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
     _check_options(redshift, min_snr)
@@ -121,6 +122,13 @@ def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError
     return str(fallback)
 
 
+def _warn_caveats(manifest: Manifest) -> None:
+    """Say what a model's manifest says it gets wrong (``caveats``: known failures on real data)
+    before any work, so a user reads it beside the maps (they keep it as ``model_caveats``)."""
+    for caveat in manifest.raw.get("caveats", []):
+        log.warning(f"note: model {manifest.name}: {caveat}")
+
+
 def _check_options(redshift: float, min_snr: float) -> None:
     """Refuse a redshift or S/N threshold no spectrum could be fitted with."""
     if not (np.isfinite(redshift) and -0.01 <= redshift < 10):
@@ -185,6 +193,7 @@ def _provenance(
         "model_manifest": str(manifest.path),
         "model_manifest_sha256": manifest.manifest_digest,
         "model_trainset_hash": training.get("trainset_hash", ""),
+        "model_caveats": " ".join(manifest.raw.get("caveats", [])),
         "software": f"survey-proc {__version__}",
         "cube": str(Path(rc.cube).resolve()),
         "cube_source": str(cube.attrs.get("source", "")),
