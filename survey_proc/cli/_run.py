@@ -56,6 +56,11 @@ def add_run(sub) -> None:
     )
     r.add_argument("--overwrite", action="store_true", help="replace maps of a different earlier run")
     r.add_argument(
+        "--save-model",
+        action="store_true",
+        help="with --method fit: also write the best-fit spectra beside the maps (<maps>.model.zarr: flux, model)",
+    )
+    r.add_argument(
         "--trust-model",
         action="store_true",
         help="run a model bundle whose manifest records no SHA-256 of its model file (its integrity cannot be "
@@ -90,10 +95,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     kind = "maps" if method == "model" else method  # <cube>.ppxf.zarr, <cube>.fit.zarr
+    if args.save_model and (method != "fit" or len(cubes) != 1 or args.survey or args.out_dir):
+        raise SurveyProcError("--save-model needs --method fit and one cube (the best fit of each spaxel)")
     if len(cubes) == 1 and not args.survey and not args.out_dir:
-        print(run(_one_cube(base, cubes[0], kind)).format())
+        one = _one_cube(base, cubes[0], kind)
+        print(run(one).format())
+        if args.save_model:
+            _save_model(one.out, quiet=args.quiet)
         return 0
     return _many_cubes(args, base, cubes, kind)
+
+
+def _save_model(maps: str, quiet: bool) -> None:
+    from survey_proc import progress
+    from survey_proc.engine import write_best_fit
+
+    with progress.shown(not quiet):
+        write_best_fit(maps)
 
 
 def _check_cubes(args: argparse.Namespace, cubes: list[str]) -> None:

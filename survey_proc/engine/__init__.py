@@ -6,6 +6,7 @@
 :mod:`survey_proc.stores`'s.
 """
 
+from survey_proc.engine._bestfit import best_fit_path, write_best_fit
 from survey_proc.engine._config import RunConfig, default_output
 from survey_proc.engine._estimate import Estimates, estimate_region, rule_hits, stream_block
 from survey_proc.engine._jobs import CubeJob
@@ -34,6 +35,7 @@ __all__ = [
     "RunInterrupted",
     "RunSummary",
     "SurveyError",
+    "best_fit_path",
     "configs_for",
     "default_output",
     "estimate_region",
@@ -54,4 +56,5 @@ __all__ = [
     "setup_worker",
     "spatial_chunks",
     "stream_block",
+    "write_best_fit",
 ]

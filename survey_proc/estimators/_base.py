@@ -191,6 +191,14 @@ class Estimator:
         """
         raise NotImplementedError
 
+    #: the estimator can rebuild its model spectra from its maps (:meth:`rebuild`; ``--save-model``)
+    rebuilds_spectra: bool = False
+
+    def rebuild(self, x: np.ndarray, meta: BatchMeta | None, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The model spectra (n, nwave) on the input grid that ``values`` (this estimator's outputs for
+        the n spectra of ``x``, as stored in its maps) stand for; estimators that fit a model override it."""
+        raise ModelError(f"model {self.manifest.name!r} ({self.manifest.estimator}) does not rebuild spectra")
+
     def precision_on(self, device: str) -> str:
         """The arithmetic the network would run in on ``device`` (the engine checks a bundle on the
         CPU and records what the workers' devices run)."""

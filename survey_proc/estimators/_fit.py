@@ -74,6 +74,10 @@ class FitOptions:
         return FitLimits(self.sigma_range, self.av_range, self.search_velocity, self.iterations, self.tol)
 
 
+#: spectra rebuilt at once (their columns over the whole SSP grid are held in memory)
+REBUILD_ROWS = 16
+
+
 class FitEstimator(Estimator):
     """Fits every spectrum of a batch together (a CPU or a GPU), starting from a network's estimates."""
 
@@ -172,6 +176,37 @@ class FitEstimator(Estimator):
                 self._fit_rows(tpl, x[part], part, out)
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
         return {k: v for k, v in out.items() if k in declared}
+
+    rebuilds_spectra = True
+
+    def rebuild(self, x: np.ndarray, meta: BatchMeta | None, values: dict[str, np.ndarray]) -> np.ndarray:
+        """The best-fit spectra (n, L) of ``x`` from the fit's maps: ``velocity``, ``sigma``, ``av`` (n,)
+        and ``weights`` (n, age, metal). The weights' overall scale is not kept in the maps: it is solved
+        by weighted least squares, which at the fit's optimum is the fit's own. NaN rows where a value is."""
+        if meta is None or meta.lsf_fwhm_model is None:
+            raise ModelError("rebuilding the fit needs the data's instrumental FWHM (cube 'lsf_fwhm')")
+        fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
+        grid = np.asarray(values["weights"], np.float64).reshape(x.shape[0], -1)
+        kin = np.stack([np.asarray(values[k], np.float64) for k in ("velocity", "sigma", "av")], 1)
+        ok = np.isfinite(kin).all(1) & np.isfinite(grid).all(1) & (np.nan_to_num(grid).sum(1) > 0)
+        out = np.full((x.shape[0], x.shape[2]), np.nan, np.float32)
+        groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)
+        for rows in groups:
+            rows = rows[ok[rows]]
+            tpl = self.templates_for(fwhm if fwhm.ndim == 1 else fwhm[rows[0]]) if rows.size else None
+            for start in range(0, rows.size, REBUILD_ROWS):
+                part = rows[start : start + REBUILD_ROWS]
+                out[part] = self._rebuild_rows(tpl, x[part], kin[part], grid[part])
+        return out
+
+    def _rebuild_rows(self, tpl: Templates, x: np.ndarray, kin: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        y, w8 = _data(x, self.device)
+        v, sigma, av = (torch.as_tensor(kin[:, i], dtype=torch.float32, device=self.device) for i in range(3))
+        ws = torch.arange(tpl.ntemp, device=self.device).expand(x.shape[0], -1)
+        w = torch.as_tensor(grid, dtype=torch.float32, device=self.device)
+        shape = torch.bmm(w[:, None, :], tpl.columns(ws, v, sigma, av))[:, 0]
+        scale = (w8 * y * shape).sum(1) / (w8 * shape * shape).sum(1).clamp(min=1e-30)
+        return (scale[:, None] * shape).cpu().numpy()
 
     def _chunk(self) -> int:
         return self.options.gpu_batch if self.device.type == "cuda" else self.options.cpu_batch

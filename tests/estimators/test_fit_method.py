@@ -111,7 +111,8 @@ def test_run_method_fit_on_a_mock(mock16, tmp_path):
     from survey_proc.cli import main
 
     out = tmp_path / "c.fit.zarr"
-    assert main(["run", "--cube", str(mock16), "--method", "fit", "--out", str(out), "--cluster", "none"]) == 0
+    run = ["run", "--cube", str(mock16), "--method", "fit", "--out", str(out), "--cluster", "none", "--save-model"]
+    assert main(run) == 0
     maps, truth = xr.open_zarr(out), xr.open_zarr(mock16, group="truth")
     good = maps.flag.values == 0
     assert good.mean() > 0.8 and maps.attrs["model_estimator"] == "fit"
@@ -123,3 +124,27 @@ def test_run_method_fit_on_a_mock(mock16, tmp_path):
         assert 0.45 < np.mean(centred < maps[f"{name}_err"].values[good]) < 0.9, name
     assert maps["weights"].dims == ("y", "x", "age", "metal")
     assert Flag.FIT_FAILED.name.lower() in maps.flag.attrs["flag_meanings"]
+
+    _the_best_fit_store_rebuilds_the_fit(main, out, maps, good)
+
+
+def _the_best_fit_store_rebuilds_the_fit(main, out, maps, good):
+    """--save-model: a valid cube store beside the maps whose model gives back the maps' chi2."""
+    path = out.with_name("c.fit.model.zarr")
+    assert main(["validate", str(path)]) == 0
+    best = xr.open_zarr(path)
+    used = ~best["mask"]
+    chi2 = (((best.flux - best.model) ** 2 / best["var"]).where(used).sum("wave") / (used.sum("wave") - 16 - 3)).values
+    np.testing.assert_allclose(chi2[good], maps.chi2.values[good], rtol=1e-3)
+    assert np.isnan(best.model.values[~good & ~np.isfinite(maps.chi2.values)]).all()
+
+
+def test_save_model_needs_the_fit(mock16, tmp_path, capsys):
+    from survey_proc.cli import main
+    from survey_proc.engine import write_best_fit
+    from survey_proc.errors import OptionError
+
+    assert main(["run", "--cube", str(mock16), "--out", str(tmp_path / "m.zarr"), "--save-model"]) != 0
+    assert "--save-model needs --method fit" in capsys.readouterr().err
+    with pytest.raises(OptionError, match="no maps store"):
+        write_best_fit(tmp_path / "nothing.zarr")
