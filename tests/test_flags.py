@@ -92,3 +92,39 @@ def test_a_models_caveats_are_said_and_kept_with_the_maps(mock16, tmp_path, capl
     assert (
         xr.open_zarr(tmp_path / "m.zarr").attrs["model_caveats"] == "wrong on real spectra of kind X; use --method fit."
     )
+
+
+def test_the_lsf_offset_against_the_training_lsf():
+    from survey_proc.estimators import load_manifest
+    from survey_proc.ssp import muse_lsf_fwhm
+
+    spec = load_manifest("default").input
+    wave = np.linspace(4750.0, 9350.0, 3000)
+    assert abs(spec.lsf_offset_kms(wave, muse_lsf_fwhm(wave), 0.01)) < 1e-6
+    broad = spec.lsf_offset_kms(wave, 1.5 * muse_lsf_fwhm(wave), 0.01)
+    assert 40.0 < broad < 80.0  # sqrt(1.5^2 - 1) = 1.12 x the MUSE sigma (~50-60 km/s)
+    assert spec.lsf_offset_kms(wave, 0.7 * muse_lsf_fwhm(wave), 0.01) < -25.0
+    assert spec.lsf_offset_kms(wave, None, 0.01) is None
+    assert load_manifest("fit").input.lsf_offset_kms(wave, 1.5 * muse_lsf_fwhm(wave), 0.01) is None
+
+
+def test_a_network_run_on_data_of_another_resolution_is_flagged(mock16, tmp_path):
+    import shutil
+
+    import xarray as xr
+    import zarr
+
+    from survey_proc.engine import RunConfig, run
+
+    cube = tmp_path / "broad.zarr"
+    shutil.copytree(mock16, cube)
+    lsf = zarr.open_group(cube, mode="r+")["lsf_fwhm"]
+    lsf[:] = 1.5 * lsf[:]
+    run(RunConfig(cube=str(cube), out=str(tmp_path / "b.zarr"), cluster="none", progress=False))
+    maps = xr.open_zarr(tmp_path / "b.zarr")
+    fitted = np.isfinite(maps.log_age.values)
+    assert fitted.any() and (maps.flag.values[fitted] & int(Flag.LSF_MISMATCH)).all()
+    assert maps.attrs["lsf_offset_kms"] > 25
+    run(RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
+    same = xr.open_zarr(tmp_path / "m.zarr")
+    assert not (same.flag.values & int(Flag.LSF_MISMATCH)).any() and same.attrs["lsf_offset_kms"] == 0.0

@@ -24,7 +24,7 @@ from survey_proc import config
 from survey_proc.engine._estimate import estimate_region, flag_counts
 from survey_proc.errors import CubeError
 from survey_proc.estimators import Estimator, load_estimator, read_manifest
-from survey_proc.stores import Region, commit_region, is_done, read_arrays, region_record
+from survey_proc.stores import FLAG_DTYPE, NOT_FITTED, Region, commit_region, is_done, read_arrays, region_record
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class RegionOptions:
     device: str = "cpu"
     threads: int = 1
     redshift_per_spectrum: bool = False  #: the store has a ``redshift`` per spectrum (a catalogue)
+    run_flags: int = 0  #: flag bits every estimate of the run gets (e.g. ``lsf_mismatch``)
 
 
 @dataclass
@@ -228,6 +229,8 @@ def _region_outputs(inputs: RegionInputs, estimator: Estimator, opts: RegionOpti
         lsf,
         shape=shape,
     )
+    if opts.run_flags:
+        est.flags[(est.flags & FLAG_DTYPE(NOT_FITTED)) == 0] |= FLAG_DTYPE(opts.run_flags)
     core = inputs.core
     arrays = {name: values.reshape(shape + values.shape[1:])[core] for name, values in est.outputs.items()}
     arrays["flag"] = est.flags.reshape(shape)[core]

@@ -21,11 +21,12 @@ from survey_proc import __version__, config
 from survey_proc.binning import PIXEL_MAP
 from survey_proc.engine._config import RunConfig
 from survey_proc.engine._jobs import CubeJob
-from survey_proc.engine._region import RegionOptions
+from survey_proc.engine._region import RegionOptions, read_feature_axis
 from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
 from survey_proc.errors import CubeError, OptionError, SurveyProcError
 from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest
 from survey_proc.stores import (
+    Flag,
     content_fingerprint,
     create_or_resume,
     make_regions,
@@ -56,6 +57,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     _check_options(redshift, min_snr)
     fingerprint = content_fingerprint(rc.cube)
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
+    run_flags = _lsf_flags(manifest, rc.cube, redshift, template.attrs)
     template.attrs["input_fingerprint"] = fingerprint
     signature = _signature(cube, manifest, redshift, min_snr, fingerprint)
     identity = "cube (or its content), model or options"
@@ -80,6 +82,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         device=str(rc.device),
         threads=int(rc.threads_per_worker),
         redshift_per_spectrum="redshift" in cube and cube["redshift"].dims == dims,
+        run_flags=run_flags,
     )
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     return CubeJob(
@@ -127,6 +130,27 @@ def _warn_caveats(manifest: Manifest) -> None:
     before any work, so a user reads it beside the maps (they keep it as ``model_caveats``)."""
     for caveat in manifest.raw.get("caveats", []):
         log.warning(f"note: model {manifest.name}: {caveat}")
+
+
+def _lsf_flags(manifest: Manifest, cube: str, redshift: float, attrs: dict) -> int:
+    """Flag bits every estimate of this run gets: ``lsf_mismatch`` where the data's instrumental
+    resolution differs from the model's training LSF by more than its tolerance (recorded in the
+    maps as ``lsf_offset_kms``; models that read the store's LSF, like the fit, declare none)."""
+    spec = manifest.input
+    axis, lsf = read_feature_axis(cube, str(manifest.path))
+    offset = spec.lsf_offset_kms(axis, lsf, redshift)
+    if offset is None:
+        return 0
+    attrs["lsf_offset_kms"] = round(offset, 1)
+    if abs(offset) <= spec.lsf_tolerance_kms():
+        return 0
+    log.warning(
+        f"note: the data's instrumental resolution is {'broader' if offset > 0 else 'sharper'} than the one "
+        f"{manifest.name} was trained with by {abs(offset):.0f} km/s in quadrature (tolerance "
+        f"{spec.lsf_tolerance_kms():.0f}): every estimate is flagged lsf_mismatch (its sigma is biased); "
+        "--method fit matches templates to the data's own resolution"
+    )
+    return int(Flag.LSF_MISMATCH)
 
 
 def _check_options(redshift: float, min_snr: float) -> None:

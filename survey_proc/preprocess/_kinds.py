@@ -116,6 +116,16 @@ class InputKind:
         store's instrumental FWHM along ``axis`` (None if it has none)."""
         return BatchMeta(redshift=np.asarray(redshift, np.float64))
 
+    def lsf_offset_kms(self, axis: np.ndarray, lsf_fwhm: np.ndarray | None, redshift: float) -> float | None:
+        """How much broader (km/s, > 0) or sharper (< 0) the data's instrumental resolution is than the
+        one the model was trained with, added in quadrature (median over the model's range); None where
+        the model declares no training LSF or the store has none."""
+        return None
+
+    def lsf_tolerance_kms(self) -> float:
+        """The :meth:`lsf_offset_kms` beyond which every estimate is flagged ``lsf_mismatch``."""
+        return 25.0
+
     def warm_up(self, axis: np.ndarray, redshift: float) -> None:
         """Load (or compile) what the first batch would, once per worker process, before the timed
         regions."""

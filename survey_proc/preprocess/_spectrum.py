@@ -18,7 +18,11 @@ import numpy as np
 from survey_proc.errors import CubeError
 from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
 from survey_proc.preprocess._prepare import prepare
-from survey_proc.ssp import log_wave_grid, to_medium
+from survey_proc.ssp import C_KMS, log_wave_grid, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
+
+#: instrumental FWHM curves (Angstrom at observed wavelengths) a network may have been trained with,
+#: by the name in its manifest's ``input.lsf_trained.curve``
+TRAINED_LSF = {"muse": muse_lsf_fwhm, "sdss": sdss_lsf_fwhm}
 
 #: keys of a manifest's ``input`` section that :class:`InputSpec` reads (the rest is kept in ``extra``)
 _SECTION_KEYS = {
@@ -162,6 +166,25 @@ class InputSpec(InputKind):
         if self.medium and medium and medium != self.medium:
             wave = to_medium(wave, medium, self.medium)
         return wave
+
+    def lsf_offset_kms(self, axis: np.ndarray, lsf_fwhm: np.ndarray | None, redshift: float) -> float | None:
+        """The data's LSF against ``input.lsf_trained.curve``, over the observed range the model reads:
+        the median of sign(F_d - F_t) c sqrt(|F_d^2 - F_t^2|) / (2.355 lambda)."""
+        trained = (self.extra.get("lsf_trained") or {}).get("curve")
+        if trained is None or lsf_fwhm is None:
+            return None
+        z1 = 1.0 + float(redshift) if self.frame == "rest" else 1.0
+        wave, fwhm = np.asarray(axis, np.float64), np.asarray(lsf_fwhm, np.float64)
+        inside = (wave >= self.wave_start * z1) & (wave <= self.wave_stop * z1) & np.isfinite(fwhm)
+        if not inside.any():
+            return None
+        data, model = fwhm[inside], TRAINED_LSF[trained](wave[inside])
+        diff = np.sign(data - model) * np.sqrt(np.abs(data**2 - model**2)) / 2.355 / wave[inside] * C_KMS
+        return float(np.median(diff))
+
+    def lsf_tolerance_kms(self) -> float:
+        """``input.lsf_trained.tolerance_kms`` (default 25 km/s)."""
+        return float((self.extra.get("lsf_trained") or {}).get("tolerance_kms", 25.0))
 
     def batch_meta(self, redshift: np.ndarray, axis: np.ndarray, lsf_fwhm: np.ndarray | None) -> BatchMeta:
         """:func:`estimator_meta`: the data's instrumental FWHM at the model's pixels."""

@@ -30,9 +30,10 @@ class Flag(enum.IntFlag):
     NOT_BINNED = 64  #: pixel maps of a binned input: the spaxel is in no bin (S/N below the binning minimum)
     AT_LIMIT = 128  #: an estimate at an edge of the range the model was trained on: the truth may lie beyond
     POOR_FIT = 256  #: the fitted spectrum does not match the data (reduced chi^2 above the manifest's threshold)
+    LSF_MISMATCH = 512  #: the data's instrumental resolution differs from the one the model was trained with
 
 
-#: dtype of the ``flag`` variable (the bits above need 9)
+#: dtype of the ``flag`` variable (the bits above need 10)
 FLAG_DTYPE = np.uint16
 
 
