@@ -264,6 +264,11 @@ def test_sdss_bundle_on_the_real_spectra(real_store, tmp_path):
     assert summary.fitted == 3
     for name in ("log_age", "metallicity", "ebv", "sigma"):
         assert np.isfinite(maps[name].values).all() and (maps[f"{name}_err"].values > 0).all()
+    # every object keeps the position of its spectrum (issue 19: the maps' ra/dec were NaN)
+    cube = xr.open_zarr(real_store)
+    assert np.isfinite(maps.ra.values).all() and np.isfinite(maps.dec.values).all()
+    np.testing.assert_array_equal(maps.ra.values, cube.ra.values)
+    np.testing.assert_array_equal(maps.dec.values, cube.dec.values)
 
 
 def test_engine_reads_wavelengths_in_the_models_medium(real_store):

@@ -66,6 +66,26 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
     return out
 
 
+#: attributes of the cube that say where its pixels are on the sky, copied into the maps
+SKY_ATTRS = ("wcs_header", "pixel_scale_arcsec")
+
+
+def sky_coordinates(cube: xr.Dataset, dims: tuple[str, ...]) -> dict[str, xr.Variable]:
+    """The cube's ``ra``/``dec`` over its spatial dims, as values: the template's NumPy variables are
+    written with its metadata, while lazy ones (as :func:`xarray.open_zarr` gives) would never be
+    computed and the maps would read NaN."""
+    return {
+        c: xr.Variable(cube[c].dims, np.asarray(cube[c].values), dict(cube[c].attrs))
+        for c in ("ra", "dec")
+        if c in cube.coords and set(cube[c].dims) <= set(dims)
+    }
+
+
+def sky_attrs(cube: xr.Dataset) -> dict:
+    """The cube's celestial WCS header and pixel scale, where it has them (for export and plots)."""
+    return {k: cube.attrs[k] for k in SKY_ATTRS if k in cube.attrs}
+
+
 def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Dataset:
     """Lazy Dataset describing the maps store of ``cube`` for ``manifest`` (nothing computed)."""
     dims = spatial_dims(cube)
@@ -89,10 +109,8 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
         {"units": "1", "long_name": "median S/N per Angstrom over the model's range"},
     )
     store_chunks["flag"] = store_chunks["snr"] = chunk_shape
-    for c in ("ra", "dec"):
-        if c in cube.coords and set(cube[c].dims) <= set(dims):
-            coords[c] = cube[c].variable
-    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
+    coords.update(sky_coordinates(cube, dims))
+    ds = xr.Dataset(data_vars, coords=coords, attrs={**sky_attrs(cube), **dict(attrs)})
     for name, chunk in store_chunks.items():
         ds[name].encoding["chunks"] = chunk
     for d in dims:
