@@ -45,7 +45,9 @@ def test_missing_extension_is_explained(tmp_path):
     path = tmp_path / "nostat.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((5, 3, 3), np.float32), name="DATA")]).writeto(path)
     with pytest.raises(
-        CubeError, match=r"no variance extension \(looked for STAT, VAR, VARIANCE\); found: PRIMARY, DATA"
+        CubeError,
+        match=r"no variance extension \(looked for STAT, VAR, VARIANCE, IVAR, .*\); found: PRIMARY, DATA; "
+        r"name it with --error-ext NAME --error-kind variance\|ivar\|error",
     ):
         ingest_muse_fits(path, tmp_path / "out.zarr")
     with pytest.raises(CubeError, match="no such FITS file"):

@@ -161,36 +161,81 @@ def cmd_photometry(args: argparse.Namespace) -> int:
 
 
 def add_ingest(sub) -> None:
-    i = sub.add_parser("ingest", help="MUSE-style FITS cube (DATA/STAT/DQ) into a cube store")
+    i = sub.add_parser(
+        "ingest",
+        help="FITS cube into a cube store: MUSE (DATA/STAT/DQ), MaNGA LOGCUBE, CALIFA, or any cube with a "
+        "spectral WCS and a variance, inverse-variance or error extension",
+    )
     i.add_argument("fits")
     i.add_argument("out")
     i.add_argument("--redshift", type=float, help="systemic redshift (else from the header, if there)")
-    i.add_argument("--lsf-fwhm", type=float, help="instrumental FWHM in Angstrom (default for MUSE: Bacon+17)")
+    i.add_argument(
+        "--lsf-fwhm",
+        type=float,
+        help="instrumental FWHM in Angstrom (default: the format's: MUSE Bacon+17, MaNGA per spaxel, CALIFA by setup)",
+    )
+    i.add_argument(
+        "--lsf-per-spaxel",
+        action="store_true",
+        help="keep a per-spaxel resolution (MaNGA) as lsf_fwhm_spaxel(y, x, wave) beside the median the models read",
+    )
+    i.add_argument("--data-ext", help="extension holding the data (name or number), where detection cannot tell")
+    i.add_argument("--error-ext", help="extension holding the uncertainty (name or number)")
+    i.add_argument("--error-kind", choices=["variance", "ivar", "error"], help="what --error-ext holds")
+    i.add_argument("--mask-ext", help="extension holding the bad-pixel mask (non-zero = bad)")
+    i.add_argument(
+        "--medium", choices=["air", "vacuum"], help="wavelength medium, where the spectral axis does not say"
+    )
     i.add_argument("--chunk", type=positive_int)
     add_quiet(i)
     i.set_defaults(func=cmd_ingest, reports=True)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from survey_proc.stores import ingest_muse_fits
+    from survey_proc.stores import IngestOptions, ingest_fits
 
     chunk = args.chunk or config.get("ingest.rows-per-chunk")
-    info = ingest_muse_fits(args.fits, args.out, redshift=args.redshift, lsf_fwhm=args.lsf_fwhm, chunk=chunk)
+    options = IngestOptions(
+        data_ext=args.data_ext,
+        error_ext=args.error_ext,
+        error_kind=args.error_kind,
+        mask_ext=args.mask_ext,
+        medium=args.medium,
+        lsf_fwhm=args.lsf_fwhm,
+        lsf_per_spaxel=args.lsf_per_spaxel,
+    )
+    info = ingest_fits(args.fits, args.out, redshift=args.redshift, chunk=chunk, options=options)
     ny, nx, nw = info.shape
     z = "not set (give --redshift to run)" if info.redshift is None else f"{info.redshift:g}"
+    sky = "ra/dec from its celestial WCS" if info.sky else "no celestial WCS"
     print(
-        f"ingested {args.fits}: {ny} x {nx} spaxels x {nw} wavelengths ({info.wave[0]:.1f}-"
-        f"{info.wave[1]:.1f} A, {info.medium}), {info.masked_fraction:.2%} of pixels masked, "
-        f"redshift {z}; written to {args.out} in {info.seconds:.1f} s"
+        f"ingested {args.fits} ({info.format}: {info.extensions}): {ny} x {nx} spaxels x {nw} wavelengths "
+        f"({info.wave[0]:.1f}-{info.wave[1]:.1f} A, {info.medium}), {info.masked_fraction:.2%} of pixels masked, "
+        f"redshift {z}, {sky}; written to {args.out} in {info.seconds:.1f} s\n"
+        f"resolution: {info.lsf}"
     )
     return 0
 
 
 def add_ingest_spectra(sub) -> None:
-    si = sub.add_parser("ingest-spectra", help="SDSS spectrum FITS files into one spectra catalogue (object, wave)")
-    si.add_argument("files", nargs="+", help="SDSS spec/spec-lite (DR9+) or DR8 CAS table FITS files")
+    si = sub.add_parser(
+        "ingest-spectra",
+        help="SDSS spectrum FITS files, or one FITS file of many spectra (images or a table of WAVE, FLUX, "
+        "IVAR), into one spectra catalogue (object, wave)",
+    )
+    si.add_argument(
+        "files",
+        nargs="+",
+        help="SDSS spec/spec-lite (DR9+) or DR8 CAS table FITS files; or one file of spectra on one grid",
+    )
     si.add_argument("out", help="output catalogue store (.zarr)")
     si.add_argument("--redshift", type=float, help="redshift for files that carry none")
+    si.add_argument(
+        "--medium", choices=["air", "vacuum"], help="wavelength medium, where a file of spectra does not say"
+    )
+    si.add_argument(
+        "--lsf-fwhm", type=float, help="instrumental FWHM in Angstrom, where a file of spectra does not say"
+    )
     si.add_argument(
         "--chunk",
         type=positive_int,
@@ -201,12 +246,22 @@ def add_ingest_spectra(sub) -> None:
 
 
 def cmd_ingest_spectra(args: argparse.Namespace) -> int:
-    from survey_proc.stores import ingest_sdss_spectra
+    from survey_proc.stores import ingest_sdss_spectra, ingest_spectra_fits, is_generic_spectra
 
     chunk = args.chunk or config.get("ingest.spectra-per-chunk")
-    info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=chunk)
+    generic = [f for f in args.files if is_generic_spectra(f)]
+    if generic and len(args.files) > 1:
+        raise SurveyProcError(f"ingest a file of many spectra on its own: {generic[0]} (one file per catalogue)")
+    if generic:
+        info = ingest_spectra_fits(
+            generic[0], args.out, redshift=args.redshift, medium=args.medium, lsf_fwhm=args.lsf_fwhm, chunk=chunk
+        )
+        what = f"spectra of {generic[0]}"
+    else:
+        info = ingest_sdss_spectra(args.files, args.out, redshift=args.redshift, chunk=chunk)
+        what = "SDSS spectra"
     print(
-        f"ingested {info.spectra} SDSS spectra x {info.wavelengths} wavelengths ({info.wave[0]:.1f}-"
+        f"ingested {info.spectra} {what} x {info.wavelengths} wavelengths ({info.wave[0]:.1f}-"
         f"{info.wave[1]:.1f} A, {info.medium}), z {info.redshift[0]:.4f}-{info.redshift[1]:.4f}, "
         f"{info.masked_fraction_covered:.2%} of covered pixels masked; written to {args.out} in "
         f"{info.seconds:.1f} s ({info.spectra / max(info.seconds, 1e-9):.0f} spectra/s)"
@@ -295,7 +350,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def add_example(sub) -> None:
     e = sub.add_parser("example", help="fetch a real example file and print its path")
-    e.add_argument("name", choices=["muse-minicube", "sdss-spectra"])
+    e.add_argument("name", choices=["muse-minicube", "sdss-spectra", "manga-spectra"])
     e.set_defaults(func=cmd_example)
 
 
@@ -307,6 +362,16 @@ def cmd_example(args: argparse.Namespace) -> int:
         print(" ".join(str(p) for p in sdss_spectra()))
         print(
             "# ingest them with: survey-proc ingest-spectra $(survey-proc example sdss-spectra) sdss.zarr",
+            file=sys.stderr,
+        )
+        return 0
+    if args.name == "manga-spectra":
+        from survey_proc.stores import manga_spectra
+
+        print(manga_spectra())
+        print(
+            "# 8 real MaNGA spaxels; ingest them with: survey-proc ingest-spectra $(survey-proc example "
+            "manga-spectra) manga.zarr",
             file=sys.stderr,
         )
         return 0

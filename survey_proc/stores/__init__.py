@@ -23,7 +23,7 @@ from survey_proc.stores._cube import (
     wave_attrs,
     write_region,
 )
-from survey_proc.stores._examples import MINICUBE_REDSHIFT, muse_minicube, sdss_spectra
+from survey_proc.stores._examples import MINICUBE_REDSHIFT, manga_spectra, muse_minicube, sdss_spectra
 from survey_proc.stores._fill import (
     StoreVerifyError,
     StoreWrite,
@@ -32,7 +32,8 @@ from survey_proc.stores._fill import (
     finish_store,
     write_store,
 )
-from survey_proc.stores._fits import IngestedCube, ingest_muse_fits
+from survey_proc.stores._fits import SPAXEL_LSF, IngestedCube, ingest_fits, ingest_muse_fits
+from survey_proc.stores._fits_layout import CALIFA_FWHM, ERROR_KINDS, MANGA_BAD_BITS, FitsLayout, IngestOptions
 from survey_proc.stores._inputs import open_input_store
 from survey_proc.stores._integrity import (
     FINGERPRINT_ATTR,
@@ -101,14 +102,18 @@ from survey_proc.stores._regions import (
     with_region_arrays,
 )
 from survey_proc.stores._sdss import IngestedSpectra, SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
+from survey_proc.stores._spectra_fits import ingest_spectra_fits, is_generic_spectra
 
 __all__ = [
     "BAND_DIM",
+    "CALIFA_FWHM",
     "CATALOGUE_DIMS",
     "CUBE_DIMS",
+    "ERROR_KINDS",
     "FINGERPRINT_ATTR",
     "FLAG_DTYPE",
     "FLUX_UNITS",
+    "MANGA_BAD_BITS",
     "MINICUBE_REDSHIFT",
     "NOT_FITTED",
     "PHOTOMETRY_VARIABLES",
@@ -118,10 +123,13 @@ __all__ = [
     "REGION_COUNT",
     "REGION_DONE",
     "SIGNATURE_ATTR",
+    "SPAXEL_LSF",
     "SPECTRAL_DIM",
     "STORE_MARKER",
     "ZP_NJY",
+    "FitsLayout",
     "Flag",
+    "IngestOptions",
     "IngestedCube",
     "IngestedSpectra",
     "OutputPathError",
@@ -152,15 +160,19 @@ __all__ = [
     "filters_from_store",
     "finish_store",
     "flag_attrs",
+    "ingest_fits",
     "ingest_muse_fits",
     "ingest_sdss_spectra",
+    "ingest_spectra_fits",
     "is_done",
+    "is_generic_spectra",
     "is_survey_proc_store",
     "lazy_full",
     "lock_file",
     "locked",
     "lsf_fwhm_at",
     "make_regions",
+    "manga_spectra",
     "missing_chunks",
     "muse_minicube",
     "open_cube",

@@ -79,10 +79,27 @@ def open_zarr_store(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise CubeError(f"{path}: no such file or directory")
+    if is_fits_file(path):
+        stem = path.name.split(".")[0] or "cube"
+        raise CubeError(
+            f"{path} is a FITS file, not a Zarr store: ingest it first, then run the store:\n"
+            f"  survey-proc ingest {path} {stem}.zarr [--redshift Z]   (or ingest-spectra for a file of spectra)\n"
+            f"  survey-proc run --cube {stem}.zarr"
+        )
     try:
         return xr.open_zarr(path, consolidated=False, zarr_format=None)
     except Exception as exc:  # zarr raises several types for a folder that is not a store
         raise CubeError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from exc
+
+
+def is_fits_file(path: Path) -> bool:
+    """Whether ``path`` is a FITS file (by its name, or the ``SIMPLE  =`` card it starts with)."""
+    if not path.is_file():
+        return False
+    if path.name.lower().endswith((".fits", ".fits.gz", ".fit", ".fts", ".fits.fz", ".fz")):
+        return True
+    with open(path, "rb") as f:
+        return f.read(9) == b"SIMPLE  ="
 
 
 def validate_spectral_store(

@@ -46,16 +46,42 @@ def muse_minicube() -> Path:
         ),
         how_to_supply=how,
     )
+    _extract(wheel, MINICUBE_MEMBER, target, how)
+    return target
+
+
+MANGADAP_WHEEL = "sdss_mangadap-4.5.0-py3-none-any.whl"
+MANGADAP_SHA256 = "b8478bb24c32fe736fa6a2881805458719281862313838f8b032f3c10527ff34"
+MANGA_MEMBER = "mangadap/data/tests/MaNGA_test_spectra.fits.gz"
+
+
+def manga_spectra() -> Path:
+    """Path of ``MaNGA_test_spectra.fits.gz``: 8 real MaNGA spaxel spectra (DRP v2_4_3 LOGCUBEs of
+    seven galaxies) as images ``WAVE`` (vacuum), ``FLUX``, ``IVAR``, ``MASK``, ``SRES`` (R per
+    pixel) and ``Z``, shipped in the ``sdss-mangadap==4.5.0`` wheel; fetched once and cached."""
+    target = config.cache_dir() / "examples" / "mangadap-4.5.0-MaNGA_test_spectra.fits.gz"
+    if target.exists():
+        return target
+    how = (
+        f"To supply it by hand, download {MANGADAP_WHEEL} from PyPI, unzip {MANGA_MEMBER} from it and copy it "
+        f"to {target}"
+    )
+    wheel = registry_file("sdss-mangadap==4.5.0", MANGADAP_WHEEL, MANGADAP_SHA256, how_to_supply=how)
+    _extract(wheel, MANGA_MEMBER, target, how)
+    return target
+
+
+def _extract(wheel: Path, member: str, target: Path, how: str) -> None:
+    """Copy ``member`` of the zip ``wheel`` to ``target`` (through a partial file renamed into place)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(MINICUBE_MEMBER) as src, open(tmp, "wb") as dst:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
             while block := src.read(1 << 20):
                 dst.write(block)
     except (KeyError, zipfile.BadZipFile) as exc:
-        raise DataUnavailableError(f"{wheel} does not hold {MINICUBE_MEMBER} ({exc}). {how}") from exc
+        raise DataUnavailableError(f"{wheel} does not hold {member} ({exc}). {how}") from exc
     tmp.replace(target)
-    return target
 
 
 #: real SDSS spectra shipped in the pinned ppxf source distribution (ppxf/spectra/)

@@ -1,19 +1,21 @@
-"""Ingest of MUSE-style FITS cubes (DATA, STAT, optional DQ) into the cube store, streaming.
+"""Ingest of FITS cubes (MUSE, PHANGS-MUSE, MaNGA, CALIFA, or any cube with a spectral WCS and an
+uncertainty extension) into the cube store, streaming.
 
-The FITS file is memory-mapped and copied a block of image rows at a time (a region of
-:func:`~survey_proc.stores.write_store`: verified, resumable, the store renamed into place once
-complete), so memory stays at a few blocks whatever the cube size. Wavelengths come from the
-spectral WCS (``AWAV`` = air, ``WAVE`` = vacuum), sky coordinates from the celestial WCS; the
-variance is ``STAT``; the mask is ``DQ != 0`` or a non-finite value or a non-positive variance.
-Extensions whose shapes differ, a file cut short and absurd options are refused before anything
-is written.
+:func:`~._fits_layout.detect_layout` says which extensions hold what; the file is memory-mapped and
+copied a block of image rows at a time (a region of :func:`~survey_proc.stores.write_store`:
+verified, resumable, the store renamed into place once complete), so memory stays at a few blocks
+whatever the cube size. Wavelengths, sky coordinates and the instrumental resolution come from
+:mod:`._fits_axes`. The variance is the file's, or the square of its error, or the inverse of its
+inverse variance; the mask is the file's (non-zero, or the format's bad bits) or a non-finite value
+or a non-positive variance. Extensions whose shapes differ, a file cut short and absurd options are
+refused before anything is written.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,9 +24,10 @@ import xarray as xr
 
 from survey_proc import __version__
 from survey_proc.errors import CubeError, OptionError
-from survey_proc.ssp import muse_lsf_fwhm
-from survey_proc.stores._cube import cube_template
+from survey_proc.stores._cube import SPECTRAL_DIM, cube_template
 from survey_proc.stores._fill import write_store
+from survey_proc.stores._fits_axes import Resolution, resolution, sky_coords, spaxel_fwhm, wavelengths
+from survey_proc.stores._fits_layout import FitsLayout, IngestOptions, detect_layout
 from survey_proc.stores._regions import Region, make_regions, read_arrays, run_signature, with_region_arrays
 
 if TYPE_CHECKING:
@@ -32,16 +35,15 @@ if TYPE_CHECKING:
 
 # astropy is imported where a FITS file is read, not with the package: the engine's workers never need it
 
-_DATA_NAMES = ("DATA", "SCI", "FLUX")
-_VAR_NAMES = ("STAT", "VAR", "VARIANCE")
-_DQ_NAMES = ("DQ", "QUALITY")
 #: redshifts a cube may carry (as ``validate`` checks)
 REDSHIFT_RANGE = (-0.01, 10.0)
+#: the store variable of a per-spaxel resolution kept with ``--lsf-per-spaxel``
+SPAXEL_LSF = "lsf_fwhm_spaxel"
 
 
 @dataclass(frozen=True)
 class IngestedCube:
-    """What :func:`ingest_muse_fits` wrote."""
+    """What :func:`ingest_fits` wrote."""
 
     path: str
     shape: tuple[int, int, int]  #: (y, x, wave)
@@ -51,21 +53,46 @@ class IngestedCube:
     seconds: float
     redshift: float | None
     regions_resumed: int = 0  #: blocks of rows an earlier, cut-short ingest had finished
+    format: str = "MUSE"  #: the data model recognised (``MaNGA LOGCUBE``, ``CALIFA V500``, ``generic``, ...)
+    extensions: str = ""  #: the extensions read
+    lsf: str = ""  #: where the instrumental resolution came from (and the error of a reduction)
+    sky: bool = False  #: whether the cube has a celestial WCS (``ra``, ``dec`` per spaxel)
 
 
 @dataclass
 class _Extensions:
-    """The data, variance and (optional) quality extensions of an open FITS cube, checked alike."""
+    """The data, uncertainty and (optional) mask extensions of an open FITS cube, checked alike."""
 
+    layout: FitsLayout
     data: fits.ImageHDU
-    var: fits.ImageHDU
-    dq: fits.ImageHDU | None
+    error: fits.ImageHDU
+    mask: fits.ImageHDU | None
+    lsf: fits.ImageHDU | None = None  #: a per-spaxel resolution kept in the store
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """(ny, nx, nwave)."""
         nwave, ny, nx = self.data.data.shape
         return ny, nx, nwave
+
+    def variance(self, rows: slice) -> np.ndarray:
+        """The variance of a block of rows, (y, x, wave), from what the error extension holds."""
+        values = np.asarray(self.error.data[:, rows, :], np.float32).transpose(1, 2, 0)
+        kind = self.layout.error_kind
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if kind == "ivar":
+                values = np.where(values > 0, np.float32(1.0) / values, np.float32(np.nan))
+            elif kind == "error":
+                values = np.square(values)
+        return np.ascontiguousarray(values, np.float32)
+
+    def bad(self, rows: slice) -> np.ndarray | None:
+        """The file's mask of a block of rows, (y, x, wave): non-zero, or the layout's bad bits."""
+        if self.mask is None:
+            return None
+        values = np.asarray(self.mask.data[:, rows, :]).transpose(1, 2, 0)
+        bits = self.layout.mask_bits
+        return (values & bits) != 0 if bits is not None else values != 0
 
 
 @dataclass
@@ -75,23 +102,89 @@ class _RowBlocks:
     ext: _Extensions
     path: Path
     masked: dict[str, int]  #: region key -> masked pixels (for the summary)
+    lsf: np.ndarray | None = None  #: the reduced FWHM, for spaxels whose own is missing
 
     def __call__(self, region: Region) -> dict[str, np.ndarray]:
         rows = region.block[0]
         try:
             flux = np.ascontiguousarray(np.asarray(self.ext.data.data[:, rows, :], np.float32).transpose(1, 2, 0))
-            var = np.ascontiguousarray(np.asarray(self.ext.var.data[:, rows, :], np.float32).transpose(1, 2, 0))
+            var = self.ext.variance(rows)
             with np.errstate(invalid="ignore"):
                 mask = ~np.isfinite(flux) | ~np.isfinite(var) | (var <= 0)
-            if self.ext.dq is not None:
-                mask |= np.asarray(self.ext.dq.data[:, rows, :]).transpose(1, 2, 0) != 0
+            bad = self.ext.bad(rows)
+            if bad is not None:
+                mask |= bad
+            out = {"flux": flux, "var": var, "mask": mask}
+            if self.ext.lsf is not None:
+                out[SPAXEL_LSF] = spaxel_fwhm(self.ext.lsf, rows, self.lsf)
         except (OSError, TypeError, ValueError) as exc:
             raise CubeError(f"{self.path}: rows {rows.start}:{rows.stop} cannot be read ({exc}); {_DAMAGED}") from None
         self.masked[region.key] = int(mask.sum())
-        return {"flux": flux, "var": var, "mask": mask}
+        return out
 
 
 _DAMAGED = "the file may be truncated or damaged: copy or download it again"
+
+
+def ingest_fits(
+    fits_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    redshift: float | None = None,
+    chunk: int = 32,
+    options: IngestOptions | None = None,
+) -> IngestedCube:
+    """Copy a FITS cube (MUSE, PHANGS-MUSE, MaNGA, CALIFA or generic: :mod:`._fits_layout`) into a
+    cube store at ``out``.
+
+    ``redshift``: the systemic redshift (else the header's ``Z``/``REDSHIFT``/``ZSYS``; else left
+    unset and ``survey-proc run --redshift`` must give it). ``options``: what the file does not say
+    (extensions, what the error extension holds, the medium, the resolution).
+    """
+    options = options or IngestOptions()
+    _check_options(redshift, options.lsf_fwhm, chunk)
+    options.check()
+    path = Path(fits_path)
+    t0 = time.perf_counter()
+    with _open_fits(path) as hdul:
+        ext = _extensions(hdul, path, detect_layout(hdul, path, options))
+        ny, nx, nwave = ext.shape
+        template, redshift, res = _template(hdul, ext, path, redshift, options, chunk)
+        if res.per_spaxel is not None:
+            ext.lsf = _checked(hdul[res.per_spaxel], ext, path)
+        names = ["flux", "var", "mask"] + ([SPAXEL_LSF] if ext.lsf is not None else [])
+        template = _with_spaxel_lsf(template, ext, chunk)
+        sizes, blocks = {"y": ny, "x": nx}, {"y": chunk, "x": nx}
+        regions = make_regions(sizes, blocks)
+        compute = _RowBlocks(ext, path, {}, res.fwhm)
+        written = write_store(
+            out,
+            with_region_arrays(template, sizes, blocks),
+            regions,
+            compute,
+            signature=_signature(path, hdul, redshift, options, chunk),
+            what="cube",
+            names=names,
+            inputs=[path],
+            desc="ingest",
+        )
+        used = ext.layout.names(hdul)
+    masked = _masked_pixels(out, regions, compute.masked)
+    wave = template[SPECTRAL_DIM].values
+    return IngestedCube(
+        path=str(out),
+        shape=(ny, nx, nwave),
+        wave=(float(wave[0]), float(wave[-1])),
+        medium=str(template[SPECTRAL_DIM].attrs["medium"]),
+        masked_fraction=masked / (nx * ny * nwave),
+        seconds=time.perf_counter() - t0,
+        redshift=redshift,
+        regions_resumed=written.resumed,
+        format=ext.layout.format,
+        extensions=used,
+        lsf=res.note,
+        sky="ra" in template.coords,
+    )
 
 
 def ingest_muse_fits(
@@ -102,45 +195,8 @@ def ingest_muse_fits(
     lsf_fwhm: float | None = None,
     chunk: int = 32,
 ) -> IngestedCube:
-    """Copy a MUSE-style FITS cube into a cube store at ``out``.
-
-    ``redshift``: the systemic redshift (else the header's ``Z``/``REDSHIFT``; else left unset and
-    ``survey-proc run --redshift`` must give it). ``lsf_fwhm``: instrumental FWHM in Angstrom;
-    default for MUSE the Bacon et al. (2017) curve, required for other instruments.
-    """
-    _check_options(redshift, lsf_fwhm, chunk)
-    path = Path(fits_path)
-    t0 = time.perf_counter()
-    with _open_fits(path) as hdul:
-        ext = _extensions(hdul, path)
-        ny, nx, nwave = ext.shape
-        template, redshift = _template(hdul, ext, path, redshift, lsf_fwhm, chunk)
-        sizes, blocks = {"y": ny, "x": nx}, {"y": chunk, "x": nx}
-        regions = make_regions(sizes, blocks)
-        compute = _RowBlocks(ext, path, {})
-        written = write_store(
-            out,
-            with_region_arrays(template, sizes, blocks),
-            regions,
-            compute,
-            signature=_signature(path, hdul, redshift, lsf_fwhm, chunk),
-            what="cube",
-            names=["flux", "var", "mask"],
-            inputs=[path],
-            desc="ingest",
-        )
-    masked = _masked_pixels(out, regions, compute.masked)
-    wave = template["wave"].values
-    return IngestedCube(
-        path=str(out),
-        shape=(ny, nx, nwave),
-        wave=(float(wave[0]), float(wave[-1])),
-        medium=str(template["wave"].attrs["medium"]),
-        masked_fraction=masked / (nx * ny * nwave),
-        seconds=time.perf_counter() - t0,
-        redshift=redshift,
-        regions_resumed=written.resumed,
-    )
+    """:func:`ingest_fits` with the options of earlier versions (any format it recognises is read)."""
+    return ingest_fits(fits_path, out, redshift=redshift, chunk=chunk, options=IngestOptions(lsf_fwhm=lsf_fwhm))
 
 
 def _check_options(redshift: float | None, lsf_fwhm: float | None, chunk: int) -> None:
@@ -164,36 +220,27 @@ def _open_fits(path: Path) -> fits.HDUList:
         raise CubeError(f"{path} is not a readable FITS file ({exc})") from exc
 
 
-def _find_hdu(hdul, names: tuple[str, ...]):
-    for hdu in hdul:
-        if hdu.name.upper() in names:
-            return hdu
-    return None
-
-
-def _extensions(hdul: fits.HDUList, path: Path) -> _Extensions:
-    """The data, variance and quality extensions, each readable and of the data's shape."""
-    found = ", ".join(h.name for h in hdul)
-    data = _find_hdu(hdul, _DATA_NAMES)
-    if data is None and hdul[0].header.get("NAXIS") == 3:
-        data = hdul[0]
-    if data is None:
-        raise CubeError(f"{path}: no data extension (looked for {', '.join(_DATA_NAMES)}); found: {found}")
-    var = _find_hdu(hdul, _VAR_NAMES)
-    if var is None:
-        raise CubeError(f"{path}: no variance extension (looked for {', '.join(_VAR_NAMES)}); found: {found}")
+def _extensions(hdul: fits.HDUList, path: Path, layout: FitsLayout) -> _Extensions:
+    """The data, uncertainty and mask extensions of ``layout``, each readable and of the data's shape."""
+    data = hdul[layout.data]
     if data.header.get("NAXIS") != 3:
         raise CubeError(f"{path}: extension {data.name} has {data.header.get('NAXIS')} axes, expected 3")
-    ext = _Extensions(data, var, _find_hdu(hdul, _DQ_NAMES))
-    shapes = {hdu.name: _shape(hdu, path) for hdu in (data, var, ext.dq) if hdu is not None}
-    wrong = {name: shape for name, shape in shapes.items() if shape != shapes[data.name]}
-    if wrong:
-        listed = ", ".join(f"{name} {shape}" for name, shape in wrong.items())
-        raise CubeError(
-            f"{path}: {listed} differ{'s' if len(wrong) == 1 else ''} from {data.name} {shapes[data.name]} "
-            "(wave, y, x); every extension of the cube must have the data's shape"
-        )
+    ext = _Extensions(layout, data, hdul[layout.error], hdul[layout.mask] if layout.mask is not None else None)
+    for hdu in (ext.error, ext.mask):
+        if hdu is not None:
+            _checked(hdu, ext, path)
     return ext
+
+
+def _checked(hdu, ext: _Extensions, path: Path):
+    """``hdu``, refused (CubeError) unless it has the data's shape."""
+    want, got = _shape(ext.data, path), _shape(hdu, path)
+    if got != want:
+        raise CubeError(
+            f"{path}: {hdu.name} {got} differs from {ext.data.name} {want} (wave, y, x); every extension "
+            "of the cube must have the data's shape"
+        )
+    return hdu
 
 
 def _shape(hdu, path: Path) -> tuple[int, ...]:
@@ -206,46 +253,59 @@ def _shape(hdu, path: Path) -> tuple[int, ...]:
 
 
 def _template(
-    hdul: fits.HDUList, ext: _Extensions, path: Path, redshift: float | None, lsf_fwhm: float | None, chunk: int
-) -> tuple[xr.Dataset, float | None]:
-    """The cube store's template from the headers, and the redshift (given, else the header's)."""
+    hdul: fits.HDUList, ext: _Extensions, path: Path, redshift: float | None, options: IngestOptions, chunk: int
+) -> tuple[xr.Dataset, float | None, Resolution]:
+    """The cube store's template from the headers, the redshift (given, else the header's) and the resolution."""
     hdr, primary = ext.data.header, hdul[0].header
     ny, nx, _nwave = ext.shape
-    wave, medium = _wavelengths(hdr, path)
-    instrument = str(primary.get("INSTRUME", hdr.get("INSTRUME", ""))).strip()
-    lsf, lsf_note = _lsf(instrument, wave, lsf_fwhm, path)
+    wave, medium = wavelengths(hdul, ext.layout, path, options.medium)
+    res = resolution(hdul, ext.layout, wave, path, options.lsf_fwhm, options.lsf_per_spaxel)
     redshift = redshift if redshift is not None else _header_redshift(primary, hdr, path)
     bunit = str(hdr.get("BUNIT", primary.get("BUNIT", ""))).strip()
     if not bunit:
         raise CubeError(f"{path}: the data extension has no BUNIT (flux units)")
     attrs = {
-        "instrument": instrument or "unknown",
-        "lsf": lsf_note,
+        "instrument": str(primary.get("INSTRUME", hdr.get("INSTRUME", ""))).strip() or "unknown",
+        "format": ext.layout.format,
+        "extensions": ext.layout.names(hdul),
+        **res.attrs(),
         "source": f"FITS {path.name}",
         "source_path": str(path.resolve()),
-        "object": str(primary.get("OBJECT", "")),
+        "object": str(primary.get("OBJECT", primary.get("PLATEIFU", ""))),
         "date_obs": str(primary.get("DATE-OBS", "")),
         "software": f"survey-proc {__version__}",
         "fits_datamd5": str(primary.get("DATAMD5", "")),
     }
     if redshift is not None:
         attrs["redshift"] = float(redshift)
-    coords = _sky_coords(hdr, ny, nx, attrs)
+    coords = sky_coords(hdr, ny, nx, attrs)
     template = cube_template(
-        ny=ny, nx=nx, wave=wave, flux_units=bunit, attrs=attrs, chunk=chunk, medium=medium, lsf_fwhm=lsf, coords=coords
+        ny=ny,
+        nx=nx,
+        wave=wave,
+        flux_units=bunit,
+        attrs=attrs,
+        chunk=chunk,
+        medium=medium,
+        lsf_fwhm=res.fwhm,
+        coords=coords,
     )
-    return template, redshift
+    return template, redshift, res
 
 
-def _lsf(instrument: str, wave: np.ndarray, lsf_fwhm: float | None, path: Path) -> tuple[np.ndarray, str]:
-    if lsf_fwhm is not None:
-        return np.full(wave.size, float(lsf_fwhm)), f"{lsf_fwhm} A (given)"
-    if instrument.upper() == "MUSE":
-        return muse_lsf_fwhm(wave), "MUSE, Bacon et al. (2017) eq. 8"
-    raise CubeError(
-        f"{path}: instrument {instrument or 'unknown'} has no known line-spread function; give it with "
-        "--lsf-fwhm (Angstrom)"
+def _with_spaxel_lsf(template: xr.Dataset, ext: _Extensions, chunk: int) -> xr.Dataset:
+    """The template with ``lsf_fwhm_spaxel(y, x, wave)`` when a per-spaxel resolution is kept."""
+    if ext.lsf is None:
+        return template
+    flux = template["flux"]
+    lsf = xr.DataArray(
+        flux.data.astype(np.float32),
+        dims=flux.dims,
+        attrs={"units": "Angstrom", "long_name": "instrumental FWHM of each spaxel"},
     )
+    template = template.assign({SPAXEL_LSF: lsf})
+    template[SPAXEL_LSF].encoding.update(flux.encoding)
+    return template
 
 
 def _header_redshift(primary, hdr, path: Path) -> float | None:
@@ -262,48 +322,7 @@ def _header_redshift(primary, hdr, path: Path) -> float | None:
     return None
 
 
-def _wavelengths(header, path: Path) -> tuple[np.ndarray, str]:
-    """Wavelengths (Angstrom) of the spectral axis and the medium (air|vacuum)."""
-    from astropy import units as u
-    from astropy.wcs import WCS
-
-    try:
-        wcs = WCS(header).spectral
-        n = int(header["NAXIS3"])
-        world = wcs.pixel_to_world(np.arange(n))
-    except Exception as exc:
-        raise CubeError(f"{path}: cannot read the spectral WCS of the data extension ({exc})") from exc
-    ctype = str(header.get("CTYPE3", "")).upper()
-    medium = "air" if ctype.startswith("AWAV") else "vacuum"
-    quantity = getattr(world, "quantity", world)
-    try:
-        wave = quantity.to_value(u.AA)
-    except Exception as exc:
-        raise CubeError(f"{path}: spectral axis {ctype!r} is not in wavelength units ({exc})") from exc
-    return np.asarray(wave, np.float64), medium
-
-
-def _sky_coords(header, ny: int, nx: int, attrs: dict) -> dict[str, xr.DataArray] | None:
-    """``ra``, ``dec`` (y, x) from the celestial WCS (its header into ``attrs``), or None."""
-    from astropy.wcs import WCS
-
-    try:
-        cel = WCS(header).celestial
-        if not cel.has_celestial:
-            return None
-        yy, xx = np.mgrid[0:ny, 0:nx]
-        ra, dec = cel.pixel_to_world_values(xx, yy)
-        attrs["wcs_header"] = cel.to_header_string()
-    except Exception:
-        return None
-    names = {"ra": (ra, "right ascension"), "dec": (dec, "declination")}
-    return {
-        c: xr.DataArray(np.asarray(v, np.float64), dims=("y", "x"), attrs={"units": "deg", "long_name": what})
-        for c, (v, what) in names.items()
-    }
-
-
-def _signature(path: Path, hdul: fits.HDUList, redshift: float | None, lsf_fwhm: float | None, chunk: int) -> str:
+def _signature(path: Path, hdul: fits.HDUList, redshift: float | None, options: IngestOptions, chunk: int) -> str:
     """What an ingest copies: the file (path, size, time, DATAMD5) and the options."""
     stat = path.stat()
     ident = {
@@ -312,10 +331,12 @@ def _signature(path: Path, hdul: fits.HDUList, redshift: float | None, lsf_fwhm:
         "mtime_ns": stat.st_mtime_ns,
         "datamd5": str(hdul[0].header.get("DATAMD5", "")),
         "redshift": redshift,
-        "lsf_fwhm": lsf_fwhm,
+        "lsf_fwhm": options.lsf_fwhm,
         "chunk": chunk,
         "software": __version__,
     }
+    if options != replace(IngestOptions(), lsf_fwhm=options.lsf_fwhm):
+        ident["options"] = repr(options)
     return run_signature(ident)
 
 
