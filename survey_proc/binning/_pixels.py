@@ -13,9 +13,9 @@ import xarray as xr
 import zarr
 
 from survey_proc.binning._voronoi import PIXEL_MAP, chunk_blocks
-from survey_proc.stores import Flag, consolidate
+from survey_proc.stores import PIXEL_MAPS_GROUP, Flag, consolidate
 
-PIXEL_GROUP = "pixels"
+PIXEL_GROUP = PIXEL_MAPS_GROUP
 
 
 def _pixel_template(

@@ -331,20 +331,18 @@ def cmd_bin(args: argparse.Namespace) -> int:
 
 
 def add_validate(sub) -> None:
-    v = sub.add_parser("validate", help="check that a store follows the cube / catalogue schema")
+    v = sub.add_parser(
+        "validate", help="check that a store follows its schema: a cube, catalogue, photometric or maps store"
+    )
     v.add_argument("store")
     v.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from survey_proc.stores import open_spectral_store
+    from survey_proc.stores import validate_store
 
-    ds = open_spectral_store(args.store, require_redshift=False)
-    print(
-        f"{args.store}: valid; dims {dict(ds['flux'].sizes)}, wave {float(ds.wave[0]):.1f}-"
-        f"{float(ds.wave[-1]):.1f} A ({ds.wave.attrs.get('frame')}, {ds.wave.attrs.get('medium')}), "
-        f"redshift {ds.attrs.get('redshift', 'not set')}"
-    )
+    info = validate_store(args.store)
+    print(f"{args.store}: valid {info.kind} store; dims {info.dims}, {info.description}")
     return 0
 
 

@@ -23,7 +23,9 @@ from survey_proc.stores._cube import (
     wave_attrs,
     write_region,
 )
+from survey_proc.stores._dataset import write_dataset
 from survey_proc.stores._examples import MINICUBE_REDSHIFT, manga_spectra, muse_minicube, sdss_spectra
+from survey_proc.stores._export import ExportedMaps, export_maps_fits
 from survey_proc.stores._fill import (
     StoreVerifyError,
     StoreWrite,
@@ -46,12 +48,16 @@ from survey_proc.stores._lock import OutputPathError, StoreLockedError, lock_fil
 from survey_proc.stores._lock import acquire as acquire_lock
 from survey_proc.stores._lock import release as release_lock
 from survey_proc.stores._maps import (
+    FLAG_DESCRIPTIONS,
     FLAG_DTYPE,
     NOT_FITTED,
+    PIXEL_MAPS_GROUP,
     PROPERTIES,
     Flag,
     flag_attrs,
+    map_variables,
     open_maps,
+    open_pixel_maps,
     property_attrs,
     robust_sigma,
 )
@@ -103,6 +109,7 @@ from survey_proc.stores._regions import (
 )
 from survey_proc.stores._sdss import IngestedSpectra, SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
 from survey_proc.stores._spectra_fits import ingest_spectra_fits, is_generic_spectra
+from survey_proc.stores._validate import ValidStore, store_kind, validate_store
 
 __all__ = [
     "BAND_DIM",
@@ -111,12 +118,14 @@ __all__ = [
     "CUBE_DIMS",
     "ERROR_KINDS",
     "FINGERPRINT_ATTR",
+    "FLAG_DESCRIPTIONS",
     "FLAG_DTYPE",
     "FLUX_UNITS",
     "MANGA_BAD_BITS",
     "MINICUBE_REDSHIFT",
     "NOT_FITTED",
     "PHOTOMETRY_VARIABLES",
+    "PIXEL_MAPS_GROUP",
     "PROPERTIES",
     "REGION_ARRAYS",
     "REGION_CHECKSUM",
@@ -127,6 +136,7 @@ __all__ = [
     "SPECTRAL_DIM",
     "STORE_MARKER",
     "ZP_NJY",
+    "ExportedMaps",
     "FitsLayout",
     "Flag",
     "IngestOptions",
@@ -139,6 +149,7 @@ __all__ = [
     "StoreLockedError",
     "StoreVerifyError",
     "StoreWrite",
+    "ValidStore",
     "acquire_lock",
     "band_index",
     "begin_store",
@@ -155,6 +166,7 @@ __all__ = [
     "cube_compressors",
     "cube_template",
     "data_problems",
+    "export_maps_fits",
     "fill_regions",
     "filter_dataset",
     "filters_from_store",
@@ -173,12 +185,14 @@ __all__ = [
     "lsf_fwhm_at",
     "make_regions",
     "manga_spectra",
+    "map_variables",
     "missing_chunks",
     "muse_minicube",
     "open_cube",
     "open_input_store",
     "open_maps",
     "open_photometry_store",
+    "open_pixel_maps",
     "open_spectral_store",
     "pending_regions",
     "photometry_template",
@@ -199,13 +213,16 @@ __all__ = [
     "staged_output",
     "staging_path",
     "store_attrs",
+    "store_kind",
     "stored_chunks",
     "stored_signature",
     "validate_photometry_store",
     "validate_spectral_store",
+    "validate_store",
     "verify_regions",
     "wave_attrs",
     "with_region_arrays",
+    "write_dataset",
     "write_region",
     "write_store",
 ]

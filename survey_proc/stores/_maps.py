@@ -37,6 +37,20 @@ class Flag(enum.IntFlag):
 FLAG_DTYPE = np.uint16
 
 
+#: what each bit of ``flag`` means, short enough for a FITS header comment
+FLAG_DESCRIPTIONS = {
+    Flag.NO_DATA: "all pixels masked or NaN; no estimate",
+    Flag.OUT_OF_RANGE: "model range not covered; no estimate",
+    Flag.LOW_SNR: "S/N per A below the minimum; estimate kept",
+    Flag.OUT_OF_DISTRIBUTION: "unlike the training set; estimate kept",
+    Flag.MASKED: "too many pixels masked; no estimate",
+    Flag.FIT_FAILED: "the estimator failed; no estimate",
+    Flag.NOT_BINNED: "the spaxel is in no bin; no estimate",
+    Flag.AT_LIMIT: "at an edge of the training range; estimate kept",
+    Flag.POOR_FIT: "the fitted spectrum does not match; estimate kept",
+    Flag.LSF_MISMATCH: "resolution unlike the model's training; estimate kept",
+}
+
 #: flags that mean "no estimate was made" (outputs NaN)
 NOT_FITTED = Flag.NO_DATA | Flag.OUT_OF_RANGE | Flag.MASKED | Flag.FIT_FAILED | Flag.NOT_BINNED
 
@@ -95,6 +109,10 @@ def robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
+#: the group of a binned run's maps store holding the maps on the pixel grid
+PIXEL_MAPS_GROUP = "pixels"
+
+
 def open_maps(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
     """Open a maps store (or a cube's ``truth`` group); raises CubeError if it is not one."""
     path = Path(path)
@@ -107,4 +125,35 @@ def open_maps(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
         raise CubeError(f"{where} is not a readable maps store ({type(exc).__name__}: {exc})") from exc
     if "flag" not in ds and group != "truth":
         raise CubeError(f"{path} has no 'flag' variable: not a survey-proc maps store")
+    return ds
+
+
+#: variables of a maps store that describe the data or the run rather than a property
+_NOT_PROPERTIES = ("flag", "snr", "bin_id")
+
+
+def map_variables(ds: xr.Dataset) -> tuple[list[str], list[str]]:
+    """(properties, diagnostics) of a maps Dataset, each over its spatial dims only: the estimated
+    properties in the order :data:`PROPERTIES` lists them (then others), and the diagnostics
+    (``snr`` and novelty scores). Errors (``<name>_err``), ``flag``, the bookkeeping arrays and
+    variables with extra dims (weight grids) are not in either."""
+    spatial = tuple(d for d in ds["flag"].dims) if "flag" in ds else ()
+    names = [
+        str(n)
+        for n, v in ds.data_vars.items()
+        if v.dims == spatial and not str(n).startswith("region_") and not str(n).endswith("_err") and n != "flag"
+    ]
+    order = {name: i for i, name in enumerate(PROPERTIES)}
+    properties = [n for n in names if (n not in _NOT_PROPERTIES and f"{n}_err" in ds) or n in order]
+    properties.sort(key=lambda n: order.get(n, len(order)))
+    return properties, [n for n in names if n not in properties and n != "bin_id"]
+
+
+def open_pixel_maps(path: str | os.PathLike) -> xr.Dataset:
+    """A maps store as images where it has them: a binned run's group ``pixels`` (with the store's
+    attributes), else the store itself (``(y, x)`` maps of a cube, ``(object,)`` of a catalogue)."""
+    ds = open_maps(path)
+    if "object" in ds.dims and (Path(path) / PIXEL_MAPS_GROUP).is_dir():
+        pixels = open_maps(path, group=PIXEL_MAPS_GROUP)
+        return pixels.assign_attrs({**ds.attrs, **pixels.attrs})
     return ds
