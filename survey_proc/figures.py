@@ -29,3 +29,18 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 90, tight: bool = True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+#: the colour of pixels without a value (masked, not fitted), distinct from every colour of the
+#: diverging and sequential maps (white is zero in a difference map)
+NO_VALUE = "#5a5a5a"
+#: the colour of pixels whose estimate exists but is flagged (low S/N, unlike the training set)
+FLAGGED = "#c8c8c8"
+
+
+def colormap(name: str, bad: str = NO_VALUE):
+    """A copy of matplotlib colormap ``name`` that draws NaN (masked) pixels in ``bad``, not in the
+    background's white (the colour of zero in a diverging map)."""
+    import matplotlib
+
+    return matplotlib.colormaps[name].with_extremes(bad=bad)

@@ -22,6 +22,8 @@ VERBS = [
     "ingest-spectra",
     "example",
     "run",
+    "plot",
+    "export",
     "bin",
     "cluster",
     "validate",

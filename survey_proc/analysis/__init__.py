@@ -40,6 +40,7 @@ from survey_proc.analysis._gradients import (
     plot_gradients,
     radial_gradient,
 )
+from survey_proc.analysis._quicklook import plot_maps, quicklook_figure, quicklook_path
 
 __all__ = [
     "COMPARED",
@@ -70,7 +71,10 @@ __all__ = [
     "pearson",
     "plot_comparison",
     "plot_gradients",
+    "plot_maps",
     "plot_maps_vs_truth",
+    "quicklook_figure",
+    "quicklook_path",
     "radial_gradient",
     "running_difference",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from survey_proc.figures import pyplot, save_figure
+from survey_proc.figures import colormap, pyplot, save_figure
 from survey_proc.stores import robust_sigma
 
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
@@ -119,12 +119,12 @@ def _plot_property_row(fig, row, name: str, true: np.ndarray, shown: np.ndarray,
     """One row of :func:`plot_maps_vs_truth`: truth, estimate, their difference, and one against the other."""
     lo, hi = np.nanpercentile(true, [2, 98])
     for ax, img, label in ((row[0], true, "truth"), (row[1], shown, "estimate (flag = 0)")):
-        im = ax.imshow(img, origin="lower", vmin=lo, vmax=hi, cmap="viridis")
+        im = ax.imshow(img, origin="lower", vmin=lo, vmax=hi, cmap=colormap("viridis"))
         ax.set_title(f"{name} {label}", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8, label=units)
     diff = shown - true
     lim = np.nanpercentile(np.abs(diff), 95) if np.isfinite(diff).any() else 1.0
-    im = row[2].imshow(diff, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    im = row[2].imshow(diff, origin="lower", cmap=colormap("RdBu_r"), vmin=-lim, vmax=lim)
     row[2].set_title(f"estimate - truth (robust sigma {robust_sigma(diff):.3g} {units})", fontsize=9)
     fig.colorbar(im, ax=row[2], shrink=0.8)
     ok = np.isfinite(shown) & np.isfinite(true)

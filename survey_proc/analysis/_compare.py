@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from survey_proc.errors import CubeError
-from survey_proc.figures import pyplot, save_figure
+from survey_proc.figures import colormap, pyplot, save_figure
 from survey_proc.stores import NOT_FITTED, open_maps, robust_sigma
 
 #: properties compared by default, where both stores have them
@@ -241,7 +241,7 @@ def _show_maps(fig, axes, maps: list[tuple[str, np.ndarray]], name: str, units: 
     lo, hi = np.percentile(stack, [2, 98]) if stack.size else (0.0, 1.0)
     for ax, (label, img) in zip(axes, maps):
         ax.set_visible(True)
-        im = ax.imshow(img, origin="lower", vmin=lo, vmax=hi, cmap="viridis")
+        im = ax.imshow(img, origin="lower", vmin=lo, vmax=hi, cmap=colormap("viridis"))
         ax.set_title(f"{name}: {label}", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8, label=units)
         ax.set_xticks([])
@@ -255,8 +255,8 @@ def _show_differences(fig, axes, diffs: list[tuple[str, np.ndarray]], units: str
     lim = lim if lim > 0 else 1.0
     for ax, (label, img) in zip(axes, diffs):
         ax.set_visible(True)
-        im = ax.imshow(img, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_title(f"{label}\n(robust sigma {robust_sigma(img):.3g} {units})", fontsize=8)
+        im = ax.imshow(img, origin="lower", cmap=colormap("RdBu_r"), vmin=-lim, vmax=lim)
+        ax.set_title(f"{label}\n(robust sigma {robust_sigma(img):.3g} {units}; grey: no value)", fontsize=8)
         fig.colorbar(im, ax=ax, shrink=0.8, label=units)
         ax.set_xticks([])
         ax.set_yticks([])

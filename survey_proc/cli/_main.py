@@ -4,10 +4,11 @@ user errors to one line and exit 2, an interruption to exit 130."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
-from survey_proc.cli import _analysis, _bench, _cluster, _data, _models, _run
+from survey_proc.cli import _analysis, _bench, _cluster, _data, _maps, _models, _run
 from survey_proc.cli._common import reporting, shows_progress
 from survey_proc.errors import SurveyProcError
 
@@ -25,6 +26,8 @@ VERBS = (
     _data.add_ingest_spectra,
     _data.add_example,
     _run.add_run,
+    _maps.add_plot,
+    _maps.add_export,
     _data.add_bin,
     _cluster.add_cluster,
     _data.add_validate,
