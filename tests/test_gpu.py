@@ -7,8 +7,6 @@ threads in cluster/test_cuda.py.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -87,7 +85,7 @@ def test_run_on_gpu_matches_cpu(mock16, tmp_path, cluster):
     )
     assert s.verified and s.spectra == ref.spectra and s.fitted == ref.fitted
     a, b = xr.open_zarr(tmp_path / "cpu.zarr"), xr.open_zarr(tmp_path / "gpu.zarr")
-    assert json.loads(b.attrs["run_options"])["device"].startswith("cuda")
+    assert b.attrs["run_options"]["device"].startswith("cuda")
     assert b.attrs["network_precision"] == "float32"
     for name in OUTPUTS:
         assert np.allclose(a[name], b[name], rtol=1e-3, atol=1e-3, equal_nan=True), name

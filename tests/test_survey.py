@@ -263,4 +263,6 @@ def test_cli_runs_several_cubes_given_on_the_command_line(three_cubes, run_model
     assert main([*args, "--out-dir", str(tmp_path / "maps")]) == 0
     out = capsys.readouterr().out
     assert "2 cubes: 2 done, 0 already done, 0 failed; 288 spectra processed" in out
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["gal0.maps.zarr", "gal1.maps.zarr"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        f"gal{i}.maps.{ext}" for i in (0, 1) for ext in ("log", "png", "zarr")
+    ]

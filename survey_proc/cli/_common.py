@@ -68,6 +68,7 @@ def reporting(shown: bool) -> Iterator[None]:
     and errors on stderr either way. Restores the ``survey_proc`` logger afterwards."""
     logger, handler = logging.getLogger("survey_proc"), _Lines()
     level = logger.level
+    handler.setLevel(logging.INFO if shown else logging.WARNING)  # a run's log file may take INFO meanwhile
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if shown else logging.WARNING)
     try:

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         with reporting(shows_progress(args)):
+            _warn_unknown_settings()
             return int(args.func(args) or 0)
     except RunInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
@@ -73,3 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     except SurveyProcError as exc:
         print(f"survey-proc {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _warn_unknown_settings() -> None:
+    """Name every ``survey-proc`` setting the package does not know: a misspelled key is otherwise ignored."""
+    from survey_proc import config
+
+    for key in config.unknown_keys():
+        logging.getLogger("survey_proc.cli").warning(
+            f"warning: unknown setting {key} is ignored (set in ~/.config/dask/, a DASK_SURVEY_PROC__... "
+            "variable or dask.config.set)"
+        )

@@ -66,6 +66,7 @@ def add_run(sub) -> None:
         help="run a model bundle whose manifest records no SHA-256 of its model file (its integrity cannot be "
         "checked; survey-proc.run.trust-model)",
     )
+    r.add_argument("--no-plot", action="store_true", help="write no quick-look PNG (<maps>.png) beside the maps")
     add_quiet(r)
     r.set_defaults(func=cmd_run, reports=True)
 
@@ -93,6 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         device=args.device,
+        plot=False if args.no_plot else None,
     )
     kind = "maps" if method == "model" else method  # <cube>.ppxf.zarr, <cube>.fit.zarr
     if args.save_model and (method != "fit" or len(cubes) != 1 or args.survey or args.out_dir):

@@ -21,7 +21,8 @@ class RunConfig:
     """Options of ``survey-proc run`` (None: the dask.config default ``survey-proc.run.*``).
 
     ``progress``: show progress bars while :func:`~survey_proc.engine.run` runs (Python callers;
-    the command line shows them unless ``--quiet``).
+    the command line shows them unless ``--quiet``). ``plot``: write the quick-look PNG
+    ``<maps>.png`` once the maps are complete.
     """
 
     cube: str
@@ -36,6 +37,7 @@ class RunConfig:
     progress: bool = True
     device: str | None = None  #: cpu | cuda; None: what the cluster provides (cuda on local-cuda)
     retries: int | None = None
+    plot: bool | None = None  #: a quick-look PNG beside the maps (None: ``survey-proc.run.plot``)
 
     def resolved(self) -> RunConfig:
         get = config.get
@@ -53,4 +55,5 @@ class RunConfig:
             progress=self.progress,
             device=self.device or cluster_kind(cluster).device,
             retries=self.retries if self.retries is not None else get("run.retries"),
+            plot=self.plot if self.plot is not None else bool(get("run.plot", True)),
         )

@@ -36,6 +36,8 @@ class CubeJob:
     setup_seconds: float = 0.0  #: loading the estimator on the workers, before the timed regions
     requested: float | None = None  #: time.perf_counter() when the run asked for its cluster
     workers_at_start: int = 0  #: workers when the first region was submitted
+    #: what the run uses and where each value came from (the run's log file records it)
+    settings: dict = field(default_factory=dict)
 
     @property
     def settled(self) -> bool:

@@ -16,14 +16,17 @@ messages (a resumed store, each cube's outcome) are logged, and the command line
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from survey_proc import progress
 from survey_proc.cluster import make_client
 from survey_proc.engine._config import RunConfig, default_output
 from survey_proc.engine._jobs import CubeJob, failure_reason
+from survey_proc.engine._log import append, log_path, run_logs
 from survey_proc.engine._schedule import ClientRun
 from survey_proc.engine._serial import run_serial
 from survey_proc.engine._setup import prepare_cube
@@ -38,12 +41,17 @@ class RunInterrupted(SurveyProcError):
     """The run stopped before every region was done; rerunning the same command resumes it."""
 
 
-def run(rc: RunConfig) -> RunSummary:
-    """Run an estimator over every spectrum of a cube (or catalogue) and write the maps store."""
+def run(rc: RunConfig, client=None) -> RunSummary:
+    """Run an estimator over every spectrum of a cube (or catalogue) and write the maps store.
+
+    ``client``: a running ``distributed.Client`` to compute on (left open); None starts the cluster
+    ``rc.cluster`` names and closes it afterwards.
+    """
     with progress.shown(rc.progress):
         job = prepare_cube(rc)
         try:
-            outcome = run_jobs([job], job.rc)[0]
+            with run_logs([job]) as logs:
+                outcome = run_jobs([job], job.rc, client=client, logs=logs)[0]
         finally:
             release_store(job.rc.out)  # the lock prepare_cube took
     if outcome.failed:
@@ -52,10 +60,11 @@ def run(rc: RunConfig) -> RunSummary:
     return outcome.summary
 
 
-def run_many(rcs: list[RunConfig]) -> list[CubeOutcome]:
+def run_many(rcs: list[RunConfig], client=None) -> list[CubeOutcome]:
     """Run several cubes on one shared client; a cube that fails is reported and the rest carry on.
 
-    Execution options (cluster, workers, threads, retries, progress) are those of the first config.
+    Execution options (cluster, workers, threads, retries, progress) are those of the first config;
+    ``client``: as for :func:`run`.
     """
     if not rcs:
         return []
@@ -70,7 +79,8 @@ def run_many(rcs: list[RunConfig]) -> list[CubeOutcome]:
             except Exception as exc:  # missing, corrupt or invalid cube: report it, carry on
                 outcomes.append(_failed_setup(rc, exc))
         try:
-            ran = iter(run_jobs(jobs, rcs[0].resolved()) if jobs else [])
+            with run_logs(jobs) as logs:
+                ran = iter(run_jobs(jobs, rcs[0].resolved(), client=client, logs=logs) if jobs else [])
         finally:
             for job in jobs:
                 release_store(job.rc.out)  # the locks prepare_cube took
@@ -97,25 +107,44 @@ def _failed_setup(rc: RunConfig, exc: Exception) -> CubeOutcome:
 
 
 class _Closer:
-    """Closes jobs as their tasks come back: verification and summary, an outcome per job."""
+    """Closes jobs as their tasks come back: verification, summary, quick-look figure and the end of
+    the log, an outcome per job."""
 
-    def __init__(self, jobs: list[CubeJob]) -> None:
+    def __init__(self, jobs: list[CubeJob], logs: dict | None = None) -> None:
         self.index = {id(j): i for i, j in enumerate(jobs)}
         self.several = len(jobs) > 1
         self.outcomes: dict[int, CubeOutcome] = {}
         self.client = None
         self.workers = 0
+        self.logs = logs or {}
 
     def __call__(self, job: CubeJob) -> None:
         if self.client is not None:  # workers of batch jobs arrive during the run: count them now
             self.workers = max(self.workers, len(self.client.scheduler_info().get("workers", {})))
         outcome = _close(job, self.workers, self.client)
+        if outcome.summary is not None:
+            outcome.summary.log = str(log_path(job.rc.out)) if job.rc.out in self.logs else ""
+            if job.rc.plot:
+                outcome.summary.figure = _quicklook(job.rc.out)
         self.outcomes[self.index[id(job)]] = outcome
+        append(self.logs, job.rc.out, outcome.summary.format() if outcome.summary else f"failed: {outcome.reason}")
         if self.several:
             line = f"{outcome.cube}: {outcome.status}" + (
                 f" ({outcome.reason.splitlines()[0]})" if outcome.failed else ""
             )
             log.info(line)
+
+
+def _quicklook(out: str) -> str:
+    """The quick-look PNG of finished maps (its path), or "" with a warning where it cannot be drawn:
+    a figure never fails a run."""
+    from survey_proc.analysis import plot_maps  # matplotlib: only where a figure is drawn
+
+    try:
+        return str(plot_maps(out))
+    except Exception as exc:  # the maps are complete; the figure is a convenience
+        log.warning(f"{out}: no quick-look figure ({type(exc).__name__}: {exc}); draw it with survey-proc plot")
+        return ""
 
 
 def _close(job: CubeJob, workers: int, client=None) -> CubeOutcome:
@@ -132,25 +161,36 @@ def _close(job: CubeJob, workers: int, client=None) -> CubeOutcome:
     return CubeOutcome(rc.cube, rc.out, "failed", reason=job.error)
 
 
-def run_jobs(jobs: list[CubeJob], rc: RunConfig) -> list[CubeOutcome]:
-    """Run prepared jobs on one client (started only if a region is left); outcomes in job order."""
-    closer = _Closer(jobs)
+def run_jobs(jobs: list[CubeJob], rc: RunConfig, client=None, logs: dict | None = None) -> list[CubeOutcome]:
+    """Run prepared jobs on one client (``client``, else the cluster of ``rc``, started only if a
+    region is left); outcomes in job order. ``logs``: the jobs' log files (:func:`run_logs`)."""
+    closer = _Closer(jobs, logs)
     todo = [j for j in jobs if j.pending]
     if todo:
         requested = time.perf_counter()
         for job in todo:
             job.requested = requested
-        with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as client:
-            if client is None:  # in this process: nothing started, nothing to wait for
+        with _client(rc, client) as running:
+            if running is None:  # in this process: nothing started, nothing to wait for
                 for job in todo:
                     job.requested = None
-            closer.client, closer.workers = client, (0 if client is not None else 1)
-            _execute(client, todo, rc, closer)
+            closer.client, closer.workers = running, (0 if running is not None else 1)
+            _execute(running, todo, rc, closer)
         closer.client = None
     for job in jobs:
         if not job.pending:
             closer(job)
     return [closer.outcomes[i] for i in range(len(jobs))]
+
+
+@contextlib.contextmanager
+def _client(rc: RunConfig, client=None) -> Iterator:
+    """The caller's client (left open), or the cluster ``rc`` names (closed afterwards)."""
+    if client is not None:
+        yield client
+        return
+    with make_client(rc.cluster, rc.workers, rc.threads_per_worker) as started:
+        yield started
 
 
 def _execute(client, jobs: list[CubeJob], rc: RunConfig, on_close: _Closer) -> None:

@@ -53,12 +53,15 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     rc, manifest = _covering_model(rc, manifest, cube, redshift, model_named)
     _warn_caveats(manifest)
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
-    min_snr = float(rc.min_snr if rc.min_snr is not None else (manifest.min_snr or config.get("run.min-snr")))
+    min_snr, min_snr_source = resolve_min_snr(rc, manifest)
     _check_options(redshift, min_snr)
+    notes = fixed_by_manifest(manifest)
+    for note in notes:
+        log.warning(f"note: {note}")
     fingerprint = content_fingerprint(rc.cube)
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
     run_flags = _lsf_flags(manifest, rc.cube, redshift, template.attrs)
-    template.attrs["input_fingerprint"] = fingerprint
+    template.attrs.update(input_fingerprint=fingerprint, min_snr_source=min_snr_source)
     signature = _signature(cube, manifest, redshift, min_snr, fingerprint)
     identity = "cube (or its content), model or options"
     if not rc.overwrite:
@@ -85,9 +88,59 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         run_flags=run_flags,
     )
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
+    settings = {
+        "model": f"{manifest.model_id} ({manifest.path})",
+        "redshift": f"{redshift:g}" + (" (--redshift)" if rc.redshift is not None else " (the cube's)"),
+        "min_snr": f"{min_snr:g} ({min_snr_source})",
+        "run options": json.dumps(template.attrs["run_options"]),
+        "notes": notes,
+    }
     return CubeJob(
-        rc=rc, manifest=manifest, regions=regions, pending=pending, opts=opts, names=names, binned=PIXEL_MAP in cube
+        rc=rc,
+        manifest=manifest,
+        regions=regions,
+        pending=pending,
+        opts=opts,
+        names=names,
+        binned=PIXEL_MAP in cube,
+        settings=settings,
     )
+
+
+#: the S/N threshold of a model whose manifest sets none, when nothing else does
+DEFAULT_MIN_SNR = 5.0
+
+
+def resolve_min_snr(rc: RunConfig, manifest: Manifest) -> tuple[float, str]:
+    """The S/N per Angstrom under which spectra are flagged ``low_snr``, and where it came from:
+    ``--min-snr``, else ``survey-proc.run.min-snr`` when set (over the manifest's), else the model
+    manifest's ``min_snr``, else :data:`DEFAULT_MIN_SNR`."""
+    if rc.min_snr is not None:
+        return float(rc.min_snr), "--min-snr"
+    configured = config.get("run.min-snr", None)
+    if configured is not None:
+        over = f", over the manifest's {manifest.min_snr:g}" if manifest.min_snr else ""
+        return float(configured), f"survey-proc.run.min-snr{over}"
+    if manifest.min_snr:
+        return float(manifest.min_snr), f"model {manifest.name}'s manifest"
+    return DEFAULT_MIN_SNR, "the default"
+
+
+def fixed_by_manifest(manifest: Manifest) -> list[str]:
+    """A sentence for each setting the user changed that the model's manifest fixes (no effect)."""
+    changed, notes = config.overrides(), []
+    if "run.batch-size" in changed and manifest.batch_size:
+        notes.append(
+            f"survey-proc.run.batch-size = {changed['run.batch-size']} has no effect: model {manifest.name}'s "
+            f"manifest fixes batch_size = {manifest.batch_size} (run.cpu-batch-size caps it on CPUs)"
+        )
+    fixed = getattr(manifest.input, "max_masked_fraction", None)
+    if "run.max-masked-fraction" in changed and fixed is not None:
+        notes.append(
+            f"survey-proc.run.max-masked-fraction = {changed['run.max-masked-fraction']} has no effect: model "
+            f"{manifest.name}'s manifest fixes input.max_masked_fraction = {fixed:g}"
+        )
+    return notes
 
 
 def _covering_model(
@@ -201,6 +254,11 @@ def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: f
     return run_signature(ident)
 
 
+def _json_safe(values: dict) -> dict:
+    """``values`` as a JSON object attribute: numbers stay numbers, anything else becomes its str."""
+    return json.loads(json.dumps(values, default=str))
+
+
 def _provenance(
     manifest: Manifest, rc: RunConfig, cube: xr.Dataset, redshift: float, min_snr: float, estimator: Estimator
 ) -> dict:
@@ -212,7 +270,7 @@ def _provenance(
         "model_id": manifest.model_id,
         "model_name": manifest.name,
         "model_sha256": manifest.digest,
-        "model_software": json.dumps(dict(estimator.provenance), default=str),
+        "model_software": _json_safe(dict(estimator.provenance)),
         "model_estimator": manifest.estimator,
         "model_manifest": str(manifest.path),
         "model_manifest_sha256": manifest.manifest_digest,
@@ -224,7 +282,7 @@ def _provenance(
         "redshift": redshift,
         "min_snr": min_snr,
         "network_precision": estimator.precision_on(str(rc.device)),  # the workers', not this CPU check's
-        "run_options": json.dumps({k: v for k, v in asdict(rc).items() if k != "progress"}, default=str),
+        "run_options": _json_safe({k: v for k, v in asdict(rc).items() if k != "progress"}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": "running",
     }

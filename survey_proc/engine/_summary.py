@@ -7,7 +7,6 @@ became of each cube of a batch.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +48,8 @@ class RunSummary:
     #: jobs in a queue), loading the model on them (not in ``seconds``)
     startup_seconds: float = 0.0
     workers_at_start: int = 0  #: workers when the first region was submitted (``workers``: at the end)
+    figure: str = ""  #: the quick-look PNG beside the maps ("" when not drawn)
+    log: str = ""  #: the run's log file ("" when none was written)
 
     @property
     def flagged_fraction(self) -> float:
@@ -78,6 +79,10 @@ class RunSummary:
         ]
         if self.pixel_maps:
             lines.append(f"maps on the pixel grid in its group '{self.pixel_maps}'")
+        if self.figure:
+            lines.append(f"quick-look figure: {self.figure}")
+        if self.log:
+            lines.append(f"log: {self.log}")
         return "\n".join(lines)
 
     def _head(self) -> str:
@@ -178,7 +183,7 @@ def _record(out: str, summary: RunSummary, ran: bool) -> None:
             "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "spectra": summary.spectra,
             "fitted": summary.fitted,
-            "flag_counts": json.dumps(summary.flag_counts),
+            "flag_counts": {k: int(v) for k, v in summary.flag_counts.items()},
         }
     )
     if ran:
