@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import logging
+import sys
 
 import dask.config
 from dask.system import CPU_COUNT  # cores this process may use (affinity, cgroup quota)
 
 from survey_proc import config
+
+log = logging.getLogger(__name__)
 
 
 def worker_environ() -> dict[str, str]:
@@ -74,19 +78,61 @@ def dashboard_address() -> str | None:
     return config.get("cluster.dashboard-address", "127.0.0.1:0")
 
 
+def _guarded(tree: ast.Module) -> bool:
+    """Whether a module's top level has ``if __name__ == "__main__":``."""
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left, *node.test.comparators]
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+                isinstance(n, ast.Constant) and n.value == "__main__" for n in names
+            ):
+                return True
+    return False
+
+
+def unguarded_script() -> str | None:
+    """The script this process runs, when its top level lacks ``if __name__ == "__main__":``: worker
+    processes start by importing it again (Python's ``spawn``, which Dask uses), so they would run
+    the script themselves and die ("Nanny failed to start"). None for a guarded script, an
+    interactive session or a notebook."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return None if _guarded(tree) else str(path)
+
+
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1, **kwargs):
     """A LocalCluster with one process per worker (default: one per core), dashboard on a free port.
 
-    ``kwargs`` go to ``LocalCluster`` (e.g. ``env`` for variables set after the worker starts).
+    ``kwargs`` go to ``LocalCluster`` (e.g. ``env`` for variables set after the worker starts). Called
+    from a script without a ``__main__`` guard (:func:`unguarded_script`), the workers are threads of
+    this process instead, with a note saying how to get processes back.
     """
     from distributed import LocalCluster
 
     n = workers or max(1, CPU_COUNT // max(threads_per_worker, 1))
+    script = unguarded_script()
+    if script is not None:
+        log.warning(
+            f'note: {script} has no `if __name__ == "__main__":` guard, so worker processes cannot start '
+            f"(each would run the script again); running {n} worker thread(s) in this process instead. Put "
+            "the script's code under that guard to use worker processes."
+        )
+        kwargs = {k: v for k, v in kwargs.items() if k != "env"}
+        n, threads_per_worker, processes = 1, n * threads_per_worker, False
+    else:
+        processes = True
     with dask.config.set(worker_config()):
         return LocalCluster(
             n_workers=n,
             threads_per_worker=threads_per_worker,
-            processes=True,
+            processes=processes,
             dashboard_address=kwargs.pop("dashboard_address", dashboard_address()),
             memory_limit=config.get("cluster.memory-limit", "auto"),
             silence_logs=logging.CRITICAL,
