@@ -131,6 +131,16 @@ def test_run_over_bins_writes_maps_on_the_pixel_grid(binned, run_model, tmp_path
         np.testing.assert_array_equal(pixels[name].values[inside], per_bin[name].values[bin_id[inside]])
     assert (pixels.flag.values[~inside] & Flag.NOT_BINNED).all()
     assert np.isnan(pixels.log_age.values[~inside]).all()
+    # exported, the maps are those on the pixel grid, with the bin of each spaxel
+    from astropy.io import fits
+
+    from survey_proc.stores import export_maps_fits
+
+    export_maps_fits(maps_path, tmp_path / "bins.fits")
+    with fits.open(tmp_path / "bins.fits") as hdul:
+        np.testing.assert_array_equal(hdul["BIN_ID"].data, bin_id)
+        np.testing.assert_array_equal(hdul["LOG_AGE"].data, pixels.log_age.values)
+        assert hdul["FLAG"].data.shape == (16, 16)
 
 
 def test_cli_bin_writes_catalogue_and_figure(mock16, tmp_path, capsys):

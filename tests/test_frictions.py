@@ -119,3 +119,10 @@ def test_difference_maps_show_masked_pixels_apart_from_zero(monkeypatch, tmp_pat
         drawn = bad[:3] * bad[3] + face[:3] * (1 - bad[3])  # what a masked pixel looks like
         zero = np.array(im.cmap(im.norm(0.0)))[:3]
         assert np.abs(drawn - zero).max() > 0.2, (drawn, zero)
+
+
+def test_no_plot_writes_the_maps_and_the_log_without_a_figure(mock16, tmp_path, capsys):
+    out = tmp_path / "m.maps.zarr"
+    assert main(["run", "--cube", str(mock16), "--out", str(out), "--cluster", "none", "--no-plot", "--quiet"]) == 0
+    assert out.is_dir() and (tmp_path / "m.maps.log").is_file() and not (tmp_path / "m.maps.png").exists()
+    assert "quick-look figure" not in capsys.readouterr().out

@@ -269,6 +269,20 @@ def test_sdss_bundle_on_the_real_spectra(real_store, tmp_path):
     assert np.isfinite(maps.ra.values).all() and np.isfinite(maps.dec.values).all()
     np.testing.assert_array_equal(maps.ra.values, cube.ra.values)
     np.testing.assert_array_equal(maps.dec.values, cube.dec.values)
+    # exported, a catalogue's maps are one table with a row per object and its position
+    from astropy.io import fits
+
+    from survey_proc.analysis import plot_maps
+    from survey_proc.stores import export_maps_fits
+
+    info = export_maps_fits(out, tmp_path / "real.maps.fits")
+    assert info.extensions == ["MAPS"] and not info.wcs
+    with fits.open(tmp_path / "real.maps.fits") as hdul:
+        table = hdul["MAPS"].data
+        np.testing.assert_array_equal(table["RA"], maps.ra.values)
+        np.testing.assert_array_equal(table["LOG_AGE"], maps.log_age.values)
+        assert hdul["MAPS"].columns["SIGMA"].unit == "km/s" and hdul[0].header["MODELID"] == maps.attrs["model_id"]
+    assert plot_maps(out).stat().st_size > 10_000  # objects drawn on the sky
 
 
 def test_engine_reads_wavelengths_in_the_models_medium(real_store):
