@@ -1,5 +1,8 @@
+"""``python -m survey_proc``: the command line."""
+
 import sys
 
 from survey_proc.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

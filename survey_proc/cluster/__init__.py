@@ -13,7 +13,7 @@ without starting anything.
 from survey_proc.cluster._client import KNOWN, ClusterKind, cluster_kind, job_script, make_client
 from survey_proc.cluster._cuda import gpu_worker_threads
 from survey_proc.cluster._jobqueue import GPU_RESOURCE, GPU_TASK, PLACEHOLDER_ADDRESS
-from survey_proc.cluster._local import local_cluster, tune_heap
+from survey_proc.cluster._local import local_cluster, tune_heap, unguarded_script
 
 __all__ = [
     "GPU_RESOURCE",
@@ -27,4 +27,5 @@ __all__ = [
     "local_cluster",
     "make_client",
     "tune_heap",
+    "unguarded_script",
 ]

@@ -6,6 +6,7 @@ import ast
 import ctypes
 import logging
 import sys
+from pathlib import Path
 
 import dask.config
 from dask.system import CPU_COUNT  # cores this process may use (affinity, cgroup quota)
@@ -97,8 +98,8 @@ def unguarded_script() -> str | None:
     interactive session or a notebook."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if not path or not str(path).endswith(".py"):
-        return None
+    if not path or not str(path).endswith(".py") or Path(path).name == "__main__.py":
+        return None  # a package's __main__.py (python -m ...): spawn does not run it again
     try:
         with open(path) as f:
             tree = ast.parse(f.read())

@@ -48,3 +48,29 @@ def test_the_dashboard_listens_on_this_machine_only():
         assert listening == {"127.0.0.1"}, listening
     finally:
         cluster.close()
+
+
+def test_only_a_plain_script_without_a_main_guard_is_unguarded(tmp_path, monkeypatch):
+    """Such a script gets worker threads (its workers would run it again); a guarded script, a
+    package's ``__main__.py`` (``python -m survey_proc``: spawn never reruns it) and a notebook keep
+    worker processes."""
+    import sys
+    import types
+
+    from survey_proc.cluster import unguarded_script
+
+    def main_module(name: str | None, text: str = "") -> None:
+        module = types.ModuleType("__main__")
+        if name is not None:
+            (tmp_path / name).write_text(text)
+            module.__file__ = str(tmp_path / name)
+        monkeypatch.setitem(sys.modules, "__main__", module)
+
+    main_module("plain.py", "import survey_proc\nsurvey_proc.run('c.zarr')\n")
+    assert unguarded_script() == str(tmp_path / "plain.py")
+    main_module("guarded.py", "import survey_proc\nif __name__ == '__main__':\n    survey_proc.run('c.zarr')\n")
+    assert unguarded_script() is None
+    main_module("__main__.py", "import sys\nfrom survey_proc.cli import main\nsys.exit(main())\n")
+    assert unguarded_script() is None
+    main_module(None)  # an interactive session or a notebook
+    assert unguarded_script() is None
