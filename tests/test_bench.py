@@ -40,6 +40,7 @@ def test_bench_quick_writes_the_documented_json(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert not list((tmp_path / "work").glob("*.png"))  # no quick-look figure inside the timed runs
 
     machine = report["machine"]
     for key in ("cpu", "cores", "memory_gb", "gpu", "driver", "gpus", "versions", "load_average_1min"):
