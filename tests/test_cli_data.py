@@ -26,7 +26,8 @@ def test_mock_summary_and_options(tmp_path, capsys):
 
     assert main(["validate", str(cube)]) == 0
     assert capsys.readouterr().out == (
-        f"{cube}: valid; dims {{'y': 4, 'x': 6, 'wave': 1761}}, wave 4800.0-7000.0 A (observed, air), redshift 0.008\n"
+        f"{cube}: valid cube store; dims {{'y': 4, 'x': 6, 'wave': 1761}}, wave 4800.0-7000.0 A (observed, air), "
+        "redshift 0.008\n"
     )
 
 
