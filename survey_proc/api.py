@@ -75,7 +75,8 @@ def run(
     options : the fields of :class:`~survey_proc.engine.RunConfig` (``redshift``, ``min_snr``,
         ``workers``, ``cluster``, ``device``, ``overwrite``, ``progress``, ``plot``, ``retries``,
         ``threads_per_worker``), ``method="ppxf"`` (the pPXF baseline, maps default
-        ``<cube>.ppxf.zarr``) and ``cube_store``.
+        ``<cube>.ppxf.zarr``) or ``method="fit"`` (pPXF's model in batches, ``<cube>.fit.zarr``;
+        :func:`survey_proc.engine.write_best_fit` then saves its best-fit spectra) and ``cube_store``.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -83,11 +84,11 @@ def run(
     for key in config.unknown_keys():
         log.warning(f"unknown setting {key} is ignored")
     method = options.pop("method", "model")
-    if method not in ("model", "ppxf"):
-        raise OptionError(f"method={method!r}: use 'model' or 'ppxf'")
+    if method not in ("model", "ppxf", "fit"):
+        raise OptionError(f"method={method!r}: use 'model', 'ppxf' or 'fit'")
     path = _cube_path(cube, None if out is None else str(out), options.pop("cube_store", None))
-    if method == "ppxf":
-        model = model or "ppxf"
-    out = str(out) if out is not None else str(default_output(path, "ppxf" if method == "ppxf" else "maps"))
+    if method != "model":
+        model = model or method
+    out = str(out) if out is not None else str(default_output(path, "maps" if method == "model" else method))
     rc = RunConfig(cube=path, out=out, model=model, **options)
     return run_engine(rc, client=client)

@@ -75,3 +75,11 @@ def test_run_names_what_it_does_not_take(tmp_path, mock16):
 
     with pytest.raises(OptionError, match="give out="):
         survey_proc.run(xr.open_zarr(mock16))
+
+
+def test_run_fits_with_method_fit(tmp_path, mock16):
+    cube = xr.open_zarr(mock16).isel(y=slice(0, 2), x=slice(0, 4))
+    out = tmp_path / "c.fit.zarr"
+    survey_proc.run(cube, out=out, method="fit", cluster="none", progress=False, plot=False)
+    maps = xr.open_zarr(out)
+    assert maps.attrs["model_estimator"] == "fit" and np.isfinite(maps.chi2.values).all()

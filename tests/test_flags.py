@@ -128,3 +128,11 @@ def test_a_network_run_on_data_of_another_resolution_is_flagged(mock16, tmp_path
     run(RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), cluster="none", progress=False))
     same = xr.open_zarr(tmp_path / "m.zarr")
     assert not (same.flag.values & int(Flag.LSF_MISMATCH)).any() and same.attrs["lsf_offset_kms"] == 0.0
+
+
+def test_every_flag_has_a_colour_and_a_description():
+    from survey_proc.analysis._quicklook import _FLAG_COLOURS
+    from survey_proc.stores import FLAG_DESCRIPTIONS
+
+    assert len(_FLAG_COLOURS) >= len(Flag) + 1
+    assert set(FLAG_DESCRIPTIONS) == set(Flag)

@@ -21,7 +21,10 @@ from survey_proc.figures import FLAGGED, NO_VALUE, colormap, pyplot, save_figure
 from survey_proc.stores import NOT_FITTED, Flag, map_variables, open_pixel_maps
 
 #: the flag panel's colour per bit (the lowest bit set wins), and for good pixels
-_FLAG_COLOURS = ("#ffffff", "#4d4d4d", "#e41a1c", "#ff7f00", "#984ea3", "#377eb8", "#a65628", "#999999")
+_FLAG_COLOURS = (
+    "#ffffff",  # good
+    "#4d4d4d", "#e41a1c", "#ff7f00", "#984ea3", "#377eb8", "#a65628", "#999999", "#f781bf", "#dede00", "#4daf4a",
+)  # fmt: skip
 
 
 def quicklook_path(maps: str | os.PathLike) -> Path:

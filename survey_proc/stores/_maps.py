@@ -46,9 +46,9 @@ FLAG_DESCRIPTIONS = {
     Flag.MASKED: "too many pixels masked; no estimate",
     Flag.FIT_FAILED: "the estimator failed; no estimate",
     Flag.NOT_BINNED: "the spaxel is in no bin; no estimate",
-    Flag.AT_LIMIT: "at an edge of the training range; estimate kept",
-    Flag.POOR_FIT: "the fitted spectrum does not match; estimate kept",
-    Flag.LSF_MISMATCH: "resolution unlike the model's training; estimate kept",
+    Flag.AT_LIMIT: "at a training-range edge; estimate kept",
+    Flag.POOR_FIT: "spectrum not matched; estimate kept",
+    Flag.LSF_MISMATCH: "resolution unlike training; estimate kept",
 }
 
 #: flags that mean "no estimate was made" (outputs NaN)
