@@ -6,6 +6,10 @@ Sets (fetched from the package registry, pinned and cached, like every example):
 - ``sdss``: the three SDSS spectra shipped in ppxf (NGC 3073, 3522, 4636), ingested as a catalogue;
   published values from pPXF's own reference output (ppxf 8.2.6's ``examples/ppxf_python_reference_
   output.txt``: its kinematics and population examples on these spectra).
+- ``manga``: the eight real MaNGA spaxels in the sdss-mangadap 4.5.0 wheel (``MaNGA_test_spectra.fits.gz``,
+  seven galaxies, z = 0.017-0.050), ingested with ``survey-proc ingest-spectra`` (the spectral resolution
+  from ``SRES``); published values: the MaNGA DAP's own stellar sigma for them (its ``test_ppxffit.py``,
+  corrected for the resolution difference as the DAP does: sqrt(sigma^2 - SIGMACORR_SRES^2), +- its error).
 - ``muse``: the real MUSE minicube shipped in mpdaf (Abell 478's central galaxy, z = 0.086), Voronoi-
   binned to S/N 12 per Angstrom with correlated spaxels (``survey-proc bin``; 900 s of MUSE: the whole
   galaxy reaches S/N 24 together); at that redshift the 4750-8800 A models are out of
@@ -51,6 +55,26 @@ SDSS_PUBLISHED = {
     },
 }
 SDSS_SOURCE = "pPXF reference output (ppxf 8.2.6 examples)"
+
+
+#: the MaNGA DAP's stellar sigma for the 8 test spaxels (mangadap 4.5.0 tests/test_ppxffit.py): KIN sigma,
+#: its KINERR and SIGMACORR_SRES; spaxel 5 is NO_FIT there (None)
+MANGA_DAP_KIN = [
+    (292.9, 1.9, 23.5), (123.2, 1.7, 10.1), (236.4, 2.4, 27.3), (169.7, 2.3, 38.7),
+    (202.7, 1.1, 22.3), None, (63.8, 30.8, 63.8), (51.8, 7.5, 23.8),
+]  # fmt: skip
+MANGA_SOURCE = "MaNGA DAP (mangadap 4.5.0 test_ppxffit.py, sigma corrected for SRES)"
+
+
+def manga_published() -> dict[str, dict[str, tuple[float, float]]]:
+    """Per spaxel, the DAP's resolution-corrected sigma +- its error."""
+    out = {}
+    for i, kin in enumerate(MANGA_DAP_KIN):
+        if kin is not None:
+            sigma, err, corr = kin
+            corrected = float(np.sqrt(max(sigma**2 - corr**2, 0.0)))
+            out[f"manga{i}"] = {"sigma": (max(corrected - err, 0.0), corrected + err)}
+    return out
 
 
 @dataclass
@@ -113,6 +137,25 @@ def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
         list(setups.values()),
         SDSS_PUBLISHED,
         SDSS_SOURCE,
+    )
+
+
+def manga_set(work: Path, setups: dict[str, str]) -> RealSet:
+    """The eight MaNGA spaxels of the DAP's tests as a catalogue store."""
+    from survey_proc.stores import ingest_spectra_fits, manga_spectra
+
+    store = work / "manga.zarr"
+    if not store.exists():
+        ingest_spectra_fits(manga_spectra(), store)
+    n = xr.open_zarr(store).sizes["object"]
+    return RealSet(
+        "manga",
+        store,
+        [f"manga{i}" for i in range(n)],
+        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100"],
+        list(setups.values()),
+        manga_published(),
+        MANGA_SOURCE,
     )
 
 
@@ -237,13 +280,15 @@ class RealReport:
         return asdict(self)
 
 
-def run_real(work: Path, json_path: Path, workers: int = 2, sets: tuple[str, ...] = ("sdss", "muse")) -> RealReport:
+def run_real(
+    work: Path, json_path: Path, workers: int = 2, sets: tuple[str, ...] = ("sdss", "manga", "muse")
+) -> RealReport:
     """Every set: the pPXF set-ups, every applicable estimator, the scores; JSON + Markdown + PNG."""
     from survey_proc.bench._timing import bench_cluster
 
     work.mkdir(parents=True, exist_ok=True)
     setups = ppxf_setups(work)
-    builders = {"sdss": sdss_set, "muse": muse_set}
+    builders = {"sdss": sdss_set, "manga": manga_set, "muse": muse_set}
     all_rows: list[dict] = []
     per_set: dict[str, dict] = {}
     with bench_cluster(workers) as client:

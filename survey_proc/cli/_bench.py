@@ -35,8 +35,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--real",
         action="store_true",
-        help="score every estimator on real spectra (SDSS, the MUSE minicube) against pPXF set-ups and published "
-        "values instead (results: real.json)",
+        help="score every estimator on real spectra (SDSS, MaNGA, the MUSE minicube) against pPXF set-ups and "
+        "published values instead (results: real.json)",
     )
     add_quiet(p)
 
