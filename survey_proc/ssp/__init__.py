@@ -1,4 +1,4 @@
-"""SSP library (fetch, cache, load) and the instrument/physics applied to spectra."""
+"""SSP libraries (fetch, cache, load by name, roles) and the instrument/physics applied to spectra."""
 
 from survey_proc.ssp._filters import FILTER_SETS, FilterSet, jpas_filters, load_filters, sdss_filters
 from survey_proc.ssp._instrument import (
@@ -20,30 +20,57 @@ from survey_proc.ssp._instrument import (
     vacuum_to_air,
     wdisp_to_fwhm,
 )
-from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SDIST, SSPLibrary, load_ssp_library
+from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SDIST, SSPLibrary, load_emiles
+from survey_proc.ssp._mangadap import WHEEL, convert_wheel_library, mangadap_wheel
+from survey_proc.ssp._mangadap_grids import WHEEL_LIBRARIES, WheelLibrary
+from survey_proc.ssp._registry import (
+    CALIBRATION,
+    EVALUATION,
+    SSP_LIBRARIES,
+    USES,
+    LibraryInfo,
+    LibraryRoleError,
+    library_names,
+    load_ssp_library,
+    require_use,
+)
 
 __all__ = [
+    "CALIBRATION",
     "C_KMS",
     "EMILES_FWHM",
+    "EVALUATION",
     "FILTER_SETS",
     "FWHM_TO_SIGMA",
     "LIGHT_WINDOW",
     "SDIST",
     "SDSS_LSF_KNOTS",
+    "SSP_LIBRARIES",
+    "USES",
+    "WHEEL",
+    "WHEEL_LIBRARIES",
     "FilterSet",
+    "LibraryInfo",
+    "LibraryRoleError",
     "SSPLibrary",
+    "WheelLibrary",
     "air_to_vacuum",
     "attenuate",
     "attenuation_curve",
+    "convert_wheel_library",
     "convolve_variable_gaussian",
     "gaussian_pixel_weights",
     "jpas_filters",
+    "library_names",
+    "load_emiles",
     "load_filters",
     "load_ssp_library",
     "log_wave_grid",
     "losvd_convolve",
+    "mangadap_wheel",
     "match_lsf",
     "muse_lsf_fwhm",
+    "require_use",
     "resample",
     "sdss_filters",
     "sdss_lsf_fwhm",

@@ -9,6 +9,7 @@ cache (cropped to the configured rest-frame range, float32), which later uses lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -57,8 +58,12 @@ class SSPLibrary:
     log_age : (nage,) log10 of the age in yr.
     metal : (nmetal,) [M/H], dex.
     mass : (nmetal, nage) mass in stars and remnants per M_sun of initial mass.
-    fwhm : instrumental FWHM of the spectra, Angstrom (rest frame).
-    provenance : where the spectra came from (package, file hash).
+    fwhm : instrumental FWHM of the spectra, Angstrom (rest frame): one value, or (nwave,) where it
+        varies with wavelength (MaStar).
+    provenance : where the spectra came from (package, file hash) and what was assumed.
+    name : the library's name in :data:`survey_proc.ssp.SSP_LIBRARIES` (``emiles``, ``m11-miles``, ...).
+    role : ``calibration`` (may feed training, calibration and tuning) or ``evaluation`` (reserved
+        for independent evaluation; :func:`survey_proc.ssp.require_use` refuses it elsewhere).
     """
 
     wave: np.ndarray
@@ -66,8 +71,10 @@ class SSPLibrary:
     log_age: np.ndarray
     metal: np.ndarray
     mass: np.ndarray
-    fwhm: float = EMILES_FWHM
+    fwhm: float | np.ndarray = EMILES_FWHM
     provenance: dict = field(default_factory=dict)
+    name: str = "emiles"
+    role: str = "calibration"
 
     @property
     def n_templates(self) -> int:
@@ -90,15 +97,8 @@ class SSPLibrary:
             raise ValueError(
                 f"SSP library covers {self.wave[0]:.0f}-{self.wave[-1]:.0f} A, not {wmin:.0f}-{wmax:.0f} A"
             )
-        return SSPLibrary(
-            self.wave[sel],
-            np.ascontiguousarray(self.flux[..., sel]),
-            self.log_age,
-            self.metal,
-            self.mass,
-            self.fwhm,
-            self.provenance,
-        )
+        fwhm = self.fwhm[sel] if np.ndim(self.fwhm) else self.fwhm
+        return dataclasses.replace(self, wave=self.wave[sel], flux=np.ascontiguousarray(self.flux[..., sel]), fwhm=fwhm)
 
     def digest(self) -> str:
         """Short hash identifying the spectra and grids (for training-set provenance)."""
@@ -197,7 +197,7 @@ def _extract_sdist(sdist: Path, dest: Path) -> Path:
     return dest
 
 
-def _save_compact(lib: SSPLibrary, path: Path) -> None:
+def save_compact(lib: SSPLibrary, path: Path) -> None:
     """Write the library as one compressed npz, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
@@ -216,18 +216,32 @@ def _save_compact(lib: SSPLibrary, path: Path) -> None:
 
 def _load_compact(path: Path) -> SSPLibrary:
     with np.load(path) as z:
+        fwhm = z["fwhm"]
         return SSPLibrary(
             wave=z["wave"],
             flux=z["flux"],
             log_age=z["log_age"],
             metal=z["metal"],
             mass=z["mass"],
-            fwhm=float(z["fwhm"]),
+            fwhm=float(fwhm) if fwhm.ndim == 0 else fwhm,
             provenance=json.loads(str(z["provenance"])) | {"cache": str(path)},
         )
 
 
-def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
+def cached_library(compact: Path, build) -> SSPLibrary:
+    """The library in the compact cache file ``compact``, calling ``build(compact)`` first to make it
+    when it is missing or unreadable (a truncated or foreign file is rebuilt)."""
+    if compact.exists():
+        try:
+            return _load_compact(compact)
+        except Exception:  # a truncated or foreign file: rebuild it
+            log.info("%s could not be read; building it again", compact)
+            compact.unlink(missing_ok=True)
+    build(compact)
+    return _load_compact(compact)
+
+
+def load_emiles(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
     """The E-MILES library, from the compact cache, building the cache on first use.
 
     Order of sources: ``ssp_dir`` argument, ``$SURVEY_PROC_SSP_DIR``, dask config
@@ -243,14 +257,7 @@ def load_ssp_library(ssp_dir: str | os.PathLike | None = None) -> SSPLibrary:
 
     tag = f"emiles-un1.30-{config.get('ssp.sha256')[:12]}-{wave_range[0]:.0f}-{wave_range[1]:.0f}"
     compact = config.cache_dir() / "ssp" / f"{tag}.npz"
-    if compact.exists():
-        try:
-            return _load_compact(compact)
-        except Exception:  # a truncated or foreign file: rebuild it
-            log.info("%s could not be read; building it again", compact)
-            compact.unlink(missing_ok=True)
-    _build_compact(compact, wave_range)
-    return _load_compact(compact)
+    return cached_library(compact, lambda path: _build_compact(path, wave_range))
 
 
 def _build_compact(compact: Path, wave_range: tuple[float, float]) -> None:
@@ -266,13 +273,5 @@ def _build_compact(compact: Path, wave_range: tuple[float, float]) -> None:
     with tempfile.TemporaryDirectory(dir=compact.parent.parent) as tmp:
         folder = _extract_sdist(sdist, Path(tmp) / "miles_models")
         lib = convert_fits_folder(folder, wave_range)
-    lib = SSPLibrary(
-        lib.wave,
-        lib.flux,
-        lib.log_age,
-        lib.metal,
-        lib.mass,
-        lib.fwhm,
-        {"source": f"E-MILES via {config.get('ssp.package')} ({SDIST})", "sha256": sha256_of(sdist)},
-    )
-    _save_compact(lib, compact)
+    provenance = {"source": f"E-MILES via {config.get('ssp.package')} ({SDIST})", "sha256": sha256_of(sdist)}
+    save_compact(dataclasses.replace(lib, provenance=provenance), compact)

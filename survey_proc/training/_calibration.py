@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from survey_proc.preprocess import InputSpec
-from survey_proc.ssp import SSPLibrary
+from survey_proc.ssp import SSPLibrary, require_use
 from survey_proc.stores import NOT_FITTED
 from survey_proc.training._arch import ExportedModel
 from survey_proc.training._dataset import TrainsetConfig, make_inputs, synthesise
@@ -118,7 +118,9 @@ def fit_edge_tables(
 ) -> dict[str, EdgeTable]:
     """Edge tables for log_age and metallicity from ``n_calib`` spectra of seeds of their own (not
     training, validation or held-out): half 1-3 SSP mixtures, half continuous SFHs (the populations
-    the held-out scores are about), noised like the training set at S/N 5-80 (noise seeded by ``seed``)."""
+    the held-out scores are about), noised like the training set at S/N 5-80 (noise seeded by ``seed``).
+    An SSP library reserved for evaluation is refused."""
+    require_use(lib, "calibration")
     grid = {"log_age": (lib.log_age[0], lib.log_age[-1]), "metallicity": (lib.metal[0], lib.metal[-1])}
     names = [n for n in exported.names if n in grid]
     if not names or "error" not in spec.channels:  # (the noise level is measured from the error channel)

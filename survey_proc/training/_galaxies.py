@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from survey_proc import progress
-from survey_proc.ssp import FilterSet, SSPLibrary, load_filters
+from survey_proc.ssp import FilterSet, SSPLibrary, load_filters, require_use
 from survey_proc.synth import GalaxyParams, MockConfig, PhotometrySynthesiser, mock_band_fluxes, truth_values
 
 
@@ -98,7 +98,9 @@ def draw_mock_config(rng: np.random.Generator, cfg: GalaxySetConfig) -> MockConf
 
 
 def synthesise_galaxies(cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str, ...]) -> GalaxySet:
-    """Draw ``cfg.n_galaxies`` galaxies (one photometric synthesiser per redshift, built once)."""
+    """Draw ``cfg.n_galaxies`` galaxies (one photometric synthesiser per redshift, built once); an SSP
+    library reserved for evaluation is refused."""
+    require_use(lib, "training")
     filters = load_filters(cfg.filters)
     rng = np.random.default_rng(cfg.seed)
     synths: dict[float, PhotometrySynthesiser] = {}

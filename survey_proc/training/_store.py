@@ -16,7 +16,7 @@ import zarr
 
 from survey_proc import progress
 from survey_proc.preprocess import InputSpec
-from survey_proc.ssp import SSPLibrary
+from survey_proc.ssp import SSPLibrary, require_use
 from survey_proc.training._dataset import (
     NoiseFreeSet,
     TrainsetConfig,
@@ -109,7 +109,8 @@ class StoredSet:
 
 def write_trainset(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, path: str | os.PathLike) -> StoredSet:
     """Synthesise the set batch by batch into a Zarr store (bounded memory; a rerun resumes the
-    batches not yet marked done)."""
+    batches not yet marked done). An SSP library reserved for evaluation is refused."""
+    require_use(lib, "training")
     path = str(path)
     group = _open_store(cfg, lib, spec, path)
     done = np.asarray(group["batch_done"][...])

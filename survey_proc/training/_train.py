@@ -32,7 +32,7 @@ from torch import nn
 from survey_proc.config import dataclass_options, read_yaml
 from survey_proc.estimators import load_manifest
 from survey_proc.preprocess import InputSpec
-from survey_proc.ssp import SSPLibrary, load_ssp_library, to_medium
+from survey_proc.ssp import SSPLibrary, load_ssp_library, require_use, to_medium
 from survey_proc.stores import property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
@@ -255,6 +255,7 @@ class SpectrumTrainer(Trainer):
     def _sets(self, lib: SSPLibrary, spec: InputSpec) -> tuple[NoiseFreeSet | StoredSet, NoiseFreeSet]:
         """(training set, validation set): the training set from its store (written if absent) or
         drawn in memory; the validation set drawn with a seed of its own."""
+        require_use(lib, "training")
         cfg, ts = self.cfg, self.cfg.trainset
         if cfg.trainset_store:
             store = Path(cfg.trainset_store)
