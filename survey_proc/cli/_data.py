@@ -13,6 +13,8 @@ from survey_proc.errors import SurveyProcError
 
 #: the mock's options whose defaults are ``survey-proc.mock.*`` (with ``--like``: the galaxy's)
 MOCK_FIELDS = ("nx", "ny", "seed", "snr", "redshift")
+#: the names ``--library`` takes (``survey_proc.ssp.SSP_LIBRARIES``; listed here so --help stays fast)
+LIBRARIES = ("emiles", "m11-miles", "m11-stelib", "m11-elodie", "m11-marcs", "mastar", "bpass", "miuscat", "bc03")
 
 
 def default_chunk(nx: int, ny: int) -> int:
@@ -68,6 +70,17 @@ def add_mock(sub) -> None:
     )
     m.add_argument("--pixel-scale", type=float, help="arcsec per pixel (default 0.2)")
     m.add_argument("--psf-fwhm", type=float, help="seeing FWHM in pixels for mock photometry (default 0)")
+    m.add_argument(
+        "--library",
+        metavar="NAME",
+        help="SSP library of the spectra and the truth: " + ", ".join(LIBRARIES) + " (default emiles; "
+        "miuscat and bc03 are kept for independent evaluation)",
+    )
+    m.add_argument(
+        "--mask-uncovered",
+        action="store_true",
+        help="mask the cube's wavelengths the library does not cover instead of refusing the mock",
+    )
     add_quiet(m)
     m.set_defaults(func=cmd_mock, reports=True)
 
@@ -81,13 +94,16 @@ def cmd_mock(args: argparse.Namespace) -> int:
         cfg.wave_start, cfg.wave_stop = args.wave_range
     if args.pixel_scale:
         cfg.pixel_scale_arcsec = args.pixel_scale
+    cfg.library = args.library or cfg.library
+    cfg.mask_uncovered = bool(args.mask_uncovered)
     if args.photometry:
         return _mock_photometry(args, cfg)
     info = write_mock(args.out, cfg)
     print(
         f"mock cube {cfg.ny} x {cfg.nx} spaxels x {info.wavelengths} wavelengths "
-        f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}) written to {args.out} "
-        f"in {info.seconds:.1f} s; truth maps in its group 'truth'"
+        f"(S/N {cfg.snr:g} per A at the centre, z = {cfg.redshift:g}, seed {cfg.seed}"
+        + ("" if cfg.library == "emiles" else f", SSP library {cfg.library}")
+        + f") written to {args.out} in {info.seconds:.1f} s; truth maps in its group 'truth'"
     )
     return 0
 

@@ -2,11 +2,16 @@
 
 The galaxy: exponential disc plus a Sersic bulge seen at an inclination, two logarithmic spiral
 arms with young stars, gas and dust, radial gradients in age and [M/H] with scatter, patchy dust,
-a rotating velocity field and a dispersion map. Every spaxel is a mixture of several SSPs of the
-E-MILES library (bulge, disc and arm components), observed through the MUSE LSF at the galaxy
-redshift, with nebular lines, sky-line residuals and noise set by surface brightness. The truth
-maps (light- and mass-weighted age and [M/H], A_V, sigma, velocity, the light-fraction grid) are
-computed from the very weights used, and written to the store's ``truth`` group.
+a rotating velocity field and a dispersion map. Every spaxel is a mixture of several SSPs (bulge,
+disc and arm components) of one SSP library (``MockConfig.library``: E-MILES unless another is
+named), observed through the MUSE LSF at the galaxy redshift, with nebular lines, sky-line residuals
+and noise set by surface brightness. The truth maps (light- and mass-weighted age and [M/H], A_V,
+sigma, velocity, the light-fraction grid on that library's ages and metallicities) are computed from
+the very weights used, and written to the store's ``truth`` group.
+
+A library that stops short of the cube's wavelengths (several end near 7400 Angstrom) refuses the
+mock, unless ``mask_uncovered``: then the pixels it does not cover (with the synthesis' velocity
+margin) are masked (``mask`` true, ``flux`` and ``var`` NaN) in every spaxel.
 """
 
 from __future__ import annotations
@@ -118,6 +123,8 @@ class MockConfig:
     like: str | None = None
     galaxy: GalaxyParams = field(default_factory=GalaxyParams)
     extra: dict = field(default_factory=dict)
+    library: str = "emiles"  #: the SSP library the spectra and the truth come from (survey_proc.ssp.SSP_LIBRARIES)
+    mask_uncovered: bool = False  #: mask the cube's pixels beyond the library's range instead of refusing the mock
 
     @classmethod
     def like_galaxy(cls, name: str, **overrides) -> MockConfig:
@@ -134,12 +141,19 @@ class MockConfig:
 
     def check(self, lib: SSPLibrary | None = None) -> None:
         """Raise :class:`OptionError` naming every option no mock can be made with; with ``lib``,
-        also the redshifts at which the library does not cover the cube's wavelengths."""
+        also the redshifts at which the library does not cover the cube's wavelengths (with
+        ``mask_uncovered``: only a library that covers none of them)."""
         problems = self._option_problems()
         if lib is not None and not problems:
             problems += self._coverage_problems(lib)
         if problems:
             raise OptionError("cannot make this mock: " + "; ".join(problems))
+
+    def covered(self, lib: SSPLibrary) -> np.ndarray:
+        """Which of the cube's wavelengths (``wave``) the library covers at this redshift, with the
+        synthesis' velocity margin; the others are masked (``mask_uncovered``) or the mock refused."""
+        lo, hi = library_observed_range(lib, self.redshift)
+        return (self.wave >= lo) & (self.wave <= hi)
 
     def _option_problems(self) -> list[str]:
         def finite(value: float, low: float, what: str, strict: bool = True) -> list[str]:
@@ -157,6 +171,10 @@ class MockConfig:
         return problems
 
     def _coverage_problems(self, lib: SSPLibrary) -> list[str]:
+        if self.mask_uncovered:
+            if self.covered(lib).any():
+                return []
+            return [f"the SSP library {lib.name!r} covers none of the cube's wavelengths at z = {self.redshift:g}"]
         lo, hi = library_observed_range(lib, 0.0)  # both scale with 1 + z
         z_min, z_max = max(-0.01, self.wave_stop / hi - 1), self.wave_start / lo - 1
         if z_min <= self.redshift <= z_max:
@@ -169,6 +187,7 @@ class MockConfig:
         return [
             f"at --redshift {self.redshift:g} the SSP library ({lib.wave[0]:.0f}-{lib.wave[-1]:.0f} A rest frame) "
             f"does not cover the cube's {self.wave_start:g}-{self.wave_stop:g} A; it covers them {where}"
+            " (or --mask-uncovered: mask the pixels it does not cover)"
         ]
 
 
@@ -404,6 +423,7 @@ def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Data
             "r_e_spaxel": maps.r_e,
             "input_gradients_per_r_e": str(maps.gradients),
             "light_weighting": "fraction of rest-frame flux in 5070-5950 Angstrom before dust",
+            "ssp_library": lib.name,
             "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
             "redshift": cfg.redshift,
             "truth_resolution": (

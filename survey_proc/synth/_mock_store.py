@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from dask.system import CPU_COUNT
@@ -78,6 +78,7 @@ class MockRegions:
     synth: Synthesiser
     noise: NoiseModel
     order: dict[str, int]  #: region key -> row-major position (the region's noise seed)
+    covered: np.ndarray | None = None  #: (nwave,) wavelengths the library covers (None: all)
 
     def __call__(self, region: Region) -> dict[str, np.ndarray]:
         cfg, maps = self.cfg, self.maps
@@ -98,6 +99,10 @@ class MockRegions:
         observed = flux + noise + self.noise.sky_resid[None, :].astype(np.float32)
         mask = r_rng.random(flux.shape) < cfg.bad_pixel_fraction
         observed[mask] = np.nan
+        if self.covered is not None:  # beyond the library: masked, no data
+            mask[:, ~self.covered] = True
+            observed[:, ~self.covered] = np.nan
+            var[:, ~self.covered] = np.nan
         return {
             "flux": observed.reshape(*shape, -1).astype(np.float32),
             "var": var.reshape(*shape, -1).astype(np.float32),
@@ -114,7 +119,7 @@ def write_mock(
     with raise :class:`~survey_proc.errors.OptionError` before anything is written.
     """
     t0 = time.perf_counter()
-    lib = lib or load_ssp_library()
+    lib, cfg = _library_of(cfg, lib)
     cfg.check(lib)
     check_output(path, what="mock cube")  # before the galaxy is made
     rng = np.random.default_rng(cfg.seed)
@@ -124,15 +129,21 @@ def write_mock(
     noise = NoiseModel.of(cfg, sky_profiles, rng.normal(0.0, 1.0, sky_profiles.shape[0]))
     sizes, chunks = {"y": cfg.ny, "x": cfg.nx}, {"y": cfg.chunk, "x": cfg.chunk}
     regions = make_regions(sizes, chunks)
+    covered = cfg.covered(lib)
     compute = MockRegions(
-        cfg, maps, Synthesiser(lib, wave, cfg.redshift, muse_lsf_fwhm), noise, {r.key: k for k, r in enumerate(regions)}
+        cfg,
+        maps,
+        Synthesiser(lib, wave, cfg.redshift, muse_lsf_fwhm),
+        noise,
+        {r.key: k for k, r in enumerate(regions)},
+        None if covered.all() else covered,
     )
     template = cube_template(
         ny=cfg.ny,
         nx=cfg.nx,
         wave=wave,
         flux_units=MOCK_FLUX_UNITS,
-        attrs=_attrs(cfg, lib),
+        attrs=_attrs(cfg, lib, covered),
         chunk=cfg.chunk,
         lsf_fwhm=muse_lsf_fwhm(wave),
     )
@@ -155,8 +166,15 @@ def write_mock(
     )
 
 
-def _attrs(cfg: MockConfig, lib: SSPLibrary) -> dict:
-    return {
+def _library_of(cfg: MockConfig, lib: SSPLibrary | None) -> tuple[SSPLibrary, MockConfig]:
+    """The library of the mock: ``lib`` if given (``cfg.library`` then names it), else ``cfg.library`` loaded."""
+    if lib is None:
+        return load_ssp_library(cfg.library), cfg
+    return lib, cfg if lib.name == cfg.library else replace(cfg, library=lib.name)
+
+
+def _attrs(cfg: MockConfig, lib: SSPLibrary, covered: np.ndarray) -> dict:
+    attrs = {
         "redshift": cfg.redshift,
         "instrument": "MUSE (mock)",
         "lsf": "MUSE, Bacon et al. (2017) eq. 8",
@@ -164,5 +182,14 @@ def _attrs(cfg: MockConfig, lib: SSPLibrary) -> dict:
         "software": f"survey-proc {__version__}",
         "mock_config": str(asdict(cfg)),
         "ssp_library": lib.provenance.get("source", "E-MILES"),
+        "ssp_library_name": lib.name,
+        "ssp_library_role": lib.role,
         "pixel_scale_arcsec": cfg.pixel_scale_arcsec,
     }
+    if not covered.all():
+        wave = cfg.wave[covered]
+        attrs["masked_beyond_library"] = (
+            f"pixels outside {wave[0]:.2f}-{wave[-1]:.2f} A (observed) are masked: the SSP library "
+            f"{lib.name!r} does not cover them ({int((~covered).sum())} of {covered.size})"
+        )
+    return attrs

@@ -232,7 +232,7 @@ def write_mock_photometry(
     t0 = time.perf_counter()
     cfg.check()
     check_output(path, what="photometry")  # before the galaxy is made
-    lib = lib or load_ssp_library()
+    lib = lib or load_ssp_library(cfg.library)
     maps, flux, var, mask = mock_band_fluxes(cfg, lib, filters, synthesiser)
     mag, err = ab_magnitude(flux, var)
     arrays = {"flux": flux, "var": var, "mask": mask, "mag": mag.astype(np.float32), "mag_err": err.astype(np.float32)}
@@ -245,6 +245,7 @@ def write_mock_photometry(
         "software": f"survey-proc {__version__}",
         "mock_config": str(asdict(cfg)),
         "ssp_library": lib.provenance.get("source", "E-MILES"),
+        "ssp_library_name": lib.name,
     }
     sizes, chunks = {"y": cfg.ny, "x": cfg.nx}, {"y": cfg.chunk, "x": cfg.chunk}
     template = photometry_template(spatial=sizes, filters=filters, attrs=attrs, chunk=cfg.chunk)

@@ -60,6 +60,10 @@ SKY_LINES = (5577.34, 5889.95, 5895.92, 6300.30, 6363.78, 6863.96, 7340.89, 8344
 class Synthesiser:
     """Prepared library for one instrument set-up.
 
+    Where the library does not reach the ends of ``wave_obs`` (at this redshift, with the velocity
+    margin), the spectra are NaN there and unreliable within ``max_velocity`` of the library's ends:
+    :func:`~survey_proc.synth.library_observed_range` gives the observed range that is sound.
+
     Parameters
     ----------
     lib : the SSP library.
@@ -85,8 +89,9 @@ class Synthesiser:
     def __post_init__(self) -> None:
         z1 = 1.0 + self.redshift
         margin = np.exp(self.max_velocity / C_KMS)
-        wmin = min(self.wave_obs[0] / z1 / margin, LIGHT_WINDOW[0]) - 5
-        wmax = max(self.wave_obs[-1] / z1 * margin, LIGHT_WINDOW[1]) + 5
+        # within the library: where it stops short of the output grid, the spectra there are NaN
+        wmin = max(min(self.wave_obs[0] / z1 / margin, LIGHT_WINDOW[0]) - 5, self.lib.wave[0])
+        wmax = min(max(self.wave_obs[-1] / z1 * margin, LIGHT_WINDOW[1]) + 5, self.lib.wave[-1])
         lib = self.lib.crop(wmin - 50, wmax + 50)
         # instrument FWHM in the rest frame: FWHM_obs(lambda (1+z)) / (1+z)
         fwhm_rest = self.lsf_fwhm(lib.wave * z1) / z1
