@@ -1,0 +1,168 @@
+"""Markdown and PNG of the library benchmark (:mod:`benchmarks.libraries`) from its JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from survey_proc.figures import pyplot, save_figure
+
+PROPS = ("log_age", "metallicity", "av", "sigma")
+LABELS = {"log_age": "log age", "metallicity": "[M/H]", "av": "A_V", "sigma": "σ"}
+
+
+def _f(x, fmt: str = ".2f") -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def _score(entry: dict, method: str, cube: str) -> dict | None:
+    return next((s for s in entry["scores"] if s["method"] == method and s["cube"] == cube), None)
+
+
+def _summary_table(report: dict, method: str, cube: str) -> list[str]:
+    head = "| library | role | cube masked | fitted | flagged | OOD flag | ood_score p50 / p99 (threshold) | "
+    head += "AUC ood: 2σ misses / library | " + " | ".join(f"{LABELS[p]} cov68 / ok2σ" for p in PROPS) + " |"
+    lines = [head, "|" + "---|" * (8 + len(PROPS))]
+    for entry in report["libraries"]:
+        s, lib = _score(entry, method, cube), entry["library"]
+        if s is None:
+            continue
+        props = s["properties"]
+        cells = [f"{_f(props[p]['coverage_68'])} / {_f(props[p]['ok_2sigma'])}" if p in props else "–" for p in PROPS]
+        lines.append(
+            f"| {lib['name']} | {lib['role']} | {_f(lib['cube_pixels_masked'], '.0%')} | {_f(s['fitted'], '.0%')} | "
+            f"{_f(s['flagged'], '.0%')} | {_f(s['ood_flagged'], '.1%')} | "
+            f"{_f(s['ood_p50'])} / {_f(s['ood_p99'])} ({_f(s['ood_threshold'])}) | "
+            f"{_f(s['auc_ood_any'])} / {_f(s['auc_vs_emiles'])} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def _property_table(report: dict, prop: str) -> list[str]:
+    lines = [
+        "| library | method | mock | bias | robust σ | cov68 | ok2σ | AUC ood | off 2σ | n good |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report["libraries"]:
+        for s in entry["scores"]:
+            p = s["properties"].get(prop)
+            if p is None:
+                continue
+            fmt = ".1f" if prop == "sigma" else ".3f"
+            lines.append(
+                f"| {entry['library']['name']} | {s['method']} | {s['cube']} | {_f(p['bias'], '+' + fmt)} | "
+                f"{_f(p['robust_sigma'], fmt)} | {_f(p['coverage_68'])} | {_f(p['ok_2sigma'])} | {_f(p['auc_ood'])} | "
+                f"{p['off_2sigma']} | {p['n_good']} |"
+            )
+    return lines
+
+
+def _library_table(report: dict) -> list[str]:
+    lines = [
+        "| library | role | [M/H] grid | ages | log age range | rest range (Å) | FWHM 4800/6500/8500 Å | "
+        "excess over MUSE (km/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report["libraries"]:
+        lib = entry["library"]
+        fwhm = "/".join(_f(v) for v in lib["fwhm_rest_A"].values())
+        excess = "/".join(_f(v, ".0f") for v in lib["lsf_excess_kms"].values())
+        ages = lib["grid"]["log_age"]
+        lines.append(
+            f"| {lib['name']} | {lib['role']} | {', '.join(_f(m, '+.2f') for m in lib['grid']['metal'])} | "
+            f"{lib['n_ages']} | {ages[0]:.2f}–{ages[1]:.2f} | {lib['rest_wave'][0]:.0f}–{lib['rest_wave'][1]:.0f} | "
+            f"{fwhm} | {excess} |"
+        )
+    return lines
+
+
+def write_markdown(report: dict, path: Path) -> Path:
+    o = report["options"]
+    first = o["models"][0]
+    lines = [
+        "# Estimates, errors and flags on mocks from other SSP libraries",
+        "",
+        f"`python -m benchmarks.libraries` ({report['software']}, {report['seconds'] / 60:.0f} min on this machine). "
+        f"Mocks of {o['size']} x {o['size']} spaxels at S/N {o['snr']:g} (seed {o['seed']}, z = {o['redshift']:g}), "
+        "the cube's pixels beyond each library masked; pPXF "
+        + ("and --method fit " if "fit" in o["methods"] else "")
+        + f"on a {o['sample']} x {o['sample']} mock of the same galaxy. The models are trained on E-MILES only; "
+        "MIUSCAT and BC03 are the evaluation libraries (never for training, calibration or tuning)."
+        + (
+            f" Not in this build: --method {', '.join(report['methods_not_in_this_build'])}."
+            if report["methods_not_in_this_build"]
+            else ""
+        ),
+        "",
+        *[f"- `{k}`: {v}" for k, v in report["definitions"].items()],
+        "",
+        f"## `{first}` on each library ({o['size']} x {o['size']})",
+        "",
+        *_summary_table(report, first, "mock"),
+        "",
+        f"`control`: E-MILES mocks cut to a library's range (the same pixels masked), through `{first}`:",
+        "",
+        *_summary_table(report, first, "control"),
+        "",
+    ]
+    for prop in PROPS:
+        lines += [f"## {LABELS[prop]}", "", *_property_table(report, prop), ""]
+    lines += ["## The libraries", "", *_library_table(report), ""]
+    lines += ["Assumptions per library (mass, flux scale) are in the JSON (`libraries[].library.assumptions`).", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_png(report: dict, path: Path) -> Path:
+    plt = pyplot()
+    first = report["options"]["models"][0]
+    entries = [e for e in report["libraries"] if _score(e, first, "mock")]
+    names = [e["library"]["name"] + ("*" if e["library"]["role"] == "evaluation" else "") for e in entries]
+    scores = [_score(e, first, "mock") for e in entries]
+    x = np.arange(len(entries))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8.5))
+    width = 0.8 / len(PROPS)
+    for ax, key, ideal, title in (
+        (axes[0, 0], "coverage_68", 0.68, "68 % coverage of the reported errors (unflagged)"),
+        (axes[0, 1], "ok_2sigma", 0.85, "within 2σ or flagged (all spaxels)"),
+    ):
+        for k, prop in enumerate(PROPS):
+            vals = [s["properties"].get(prop, {}).get(key) for s in scores]
+            ax.bar(x + (k - 1.5) * width, [np.nan if v is None else v for v in vals], width, label=LABELS[prop])
+        ax.axhline(ideal, color="k", ls="--", lw=1)
+        ax.set_title(f"{first}: {title}", fontsize=10)
+        ax.set_ylim(0, 1.05)
+    _bias_panel(axes[1, 0], report, entries, x)
+    ood = [s["ood_flagged"] for s in scores]
+    aucs = [np.nan if s["auc_ood_any"] is None else s["auc_ood_any"] for s in scores]
+    shift = [np.nan if s.get("auc_vs_emiles") is None else s["auc_vs_emiles"] for s in scores]
+    axes[1, 1].bar(x - 0.27, ood, 0.27, label="out_of_distribution flag rate")
+    axes[1, 1].bar(x, aucs, 0.27, label="AUC of ood_score: 2σ misses vs the rest")
+    axes[1, 1].bar(x + 0.27, shift, 0.27, label="AUC of ood_score: this library vs E-MILES")
+    axes[1, 1].axhline(0.5, color="k", ls=":", lw=1)
+    axes[1, 1].set_ylim(0, 1.05)
+    axes[1, 1].set_title(f"{first}: novelty flag and score", fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle("mocks from other SSP libraries (* evaluation libraries); models trained on E-MILES", fontsize=11)
+    return save_figure(fig, path, dpi=90)
+
+
+def _bias_panel(ax, report: dict, entries: list[dict], x: np.ndarray) -> None:
+    """Bias of log age and [M/H] per library: the first model on the mock, every method on the sample."""
+    first = report["options"]["models"][0]
+    runs = [(first, "mock"), *((m, "sample") for m in (first, *report["options"]["methods"]))]
+    markers = "osD^v"
+    for prop, colour in (("log_age", "C0"), ("metallicity", "C1")):
+        for k, (method, cube) in enumerate(runs):
+            vals = []
+            for e in entries:
+                s = _score(e, method, cube)
+                b = s["properties"].get(prop, {}).get("bias") if s else None
+                vals.append(np.nan if b is None else b)
+            ax.plot(x + 0.08 * k, vals, markers[k % 5], color=colour, label=f"{LABELS[prop]}: {method} ({cube})", ms=5)
+    ax.axhline(0, color="k", lw=1)
+    ax.set_title("bias (median estimate - truth), dex", fontsize=10)
