@@ -34,18 +34,15 @@ def spatial_chunks(ds: xr.Dataset) -> dict[str, int]:
 def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dict, dict]]:
     """(name, extra dims, attrs, coords) of every float output the estimator writes."""
     out = []
+    systematics = manifest.error_systematics
     for spec in manifest.outputs:
         attrs = property_attrs(spec.name, spec.units or None, spec.long_name or None)
         out.append((spec.name, spec.dims, attrs, spec.coords))
         if spec.error:
-            out.append(
-                (
-                    f"{spec.name}_err",
-                    spec.dims,
-                    property_attrs(f"{spec.name}_err", attrs["units"], attrs["long_name"]),
-                    spec.coords,
-                )
-            )
+            err_attrs = property_attrs(f"{spec.name}_err", attrs["units"], attrs["long_name"])
+            if spec.name in systematics:  # what the error holds beyond the model's own uncertainty
+                err_attrs["systematic_term"] = systematics[spec.name]
+            out.append((f"{spec.name}_err", spec.dims, err_attrs, spec.coords))
     names = {name for name, *_ in out}
     for flag_name, rule in manifest.flag_rules:
         if rule["output"] in names:

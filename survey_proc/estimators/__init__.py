@@ -7,7 +7,15 @@ engine, a pPXF worker) does not import torch.
 
 import importlib
 
-from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME, Estimator, Manifest, OutputSpec, read_manifest
+from survey_proc.estimators._base import (
+    BUNDLE_FORMAT,
+    MANIFEST_NAME,
+    Estimator,
+    Manifest,
+    OutputSpec,
+    add_systematics,
+    read_manifest,
+)
 from survey_proc.estimators._load import (
     IMPLEMENTATIONS,
     PACKAGED,
@@ -51,6 +59,7 @@ __all__ = [
     "Manifest",
     "OutputSpec",
     "TorchScriptEstimator",
+    "add_systematics",
     "batch_size_for",
     "check_trusted",
     "compute_packaged_sums",

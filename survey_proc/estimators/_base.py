@@ -7,8 +7,8 @@ numbers (TorchScript, pPXF, ...) is the manifest's ``estimator`` field, resolved
 
 A bundle is a folder with ``manifest.json`` and the file(s) it names. The manifest declares
 everything the engine needs: input kind and preprocessing (``input``), outputs with units and grid
-axes (``outputs``), flag rules (``flags``), and the provenance of the model (training config,
-training-set hash, held-out metrics).
+axes (``outputs``), flag rules (``flags``), systematic error terms (``error_systematics``), and the
+provenance of the model (training config, training-set hash, held-out metrics).
 """
 
 from __future__ import annotations
@@ -106,6 +106,29 @@ class Manifest:
         return rules
 
     @property
+    def error_systematics(self) -> dict[str, float]:
+        """{output name: a systematic error term, in the output's units}: added in quadrature to the
+        ``<name>_err`` the model reports (:func:`add_systematics`).
+
+        The manifest's optional ``error_systematics`` maps outputs with ``error: true`` to a number: the
+        part of the error the model's own (statistical) uncertainty cannot know, e.g. that of the SSP
+        library behind the training set (``python -m benchmarks.library_calibration`` measures it on
+        mocks from other libraries and writes it here). Absent: none.
+        """
+        terms = self.raw.get("error_systematics") or {}
+        with_error = {spec.name for spec in self.outputs if spec.error}
+        unknown = sorted(set(terms) - with_error)
+        bad = sorted(k for k, v in terms.items() if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0))
+        if unknown or bad:
+            raise ModelError(
+                f"model manifest {self.path}: error_systematics "
+                + (f"names outputs without errors ({', '.join(unknown)})" if unknown else "")
+                + ("; " if unknown and bad else "")
+                + (f"is not a number >= 0 for {', '.join(bad)}" if bad else "")
+            )
+        return {k: float(v) for k, v in terms.items()}
+
+    @property
     def batch_size(self) -> int | None:
         return self.raw.get("batch_size")
 
@@ -136,6 +159,16 @@ class Manifest:
     @property
     def model_id(self) -> str:
         return f"{self.name}@{self.digest[:12]}"
+
+
+def add_systematics(terms: Mapping[str, float], out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``out`` with each ``<name>_err`` of ``terms`` (:attr:`Manifest.error_systematics`) grown to
+    sqrt(err^2 + term^2), in its own dtype; NaN errors stay NaN. In place, and returned."""
+    for name, term in terms.items():
+        err = out.get(f"{name}_err")
+        if err is not None and term > 0:
+            out[f"{name}_err"] = np.hypot(err, np.asarray(term, err.dtype)).astype(err.dtype, copy=False)
+    return out
 
 
 def read_manifest(path: Path) -> Manifest:

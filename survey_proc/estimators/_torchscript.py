@@ -23,7 +23,7 @@ import torch
 from survey_proc import config
 from survey_proc.cluster import tune_heap
 from survey_proc.errors import ModelError
-from survey_proc.estimators._base import Estimator, Manifest
+from survey_proc.estimators._base import Estimator, Manifest, add_systematics
 from survey_proc.preprocess import BatchMeta
 
 
@@ -134,6 +134,7 @@ class TorchScriptEstimator(Estimator):
         self._pinned: torch.Tensor | None = None
         self.precision = "float32"  #: arithmetic of the network (:func:`cpu_precision` on CPUs)
         self._warmed = False
+        self._systematics = manifest.error_systematics  #: checked once, added to every batch's errors
         if self._gpu:
             with self._lock:
                 self._tune_for_gpu()
@@ -235,8 +236,11 @@ class TorchScriptEstimator(Estimator):
         return {k: np.concatenate(v) for k, v in pieces.items()}
 
     def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
-        """Run the model over ``x`` (n, C, L) float32; returns numpy arrays per output (``meta`` unused)."""
+        """Run the model over ``x`` (n, C, L) float32; returns numpy arrays per output (``meta`` unused),
+        the errors with the manifest's ``error_systematics`` added in quadrature."""
         if self._gpu:
             with self._lock:  # one batch at a time on the device; the pinned buffer is shared
-                return self._predict(x)
-        return self._predict(x)
+                out = self._predict(x)
+        else:
+            out = self._predict(x)
+        return add_systematics(self._systematics, out)
