@@ -40,8 +40,7 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
         out.append((spec.name, spec.dims, attrs, spec.coords))
         if spec.error:
             err_attrs = property_attrs(f"{spec.name}_err", attrs["units"], attrs["long_name"])
-            if spec.name in systematics:  # what the error holds beyond the model's own uncertainty
-                err_attrs["systematic_term"] = systematics[spec.name]
+            err_attrs.update(systematics.describe(spec.name))  # what it holds beyond the model's own uncertainty
             out.append((f"{spec.name}_err", spec.dims, err_attrs, spec.coords))
     names = {name for name, *_ in out}
     for flag_name, rule in manifest.flag_rules:

@@ -7,15 +7,7 @@ engine, a pPXF worker) does not import torch.
 
 import importlib
 
-from survey_proc.estimators._base import (
-    BUNDLE_FORMAT,
-    MANIFEST_NAME,
-    Estimator,
-    Manifest,
-    OutputSpec,
-    add_systematics,
-    read_manifest,
-)
+from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME, Estimator, Manifest, OutputSpec, read_manifest
 from survey_proc.estimators._load import (
     IMPLEMENTATIONS,
     PACKAGED,
@@ -29,6 +21,7 @@ from survey_proc.estimators._load import (
     resolve_model,
     verify_bundle,
 )
+from survey_proc.estimators._systematics import ErrorSystematics
 
 #: public names of the implementation modules, imported on first use
 _LAZY = {
@@ -55,11 +48,11 @@ __all__ = [
     "MANIFEST_NAME",
     "PACKAGED",
     "PACKAGED_SUMS",
+    "ErrorSystematics",
     "Estimator",
     "Manifest",
     "OutputSpec",
     "TorchScriptEstimator",
-    "add_systematics",
     "batch_size_for",
     "check_trusted",
     "compute_packaged_sums",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from survey_proc.errors import ModelError
+from survey_proc.estimators._systematics import ErrorSystematics, parse_systematics
 from survey_proc.preprocess import BatchMeta, InputKind, input_spec
 
 MANIFEST_NAME = "manifest.json"
@@ -106,27 +107,14 @@ class Manifest:
         return rules
 
     @property
-    def error_systematics(self) -> dict[str, float]:
-        """{output name: a systematic error term, in the output's units}: added in quadrature to the
-        ``<name>_err`` the model reports (:func:`add_systematics`).
-
-        The manifest's optional ``error_systematics`` maps outputs with ``error: true`` to a number: the
-        part of the error the model's own (statistical) uncertainty cannot know, e.g. that of the SSP
-        library behind the training set (``python -m benchmarks.library_calibration`` measures it on
-        mocks from other libraries and writes it here). Absent: none.
-        """
-        terms = self.raw.get("error_systematics") or {}
-        with_error = {spec.name for spec in self.outputs if spec.error}
-        unknown = sorted(set(terms) - with_error)
-        bad = sorted(k for k, v in terms.items() if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0))
-        if unknown or bad:
-            raise ModelError(
-                f"model manifest {self.path}: error_systematics "
-                + (f"names outputs without errors ({', '.join(unknown)})" if unknown else "")
-                + ("; " if unknown and bad else "")
-                + (f"is not a number >= 0 for {', '.join(bad)}" if bad else "")
-            )
-        return {k: float(v) for k, v in terms.items()}
+    def error_systematics(self) -> ErrorSystematics:
+        """What the errors the model reports are grown by (the manifest's optional ``error_systematics``:
+        terms added in quadrature, one of them growing with a novelty score; see
+        :mod:`survey_proc.estimators._systematics`). Empty where the manifest has none."""
+        outputs = self.outputs
+        with_error = [spec.name for spec in outputs if spec.error]
+        names = [spec.name for spec in outputs] + [rule["output"] for _, rule in self.flag_rules]
+        return parse_systematics(self.raw.get("error_systematics"), with_error, names, f"model manifest {self.path}")
 
     @property
     def batch_size(self) -> int | None:
@@ -159,16 +147,6 @@ class Manifest:
     @property
     def model_id(self) -> str:
         return f"{self.name}@{self.digest[:12]}"
-
-
-def add_systematics(terms: Mapping[str, float], out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``out`` with each ``<name>_err`` of ``terms`` (:attr:`Manifest.error_systematics`) grown to
-    sqrt(err^2 + term^2), in its own dtype; NaN errors stay NaN. In place, and returned."""
-    for name, term in terms.items():
-        err = out.get(f"{name}_err")
-        if err is not None and term > 0:
-            out[f"{name}_err"] = np.hypot(err, np.asarray(term, err.dtype)).astype(err.dtype, copy=False)
-    return out
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -23,7 +23,7 @@ import torch
 from survey_proc import config
 from survey_proc.cluster import tune_heap
 from survey_proc.errors import ModelError
-from survey_proc.estimators._base import Estimator, Manifest, add_systematics
+from survey_proc.estimators._base import Estimator, Manifest
 from survey_proc.preprocess import BatchMeta
 
 
@@ -243,4 +243,4 @@ class TorchScriptEstimator(Estimator):
                 out = self._predict(x)
         else:
             out = self._predict(x)
-        return add_systematics(self._systematics, out)
+        return self._systematics.add(out)
