@@ -11,7 +11,10 @@ that stop near 7400 A) with ``survey-proc run``; on a smaller mock of the same g
 12 x 12) it runs pPXF (``--method ppxf``, E-MILES templates), ``--method fit`` where this build
 has it, and the default model again, for a like-for-like comparison. Where a library does not cover
 the whole cube, a ``control`` mock from E-MILES cut to the library's range (the same pixels masked)
-runs through the models too: the difference from it is the library's, not the gap's.
+runs through the models too: the difference from it is the library's, not the gap's. With
+``--uncalibrated`` each model also runs as ``MODEL@uncalibrated``, a copy with its library calibration
+(``python -m benchmarks.library_calibration``: ``error_systematics`` and the out_of_distribution
+threshold) undone: before and after, side by side.
 
 Per method and property (log_age, metallicity, av, sigma), against the mock's truth:
 
@@ -67,6 +70,7 @@ class Options:
     snr: float = 30.0
     seed: int = 11
     redshift: float = 0.008
+    uncalibrated: bool = False  #: also run each model as it was before its library calibration
 
 
 @dataclass(frozen=True)
@@ -212,9 +216,15 @@ def method_available(method: str) -> bool:
     return True
 
 
-def run_maps(cube: Path, out: Path, method: str) -> float:
-    """``survey-proc run`` of ``cube`` into ``out`` (serial, in this process); its wall time."""
-    how = ["--method", method] if method in ("ppxf", "fit") else ["--model", method]
+#: the suffix of a model's runs with its library calibration undone (``--uncalibrated``)
+UNCALIBRATED = "@uncalibrated"
+
+
+def run_maps(cube: Path, out: Path, method: str, bundles: dict[str, Path] | None = None) -> float:
+    """``survey-proc run`` of ``cube`` into ``out`` (serial, in this process); its wall time. ``bundles``:
+    the bundle (manifest path) of a method that names none of the packaged models."""
+    spec = str((bundles or {}).get(method, method))
+    how = ["--method", method] if method in ("ppxf", "fit") else ["--model", spec]
     argv = ["run", "--cube", str(cube), "--out", str(out), "--cluster", "none", "--overwrite", "--quiet", *how]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -250,19 +260,29 @@ def library_record(lib: SSPLibrary, cfg: MockConfig) -> dict:
     }
 
 
-def bench_library(name: str, opts: Options, work: Path) -> dict:
+def uncalibrated_bundles(opts: Options, work: Path) -> dict[str, Path]:
+    """``MODEL@uncalibrated`` -> a copy of each model with its library calibration undone (``--uncalibrated``)."""
+    from benchmarks.library_calibration import uncalibrated_bundle
+
+    if not opts.uncalibrated:
+        return {}
+    return {m + UNCALIBRATED: uncalibrated_bundle(m, work / f"bundle-{m}") for m in opts.models}
+
+
+def bench_library(name: str, opts: Options, work: Path, bundles: dict[str, Path] | None = None) -> dict:
     """The mock(s) of one library through every method: its record and scores.
 
     Where the library masks part of the cube, a ``control`` mock from E-MILES cut to the library's
     range (the same pixels masked) tells the effect of the gap from that of the library."""
     lib = load_ssp_library(name)
     base = MockConfig(seed=opts.seed, snr=opts.snr, redshift=opts.redshift, library=name, mask_uncovered=True)
-    cubes = [("mock", opts.size, lib, opts.models)]
+    models = (*opts.models, *(bundles or {}))
+    cubes = [("mock", opts.size, lib, models)]
     if opts.sample:
         cubes.append(("sample", opts.sample, lib, (opts.models[0], *opts.methods)))
     if name != "emiles" and not base.covered(lib).all():
         cut = load_ssp_library("emiles").crop(lib.wave[0], lib.wave[-1])
-        cubes.append(("control", opts.size, cut, opts.models))
+        cubes.append(("control", opts.size, cut, models))
     scores, ood = [], {}
     for kind, n, cube_lib, methods in cubes:
         cube = work / f"{name}-{kind}.zarr"
@@ -271,7 +291,7 @@ def bench_library(name: str, opts: Options, work: Path) -> dict:
         for method in methods:
             log.info("%s: %s on the %d x %d %s", name, method, n, n, kind)
             out = work / f"{name}-{kind}-{method}.zarr"
-            seconds = run_maps(cube, out, method)
+            seconds = run_maps(cube, out, method, bundles)
             maps = open_maps(out)
             scores.append(score_maps(maps, truth, method, kind, seconds))
             ood[(name, method, kind)] = fitted_ood_scores(maps)
@@ -284,8 +304,9 @@ def run_benchmark(opts: Options, work: Path) -> dict:
     opts = replace(opts, methods=methods)
     t0 = time.perf_counter()
     results, ood = [], {}
+    bundles = uncalibrated_bundles(opts, work)
     for name in opts.libraries:
-        entry, scores = bench_library(name, opts, work)
+        entry, scores = bench_library(name, opts, work, bundles)
         results.append(entry)
         ood.update(scores)
     add_shift_auc(results, ood)
@@ -336,9 +357,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path]:
     p.add_argument("--methods", nargs="*", default=list(Options.methods), help="run --method values on the sample")
     p.add_argument("--snr", type=float, default=Options.snr)
     p.add_argument("--seed", type=int, default=Options.seed)
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="also run each model with its library calibration undone (MODEL@uncalibrated): before and after",
+    )
     p.add_argument("--json", type=Path, default=Path("survey-proc-libraries") / "libraries.json")
     a = p.parse_args(argv)
-    opts = Options(tuple(a.libraries), tuple(a.models), a.size, a.sample, tuple(a.methods), a.snr, a.seed)
+    opts = Options(
+        tuple(a.libraries),
+        tuple(a.models),
+        a.size,
+        a.sample,
+        tuple(a.methods),
+        a.snr,
+        a.seed,
+        uncalibrated=a.uncalibrated,
+    )
     return opts, a.json
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.libraries import UNCALIBRATED
 from survey_proc.figures import pyplot, save_figure
 
 PROPS = ("log_age", "metallicity", "av", "sigma")
@@ -36,6 +37,30 @@ def _summary_table(report: dict, method: str, cube: str) -> list[str]:
             f"{_f(s['ood_p50'])} / {_f(s['ood_p99'])} ({_f(s['ood_threshold'])}) | "
             f"{_f(s['auc_ood_any'])} / {_f(s['auc_vs_emiles'])} | " + " | ".join(cells) + " |"
         )
+    return lines
+
+
+def _pair(before: dict, after: dict, key: str, prop: str | None = None, fmt: str = ".2f") -> str:
+    """``before → after`` of a run's ``key`` (of property ``prop``, if given)."""
+    a, b = (s["properties"].get(prop, {}) if prop else s for s in (before, after))
+    return f"{_f(a.get(key), fmt)} → {_f(b.get(key), fmt)}"
+
+
+def _before_after_table(report: dict, model: str) -> list[str]:
+    """Per library, ``model`` before (``@uncalibrated``) and after its library calibration, on the mock."""
+    head = "| library | role | flagged | OOD flag | " + " | ".join(
+        f"{LABELS[p]} cov68 | {LABELS[p]} ok2σ" for p in PROPS[:3]
+    )
+    lines = [head + " |", "|" + "---|" * (4 + 2 * 3)]
+    for entry in report["libraries"]:
+        after, before = _score(entry, model, "mock"), _score(entry, model + UNCALIBRATED, "mock")
+        if after is None or before is None:
+            continue
+
+        cells = [_pair(before, after, k, p) for p in PROPS[:3] for k in ("coverage_68", "ok_2sigma")]
+        lib = entry["library"]
+        flags = f"{_pair(before, after, 'flagged', fmt='.0%')} | {_pair(before, after, 'ood_flagged', fmt='.0%')}"
+        lines.append(f"| {lib['name']} | {lib['role']} | {flags} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -106,6 +131,18 @@ def write_markdown(report: dict, path: Path) -> Path:
         *_summary_table(report, first, "control"),
         "",
     ]
+    if o.get("uncalibrated"):
+        for model in o["models"]:
+            lines += [
+                f"## `{model}` before → after its library calibration ({o['size']} x {o['size']})",
+                "",
+                "Before: `@uncalibrated`, the bundle as exported; after: with `error_systematics` and the "
+                "out_of_distribution threshold of `python -m benchmarks.library_calibration` (calibration libraries "
+                "only; MIUSCAT and BC03 never used).",
+                "",
+                *_before_after_table(report, model),
+                "",
+            ]
     for prop in PROPS:
         lines += [f"## {LABELS[prop]}", "", *_property_table(report, prop), ""]
     lines += ["## The libraries", "", *_library_table(report), ""]
@@ -127,9 +164,14 @@ def write_png(report: dict, path: Path) -> Path:
         (axes[0, 0], "coverage_68", 0.68, "68 % coverage of the reported errors (unflagged)"),
         (axes[0, 1], "ok_2sigma", 0.85, "within 2σ or flagged (all spaxels)"),
     ):
+        before = [_score(e, first + UNCALIBRATED, "mock") for e in entries]
         for k, prop in enumerate(PROPS):
             vals = [s["properties"].get(prop, {}).get(key) for s in scores]
             ax.bar(x + (k - 1.5) * width, [np.nan if v is None else v for v in vals], width, label=LABELS[prop])
+            old = [b["properties"].get(prop, {}).get(key) if b else None for b in before]
+            if any(v is not None for v in old):
+                ax.plot(x + (k - 1.5) * width, [np.nan if v is None else v for v in old], "k_", ms=9,
+                        label="before calibration" if k == 0 else None)  # fmt: skip
         ax.axhline(ideal, color="k", ls="--", lw=1)
         ax.set_title(f"{first}: {title}", fontsize=10)
         ax.set_ylim(0, 1.05)
