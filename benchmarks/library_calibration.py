@@ -156,6 +156,11 @@ def largest(ok, hi: float = 5.0) -> float:
     return lo
 
 
+def _floor4(x: float) -> float:
+    """``x`` rounded down to 1e-4 (never past a ceiling found by bisection)."""
+    return float(np.floor(x * 1e4) / 1e4)
+
+
 def choose_terms(cal: Spaxels, ref: Spaxels, ramp: tuple[float, float], opts: Options) -> ErrorSystematics:
     """Per property, first the novelty term, then the constant one: each the smallest that brings the
     calibration spaxels' coverage to ``opts.coverage``, or the largest that keeps the in-library one at or
@@ -169,10 +174,10 @@ def choose_terms(cal: Spaxels, ref: Spaxels, ramp: tuple[float, float], opts: Op
     for k, p in enumerate(PROPERTIES):
         wanted = smallest(lambda n, k=k: coverage(cal, k, sys(k, n)) >= opts.coverage)
         ceiling = largest(lambda n, k=k: coverage(ref, k, sys(k, n)) <= opts.max_in_library_coverage)
-        novelty[p] = round(min(wanted, ceiling), 4)
+        novelty[p] = _floor4(min(wanted, ceiling))
         wanted = smallest(lambda s, k=k, p=p: coverage(cal, k, sys(k, novelty[p], s)) >= opts.coverage)
         ceiling = largest(lambda s, k=k, p=p: coverage(ref, k, sys(k, novelty[p], s)) <= opts.max_in_library_coverage)
-        terms[p] = round(min(wanted, ceiling), 4)
+        terms[p] = _floor4(min(wanted, ceiling))
     return ErrorSystematics(terms, novelty, "ood_score", *ramp)
 
 

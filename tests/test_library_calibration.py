@@ -1,0 +1,85 @@
+"""The library calibration (benchmarks/library_calibration.py) on spaxels whose answers are known, its
+manifest round trip, and its refusal of the evaluation libraries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import benchmarks.library_calibration as lc
+from survey_proc.estimators import ErrorSystematics, read_manifest
+from survey_proc.ssp import LibraryRoleError
+
+
+def _spaxels(name: str, offset: float, score: float, n: int = 400, err: float = 0.1, seed: int = 0) -> lc.Spaxels:
+    """n spaxels whose estimates scatter by ``err`` (and are shifted by ``offset``) with errors ``err``."""
+    rng = np.random.default_rng(seed)
+    diff = offset + err * rng.standard_normal((n, len(lc.PROPERTIES)))
+    return lc.Spaxels(name, diff, np.full(diff.shape, err), np.full(n, score) + 0.01 * rng.random(n), np.zeros(n, bool))
+
+
+def test_terms_bring_the_calibration_coverage_to_target_within_the_in_library_cap():
+    ref, cal = _spaxels("emiles", 0.0, 1.0), _spaxels("other", 0.3, 3.0, seed=1)
+    opts = lc.Options()
+    sys = lc.choose_terms(cal, ref, (1.5, 2.5), opts)
+    for k, p in enumerate(lc.PROPERTIES):
+        assert lc.coverage(cal, k, sys) == pytest.approx(0.68, abs=0.01)
+        assert lc.coverage(ref, k, sys) == pytest.approx(lc.coverage(ref, k, ErrorSystematics()))  # below the ramp
+        assert sys.terms[p] < 0.02 and 0.2 < sys.novelty_terms[p] < 0.5
+    # a ramp that starts below the in-library scores: the cap holds the in-library coverage at 0.74
+    sys = lc.choose_terms(cal, ref, (0.0, 2.5), opts)
+    assert all(lc.coverage(ref, k, sys) <= 0.74 for k in range(3))
+    assert all(lc.coverage(cal, k, sys) < 0.68 for k in range(3))
+
+
+def test_the_threshold_flags_what_the_errors_miss_and_keeps_to_its_bounds():
+    ref, cal = _spaxels("emiles", 0.0, 1.0), _spaxels("other", 1.0, 3.0, seed=1)
+    opts, none = lc.Options(), ErrorSystematics()
+    got = lc.choose_threshold(cal, ref, none, 5.0, opts)  # every calibration spaxel off: flag them all
+    assert got["bound"] == "target reached" and got["in_library_floor"] <= got["threshold"] < 3.01
+    assert min(lc.ok_share(cal, k, none, got["threshold"]) for k in range(3)) >= 0.9
+    got = lc.choose_threshold(_spaxels("other", 1.0, 0.5, seed=2), ref, none, 5.0, opts)  # scores in library
+    assert got["bound"].startswith("in-library floor") and got["threshold"] == got["in_library_floor"]
+    got = lc.choose_threshold(_spaxels("other", 0.0, 3.0, seed=2), ref, none, 1.4, opts)  # nothing to flag
+    assert got["threshold"] == 1.4 and got["bound"].startswith("the validation threshold")
+
+
+def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypatch, default_bundle):
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(default_bundle, root / "default")
+    monkeypatch.setattr(lc, "PACKAGED", root)
+    monkeypatch.setattr(lc, "PACKAGED_SUMS", root / "SHA256SUMS")
+    monkeypatch.setattr(lc, "compute_packaged_sums", lambda: "sums\n")
+    original = json.dumps(lc.uncalibrated(json.loads((root / "default" / "manifest.json").read_text())), indent=2)
+    entry = {"terms": {"av": 0.02}, "novelty": {"output": "ood_score", "from": 1, "to": 2, "terms": {"av": 0.3}}}
+    res = {"model": "default", "calibration_libraries": ["mastar"], "error_systematics": entry}
+    for threshold in (0.9, 1.2):  # a second calibration replaces the first
+        lc.apply([{**res, "ood": {"threshold": threshold}}], lc.Options())
+    manifest = read_manifest(root / "default")
+    assert manifest.error_systematics.novelty_terms == {"av": 0.3}
+    assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] == 1.2
+    record = manifest.raw[lc.RECORD_KEY]
+    assert record["never_used"] == ["miuscat", "bc03"] and record["ood_threshold_before"] > 1.2
+    assert (root / "SHA256SUMS").read_text() == "sums\n"
+    assert json.dumps(lc.uncalibrated(manifest.raw), indent=2) == original  # undone, in the file's layout
+    lc.write_manifest(root / "default" / "manifest.json", lc.uncalibrated(manifest.raw))
+    assert (root / "default" / "manifest.json").read_text() == original
+
+
+def test_the_evaluation_libraries_are_refused(tmp_path):
+    with pytest.raises(LibraryRoleError):
+        lc.mock_cubes(["miuscat"], lc.Options(seeds=(1,), size=4), tmp_path)
+    assert lc.covering_libraries(read_manifest(lc.PACKAGED / "default")) == ["m11-marcs", "mastar", "bpass"]
+
+
+def test_the_shipped_manifests_carry_their_calibration():
+    for model in lc.Options().models:
+        manifest = read_manifest(lc.PACKAGED / model)
+        record = manifest.raw[lc.RECORD_KEY]
+        assert set(record["libraries"]).isdisjoint(record["never_used"]) and "miuscat" in record["never_used"]
+        assert manifest.error_systematics and manifest.error_systematics.novelty_output == "ood_score"
+        assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] <= record["ood_threshold_before"]
