@@ -205,6 +205,9 @@ def _bias_panel(ax, report: dict, entries: list[dict], x: np.ndarray) -> None:
                 s = _score(e, method, cube)
                 b = s["properties"].get(prop, {}).get("bias") if s else None
                 vals.append(np.nan if b is None else b)
-            ax.plot(x + 0.08 * k, vals, markers[k % 5], color=colour, label=f"{LABELS[prop]}: {method} ({cube})", ms=5)
+            if np.isfinite(vals).any():  # runs the benchmark made (no pPXF sample with --sample 0)
+                ax.plot(
+                    x + 0.08 * k, vals, markers[k % 5], color=colour, label=f"{LABELS[prop]}: {method} ({cube})", ms=5
+                )
     ax.axhline(0, color="k", lw=1)
     ax.set_title("bias (median estimate - truth), dex", fontsize=10)

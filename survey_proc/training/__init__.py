@@ -18,7 +18,7 @@ from survey_proc.training._dataset import (
     trainset_from_record,
 )
 from survey_proc.training._edges import apply_edge_table, fit_edge_table, noise_level
-from survey_proc.training._evaluate import evaluate, heldout_config, write_json
+from survey_proc.training._evaluate import evaluate, heldout_config, predict_noisy, write_json
 from survey_proc.training._evaluate_bins import evaluate_held_out, format_evaluation, trainset_of
 from survey_proc.training._fit import (
     EpochRecord,
@@ -88,6 +88,7 @@ __all__ = [
     "noise_level",
     "novelty_stats",
     "observe_noisy",
+    "predict_noisy",
     "reduced_chi2",
     "sdss_observed_input",
     "synthesise",
