@@ -9,40 +9,43 @@ import numpy as np
 import pytest
 
 import benchmarks.library_calibration as lc
+import benchmarks.library_calibration_fit as fit
 from survey_proc.estimators import ErrorSystematics, read_manifest
 from survey_proc.ssp import LibraryRoleError
 
 
-def _spaxels(name: str, offset: float, score: float, n: int = 400, err: float = 0.1, seed: int = 0) -> lc.Spaxels:
+def _spaxels(name: str, offset: float, score: float, n: int = 400, err: float = 0.1, seed: int = 0) -> fit.Spaxels:
     """n spaxels whose estimates scatter by ``err`` (and are shifted by ``offset``) with errors ``err``."""
     rng = np.random.default_rng(seed)
-    diff = offset + err * rng.standard_normal((n, len(lc.PROPERTIES)))
-    return lc.Spaxels(name, diff, np.full(diff.shape, err), np.full(n, score) + 0.01 * rng.random(n), np.zeros(n, bool))
+    diff = offset + err * rng.standard_normal((n, len(fit.PROPERTIES)))
+    return fit.Spaxels(
+        name, diff, np.full(diff.shape, err), np.full(n, score) + 0.01 * rng.random(n), np.zeros(n, bool)
+    )
 
 
 def test_terms_bring_the_calibration_coverage_to_target_within_the_in_library_cap():
     ref, cal = _spaxels("emiles", 0.0, 1.0), _spaxels("other", 0.3, 3.0, seed=1)
-    opts = lc.Options()
-    sys = lc.choose_terms(cal, [ref], (1.5, 2.5), opts)
-    for k, p in enumerate(lc.PROPERTIES):
-        assert lc.coverage(cal, k, sys) == pytest.approx(0.68, abs=0.01)
-        assert lc.coverage(ref, k, sys) == pytest.approx(lc.coverage(ref, k, ErrorSystematics()))  # below the ramp
+    opts = fit.Options()
+    sys = fit.choose_terms(cal, [ref], (1.5, 2.5), opts)
+    for k, p in enumerate(fit.PROPERTIES):
+        assert fit.coverage(cal, k, sys) == pytest.approx(0.68, abs=0.01)
+        assert fit.coverage(ref, k, sys) == pytest.approx(fit.coverage(ref, k, ErrorSystematics()))  # below the ramp
         assert sys.terms[p] < 0.02 and 0.2 < sys.novelty_terms[p] < 0.5
     # a ramp that starts below the in-library scores: the cap holds the in-library coverage at 0.74
-    sys = lc.choose_terms(cal, [ref, ref], (0.0, 2.5), opts)
-    assert all(lc.coverage(ref, k, sys) <= 0.74 for k in range(3))
-    assert all(lc.coverage(cal, k, sys) < 0.68 for k in range(3))
+    sys = fit.choose_terms(cal, [ref, ref], (0.0, 2.5), opts)
+    assert all(fit.coverage(ref, k, sys) <= 0.74 for k in range(3))
+    assert all(fit.coverage(cal, k, sys) < 0.68 for k in range(3))
 
 
 def test_the_threshold_flags_what_the_errors_miss_and_keeps_to_its_bounds():
     ref, cal = _spaxels("emiles", 0.0, 1.0), _spaxels("other", 1.0, 3.0, seed=1)
-    opts, none = lc.Options(), ErrorSystematics()
-    got = lc.choose_threshold(cal, [ref], none, 5.0, opts)  # every calibration spaxel off: flag them all
+    opts, none = fit.Options(), ErrorSystematics()
+    got = fit.choose_threshold(cal, [ref], none, 5.0, opts)  # every calibration spaxel off: flag them all
     assert got["bound"] == "target reached" and got["in_library_floor"] <= got["threshold"] < 3.01
-    assert min(lc.ok_share(cal, k, none, got["threshold"]) for k in range(3)) >= 0.9
-    got = lc.choose_threshold(_spaxels("other", 1.0, 0.5, seed=2), [ref], none, 5.0, opts)  # scores in library
+    assert min(fit.ok_share(cal, k, none, got["threshold"]) for k in range(3)) >= 0.9
+    got = fit.choose_threshold(_spaxels("other", 1.0, 0.5, seed=2), [ref], none, 5.0, opts)  # scores in library
     assert got["bound"].startswith("in-library floor") and got["threshold"] == got["in_library_floor"]
-    got = lc.choose_threshold(_spaxels("other", 0.0, 3.0, seed=2), [ref], none, 1.4, opts)  # nothing to flag
+    got = fit.choose_threshold(_spaxels("other", 0.0, 3.0, seed=2), [ref], none, 1.4, opts)  # nothing to flag
     assert got["threshold"] == 1.4 and got["bound"].startswith("the validation threshold")
 
 
@@ -63,7 +66,7 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
         "ramp_start_quantile": 0.75,
     }
     for threshold in (0.9, 1.2):  # a second calibration replaces the first
-        lc.apply([{**res, "ood": {"threshold": threshold}}], lc.Options())
+        lc.apply([{**res, "ood": {"threshold": threshold}}], fit.Options())
     manifest = read_manifest(root / "default")
     assert manifest.error_systematics.novelty_terms == {"av": 0.3}
     assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] == 1.2
@@ -77,12 +80,12 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
 
 def test_the_evaluation_libraries_are_refused(tmp_path):
     with pytest.raises(LibraryRoleError):
-        lc.mock_cubes(["miuscat"], lc.Options(seeds=(1,), size=4), tmp_path)
+        lc.mock_cubes(["miuscat"], fit.Options(seeds=(1,), size=4), tmp_path)
     assert lc.covering_libraries(read_manifest(lc.PACKAGED / "default")) == ["m11-marcs", "mastar", "bpass"]
 
 
 def test_the_shipped_manifests_carry_their_calibration():
-    for model in lc.Options().models:
+    for model in fit.Options().models:
         manifest = read_manifest(lc.PACKAGED / model)
         record = manifest.raw[lc.RECORD_KEY]
         assert set(record["libraries"]).isdisjoint(record["never_used"]) and "miuscat" in record["never_used"]
@@ -94,8 +97,8 @@ def test_the_ramp_start_that_serves_the_calibration_spaxels_best_is_kept():
     ref = _spaxels("emiles", 0.0, 1.0)
     ref.score[:] = np.linspace(0.5, 1.5, ref.score.size)  # the in-library scores spread up to the threshold
     cal = _spaxels("other", 0.3, 1.8, seed=1)
-    sys, _, start, tried = lc.choose_ramp(cal, [ref], 2.0, lc.Options())
+    sys, _, start, tried = fit.choose_ramp(cal, [ref], 2.0, fit.Options())
     assert set(tried) == {"0.5", "0.75", "0.9"} and f"{start:g}" in tried
     assert tried[f"{start:g}"]["worst_ok_2sigma"] == max(t["worst_ok_2sigma"] for t in tried.values())
     assert sys.novelty_from == pytest.approx(np.quantile(ref.score, start)) and sys.novelty_to == 2.0
-    assert all(v <= lc.Options().max_term for v in [*sys.terms.values(), *sys.novelty_terms.values()])
+    assert all(v <= fit.Options().max_term for v in [*sys.terms.values(), *sys.novelty_terms.values()])
