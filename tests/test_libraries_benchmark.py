@@ -94,3 +94,15 @@ def test_a_small_run_writes_json_markdown_and_png(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| emiles | calibration |" in md and out.with_suffix(".png").stat().st_size > 10_000
     assert Options().libraries[0] == "emiles"
+
+
+def test_uncalibrated_runs_each_model_as_exported_beside_its_calibrated_self(tmp_path):
+    out = tmp_path / "lib.json"
+    argv = ["--libraries", "emiles", "--models", "default", "--size", "6", "--sample", "0", "--uncalibrated"]
+    assert cli([*argv, "--json", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["libraries"]
+    after, before = ({s["method"]: s for s in entry["scores"]}[m] for m in ("default", "default@uncalibrated"))
+    for prop in ("log_age", "metallicity", "av"):  # the same estimates; the errors only grow
+        assert after["properties"][prop]["bias"] == before["properties"][prop]["bias"]
+        assert after["properties"][prop]["coverage_68"] >= before["properties"][prop]["coverage_68"]
+    assert "## `default` before → after its library calibration" in out.with_suffix(".md").read_text()
