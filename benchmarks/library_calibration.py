@@ -28,7 +28,8 @@ and from E-MILES (in library), run through a copy of the bundle with any earlier
 ``--apply`` writes the terms into each manifest's ``error_systematics`` (read by the estimator, which
 adds them to the errors it returns), the threshold into its ``OUT_OF_DISTRIBUTION`` rule, a record of
 how they were chosen into ``library_calibration`` (with the threshold before, which undoes it), and
-regenerates ``estimators/models/SHA256SUMS``. The measurements go to ``--json``
+regenerates ``estimators/models/SHA256SUMS``; ``--from REPORT`` does the same with the values of an
+earlier report, measuring nothing (after a merge that rewrote the manifests). The measurements go to ``--json``
 (``benchmarks/results/library_calibration.json``). ``python -m benchmarks.libraries --uncalibrated``
 evaluates before and after, on the held-out libraries too.
 """
@@ -299,7 +300,7 @@ def calibrate(opts: Options, work: Path) -> dict:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Options, Path, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[Options, Path, bool, Path | None]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Options()
     p.add_argument("--models", nargs="+", default=list(d.models))
@@ -311,18 +312,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path, bool]:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--apply", action="store_true", help="write the values into the packaged manifests")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/library_calibration.json"))
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="write the values of this earlier report into the manifests, measuring nothing (e.g. after a merge "
+        "that rewrote them)",
+    )
     a = p.parse_args(argv)
     opts = replace(
         d, models=tuple(a.models), seeds=tuple(a.seeds), size=a.size, snr=a.snr, **{k: getattr(a, k) for k in floats}
     )
-    return opts, a.json, a.apply
+    return opts, a.json, a.apply, a.source
+
+
+def apply_report(path: Path) -> None:
+    """Write the values of an earlier report (``--json``) into the packaged manifests, measuring nothing."""
+    report = json.loads(path.read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in report["options"].items()}
+    apply(report["models"], Options(**fields))
 
 
 def cli(argv: list[str] | None = None) -> int:
     from benchmarks.libraries import _finite
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    opts, out, do_apply = parse_args(argv)
+    opts, out, do_apply, source = parse_args(argv)
+    if source is not None:
+        apply_report(source)
+        print(f"wrote the values of {source} into the manifests")
+        return 0
     with tempfile.TemporaryDirectory(prefix="survey-proc-calibration-") as work:
         report = calibrate(opts, Path(work))
     out.parent.mkdir(parents=True, exist_ok=True)

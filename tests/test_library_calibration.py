@@ -65,13 +65,17 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
         "error_systematics": entry,
         "ramp_start_quantile": 0.75,
     }
-    for threshold in (0.9, 1.2):  # a second calibration replaces the first
-        lc.apply([{**res, "ood": {"threshold": threshold}}], fit.Options())
+    lc.apply([{**res, "ood": {"threshold": 0.9}}], fit.Options())
+    report = tmp_path / "report.json"  # a second calibration (from a report: --from) replaces the first
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(fit.Options(seeds=(5,))).items()}
+    report.write_text(json.dumps({"options": options, "models": [{**res, "ood": {"threshold": 1.2}}]}))
+    lc.apply_report(report)
     manifest = read_manifest(root / "default")
     assert manifest.error_systematics.novelty_terms == {"av": 0.3}
     assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] == 1.2
     record = manifest.raw[lc.RECORD_KEY]
     assert record["never_used"] == ["miuscat", "bc03"] and record["ood_threshold_before"] > 1.2
+    assert record["mocks"]["seeds"] == [5]
     assert (root / "SHA256SUMS").read_text() == "sums\n"
     assert json.dumps(lc.uncalibrated(manifest.raw), indent=2) == original  # undone, in the file's layout
     lc.write_manifest(root / "default" / "manifest.json", lc.uncalibrated(manifest.raw))
