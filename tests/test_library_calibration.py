@@ -57,7 +57,9 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
     monkeypatch.setattr(lc, "PACKAGED", root)
     monkeypatch.setattr(lc, "PACKAGED_SUMS", root / "SHA256SUMS")
     monkeypatch.setattr(lc, "compute_packaged_sums", lambda: "sums\n")
-    original = json.dumps(lc.uncalibrated(json.loads((root / "default" / "manifest.json").read_text())), indent=2)
+    text = (root / "default" / "manifest.json").read_text()
+    indent, end = len(text.splitlines()[1]) - len(text.splitlines()[1].lstrip(" ")), "\n" * text.endswith("\n")
+    original = json.dumps(lc.uncalibrated(json.loads(text)), indent=indent) + end  # in the file's own layout
     entry = {"terms": {"av": 0.02}, "novelty": {"output": "ood_score", "from": 1, "to": 2, "terms": {"av": 0.3}}}
     res = {
         "model": "default",
@@ -77,7 +79,7 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
     assert record["never_used"] == ["miuscat", "bc03"] and record["ood_threshold_before"] > 1.2
     assert record["mocks"]["seeds"] == [5]
     assert (root / "SHA256SUMS").read_text() == "sums\n"
-    assert json.dumps(lc.uncalibrated(manifest.raw), indent=2) == original  # undone, in the file's layout
+    assert json.dumps(lc.uncalibrated(manifest.raw), indent=indent) + end == original  # undone
     lc.write_manifest(root / "default" / "manifest.json", lc.uncalibrated(manifest.raw))
     assert (root / "default" / "manifest.json").read_text() == original
 
