@@ -82,6 +82,10 @@ PROPERTIES: dict[str, dict[str, str]] = {
         "units": "log10(Msun/kpc2)",
         "long_name": "stellar mass surface density (stars and remnants)",
     },
+    "log_sfr_surface_density": {
+        "units": "log10(Msun/yr/kpc2)",
+        "long_name": "star-formation-rate surface density over the last 100 Myr, plus the detection floor",
+    },
 }
 
 

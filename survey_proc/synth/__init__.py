@@ -2,6 +2,7 @@
 
 from survey_proc.synth._mock import (
     LIKE,
+    SFR_FLOOR,
     GalaxyMaps,
     GalaxyParams,
     MockConfig,
@@ -34,6 +35,7 @@ from survey_proc.synth._photometry import (
 )
 from survey_proc.synth._populations import (
     age_bin_widths,
+    constant_sfh,
     light_weighted,
     mass_fractions,
     mass_to_light,
@@ -43,6 +45,7 @@ from survey_proc.synth._populations import (
     sample_cluster,
     sample_sfh_mixtures,
     sample_training_mixtures,
+    sfr_per_light,
 )
 from survey_proc.synth._spectra import (
     EMISSION_LINES,
@@ -61,6 +64,7 @@ __all__ = [
     "LIKE",
     "LINE_SETS",
     "MOCK_FLUX_UNITS",
+    "SFR_FLOOR",
     "SKY_LINES",
     "BandIntegrals",
     "BandPhotometry",
@@ -78,6 +82,7 @@ __all__ = [
     "age_bin_widths",
     "band_noise",
     "band_weights",
+    "constant_sfh",
     "emission_line_spectra",
     "flux_unit_cgs",
     "galaxy_centre",
@@ -96,6 +101,7 @@ __all__ = [
     "sample_cluster",
     "sample_sfh_mixtures",
     "sample_training_mixtures",
+    "sfr_per_light",
     "sky_line_profile",
     "synthetic_photometry",
     "truth_dataset",

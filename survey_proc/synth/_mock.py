@@ -29,7 +29,14 @@ from survey_proc.geometry import disc_coordinates, half_light_radius
 from survey_proc.ssp import SSPLibrary
 from survey_proc.stores import open_maps, property_attrs
 from survey_proc.synth._photometry import library_observed_range
-from survey_proc.synth._populations import light_weighted, mass_to_light, mass_weighted, sample_cluster
+from survey_proc.synth._populations import (
+    constant_sfh,
+    light_weighted,
+    mass_to_light,
+    mass_weighted,
+    sample_cluster,
+    sfr_per_light,
+)
 
 #: galaxies a mock can be made "like": shape and distance parameters
 LIKE = {
@@ -66,6 +73,10 @@ class GalaxyParams:
     dust_scatter: float = 0.45  #: patchiness, in ln A_V (lognormal) or A_V (linear)
     av_max: float = 1.5
     halpha_ew: float = 40.0  #: Angstrom, on the arm crests
+    young_disc: float = 0.0  #: light fraction of young stars spread over the disc (diffuse star formation)
+    young_sfh: str = "burst"  #: burst: one SSP per pixel aged within young_log_age; constant: SFR constant
+    #: since 10**young_log_age[1] yr
+    halpha_from_sfr: bool = False  #: H-alpha from the star-formation rate (Kennicutt) instead of ``halpha_ew``
     v_max: float = 200.0  #: km/s
     sigma_centre: float = 140.0  #: km/s above the disc's 45 km/s
 
@@ -80,7 +91,6 @@ class GalaxyParams:
             centre_dx=u(-0.12, 0.12),
             centre_dy=u(-0.12, 0.12),
             arm_pitch_deg=u(10, 35),
-            arm_strength=u(0.0, 0.6),
             disc_log_age=u(9.1, 10.1),
             grad_log_age=u(-0.5, 0.15),
             disc_metallicity=u(-0.8, 0.2),
@@ -88,7 +98,6 @@ class GalaxyParams:
             bulge_log_age=u(9.5, 10.2),
             bulge_metallicity=u(-0.4, 0.22),
             population_scatter=u(0.03, 0.12),
-            dust_profile="linear",
             dust_base=u(0.0, 0.7),
             dust_arms=u(0.0, 1.2),
             dust_gradient=u(-0.2, 0.05),
@@ -97,7 +106,23 @@ class GalaxyParams:
             halpha_ew=u(0.0, 80.0),
             v_max=u(80, 280),
             sigma_centre=u(40, 180),
+            **cls._draw_star_formation(rng),
         )
+
+    @staticmethod
+    def _draw_star_formation(rng: np.random.Generator) -> dict:
+        """Varied recent star formation: quenched discs, diffuse and arm-borne, young ages up to
+        63-400 Myr, H-alpha following the star-formation rate."""
+        quenched = rng.random() < 0.2
+        diffuse = 0.0 if quenched or rng.random() < 0.2 else float(np.exp(rng.uniform(np.log(0.003), np.log(0.25))))
+        return {
+            "young_disc": diffuse,
+            "arm_strength": 0.0 if quenched else float(rng.uniform(0.0, 0.6)),
+            "young_log_age": (7.8, float(rng.uniform(8.0, 8.7))),
+            "young_sfh": "constant",
+            "halpha_from_sfr": True,
+            "dust_profile": "linear" if rng.random() < 0.7 else "lognormal",
+        }
 
 
 @dataclass
@@ -235,6 +260,8 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     phase = azimuth - np.log(np.maximum(radius, 0.5) / (0.3 * h)) / np.tan(pitch)
     arms = np.clip(np.cos(2 * phase), 0, None) ** 4 * np.clip((radius - 0.4 * h) / h, 0, 1)
     f_young = g.arm_strength * arms * (1 - f_bulge)
+    if g.young_disc > 0:  # diffuse star formation across the disc, on top of the arms
+        f_young = np.minimum(f_young + g.young_disc * (1 - f_bulge), 0.9)
 
     # radial gradients with spaxel-to-spaxel scatter (smooth, correlated over a few spaxels)
     def field(scale: float) -> np.ndarray:
@@ -255,16 +282,7 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     w_disc = sample_cluster(
         rng, lib, disc_age.ravel(), disc_metal.ravel(), np.full(n, 0.25), np.full(n, 0.15), rng.integers(2, 4, n), 3
     )
-    w_young = sample_cluster(
-        rng,
-        lib,
-        rng.uniform(*g.young_log_age, n),
-        disc_metal.ravel(),
-        np.full(n, 0.1),
-        np.full(n, 0.1),
-        np.ones(n, int),
-        1,
-    )
+    w_young = _young_population(g, lib, disc_metal.ravel(), rng)
     fb, fy = f_bulge.ravel()[:, None, None], f_young.ravel()[:, None, None]
     weights = fb * w_bulge + (1 - fb - fy) * w_disc + fy * w_young
 
@@ -281,8 +299,10 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     sin_i = np.sin(np.deg2rad(cfg.inclination))
     velocity = v_max * np.tanh(radius / r_turn) * sin_i * np.cos(azimuth) + field(5.0)
     sigma = 45.0 + g.sigma_centre * np.exp(-radius / (1.5 * r_b)) + field(5.0)
-    # H-alpha equivalent width up to ``halpha_ew`` on the arm crests
-    halpha = g.halpha_ew * f_young / max(g.arm_strength, 1e-6) * light * (arms > 0.05)
+    if g.halpha_from_sfr:  # H-alpha of the star formation of the last 100 Myr (Kennicutt 1998)
+        halpha = light * halpha_equivalent_width(weights, lib, cfg.redshift).reshape(radius.shape)
+    else:  # H-alpha equivalent width up to ``halpha_ew`` on the arm crests
+        halpha = g.halpha_ew * f_young / max(g.arm_strength, 1e-6) * light * (arms > 0.05)
 
     return GalaxyMaps(
         radius=radius,
@@ -297,9 +317,33 @@ def galaxy_maps(cfg: MockConfig, lib: SSPLibrary, rng: np.random.Generator) -> G
     )
 
 
+def _young_population(g: GalaxyParams, lib: SSPLibrary, metal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Light fractions (n, nmetal, nage) of the young stars of each pixel (see ``young_sfh``)."""
+    n = metal.size
+    if g.young_sfh == "constant":
+        return constant_sfh(lib, 10.0 ** g.young_log_age[1], metal)
+    if g.young_sfh != "burst":
+        raise ValueError(f"unknown young_sfh {g.young_sfh!r} (burst | constant)")
+    ages = rng.uniform(*g.young_log_age, n)
+    return sample_cluster(rng, lib, ages, metal, np.full(n, 0.1), np.full(n, 0.1), np.ones(n, int), 1)
+
+
 #: the flux unit of mock cubes, in erg/s/cm2/Angstrom
 MOCK_FLUX_UNIT_CGS = 1e-20
 _L_SUN_ERG_S = 3.828e33
+#: SFR (M_sun/yr) per H-alpha luminosity (erg/s), Kennicutt (1998) for a Salpeter IMF like E-MILES's
+KENNICUTT_HALPHA = 7.9e-42
+#: the detection floor of star formation in the mocks (M_sun/yr/kpc2): log_sfr_surface_density is
+#: log10(Sigma_SFR + floor), so pixels without young stars sit at log10(floor) and are not scored
+SFR_FLOOR = 10**-3.5
+
+
+def halpha_equivalent_width(weights: np.ndarray, lib: SSPLibrary, redshift: float) -> np.ndarray:
+    """Observed-frame H-alpha flux per unit mean flux density in the light window (Angstrom) of the
+    star formation of light-fraction grids (..., nmetal, nage), before dust: L(H-alpha) = SFR / C."""
+    return sfr_per_light(weights, lib) / (KENNICUTT_HALPHA * _L_SUN_ERG_S) * (1 + redshift)
+
+
 _KPC_CM = 3.0856775814913673e21
 _ARCSEC_RAD = np.pi / 180.0 / 3600.0
 
@@ -332,9 +376,12 @@ def log_mass_surface_density(
         return np.log10(sigma)
 
 
-def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: bool = True) -> dict[str, np.ndarray]:
+def truth_values(
+    maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: bool = True, sfr: bool = False
+) -> dict[str, np.ndarray]:
     """The per-spaxel truth (ny, nx) of the mock: light- and mass-weighted age and [M/H], A_V, kinematics,
-    stellar mass surface density.
+    stellar mass surface density, and with ``sfr`` the star-formation-rate surface density over the
+    last 100 Myr (``log_sfr_surface_density``: log10(Sigma_SFR + :data:`SFR_FLOOR`), M_sun/yr/kpc2).
 
     With a seeing (``cfg.psf_fwhm_pixels`` > 0, mock photometry) and ``at_psf``, the truth is given at the
     images' resolution: mass density convolved with the PSF, light-weighted quantities as the PSF-convolved
@@ -358,6 +405,14 @@ def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: boo
         "velocity": maps.velocity,
         "log_mass_surface_density": log_sigma,
     }
+    sfr_density = (
+        10.0
+        ** log_mass_surface_density(window_flux, sfr_per_light(maps.weights, lib), cfg.redshift, cfg.pixel_scale_arcsec)
+        if sfr
+        else None
+    )
+    if sfr_density is not None:
+        values["log_sfr_surface_density"] = np.log10(sfr_density + SFR_FLOOR)
     if not (at_psf and cfg.psf_fwhm_pixels > 0):
         return values
     sigma_px = cfg.psf_fwhm_pixels / 2.3548
@@ -370,21 +425,23 @@ def truth_values(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, at_psf: boo
     out = {
         k: blur(window_flux * v) / light_b
         for k, v in values.items()
-        if not k.endswith("_mw") and k != "log_mass_surface_density"
+        if not k.endswith("_mw") and k not in ("log_mass_surface_density", "log_sfr_surface_density")
     }
     out.update({k: blur(mass * values[k]) / mass_b for k in ("log_age_mw", "metallicity_mw")})
     out["log_mass_surface_density"] = np.log10(mass_b)
+    if sfr_density is not None:
+        out["log_sfr_surface_density"] = np.log10(blur(sfr_density) + SFR_FLOOR)
     return out
 
 
-def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig) -> xr.Dataset:
-    """The truth maps in the Maps schema."""
+def truth_dataset(maps: GalaxyMaps, lib: SSPLibrary, cfg: MockConfig, sfr: bool = False) -> xr.Dataset:
+    """The truth maps in the Maps schema (with ``sfr``, the star-formation-rate surface density too)."""
     dims = ("y", "x")
     ds = xr.Dataset(
-        {k: (dims, v.astype(np.float32), property_attrs(k)) for k, v in truth_values(maps, lib, cfg).items()}
+        {k: (dims, v.astype(np.float32), property_attrs(k)) for k, v in truth_values(maps, lib, cfg, sfr=sfr).items()}
     )
     if cfg.psf_fwhm_pixels > 0:  # the pixel-level truth too, beside the truth at the images' resolution
-        for k, v in truth_values(maps, lib, cfg, at_psf=False).items():
+        for k, v in truth_values(maps, lib, cfg, at_psf=False, sfr=sfr).items():
             ds[f"{k}_intrinsic"] = (dims, v.astype(np.float32), property_attrs(k))
     ds["weights"] = (
         ("y", "x", "age", "metal"),

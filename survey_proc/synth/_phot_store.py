@@ -259,7 +259,7 @@ def write_mock_photometry(
         signature=run_signature(identity),
         what="photometry",
         names=list(_NAMES),
-        groups={"truth": truth_dataset(maps, lib, cfg)},
+        groups={"truth": truth_dataset(maps, lib, cfg, sfr=True)},
         desc="mock regions",
     )
     return MockPhotometry(str(path), cfg.nx * cfg.ny, len(filters), time.perf_counter() - t0, maps.r_e)

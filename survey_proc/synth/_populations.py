@@ -34,6 +34,45 @@ def mass_to_light(weights: np.ndarray, lib: SSPLibrary) -> np.ndarray:
     return np.einsum("...ma,ma->...", w, lib.mass / lib.light_in_window())
 
 
+#: the window over which star-formation rates are averaged (yr)
+SFR_WINDOW_YR = 1e8
+
+
+def _age_bin_edges(lib: SSPLibrary) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) age (yr) of the bin each SSP stands for: edges midway in log age, the youngest
+    bin reaching down to age 0 (the grid has no younger SSPs)."""
+    la = lib.log_age
+    edges = np.concatenate([[-np.inf], 0.5 * (la[1:] + la[:-1]), [la[-1] + 0.5 * (la[-1] - la[-2])]])
+    return 10.0 ** edges[:-1], 10.0 ** edges[1:]
+
+
+def _share_younger(lib: SSPLibrary, age_yr: float) -> np.ndarray:
+    """(nage,) the share of each SSP's age bin younger than ``age_yr``."""
+    lo, hi = _age_bin_edges(lib)
+    return np.clip((np.minimum(hi, age_yr) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def constant_sfh(lib: SSPLibrary, duration_yr: float, metal: np.ndarray) -> np.ndarray:
+    """Light-fraction grids (n, nmetal, nage) of a constant star-formation rate over the last
+    ``duration_yr`` at [M/H] ``metal`` (n,) (split between the bracketing grid values)."""
+    mass = _share_younger(lib, duration_yr) * np.diff(np.stack(_age_bin_edges(lib)), axis=0)[0]
+    light = metal_split(lib, np.asarray(metal, np.float64))[:, :, None] * (mass[None, :] * lib.light_in_window())
+    return light / light.sum(axis=(1, 2), keepdims=True)
+
+
+def sfr_per_light(weights: np.ndarray, lib: SSPLibrary, window_yr: float = SFR_WINDOW_YR) -> np.ndarray:
+    """Star-formation rate averaged over the last ``window_yr`` per unit mean light in the light
+    window, before dust, of light-fraction grids (..., nmetal, nage): M_sun/yr per (L_sun / Angstrom).
+
+    Each SSP stands for the stars formed over its age bin (:func:`age_bin_widths`; the youngest bin
+    reaches down to age 0, the grid having no younger SSPs); the initial mass of the part of each bin
+    younger than ``window_yr`` (light fraction over light per unit initial mass), over ``window_yr``.
+    """
+    inside = _share_younger(lib, window_yr)
+    w = weights / weights.sum(axis=(-2, -1), keepdims=True)
+    return np.einsum("...ma,ma->...", w, inside[None, :] / lib.light_in_window()) / window_yr
+
+
 def mass_weighted(weights: np.ndarray, lib: SSPLibrary) -> tuple[np.ndarray, np.ndarray]:
     """Mass-weighted log10 age (yr) and [M/H] (dex) of light-fraction grids."""
     return light_weighted(mass_fractions(weights, lib), lib)
