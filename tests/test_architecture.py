@@ -22,7 +22,7 @@ MAX_FUNCTION_LINES = 90
 LAYERS = [
     {"cli", "__main__"},
     {"bench", "api"},
-    {"engine", "training", "analysis", "binning", "synth"},
+    {"engine", "training", "analysis", "binning", "synth", "resample"},
     {"cluster", "estimators", "preprocess"},
     {"stores", "ssp", "geometry"},
     {"config", "errors", "fetch", "figures", "progress", "__init__"},

@@ -1,5 +1,5 @@
-"""Verbs that make and check stores: ``mock``, ``photometry``, ``ingest``, ``ingest-spectra``, ``bin``,
-``validate``, ``example``."""
+"""Verbs that make and check stores: ``mock``, ``photometry``, ``resample``, ``ingest``,
+``ingest-spectra``, ``bin``, ``validate``, ``example``."""
 
 from __future__ import annotations
 
@@ -169,6 +169,44 @@ def cmd_photometry(args: argparse.Namespace) -> int:
         f"written to {args.out}"
         + (f"; masked everywhere for lack of wavelength coverage: {', '.join(short)}" if short else "")
         + ("; truth maps copied to its group 'truth'" if info.truth else "")
+    )
+    return 0
+
+
+def add_resample(sub) -> None:
+    rs = sub.add_parser(
+        "resample", help="bring a photometric image store to a model's pixel scale and seeing (flux-conserving)"
+    )
+    rs.add_argument("store", help="photometric (y, x, band) store (.zarr)")
+    rs.add_argument("out", help="resampled photometric store to write (.zarr)")
+    rs.add_argument("--model", help="match this image model's pixels and seeing (default: ugriz-maps)")
+    rs.add_argument("--pixel-scale", type=float, help="target pixel scale, arcsec (instead of --model's)")
+    rs.add_argument("--psf-fwhm", type=float, help="target Gaussian seeing FWHM, arcsec (instead of --model's)")
+    rs.add_argument(
+        "--input-psf", type=float, help="the images' seeing FWHM, arcsec (else the store's psf_fwhm_arcsec)"
+    )
+    rs.add_argument("--input-pixel-scale", type=float, help="the images' pixel scale, arcsec (else the store's)")
+    add_quiet(rs)
+    rs.set_defaults(func=cmd_resample, reports=True)
+
+
+def cmd_resample(args: argparse.Namespace) -> int:
+    from survey_proc.resample import METHOD, model_target, resample_store
+
+    scale, psf = model_target(args.model or "ugriz-maps")
+    info = resample_store(
+        args.store,
+        args.out,
+        pixel_scale=args.pixel_scale if args.pixel_scale is not None else scale,
+        psf_fwhm=args.psf_fwhm if args.psf_fwhm is not None else psf,
+        input_psf_fwhm=args.input_psf,
+        input_pixel_scale=args.input_pixel_scale,
+    )
+    print(
+        f'resampled {args.store}: {info.shape_in[0]} x {info.shape_in[1]} pixels of {info.scale_in:g}" '
+        f'(seeing {info.psf_in:g}") -> {info.shape_out[0]} x {info.shape_out[1]} of {info.scale_out:g}" '
+        f'(seeing {info.psf_out:g}", Gaussian kernel sigma {info.kernel_sigma_arcsec:.3f}") in '
+        f"{info.seconds:.1f} s, written to {args.out}\nmethod: {METHOD}"
     )
     return 0
 

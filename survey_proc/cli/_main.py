@@ -22,6 +22,7 @@ DESCRIPTION = (
 VERBS = (
     _data.add_mock,
     _data.add_photometry,
+    _data.add_resample,
     _data.add_ingest,
     _data.add_ingest_spectra,
     _data.add_example,

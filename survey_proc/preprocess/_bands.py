@@ -309,10 +309,11 @@ class ImageInputSpec(BandKind):
             raise CubeError(
                 f"{path} has no 'pixel_scale_arcsec' attribute; model {model} works on "
                 f"{self.pixel_scale_arcsec:g} arcsec pixels (set the attribute, resampling the "
-                "images first if their pixels differ)"
+                "images first if their pixels differ: survey-proc resample --input-pixel-scale)"
             )
         if abs(float(scale) / self.pixel_scale_arcsec - 1) > 0.01:
             raise CubeError(
                 f"{path} has {float(scale):g} arcsec pixels but model {model} was trained on "
-                f"{self.pixel_scale_arcsec:g} arcsec pixels; resample the images to that scale"
+                f"{self.pixel_scale_arcsec:g} arcsec pixels; resample the images to that scale and its "
+                f"seeing: survey-proc resample {path} OUT.zarr --model {model}"
             )
