@@ -204,14 +204,14 @@ def test_photometric_trainers_train_export_and_run_through_the_engine(kind, jpas
             {
                 "kind": "image",
                 "name": "toy-ugriz",
-                "labels": ["log_mass_surface_density", "log_age", "metallicity"],
+                "labels": ["log_mass_surface_density", "log_sfr_surface_density", "log_age", "metallicity"],
                 "galaxies": {
                     "n_galaxies": 12,
                     "size": 32,
                     "filters": "sdss",
                     "snr_range": [1.0, 6.0],
                     "pixel_scale_arcsec": 0.396,
-                    "psf_fwhm_pixels": 2.5,
+                    "psf_fwhm_range": [2.0, 3.0],
                     "seed": 3,
                 },
                 "arch_kwargs": {"widths": [4, 8, 8]},

@@ -120,10 +120,18 @@ def cmd_trainset(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub) -> None:
-    ev = sub.add_parser("evaluate", help="score a model (and a baseline) on held-out spectra against the truth")
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a model (and a baseline) on held-out spectra against the truth; photometric models on "
+        "Set A (held-out pixels of training galaxies) and Set B (new galaxies)",
+    )
     ev.add_argument("model")
-    ev.add_argument("--snr", help="comma-separated S/N per Angstrom (default: 10,20,30,50)")
+    ev.add_argument(
+        "--snr",
+        help="comma-separated S/N per Angstrom (default: 10,20,30,50; photometric models: 30, at the brightest pixel)",
+    )
     ev.add_argument("--n", type=positive_int, help="held-out spectra per family and S/N (default: 500)")
+    ev.add_argument("--galaxies", type=positive_int, help="photometric models: galaxies in Set A and in Set B (24)")
     ev.add_argument("--baseline", help="another estimator on the same spectra, e.g. ppxf")
     ev.add_argument("--seed", type=int, help="held-out seed (default: training seed + 3000017)")
     ev.add_argument("--json", help="write the numbers here")
@@ -136,10 +144,13 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from survey_proc.estimators import load_manifest
     from survey_proc.training import evaluate, write_json
 
     snrs = [float(v) for v in args.snr.split(",")] if args.snr else None
     png = args.png or (Path(args.json).with_suffix(".png") if args.json else Path("evaluate_predicted_vs_true.png"))
+    if load_manifest(args.model).raw.get("input", {}).get("feature_dim") == "band":
+        return _evaluate_photometric(args, snrs, png)
     result = evaluate(args.model, **given(snrs=snrs, n=args.n), baseline=args.baseline, seed=args.seed, png=png)
     if args.json:
         write_json(result, args.json)
@@ -147,6 +158,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for label, metrics in block.items():
             print(f"S/N {key:>4s} {label:6s} n={metrics['n']:5d}  " + " | ".join(_score_parts(metrics)))
     print(f"figure: {result.get('figure')}" + (f"\nnumbers: {args.json}" if args.json else ""))
+    return 0
+
+
+def _evaluate_photometric(args: argparse.Namespace, snrs: list[float] | None, png: Path) -> int:
+    """Set A and Set B of a photometric model: the table printed, JSON and Markdown beside it with --json."""
+    from survey_proc.training import evaluate_photometric, format_photometric, write_json
+
+    n = args.galaxies
+    result = evaluate_photometric(args.model, **given(snrs=snrs, galaxies=n, set_a_galaxies=n), seed=args.seed, png=png)
+    table = format_photometric(result)
+    print(table)
+    if args.json:
+        write_json(result, args.json)
+        Path(args.json).with_suffix(".md").write_text(table + "\n")
+    print(f"figure: {result['figure']}" + (f"\nnumbers: {args.json} (and .md)" if args.json else ""))
     return 0
 
 

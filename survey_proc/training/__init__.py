@@ -29,7 +29,7 @@ from survey_proc.training._fit import (
     fit,
     load_checkpoint,
 )
-from survey_proc.training._galaxies import GalaxySetConfig, draw_mock_config
+from survey_proc.training._galaxies import GalaxySetConfig, draw_configs, draw_mock_config, synthesise_galaxies
 from survey_proc.training._image import ImageTrainer
 from survey_proc.training._inputs import (
     INPUT_PRESETS,
@@ -40,6 +40,7 @@ from survey_proc.training._inputs import (
     sdss_observed_input,
     wide_muse_input,
 )
+from survey_proc.training._phot_evaluate import evaluate_photometric, format_photometric
 from survey_proc.training._phot_trainer import PhotometricTrainer, PhotTrainConfig
 from survey_proc.training._photometric import train_photometric
 from survey_proc.training._sed import SEDTrainer
@@ -71,13 +72,16 @@ __all__ = [
     "apply_edge_table",
     "build",
     "default_muse_input",
+    "draw_configs",
     "draw_mock_config",
     "error_scale",
     "evaluate",
     "evaluate_held_out",
+    "evaluate_photometric",
     "fit",
     "fit_edge_table",
     "format_evaluation",
+    "format_photometric",
     "heldout_config",
     "initial_weights",
     "input_preset",
@@ -92,6 +96,7 @@ __all__ = [
     "reduced_chi2",
     "sdss_observed_input",
     "synthesise",
+    "synthesise_galaxies",
     "train",
     "train_photometric",
     "trainset_from_record",

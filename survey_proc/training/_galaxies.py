@@ -10,6 +10,7 @@ out a random share of the pixels of the training galaxies ("Set A", after Liew-C
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,17 @@ import numpy as np
 
 from survey_proc import progress
 from survey_proc.ssp import FilterSet, SSPLibrary, load_filters, require_use
-from survey_proc.synth import GalaxyParams, MockConfig, PhotometrySynthesiser, mock_band_fluxes, truth_values
+from survey_proc.synth import (
+    GalaxyParams,
+    MockConfig,
+    PhotometrySynthesiser,
+    band_noise,
+    mock_band_fluxes,
+    truth_values,
+)
+
+#: the label of the star-formation-rate surface density (its truth is made only when asked for)
+SFR_LABEL = "log_sfr_surface_density"
 
 
 @dataclass
@@ -28,6 +39,7 @@ class GalaxySetConfig:
     n_galaxies: int = 800
     size: int = 32  #: pixels per side
     filters: str = "jpas36"
+    pivot_range: tuple[float, float] | None = None  #: keep only the bands with pivots inside (Angstrom)
     redshifts: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03)
     snr_range: tuple[float, float] = (1.0, 20.0)  #: per Angstrom at the brightest pixel, log-uniform
     peak_flux_range: tuple[float, float] = (300.0, 3000.0)  #: 1e-20 erg/s/cm2/A per pixel, log-uniform
@@ -35,6 +47,7 @@ class GalaxySetConfig:
     inclination_range: tuple[float, float] = (0.0, 75.0)
     pixel_scale_arcsec: float = 0.2
     psf_fwhm_pixels: float = 0.0
+    psf_fwhm_range: tuple[float, float] | None = None  #: seeing drawn per galaxy (pixels), else psf_fwhm_pixels
     mask_fraction: float = 0.003  #: band measurements masked per epoch
     seed: int = 0
 
@@ -69,6 +82,18 @@ class GalaxySet:
             self.filters,
         )
 
+    def at_snr(self, snr: float) -> GalaxySet:
+        """The same galaxies observed to another depth (S/N per Angstrom at the brightest pixel)."""
+        nb = self.flux.shape[-1]
+        var = np.stack(
+            [
+                band_noise(f.reshape(-1, nb), self.filters, snr, c.sky_fraction, c.peak_flux).reshape(f.shape)
+                for f, c in zip(self.flux, self.configs)
+            ]
+        )
+        configs = [dataclasses.replace(c, snr=float(snr)) for c in self.configs]
+        return dataclasses.replace(self, var=var, configs=configs)
+
     def expected_snr(self) -> np.ndarray:
         """(G, H, W) median band S/N of the noise-free fluxes."""
         return np.median(self.flux / np.sqrt(self.var), axis=-1)
@@ -92,32 +117,52 @@ def draw_mock_config(rng: np.random.Generator, cfg: GalaxySetConfig) -> MockConf
         peak_flux=log_uniform(*cfg.peak_flux_range),
         sky_fraction=float(rng.uniform(*cfg.sky_fraction_range)),
         pixel_scale_arcsec=cfg.pixel_scale_arcsec,
-        psf_fwhm_pixels=cfg.psf_fwhm_pixels,
+        psf_fwhm_pixels=cfg.psf_fwhm_pixels if cfg.psf_fwhm_range is None else float(rng.uniform(*cfg.psf_fwhm_range)),
         galaxy=GalaxyParams.draw(rng),
     )
 
 
-def synthesise_galaxies(cfg: GalaxySetConfig, lib: SSPLibrary, labels: tuple[str, ...]) -> GalaxySet:
-    """Draw ``cfg.n_galaxies`` galaxies (one photometric synthesiser per redshift, built once); an SSP
-    library reserved for evaluation is refused."""
+def draw_configs(cfg: GalaxySetConfig) -> list[MockConfig]:
+    """The mocks of the ``cfg.n_galaxies`` galaxies of a set, in order (cheap: nothing is synthesised)."""
+    rng = np.random.default_rng(cfg.seed)
+    return [draw_mock_config(rng, cfg) for _ in range(cfg.n_galaxies)]
+
+
+def synthesise_galaxies(
+    cfg: GalaxySetConfig,
+    lib: SSPLibrary,
+    labels: tuple[str, ...],
+    indices: np.ndarray | None = None,
+) -> GalaxySet:
+    """The galaxies of ``cfg`` (those of ``indices`` only, if given), noise-free, with their truth
+    (one photometric synthesiser per redshift, built once); an SSP library reserved for evaluation
+    is refused."""
     require_use(lib, "training")
     filters = load_filters(cfg.filters)
-    rng = np.random.default_rng(cfg.seed)
+    filters = filters if cfg.pivot_range is None else filters.in_range(*cfg.pivot_range)
+    configs = draw_configs(cfg)
+    configs = [configs[i] for i in (range(len(configs)) if indices is None else indices)]
     synths: dict[float, PhotometrySynthesiser] = {}
-    shape = (cfg.n_galaxies, cfg.size, cfg.size)
+    shape = (len(configs), cfg.size, cfg.size)
     flux = np.empty((*shape, len(filters)), np.float32)
     var = np.empty_like(flux)
     lab = np.empty((*shape, len(labels)), np.float32)
-    configs = []
-    for g in progress.track(range(cfg.n_galaxies), "galaxies", unit="galaxy"):
-        mc = draw_mock_config(rng, cfg)
+    for g, mc in enumerate(progress.track(configs, "galaxies", unit="galaxy")):
         if mc.redshift not in synths:
             synths[mc.redshift] = PhotometrySynthesiser(lib, filters, mc.redshift)
         maps, flux[g], var[g], _ = mock_band_fluxes(mc, lib, filters, synths[mc.redshift], noise=False)
-        truth = truth_values(maps, lib, mc)
+        truth = truth_values(maps, lib, mc, sfr=SFR_LABEL in labels)
         lab[g] = np.stack([truth[n] for n in labels], axis=-1)
-        configs.append(mc)
     return GalaxySet(flux, var, lab, tuple(labels), np.array([c.redshift for c in configs]), configs, filters)
+
+
+def holdout_pixels(shape: tuple[int, int, int], train_idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(G, H, W) bool: the pixels of the training galaxies held out of training at random (Set A,
+    after Liew-Cain et al. 2021): the same for a configuration's training run and its evaluation."""
+    rng = np.random.default_rng([seed, 3])
+    hold = np.zeros(shape, bool)
+    hold[train_idx] = rng.random((train_idx.size, *shape[1:])) < fraction
+    return hold
 
 
 def noisy(

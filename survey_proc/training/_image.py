@@ -2,7 +2,8 @@
 
 The engine runs the model tile by tile with a halo of ``halo_pixels`` (at least its receptive-field
 radius, a multiple of its down-sampling factor) so tiled maps equal untiled ones in every core
-pixel. Held-out metrics: whole test galaxies, each one tile, per pixel by S/N.
+pixel. A share of the training galaxies' pixels is left out of the loss (NaN labels: Set A); held-out
+metrics on Set A and Set B (whole test galaxies, each one tile) by :mod:`._phot_evaluate`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from survey_proc.estimators import load_estimator
 from survey_proc.preprocess import ImageInputSpec
-from survey_proc.training._bundle import add_held_out_metrics
-from survey_proc.training._calibration import Calibration, error_scale, novelty_stats
+from survey_proc.training._calibration import Calibration, novelty_stats
 from survey_proc.training._fit import FitState
-from survey_proc.training._galaxies import GalaxySet, noisy
+from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, holdout_pixels, noisy
 from survey_proc.training._phot_arch import ExportedImageModel, ImageUNet, receptive_radius
-from survey_proc.training._phot_trainer import PhotometricTrainer, metrics_by_snr, plot_vs_truth, standardise
+from survey_proc.training._phot_evaluate import evaluate_sets, scored_pixels
+from survey_proc.training._phot_trainer import PhotometricTrainer, masked_error_scale, standardise
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 N_REFERENCE_GALAXIES = 64
 #: validation pixels (at random) the novelty threshold is measured on
 N_THRESHOLD_PIXELS = 200000
-
-IMAGE_NOTE = (
-    "test_galaxies: whole galaxies never trained on, one noise realisation, each galaxy one tile through "
-    "the exported TorchScript file and the engine's preprocessing; per pixel, by median S/N per band."
-)
 
 
 class ImageTrainer(PhotometricTrainer):
@@ -62,19 +57,19 @@ class ImageTrainer(PhotometricTrainer):
             pivot=tuple(float(p) for p in data.filters.pivot),
             redshift_range=tuple(cfg.redshift_range),
             filter_set=data.filters.name,
-            extra={
-                "psf_fwhm_arcsec": cfg.galaxies.psf_fwhm_pixels * cfg.galaxies.pixel_scale_arcsec,
-                "receptive_radius_pixels": radius,
-            },
+            extra=_psf_record(cfg.galaxies) | {"receptive_radius_pixels": radius},
         )
         self.label_mean, self.label_std = standardise(data.labels[tr])
-        self.y_all = ((data.labels - self.label_mean) / self.label_std).astype(np.float32).transpose(0, 3, 1, 2)
+        y_all = ((data.labels - self.label_mean) / self.label_std).astype(np.float32).transpose(0, 3, 1, 2)
+        self.hold = holdout_pixels(data.flux.shape[:3], tr, cfg.pixel_holdout, cfg.seed)  # Set A
+        self.y_fit = np.where(self.hold[:, None], np.float32(np.nan), y_all)  # held-out pixels: no loss
         rng = np.random.default_rng([cfg.seed, 99])
-        self.x_val, _ = _image_inputs(data.subset(self.val_idx), self.spec, rng, cfg.galaxies.mask_fraction)
-        self.y_val = self.y_all[self.val_idx]
+        self.x_val, self.snr_val = _image_inputs(data.subset(self.val_idx), self.spec, rng, cfg.galaxies.mask_fraction)
+        self.y_val = y_all[self.val_idx]
         log.info(
-            f"image: {tr.size} training, {self.val_idx.size} validation, {self.test_idx.size} test galaxies of "
-            f"{data.flux.shape[1]}^2 pixels; receptive-field radius {radius} px -> halo {halo} px"
+            f"image: {tr.size} training ({int(self.hold.sum())} pixels held out as Set A), {self.val_idx.size} "
+            f"validation, {self.test_idx.size} test galaxies of {data.flux.shape[1]}^2 pixels; receptive-field "
+            f"radius {radius} px -> halo {halo} px"
         )
         self.train_set = data.subset(tr)
 
@@ -92,7 +87,7 @@ class ImageTrainer(PhotometricTrainer):
         order = erng.permutation(tr.size)
         for s in range(0, order.size, cfg.batch_size):
             b = order[s : s + cfg.batch_size]
-            yield _augment(x[b], self.y_all[tr[b]], erng)
+            yield _augment(x[b], self.y_fit[tr[b]], erng)
 
     def calibrate(self, net: nn.Module) -> Calibration:
         """Per pixel of the validation galaxies; the novelty reference from training galaxies with
@@ -104,7 +99,11 @@ class ImageTrainer(PhotometricTrainer):
             rng = np.random.default_rng([cfg.seed, 98])
             x_ref, _ = _image_inputs(ref_set, self.spec, rng, cfg.galaxies.mask_fraction)
             _, _, fr = net(torch.from_numpy(x_ref))
-        err_scale = error_scale(_per_pixel(m), _per_pixel(lv), _per_pixel(self.y_val))
+        y = _per_pixel(self.y_val)
+        truth = {n: y[:, i] * self.label_std[i] + self.label_mean[i] for i, n in enumerate(self.names)}
+        reported = self.snr_val.reshape(-1) >= cfg.min_snr  # the pixels the engine reports
+        select = np.stack([scored_pixels(truth, n, reported) for n in self.names], axis=1)
+        err_scale = masked_error_scale(_per_pixel(m), _per_pixel(lv), y, select)
         sub = np.random.default_rng(5).permutation(_per_pixel(fv).shape[0])[:N_THRESHOLD_PIXELS]
         return Calibration(err_scale, *novelty_stats(_per_pixel(fr.numpy()), _per_pixel(fv)[sub], cfg.ood_quantile))
 
@@ -124,19 +123,19 @@ class ImageTrainer(PhotometricTrainer):
         return self.save_bundle(module, net, calibration, state, n_samples=n_samples, batch_size=1)
 
     def evaluate(self, bundle: Path) -> dict[str, Any]:
-        """The test galaxies, one tile each, through the exported file and the engine's preprocessing."""
-        cfg = self.cfg
-        est = load_estimator(bundle)
-        test = self.galaxies.subset(self.test_idx)
-        x_te, snr_te = _image_inputs(test, self.spec, np.random.default_rng([cfg.seed, 7]), cfg.galaxies.mask_fraction)
-        preds = [est.predict(x_te[k : k + 1]) for k in range(len(test))]
-        pred = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
-        truth = {n: test.labels[..., i].reshape(-1) for i, n in enumerate(self.names)}
-        metrics = {"test_galaxies": metrics_by_snr(pred, truth, snr_te.reshape(-1), self.names, cfg.snr_bins)}
-        title = f"{cfg.name}: {self.test_idx.size} test galaxies never trained on, S/N per band >= {cfg.min_snr:g}"
-        plot_vs_truth(pred, truth, snr_te.reshape(-1), self.names, cfg.min_snr, self.out / "test_vs_truth.png", title)
-        add_held_out_metrics(bundle, metrics, IMAGE_NOTE)
-        return metrics
+        """Set A and Set B at the training set's depths (:func:`evaluate_sets`)."""
+        data, tr = self.galaxies, self.train_idx
+        sets = {"set_a": (data.subset(tr), self.hold[tr]), "set_b": (data.subset(self.test_idx), None)}
+        return evaluate_sets(bundle, self.cfg, sets, self.names, self.out / "test_vs_truth.png")
+
+
+def _psf_record(g: GalaxySetConfig) -> dict[str, Any]:
+    """The seeing the model was trained for (arcsec): the images ``survey-proc resample`` makes for it."""
+    scale = g.pixel_scale_arcsec
+    if g.psf_fwhm_range is None:
+        return {"psf_fwhm_arcsec": g.psf_fwhm_pixels * scale}
+    lo, hi = g.psf_fwhm_range
+    return {"psf_fwhm_arcsec": 0.5 * (lo + hi) * scale, "psf_fwhm_range_arcsec": [lo * scale, hi * scale]}
 
 
 def _per_pixel(a: np.ndarray) -> np.ndarray:

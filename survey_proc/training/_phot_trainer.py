@@ -18,12 +18,11 @@ import torch
 from torch import nn
 
 from survey_proc.config import dataclass_options, read_yaml
-from survey_proc.figures import save_figure
 from survey_proc.ssp import load_ssp_library
-from survey_proc.stores import property_attrs, robust_sigma
+from survey_proc.stores import property_attrs
 from survey_proc.training._bundle import save_model, write_manifest
-from survey_proc.training._calibration import Calibration
-from survey_proc.training._fit import FitState, Trainer, gaussian_nll
+from survey_proc.training._calibration import Calibration, error_scale
+from survey_proc.training._fit import FitState, Trainer
 from survey_proc.training._galaxies import GalaxySetConfig, split_galaxies, synthesise_galaxies
 from survey_proc.training._metrics import score_predictions
 
@@ -106,7 +105,7 @@ class PhotometricTrainer(Trainer):
 
     def loss(self, net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         mean, log_var = net(xb)[:2]
-        return gaussian_nll(mean, log_var, yb)
+        return masked_nll(mean, log_var, yb)
 
     def val_loss(self, net: nn.Module) -> float:
         """The loss over the validation inputs, averaged over samples."""
@@ -168,6 +167,25 @@ class PhotometricTrainer(Trainer):
         }
 
 
+def masked_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_nll` (summed over outputs, axis 1; averaged over samples and pixels) of the finite
+    targets only: pixels whose labels are NaN (held out as Set A) add nothing and are not counted."""
+    ok = torch.isfinite(target)
+    t = torch.where(ok, target, mean.detach())
+    per = torch.where(ok, 0.5 * (log_var + (t - mean) ** 2 * torch.exp(-log_var)), torch.zeros_like(mean))
+    return per.sum() / ok.all(dim=1).sum().clamp(min=1)
+
+
+def masked_error_scale(mean: np.ndarray, log_var: np.ndarray, target: np.ndarray, select: np.ndarray) -> np.ndarray:
+    """:func:`error_scale` per output (columns) over its own rows ``select`` (n, k) bool (all rows where
+    fewer than 100 are selected)."""
+    out = np.empty(mean.shape[1])
+    for j in range(mean.shape[1]):
+        rows = select[:, j] if select[:, j].sum() >= 100 else slice(None)
+        out[j] = error_scale(mean[rows, j : j + 1], log_var[rows, j : j + 1], target[rows, j : j + 1])[0]
+    return out
+
+
 def standardise(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std + 1e-6) of each label (the last axis) over all other axes."""
     flat = labels.reshape(-1, labels.shape[-1])
@@ -199,33 +217,3 @@ def metrics_by_snr(
     )
     result["all"]["n"] = int(sel.sum())
     return result
-
-
-def plot_vs_truth(
-    pred: dict[str, np.ndarray],
-    truth: dict[str, np.ndarray],
-    snr: np.ndarray,
-    names: list[str],
-    min_snr: float,
-    path: Path,
-    title: str,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sel = snr >= min_snr
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
-    for ax, n in zip(axes[0], names):
-        t, p = truth[n][sel], pred[n][sel]
-        ok = np.isfinite(t) & np.isfinite(p)
-        ax.hexbin(t[ok], p[ok], gridsize=50, bins="log", cmap="viridis", mincnt=1)
-        lo, hi = np.percentile(t[ok], [0.5, 99.5])
-        ax.plot([lo, hi], [lo, hi], "w--", lw=1)
-        d = p[ok] - t[ok]
-        ax.set_title(f"{n}: bias {np.median(d):+.3f}, robust sigma {robust_sigma(d):.3f}", fontsize=9)
-        ax.set_xlabel(f"true {n}")
-        ax.set_ylabel(f"predicted {n}")
-    fig.suptitle(title, fontsize=10)
-    save_figure(fig, path, dpi=90)

@@ -7,14 +7,16 @@ training galaxies (neighbours of training pixels, same galaxies: optimistic), an
 galaxies never seen in training — the honest one for new data.
 
 ``kind: image`` — a PICASSSO-like model after Buck & Wolf (2021): a small U-Net from ugriz image
-tiles to maps of stellar-mass surface density, log age and [M/H]. The engine runs it tile by tile
+tiles to maps of stellar-mass and star-formation-rate surface density, log age and [M/H]; a share of
+the training galaxies' pixels is left out of its loss, so it too has a Set A. The engine runs it tile by tile
 with a halo of ``halo_pixels`` (at least its receptive-field radius, a multiple of its down-sampling
 factor) so tiled maps equal untiled ones in every core pixel.
 
 Both use fresh noise every epoch, Gaussian negative-log-likelihood heads (per-pixel uncertainties,
 calibrated on validation galaxies), a feature-space novelty score, and export a TorchScript bundle
-whose manifest declares the input kind; metrics are computed with the exported file through the
-engine's own preprocessing.
+whose manifest declares the input kind; Set A and Set B metrics are computed with the exported file
+through the engine's own preprocessing (:mod:`survey_proc.training._phot_evaluate`, also
+``survey-proc evaluate`` at a chosen depth).
 
 The trainers: :class:`~survey_proc.training._sed.SEDTrainer` and
 :class:`~survey_proc.training._image.ImageTrainer`, both a

@@ -16,16 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from survey_proc.estimators import load_estimator
 from survey_proc.preprocess import SEDInputSpec
-from survey_proc.stores import NOT_FITTED
 from survey_proc.training._arch import ExportedModel
-from survey_proc.training._bundle import add_held_out_metrics
-from survey_proc.training._calibration import Calibration, error_scale, novelty_stats
+from survey_proc.training._calibration import Calibration, novelty_stats
 from survey_proc.training._fit import FitState
-from survey_proc.training._galaxies import GalaxySet, noisy
+from survey_proc.training._galaxies import GalaxySet, holdout_pixels, noisy
 from survey_proc.training._phot_arch import SEDCNN
-from survey_proc.training._phot_trainer import PhotometricTrainer, metrics_by_snr, plot_vs_truth, standardise
+from survey_proc.training._phot_evaluate import evaluate_sets, scored_pixels
+from survey_proc.training._phot_trainer import PhotometricTrainer, masked_error_scale, standardise
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +31,6 @@ log = logging.getLogger(__name__)
 MIN_REPORTED_PIXELS = 1000
 #: training pixels the novelty reference features come from
 N_REFERENCE_PIXELS = 50000
-
-SED_NOTE = (
-    "set_a: pixels held out at random from the training galaxies (their neighbours were trained on: "
-    "optimistic); set_b: whole galaxies never trained on (the honest estimate for new data). One noise "
-    "realisation each, scored with the exported TorchScript file through the engine's preprocessing, "
-    "by median S/N per band."
-)
 
 
 @dataclass
@@ -80,9 +71,7 @@ class SEDTrainer(PhotometricTrainer):
     def prepare(self) -> None:
         cfg, data, tr = self.cfg, self.galaxies, self.train_idx
         self.spec = _sed_spec(cfg.redshift_range, data)
-        rng = np.random.default_rng([cfg.seed, 3])
-        hold = np.zeros(data.flux.shape[:3], bool)
-        hold[tr] = rng.random((tr.size, *data.flux.shape[1:3])) < cfg.pixel_holdout  # Set A
+        hold = holdout_pixels(data.flux.shape[:3], tr, cfg.pixel_holdout, cfg.seed)  # Set A
         in_train = np.zeros_like(hold)
         in_train[tr] = True
         self.hold = hold
@@ -136,7 +125,9 @@ class SEDTrainer(PhotometricTrainer):
         reported = self.prep_val.snr[self.prep_val.fit] >= cfg.min_snr
         if reported.sum() < MIN_REPORTED_PIXELS:  # too few to calibrate on: all validation pixels
             reported[:] = True
-        err_scale = error_scale(m[reported], lv[reported], self.y_val[reported])
+        truth = {n: self.y_val[:, i] * self.label_std[i] + self.label_mean[i] for i, n in enumerate(self.names)}
+        select = np.stack([scored_pixels(truth, n, reported) for n in self.names], axis=1)
+        err_scale = masked_error_scale(m, lv, self.y_val, select)
         return Calibration(err_scale, *novelty_stats(feats_ref.numpy(), feats_val, cfg.ood_quantile))
 
     def export(self, net: nn.Module, calibration: Calibration, state: FitState) -> Path:
@@ -146,24 +137,10 @@ class SEDTrainer(PhotometricTrainer):
         return self.save_bundle(module, net, calibration, state, n_samples=self.y_train.shape[0], batch_size=4096)
 
     def evaluate(self, bundle: Path) -> dict[str, Any]:
-        """Set A and Set B through the exported file and the engine's preprocessing, by S/N."""
-        cfg = self.cfg
-        est = load_estimator(bundle)
-        sets = {"set_a": Pixels.of(self.galaxies, self.hold), "set_b": Pixels.of(self.galaxies.subset(self.test_idx))}
-        metrics: dict[str, Any] = {}
-        for key, px in sets.items():
-            prep = px.inputs(self.spec, np.random.default_rng([cfg.seed, 7]), cfg.galaxies.mask_fraction)
-            ok = (prep.flags & int(NOT_FITTED)) == 0
-            pred = est.predict(prep.x[ok])
-            truth = {n: px.labels[ok, i] for i, n in enumerate(self.names)}
-            metrics[key] = metrics_by_snr(pred, truth, prep.snr[ok], self.names, cfg.snr_bins)
-            if key == "set_b":
-                title = f"{cfg.name}: Set B (galaxies never trained on), S/N per band >= {cfg.min_snr:g}"
-                plot_vs_truth(
-                    pred, truth, prep.snr[ok], self.names, cfg.min_snr, self.out / "set_b_vs_truth.png", title
-                )
-        add_held_out_metrics(bundle, metrics, SED_NOTE)
-        return metrics
+        """Set A and Set B at the training set's depths (:func:`evaluate_sets`)."""
+        data, tr = self.galaxies, self.train_idx
+        sets = {"set_a": (data.subset(tr), self.hold[tr]), "set_b": (data.subset(self.test_idx), None)}
+        return evaluate_sets(bundle, self.cfg, sets, self.names, self.out / "set_b_vs_truth.png")
 
 
 def _sed_spec(redshift_range: tuple[float, float], data: GalaxySet) -> SEDInputSpec:
