@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from survey_proc.engine import RunConfig, run
 from survey_proc.errors import CubeError
 from survey_proc.ssp import EMILES_FWHM, load_filters
 from survey_proc.stores import OutputPathError, create_photometry_store, open_photometry_store
@@ -136,3 +137,17 @@ def test_photometry_of_a_wide_cube_matches_the_mock_photometry_of_the_same_galax
     assert np.isfinite(direct.log_mass_surface_density.values).all()
     ratio = np.nanmedian(ph["var"].values / xr.open_zarr(tmp_path / "direct.zarr")["var"].values, axis=(0, 1))
     assert np.all((ratio > 0.9) & (ratio < 1.25))  # sky-line bands carry a little extra variance in the cube
+
+
+def test_missing_blue_bands_are_named_with_the_models_that_fit_the_rest(tmp_path, ssp_lib):
+    """Photometry of a MUSE-range cube through the 54 J-PAS bands: the 11 bluest are empty, so the
+    36-band model would flag every pixel; the error names them and says what fits the rest."""
+    write_mock(tmp_path / "c.zarr", MockConfig(nx=4, ny=4, chunk=4), ssp_lib)
+    info = photometry_from_store(tmp_path / "c.zarr", load_filters("jpas"), tmp_path / "p.zarr", cluster="none")
+    assert info.bands_short_of_coverage == [f"J{3785 + 100 * k}" for k in range(11)]
+    with pytest.raises(CubeError) as err:
+        run(RunConfig(cube=str(tmp_path / "p.zarr"), out=str(tmp_path / "m.zarr"), model="narrowband", cluster="none"))
+    message = str(err.value)
+    assert "11 of the 36 bands model narrowband reads are empty everywhere" in message
+    assert "J3785, J3885" in message and "J4785" in message and "43 bands (J4885-J9085)" in message
+    assert "no packaged model reads only those: train one on them" in message

@@ -85,6 +85,56 @@ def _check_bands(ds: Any, bands: Sequence[str], pivot: Sequence[float], path: st
             )
 
 
+#: a band of synthetic photometry with less of its weight inside the spectra than this is empty everywhere
+MIN_BAND_COVERAGE = 0.99
+
+
+def _check_coverage(ds: Any, bands: Sequence[str], max_masked_fraction: float, path: str, model: str) -> None:
+    """CubeError when more of the model's bands than it can do without are empty everywhere (the store's
+    ``band_coverage``: synthetic photometry of spectra that do not reach them), so that every pixel
+    would be flagged masked: naming those bands, the bands the store has, and the packaged models that
+    read only those."""
+    coverage = ds.attrs.get("band_coverage")
+    if coverage is None:
+        return
+    store_bands = [str(b) for b in ds["band"].values]
+    covered = [b for b, c in zip(store_bands, coverage) if c >= MIN_BAND_COVERAGE]
+    missing = [b for b in bands if b not in covered]
+    if len(missing) <= max_masked_fraction * len(bands):
+        return
+    others = models_reading(covered, exclude=model)
+    rest = (
+        f"model(s) {', '.join(others)} read only bands the store has"
+        if others
+        else "no packaged model reads only those: train one on them (a `kind: sed` training config with "
+        "`galaxies: {filters: <set>, pivot_range: [lo, hi]}`), or make the photometry from spectra that "
+        "reach the missing bands"
+    )
+    raise CubeError(
+        f"{path}: {len(missing)} of the {len(bands)} bands model {model} reads are empty everywhere (the "
+        f"spectra the photometry was made from do not reach them): {', '.join(missing)}; with more than "
+        f"{max_masked_fraction:.0%} of its bands missing every pixel would be flagged masked. The store has "
+        f"data in {len(covered)} bands ({_span(covered)}); {rest}"
+    )
+
+
+def _span(bands: Sequence[str]) -> str:
+    return "none" if not bands else f"{bands[0]}-{bands[-1]}" if len(bands) > 2 else ", ".join(bands)
+
+
+def models_reading(bands: Sequence[str], exclude: str = "") -> list[str]:
+    """The packaged photometric models whose bands are all among ``bands``."""
+    from survey_proc.estimators import load_manifest, packaged_models  # estimators import this package
+
+    have = set(bands)
+    out = []
+    for name in packaged_models():
+        spec = load_manifest(name).raw.get("input", {})
+        if name != exclude and spec.get("feature_dim") == "band" and set(spec.get("bands", [])) <= have:
+            out.append(name)
+    return out
+
+
 def _check_redshift(redshift: float, redshift_range: tuple[float, float] | None, path: str, model: str) -> None:
     if redshift_range is not None and not redshift_range[0] <= redshift <= redshift_range[1]:
         raise CubeError(
@@ -198,6 +248,7 @@ class SEDInputSpec(BandKind):
 
     def check_store(self, ds: Any, redshift: float, path: str, model: str) -> None:
         _check_bands(ds, self.bands, self.pivot, path, model)
+        _check_coverage(ds, self.bands, self.max_masked_fraction, path, model)
         if "object" not in ds["flux"].dims:
             _check_redshift(redshift, self.redshift_range, path, model)
 
