@@ -39,7 +39,7 @@ def acceptance(model: str, result: dict, snr: str) -> list[str]:
         checks = (
             [] if target is None else [(m["robust_sigma"] <= target, f"σ_rob {m['robust_sigma']:.3f} (≤ {target})")]
         )
-        checks.append((COVERAGE[0] <= m["coverage_68"] <= COVERAGE[1], f"cov68 {m['coverage_68']:.2f}"))
+        checks.append((COVERAGE[0] <= m["coverage_68"] <= COVERAGE[1], f"cov68 {m['coverage_68']:.3f}"))
         checks.append((abs(m["bias"]) <= MAX_BIAS, f"bias {m['bias']:+.3f}"))
         parts = [f"{text} {'✓' if ok else '✗'}" for ok, text in checks]
         lines.append(f"- {model} {name}: " + ", ".join(parts))
