@@ -18,6 +18,7 @@ from survey_proc.cli import build_parser, main, reporting
 VERBS = [
     "mock",
     "photometry",
+    "resample",
     "ingest",
     "ingest-spectra",
     "example",
