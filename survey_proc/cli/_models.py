@@ -144,12 +144,11 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from survey_proc.estimators import load_manifest
     from survey_proc.training import evaluate, write_json
 
     snrs = [float(v) for v in args.snr.split(",")] if args.snr else None
     png = args.png or (Path(args.json).with_suffix(".png") if args.json else Path("evaluate_predicted_vs_true.png"))
-    if load_manifest(args.model).raw.get("input", {}).get("feature_dim") == "band":
+    if _reads_bands(args.model):
         return _evaluate_photometric(args, snrs, png)
     result = evaluate(args.model, **given(snrs=snrs, n=args.n), baseline=args.baseline, seed=args.seed, png=png)
     if args.json:
@@ -159,6 +158,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"S/N {key:>4s} {label:6s} n={metrics['n']:5d}  " + " | ".join(_score_parts(metrics)))
     print(f"figure: {result.get('figure')}" + (f"\nnumbers: {args.json}" if args.json else ""))
     return 0
+
+
+def _reads_bands(model: str) -> bool:
+    """Whether ``model`` is photometric (its input is bands); a model that cannot be read is left to
+    ``evaluate``, which says why."""
+    from survey_proc.errors import ModelError
+    from survey_proc.estimators import load_manifest
+
+    try:
+        return load_manifest(model).raw.get("input", {}).get("feature_dim") == "band"
+    except ModelError:
+        return False
 
 
 def _evaluate_photometric(args: argparse.Namespace, snrs: list[float] | None, png: Path) -> int:
