@@ -17,9 +17,6 @@ gets NaN (the engine flags it).
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,9 +27,9 @@ from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest
 from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, covariance, fit, velocity_seed
 from survey_proc.estimators._load import load_estimator
-from survey_proc.estimators._ppxf import prepare_templates
+from survey_proc.estimators._ppxf import TemplateCache, check_weights_grid, crop_for_grid, prepare_templates
 from survey_proc.preprocess import BatchMeta
-from survey_proc.ssp import C_KMS, LIGHT_WINDOW, attenuation_curve, load_ssp_library, log_wave_grid
+from survey_proc.ssp import attenuation_curve, load_ssp_library, log_wave_grid
 
 #: every output this estimator can give (the manifest picks)
 KNOWN_OUTPUTS = {
@@ -100,21 +97,17 @@ class FitEstimator(Estimator):
         cpu_block = int(manifest.batch_size or self.options.cpu_batch)
         self.batch_size = max(cpu_block, self.options.gpu_batch) if self.device.type == "cuda" else cpu_block
         self.seed = Seed(self.options.seed, self.lam, self.device, threads) if self.options.seed else None
-        self._templates: OrderedDict[bytes, Templates] = OrderedDict()
+        self.templates_for = TemplateCache(self._templates, self.options.lsf_resolution, self.options.template_cache)
         self.provenance = {
             "ssp_library": self.lib.provenance.get("source", "E-MILES"),
             "ssp_digest": self.lib.digest(),
             "torch": torch.__version__,
             "seed_model": self.seed.model_id if self.seed else "",
         }
-        self.template_seconds = 0.0
 
     def _library(self) -> None:
         lib = load_ssp_library()
-        margin = np.exp(self.options.max_velocity / C_KMS)
-        self.lib = lib.crop(
-            min(self.lam[0] / margin, LIGHT_WINDOW[0]) - 20.0, max(self.lam[-1] * margin, LIGHT_WINDOW[1]) + 20.0
-        )
+        self.lib = crop_for_grid(lib, self.lam, self.options.max_velocity)
         self.lam_temp = log_wave_grid(self.lib.wave[0] + 1.0, self.lib.wave[-1] - 1.0, self.velscale)
         self.log_age = np.asarray(lib.log_age, np.float64)
         self.metal = np.asarray(lib.metal, np.float64)
@@ -131,33 +124,15 @@ class FitEstimator(Estimator):
         extra = sorted(set(outputs) - KNOWN_OUTPUTS)
         if extra:
             raise ModelError(f"{self.manifest.path}: the fit cannot produce output(s) {', '.join(extra)}")
-        if "weights" in outputs:
-            coords = outputs["weights"].coords
-            if outputs["weights"].dims != ("age", "metal") or not (
-                np.allclose(coords.get("age", []), self.log_age, atol=1e-4)
-                and np.allclose(coords.get("metal", []), self.metal, atol=1e-4)
-            ):
-                raise ModelError(
-                    f"{self.manifest.path}: output 'weights' must have dims (age, metal) with the SSP library's grid"
-                )
+        check_weights_grid(self.manifest, outputs, self.log_age, self.metal)
 
-    def templates_for(self, fwhm: np.ndarray) -> Templates:
-        """LSF-matched templates for the data's FWHM at the model pixels, in Fourier space (cached)."""
-        step = self.options.lsf_resolution
-        key = hashlib.sha1(np.round(np.asarray(fwhm, np.float64) / step).astype(np.int64).tobytes()).digest()
-        if key in self._templates:
-            self._templates.move_to_end(key)
-            return self._templates[key]
-        t0 = time.perf_counter()
-        tem = prepare_templates(self.lib, self.lam, np.asarray(fwhm, np.float64), self.lam_temp)
-        tpl = Templates(
+    def _templates(self, fwhm: np.ndarray) -> Templates:
+        """LSF-matched templates for the data's FWHM at the model pixels, in Fourier space (cached in
+        ``templates_for``)."""
+        tem = prepare_templates(self.lib, self.lam, fwhm, self.lam_temp)
+        return Templates(
             tem.reshape(tem.shape[0], -1).T, self.lam_temp, self.lam, self.velscale, self.dust_k, self.device
         )
-        self.template_seconds += time.perf_counter() - t0
-        self._templates[key] = tpl
-        while len(self._templates) > self.options.template_cache:
-            self._templates.popitem(last=False)
-        return tpl
 
     def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
         """Fit each spectrum of ``x`` (n, 3, L); ``meta.lsf_fwhm_model`` (L,) or (n, L) is required."""

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest
 from survey_proc.preprocess import BatchMeta
 from survey_proc.ssp import C_KMS, LIGHT_WINDOW, SSPLibrary, load_ssp_library, log_wave_grid, match_lsf, resample
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,48 @@ def prepare_templates(lib: SSPLibrary, fwhm_wave: np.ndarray, fwhm: np.ndarray, 
     return np.ascontiguousarray(log_flux.reshape(nmetal, nage, -1).transpose(2, 1, 0), np.float64)
 
 
+def crop_for_grid(lib: SSPLibrary, lam: np.ndarray, max_velocity: float) -> SSPLibrary:
+    """``lib`` cut to what templates for the model grid ``lam`` need: the grid shifted by up to
+    ``max_velocity`` km/s either way and the light-normalisation window, with 20 Angstrom to spare."""
+    margin = np.exp(max_velocity / C_KMS)
+    return lib.crop(min(lam[0] / margin, LIGHT_WINDOW[0]) - 20.0, max(lam[-1] * margin, LIGHT_WINDOW[1]) + 20.0)
+
+
+def check_weights_grid(manifest: Manifest, outputs: dict, log_age: np.ndarray, metal: np.ndarray) -> None:
+    """Refuse a ``weights`` output whose dims or coordinates are not the SSP library's (age, metal) grid."""
+    if "weights" not in outputs:
+        return
+    coords = outputs["weights"].coords
+    if outputs["weights"].dims != ("age", "metal") or not (
+        np.allclose(coords.get("age", []), log_age, atol=1e-4)
+        and np.allclose(coords.get("metal", []), metal, atol=1e-4)
+    ):
+        raise ModelError(
+            f"{manifest.path}: output 'weights' must have dims (age, metal) with the "
+            f"SSP library's grid ({log_age.size} ages, {metal.size} [M/H])"
+        )
+
+
+class TemplateCache(Generic[T]):
+    """LSF-matched templates per data FWHM (equal to ``step`` Angstrom), the ``size`` most recently used
+    kept: ``build(fwhm)`` makes them on a miss."""
+
+    def __init__(self, build: Callable[[np.ndarray], T], step: float, size: int) -> None:
+        self.build, self.step, self.size = build, float(step), int(size)
+        self._items: OrderedDict[bytes, T] = OrderedDict()
+
+    def __call__(self, fwhm: np.ndarray) -> T:
+        fwhm = np.asarray(fwhm, np.float64)
+        key = hashlib.sha1(np.round(fwhm / self.step).astype(np.int64).tobytes()).digest()
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._items[key] = self.build(fwhm)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+
 class PPXFEstimator(Estimator):
     """Fits every spectrum of a batch with pPXF, one after another, on the CPU."""
 
@@ -123,34 +167,22 @@ class PPXFEstimator(Estimator):
         self.lam = spec.wave
         lib = load_ssp_library()
         self._check_outputs(lib)
-        margin = np.exp(self.options.max_velocity / C_KMS)
-        self.lib = lib.crop(
-            min(self.lam[0] / margin, LIGHT_WINDOW[0]) - 20.0, max(self.lam[-1] * margin, LIGHT_WINDOW[1]) + 20.0
-        )
+        self.lib = crop_for_grid(lib, self.lam, self.options.max_velocity)
         ratio = int(self.options.velscale_ratio)
         self.lam_temp = log_wave_grid(self.lib.wave[0] + 1.0, self.lib.wave[-1] - 1.0, self.velscale / ratio)
         self.log_age = np.asarray(lib.log_age, np.float64)
         self.metal = np.asarray(lib.metal, np.float64)
-        self._templates: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        #: LSF-matched templates for the data FWHM at the model pixels (cached per process)
+        self.templates_for = TemplateCache(self._templates, self.options.lsf_resolution, self.options.template_cache)
         self.provenance = {
             "ppxf_version": self.version,
             "ssp_library": lib.provenance.get("source", "E-MILES"),
             "ssp_digest": lib.digest(),
         }
-        self.template_seconds = 0.0
 
     def _check_outputs(self, lib: SSPLibrary) -> None:
         outputs = {o.name: o for o in self.manifest.outputs}
-        if "weights" in outputs:
-            coords = outputs["weights"].coords
-            if outputs["weights"].dims != ("age", "metal") or not (
-                np.allclose(coords.get("age", []), lib.log_age, atol=1e-4)
-                and np.allclose(coords.get("metal", []), lib.metal, atol=1e-4)
-            ):
-                raise ModelError(
-                    f"{self.manifest.path}: output 'weights' must have dims (age, metal) with the "
-                    f"SSP library's grid ({lib.log_age.size} ages, {lib.metal.size} [M/H])"
-                )
+        check_weights_grid(self.manifest, outputs, np.asarray(lib.log_age), np.asarray(lib.metal))
         if "av" in outputs and self.options.reddening is None:
             raise ModelError(f"{self.manifest.path}: output 'av' needs the ppxf option 'reddening' (a start A_V)")
         known = {"log_age", "metallicity", "av", "sigma", "velocity", "chi2", "weights"}
@@ -161,20 +193,8 @@ class PPXFEstimator(Estimator):
             if name in outputs and outputs[name].error:
                 raise ModelError(f"{self.manifest.path}: pPXF gives no uncertainty for '{name}' (set error: false)")
 
-    def templates_for(self, fwhm: np.ndarray) -> np.ndarray:
-        """LSF-matched templates for the data FWHM at the model pixels (cached per process)."""
-        step = self.options.lsf_resolution
-        key = hashlib.sha1(np.round(np.asarray(fwhm, np.float64) / step).astype(np.int64).tobytes()).digest()
-        if key in self._templates:
-            self._templates.move_to_end(key)
-            return self._templates[key]
-        t0 = time.perf_counter()
-        templates = prepare_templates(self.lib, self.lam, np.asarray(fwhm, np.float64), self.lam_temp)
-        self.template_seconds += time.perf_counter() - t0
-        self._templates[key] = templates
-        while len(self._templates) > self.options.template_cache:
-            self._templates.popitem(last=False)
-        return templates
+    def _templates(self, fwhm: np.ndarray) -> np.ndarray:
+        return prepare_templates(self.lib, self.lam, fwhm, self.lam_temp)
 
     def fit(self, flux: np.ndarray, error: np.ndarray, bad: np.ndarray, templates: np.ndarray) -> FitResult:
         """One pPXF fit of a prepared spectrum (model grid, median-normalised)."""
