@@ -8,11 +8,7 @@ sample (the same spectra as pPXF, for accuracy against the truth and against pPX
 
 from __future__ import annotations
 
-import logging
-
-from survey_proc.bench._timing import bench_cluster, timed_run, warm_estimator, warm_timed_run
-
-log = logging.getLogger(__name__)
+from survey_proc.bench._timing import bench_cluster, sample_run, timed_run
 
 
 def fit_runs(setup, measured) -> None:
@@ -20,17 +16,11 @@ def fit_runs(setup, measured) -> None:
     cfg = setup.cfg
     w = max(cfg.workers)
     with bench_cluster(w) as client:
-        client.run(warm_estimator, setup.fit_path, "cpu")
         out = setup.work / f"fit-w{w}.maps.zarr"
-        r = warm_timed_run(client, setup.fit_sample, out, setup.fit_path, "cpu", "fit", None, cfg.watts_per_core)
-        r["kind"] = "fit, sample spread over the cube"
+        kind = "fit, sample spread over the cube"
+        r = sample_run(client, setup.fit_sample, out, setup.fit_path, "fit", cfg.watts_per_core, kind)
         measured.results.append(r)
         measured.memory[f"fit-w{w}"] = r["peak_rss_mb_per_worker"]
-        log.info(
-            f"  fit    cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
-            f"{r['spectra_per_s']:.1f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.1f}/s "
-            "per worker, estimator alone)"
-        )
         on = timed_run(
             client, setup.sample, setup.work / "fit-sample.maps.zarr", setup.fit_path, "cpu", "fit", None,
             cfg.watts_per_core,

@@ -28,7 +28,7 @@ from survey_proc.bench._gpu import gpu_runs, gpu_speedups
 from survey_proc.bench._machine import machine_info
 from survey_proc.bench._null_model import null_bundle
 from survey_proc.bench._report import write_report
-from survey_proc.bench._timing import bench_cluster, timed_run, warm_estimator, warm_timed_run
+from survey_proc.bench._timing import bench_cluster, sample_run, timed_run, warm_estimator, warm_timed_run
 from survey_proc.estimators import load_manifest
 from survey_proc.stores import open_spectral_store
 
@@ -170,17 +170,11 @@ def ppxf_runs(setup: Setup, measured: Measured) -> None:
     cfg = setup.cfg
     for w in cfg.workers if not cfg.quick else [max(cfg.workers)]:
         with bench_cluster(w) as client:
-            client.run(warm_estimator, setup.ppxf_path, "cpu")
             out = setup.work / f"ppxf-w{w}.maps.zarr"
-            r = warm_timed_run(client, setup.sample, out, setup.ppxf_path, "cpu", "ppxf", None, cfg.watts_per_core)
-            r["kind"] = "pPXF, sample spread over the cube"
+            kind = "pPXF, sample spread over the cube"
+            r = sample_run(client, setup.sample, out, setup.ppxf_path, "ppxf", cfg.watts_per_core, kind)
             measured.results.append(r)
             measured.memory[f"ppxf-w{w}"] = r["peak_rss_mb_per_worker"]
-            log.info(
-                f"  pPXF   cpu  {w} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
-                f"{r['spectra_per_s']:.2f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.2f}/s "
-                "per worker, estimator alone)"
-            )
 
 
 def accuracy(maps: str, cube: Path) -> dict | None:

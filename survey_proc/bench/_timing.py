@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -15,6 +16,8 @@ from survey_proc.bench._energy import EnergyMeter
 from survey_proc.cluster import local_cluster
 from survey_proc.engine import RunConfig, RunSummary, run
 from survey_proc.estimators import load_estimator
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -77,6 +80,21 @@ def warm_timed_run(client, *args) -> dict:
     row = timed_run(client, *args)
     row["warm_up_runs"] = warm
     return row
+
+
+def sample_run(client, sample: Path, out: Path, model: str, method: str, watts_per_core, kind: str) -> dict:
+    """A per-spectrum method (pPXF, the fit) on its sample: warmed on the workers, timed after the
+    warm-up runs (:func:`warm_timed_run`), the row labelled ``kind`` and logged."""
+    client.run(warm_estimator, model, "cpu")
+    r = warm_timed_run(client, sample, out, model, "cpu", method, None, watts_per_core)
+    r["kind"] = kind
+    digits = 2 if r["spectra_per_s"] < 100 else 1
+    log.info(
+        f"  {kind.split(',')[0]:6s} cpu  {r['workers']} worker(s): {r['spectra']} spectra in {r['seconds']:.2f} s = "
+        f"{r['spectra_per_s']:.{digits}f} spectra/s end to end ({r['estimator_spectra_per_s_per_worker']:.{digits}f}/s "
+        "per worker, estimator alone)"
+    )
+    return r
 
 
 def timed_run(
