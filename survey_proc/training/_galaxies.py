@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from survey_proc import progress
+from survey_proc.preprocess import InputKind
 from survey_proc.ssp import FilterSet, SSPLibrary, load_filters, require_use
 from survey_proc.synth import (
     GalaxyParams,
@@ -173,6 +174,18 @@ def noisy(
     mask = rng.random(flux.shape) < mask_fraction
     out[mask] = np.nan
     return out.astype(np.float32), var, mask
+
+
+def prepared_galaxies(data: GalaxySet, spec: InputKind, rng: np.random.Generator, mask_fraction: float):
+    """One noise realisation of ``data`` (:func:`noisy`) through ``spec``'s own preprocessing, galaxy by
+    galaxy as the engine runs a tile: yields each galaxy's :class:`~survey_proc.preprocess.Prepared`."""
+    g, h, w, nb = data.flux.shape
+    f, v, m = noisy(data.flux, data.var, rng, mask_fraction)
+    for k in range(g):
+        yield spec.prepare_batch(
+            f[k].reshape(-1, nb), v[k].reshape(-1, nb), m[k].reshape(-1, nb), spec.bands, float(data.redshift[k]),
+            shape=(h, w),
+        )  # fmt: skip
 
 
 def split_galaxies(

@@ -19,7 +19,7 @@ from torch import nn
 from survey_proc.preprocess import ImageInputSpec
 from survey_proc.training._calibration import Calibration, novelty_stats
 from survey_proc.training._fit import FitState
-from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, holdout_pixels, noisy
+from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, holdout_pixels, prepared_galaxies
 from survey_proc.training._phot_arch import ExportedImageModel, ImageUNet, receptive_radius
 from survey_proc.training._phot_evaluate import evaluate_sets, scored_pixels
 from survey_proc.training._phot_trainer import PhotometricTrainer, masked_error_scale, standardise
@@ -147,21 +147,9 @@ def _image_inputs(
     data: GalaxySet, spec: ImageInputSpec, rng: np.random.Generator, mask_fraction: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(x (G, C, H, W), snr (G, H, W)) for one noise realisation, through the engine's preprocessing."""
-    g, h, w, nb = data.flux.shape
-    f, v, m = noisy(data.flux, data.var, rng, mask_fraction)
-    xs, snrs = [], []
-    for k in range(g):
-        prep = spec.prepare_batch(
-            f[k].reshape(-1, nb),
-            v[k].reshape(-1, nb),
-            m[k].reshape(-1, nb),
-            spec.bands,
-            float(data.redshift[k]),
-            shape=(h, w),
-        )
-        xs.append(prep.x[0])
-        snrs.append(prep.snr.reshape(h, w))
-    return np.stack(xs), np.stack(snrs)
+    h, w = data.flux.shape[1:3]
+    preps = list(prepared_galaxies(data, spec, rng, mask_fraction))
+    return np.stack([p.x[0] for p in preps]), np.stack([p.snr.reshape(h, w) for p in preps])
 
 
 def _augment(xb: np.ndarray, yb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

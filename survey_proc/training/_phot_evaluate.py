@@ -37,7 +37,7 @@ from survey_proc.training._galaxies import (
     SFR_LABEL,
     GalaxySet,
     holdout_pixels,
-    noisy,
+    prepared_galaxies,
     split_galaxies,
     synthesise_galaxies,
 )
@@ -87,22 +87,12 @@ class Predictions:
 def predict_galaxies(est: Estimator, data: GalaxySet, rng: np.random.Generator, mask_fraction: float) -> Predictions:
     """One noise draw of ``data`` through ``est``'s own preprocessing (its input kind's hooks), galaxy
     by galaxy as the engine runs a tile; every output row per pixel (NaN where not fitted)."""
-    spec = est.manifest.input
-    g, h, w, nb = data.flux.shape
-    f, v, m = noisy(data.flux, data.var, rng, mask_fraction)
+    g, h, w, _ = data.flux.shape
     parts: dict[str, np.ndarray] = {}
     snr = np.empty(g * h * w, np.float32)
     fitted = np.zeros(g * h * w, bool)
-    for k in range(g):
+    for k, prep in enumerate(prepared_galaxies(data, est.manifest.input, rng, mask_fraction)):
         rows = slice(k * h * w, (k + 1) * h * w)
-        prep = spec.prepare_batch(
-            f[k].reshape(-1, nb),
-            v[k].reshape(-1, nb),
-            m[k].reshape(-1, nb),
-            spec.bands,
-            float(data.redshift[k]),
-            (h, w),
-        )
         snr[rows], fitted[rows] = prep.snr, prep.fit
         x, sel = prep.batch()
         if not sel.any():
