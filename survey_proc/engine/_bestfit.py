@@ -11,7 +11,6 @@ verified, staged and renamed into place when complete.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -133,8 +132,8 @@ class _BestFitJob:
         return {k: v.reshape(*shape, -1).astype(bool if k == "mask" else np.float32) for k, v in arrays.items()}
 
 
-@functools.lru_cache(maxsize=4)
 def _estimator(manifest: str) -> Estimator:
+    """The fit's estimator (``load_estimator`` keeps it loaded once per process)."""
     est = load_estimator(manifest, device="cpu")
     if not est.rebuilds_spectra:
         raise OptionError(f"{manifest}: this estimator does not rebuild spectra (only --method fit does)")
