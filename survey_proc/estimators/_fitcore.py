@@ -92,7 +92,18 @@ class Templates:
 
     def columns(self, ws: torch.Tensor, v, sigma, av) -> torch.Tensor:
         """The working set's model columns (n, k, L) at (v, sigma, A_V)."""
-        return self.pixels(self.that[ws] * self.kernel(v, sigma)[:, None, :]) * self.dust(av)[:, None, :]
+        spec = self.gather(ws)
+        spec *= self.kernel(v, sigma)[:, None, :]
+        return self.pixels(spec) * self.dust(av)[:, None, :]
+
+    def gather(self, ws: torch.Tensor) -> torch.Tensor:
+        """The templates ``ws`` (n, k) in Fourier space: (n, k, nf), a copy."""
+        return torch.index_select(self.that, 0, ws.reshape(-1)).view(*ws.shape, -1)
+
+    def mix(self, ws: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """sum_j w_j T_j in Fourier space (n, nf) for working sets ``ws`` with weights ``w`` (n, k)."""
+        dense = torch.zeros((w.shape[0], self.ntemp), dtype=self.dtype, device=self.device)
+        return dense.scatter_add_(1, ws, w).to(self.cdtype) @ self.that
 
     def gradient(self, r_w: torch.Tensor, v, sigma, av) -> torch.Tensor:
         """sum_p r_w[p] * column_j[p] for every template j (n, ntemp), by correlation in Fourier space."""
@@ -170,6 +181,8 @@ class FitState:
     chi2: torch.Tensor  #: (n,) float64, sum W (y - model)^2
     iterations: int = 0
 
+    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "model", "chi2")
+
     def take(self, better: torch.Tensor, other: FitState) -> None:
         """Where ``better``, take ``other``'s values."""
         for name in ("v", "sigma", "av", "chi2"):
@@ -180,9 +193,11 @@ class FitState:
         self.cols = torch.where(better[:, None, None], other.cols, self.cols)
 
 
-def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, passive=None) -> FitState:
-    """The NNLS weights of the working set at fixed (v, sigma, A_V), and the model and chi^2 they give."""
-    cols = tpl.columns(ws, v, sigma, av)
+def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, passive=None, cols=None) -> FitState:
+    """The NNLS weights of the working set at fixed (v, sigma, A_V), and the model and chi^2 they give;
+    ``cols`` (n, k, L): the working set's columns there when the caller has them."""
+    if cols is None:
+        cols = tpl.columns(ws, v, sigma, av)
     cw = cols * W[:, None, :]
     gram = (cw @ cols.transpose(1, 2)).double()
     b = (cw * y[:, None, :]).sum(-1).double()
@@ -211,7 +226,7 @@ def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
 
 def jacobian(tpl: Templates, s: FitState) -> torch.Tensor:
     """d model / d (v, sigma, A_V) at the current weights: (n, 3, L)."""
-    t_hat = (s.w[:, :, None].to(tpl.cdtype) * tpl.that[s.ws]).sum(1) * tpl.kernel(s.v, s.sigma)
+    t_hat = tpl.mix(s.ws, s.w) * tpl.kernel(s.v, s.sigma)
     dust = tpl.dust(s.av)
     dv = tpl.pixels(t_hat * (-1j * tpl.omega[None] / tpl.velscale)) * dust
     ds = tpl.pixels(t_hat * (-(tpl.omega[None] ** 2) * (s.sigma[:, None] / tpl.velscale**2))) * dust
@@ -237,7 +252,7 @@ def _sub(s: FitState, idx: torch.Tensor) -> FitState:
 
 
 def _put(s: FitState, idx: torch.Tensor, part: FitState) -> None:
-    for name in ("v", "sigma", "av", "ws", "w", "cols", "model", "chi2"):
+    for name in FitState.FIELDS:
         getattr(s, name)[idx] = getattr(part, name)
 
 
@@ -271,9 +286,10 @@ def _refresh(tpl: Templates, s: FitState, y, W, tol: float) -> torch.Tensor:
     if changed.numel() == 0:
         return moved
     part = _sub(s, changed)
+    new_ws = ws[changed]
     trial = solve_weights(
-        tpl, y[changed], W[changed], ws[changed], part.v, part.sigma, part.av,
-        passive=(part.w > 0) & (ws[changed] == part.ws),
+        tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av,
+        passive=(part.w > 0) & (new_ws == part.ws), cols=_swap_columns(tpl, part, new_ws),
     )  # fmt: skip
     better = trial.chi2 < part.chi2
     moved[changed] = better & (part.chi2 - trial.chi2 > tol * part.chi2)
@@ -282,21 +298,38 @@ def _refresh(tpl: Templates, s: FitState, y, W, tol: float) -> torch.Tensor:
     return moved
 
 
+def _swap_columns(tpl: Templates, s: FitState, ws: torch.Tensor) -> torch.Tensor:
+    """The columns of working sets ``ws`` at the parameters of ``s``: those of ``s.cols`` where the
+    template is the same, computed afresh (one FFT each) only for the slots that changed."""
+    rows, slots = torch.nonzero(ws != s.ws, as_tuple=True)
+    cols = s.cols.clone()
+    if rows.numel():
+        spec = torch.index_select(tpl.that, 0, ws[rows, slots])
+        spec *= tpl.kernel(s.v, s.sigma)[rows]
+        cols[rows, slots] = tpl.pixels(spec) * tpl.dust(s.av)[rows]
+    return cols
+
+
 def fit(tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits = FitLimits()) -> FitState:
     """Fit a batch: y, W (n, L) (W = 1/variance, 0 where masked); seeds (n,); ws0 (n, k) templates.
-    Each iteration works on the spectra not yet converged only."""
-    s = solve_weights(tpl, y, W, ws0, v0, sigma0, av0)
-    lam = torch.full_like(s.chi2, 1e-3)
-    todo = torch.arange(y.shape[0], device=y.device)
+    Each iteration works on the spectra not yet converged only: those that converge leave the batch."""
+    out = solve_weights(tpl, y, W, ws0, v0, sigma0, av0)
+    lam = torch.full_like(out.chi2, 1e-3)
+    rows = torch.arange(y.shape[0], device=y.device)
+    s = out
     for it in range(limits.iterations):
-        part, lam_part, done = lm_iteration(tpl, _sub(s, todo), y[todo], W[todo], lam[todo], limits)
-        _put(s, todo, part)
-        lam[todo] = lam_part
-        todo = todo[~done]
-        s.iterations = it + 1
-        if todo.numel() == 0:
+        s, lam, done = lm_iteration(tpl, s, y, W, lam, limits)
+        out.iterations = it + 1
+        if bool(done.all()):
             break
-    return s
+        if bool(done.any()):
+            if s is not out:
+                _put(out, rows[done], _sub(s, done))
+            keep = ~done
+            s, rows, lam, y, W = _sub(s, keep), rows[keep], lam[keep], y[keep], W[keep]
+    if s is not out:
+        _put(out, rows, s)
+    return out
 
 
 def velocity_seed(tpl: Templates, y, W, sigma0, av0, ws, vmax: float) -> torch.Tensor:
