@@ -133,7 +133,7 @@ def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
         "sdss",
         store,
         [f.split("_")[0] for f in files],
-        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100"],
+        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"],
         list(setups.values()),
         SDSS_PUBLISHED,
         SDSS_SOURCE,
@@ -152,7 +152,7 @@ def manga_set(work: Path, setups: dict[str, str]) -> RealSet:
         "manga",
         store,
         [f"manga{i}" for i in range(n)],
-        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100"],
+        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"],
         list(setups.values()),
         manga_published(),
         MANGA_SOURCE,
@@ -179,7 +179,7 @@ def muse_set(work: Path, setups: dict[str, str], target_snr: float = 12.0) -> Re
         "muse",
         bins,
         [f"bin{i}" for i in range(n)],
-        ["default", "muse-7100", "fit", "fit-7100"],
+        ["default", "muse-7100", "fit", "fit-7100", "fit-mpoly"],
         [setups["ppxf-7100"], setups["ppxf-7100-mpoly"]],
     )
 

@@ -10,8 +10,9 @@ for the working set; the velocity starts at the cross-correlation peak.
 Outputs per spectrum: light-weighted ``log_age`` and ``metallicity``, their mass-weighted
 ``log_age_mass`` and ``metallicity_mass``, ``av``, ``sigma``, ``velocity`` (relative to the systemic
 redshift), each with an error from the curvature of chi^2 scaled by the reduced chi^2; ``chi2``
-(reduced); ``weights`` (age, metal) light fractions; ``mass_to_light`` (M_sun per unit mean light in
-the light window, before dust). A spectrum with too few good pixels, or a fit that gives nonsense,
+(reduced); ``chi2_floor`` (the same with a model error of ``model_floor`` added to the noise, which
+POOR_FIT judges); ``weights`` (age, metal) light fractions; ``mass_to_light`` (M_sun per unit mean
+light in the light window, before dust). A spectrum with too few good pixels, or a fit that gives nonsense,
 gets NaN (the engine flags it).
 """
 
@@ -33,7 +34,8 @@ from survey_proc.ssp import attenuation_curve, load_ssp_library, log_wave_grid
 
 #: every output this estimator can give (the manifest picks)
 KNOWN_OUTPUTS = {
-    "log_age", "metallicity", "log_age_mass", "metallicity_mass", "av", "sigma", "velocity", "chi2", "weights",
+    "log_age", "metallicity", "log_age_mass", "metallicity_mass", "av", "sigma", "velocity", "chi2", "chi2_floor",
+    "weights",
     "mass_to_light",
 }  # fmt: skip
 
@@ -44,6 +46,7 @@ class FitOptions:
 
     seed: str | None = "default"  #: network bundle whose estimates start each fit (None: the fixed starts)
     working_set: int = 12  #: templates solved at once (a 32x32 mock: <= 10 used at the optimum for 99.8 %)
+    mdegree: int = 0  #: degree of a multiplicative Legendre polynomial (as pPXF's mdegree; 0: none)
     iterations: int = 12  #: Levenberg-Marquardt steps at most
     tol: float = 1e-5  #: relative chi^2 change under which a fit has converged
     start_sigma: float = 100.0  #: km/s, without a seed model
@@ -53,6 +56,10 @@ class FitOptions:
     search_velocity: float = 1500.0  #: |v| searched by the cross-correlation start, km/s
     max_velocity: float = 3500.0  #: template margin beyond the data range, km/s
     min_good_fraction: float = 0.2  #: spectra with fewer good pixels are not fitted
+    #: a model error (fraction of the model) added in quadrature to the noise in ``chi2_floor``: how well
+    #: SSP libraries agree with each other (E-MILES fits noise-free M11-MILES, MaStar and BPASS mocks to
+    #: 0.5, 1.0 and 1.9 % rms), so that a spectrum matched as well as the libraries allow is not poor
+    model_floor: float = 0.02
     lsf_resolution: float = 0.01  #: Angstrom; LSFs equal to this precision share templates
     template_cache: int = 16  #: LSF-matched template sets kept per process
     cpu_batch: int = 32  #: spectra fitted together on a CPU (measured: 32 is 1.4x faster than 64, 2.2x than 256)
@@ -131,8 +138,9 @@ class FitEstimator(Estimator):
         ``templates_for``)."""
         tem = prepare_templates(self.lib, self.lam, fwhm, self.lam_temp)
         return Templates(
-            tem.reshape(tem.shape[0], -1).T, self.lam_temp, self.lam, self.velscale, self.dust_k, self.device
-        )
+            tem.reshape(tem.shape[0], -1).T, self.lam_temp, self.lam, self.velscale, self.dust_k, self.device,
+            mdegree=self.options.mdegree,
+        )  # fmt: skip
 
     def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
         """Fit each spectrum of ``x`` (n, 3, L); ``meta.lsf_fwhm_model`` (L,) or (n, L) is required."""
@@ -156,8 +164,9 @@ class FitEstimator(Estimator):
 
     def rebuild(self, x: np.ndarray, meta: BatchMeta | None, values: dict[str, np.ndarray]) -> np.ndarray:
         """The best-fit spectra (n, L) of ``x`` from the fit's maps: ``velocity``, ``sigma``, ``av`` (n,)
-        and ``weights`` (n, age, metal). The weights' overall scale is not kept in the maps: it is solved
-        by weighted least squares, which at the fit's optimum is the fit's own. NaN rows where a value is."""
+        and ``weights`` (n, age, metal). The weights' overall scale and the multiplicative polynomial are
+        not kept in the maps: they are solved by weighted least squares, which at the fit's optimum gives
+        the fit's own. NaN rows where a value is."""
         if meta is None or meta.lsf_fwhm_model is None:
             raise ModelError("rebuilding the fit needs the data's instrumental FWHM (cube 'lsf_fwhm')")
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
@@ -179,9 +188,14 @@ class FitEstimator(Estimator):
         v, sigma, av = (torch.as_tensor(kin[:, i], dtype=torch.float32, device=self.device) for i in range(3))
         ws = torch.arange(tpl.ntemp, device=self.device).expand(x.shape[0], -1)
         w = torch.as_tensor(grid, dtype=torch.float32, device=self.device)
-        shape = torch.bmm(w[:, None, :], tpl.columns(ws, v, sigma, av))[:, 0]
-        scale = (w8 * y * shape).sum(1) / (w8 * shape * shape).sum(1).clamp(min=1e-30)
-        return (scale[:, None] * shape).cpu().numpy()
+        shape = torch.bmm(w[:, None, :], tpl.columns(ws, v, sigma, av))[:, 0].double()
+        # the scale and the multiplicative polynomial (if any) by weighted least squares: both enter the
+        # model linearly once the shape is fixed, so this is the fit's own optimum
+        design = torch.cat([shape[:, None], tpl.legendre.double()[None] * shape[:, None]], dim=1)  # (n, 1 + d, L)
+        dw = design * w8.double()[:, None, :]
+        normal = dw @ design.transpose(1, 2) + 1e-30 * torch.eye(design.shape[1], dtype=torch.float64)
+        coef = torch.linalg.solve(normal, (dw * y.double()[:, None, :]).sum(-1))
+        return (coef[:, None, :] @ design)[:, 0].cpu().numpy()
 
     def _chunk(self) -> int:
         return self.options.gpu_batch if self.device.type == "cuda" else self.options.cpu_batch
@@ -203,7 +217,7 @@ class FitEstimator(Estimator):
         sigma0, av0, ws0 = self._starts(x)
         v0 = velocity_seed(tpl, y, w8, sigma0, av0, ws0, self.options.search_velocity)
         state = fit(tpl, y, w8, v0, sigma0, av0, ws0, self.options.limits())
-        self._write(tpl, state, w8, rows[idx.cpu().numpy()], out)
+        self._write(tpl, state, y, w8, rows[idx.cpu().numpy()], out)
 
     def _starts(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sigma, A_V and the working set each fit starts from (the seed network's, else the fixed ones)."""
@@ -230,12 +244,13 @@ class FitEstimator(Estimator):
             torch.as_tensor(ws, device=self.device),
         )
 
-    def _write(self, tpl: Templates, s: FitState, w8: torch.Tensor, rows: np.ndarray, out: dict) -> None:
+    def _write(self, tpl: Templates, s: FitState, y, w8: torch.Tensor, rows: np.ndarray, out: dict) -> None:
         """The fitted values, their errors and the weight grid into ``out`` at ``rows``."""
         good = (w8 > 0).sum(1)
-        dof = (good - s.ws.shape[1] - 3).clamp(min=1)
-        cov = covariance(tpl, s, w8, dof)  # (n, 3 + k, 3 + k)
-        cov_w = cov[:, 3:, 3:]
+        hold_av = self.options.av_range[0] == self.options.av_range[1]
+        dof = (good - s.ws.shape[1] - s.nonlinear + int(hold_av)).clamp(min=1)
+        cov = covariance(tpl, s, w8, dof, hold_av)  # (n, p + k, p + k)
+        cov_w = cov[:, s.nonlinear :, s.nonlinear :]
         ws = s.ws.cpu()
         age = torch.as_tensor(self.age_of)[ws]
         met = torch.as_tensor(self.metal_of)[ws]
@@ -261,6 +276,8 @@ class FitEstimator(Estimator):
             out[name][rows] = np.where(finite.numpy(), value.double().numpy(), np.nan)
             out[f"{name}_err"][rows] = np.where(finite.numpy(), error.double().numpy(), np.nan)
         out["chi2"][rows] = np.where(finite.numpy(), (s.chi2.cpu() / dof.cpu()).numpy(), np.nan)
+        floored = floored_chi2(y, w8, s.model, self.options.model_floor) / dof
+        out["chi2_floor"][rows] = np.where(finite.numpy(), floored.cpu().numpy(), np.nan)
         grid = torch.zeros((w.shape[0], tpl.ntemp), dtype=torch.float64).scatter_add_(1, ws, w)
         grid = grid / grid.sum(1, keepdim=True).clamp(min=1e-300)
         grid = grid.reshape(-1, self.log_age.size, self.metal.size).numpy()
@@ -281,6 +298,13 @@ def weighted_mean(cov_w: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, val
     grad = scale.double() * (values.double() - mean[:, None]) / total[:, None]
     var = (grad[:, None, :] @ cov_w.double() @ grad[:, :, None])[:, 0, 0]
     return mean, var.clamp(min=0).sqrt()
+
+
+def floored_chi2(y: torch.Tensor, w8: torch.Tensor, model: torch.Tensor, floor: float) -> torch.Tensor:
+    """chi^2 (n,) with ``floor`` x model added in quadrature to each good pixel's noise (W = 1/variance)."""
+    var = torch.where(w8 > 0, 1.0 / w8.clamp(min=1e-30), torch.zeros_like(w8)).double()
+    total = var + (floor * model.double()) ** 2
+    return torch.where(w8 > 0, (y - model).double() ** 2 / total.clamp(min=1e-300), torch.zeros_like(total)).sum(1)
 
 
 def _data(x: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,8 +56,10 @@ class Templates:
         dust_k: np.ndarray,
         device: torch.device,
         dtype=torch.float32,
+        mdegree: int = 0,
     ) -> None:
-        """templates (ntemp, Lt) on ``lam_temp``; ``lam`` (L,) the data grid; ``dust_k`` (L,) A(lam)/A_V."""
+        """templates (ntemp, Lt) on ``lam_temp``; ``lam`` (L,) the data grid; ``dust_k`` (L,) A(lam)/A_V;
+        ``mdegree``: degree of the multiplicative Legendre polynomial (0: none)."""
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         self.velscale = float(velscale)
@@ -70,6 +72,10 @@ class Templates:
         self.that = torch.fft.rfft(t, n=self.nfft, dim=-1)  # (ntemp, nf)
         self.omega = 2 * math.pi * torch.fft.rfftfreq(self.nfft, device=device, dtype=dtype)
         self.k = torch.as_tensor(dust_k, dtype=dtype, device=device)
+        x = np.linspace(-1.0, 1.0, self.L)  # as pPXF: Legendre polynomials over the fitted pixels
+        basis = [np.polynomial.legendre.Legendre.basis(d)(x) for d in range(1, mdegree + 1)]
+        self.legendre = torch.as_tensor(np.array(basis).reshape(mdegree, self.L), dtype=dtype, device=device)
+        self.mdegree = int(mdegree)
         self.ntemp = t.shape[0]
         rw = torch.full((self.omega.numel(),), 2.0, dtype=dtype, device=device)
         rw[0] = 1.0
@@ -90,11 +96,20 @@ class Templates:
     def dust(self, av: torch.Tensor) -> torch.Tensor:
         return torch.pow(10.0, -0.4 * av[:, None] * self.k[None])
 
-    def columns(self, ws: torch.Tensor, v, sigma, av) -> torch.Tensor:
-        """The working set's model columns (n, k, L) at (v, sigma, A_V)."""
+    def polynomial(self, c: torch.Tensor) -> torch.Tensor:
+        """The multiplicative polynomial 1 + sum_d c_d P_d(x) (n, L) of coefficients ``c`` (n, mdegree)."""
+        return 1.0 + c @ self.legendre
+
+    def screen(self, av: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """What multiplies the convolved templates pixel by pixel (n, L): dust, times the polynomial."""
+        dust = self.dust(av)
+        return dust if c is None or self.mdegree == 0 else dust * self.polynomial(c)
+
+    def columns(self, ws: torch.Tensor, v, sigma, av, c=None) -> torch.Tensor:
+        """The working set's model columns (n, k, L) at (v, sigma, A_V) and polynomial ``c``."""
         spec = self.gather(ws)
         spec *= self.kernel(v, sigma)[:, None, :]
-        return self.pixels(spec) * self.dust(av)[:, None, :]
+        return self.pixels(spec) * self.screen(av, c)[:, None, :]
 
     def gather(self, ws: torch.Tensor) -> torch.Tensor:
         """The templates ``ws`` (n, k) in Fourier space: (n, k, nf), a copy."""
@@ -105,10 +120,10 @@ class Templates:
         dense = torch.zeros((w.shape[0], self.ntemp), dtype=self.dtype, device=self.device)
         return dense.scatter_add_(1, ws, w).to(self.cdtype) @ self.that
 
-    def gradient(self, r_w: torch.Tensor, v, sigma, av) -> torch.Tensor:
+    def gradient(self, r_w: torch.Tensor, v, sigma, av, c=None) -> torch.Tensor:
         """sum_p r_w[p] * column_j[p] for every template j (n, ntemp), by correlation in Fourier space."""
         full = torch.zeros((r_w.shape[0], self.nfft), dtype=self.dtype, device=self.device)
-        full[:, self.off : self.off + self.L] = r_w * self.dust(av)
+        full[:, self.off : self.off + self.L] = r_w * self.screen(av, c)
         a = torch.conj(torch.fft.rfft(full, n=self.nfft, dim=-1)) * self.kernel(v, sigma) * self._rfft_weights
         return (a @ self.that.T).real
 
@@ -179,37 +194,44 @@ class FitState:
     cols: torch.Tensor  #: (n, k, L) their model columns
     model: torch.Tensor  #: (n, L)
     chi2: torch.Tensor  #: (n,) float64, sum W (y - model)^2
+    c: torch.Tensor  #: (n, mdegree) coefficients of the multiplicative polynomial
     iterations: int = 0
 
-    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "model", "chi2")
+    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "model", "chi2", "c")
+
+    @property
+    def nonlinear(self) -> int:
+        """How many non-linear parameters: v, sigma, A_V and the polynomial's coefficients."""
+        return 3 + self.c.shape[1]
 
     def take(self, better: torch.Tensor, other: FitState) -> None:
         """Where ``better``, take ``other``'s values."""
         for name in ("v", "sigma", "av", "chi2"):
             setattr(self, name, torch.where(better, getattr(other, name), getattr(self, name)))
+        self.c = torch.where(better[:, None], other.c, self.c)
         self.ws = torch.where(better[:, None], other.ws, self.ws)
         self.w = torch.where(better[:, None], other.w, self.w)
         self.model = torch.where(better[:, None], other.model, self.model)
         self.cols = torch.where(better[:, None, None], other.cols, self.cols)
 
 
-def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, passive=None, cols=None) -> FitState:
-    """The NNLS weights of the working set at fixed (v, sigma, A_V), and the model and chi^2 they give;
-    ``cols`` (n, k, L): the working set's columns there when the caller has them."""
+def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, passive=None, cols=None) -> FitState:
+    """The NNLS weights of the working set at fixed (v, sigma, A_V, polynomial ``c``), and the model and
+    chi^2 they give; ``cols`` (n, k, L): the working set's columns there when the caller has them."""
     if cols is None:
-        cols = tpl.columns(ws, v, sigma, av)
+        cols = tpl.columns(ws, v, sigma, av, c)
     cw = cols * W[:, None, :]
     gram = (cw @ cols.transpose(1, 2)).double()
     b = (cw * y[:, None, :]).sum(-1).double()
     w = nnls(gram, b, passive).to(tpl.dtype)
     model = (w[:, None, :] @ cols)[:, 0, :]
     chi2 = ((y - model) ** 2 * W).double().sum(1)
-    return FitState(v, sigma, av, ws, w, cols, model, chi2)
+    return FitState(v, sigma, av, ws, w, cols, model, chi2, c)
 
 
 def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
     """Members with zero weight out, the templates whose chi^2 gradient most wants them in, in."""
-    g = tpl.gradient(W * (y - s.model), s.v, s.sigma, s.av)  # (n, ntemp): > 0 lowers chi^2 if added
+    g = tpl.gradient(W * (y - s.model), s.v, s.sigma, s.av, s.c)  # (n, ntemp): > 0 lowers chi^2 if added
     member = torch.zeros_like(g, dtype=torch.bool).scatter_(1, s.ws, True)
     g_out = torch.where(member, torch.full_like(g, -math.inf), g)
     k = s.ws.shape[1]
@@ -225,13 +247,16 @@ def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
 
 
 def jacobian(tpl: Templates, s: FitState) -> torch.Tensor:
-    """d model / d (v, sigma, A_V) at the current weights: (n, 3, L)."""
+    """d model / d (v, sigma, A_V, polynomial coefficients) at the current weights: (n, 3 + mdegree, L)."""
     t_hat = tpl.mix(s.ws, s.w) * tpl.kernel(s.v, s.sigma)
-    dust = tpl.dust(s.av)
-    dv = tpl.pixels(t_hat * (-1j * tpl.omega[None] / tpl.velscale)) * dust
-    ds = tpl.pixels(t_hat * (-(tpl.omega[None] ** 2) * (s.sigma[:, None] / tpl.velscale**2))) * dust
+    screen = tpl.screen(s.av, s.c)
+    dv = tpl.pixels(t_hat * (-1j * tpl.omega[None] / tpl.velscale)) * screen
+    ds = tpl.pixels(t_hat * (-(tpl.omega[None] ** 2) * (s.sigma[:, None] / tpl.velscale**2))) * screen
     da = -0.4 * LN10 * tpl.k[None] * s.model
-    return torch.stack([dv, ds, da], dim=1)
+    parts = [dv[:, None], ds[:, None], da[:, None]]
+    if tpl.mdegree:
+        parts.append(tpl.legendre[None] * (s.model / tpl.polynomial(s.c))[:, None, :])
+    return torch.cat(parts, dim=1)
 
 
 def projected_normal(tpl: Templates, s: FitState, y, W) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +273,7 @@ def projected_normal(tpl: Templates, s: FitState, y, W) -> tuple[torch.Tensor, t
 
 
 def _sub(s: FitState, idx: torch.Tensor) -> FitState:
-    return FitState(s.v[idx], s.sigma[idx], s.av[idx], s.ws[idx], s.w[idx], s.cols[idx], s.model[idx], s.chi2[idx])
+    return FitState(*(getattr(s, name)[idx] for name in FitState.FIELDS))
 
 
 def _put(s: FitState, idx: torch.Tensor, part: FitState) -> None:
@@ -256,18 +281,30 @@ def _put(s: FitState, idx: torch.Tensor, part: FitState) -> None:
         getattr(s, name)[idx] = getattr(part, name)
 
 
+def _hold(a: torch.Tensor, g: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normal equations with parameter ``i`` held fixed (its step is 0)."""
+    a, g = a.clone(), g.clone()
+    a[:, i, :] = 0.0
+    a[:, :, i] = 0.0
+    a[:, i, i] = 1.0
+    g[:, i] = 0.0
+    return a, g
+
+
 def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
     """One Levenberg-Marquardt step of (v, sigma, A_V) on the working set, then a refresh of the working
     set at the parameters reached; returns (state, damping, converged). A spectrum has converged when
     neither the step nor the refresh changes chi^2 by ``tol`` (relative): far less than 1 sigma."""
     a, g = projected_normal(tpl, s, y, W)
+    if limits.av[0] == limits.av[1]:  # no dust: A_V held at that value
+        a, g = _hold(a, g, 2)
     step = torch.linalg.solve(a + torch.diag_embed(lam[:, None] * torch.diagonal(a, dim1=1, dim2=2)), g)
     step = step.to(tpl.dtype)
     lo_s, hi_s = limits.sigma
     lo_a, hi_a = limits.av
     trial = solve_weights(
         tpl, y, W, s.ws, s.v + step[:, 0], (s.sigma + step[:, 1]).clamp(lo_s, hi_s),
-        (s.av + step[:, 2]).clamp(lo_a, hi_a), passive=s.w > 0,
+        (s.av + step[:, 2]).clamp(lo_a, hi_a), s.c + step[:, 3:], passive=s.w > 0,
     )  # fmt: skip
     better = trial.chi2 < s.chi2
     still = (s.chi2 - trial.chi2).abs() < limits.tol * s.chi2
@@ -288,7 +325,7 @@ def _refresh(tpl: Templates, s: FitState, y, W, tol: float) -> torch.Tensor:
     part = _sub(s, changed)
     new_ws = ws[changed]
     trial = solve_weights(
-        tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av,
+        tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av, part.c,
         passive=(part.w > 0) & (new_ws == part.ws), cols=_swap_columns(tpl, part, new_ws),
     )  # fmt: skip
     better = trial.chi2 < part.chi2
@@ -306,14 +343,15 @@ def _swap_columns(tpl: Templates, s: FitState, ws: torch.Tensor) -> torch.Tensor
     if rows.numel():
         spec = torch.index_select(tpl.that, 0, ws[rows, slots])
         spec *= tpl.kernel(s.v, s.sigma)[rows]
-        cols[rows, slots] = tpl.pixels(spec) * tpl.dust(s.av)[rows]
+        cols[rows, slots] = tpl.pixels(spec) * tpl.screen(s.av, s.c)[rows]
     return cols
 
 
 def fit(tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits = FitLimits()) -> FitState:
     """Fit a batch: y, W (n, L) (W = 1/variance, 0 where masked); seeds (n,); ws0 (n, k) templates.
     Each iteration works on the spectra not yet converged only: those that converge leave the batch."""
-    out = solve_weights(tpl, y, W, ws0, v0, sigma0, av0)
+    c0 = torch.zeros((y.shape[0], tpl.mdegree), dtype=tpl.dtype, device=y.device)
+    out = solve_weights(tpl, y, W, ws0, v0, sigma0, av0, c0)
     lam = torch.full_like(out.chi2, 1e-3)
     rows = torch.arange(y.shape[0], device=y.device)
     s = out
@@ -359,13 +397,16 @@ def velocity_seed(tpl: Templates, y, W, sigma0, av0, ws, vmax: float) -> torch.T
     return torch.where(torch.isfinite(v), v, torch.zeros(n, dtype=tpl.dtype, device=y.device))
 
 
-def covariance(tpl: Templates, s: FitState, W, dof: torch.Tensor) -> torch.Tensor:
-    """Covariance (n, 3 + k, 3 + k) of (v, sigma, A_V, working-set weights) from the curvature of chi^2
-    at the solution, scaled by the reduced chi^2 (as pPXF's errors in this project); weights at zero are
-    held there (rows and columns zero)."""
-    jac = torch.cat([jacobian(tpl, s), s.cols * (s.w > 0)[:, :, None]], dim=1)  # (n, 3 + k, L)
+def covariance(tpl: Templates, s: FitState, W, dof: torch.Tensor, hold_av: bool = False) -> torch.Tensor:
+    """Covariance (n, p + k, p + k) of (v, sigma, A_V, polynomial coefficients, working-set weights),
+    p = ``s.nonlinear``, from the curvature of chi^2 at the solution, scaled by the reduced chi^2 (as
+    pPXF's errors in this project); weights at zero, and A_V if ``hold_av``, are held there (rows and
+    columns zero)."""
+    jac = torch.cat([jacobian(tpl, s), s.cols * (s.w > 0)[:, :, None]], dim=1)  # (n, p + k, L)
     fisher = ((jac * W[:, None, :]) @ jac.transpose(1, 2)).double()
-    free = torch.cat([torch.ones_like(s.w[:, :3], dtype=torch.bool), s.w > 0], dim=1)
+    free = torch.ones((s.w.shape[0], s.nonlinear), dtype=torch.bool, device=s.w.device)
+    free[:, 2] = not hold_av
+    free = torch.cat([free, s.w > 0], dim=1)
     fisher = fisher + torch.diag_embed((~free).double())
     cov = torch.linalg.pinv(fisher, hermitian=True) * (s.chi2 / dof.clamp(min=1)).double()[:, None, None]
     return cov * (free[:, :, None] & free[:, None, :])
