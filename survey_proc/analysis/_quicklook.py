@@ -27,6 +27,10 @@ _FLAG_COLOURS = (
 )  # fmt: skip
 
 
+#: diagnostics drawn wherever they have a value (flagged pixels too: the flags come from them)
+WHEREVER = ("snr", "chi2", "chi2_floor")
+
+
 def quicklook_path(maps: str | os.PathLike) -> Path:
     """``<maps>.png`` beside the store (``c.maps.zarr`` -> ``c.maps.png``)."""
     maps = Path(maps)
@@ -55,7 +59,9 @@ def quicklook_figure(ds: xr.Dataset, title: str = ""):
     """The quick-look figure of a maps Dataset (on a pixel grid, or a catalogue): a matplotlib Figure."""
     plt = pyplot()
     properties, diagnostics = map_variables(ds)
-    panels = properties + [d for d in diagnostics if d == "snr"] + ["flag"]
+    panels = properties + [d for d in diagnostics if d in WHEREVER] + ["flag"]
+    if _grid_weights(ds) is not None:
+        panels.append("weights")
     ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
     fig = plt.figure(figsize=(4.2 * ncol, 3.6 * nrow + 0.6))
@@ -65,6 +71,9 @@ def quicklook_figure(ds: xr.Dataset, title: str = ""):
         ax = fig.add_subplot(nrow, ncol, i + 1, **frame.projection())
         if name == "flag":
             _flag_panel(fig, ax, flag, frame)
+        elif name == "weights":
+            fig.delaxes(ax)
+            _weights_panel(fig, fig.add_subplot(nrow, ncol, i + 1), _grid_weights(ds), flag)
         else:
             _value_panel(fig, ax, ds[name], flag, frame)
     fig.text(
@@ -126,9 +135,9 @@ class _Frame:
 
 
 def _value_panel(fig, ax, da: xr.DataArray, flag: np.ndarray, frame: _Frame) -> None:
-    """A property where unflagged, flagged pixels grey; a diagnostic (S/N) wherever it has a value."""
+    """A property where unflagged, flagged pixels grey; a diagnostic (S/N, chi^2) wherever it has a value."""
     values = np.asarray(da.values, np.float64)
-    cat = _categories(flag, values) if da.name != "snr" else np.where(np.isfinite(values), 0, 2)
+    cat = _categories(flag, values) if da.name not in WHEREVER else np.where(np.isfinite(values), 0, 2)
     shown = np.where(cat == 0, values, np.nan)
     good = shown[np.isfinite(shown)]
     lo, hi = np.percentile(good, [2, 98]) if good.size else (0.0, 1.0)
@@ -143,9 +152,37 @@ def _value_panel(fig, ax, da: xr.DataArray, flag: np.ndarray, frame: _Frame) -> 
             shown, origin="lower", cmap=cmap, vmin=lo, vmax=hi, extent=frame.extent(cat.shape), interpolation="nearest"
         )
         fig.colorbar(im, ax=ax, shrink=0.8, label=units)
-    shown_as = "unflagged" if da.name != "snr" else "with a value"
+    shown_as = "unflagged" if da.name not in WHEREVER else "with a value"
     ax.set_title(f"{da.name} ({int((cat == 0).sum())} of {cat.size} {shown_as})", fontsize=9)
     frame.label(ax)
+
+
+def _grid_weights(ds: xr.Dataset) -> xr.DataArray | None:
+    """The fit's light fractions over (age, metal) per pixel, if the maps have them."""
+    w = ds.get("weights")
+    return w if w is not None and {"age", "metal"} <= set(w.dims) else None
+
+
+def _weights_panel(fig, ax, weights: xr.DataArray, flag: np.ndarray) -> None:
+    """The light fractions over (log age, [M/H]) summed over the unflagged pixels (each pixel's fractions
+    weighted equally): the star-formation history of the region, as pPXF users plot it."""
+    grid = np.asarray(weights.transpose(..., "metal", "age").values, np.float64)
+    grid = grid.reshape(-1, weights.sizes["metal"], weights.sizes["age"])
+    use = (flag.reshape(-1) == 0) & np.isfinite(grid).all(axis=(1, 2))
+    total = grid[use].sum(0)
+    total = total / total.sum() if total.sum() > 0 else np.full_like(total, np.nan)
+    age, metal = np.asarray(weights["age"].values), np.asarray(weights["metal"].values)
+    im = ax.pcolormesh(_edges(age), _edges(metal), total, cmap="magma_r", shading="flat")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="light fraction")
+    ax.set_xlabel("log age (yr)")
+    ax.set_ylabel("[M/H]")
+    ax.set_title(f"light fractions summed over {int(use.sum())} unflagged pixels", fontsize=9)
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around grid centres (half-way between neighbours, mirrored at the ends)."""
+    mid = 0.5 * (centres[1:] + centres[:-1])
+    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
 
 
 def _grey_layer(cat: np.ndarray) -> np.ndarray:
