@@ -82,7 +82,9 @@ def celestial(header: fits.Header, scale_arcsec: float, ra: float = 150.1, dec: 
 def manga_logcube(path: Path, spectra: Spectra | None = None) -> Path:
     """A MaNGA DRP LOGCUBE (DR17 data model) of the real spectra, 0.5 arcsec spaxels."""
     s = spectra or real_spectra()
-    primary = fits.Header({"MANGAID": "1-000000", "PLATEIFU": "0000-0000", "DRPVER": "v3_1_1", "OBJRA": 150.1})
+    primary = fits.Header(
+        {"MANGAID": "1-000000", "PLATEIFU": "0000-0000", "DRPVER": "v3_1_1", "OBJRA": 150.1, "EBVGAL": 0.0235}
+    )
     hdr = celestial(fits.Header(), 0.5)
     hdr.update(
         BUNIT="1E-17 erg/s/cm^2/Ang/spaxel",

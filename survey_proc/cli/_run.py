@@ -48,6 +48,13 @@ def add_run(sub) -> None:
     )
     r.add_argument("--redshift", type=float, help="override the cube's redshift")
     r.add_argument(
+        "--mw-ebv",
+        type=float,
+        metavar="E(B-V)",
+        help="Milky Way foreground colour excess to undo before estimating (Fitzpatrick 1999, R_V 3.1; "
+        "default: the cube's attribute ebv_mw, which ingest takes from MaNGA's EBVGAL, else none)",
+    )
+    r.add_argument(
         "--min-snr",
         type=float,
         help="S/N per Angstrom under which spectra are flagged low_snr "
@@ -90,6 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         workers=args.workers,
         redshift=args.redshift,
+        mw_ebv=args.mw_ebv,
         min_snr=args.min_snr,
         overwrite=args.overwrite,
         progress=not args.quiet,

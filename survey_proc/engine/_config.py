@@ -38,6 +38,7 @@ class RunConfig:
     device: str | None = None  #: cpu | cuda; None: what the cluster provides (cuda on local-cuda)
     retries: int | None = None
     plot: bool | None = None  #: a quick-look PNG beside the maps (None: ``survey-proc.run.plot``)
+    mw_ebv: float | None = None  #: Milky Way foreground E(B-V) to undo (None: the cube's ``ebv_mw``, else 0)
 
     def resolved(self) -> RunConfig:
         get = config.get
@@ -56,4 +57,5 @@ class RunConfig:
             device=self.device or cluster_kind(cluster).device,
             retries=self.retries if self.retries is not None else get("run.retries"),
             plot=self.plot if self.plot is not None else bool(get("run.plot", True)),
+            mw_ebv=self.mw_ebv,
         )

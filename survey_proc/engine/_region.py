@@ -40,6 +40,7 @@ class RegionOptions:
     threads: int = 1
     redshift_per_spectrum: bool = False  #: the store has a ``redshift`` per spectrum (a catalogue)
     run_flags: int = 0  #: flag bits every estimate of the run gets (e.g. ``lsf_mismatch``)
+    mw_ebv: float = 0.0  #: Milky Way foreground E(B-V) undone before the estimator sees the spectra
 
 
 @dataclass
@@ -212,15 +213,26 @@ def _recorded_result(out: zarr.Group, region: Region, t0: float) -> RegionResult
     )
 
 
+def _without_foreground(flux: np.ndarray, var: np.ndarray, wave: np.ndarray, ebv: float):
+    """Flux and variance with a Milky Way foreground of ``ebv`` undone (as they are where it is 0)."""
+    if not ebv:
+        return flux, var
+    from survey_proc.ssp import foreground_correction
+
+    factor = foreground_correction(wave, ebv).astype(np.float32)
+    return flux * factor, var * factor**2
+
+
 def _region_outputs(inputs: RegionInputs, estimator: Estimator, opts: RegionOptions) -> tuple[dict, float, dict]:
     """(the region's arrays to write: outputs, ``flag``, ``snr`` at its core; estimator seconds;
     timings of preprocessing and the estimator)."""
     wave, lsf = read_feature_axis(opts.cube, opts.model)
     shape = inputs.flux.shape[:-1]
     n = int(np.prod(shape))
+    flux, var = _without_foreground(inputs.flux.reshape(n, -1), inputs.var.reshape(n, -1), wave, opts.mw_ebv)
     est = estimate_region(
-        inputs.flux.reshape(n, -1),
-        inputs.var.reshape(n, -1),
+        flux,
+        var,
         inputs.mask.reshape(n, -1),
         wave,
         inputs.redshift,

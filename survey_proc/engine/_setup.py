@@ -25,6 +25,7 @@ from survey_proc.engine._region import RegionOptions, read_feature_axis
 from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
 from survey_proc.errors import CubeError, OptionError, SurveyProcError
 from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest
+from survey_proc.ssp import FOREGROUND_LAW
 from survey_proc.stores import (
     Flag,
     content_fingerprint,
@@ -54,6 +55,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     _warn_caveats(manifest)
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr, min_snr_source = resolve_min_snr(rc, manifest)
+    mw_ebv, mw_source = resolve_mw_ebv(rc, cube)
     _check_options(redshift, min_snr)
     notes = fixed_by_manifest(manifest)
     for note in notes:
@@ -62,7 +64,8 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
     run_flags = _lsf_flags(manifest, rc.cube, redshift, template.attrs)
     template.attrs.update(input_fingerprint=fingerprint, min_snr_source=min_snr_source)
-    signature = _signature(cube, manifest, redshift, min_snr, fingerprint)
+    template.attrs.update(mw_ebv=mw_ebv, mw_ebv_source=mw_source, mw_ebv_law=FOREGROUND_LAW)
+    signature = _signature(cube, manifest, redshift, min_snr, fingerprint, mw_ebv)
     identity = "cube (or its content), model or options"
     if not rc.overwrite:
         _refuse_changed_content(rc.out, fingerprint)
@@ -86,12 +89,14 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         threads=int(rc.threads_per_worker),
         redshift_per_spectrum="redshift" in cube and cube["redshift"].dims == dims,
         run_flags=run_flags,
+        mw_ebv=mw_ebv,
     )
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     settings = {
         "model": f"{manifest.model_id} ({manifest.path})",
         "redshift": f"{redshift:g}" + (" (--redshift)" if rc.redshift is not None else " (the cube's)"),
         "min_snr": f"{min_snr:g} ({min_snr_source})",
+        "Milky Way E(B-V)": f"{mw_ebv:g} ({mw_source}; {FOREGROUND_LAW})",
         "run options": json.dumps(template.attrs["run_options"]),
         "notes": notes,
     }
@@ -206,6 +211,29 @@ def _lsf_flags(manifest: Manifest, cube: str, redshift: float, attrs: dict) -> i
     return int(Flag.LSF_MISMATCH)
 
 
+#: the largest foreground colour excess accepted (the SFD map's dust-lane maxima are a few mag; optical
+#: spectra behind more are not worth fitting)
+MAX_MW_EBV = 2.0
+
+
+def resolve_mw_ebv(rc: RunConfig, cube: xr.Dataset) -> tuple[float, str]:
+    """The Milky Way foreground E(B-V) to undo and where it came from: ``--mw-ebv``, else the cube's
+    attribute ``ebv_mw`` (ingest records MaNGA's EBVGAL there), else 0."""
+    if rc.mw_ebv is not None:
+        value, source = rc.mw_ebv, "--mw-ebv"
+    elif cube.attrs.get("ebv_mw") is not None:
+        value, source = cube.attrs["ebv_mw"], "the cube's ebv_mw"
+    else:
+        return 0.0, "none given"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"Milky Way E(B-V) {value!r} ({source}) is not a number") from None
+    if not (np.isfinite(value) and 0.0 <= value <= MAX_MW_EBV):
+        raise OptionError(f"Milky Way E(B-V) {value:g} ({source}) is outside 0-{MAX_MW_EBV:g} mag")
+    return value, source
+
+
 def _check_options(redshift: float, min_snr: float) -> None:
     """Refuse a redshift or S/N threshold no spectrum could be fitted with."""
     if not (np.isfinite(redshift) and -0.01 <= redshift < 10):
@@ -231,7 +259,9 @@ def _refuse_changed_content(out: str, fingerprint: str) -> None:
         )
 
 
-def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float, fingerprint: str) -> str:
+def _signature(
+    cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: float, fingerprint: str, mw_ebv: float = 0.0
+) -> str:
     """Identity of a run's numbers: the cube's content (:func:`survey_proc.stores.content_fingerprint`),
     shape, grid and provenance, the model file, the options."""
     axis = cube[manifest.input.feature_dim].values  # wavelengths or band names
@@ -249,6 +279,8 @@ def _signature(cube: xr.Dataset, manifest: Manifest, redshift: float, min_snr: f
         "redshift": redshift,
         "min_snr": min_snr,
     }
+    if mw_ebv:  # only when used: maps of runs without it keep their signature
+        ident["mw_ebv"] = mw_ebv
     if cube.attrs.get("binning"):  # a catalogue of bins: how it was binned is part of its identity
         ident["binning"] = str(cube.attrs["binning"])
     return run_signature(ident)

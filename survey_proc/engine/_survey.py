@@ -3,7 +3,7 @@
 The survey file is YAML: either a list of cubes, or a mapping with ``cubes`` and defaults for every
 cube (``model``, ``min_snr``, ``out_dir``). Each cube is a path or a glob (relative paths are taken
 from the file's folder), or a mapping with ``cube`` and its own ``redshift``, ``min_snr``, ``out``,
-``model``::
+``model``, ``mw_ebv`` (Milky Way foreground E(B-V))::
 
     model: default
     out_dir: maps              # maps go to maps/<name>.maps.zarr (default: beside each cube)
@@ -12,6 +12,7 @@ from the file's folder), or a mapping with ``cube`` and its own ``redshift``, ``
       - cube: data/ngc0628.zarr
         redshift: 0.00219      # a later entry for the same cube overrides earlier ones
         min_snr: 3
+        mw_ebv: 0.032          # undo the Milky Way's foreground reddening
 
 A glob that matches nothing and a path that does not exist stay in the list, to be reported as
 failed with the reason when the survey runs.
@@ -31,7 +32,7 @@ from survey_proc.engine._config import RunConfig, default_output
 from survey_proc.engine._summary import CubeOutcome
 from survey_proc.errors import SurveyProcError
 
-ENTRY_KEYS = {"cube": str, "redshift": float, "min_snr": float, "out": str, "model": str}
+ENTRY_KEYS = {"cube": str, "redshift": float, "min_snr": float, "out": str, "model": str, "mw_ebv": float}
 TOP_KEYS = {"cubes", "model", "min_snr", "out_dir"}
 
 
@@ -136,6 +137,7 @@ def configs_for(
                 out=out or str(default_output(cube, kind)),
                 model=entry.get("model") or base.model or defaults.get("model"),
                 redshift=entry.get("redshift", base.redshift),
+                mw_ebv=entry.get("mw_ebv", base.mw_ebv),
                 min_snr=entry.get("min_snr", base.min_snr if base.min_snr is not None else defaults.get("min_snr")),
             )
         )

@@ -278,6 +278,9 @@ def _template(
     }
     if redshift is not None:
         attrs["redshift"] = float(redshift)
+    ebv = _header_foreground(primary)
+    if ebv is not None:
+        attrs["ebv_mw"] = ebv  # survey-proc run undoes it (--mw-ebv overrides)
     coords = sky_coords(hdr, ny, nx, attrs)
     template = cube_template(
         ny=ny,
@@ -306,6 +309,15 @@ def _with_spaxel_lsf(template: xr.Dataset, ext: _Extensions, chunk: int) -> xr.D
     template = template.assign({SPAXEL_LSF: lsf})
     template[SPAXEL_LSF].encoding.update(flux.encoding)
     return template
+
+
+def _header_foreground(primary) -> float | None:
+    """The Milky Way foreground E(B-V) a header records (MaNGA DRP: EBVGAL, from SFD), if finite."""
+    try:
+        value = float(primary.get("EBVGAL", "nan"))
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value >= 0 else None
 
 
 def _header_redshift(primary, hdr, path: Path) -> float | None:
