@@ -34,6 +34,24 @@ def test_batched_nnls_is_scipy_nnls():
         assert (ours[i] >= 0).all() and r_ours <= r_ref * (1 + 1e-6) + 1e-9
 
 
+def _mixtures(rng, n: int) -> np.ndarray:
+    """(n, 6, 25) light weights: three random SSPs per spectrum, none younger than the 5th age."""
+    weights = np.zeros((n, 6, 25))
+    for i in range(n):
+        for _ in range(3):
+            weights[i, rng.integers(0, 6), rng.integers(5, 25)] += rng.random()
+    return weights
+
+
+def _assert_agree(fit: dict, ppxf: dict, tolerances: dict[str, float]) -> None:
+    """Within a small fraction of the fit's own error (or an absolute tolerance): the two solve the same
+    problem (where chi^2 is flat, along the age-metallicity-dust degeneracy, they may stop at different
+    points of equal chi^2)."""
+    for name, tol in tolerances.items():
+        diff = np.abs(fit[name] - ppxf[name])
+        assert (diff < np.maximum(tol, 0.6 * fit[f"{name}_err"])).all(), (name, fit[name], ppxf[name])
+
+
 def _observe(ssp_lib, weights, av, v, sigma, snr=80.0, z=0.01):
     from survey_proc.engine import estimate_region
     from survey_proc.ssp import muse_lsf_fwhm
@@ -70,21 +88,14 @@ def test_fit_agrees_with_ppxf_on_the_same_spectra(ssp_lib):
     pytest.importorskip("ppxf")
     rng = np.random.default_rng(11)
     n = 6
-    weights = np.zeros((n, 6, 25))
-    for i in range(n):
-        for _ in range(3):
-            weights[i, rng.integers(0, 6), rng.integers(5, 25)] += rng.random()
+    weights = _mixtures(rng, n)
     av, v, sigma = rng.uniform(0.1, 1.0, n), rng.uniform(-150, 150, n), rng.uniform(60, 250, n)
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, av, v, sigma, snr=60.0)
     flux = flux + rng.normal(size=flux.shape).astype(np.float32) * np.sqrt(var)
     mask = np.zeros(flux.shape, bool)
     fit = estimate_region(flux, var, mask, wave, z, load_estimator("fit", threads=1), 5.0, lsf).outputs
     ppxf = estimate_region(flux, var, mask, wave, z, load_estimator("ppxf", threads=1), 5.0, lsf).outputs
-    # within a small fraction of the fit's own error: the two solve the same problem (where chi^2 is flat,
-    # along the age-metallicity-dust degeneracy, they may stop at different points of equal chi^2)
-    for name, tol in {"velocity": 2.0, "sigma": 3.0, "av": 0.01, "log_age": 0.02, "metallicity": 0.02}.items():
-        diff = np.abs(fit[name] - ppxf[name])
-        assert (diff < np.maximum(tol, 0.6 * fit[f"{name}_err"])).all(), (name, fit[name], ppxf[name])
+    _assert_agree(fit, ppxf, {"velocity": 2.0, "sigma": 3.0, "av": 0.01, "log_age": 0.02, "metallicity": 0.02})
     # the same chi^2 (pPXF divides by the good pixels, the fit by the degrees of freedom)
     np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01)
 
@@ -101,10 +112,7 @@ def test_fit_mpoly_matches_ppxf_mdegree_through_a_flux_calibration_error(ssp_lib
 
     rng = np.random.default_rng(5)
     n = 4
-    weights = np.zeros((n, 6, 25))
-    for i in range(n):
-        for _ in range(3):
-            weights[i, rng.integers(0, 6), rng.integers(5, 25)] += rng.random()
+    weights = _mixtures(rng, n)
     v, sigma = rng.uniform(-150, 150, n), rng.uniform(60, 250, n)
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, np.zeros(n), v, sigma, snr=60.0)
     x = np.linspace(-1, 1, flux.shape[-1])
@@ -119,9 +127,7 @@ def test_fit_mpoly_matches_ppxf_mdegree_through_a_flux_calibration_error(ssp_lib
     raw["outputs"].pop("av")
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     ppxf = estimate_region(flux, var, mask, wave, z, load_estimator(str(tmp_path), threads=1), 5.0, lsf).outputs
-    for name, tol in {"velocity": 2.0, "sigma": 3.0, "log_age": 0.02, "metallicity": 0.02}.items():
-        diff = np.abs(fit[name] - ppxf[name])
-        assert (diff < np.maximum(tol, 0.6 * fit[f"{name}_err"])).all(), (name, fit[name], ppxf[name])
+    _assert_agree(fit, ppxf, {"velocity": 2.0, "sigma": 3.0, "log_age": 0.02, "metallicity": 0.02})
     assert "av" not in fit and (np.abs(fit["chi2"] - 1) < 0.15).all()
     np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01)
     dusty = estimate_region(flux, var, mask, wave, z, load_estimator("fit", threads=1), 5.0, lsf).outputs
