@@ -24,7 +24,7 @@ from survey_proc import config
 from survey_proc.engine._estimate import estimate_region, flag_counts
 from survey_proc.errors import CubeError
 from survey_proc.estimators import Estimator, load_estimator, read_manifest
-from survey_proc.stores import FLAG_DTYPE, NOT_FITTED, Region, commit_region, is_done, read_arrays, region_record
+from survey_proc.stores import FLAG_DTYPE, NOT_FITTED, Flag, Region, commit_region, is_done, read_arrays, region_record
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class RegionOptions:
     redshift_per_spectrum: bool = False  #: the store has a ``redshift`` per spectrum (a catalogue)
     run_flags: int = 0  #: flag bits every estimate of the run gets (e.g. ``lsf_mismatch``)
     mw_ebv: float = 0.0  #: Milky Way foreground E(B-V) undone before the estimator sees the spectra
+    lsf_offset_kms: float = 0.0  #: the data's LSF against the model's training LSF (signed, in quadrature)
 
 
 @dataclass
@@ -223,6 +224,22 @@ def _without_foreground(flux: np.ndarray, var: np.ndarray, wave: np.ndarray, ebv
     return flux * factor, var * factor**2
 
 
+def correct_sigma_for_lsf(outputs: dict[str, np.ndarray], offset_kms: float) -> np.ndarray:
+    """A network's sigma (and its error) for data whose LSF differs from its training LSF by
+    ``offset_kms`` in quadrature (> 0: broader): the lines it saw were that much broader, so
+    sigma^2 - offset |offset|, in place. Returns where sigma is not resolved beyond the offset."""
+    sigma = outputs["sigma"].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        squared = sigma**2 - offset_kms * abs(offset_kms)
+        unresolved = np.isfinite(sigma) & (squared <= 0)
+        corrected = np.sqrt(np.clip(squared, 0.0, None))
+        if "sigma_err" in outputs:
+            ratio = np.where(corrected > 0, sigma / np.where(corrected > 0, corrected, 1.0), np.nan)
+            outputs["sigma_err"] = (outputs["sigma_err"] * ratio).astype(np.float32)
+    outputs["sigma"] = corrected.astype(np.float32)
+    return unresolved
+
+
 def _region_outputs(inputs: RegionInputs, estimator: Estimator, opts: RegionOptions) -> tuple[dict, float, dict]:
     """(the region's arrays to write: outputs, ``flag``, ``snr`` at its core; estimator seconds;
     timings of preprocessing and the estimator)."""
@@ -241,6 +258,9 @@ def _region_outputs(inputs: RegionInputs, estimator: Estimator, opts: RegionOpti
         lsf,
         shape=shape,
     )
+    if opts.lsf_offset_kms and "sigma" in est.outputs:
+        unresolved = correct_sigma_for_lsf(est.outputs, opts.lsf_offset_kms)
+        est.flags[unresolved & ((est.flags & FLAG_DTYPE(NOT_FITTED)) == 0)] |= FLAG_DTYPE(Flag.LSF_MISMATCH)
     if opts.run_flags:
         est.flags[(est.flags & FLAG_DTYPE(NOT_FITTED)) == 0] |= FLAG_DTYPE(opts.run_flags)
     core = inputs.core

@@ -62,7 +62,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         log.warning(f"note: {note}")
     fingerprint = content_fingerprint(rc.cube)
     template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
-    run_flags = _lsf_flags(manifest, rc.cube, redshift, template.attrs)
+    run_flags, lsf_offset = _lsf_flags(manifest, rc.cube, redshift, template.attrs)
     template.attrs.update(input_fingerprint=fingerprint, min_snr_source=min_snr_source)
     template.attrs.update(mw_ebv=mw_ebv, mw_ebv_source=mw_source, mw_ebv_law=FOREGROUND_LAW)
     signature = _signature(cube, manifest, redshift, min_snr, fingerprint, mw_ebv)
@@ -90,6 +90,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         redshift_per_spectrum="redshift" in cube and cube["redshift"].dims == dims,
         run_flags=run_flags,
         mw_ebv=mw_ebv,
+        lsf_offset_kms=lsf_offset,
     )
     names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
     settings = {
@@ -190,25 +191,32 @@ def _warn_caveats(manifest: Manifest) -> None:
         log.warning(f"note: model {manifest.name}: {caveat}")
 
 
-def _lsf_flags(manifest: Manifest, cube: str, redshift: float, attrs: dict) -> int:
-    """Flag bits every estimate of this run gets: ``lsf_mismatch`` where the data's instrumental
-    resolution differs from the model's training LSF by more than its tolerance (recorded in the
-    maps as ``lsf_offset_kms``; models that read the store's LSF, like the fit, declare none)."""
+def _lsf_flags(manifest: Manifest, cube: str, redshift: float, attrs: dict) -> tuple[int, float]:
+    """(flag bits every estimate of this run gets, the LSF offset the engine corrects sigma by).
+
+    The offset is the data's instrumental resolution against the model's training LSF, in quadrature
+    (recorded in the maps as ``lsf_offset_kms``; models that read the store's LSF, like the fit,
+    declare none). A network's sigma is corrected for it; beyond the manifest's tolerance (how far
+    the correction was measured to hold) every estimate is also flagged ``lsf_mismatch``."""
     spec = manifest.input
     axis, lsf = read_feature_axis(cube, str(manifest.path))
     offset = spec.lsf_offset_kms(axis, lsf, redshift)
     if offset is None:
-        return 0
+        return 0, 0.0
     attrs["lsf_offset_kms"] = round(offset, 1)
+    correct = offset if offset and "sigma" in {o.name for o in manifest.outputs} else 0.0
+    if correct:
+        attrs["sigma_lsf_correction"] = f"sigma^2 - ({offset:+.1f} km/s)^2: the data's LSF against the training LSF"
+        log.info(f"{manifest.name}'s sigma corrected in quadrature for the data's LSF ({offset:+.1f} km/s)")
     if abs(offset) <= spec.lsf_tolerance_kms():
-        return 0
+        return 0, correct
     log.warning(
         f"note: the data's instrumental resolution is {'broader' if offset > 0 else 'sharper'} than the one "
-        f"{manifest.name} was trained with by {abs(offset):.0f} km/s in quadrature (tolerance "
-        f"{spec.lsf_tolerance_kms():.0f}): every estimate is flagged lsf_mismatch (its sigma is biased); "
-        "--method fit matches templates to the data's own resolution"
+        f"{manifest.name} was trained with by {abs(offset):.0f} km/s in quadrature, beyond the "
+        f"{spec.lsf_tolerance_kms():.0f} km/s to which its sigma correction holds: every estimate is flagged "
+        "lsf_mismatch; --method fit matches templates to the data's own resolution"
     )
-    return int(Flag.LSF_MISMATCH)
+    return int(Flag.LSF_MISMATCH), correct
 
 
 #: the largest foreground colour excess accepted (the SFD map's dust-lane maxima are a few mag; optical

@@ -183,8 +183,9 @@ class InputSpec(InputKind):
         return float(np.median(diff))
 
     def lsf_tolerance_kms(self) -> float:
-        """``input.lsf_trained.tolerance_kms`` (default 25 km/s)."""
-        return float((self.extra.get("lsf_trained") or {}).get("tolerance_kms", 25.0))
+        """``input.lsf_trained.tolerance_kms`` (default 60 km/s): how far the engine's correction of a network's
+        sigma for the LSF offset holds; beyond it every estimate is flagged ``lsf_mismatch``."""
+        return float((self.extra.get("lsf_trained") or {}).get("tolerance_kms", 60.0))
 
     def batch_meta(self, redshift: np.ndarray, axis: np.ndarray, lsf_fwhm: np.ndarray | None) -> BatchMeta:
         """:func:`estimator_meta`: the data's instrumental FWHM at the model's pixels."""
