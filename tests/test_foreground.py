@@ -61,3 +61,12 @@ def test_the_cube_attribute_is_used_and_bad_values_are_refused(cube_copy, tmp_pa
     grp.attrs["ebv_mw"] = "lots"
     with pytest.raises(OptionError, match=r"'lots' \(the cube's ebv_mw\) is not a number"):
         run(RunConfig(cube=str(cube_copy), out=str(tmp_path / "o.zarr"), cluster="none", progress=False))
+
+
+def test_photometry_is_not_corrected_here(tmp_path):
+    from survey_proc.cli import main
+
+    store = tmp_path / "p.zarr"
+    assert main(["mock", "--photometry", "jpas36", "--nx", "8", "--ny", "8", "--quiet", str(store)]) == 0
+    with pytest.raises(OptionError, match="the foreground is undone on spectra; this store holds photometry"):
+        run(RunConfig(cube=str(store), out=str(tmp_path / "m.zarr"), model="narrowband", cluster="none", mw_ebv=0.05))

@@ -55,7 +55,7 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     _warn_caveats(manifest)
     estimator = load_estimator(rc.model, device="cpu")  # fail fast on a bad file (workers use rc.device)
     min_snr, min_snr_source = resolve_min_snr(rc, manifest)
-    mw_ebv, mw_source = resolve_mw_ebv(rc, cube)
+    mw_ebv, mw_source = resolve_mw_ebv(rc, cube, cube[manifest.input.feature_dim].values)
     _check_options(redshift, min_snr)
     notes = fixed_by_manifest(manifest)
     for note in notes:
@@ -224,9 +224,10 @@ def _lsf_flags(manifest: Manifest, cube: str, redshift: float, attrs: dict) -> t
 MAX_MW_EBV = 2.0
 
 
-def resolve_mw_ebv(rc: RunConfig, cube: xr.Dataset) -> tuple[float, str]:
+def resolve_mw_ebv(rc: RunConfig, cube: xr.Dataset, axis: np.ndarray) -> tuple[float, str]:
     """The Milky Way foreground E(B-V) to undo and where it came from: ``--mw-ebv``, else the cube's
-    attribute ``ebv_mw`` (ingest records MaNGA's EBVGAL there), else 0."""
+    attribute ``ebv_mw`` (ingest records MaNGA's EBVGAL there), else 0. Only spectra (a wavelength
+    ``axis``) can be corrected here."""
     if rc.mw_ebv is not None:
         value, source = rc.mw_ebv, "--mw-ebv"
     elif cube.attrs.get("ebv_mw") is not None:
@@ -239,6 +240,11 @@ def resolve_mw_ebv(rc: RunConfig, cube: xr.Dataset) -> tuple[float, str]:
         raise OptionError(f"Milky Way E(B-V) {value!r} ({source}) is not a number") from None
     if not (np.isfinite(value) and 0.0 <= value <= MAX_MW_EBV):
         raise OptionError(f"Milky Way E(B-V) {value:g} ({source}) is outside 0-{MAX_MW_EBV:g} mag")
+    if value and not np.issubdtype(np.asarray(axis).dtype, np.number):
+        raise OptionError(
+            f"Milky Way E(B-V) {value:g} ({source}): the foreground is undone on spectra; this store holds "
+            "photometry in bands: correct the band fluxes for it before making the store"
+        )
     return value, source
 
 
