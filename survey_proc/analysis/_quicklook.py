@@ -60,7 +60,8 @@ def quicklook_figure(ds: xr.Dataset, title: str = ""):
     plt = pyplot()
     properties, diagnostics = map_variables(ds)
     panels = properties + [d for d in diagnostics if d in WHEREVER] + ["flag"]
-    if _grid_weights(ds) is not None:
+    weights = _grid_weights(ds)
+    if weights is not None:
         panels.append("weights")
     ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
@@ -73,7 +74,7 @@ def quicklook_figure(ds: xr.Dataset, title: str = ""):
             _flag_panel(fig, ax, flag, frame)
         elif name == "weights":
             fig.delaxes(ax)
-            _weights_panel(fig, fig.add_subplot(nrow, ncol, i + 1), _grid_weights(ds), flag)
+            _weights_panel(fig, fig.add_subplot(nrow, ncol, i + 1), weights, flag)
         else:
             _value_panel(fig, ax, ds[name], flag, frame)
     fig.text(

@@ -121,6 +121,10 @@ def ppxf_setups(work: Path) -> dict[str, str]:
     return out
 
 
+#: the packaged estimators scored on every set they apply to
+SCORED = ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
+
+
 def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
     """The three SDSS spectra of ppxf as a catalogue store."""
     from survey_proc.stores import ingest_sdss_spectra, sdss_spectra
@@ -133,7 +137,7 @@ def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
         "sdss",
         store,
         [f.split("_")[0] for f in files],
-        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"],
+        SCORED,
         list(setups.values()),
         SDSS_PUBLISHED,
         SDSS_SOURCE,
@@ -152,7 +156,7 @@ def manga_set(work: Path, setups: dict[str, str]) -> RealSet:
         "manga",
         store,
         [f"manga{i}" for i in range(n)],
-        ["default", "muse-7100", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"],
+        SCORED,
         list(setups.values()),
         manga_published(),
         MANGA_SOURCE,
@@ -179,7 +183,7 @@ def muse_set(work: Path, setups: dict[str, str], target_snr: float = 12.0) -> Re
         "muse",
         bins,
         [f"bin{i}" for i in range(n)],
-        ["default", "muse-7100", "fit", "fit-7100", "fit-mpoly"],
+        [m for m in SCORED if m != "sdss-cnn"],  # MUSE starts at 4750 A; sdss-cnn reads 3800-8900 A
         [setups["ppxf-7100"], setups["ppxf-7100-mpoly"]],
     )
 

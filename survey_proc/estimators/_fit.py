@@ -247,7 +247,7 @@ class FitEstimator(Estimator):
     def _write(self, tpl: Templates, s: FitState, y, w8: torch.Tensor, rows: np.ndarray, out: dict) -> None:
         """The fitted values, their errors and the weight grid into ``out`` at ``rows``."""
         good = (w8 > 0).sum(1)
-        hold_av = self.options.av_range[0] == self.options.av_range[1]
+        hold_av = self.options.limits().holds_av
         dof = (good - s.ws.shape[1] - s.nonlinear + int(hold_av)).clamp(min=1)
         cov = covariance(tpl, s, w8, dof, hold_av)  # (n, p + k, p + k)
         cov_w = cov[:, s.nonlinear :, s.nonlinear :]

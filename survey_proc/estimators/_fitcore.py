@@ -43,6 +43,11 @@ class FitLimits:
     iterations: int = 12  #: Levenberg-Marquardt steps at most
     tol: float = 1e-5  #: relative chi^2 gain under which a spectrum has converged
 
+    @property
+    def holds_av(self) -> bool:
+        """No dust: A_V is held at the one value its range allows."""
+        return self.av[0] == self.av[1]
+
 
 class Templates:
     """SSP templates in Fourier space, aligned with the data's ln grid, and the dust law on it."""
@@ -206,13 +211,10 @@ class FitState:
 
     def take(self, better: torch.Tensor, other: FitState) -> None:
         """Where ``better``, take ``other``'s values."""
-        for name in ("v", "sigma", "av", "chi2"):
-            setattr(self, name, torch.where(better, getattr(other, name), getattr(self, name)))
-        self.c = torch.where(better[:, None], other.c, self.c)
-        self.ws = torch.where(better[:, None], other.ws, self.ws)
-        self.w = torch.where(better[:, None], other.w, self.w)
-        self.model = torch.where(better[:, None], other.model, self.model)
-        self.cols = torch.where(better[:, None, None], other.cols, self.cols)
+        for name in self.FIELDS:
+            mine = getattr(self, name)
+            rows = better.view(-1, *([1] * (mine.dim() - 1)))
+            setattr(self, name, torch.where(rows, getattr(other, name), mine))
 
 
 def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, passive=None, cols=None) -> FitState:
@@ -296,7 +298,7 @@ def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
     set at the parameters reached; returns (state, damping, converged). A spectrum has converged when
     neither the step nor the refresh changes chi^2 by ``tol`` (relative): far less than 1 sigma."""
     a, g = projected_normal(tpl, s, y, W)
-    if limits.av[0] == limits.av[1]:  # no dust: A_V held at that value
+    if limits.holds_av:
         a, g = _hold(a, g, 2)
     step = torch.linalg.solve(a + torch.diag_embed(lam[:, None] * torch.diagonal(a, dim1=1, dim2=2)), g)
     step = step.to(tpl.dtype)

@@ -208,10 +208,7 @@ FOREGROUND_LAW = "fitzpatrick99, R_V = 3.1"
 def foreground_correction(wave: np.ndarray, ebv: float) -> np.ndarray:
     """The factor 10**(0.4 A(lambda)) that undoes a Milky Way foreground of colour excess ``ebv`` (mag)
     at observed ``wave`` (Angstrom): Fitzpatrick (1999) with R_V = 3.1, as SFD/Schlafly maps assume."""
-    import extinction
-
-    a_lambda = extinction.fitzpatrick99(np.ascontiguousarray(wave, dtype=np.float64), 3.1 * float(ebv), 3.1)
-    return np.power(10.0, 0.4 * a_lambda)
+    return np.power(10.0, 0.4 * 3.1 * float(ebv) * attenuation_curve(wave, "fitzpatrick99"))
 
 
 def attenuate(wave: np.ndarray, flux: np.ndarray, av: np.ndarray | float, law: str = "calzetti00") -> np.ndarray:
