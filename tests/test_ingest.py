@@ -37,6 +37,7 @@ def test_round_trip_equals_the_fits_values(minicube):
     assert ds.attrs["instrument"] == "MUSE" and ds.attrs["redshift"] == MINICUBE_REDSHIFT
     assert ds.ra.shape == (40, 40) and 63.3 < float(ds.ra.mean()) < 63.4
     assert "RA---TAN" in ds.attrs["wcs_header"]
+    assert ds.attrs["pixel_scale_arcsec"] == pytest.approx(0.2, abs=1e-4)  # MUSE WFM, from the WCS
     assert ds["lsf_fwhm"].values[0] == pytest.approx(3.0, abs=0.01)
     assert ds.mask.values.sum() >= 5  # the DQ extension flags 5 pixels
 

@@ -52,6 +52,7 @@ def test_manga_logcube_of_real_spectra_round_trips(manga, tmp_path):
     np.testing.assert_array_equal(ds.ra.values, ra)
     np.testing.assert_array_equal(ds.dec.values, dec)
     assert "RA---TAN" in ds.attrs["wcs_header"]
+    assert ds.attrs["pixel_scale_arcsec"] == pytest.approx(0.5, abs=1e-4)  # MaNGA's 0.5" spaxels, from the WCS
     assert ds.attrs["ebv_mw"] == 0.0235  # the DRP's EBVGAL: survey-proc run undoes it
 
 

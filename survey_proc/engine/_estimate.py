@@ -8,7 +8,7 @@ the manifest's flag rules) and blanked where no estimate was made.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -106,7 +106,8 @@ def _run_blocks(
         out.flags[a:b], out.snr[a:b], out.fit[a:b] = prep.flags, prep.snr, prep.fit
         x_in, rows = prep.batch()  # rows: the pixels (of this block) the estimator's output rows belong to
         if prep.fit.any():
-            out.parts.append((a, rows, estimator.predict(x_in, spec.batch_meta(z_all[a:b][rows], wave, lsf_fwhm))))
+            meta = replace(spec.batch_meta(z_all[a:b][rows], wave, lsf_fwhm), norm=prep.norm[rows])
+            out.parts.append((a, rows, estimator.predict(x_in, meta)))
         del prep, x_in
         out.spent += (w1 - w0, c1 - c0, time.perf_counter() - w1, time.process_time() - c1)
     return out

@@ -22,6 +22,7 @@ import zarr
 
 from survey_proc import config
 from survey_proc.engine._estimate import estimate_region, flag_counts
+from survey_proc.engine._template import MASS_DENSITY, MASS_FLUX
 from survey_proc.errors import CubeError
 from survey_proc.estimators import Estimator, load_estimator, read_manifest
 from survey_proc.stores import FLAG_DTYPE, NOT_FITTED, Flag, Region, commit_region, is_done, read_arrays, region_record
@@ -42,6 +43,8 @@ class RegionOptions:
     run_flags: int = 0  #: flag bits every estimate of the run gets (e.g. ``lsf_mismatch``)
     mw_ebv: float = 0.0  #: Milky Way foreground E(B-V) undone before the estimator sees the spectra
     lsf_offset_kms: float = 0.0  #: the data's LSF against the model's training LSF (signed, in quadrature)
+    #: log10 of what turns the fit's log_mass_flux into log10 Sigma* (M_sun/kpc^2); None: not derived
+    mass_density_dex: float | None = None
 
 
 @dataclass
@@ -240,6 +243,15 @@ def correct_sigma_for_lsf(outputs: dict[str, np.ndarray], offset_kms: float) -> 
     return unresolved
 
 
+def mass_surface_density(outputs: dict[str, np.ndarray], offset_dex: float) -> dict[str, np.ndarray]:
+    """``log_mass_surface_density`` and its error from the fit's ``log_mass_flux`` (same error: the
+    offset is exact)."""
+    return {
+        MASS_DENSITY: (outputs[MASS_FLUX] + np.float32(offset_dex)).astype(np.float32),
+        f"{MASS_DENSITY}_err": outputs[f"{MASS_FLUX}_err"].astype(np.float32),
+    }
+
+
 def _region_outputs(inputs: RegionInputs, estimator: Estimator, opts: RegionOptions) -> tuple[dict, float, dict]:
     """(the region's arrays to write: outputs, ``flag``, ``snr`` at its core; estimator seconds;
     timings of preprocessing and the estimator)."""
@@ -261,6 +273,8 @@ def _region_outputs(inputs: RegionInputs, estimator: Estimator, opts: RegionOpti
     if opts.lsf_offset_kms and "sigma" in est.outputs:
         unresolved = correct_sigma_for_lsf(est.outputs, opts.lsf_offset_kms)
         est.flags[unresolved & ((est.flags & FLAG_DTYPE(NOT_FITTED)) == 0)] |= FLAG_DTYPE(Flag.LSF_MISMATCH)
+    if opts.mass_density_dex is not None:
+        est.outputs.update(mass_surface_density(est.outputs, opts.mass_density_dex))
     if opts.run_flags:
         est.flags[(est.flags & FLAG_DTYPE(NOT_FITTED)) == 0] |= FLAG_DTYPE(opts.run_flags)
     core = inputs.core

@@ -22,17 +22,19 @@ from survey_proc.binning import PIXEL_MAP
 from survey_proc.engine._config import RunConfig
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import RegionOptions, read_feature_axis
-from survey_proc.engine._template import maps_template, output_variables, spatial_chunks
+from survey_proc.engine._template import MASS_FLUX, derived_variables, maps_template, output_variables, spatial_chunks
 from survey_proc.errors import CubeError, OptionError, SurveyProcError
 from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest
-from survey_proc.ssp import FOREGROUND_LAW
+from survey_proc.ssp import FOREGROUND_LAW, surface_density_factor
 from survey_proc.stores import (
     Flag,
     content_fingerprint,
     create_or_resume,
+    flux_unit_cgs,
     make_regions,
     open_input_store,
     pending_regions,
+    pixel_scale_arcsec,
     release_store,
     run_signature,
     spatial_dims,
@@ -61,7 +63,10 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
     for note in notes:
         log.warning(f"note: {note}")
     fingerprint = content_fingerprint(rc.cube)
-    template = maps_template(cube, manifest, _provenance(manifest, rc, cube, redshift, min_snr, estimator))
+    mass_dex, mass_how = resolve_mass_density(manifest, cube, redshift)
+    derived = derived_variables(mass_how) if mass_dex is not None else []
+    provenance = _provenance(manifest, rc, cube, redshift, min_snr, estimator)
+    template = maps_template(cube, manifest, provenance, derived)
     run_flags, lsf_offset = _lsf_flags(manifest, rc.cube, redshift, template.attrs)
     template.attrs.update(input_fingerprint=fingerprint, min_snr_source=min_snr_source)
     template.attrs.update(mw_ebv=mw_ebv, mw_ebv_source=mw_source, mw_ebv_law=FOREGROUND_LAW)
@@ -91,13 +96,15 @@ def prepare_cube(rc: RunConfig) -> CubeJob:
         run_flags=run_flags,
         mw_ebv=mw_ebv,
         lsf_offset_kms=lsf_offset,
+        mass_density_dex=mass_dex,
     )
-    names = [name for name, *_ in output_variables(manifest)] + ["flag", "snr"]
+    names = [name for name, *_ in output_variables(manifest) + derived] + ["flag", "snr"]
     settings = {
         "model": f"{manifest.model_id} ({manifest.path})",
         "redshift": f"{redshift:g}" + (" (--redshift)" if rc.redshift is not None else " (the cube's)"),
         "min_snr": f"{min_snr:g} ({min_snr_source})",
         "Milky Way E(B-V)": f"{mw_ebv:g} ({mw_source}; {FOREGROUND_LAW})",
+        **({"stellar mass surface density": mass_how} if mass_how else {}),
         "run options": json.dumps(template.attrs["run_options"]),
         "notes": notes,
     }
@@ -246,6 +253,27 @@ def resolve_mw_ebv(rc: RunConfig, cube: xr.Dataset, axis: np.ndarray) -> tuple[f
             "photometry in bands: correct the band fluxes for it before making the store"
         )
     return value, source
+
+
+def resolve_mass_density(manifest: Manifest, cube: xr.Dataset, redshift: float) -> tuple[float | None, str]:
+    """(log10 of what turns the fit's ``log_mass_flux`` into log10 Sigma* in M_sun/kpc^2, or None; how,
+    or why not). Sigma* = 4 pi (1+z)^5 f (M/L) / Omega needs no distance, only flux-calibrated spectra
+    of pixels of a known solid angle: a cube's spaxels, not a catalogue's spectra (fibres, bins)."""
+    if MASS_FLUX not in {o.name for o in manifest.outputs}:
+        return None, ""
+    if spatial_dims(cube) != ("y", "x") or "redshift" in cube:
+        return None, "not derived: the store holds spectra of fibres or bins, not spaxels of one pixel area"
+    scale = pixel_scale_arcsec(dict(cube.attrs))
+    if not scale:
+        return None, "not derived: the cube has no pixel scale (attribute pixel_scale_arcsec or a celestial WCS)"
+    unit, why = flux_unit_cgs(str(cube["flux"].attrs.get("units", "")), scale)
+    if unit is None:
+        return None, f"not derived: {why}"
+    offset = float(np.log10(surface_density_factor(redshift, scale, unit)))
+    return (
+        offset,
+        f"4 pi (1+z)^5 f M/L / Omega_pixel at z {redshift:g}, {scale:g} arcsec/pixel, flux unit {unit:g} erg/s/cm2/A",
+    )
 
 
 def _check_options(redshift: float, min_snr: float) -> None:

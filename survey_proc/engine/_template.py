@@ -62,6 +62,19 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
     return out
 
 
+#: what the engine derives from a fit's ``log_mass_flux`` where the cube is flux-calibrated and has a
+#: pixel scale (:func:`survey_proc.engine._setup.resolve_mass_density`)
+MASS_DENSITY = "log_mass_surface_density"
+MASS_FLUX = "log_mass_flux"
+
+
+def derived_variables(how: str) -> list[tuple[str, tuple[str, ...], dict, dict]]:
+    """(name, extra dims, attrs, coords) of the stellar mass surface density and its error, made
+    ``how`` (recorded in the attrs)."""
+    attrs = property_attrs(MASS_DENSITY) | {"derived_from": f"{MASS_FLUX}: {how}"}
+    return [(MASS_DENSITY, (), attrs, {}), (f"{MASS_DENSITY}_err", (), property_attrs(f"{MASS_DENSITY}_err"), {})]
+
+
 #: attributes of the cube that say where its pixels are on the sky, copied into the maps
 SKY_ATTRS = ("wcs_header", "pixel_scale_arcsec")
 
@@ -82,8 +95,9 @@ def sky_attrs(cube: xr.Dataset) -> dict:
     return {k: cube.attrs[k] for k in SKY_ATTRS if k in cube.attrs}
 
 
-def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Dataset:
-    """Lazy Dataset describing the maps store of ``cube`` for ``manifest`` (nothing computed)."""
+def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping, derived: list | None = None) -> xr.Dataset:
+    """Lazy Dataset describing the maps store of ``cube`` for ``manifest`` (nothing computed), with the
+    engine's ``derived`` variables (as :func:`derived_variables` gives them) beside the model's."""
     dims = spatial_dims(cube)
     sizes = {d: cube.sizes[d] for d in dims}
     chunks = spatial_chunks(cube)
@@ -92,7 +106,7 @@ def maps_template(cube: xr.Dataset, manifest: Manifest, attrs: Mapping) -> xr.Da
     data_vars: dict[str, tuple] = {}
     coords: dict[str, tuple] = {}
     store_chunks: dict[str, tuple[int, ...]] = {}  # Zarr chunks per variable (the dask arrays are one chunk)
-    for name, extra, vattrs, vcoords in output_variables(manifest):
+    for name, extra, vattrs, vcoords in output_variables(manifest) + list(derived or []):
         extra_shape = tuple(len(vcoords[e]) for e in extra)
         data_vars[name] = (dims + tuple(extra), lazy_full(shape + extra_shape, np.float32, np.nan), vattrs)
         store_chunks[name] = chunk_shape + extra_shape

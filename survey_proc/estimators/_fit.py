@@ -12,12 +12,16 @@ Outputs per spectrum: light-weighted ``log_age`` and ``metallicity``, their mass
 redshift), each with an error from the curvature of chi^2 scaled by the reduced chi^2; ``chi2``
 (reduced); ``chi2_floor`` (the same with a model error of ``model_floor`` added to the noise, which
 POOR_FIT judges); ``weights`` (age, metal) light fractions; ``mass_to_light`` (M_sun per unit mean
-light in the light window, before dust). A spectrum with too few good pixels, or a fit that gives nonsense,
-gets NaN (the engine flags it).
+light in the light window, before dust); ``mass_to_light_r`` (M_sun / L_sun in SDSS r, rest frame,
+before dust: stars and remnants of the library's IMF); ``log_mass_flux`` (log10 of the stellar mass
+behind one unit of the data's flux: M_sun per (L_sun/A) of window light, times the spectrum's
+normalisation in the store's flux units; the engine turns it into ``log_mass_surface_density``).
+A spectrum with too few good pixels, or a fit that gives nonsense, gets NaN (the engine flags it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,13 +34,13 @@ from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, cova
 from survey_proc.estimators._load import load_estimator
 from survey_proc.estimators._ppxf import TemplateCache, check_weights_grid, crop_for_grid, prepare_templates
 from survey_proc.preprocess import BatchMeta
-from survey_proc.ssp import attenuation_curve, load_ssp_library, log_wave_grid
+from survey_proc.ssp import attenuation_curve, band_luminosity, load_filters, load_ssp_library, log_wave_grid
 
 #: every output this estimator can give (the manifest picks)
 KNOWN_OUTPUTS = {
     "log_age", "metallicity", "log_age_mass", "metallicity_mass", "av", "sigma", "velocity", "chi2", "chi2_floor",
     "weights",
-    "mass_to_light",
+    "mass_to_light", "mass_to_light_r", "log_mass_flux",
 }  # fmt: skip
 
 
@@ -122,8 +126,12 @@ class FitEstimator(Estimator):
         # per template in prepare_templates' order (age-major, then metal): its values and M/L
         self.age_of = np.repeat(self.log_age, nmetal)
         self.metal_of = np.tile(self.metal, nage)
-        ml = (lib.mass / lib.light_in_window()).T  # (nage, nmetal)
-        self.ml_of = np.asarray(ml, np.float64).reshape(-1)
+        window = lib.light_in_window()
+        self.ml_of = np.asarray((lib.mass / window).T, np.float64).reshape(-1)
+        declared = {o.name for o in self.manifest.outputs}
+        # r-band light per unit window light (the filter curves are fetched only when asked for)
+        r_light = band_luminosity(lib, load_filters("sdss"), "r") / window if "mass_to_light_r" in declared else window
+        self.r_light_of = np.asarray(r_light.T, np.float64).reshape(-1)
         self.dust_k = attenuation_curve(self.lam, "calzetti00")
 
     def _check_outputs(self) -> None:
@@ -150,13 +158,14 @@ class FitEstimator(Estimator):
                 "templates"
             )
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
+        norm = self._norm(meta, x.shape[0])
         out = self._empty(x.shape[0])
         groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)
         for rows in groups:
             tpl = self.templates_for(fwhm if fwhm.ndim == 1 else fwhm[rows[0]])
             for start in range(0, rows.size, self._chunk()):
                 part = rows[start : start + self._chunk()]
-                self._fit_rows(tpl, x[part], part, out)
+                self._fit_rows(tpl, x[part], part, out, norm)
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
         return {k: v for k, v in out.items() if k in declared}
 
@@ -207,7 +216,17 @@ class FitEstimator(Estimator):
         out["weights"] = np.full((n, self.log_age.size, self.metal.size), np.nan, np.float32)
         return out
 
-    def _fit_rows(self, tpl: Templates, x: np.ndarray, rows: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    def _norm(self, meta: BatchMeta, n: int) -> np.ndarray:
+        """Each row's flux normalisation (the store's units), which ``log_mass_flux`` needs."""
+        if meta.norm is not None:
+            return np.asarray(meta.norm, np.float64).reshape(n)
+        if any(o.name == "log_mass_flux" for o in self.manifest.outputs):
+            raise ModelError("the fit's log_mass_flux needs each spectrum's flux normalisation (BatchMeta.norm)")
+        return np.full(n, np.nan)
+
+    def _fit_rows(
+        self, tpl: Templates, x: np.ndarray, rows: np.ndarray, out: dict[str, np.ndarray], norm: np.ndarray
+    ) -> None:
         y, w8 = _data(x, self.device)
         ok = (w8 > 0).sum(1) >= self.options.min_good_fraction * x.shape[2]
         if not bool(ok.any()):
@@ -217,7 +236,7 @@ class FitEstimator(Estimator):
         sigma0, av0, ws0 = self._starts(x)
         v0 = velocity_seed(tpl, y, w8, sigma0, av0, ws0, self.options.search_velocity)
         state = fit(tpl, y, w8, v0, sigma0, av0, ws0, self.options.limits())
-        self._write(tpl, state, y, w8, rows[idx.cpu().numpy()], out)
+        self._write(tpl, state, y, w8, rows[idx.cpu().numpy()], out, norm)
 
     def _starts(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sigma, A_V and the working set each fit starts from (the seed network's, else the fixed ones)."""
@@ -244,8 +263,11 @@ class FitEstimator(Estimator):
             torch.as_tensor(ws, device=self.device),
         )
 
-    def _write(self, tpl: Templates, s: FitState, y, w8: torch.Tensor, rows: np.ndarray, out: dict) -> None:
-        """The fitted values, their errors and the weight grid into ``out`` at ``rows``."""
+    def _write(
+        self, tpl: Templates, s: FitState, y, w8: torch.Tensor, rows: np.ndarray, out: dict, norm: np.ndarray
+    ) -> None:
+        """The fitted values, their errors and the weight grid into ``out`` at ``rows`` (``norm``: the
+        flux normalisation of every row of the batch)."""
         good = (w8 > 0).sum(1)
         hold_av = self.options.limits().holds_av
         dof = (good - s.ws.shape[1] - s.nonlinear + int(hold_av)).clamp(min=1)
@@ -255,6 +277,7 @@ class FitEstimator(Estimator):
         age = torch.as_tensor(self.age_of)[ws]
         met = torch.as_tensor(self.metal_of)[ws]
         ml = torch.as_tensor(self.ml_of)[ws]
+        r_light = torch.as_tensor(self.r_light_of)[ws]
         w = s.w.double().cpu()
         cov_w = cov_w.cpu()
         ones = torch.ones_like(w)
@@ -264,6 +287,8 @@ class FitEstimator(Estimator):
             "log_age_mass": weighted_mean(cov_w, w, ml, age),
             "metallicity_mass": weighted_mean(cov_w, w, ml, met),
             "mass_to_light": weighted_mean(cov_w, w, ones, ml),
+            "mass_to_light_r": weighted_mean(cov_w, w, r_light, ml / r_light),
+            "log_mass_flux": log_weighted_sum(cov_w, w, ml, torch.as_tensor(norm[rows])),
         }
         err = torch.sqrt(torch.diagonal(cov[:, :3, :3], dim1=1, dim2=2).clamp(min=0)).cpu()
         values |= {
@@ -287,6 +312,16 @@ class FitEstimator(Estimator):
         """The seed network's first calls (TorchScript optimises its graph then)."""
         if self.seed is not None:
             self.seed.estimator.warm_up()
+
+
+def log_weighted_sum(cov_w: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, factor: torch.Tensor):
+    """log10(factor * sum(w * scale)) (n,) and its error from the weights' covariance (n, k, k); float64."""
+    total = (w * scale).double().sum(1)
+    var = (scale.double()[:, None, :] @ cov_w.double() @ scale.double()[:, :, None])[:, 0, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = torch.log10(factor.double() * total)
+        error = var.clamp(min=0).sqrt() / (total * math.log(10.0))
+    return value, error
 
 
 def weighted_mean(cov_w: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, values: torch.Tensor):

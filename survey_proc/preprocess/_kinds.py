@@ -58,10 +58,13 @@ class BatchMeta:
     lsf_fwhm_model : the data's instrumental FWHM (Angstrom) at the model's pixels in the model's
         frame, (nwave,) when all redshifts are equal, else (n, nwave); None where unknown or not
         spectral.
+    norm : (n,) the normalisation divided out of each row's flux (the store's flux units), as
+        :class:`Prepared` has it; None where the caller has none (the engine always passes it).
     """
 
     redshift: np.ndarray
     lsf_fwhm_model: np.ndarray | None = None
+    norm: np.ndarray | None = None
 
 
 class InputKind:

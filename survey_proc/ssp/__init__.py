@@ -23,6 +23,13 @@ from survey_proc.ssp._instrument import (
     wdisp_to_fwhm,
 )
 from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SDIST, SSPLibrary, load_emiles
+from survey_proc.ssp._luminosity import (
+    L_SUN_ERG_S,
+    SUN_ABS_MAG_AB,
+    absolute_ab_magnitude,
+    band_luminosity,
+    surface_density_factor,
+)
 from survey_proc.ssp._mangadap import WHEEL, convert_wheel_library, mangadap_wheel
 from survey_proc.ssp._mangadap_grids import WHEEL_LIBRARIES, WheelLibrary
 from survey_proc.ssp._registry import (
@@ -46,9 +53,11 @@ __all__ = [
     "FOREGROUND_LAW",
     "FWHM_TO_SIGMA",
     "LIGHT_WINDOW",
+    "L_SUN_ERG_S",
     "SDIST",
     "SDSS_LSF_KNOTS",
     "SSP_LIBRARIES",
+    "SUN_ABS_MAG_AB",
     "USES",
     "WHEEL",
     "WHEEL_LIBRARIES",
@@ -57,9 +66,11 @@ __all__ = [
     "LibraryRoleError",
     "SSPLibrary",
     "WheelLibrary",
+    "absolute_ab_magnitude",
     "air_to_vacuum",
     "attenuate",
     "attenuation_curve",
+    "band_luminosity",
     "convert_wheel_library",
     "convolve_variable_gaussian",
     "foreground_correction",
@@ -78,6 +89,7 @@ __all__ = [
     "resample",
     "sdss_filters",
     "sdss_lsf_fwhm",
+    "surface_density_factor",
     "to_medium",
     "vacuum_to_air",
     "wdisp_to_fwhm",

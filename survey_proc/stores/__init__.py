@@ -35,6 +35,7 @@ from survey_proc.stores._fill import (
     write_store,
 )
 from survey_proc.stores._fits import SPAXEL_LSF, IngestedCube, ingest_fits, ingest_muse_fits
+from survey_proc.stores._fits_axes import pixel_scale_arcsec
 from survey_proc.stores._fits_layout import CALIFA_FWHM, ERROR_KINDS, MANGA_BAD_BITS, FitsLayout, IngestOptions
 from survey_proc.stores._inputs import open_input_store
 from survey_proc.stores._integrity import (
@@ -109,6 +110,7 @@ from survey_proc.stores._regions import (
 )
 from survey_proc.stores._sdss import IngestedSpectra, SDSSSpectrum, ingest_sdss_spectra, read_sdss_spectrum
 from survey_proc.stores._spectra_fits import ingest_spectra_fits, is_generic_spectra
+from survey_proc.stores._units import flux_unit_cgs
 from survey_proc.stores._validate import ValidStore, store_kind, validate_store
 
 __all__ = [
@@ -172,6 +174,7 @@ __all__ = [
     "filters_from_store",
     "finish_store",
     "flag_attrs",
+    "flux_unit_cgs",
     "ingest_fits",
     "ingest_muse_fits",
     "ingest_sdss_spectra",
@@ -196,6 +199,7 @@ __all__ = [
     "open_spectral_store",
     "pending_regions",
     "photometry_template",
+    "pixel_scale_arcsec",
     "property_attrs",
     "read_arrays",
     "read_sdss_spectrum",

@@ -80,6 +80,32 @@ def _wcs_wavelengths(header, path: Path) -> np.ndarray:
         raise CubeError(f"{path}: spectral axis {header.get('CTYPE3')!r} is not in wavelength units ({exc})") from exc
 
 
+def wcs_pixel_scale(cel) -> float | None:
+    """The mean side of a pixel (arcsec) of a celestial WCS in degrees, or None."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    if any(str(unit) != "deg" for unit in cel.wcs.cunit):
+        return None
+    scale = float(np.mean(proj_plane_pixel_scales(cel))) * 3600.0
+    return round(scale, 6) if np.isfinite(scale) and scale > 0 else None
+
+
+def pixel_scale_arcsec(attrs: dict) -> float | None:
+    """A store's pixel scale (arcsec): its ``pixel_scale_arcsec``, else from its ``wcs_header``, else None."""
+    if attrs.get("pixel_scale_arcsec"):
+        return float(attrs["pixel_scale_arcsec"])
+    if not attrs.get("wcs_header"):
+        return None
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    try:
+        with quiet_wcs():
+            return wcs_pixel_scale(WCS(fits.Header.fromstring(str(attrs["wcs_header"]))).celestial)
+    except Exception:
+        return None
+
+
 def sky_coords(header, ny: int, nx: int, attrs: dict) -> dict[str, xr.DataArray] | None:
     """``ra``, ``dec`` (y, x) from the celestial WCS (its header into ``attrs``), or None."""
     from astropy.wcs import WCS
@@ -92,6 +118,9 @@ def sky_coords(header, ny: int, nx: int, attrs: dict) -> dict[str, xr.DataArray]
         yy, xx = np.mgrid[0:ny, 0:nx]
         ra, dec = cel.pixel_to_world_values(xx, yy)
         attrs["wcs_header"] = cel.to_header_string()
+        scale = wcs_pixel_scale(cel)
+        if scale:
+            attrs["pixel_scale_arcsec"] = scale
     except Exception:
         return None
     names = {"ra": (ra, "right ascension"), "dec": (dec, "declination")}

@@ -26,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 
 from survey_proc.errors import OptionError
 from survey_proc.geometry import disc_coordinates, half_light_radius
-from survey_proc.ssp import SSPLibrary
+from survey_proc.ssp import L_SUN_ERG_S, SSPLibrary, surface_density_factor
 from survey_proc.stores import open_maps, property_attrs
 from survey_proc.synth._photometry import library_observed_range
 from survey_proc.synth._populations import (
@@ -330,7 +330,6 @@ def _young_population(g: GalaxyParams, lib: SSPLibrary, metal: np.ndarray, rng: 
 
 #: the flux unit of mock cubes, in erg/s/cm2/Angstrom
 MOCK_FLUX_UNIT_CGS = 1e-20
-_L_SUN_ERG_S = 3.828e33
 #: SFR (M_sun/yr) per H-alpha luminosity (erg/s), Kennicutt (1998) for a Salpeter IMF like E-MILES's
 KENNICUTT_HALPHA = 7.9e-42
 #: the detection floor of star formation in the mocks (M_sun/yr/kpc2): log_sfr_surface_density is
@@ -341,11 +340,7 @@ SFR_FLOOR = 10**-3.5
 def halpha_equivalent_width(weights: np.ndarray, lib: SSPLibrary, redshift: float) -> np.ndarray:
     """Observed-frame H-alpha flux per unit mean flux density in the light window (Angstrom) of the
     star formation of light-fraction grids (..., nmetal, nage), before dust: L(H-alpha) = SFR / C."""
-    return sfr_per_light(weights, lib) / (KENNICUTT_HALPHA * _L_SUN_ERG_S) * (1 + redshift)
-
-
-_KPC_CM = 3.0856775814913673e21
-_ARCSEC_RAD = np.pi / 180.0 / 3600.0
+    return sfr_per_light(weights, lib) / (KENNICUTT_HALPHA * L_SUN_ERG_S) * (1 + redshift)
 
 
 def log_mass_surface_density(
@@ -358,20 +353,12 @@ def log_mass_surface_density(
     """log10 stellar mass surface density (M_sun / kpc^2) from the observed mean flux density in the
     (redshifted) light window before dust and the mass per unit window light (M_sun per L_sun/A).
 
-    Sigma = 4 pi (1+z)^5 f M/L / Omega_pixel: independent of distance (surface brightness dimming
-    included), so a model can learn it from surface brightness.
+    Sigma = 4 pi (1+z)^5 f M/L / Omega_pixel (:func:`survey_proc.ssp.surface_density_factor`):
+    independent of distance (surface brightness dimming included), so a model can learn it from
+    surface brightness.
     """
-    omega = (pixel_scale_arcsec * _ARCSEC_RAD) ** 2
-    sigma = (
-        4
-        * np.pi
-        * (1 + redshift) ** 5
-        * np.asarray(window_flux, np.float64)
-        * flux_unit_cgs
-        * np.asarray(mass_light, np.float64)
-        * _KPC_CM**2
-        / (_L_SUN_ERG_S * omega)
-    )
+    factor = surface_density_factor(redshift, pixel_scale_arcsec, flux_unit_cgs)
+    sigma = factor * np.asarray(window_flux, np.float64) * np.asarray(mass_light, np.float64)
     with np.errstate(divide="ignore"):
         return np.log10(sigma)
 
