@@ -90,7 +90,7 @@ class TrainsetConfig:
     instrument: str = "muse"
     labels: tuple[str, ...] = ("log_age", "metallicity", "av", "sigma")
     redshift_range: tuple[float, float] = (0.0, 0.1)
-    redshift_distribution: str = "uniform"  #: uniform | sdss (see draw_redshift)
+    redshift_distribution: str = "uniform"  #: uniform | sdss | sdss-nearby (see draw_redshift)
     av_range: tuple[float, float] = (0.0, 1.5)
     dust_law: str = "calzetti00"
     sigma_range_kms: tuple[float, float] = (30.0, 300.0)
@@ -191,18 +191,29 @@ def instrument_of(cfg: TrainsetConfig) -> Instrument:
         raise ValueError(f"unknown instrument {cfg.instrument!r}; known: {', '.join(INSTRUMENTS)}") from None
 
 
+#: redshift distributions a training set can be drawn from (see draw_redshift)
+REDSHIFT_DISTRIBUTIONS = ("uniform", "sdss", "sdss-nearby")
+#: the upper redshift of the nearby share of ``sdss-nearby``
+NEARBY_Z = 0.03
+
+
 def draw_redshift(rng: np.random.Generator, cfg: TrainsetConfig) -> float:
     """One redshift inside ``cfg.redshift_range``.
 
     ``uniform``: uniform over the range. ``sdss``: 70 % from n(z) ~ z^2 exp(-(z/0.0708)^1.5)
     (median z = 0.10, like the SDSS main galaxy sample), 30 % uniform over the range (the
-    luminous-red tail), both truncated to the range.
+    luminous-red tail), both truncated to the range. ``sdss-nearby``: as ``sdss`` with a quarter of
+    the draws uniform below z = :data:`NEARBY_Z` instead (nearby galaxies, whose observed-frame spectra
+    ``sdss`` leaves almost unseen: 1 % of its draws fall below z = 0.01).
     """
     lo, hi = cfg.redshift_range
     if cfg.redshift_distribution == "uniform" or hi <= lo:
         return float(rng.uniform(lo, hi))
-    if cfg.redshift_distribution != "sdss":
-        raise ValueError(f"unknown redshift_distribution {cfg.redshift_distribution!r} (uniform | sdss)")
+    if cfg.redshift_distribution not in REDSHIFT_DISTRIBUTIONS:
+        known = " | ".join(REDSHIFT_DISTRIBUTIONS)
+        raise ValueError(f"unknown redshift_distribution {cfg.redshift_distribution!r} ({known})")
+    if cfg.redshift_distribution == "sdss-nearby" and rng.random() < 0.25:
+        return float(rng.uniform(lo, max(lo, min(hi, NEARBY_Z))))
     if rng.random() < 0.3:
         return float(rng.uniform(lo, hi))
     for _ in range(1000):
