@@ -274,3 +274,18 @@ def test_sdss_nearby_redshifts_cover_the_nearby_galaxies_sdss_leaves_out():
     assert ((nearby >= 0) & (nearby <= 0.3)).all()
     with pytest.raises(ValueError, match=r"uniform \| sdss \| sdss-nearby"):
         draws("everywhere")
+
+
+def test_flux_distortions_are_smooth_and_off_by_default():
+    """``flux_distortion``: a smooth multiplicative calibration error per spectrum and realisation; at 0
+    (the default) the flux and the noise stream are those of sets drawn before the option."""
+    from survey_proc.training._dataset import distorted
+
+    flux = np.ones((500, 2000), np.float32)
+    rng = np.random.default_rng(3)
+    assert distorted(flux, rng, 0.0, 3) is flux and rng.random() == np.random.default_rng(3).random()
+    ratio = distorted(flux, np.random.default_rng(4), 0.05, 3)
+    rms = ratio.std(axis=1)
+    assert 0.02 < np.median(rms) < 0.05 and np.abs(np.median(ratio) - 1) < 0.01
+    assert np.abs(np.diff(ratio, axis=1)).max() < 0.01  # smooth: no pixel-to-pixel structure
+    assert not np.allclose(ratio[0], ratio[1])

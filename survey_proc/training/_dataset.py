@@ -107,6 +107,10 @@ class TrainsetConfig:
     bad_patch_fraction: float = 0.5  #: ... in this share of the spectra
     noisy_patch_fraction: float = 0.25  #: share of spectra with a high-noise patch
     batch: int = 2048  #: spectra synthesised per redshift draw
+    #: flux-calibration errors: each noise realisation multiplies a spectrum by 1 + sum_d c_d P_d(x), Legendre
+    #: polynomials of degree 1..``flux_distortion_degree`` over its pixels, c_d ~ N(0, ``flux_distortion``)
+    flux_distortion: float = 0.0
+    flux_distortion_degree: int = 3
     extra: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
@@ -124,7 +128,12 @@ class TrainsetConfig:
 
 
 #: options added to TrainsetConfig after training sets were first digested, at their neutral values
-_LATER_OPTIONS = {"line_set": "default", "redshift_distribution": "uniform"}
+_LATER_OPTIONS = {
+    "line_set": "default",
+    "redshift_distribution": "uniform",
+    "flux_distortion": 0.0,
+    "flux_distortion_degree": 3,
+}
 
 #: values that reproduce the draws of bundles recorded before these options existed (the recipe of
 #: the first SDSS bundle: SSP mixtures only, bad patches in every spectrum)
@@ -336,11 +345,23 @@ def synthesise(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec) -> NoiseFr
     return NoiseFreeSet.concat([synthesise_batch(cfg, lib, spec, k) for k in batches])
 
 
+def distorted(flux: np.ndarray, rng: np.random.Generator, amplitude: float, degree: int) -> np.ndarray:
+    """``flux`` (n, npix) times a smooth flux-calibration error per row: 1 + sum_d c_d P_d(x) over the
+    row's pixels, c_d ~ N(0, ``amplitude``) for d = 1..``degree`` (kept above 0.2). ``flux`` itself
+    (and no draw from ``rng``) when ``amplitude`` is 0, so sets drawn before the option keep their noise."""
+    if amplitude <= 0 or degree < 1:
+        return flux
+    x = np.linspace(-1.0, 1.0, flux.shape[1])
+    basis = np.array([np.polynomial.legendre.Legendre.basis(d)(x) for d in range(1, degree + 1)])
+    coef = rng.normal(0.0, amplitude, (flux.shape[0], degree))
+    return (flux * np.clip(1.0 + coef @ basis, 0.2, None)).astype(np.float32)
+
+
 def observe_noisy(
     data: NoiseFreeSet, rng: np.random.Generator, cfg: TrainsetConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One noise realisation: (flux, var, mask) arrays on each row's observed grid."""
-    flux = data.flux
+    flux = distorted(data.flux, rng, cfg.flux_distortion, cfg.flux_distortion_degree)
     n, npix = flux.shape
     inst = instrument_of(cfg)
     step = inst.wave_step
