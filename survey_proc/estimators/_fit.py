@@ -128,9 +128,10 @@ class FitEstimator(Estimator):
         self.metal_of = np.tile(self.metal, nage)
         window = lib.light_in_window()
         self.ml_of = np.asarray((lib.mass / window).T, np.float64).reshape(-1)
-        declared = {o.name for o in self.manifest.outputs}
-        # r-band light per unit window light (the filter curves are fetched only when asked for)
-        r_light = band_luminosity(lib, load_filters("sdss"), "r") / window if "mass_to_light_r" in declared else window
+        # r-band light per unit window light (the filter curves are fetched only when asked for; else 1)
+        r_light = np.ones_like(window)
+        if any(o.name == "mass_to_light_r" for o in self.manifest.outputs):
+            r_light = band_luminosity(lib, load_filters("sdss"), "r") / window
         self.r_light_of = np.asarray(r_light.T, np.float64).reshape(-1)
         self.dust_k = attenuation_curve(self.lam, "calzetti00")
 
