@@ -188,6 +188,10 @@ def test_unresolved_sigma_is_flagged_after_the_correction():
     sharper = {"sigma": np.array([30.0], np.float32)}
     correct_sigma_for_lsf(sharper, -40.0)  # data sharper than training: the network saw narrower lines
     assert sharper["sigma"][0] == pytest.approx(50.0)
+    # a negative sigma (sdss-cnn on a low-S/N MaNGA spaxel gave -253 km/s) is unresolved, never a
+    # positive sigma with a negative error
+    wild = {"sigma": np.array([-253.0], np.float32), "sigma_err": np.array([24.0], np.float32)}
+    assert correct_sigma_for_lsf(wild, 32.4)[0] and wild["sigma"][0] == 0.0 and not wild["sigma_err"][0] < 0
 
 
 def test_every_flag_has_a_colour_and_a_description():

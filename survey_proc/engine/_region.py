@@ -230,10 +230,11 @@ def _without_foreground(flux: np.ndarray, var: np.ndarray, wave: np.ndarray, ebv
 def correct_sigma_for_lsf(outputs: dict[str, np.ndarray], offset_kms: float) -> np.ndarray:
     """A network's sigma (and its error) for data whose LSF differs from its training LSF by
     ``offset_kms`` in quadrature (> 0: broader): the lines it saw were that much broader, so
-    sigma^2 - offset |offset|, in place. Returns where sigma is not resolved beyond the offset."""
+    sigma^2 - offset |offset|, in place. Returns where sigma is not resolved beyond the offset (a
+    network's sigma at or below 0, which a network can give far from its training set, is not)."""
     sigma = outputs["sigma"].astype(np.float64)
     with np.errstate(invalid="ignore"):
-        squared = sigma**2 - offset_kms * abs(offset_kms)
+        squared = np.sign(sigma) * sigma**2 - offset_kms * abs(offset_kms)
         unresolved = np.isfinite(sigma) & (squared <= 0)
         corrected = np.sqrt(np.clip(squared, 0.0, None))
         if "sigma_err" in outputs:
