@@ -289,3 +289,19 @@ def test_flux_distortions_are_smooth_and_off_by_default():
     assert 0.02 < np.median(rms) < 0.05 and np.abs(np.median(ratio) - 1) < 0.01
     assert np.abs(np.diff(ratio, axis=1)).max() < 0.01  # smooth: no pixel-to-pixel structure
     assert not np.allclose(ratio[0], ratio[1])
+
+
+@pytest.mark.parametrize("bundle", ["default", "muse-7100", "muse-cnn-wide", "sdss-cnn"])
+def test_exported_at_limit_rules_are_the_shipped_ones(bundle, ssp_lib):
+    """The exporter writes AT_LIMIT rules from the training ranges; for every shipped network they are the
+    thresholds its manifest was given by hand (grid edges +- 0.03 dex, sigma +- 10 km/s, top tenth of dust)."""
+    from survey_proc.estimators import load_manifest
+    from survey_proc.training._dataset import trainset_from_record
+    from survey_proc.training._limits import at_limit_rules, lsf_trained
+
+    raw = load_manifest(bundle).raw
+    cfg = trainset_from_record(raw["training"]["config"]["trainset"])
+    made = {r["output"]: (r["above"], r.get("below")) for r in at_limit_rules(cfg, ssp_lib)}
+    shipped = {r["output"]: (r["above"], r.get("below")) for r in raw["flags"]["AT_LIMIT"]}
+    assert made == shipped
+    assert lsf_trained(cfg) == raw["input"]["lsf_trained"]

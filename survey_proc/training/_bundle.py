@@ -36,9 +36,10 @@ def write_manifest(
     min_snr: float,
     batch_size: int,
     training: dict[str, Any],
+    input_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the manifest of the model file in ``bundle`` (its SHA-256, the input it reads, what it
-    outputs and flags, how it was trained); returns it."""
+    """Write the manifest of the model file in ``bundle`` (its SHA-256, the input it reads with
+    ``input_extra`` added to it, what it outputs and flags, how it was trained); returns it."""
     model_path = bundle / MODEL_FILE
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -47,7 +48,7 @@ def write_manifest(
         "estimator": "torchscript",
         "file": model_path.name,
         "sha256": sha256_of(model_path),
-        "input": input_spec.to_manifest(),
+        "input": {**input_spec.to_manifest(), **(input_extra or {})},
         "outputs": outputs,
         "flags": flags,
         "min_snr": min_snr,

@@ -55,6 +55,7 @@ from survey_proc.training._dataset import (
 from survey_proc.training._evaluate import evaluate
 from survey_proc.training._fit import FitState, Trainer, gaussian_nll
 from survey_proc.training._inputs import input_preset
+from survey_proc.training._limits import at_limit_rules, lsf_trained
 from survey_proc.training._store import StoredSet, write_trainset
 
 log = logging.getLogger(__name__)
@@ -352,10 +353,11 @@ class SpectrumTrainer(Trainer):
             description=cfg.description,
             input_spec=s.spec,
             outputs=outputs,
-            flags={"OUT_OF_DISTRIBUTION": rules},
+            flags={"OUT_OF_DISTRIBUTION": rules, "AT_LIMIT": at_limit_rules(cfg.trainset, s.lib)},
             min_snr=cfg.min_snr,
             batch_size=1024,
             training=training,
+            input_extra={"lsf_trained": lsf_trained(cfg.trainset)},
         )
         return bundle
 
