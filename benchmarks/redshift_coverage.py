@@ -25,14 +25,11 @@ import numpy as np
 from survey_proc.estimators import load_estimator
 from survey_proc.figures import save_figure
 from survey_proc.ssp import load_ssp_library
+from survey_proc.stores import robust_sigma
 from survey_proc.training._dataset import observe_noisy, synthesise, trainset_from_record
 from survey_proc.training._evaluate import predict_noisy
 
 BINS = ((0.002, 0.006), (0.006, 0.015), (0.015, 0.03), (0.03, 0.06), (0.06, 0.12), (0.12, 0.2), (0.2, 0.3))
-
-
-def _robust(d: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(d - np.median(d)))) if d.size else float("nan")
 
 
 def score_bin(model: str, z_bin: tuple[float, float], n: int, snr: float, seed: int, like: str | None = None) -> dict:
@@ -65,9 +62,9 @@ def score_bin(model: str, z_bin: tuple[float, float], n: int, snr: float, seed: 
         err = pred.get(f"{name}_err", np.full_like(d, np.nan))
         out["properties"][name] = {
             "bias": float(np.median(d[fitted])),
-            "robust_sigma": _robust(d[fitted]),
+            "robust_sigma": robust_sigma(d[fitted]),
             "bias_old": float(np.median(d[fitted & old])) if (fitted & old).any() else float("nan"),
-            "robust_sigma_old": _robust(d[fitted & old]),
+            "robust_sigma_old": robust_sigma(d[fitted & old]),
             "within_2sigma": float(np.mean(np.abs(d[fitted]) <= 2 * err[fitted])),
         }
     return out

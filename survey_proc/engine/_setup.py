@@ -211,7 +211,7 @@ def _lsf_flags(manifest: Manifest, cube: str, redshift: float, attrs: dict) -> t
     if offset is None:
         return 0, 0.0
     attrs["lsf_offset_kms"] = round(offset, 1)
-    correct = offset if offset and "sigma" in {o.name for o in manifest.outputs} else 0.0
+    correct = offset if offset and "sigma" in manifest.output_names else 0.0
     if correct:
         attrs["sigma_lsf_correction"] = f"sigma^2 - ({offset:+.1f} km/s)^2: the data's LSF against the training LSF"
         log.info(f"{manifest.name}'s sigma corrected in quadrature for the data's LSF ({offset:+.1f} km/s)")
@@ -259,7 +259,7 @@ def resolve_mass_density(manifest: Manifest, cube: xr.Dataset, redshift: float) 
     """(log10 of what turns the fit's ``log_mass_flux`` into log10 Sigma* in M_sun/kpc^2, or None; how,
     or why not). Sigma* = 4 pi (1+z)^5 f (M/L) / Omega needs no distance, only flux-calibrated spectra
     of pixels of a known solid angle: a cube's spaxels, not a catalogue's spectra (fibres, bins)."""
-    if MASS_FLUX not in {o.name for o in manifest.outputs}:
+    if MASS_FLUX not in manifest.output_names:
         return None, ""
     if spatial_dims(cube) != ("y", "x") or "redshift" in cube:
         return None, "not derived: the store holds spectra of fibres or bins, not spaxels of one pixel area"

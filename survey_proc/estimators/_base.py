@@ -92,6 +92,11 @@ class Manifest:
         return [OutputSpec.from_manifest(k, v) for k, v in self.raw["outputs"].items()]
 
     @property
+    def output_names(self) -> frozenset[str]:
+        """The names of the outputs (without their ``_err``)."""
+        return frozenset(self.raw["outputs"])
+
+    @property
     def flag_rules(self) -> list[tuple[str, dict[str, Any]]]:
         """[(flag name, rule), ...]: a rule ``{"output": name, "threshold": x}`` (or ``"above": x``) flags where
         the output is above x, ``{"output": name, "below": x}`` where it is below (both keys: either).

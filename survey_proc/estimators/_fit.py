@@ -130,7 +130,7 @@ class FitEstimator(Estimator):
         self.ml_of = np.asarray((lib.mass / window).T, np.float64).reshape(-1)
         # r-band light per unit window light (the filter curves are fetched only when asked for; else 1)
         r_light = np.ones_like(window)
-        if any(o.name == "mass_to_light_r" for o in self.manifest.outputs):
+        if "mass_to_light_r" in self.manifest.output_names:
             r_light = band_luminosity(lib, load_filters("sdss"), "r") / window
         self.r_light_of = np.asarray(r_light.T, np.float64).reshape(-1)
         self.dust_k = attenuation_curve(self.lam, "calzetti00")
@@ -221,7 +221,7 @@ class FitEstimator(Estimator):
         """Each row's flux normalisation (the store's units), which ``log_mass_flux`` needs."""
         if meta.norm is not None:
             return np.asarray(meta.norm, np.float64).reshape(n)
-        if any(o.name == "log_mass_flux" for o in self.manifest.outputs):
+        if "log_mass_flux" in self.manifest.output_names:
             raise ModelError("the fit's log_mass_flux needs each spectrum's flux normalisation (BatchMeta.norm)")
         return np.full(n, np.nan)
 
@@ -319,9 +319,8 @@ def log_weighted_sum(cov_w: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, 
     """log10(factor * sum(w * scale)) (n,) and its error from the weights' covariance (n, k, k); float64."""
     total = (w * scale).double().sum(1)
     var = (scale.double()[:, None, :] @ cov_w.double() @ scale.double()[:, :, None])[:, 0, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        value = torch.log10(factor.double() * total)
-        error = var.clamp(min=0).sqrt() / (total * math.log(10.0))
+    value = torch.log10(factor.double() * total)
+    error = var.clamp(min=0).sqrt() / (total * math.log(10.0))
     return value, error
 
 

@@ -13,11 +13,12 @@ from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
 from survey_proc.preprocess._numeric import fill_gaps, in_ranges, masked_median, median_of_filled, snr_per_angstrom
 from survey_proc.preprocess._prepare import KNOWN_CHANNELS, NORMALISATIONS, normalisation, prepare
 from survey_proc.preprocess._registry import INPUT_KINDS, input_spec
-from survey_proc.preprocess._spectrum import InputSpec, estimator_meta
+from survey_proc.preprocess._spectrum import LSF_TOLERANCE_KMS, InputSpec, estimator_meta
 
 __all__ = [
     "INPUT_KINDS",
     "KNOWN_CHANNELS",
+    "LSF_TOLERANCE_KMS",
     "NORMALISATIONS",
     "BandKind",
     "BatchMeta",

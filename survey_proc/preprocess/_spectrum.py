@@ -23,6 +23,9 @@ from survey_proc.ssp import C_KMS, log_wave_grid, muse_lsf_fwhm, sdss_lsf_fwhm, 
 #: instrumental FWHM curves (Angstrom at observed wavelengths) a network may have been trained with,
 #: by the name in its manifest's ``input.lsf_trained.curve``
 TRAINED_LSF = {"muse": muse_lsf_fwhm, "sdss": sdss_lsf_fwhm}
+#: how far (km/s in quadrature) the engine's correction of a network's sigma for the data's LSF holds,
+#: unless a manifest's ``input.lsf_trained.tolerance_kms`` says otherwise
+LSF_TOLERANCE_KMS = 60.0
 
 #: keys of a manifest's ``input`` section that :class:`InputSpec` reads (the rest is kept in ``extra``)
 _SECTION_KEYS = {
@@ -183,9 +186,10 @@ class InputSpec(InputKind):
         return float(np.median(diff))
 
     def lsf_tolerance_kms(self) -> float:
-        """``input.lsf_trained.tolerance_kms`` (default 60 km/s): how far the engine's correction of a network's
-        sigma for the LSF offset holds; beyond it every estimate is flagged ``lsf_mismatch``."""
-        return float((self.extra.get("lsf_trained") or {}).get("tolerance_kms", 60.0))
+        """``input.lsf_trained.tolerance_kms`` (default :data:`LSF_TOLERANCE_KMS`): how far the engine's
+        correction of a network's sigma for the LSF offset holds; beyond it every estimate is flagged
+        ``lsf_mismatch``."""
+        return float((self.extra.get("lsf_trained") or {}).get("tolerance_kms", LSF_TOLERANCE_KMS))
 
     def batch_meta(self, redshift: np.ndarray, axis: np.ndarray, lsf_fwhm: np.ndarray | None) -> BatchMeta:
         """:func:`estimator_meta`: the data's instrumental FWHM at the model's pixels."""

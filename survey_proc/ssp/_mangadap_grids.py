@@ -15,8 +15,9 @@ import math
 import re
 from dataclasses import dataclass
 
+from survey_proc.ssp._luminosity import L_SUN_ERG_S
+
 #: L_sun in erg/s (IAU 2015 nominal), to turn the M11 spectra (erg/s/A per M_sun) into L_sun/A
-L_SUN_ERG_S = 3.828e33
 #: the solar metallicity (mass fraction) of the libraries that give Z
 Z_SUN = 0.02
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from survey_proc.preprocess import LSF_TOLERANCE_KMS
 from survey_proc.ssp import SSPLibrary
 from survey_proc.training._dataset import DUST_LAW_RV, TrainsetConfig
 
 GRID_MARGIN = 0.03  #: dex, log age and [M/H]
 SIGMA_MARGIN = 10.0  #: km/s
 DUST_TOP = 0.1  #: the top share of the dust range
-
-#: the LSF tolerance written into a manifest's ``input.lsf_trained`` (km/s in quadrature)
-LSF_TOLERANCE_KMS = 60.0
 
 
 def _rule(output: str, above: float, below: float | None, near: str, lo: float, hi: float) -> dict[str, Any]:
