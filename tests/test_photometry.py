@@ -151,3 +151,22 @@ def test_missing_blue_bands_are_named_with_the_models_that_fit_the_rest(tmp_path
     assert "11 of the 36 bands model narrowband reads are empty everywhere" in message
     assert "J3785, J3885" in message and "J4785" in message and "43 bands (J4885-J9085)" in message
     assert "no packaged model reads only those: train one on them" in message
+
+
+def test_photometry_refuses_a_cube_that_is_not_flux_calibrated(tmp_path, ssp_lib):
+    """Band fluxes need a flux density per Angstrom: a cube in counts is refused with the reason, a
+    surface brightness (per arcsec^2) is turned into flux per pixel with the pixel's area."""
+    write_mock(tmp_path / "c.zarr", MockConfig(nx=4, ny=4, chunk=4), ssp_lib)
+    filters = load_filters("sdss")
+    photometry_from_store(tmp_path / "c.zarr", filters, tmp_path / "p.zarr", cluster="none")
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="r+")
+    units = group["flux"].attrs["units"]
+    group["flux"].attrs["units"] = "count"
+    with pytest.raises(CubeError, match="flux units 'count' are not a flux density per Angstrom"):
+        photometry_from_store(tmp_path / "c.zarr", filters, tmp_path / "q.zarr", cluster="none")
+    scale = float(group.attrs["pixel_scale_arcsec"])
+    group["flux"].attrs["units"] = f"{units}/arcsec2"
+    photometry_from_store(tmp_path / "c.zarr", filters, tmp_path / "s.zarr", cluster="none")
+    a = open_photometry_store(tmp_path / "p.zarr")["flux"].values
+    b = open_photometry_store(tmp_path / "s.zarr")["flux"].values
+    np.testing.assert_allclose(b, a * scale**2, rtol=1e-4)

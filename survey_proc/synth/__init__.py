@@ -29,7 +29,6 @@ from survey_proc.synth._photometry import (
     ab_magnitude,
     band_noise,
     band_weights,
-    flux_unit_cgs,
     library_observed_range,
     synthetic_photometry,
 )
@@ -84,7 +83,6 @@ __all__ = [
     "band_weights",
     "constant_sfh",
     "emission_line_spectra",
-    "flux_unit_cgs",
     "galaxy_centre",
     "galaxy_maps",
     "library_observed_range",

@@ -26,16 +26,19 @@ from scipy.ndimage import gaussian_filter
 
 from survey_proc import __version__, config
 from survey_proc.cluster import make_client
+from survey_proc.errors import CubeError
 from survey_proc.ssp import FilterSet, SSPLibrary, load_ssp_library
 from survey_proc.stores import (
     SPECTRAL_DIM,
     Region,
     check_output,
     content_fingerprint,
+    flux_unit_cgs,
     lsf_fwhm_at,
     make_regions,
     open_spectral_store,
     photometry_template,
+    pixel_scale_arcsec,
     read_arrays,
     run_signature,
     spatial_dims,
@@ -47,7 +50,6 @@ from survey_proc.synth._photometry import (
     PhotometrySynthesiser,
     ab_magnitude,
     band_noise,
-    flux_unit_cgs,
     sky_line_windows,
     synthetic_photometry,
 )
@@ -139,9 +141,7 @@ def photometry_from_store(
     dims = spatial_dims(ds)
     wave = np.asarray(ds["wave"].values, np.float64)
     sky = sky_line_windows(wave, lsf_fwhm_at(ds)) if mask_sky else np.zeros(wave.size, bool)
-    compute = BandIntegrals(
-        str(cube), wave, filters, flux_unit_cgs(str(ds["flux"].attrs["units"])), sky, min_coverage, max_masked
-    )
+    compute = BandIntegrals(str(cube), wave, filters, _flux_unit(ds, cube), sky, min_coverage, max_masked)
     coverage = synthetic_photometry(np.zeros((1, wave.size)), None, None, wave, filters).coverage
     sizes = {d: ds.sizes[d] for d in dims}
     chunks = {d: int(max(ds["flux"].chunks[i])) for i, d in enumerate(ds["flux"].dims) if d in dims}
@@ -300,3 +300,11 @@ def mock_band_fluxes(
     mask = n_rng.random(flux.shape) < cfg.bad_pixel_fraction
     observed[mask] = np.nan
     return maps, observed.reshape(shape), var.reshape(shape), mask.reshape(shape)
+
+
+def _flux_unit(ds: xr.Dataset, cube) -> float:
+    """erg/s/cm^2/Angstrom per pixel of one unit of the cube's flux; refuses a cube that is not flux-calibrated."""
+    unit, why = flux_unit_cgs(str(ds["flux"].attrs.get("units", "")), pixel_scale_arcsec(ds.attrs))
+    if unit is None:
+        raise CubeError(f"{cube}: cannot integrate its spectra into band fluxes: {why} (e.g. '1e-20 erg/s/cm2/A')")
+    return unit

@@ -19,7 +19,6 @@ same curves (the kinematic broadening it skips changes band fluxes by well under
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,22 +54,6 @@ def band_weights(wave: np.ndarray, filters: FilterSet) -> tuple[np.ndarray, np.n
     full = np.trapezoid(filters.response / filters.wave, filters.wave, axis=1)
     part = np.trapezoid(np.where(inside, filters.response, 0.0) / filters.wave, filters.wave, axis=1)
     return a, b, part / full
-
-
-def flux_unit_cgs(units: str) -> float:
-    """The value in erg/s/cm2/Angstrom of one unit of a flux-density-per-wavelength ``units`` string."""
-    from astropy import units as u
-
-    from survey_proc.errors import CubeError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", u.UnitsWarning)  # '1e-20 erg/s/cm2/AA': several slashes
-            return float(u.Unit(units.replace("Angstrom", "AA")).to(u.erg / u.s / u.cm**2 / u.AA))
-    except (ValueError, u.UnitConversionError, TypeError) as exc:
-        raise CubeError(
-            f"flux units {units!r} are not a flux density per wavelength (e.g. '1e-20 erg/s/cm2/Angstrom'): {exc}"
-        ) from exc
 
 
 @dataclass
