@@ -165,6 +165,7 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
     size: it predicts the age-[M/H] weight grid, rebuilds the spectrum from the library and writes
     the reduced chi2, whose out-of-distribution rule is in the manifest; the engine runs it unchanged."""
     from survey_proc.engine import RunConfig, run
+    from survey_proc.stores import Flag
 
     cfg = TrainConfig(
         name="toy-galprote",
@@ -186,7 +187,9 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
     bundle = train(cfg, tmp_path / "run")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["outputs"]["weights"]["dims"] == ["age", "metal"]
-    assert {r["output"] for r in manifest["flags"]["OUT_OF_DISTRIBUTION"]} == {"ood_score", "chi2"}
+    assert {r["output"] for r in manifest["flags"]["OUT_OF_DISTRIBUTION"]} == {"ood_score"}
+    (poor,) = manifest["flags"]["POOR_FIT"]
+    assert poor["output"] == "chi2_floor" and poor["above"] >= 3.0
     summary = run(
         RunConfig(cube=str(mock16), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False)
     )
@@ -200,6 +203,11 @@ def test_galprote_style_model_trains_exports_and_runs_through_the_engine(tmp_pat
     assert (weights >= 0).all() and np.allclose(weights.sum(axis=(1, 2)), 1.0, atol=1e-3)
     chi2 = maps.chi2.values[ok]
     assert np.isfinite(chi2).all() and (chi2 > 0).all()
+    # the 2 % model error only lowers chi2; poor_fit marks exactly the spaxels above the rule
+    floored = maps.chi2_floor.values
+    assert (floored[ok] <= chi2 * (1 + 1e-5)).all()
+    flagged = (maps.flag.values & int(Flag.POOR_FIT)) > 0
+    assert np.array_equal(flagged, np.nan_to_num(floored, nan=0.0) > poor["above"])
     assert np.isfinite(maps.velocity.values[ok]).all() and (maps.velocity_err.values[ok] > 0).all()
 
 
@@ -291,10 +299,11 @@ def test_flux_distortions_are_smooth_and_off_by_default():
     assert not np.allclose(ratio[0], ratio[1])
 
 
-@pytest.mark.parametrize("bundle", ["default", "muse-7100", "muse-cnn-wide", "muse-av3", "sdss-cnn"])
+@pytest.mark.parametrize("bundle", ["default", "muse-7100", "muse-cnn-wide", "muse-av3", "muse-recon", "sdss-cnn"])
 def test_exported_at_limit_rules_are_the_shipped_ones(bundle, ssp_lib):
     """The exporter writes AT_LIMIT rules from the training ranges; for every shipped network they are the
-    thresholds its manifest was given by hand (grid edges +- 0.03 dex, sigma +- 10 km/s, top tenth of dust)."""
+    thresholds its manifest was given by hand (grid edges +- 0.03 dex, sigma and velocity +- 10 km/s, top
+    tenth of dust)."""
     from survey_proc.estimators import load_manifest
     from survey_proc.training._dataset import trainset_from_record
     from survey_proc.training._limits import at_limit_rules, lsf_trained
@@ -305,3 +314,4 @@ def test_exported_at_limit_rules_are_the_shipped_ones(bundle, ssp_lib):
     shipped = {r["output"]: (r["above"], r.get("below")) for r in raw["flags"]["AT_LIMIT"]}
     assert made == shipped
     assert lsf_trained(cfg) == raw["input"]["lsf_trained"]
+

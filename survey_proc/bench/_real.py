@@ -37,7 +37,7 @@ from survey_proc.estimators import load_manifest
 
 log = logging.getLogger(__name__)
 
-PROPS = ("log_age", "metallicity", "av", "sigma")
+PROPS = ("log_age", "metallicity", "av", "sigma", "velocity")
 #: Calzetti (2000): A_V = R_V E(B-V), to compare models that give E(B-V)
 R_V = 4.05
 
@@ -122,7 +122,7 @@ def ppxf_setups(work: Path) -> dict[str, str]:
 
 
 #: the packaged estimators scored on every set they apply to
-SCORED = ["default", "muse-7100", "muse-av3", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
+SCORED = ["default", "muse-7100", "muse-av3", "muse-recon", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
 
 
 def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:

@@ -34,7 +34,14 @@ from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, cova
 from survey_proc.estimators._load import load_estimator
 from survey_proc.estimators._ppxf import TemplateCache, check_weights_grid, crop_for_grid, prepare_templates
 from survey_proc.preprocess import BatchMeta
-from survey_proc.ssp import attenuation_curve, band_luminosity, load_filters, load_ssp_library, log_wave_grid
+from survey_proc.ssp import (
+    MODEL_FLOOR,
+    attenuation_curve,
+    band_luminosity,
+    load_filters,
+    load_ssp_library,
+    log_wave_grid,
+)
 
 #: every output this estimator can give (the manifest picks)
 KNOWN_OUTPUTS = {
@@ -61,9 +68,8 @@ class FitOptions:
     max_velocity: float = 3500.0  #: template margin beyond the data range, km/s
     min_good_fraction: float = 0.2  #: spectra with fewer good pixels are not fitted
     #: a model error (fraction of the model) added in quadrature to the noise in ``chi2_floor``: how well
-    #: SSP libraries agree with each other (E-MILES fits noise-free M11-MILES, MaStar and BPASS mocks to
-    #: 0.5, 1.0 and 1.9 % rms), so that a spectrum matched as well as the libraries allow is not poor
-    model_floor: float = 0.02
+    #: SSP libraries agree with each other (``ssp.MODEL_FLOOR``)
+    model_floor: float = MODEL_FLOOR
     lsf_resolution: float = 0.01  #: Angstrom; LSFs equal to this precision share templates
     template_cache: int = 16  #: LSF-matched template sets kept per process
     cpu_batch: int = 32  #: spectra fitted together on a CPU (measured: 32 is 1.4x faster than 64, 2.2x than 256)

@@ -22,7 +22,7 @@ from survey_proc.ssp._instrument import (
     vacuum_to_air,
     wdisp_to_fwhm,
 )
-from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, SDIST, SSPLibrary, load_emiles
+from survey_proc.ssp._library import EMILES_FWHM, LIGHT_WINDOW, MODEL_FLOOR, SDIST, SSPLibrary, load_emiles
 from survey_proc.ssp._luminosity import (
     L_SUN_ERG_S,
     SUN_ABS_MAG_AB,
@@ -54,6 +54,7 @@ __all__ = [
     "FWHM_TO_SIGMA",
     "LIGHT_WINDOW",
     "L_SUN_ERG_S",
+    "MODEL_FLOOR",
     "SDIST",
     "SDSS_LSF_KNOTS",
     "SSP_LIBRARIES",

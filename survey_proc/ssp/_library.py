@@ -28,6 +28,11 @@ from survey_proc.fetch import registry_file, sha256_of
 
 #: FWHM of the E-MILES spectra in the optical (Angstrom, rest frame, air wavelengths).
 EMILES_FWHM = 2.51
+#: how closely SSP libraries agree, as a fraction of the model spectrum: E-MILES fits noise-free
+#: M11-MILES, MaStar and BPASS mocks to 0.5, 1.0 and 1.9 % rms. Added in quadrature to the noise,
+#: it keeps ``chi2_floor`` (what ``poor_fit`` judges) from calling a spectrum matched as well as the
+#: libraries allow a poor fit.
+MODEL_FLOOR = 0.02
 #: rest-frame range (Angstrom) over which templates are normalised; light weights refer to it.
 LIGHT_WINDOW = (5070.0, 5950.0)
 

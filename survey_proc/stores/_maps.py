@@ -76,6 +76,10 @@ PROPERTIES: dict[str, dict[str, str]] = {
     "sigma": {"units": "km/s", "long_name": "stellar line-of-sight velocity dispersion"},
     "velocity": {"units": "km/s", "long_name": "stellar line-of-sight velocity relative to systemic"},
     "chi2": {"units": "1", "long_name": "reduced chi-squared of the reconstructed spectrum"},
+    "chi2_floor": {
+        "units": "1",
+        "long_name": "reduced chi-squared with a 2 % model error added to the noise (what poor_fit judges)",
+    },
     "weights": {"units": "1", "long_name": "light fraction per SSP (age, metallicity)"},
     "log_mass_density": {"units": "log10(Msun/pix)", "long_name": "stellar mass per pixel"},
     "log_mass_surface_density": {

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from survey_proc.ssp import MODEL_FLOOR
 from survey_proc.training._edges import EdgeTable, apply_edge_table, noise_level
 
 
@@ -213,14 +214,25 @@ def reduced_chi2(x: torch.Tensor, model: torch.Tensor, floor: float = 1e-3) -> t
     return chi2, fitted
 
 
+def floored_reduced_chi2(x: torch.Tensor, fitted: torch.Tensor, model_floor: float, floor: float = 1e-3):
+    """Reduced chi^2 (n,) of an already scaled ``fitted`` model with ``model_floor`` x the model added to
+    each good pixel's error in quadrature (how far SSP libraries differ: ``ssp.MODEL_FLOOR``)."""
+    flux, err, mask = x[:, 0], x[:, 1], x[:, 2]
+    var = torch.clamp(err, min=floor) ** 2 + (model_floor * fitted) ** 2
+    chi2 = ((1.0 - mask) * (flux - fitted) ** 2 / var).sum(dim=1)
+    return chi2 / torch.clamp((1.0 - mask).sum(dim=1), min=1.0)
+
+
 class ExportedModel(nn.Module):
     """What goes into the TorchScript file: physical units out, calibrated uncertainties, scores.
 
     ``ood_score`` is the Mahalanobis distance of the features from the training features divided
     by sqrt(dim): about 1 for inputs like the training set, large for inputs unlike it. With a
-    reconstructor the module also returns the light-fraction grid ``weights`` (n, nage, nmetal) and
-    the reduced ``chi2`` of the rebuilt spectrum. Outputs with an edge table (:mod:`._edges`) are
-    de-shrunk at the grid edges, their uncertainties scaled by the slope of the correction.
+    reconstructor the module also returns the light-fraction grid ``weights`` (n, nage, nmetal), the
+    reduced ``chi2`` of the rebuilt spectrum and ``chi2_floor``, the same with ``ssp.MODEL_FLOOR`` of
+    the model added to the noise (what ``poor_fit`` judges, as for the fit). Outputs with an edge
+    table (:mod:`._edges`) are de-shrunk at the grid edges, their uncertainties scaled by the slope of
+    the correction.
     """
 
     def __init__(
@@ -247,6 +259,7 @@ class ExportedModel(nn.Module):
         scale = torch.ones_like(label_std) if err_scale is None else err_scale
         self.register_buffer("err_scale", scale.float())  # calibration of the uncertainties
         self.reconstructor = reconstructor
+        self.model_floor = float(MODEL_FLOOR)
         self.n_metal = int(grid_shape[0])
         self.n_age = int(grid_shape[1])
         self.i_av = names.index("av") if "av" in names else -1
@@ -318,8 +331,9 @@ class ExportedModel(nn.Module):
             av = value[:, self.i_av].clamp(min=0.0) if self.i_av >= 0 else zeros
             sigma = value[:, self.i_sigma].clamp(min=1.0) if self.i_sigma >= 0 else zeros + 100.0
             velocity = value[:, self.i_velocity] if self.i_velocity >= 0 else zeros
-            chi2, _ = reduced_chi2(x, recon(weights, av, velocity, sigma))
+            chi2, fitted = reduced_chi2(x, recon(weights, av, velocity, sigma))
             out["chi2"] = chi2
+            out["chi2_floor"] = floored_reduced_chi2(x, fitted, self.model_floor)
             # (n, nmetal, nage) -> (n, nage, nmetal), the maps' (age, metal) order
             out["weights"] = weights.reshape(-1, self.n_metal, self.n_age).transpose(1, 2)
         return out

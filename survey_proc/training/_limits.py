@@ -4,8 +4,8 @@ and the instrumental resolution it learned (``input.lsf_trained``).
 An estimate at the edge of the training range may be a truth beyond it, squeezed in (A_V pinned at
 the top of its range must never pass unflagged, issue 17). The rules flag an estimate within
 :data:`GRID_MARGIN` of the SSP grid's ends in log age and [M/H], within :data:`SIGMA_MARGIN` km/s of
-the sigma range's ends, and in the top tenth of the dust range (A_V or E(B-V); no dust is a floor,
-not a limit).
+the sigma and velocity ranges' ends, and in the top tenth of the dust range (A_V or E(B-V); no dust
+is a floor, not a limit).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from survey_proc.ssp import SSPLibrary
 from survey_proc.training._dataset import DUST_LAW_RV, TrainsetConfig
 
 GRID_MARGIN = 0.03  #: dex, log age and [M/H]
-SIGMA_MARGIN = 10.0  #: km/s
+SIGMA_MARGIN = 10.0  #: km/s, sigma and velocity
 DUST_TOP = 0.1  #: the top share of the dust range
 
 
@@ -42,8 +42,8 @@ def at_limit_rules(cfg: TrainsetConfig, lib: SSPLibrary) -> list[dict[str, Any]]
         if name in grid:
             lo, hi = grid[name]
             rules.append(_rule(name, hi - GRID_MARGIN, lo + GRID_MARGIN, f"within {GRID_MARGIN:g} of an edge", lo, hi))
-        elif name == "sigma":
-            lo, hi = cfg.sigma_range_kms
+        elif name in ("sigma", "velocity"):
+            lo, hi = cfg.sigma_range_kms if name == "sigma" else cfg.velocity_range_kms
             near = f"within {SIGMA_MARGIN:g} km/s of an edge"
             rules.append(_rule(name, hi - SIGMA_MARGIN, lo + SIGMA_MARGIN, near, lo, hi))
         elif name in dust:

@@ -32,7 +32,7 @@ from torch import nn
 from survey_proc.config import dataclass_options, read_yaml
 from survey_proc.estimators import load_manifest
 from survey_proc.preprocess import InputSpec
-from survey_proc.ssp import SSPLibrary, load_ssp_library, require_use, to_medium
+from survey_proc.ssp import MODEL_FLOOR, SSPLibrary, load_ssp_library, require_use, to_medium
 from survey_proc.stores import property_attrs
 from survey_proc.synth import Synthesiser
 from survey_proc.training._arch import ExportedModel, Reconstructor, build, reduced_chi2
@@ -60,6 +60,8 @@ from survey_proc.training._store import StoredSet, write_trainset
 
 log = logging.getLogger(__name__)
 
+#: the least reduced chi2 (with ``ssp.MODEL_FLOOR``) a rebuilt spectrum is flagged ``poor_fit`` at, as the fit's
+POOR_FIT_MIN = 3.0
 #: held-out spectra of the metrics in the manifest: seed offset from the training set's seed
 HELD_OUT_SEED_OFFSET = 2_000_003
 #: validation spectra: seed offset from the training set's seed
@@ -344,7 +346,7 @@ class SpectrumTrainer(Trainer):
     def export(self, net: nn.Module, calibration: Calibration, state: FitState) -> Path:
         cfg, s = self.cfg, self.sets
         exported = self._exported_module(net, calibration)
-        rules, outputs = self._flags_and_outputs(exported, calibration)
+        flags, outputs = self._flags_and_outputs(exported, calibration)
         training = self._training_record(net, calibration, state)
         bundle = save_model(exported, self.out)
         write_manifest(
@@ -353,7 +355,7 @@ class SpectrumTrainer(Trainer):
             description=cfg.description,
             input_spec=s.spec,
             outputs=outputs,
-            flags={"OUT_OF_DISTRIBUTION": rules, "AT_LIMIT": at_limit_rules(cfg.trainset, s.lib)},
+            flags={**flags, "AT_LIMIT": at_limit_rules(cfg.trainset, s.lib)},
             min_snr=cfg.min_snr,
             batch_size=1024,
             training=training,
@@ -383,34 +385,38 @@ class SpectrumTrainer(Trainer):
         exported.set_edge_tables(self.edge_tables)
         return exported
 
-    def _flags_and_outputs(self, exported: ExportedModel, calibration: Calibration) -> tuple[list[dict], dict]:
-        """The manifest's out-of-distribution rules and outputs (with the reconstructor: the weight
-        grid, and the reduced chi^2 with a threshold at the ``ood_quantile`` of validation spectra)."""
+    def _flags_and_outputs(self, exported: ExportedModel, calibration: Calibration) -> tuple[dict, dict]:
+        """The manifest's flag rules (``OUT_OF_DISTRIBUTION`` on the novelty score; with the reconstructor,
+        ``POOR_FIT`` on ``chi2_floor``) and outputs (with the reconstructor: the weight grid, ``chi2`` and
+        ``chi2_floor``)."""
         cfg, s = self.cfg, self.sets
         quantile = f"{cfg.ood_quantile:.1%} quantile of validation spectra"
-        rules = [
-            {
-                "output": "ood_score",
-                "threshold": calibration.ood_threshold,
-                "meaning": f"feature Mahalanobis score above the {quantile}",
-            }
-        ]
+        ood = {
+            "output": "ood_score",
+            "threshold": calibration.ood_threshold,
+            "meaning": f"feature Mahalanobis score above the {quantile}",
+        }
         outputs = {n: {**property_attrs(n), "error": True} for n in cfg.trainset.labels}
         if not cfg.reconstruct:
-            return rules, outputs
+            return {"OUT_OF_DISTRIBUTION": [ood]}, outputs
         with torch.inference_mode():
-            x_val = s.x_val
-            chi2 = [exported(torch.from_numpy(x_val[i : i + 2048]))["chi2"].numpy() for i in range(0, len(x_val), 2048)]
-        threshold = float(np.quantile(np.concatenate(chi2), cfg.ood_quantile))
-        meaning = f"reduced chi2 of the rebuilt spectrum above the {quantile}"
-        rules.append({"output": "chi2", "threshold": threshold, "meaning": meaning})
+            parts = [torch.from_numpy(s.x_val[i : i + 2048]) for i in range(0, len(s.x_val), 2048)]
+            floored = [exported(part)["chi2_floor"].numpy() for part in parts]
+        threshold = max(POOR_FIT_MIN, float(np.quantile(np.concatenate(floored), cfg.ood_quantile)))
+        poor = {
+            "output": "chi2_floor",
+            "above": round(threshold, 4),
+            "meaning": f"the rebuilt spectrum does not match: reduced chi2 with a {MODEL_FLOOR:.0%} model error above "
+            f"the {quantile} (and at least {POOR_FIT_MIN:g}, the fit's threshold)",
+        }
         outputs["weights"] = {
             **property_attrs("weights"),
             "dims": ["age", "metal"],
             "coords": {"age": s.lib.log_age.tolist(), "metal": s.lib.metal.tolist()},
         }
         outputs["chi2"] = property_attrs("chi2")
-        return rules, outputs
+        outputs["chi2_floor"] = property_attrs("chi2_floor")
+        return {"OUT_OF_DISTRIBUTION": [ood], "POOR_FIT": [poor]}, outputs
 
     def _training_record(self, net: nn.Module, calibration: Calibration, state: FitState) -> dict[str, Any]:
         """The manifest's ``training`` block: the config, the sets, the loop's outcome, the calibration."""
