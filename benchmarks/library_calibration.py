@@ -127,14 +127,17 @@ def heldout_spaxels(manifest: Path, opts: Options) -> list[Spaxels]:
 
 
 def covering_libraries(manifest, margin: float = 0.01) -> list[str]:
-    """The calibration libraries (not E-MILES) that cover the model's rest range with ``margin`` to spare: a
-    library that stops inside it would measure the missing pixels, not the library."""
+    """The calibration libraries (not E-MILES, none the model was trained on) that cover the model's rest
+    range with ``margin`` to spare: a library that stops inside it would measure the missing pixels, not
+    the library."""
     wave = manifest.raw["input"]["wave"]
+    trained = set(manifest.raw.get("training", {}).get("config", {}).get("trainset", {}).get("libraries") or {})
     names = []
     for name in library_names("calibration"):
         lib = load_ssp_library(name, use="calibration")
         if (
             name != "emiles"
+            and name not in trained
             and lib.wave[0] <= wave["start"] * (1 - margin)
             and lib.wave[-1] >= wave["stop"] * (1 + margin)
         ):

@@ -315,3 +315,42 @@ def test_exported_at_limit_rules_are_the_shipped_ones(bundle, ssp_lib):
     assert made == shipped
     assert lsf_trained(cfg) == raw["input"]["lsf_trained"]
 
+
+def test_a_set_can_draw_from_several_ssp_libraries(ssp_lib):
+    """``trainset.libraries``: a share of the batches from other calibration libraries, labelled on their own
+    grids (no weight grid), every input finite; evaluation libraries and reconstruction refused; the
+    AT_LIMIT ranges span every library; held-out scoring stays in the model's own library."""
+    from survey_proc.ssp import LibraryRoleError, load_ssp_library
+    from survey_proc.training import input_preset
+    from survey_proc.training._dataset import batch_library, make_inputs, synthesise_batch
+    from survey_proc.training._evaluate import heldout_config
+    from survey_proc.training._limits import at_limit_rules
+
+    spec = input_preset("muse-rest-4750-7100")
+    cfg = TrainsetConfig(n=640, batch=32, seed=106, libraries={"m11-miles": 0.25, "m11-marcs": 0.1})
+    names = [batch_library(cfg, ssp_lib, k).name for k in range(20)]
+    assert set(names) == {"emiles", "m11-miles", "m11-marcs"}
+    assert TrainsetConfig(n=640, batch=32, seed=106).identity() == {
+        k: v for k, v in cfg.identity().items() if k != "libraries"
+    }  # sets without other libraries keep their digests
+    for name in ("m11-marcs", "m11-miles"):
+        part = synthesise_batch(cfg, ssp_lib, spec, names.index(name))
+        x, _, _ = make_inputs(part, np.random.default_rng(0), cfg, spec)
+        assert np.isfinite(x).all() and x[:, 2].mean() < 0.3  # M11-MILES stops at 7400 A: its tail is filled
+        assert part.weights.sum() == 0
+        metal = part.labels[:, list(part.label_names).index("metallicity")]
+        grid = load_ssp_library(name).metal
+        assert metal.min() >= grid.min() - 1e-6 and metal.max() <= grid.max() + 1e-6
+    own = synthesise_batch(cfg, ssp_lib, spec, names.index("emiles"))
+    assert np.allclose(own.weights.sum(axis=(1, 2)), 1.0)
+    rules = {r["output"]: r for r in at_limit_rules(cfg, ssp_lib)}
+    top = max(float(load_ssp_library(n).metal.max()) for n in ("emiles", "m11-miles", "m11-marcs"))
+    assert top > 0.3 and rules["metallicity"]["above"] == pytest.approx(top - 0.03)
+    assert rules["metallicity"]["below"] == pytest.approx(-1.71 + 0.03)
+    assert heldout_config(cfg, "ssp", 100, 5).libraries is None
+    with pytest.raises(LibraryRoleError):
+        synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"bc03": 0.9}), ssp_lib, spec, 0)
+    with pytest.raises(ValueError, match="leave a share"):
+        synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"m11-miles": 1.0}), ssp_lib, spec, 0)
+    with pytest.raises(ValueError, match="cannot predict or rebuild"):
+        TrainConfig.from_dict({"trainset": {"libraries": {"m11-miles": 0.3}}, "reconstruct": True})

@@ -154,14 +154,15 @@ def sample_sfh_mixtures(
     """
     ages = 10.0**lib.log_age  # lookback time of each bin, yr
     width = age_bin_widths(lib)
-    start = rng.uniform(1e9, ages[-1], n)[:, None]
+    start = rng.uniform(max(1e9, 1.2 * ages[0]), ages[-1], n)[:, None]  # (a grid starting late: after its youngest)
     tau = np.exp(rng.uniform(np.log(1e8), np.log(2e10), n))[:, None]
     t = np.clip(start - ages[None, :], 0.0, None)  # time since formation when the bin's stars formed
     mass = t * np.exp(-t / tau) * width[None, :]
     burst = rng.random(n) < burst_fraction
     if burst.any():
         k = int(burst.sum())
-        idx = nearest_index(lib.log_age, rng.uniform(lib.log_age[0], np.log10(2e9), k))
+        # (a library whose youngest SSP is older than 2 Gyr gets its youngest for the burst)
+        idx = nearest_index(lib.log_age, rng.uniform(lib.log_age[0], max(lib.log_age[0], np.log10(2e9)), k))
         frac = rng.uniform(0.01, 0.3, k)
         total = mass[burst].sum(axis=1)
         mass[np.nonzero(burst)[0], idx] += frac * total / (1 - frac)
@@ -203,7 +204,7 @@ def sample_training_mixtures(
         burst = sample_cluster(
             rng,
             lib,
-            rng.uniform(lib.log_age[0], np.log10(5e8), k),
+            rng.uniform(lib.log_age[0], max(lib.log_age[0], np.log10(5e8)), k),
             rng.uniform(lib.metal[0], lib.metal[-1], k),
             np.full(k, 0.1),
             np.full(k, 0.2),

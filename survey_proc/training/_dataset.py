@@ -18,7 +18,7 @@ import numpy as np
 from survey_proc import progress
 from survey_proc.config import dataclass_options
 from survey_proc.preprocess import InputSpec, prepare
-from survey_proc.ssp import SSPLibrary, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
+from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm, require_use, sdss_lsf_fwhm, to_medium
 from survey_proc.synth import (
     LINE_SETS,
     Synthesiser,
@@ -111,6 +111,11 @@ class TrainsetConfig:
     #: polynomials of degree 1..``flux_distortion_degree`` over its pixels, c_d ~ N(0, ``flux_distortion``)
     flux_distortion: float = 0.0
     flux_distortion_degree: int = 3
+    #: other SSP libraries to draw spectra from (``ssp.SSP_LIBRARIES`` names of role calibration): the
+    #: share of the batches each one gets; the rest come from the set's own library (E-MILES). Their
+    #: labels are light-weighted on their own grids; their ``weights`` rows are zero (a grid of
+    #: another shape), so a model trained on them cannot predict or rebuild from the weight grid
+    libraries: dict[str, float] | None = None
     extra: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
@@ -133,6 +138,7 @@ _LATER_OPTIONS = {
     "redshift_distribution": "uniform",
     "flux_distortion": 0.0,
     "flux_distortion_degree": 3,
+    "libraries": None,
 }
 
 #: values that reproduce the draws of bundles recorded before these options existed (the recipe of
@@ -282,9 +288,37 @@ def _line_list(cfg: TrainsetConfig) -> dict[str, tuple[float, float]]:
         raise ValueError(f"unknown line_set {cfg.line_set!r}; known: {', '.join(LINE_SETS)}") from None
 
 
+def mixed_libraries(cfg: TrainsetConfig) -> dict[str, float]:
+    """The other libraries a set draws from and their shares of the batches (checked: known names of
+    role calibration, shares summing to less than 1)."""
+    shares = dict(cfg.libraries or {})
+    for name in shares:
+        require_use(load_ssp_library(name), "training")
+    if any(v < 0 for v in shares.values()) or sum(shares.values()) >= 1.0:
+        raise ValueError(f"library shares {shares} must be >= 0 and leave a share for the set's own library")
+    return shares
+
+
+def batch_library(cfg: TrainsetConfig, lib: SSPLibrary, index: int) -> SSPLibrary:
+    """The library batch ``index`` is drawn from: ``lib``, or one of ``cfg.libraries`` by its share (a
+    stream of its own, so sets without other libraries draw as before)."""
+    if not cfg.libraries:
+        return lib
+    u = np.random.default_rng([cfg.seed, index, 17]).random()
+    edge = 0.0
+    for name, share in mixed_libraries(cfg).items():
+        edge += share
+        if u < edge:
+            return load_ssp_library(name, use="training")
+    return lib
+
+
 def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, index: int) -> NoiseFreeSet:
-    """Batch ``index`` of the set: ``cfg.batch`` spectra at one redshift, seeded by (seed, index)."""
+    """Batch ``index`` of the set: ``cfg.batch`` spectra at one redshift, seeded by (seed, index), from
+    ``lib`` or, in the share of batches ``cfg.libraries`` gives them, from other SSP libraries."""
     rng = np.random.default_rng([cfg.seed, index])
+    own = lib
+    lib = batch_library(cfg, own, index)
     inst = instrument_of(cfg)
     m = min(cfg.batch, cfg.n - index * cfg.batch)
     z = draw_redshift(rng, cfg)
@@ -302,6 +336,8 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
     sigma = rng.uniform(*cfg.sigma_range_kms, m)
     velocity = rng.uniform(*cfg.velocity_range_kms, m)
     flux = synth.observe(weights, av, velocity, sigma)
+    if lib is not own:
+        flux = extend_edges(flux)
     emit = rng.random(m) < cfg.emission_fraction
     if emit.any():
         ew = rng.uniform(0, cfg.max_halpha_ew, int(emit.sum()))
@@ -328,10 +364,30 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
         snr,
         _label_values(cfg.labels, weights, lib, av, sigma, velocity, cfg.dust_law),
         tuple(cfg.labels),
-        weights.astype(np.float32),
+        (weights if lib is own else np.zeros((m, own.metal.size, own.log_age.size))).astype(np.float32),
         kind,
         emit,
     )
+
+
+def extend_edges(flux: np.ndarray) -> np.ndarray:
+    """Rows (n, npix) with the pixels beyond a library's range (NaN) set to the nearest covered one.
+
+    A row spans the model's range at the set's largest redshift; another library may stop short of its
+    red end. Those pixels lie beyond the model's range at the row's own redshift, so the model never
+    reads them; finite values keep them from masking the whole row (the noise is scaled by the row's
+    median)."""
+    good = np.isfinite(flux)
+    if good.all():
+        return flux
+    if not good.any(axis=1).all():
+        raise ValueError("a library covers none of a training row")
+    npix = flux.shape[1]
+    col = np.arange(npix)
+    first = np.where(good, col, npix).min(axis=1, keepdims=True)
+    last = np.where(good, col, -1).max(axis=1, keepdims=True)
+    nearest = np.clip(col[None, :], first, last)
+    return np.take_along_axis(flux, nearest, axis=1)
 
 
 def n_batches(cfg: TrainsetConfig) -> int:

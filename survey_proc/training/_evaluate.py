@@ -52,8 +52,11 @@ FAMILIES = {
 
 
 def heldout_config(train_cfg: TrainsetConfig, family: str, n: int, seed: int) -> TrainsetConfig:
-    """The configuration of a held-out family drawn like the training set, with another seed."""
-    return dataclasses.replace(train_cfg, n=n, seed=seed, batch=min(train_cfg.batch, n), **FAMILIES[family])
+    """The configuration of a held-out family drawn like the training set, with another seed, from the
+    model's own SSP library only (a model trained on several is scored in library, like pPXF with it)."""
+    return dataclasses.replace(
+        train_cfg, n=n, seed=seed, batch=min(train_cfg.batch, n), libraries=None, **FAMILIES[family]
+    )
 
 
 def predict_noisy(

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from survey_proc.preprocess import LSF_TOLERANCE_KMS
-from survey_proc.ssp import SSPLibrary
-from survey_proc.training._dataset import DUST_LAW_RV, TrainsetConfig
+from survey_proc.ssp import SSPLibrary, load_ssp_library
+from survey_proc.training._dataset import DUST_LAW_RV, TrainsetConfig, mixed_libraries
 
 GRID_MARGIN = 0.03  #: dex, log age and [M/H]
 SIGMA_MARGIN = 10.0  #: km/s, sigma and velocity
@@ -30,10 +30,12 @@ def _rule(output: str, above: float, below: float | None, near: str, lo: float, 
 
 
 def at_limit_rules(cfg: TrainsetConfig, lib: SSPLibrary) -> list[dict[str, Any]]:
-    """``AT_LIMIT`` rules for the labels of ``cfg`` trained on ``lib``'s grid."""
+    """``AT_LIMIT`` rules for the labels of ``cfg`` trained on ``lib``'s grid (and those of the other
+    libraries it draws from: the union of their ranges)."""
+    libs = [lib, *(load_ssp_library(name) for name in mixed_libraries(cfg))]
     grid = {
-        "log_age": (float(lib.log_age.min()), float(lib.log_age.max())),
-        "metallicity": (float(lib.metal.min()), float(lib.metal.max())),
+        "log_age": (min(float(x.log_age.min()) for x in libs), max(float(x.log_age.max()) for x in libs)),
+        "metallicity": (min(float(x.metal.min()) for x in libs), max(float(x.metal.max()) for x in libs)),
     }
     rv = DUST_LAW_RV[cfg.dust_law]
     dust = {"av": tuple(cfg.av_range), "ebv": (cfg.av_range[0] / rv, cfg.av_range[1] / rv)}

@@ -108,7 +108,13 @@ class TrainConfig:
         raw = dataclass_options(cls, raw, "training")
         trainset = TrainsetConfig(**dataclass_options(TrainsetConfig, raw.pop("trainset", None), "trainset"))
         raw["arch_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.get("arch_kwargs", {}).items()}
-        return cls(trainset=trainset, **raw)
+        cfg = cls(trainset=trainset, **raw)
+        if cfg.predicts_weights and trainset.libraries:
+            raise ValueError(
+                "a model trained on several SSP libraries (trainset.libraries) cannot predict or rebuild from the "
+                "weight grid of one: set weight_loss and recon_loss to 0 and reconstruct to false"
+            )
+        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
