@@ -88,13 +88,17 @@ def test_the_evaluation_libraries_are_refused(tmp_path):
     with pytest.raises(LibraryRoleError):
         lc.mock_cubes(["miuscat"], fit.Options(seeds=(1,), size=4), tmp_path)
     assert lc.covering_libraries(read_manifest(lc.PACKAGED / "default")) == ["m11-marcs", "mastar", "bpass"]
+    # a model trained on other libraries is calibrated only on those it never saw
+    assert lc.covering_libraries(read_manifest(lc.PACKAGED / "muse-mix")) == ["m11-stelib", "mastar", "bpass"]
 
 
 def test_the_shipped_manifests_carry_their_calibration():
-    for model in fit.Options().models:
+    for model in (*fit.Options().models, "muse-av3", "muse-recon", "muse-mix"):
         manifest = read_manifest(lc.PACKAGED / model)
         record = manifest.raw[lc.RECORD_KEY]
         assert set(record["libraries"]).isdisjoint(record["never_used"]) and "miuscat" in record["never_used"]
+        trained = manifest.raw["training"]["config"]["trainset"].get("libraries") or {}
+        assert set(record["libraries"]).isdisjoint(trained)  # calibrated on libraries held out from training
         assert manifest.error_systematics and manifest.error_systematics.novelty_output == "ood_score"
         assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] <= record["ood_threshold_before"]
 

@@ -299,7 +299,9 @@ def test_flux_distortions_are_smooth_and_off_by_default():
     assert not np.allclose(ratio[0], ratio[1])
 
 
-@pytest.mark.parametrize("bundle", ["default", "muse-7100", "muse-cnn-wide", "muse-av3", "muse-recon", "sdss-cnn"])
+@pytest.mark.parametrize(
+    "bundle", ["default", "muse-7100", "muse-cnn-wide", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn"]
+)
 def test_exported_at_limit_rules_are_the_shipped_ones(bundle, ssp_lib):
     """The exporter writes AT_LIMIT rules from the training ranges; for every shipped network they are the
     thresholds its manifest was given by hand (grid edges +- 0.03 dex, sigma and velocity +- 10 km/s, top

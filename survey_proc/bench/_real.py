@@ -122,7 +122,7 @@ def ppxf_setups(work: Path) -> dict[str, str]:
 
 
 #: the packaged estimators scored on every set they apply to
-SCORED = ["default", "muse-7100", "muse-av3", "muse-recon", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
+SCORED = ["default", "muse-7100", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
 
 
 def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
