@@ -112,8 +112,9 @@ def write_markdown(report: dict, path: Path) -> Path:
         f"Mocks of {o['size']} x {o['size']} spaxels at S/N {o['snr']:g} (seed {o['seed']}, z = {o['redshift']:g}), "
         "the cube's pixels beyond each library masked; pPXF "
         + ("and --method fit " if "fit" in o["methods"] else "")
-        + f"on a {o['sample']} x {o['sample']} mock of the same galaxy. The models are trained on E-MILES only; "
-        "MIUSCAT and BC03 are the evaluation libraries (never for training, calibration or tuning)."
+        + f"on a {o['sample']} x {o['sample']} mock of the same galaxy. The models are trained on E-MILES "
+        "(`muse-mix` also on M11-MILES and M11-MARCS: for it those rows are in training); MIUSCAT and BC03 are the "
+        "evaluation libraries (never for training, calibration or tuning)."
         + (
             f" Not in this build: --method {', '.join(report['methods_not_in_this_build'])}."
             if report["methods_not_in_this_build"]
@@ -189,7 +190,8 @@ def write_png(report: dict, path: Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.legend(fontsize=7)
-    fig.suptitle("mocks from other SSP libraries (* evaluation libraries); models trained on E-MILES", fontsize=11)
+    title = "mocks from other SSP libraries (* evaluation libraries); models trained on E-MILES (muse-mix: + M11)"
+    fig.suptitle(title, fontsize=11)
     return save_figure(fig, path, dpi=90)
 
 

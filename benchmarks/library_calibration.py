@@ -2,7 +2,8 @@
 
     python -m benchmarks.library_calibration --apply
 
-The networks are trained on E-MILES only; on spectra from another SSP library their estimates move by
+The networks are trained on E-MILES (``muse-mix`` also on two M11 libraries, which its calibration
+leaves out); on spectra from another SSP library their estimates move by
 more than the errors they report, and their ``out_of_distribution`` threshold (the 99.5 % quantile of
 ``ood_score`` on E-MILES validation spectra) lets almost all of those spectra through. Without
 retraining, this measures per model (``--models``), on seeded mocks (``--seeds``, ``--size`` x

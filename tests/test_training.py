@@ -334,7 +334,7 @@ def test_a_set_can_draw_from_several_ssp_libraries(ssp_lib):
     assert set(names) == {"emiles", "m11-miles", "m11-marcs"}
     assert TrainsetConfig(n=640, batch=32, seed=106).identity() == {
         k: v for k, v in cfg.identity().items() if k != "libraries"
-    }  # sets without other libraries keep their digests
+    }
     for name in ("m11-marcs", "m11-miles"):
         part = synthesise_batch(cfg, ssp_lib, spec, names.index(name))
         x, _, _ = make_inputs(part, np.random.default_rng(0), cfg, spec)
@@ -355,4 +355,24 @@ def test_a_set_can_draw_from_several_ssp_libraries(ssp_lib):
     with pytest.raises(ValueError, match="leave a share"):
         synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"m11-miles": 1.0}), ssp_lib, spec, 0)
     with pytest.raises(ValueError, match="cannot predict or rebuild"):
-        TrainConfig.from_dict({"trainset": {"libraries": {"m11-miles": 0.3}}, "reconstruct": True})
+        TrainConfig(trainset=TrainsetConfig(libraries={"m11-miles": 0.3}), reconstruct=True)
+    # a library stopping inside the model's range (M11-ELODIE: 6795 A) is refused, never padded
+    with pytest.raises(ValueError, match="'m11-elodie' does not cover the model's range 4750-7100 A"):
+        synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"m11-elodie": 0.9}), ssp_lib, spec, 0)
+    # the order of the shares decides the batches' draws, so it is part of the set's identity
+    swapped = TrainsetConfig(n=640, batch=32, seed=106, libraries={"m11-marcs": 0.1, "m11-miles": 0.25})
+    assert swapped.digest(ssp_lib, spec) != cfg.digest(ssp_lib, spec)
+    assert TrainsetConfig(libraries={}).identity() == TrainsetConfig().identity()
+
+
+@pytest.mark.parametrize("bundle", ["default", "muse-7100", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn"])
+def test_the_recorded_training_sets_are_the_ones_drawn_now(bundle, ssp_lib):
+    """Each shipped network's trainset_hash is the digest of its recorded set under today's code: options added
+    since, and sets drawn from several libraries, keep the sets they name."""
+    from survey_proc.estimators import load_manifest
+    from survey_proc.training import input_preset
+    from survey_proc.training._dataset import trainset_from_record
+
+    raw = load_manifest(bundle).raw["training"]
+    cfg = trainset_from_record(raw["config"]["trainset"])
+    assert cfg.digest(ssp_lib, input_preset(raw["config"]["input"])) == raw["trainset_hash"]

@@ -17,8 +17,9 @@ import numpy as np
 
 from survey_proc import progress
 from survey_proc.config import dataclass_options
+from survey_proc.errors import OptionError
 from survey_proc.preprocess import InputSpec, prepare
-from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm, require_use, sdss_lsf_fwhm, to_medium
+from survey_proc.ssp import SSPLibrary, load_ssp_library, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
 from survey_proc.synth import (
     LINE_SETS,
     Synthesiser,
@@ -120,16 +121,18 @@ class TrainsetConfig:
 
     def identity(self) -> dict:
         """The fields that define the set, for digests: options added later are left out while they
-        hold the value that reproduces sets drawn before them (so older stores and checkpoints resume)."""
+        hold the value that reproduces sets drawn before them (so older stores and checkpoints resume).
+        ``libraries`` enters as (name, share) pairs in their order, which the batches' draws follow."""
         d = asdict(self)
+        d["libraries"] = [[k, v] for k, v in self.libraries.items()] if self.libraries else None
         return {k: v for k, v in d.items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
 
     def digest(self, lib: SSPLibrary, spec: InputSpec) -> str:
-        """Hash of everything that defines the set (config, library, model input)."""
-        payload = json.dumps(
-            {"cfg": self.identity(), "lib": lib.digest(), "input": spec.to_manifest()}, sort_keys=True, default=str
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """Hash of everything that defines the set (config, libraries, model input)."""
+        payload = {"cfg": self.identity(), "lib": lib.digest(), "input": spec.to_manifest()}
+        if self.libraries:
+            payload["other_libs"] = [load_ssp_library(name, use="training").digest() for name in self.libraries]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 #: options added to TrainsetConfig after training sets were first digested, at their neutral values
@@ -293,9 +296,10 @@ def mixed_libraries(cfg: TrainsetConfig) -> dict[str, float]:
     role calibration, shares summing to less than 1)."""
     shares = dict(cfg.libraries or {})
     for name in shares:
-        require_use(load_ssp_library(name), "training")
+        if load_ssp_library(name, use="training").name == "emiles":
+            raise OptionError("trainset.libraries names the other libraries; E-MILES, the set's own, takes the rest")
     if any(v < 0 for v in shares.values()) or sum(shares.values()) >= 1.0:
-        raise ValueError(f"library shares {shares} must be >= 0 and leave a share for the set's own library")
+        raise OptionError(f"library shares {shares} must be >= 0 and leave a share for the set's own library")
     return shares
 
 
@@ -337,6 +341,7 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
     velocity = rng.uniform(*cfg.velocity_range_kms, m)
     flux = synth.observe(weights, av, velocity, sigma)
     if lib is not own:
+        require_model_range(flux, inst.wave_in(spec.medium)[i0 : i0 + n_obs], z, spec, lib.name)
         flux = extend_edges(flux)
     emit = rng.random(m) < cfg.emission_fraction
     if emit.any():
@@ -368,6 +373,20 @@ def synthesise_batch(cfg: TrainsetConfig, lib: SSPLibrary, spec: InputSpec, inde
         kind,
         emit,
     )
+
+
+def require_model_range(flux: np.ndarray, wave: np.ndarray, z: float, spec: InputSpec, name: str) -> None:
+    """Refuse a library that leaves pixels of the model's own range (at the row's redshift) uncovered:
+    only pixels beyond it may be filled by :func:`extend_edges`."""
+    lo, hi = spec.wave_start, spec.wave_stop
+    if spec.frame != "observed":
+        lo, hi = lo * (1 + z), hi * (1 + z)
+    inside = (wave >= lo) & (wave <= hi)
+    if not np.isfinite(flux[:, inside]).all():
+        raise OptionError(
+            f"SSP library {name!r} does not cover the model's range {spec.wave_start:g}-{spec.wave_stop:g} A "
+            f"({spec.frame} frame) at z = {z:.3f}: leave it out of trainset.libraries"
+        )
 
 
 def extend_edges(flux: np.ndarray) -> np.ndarray:

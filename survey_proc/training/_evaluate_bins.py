@@ -61,8 +61,10 @@ def binned_scores(
 
 
 def trainset_of(manifest_raw: dict) -> TrainsetConfig:
-    """The TrainsetConfig a bundle was trained with (from its manifest)."""
-    return trainset_from_record(manifest_raw["training"]["config"].get("trainset", {}))
+    """The TrainsetConfig a bundle was trained with (from its manifest), drawing from the bundle's own SSP
+    library only (a model trained on several is scored in library, as ``survey-proc evaluate`` does)."""
+    recorded = trainset_from_record(manifest_raw["training"]["config"].get("trainset", {}))
+    return dataclasses.replace(recorded, libraries=None)
 
 
 def evaluate_held_out(

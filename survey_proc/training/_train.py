@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from survey_proc.config import dataclass_options, read_yaml
+from survey_proc.errors import OptionError
 from survey_proc.estimators import load_manifest
 from survey_proc.preprocess import InputSpec
 from survey_proc.ssp import MODEL_FLOOR, SSPLibrary, load_ssp_library, require_use, to_medium
@@ -108,13 +109,14 @@ class TrainConfig:
         raw = dataclass_options(cls, raw, "training")
         trainset = TrainsetConfig(**dataclass_options(TrainsetConfig, raw.pop("trainset", None), "trainset"))
         raw["arch_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.get("arch_kwargs", {}).items()}
-        cfg = cls(trainset=trainset, **raw)
-        if cfg.predicts_weights and trainset.libraries:
-            raise ValueError(
+        return cls(trainset=trainset, **raw)
+
+    def __post_init__(self) -> None:
+        if self.predicts_weights and self.trainset.libraries:
+            raise OptionError(
                 "a model trained on several SSP libraries (trainset.libraries) cannot predict or rebuild from the "
                 "weight grid of one: set weight_loss and recon_loss to 0 and reconstruct to false"
             )
-        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
