@@ -26,6 +26,7 @@ from survey_proc.estimators._systematics import ErrorSystematics
 #: public names of the implementation modules, imported on first use
 _LAZY = {
     "prepare_templates": "_ppxf",
+    "floored_chi2": "_fit",
     "TorchScriptEstimator": "_torchscript",
     "batch_size_for": "_torchscript",
     "cpu_precision": "_torchscript",
@@ -57,6 +58,7 @@ __all__ = [
     "check_trusted",
     "compute_packaged_sums",
     "cpu_precision",
+    "floored_chi2",
     "gpu_batch_size",
     "is_out_of_memory",
     "load_estimator",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from survey_proc.estimators import floored_chi2
 from survey_proc.ssp import MODEL_FLOOR
 from survey_proc.training._edges import EdgeTable, apply_edge_table, noise_level
 
@@ -214,15 +215,6 @@ def reduced_chi2(x: torch.Tensor, model: torch.Tensor, floor: float = 1e-3) -> t
     return chi2, fitted
 
 
-def floored_reduced_chi2(x: torch.Tensor, fitted: torch.Tensor, model_floor: float, floor: float = 1e-3):
-    """Reduced chi^2 (n,) of an already scaled ``fitted`` model with ``model_floor`` x the model added to
-    each good pixel's error in quadrature (how far SSP libraries differ: ``ssp.MODEL_FLOOR``)."""
-    flux, err, mask = x[:, 0], x[:, 1], x[:, 2]
-    var = torch.clamp(err, min=floor) ** 2 + (model_floor * fitted) ** 2
-    chi2 = ((1.0 - mask) * (flux - fitted) ** 2 / var).sum(dim=1)
-    return chi2 / torch.clamp((1.0 - mask).sum(dim=1), min=1.0)
-
-
 class ExportedModel(nn.Module):
     """What goes into the TorchScript file: physical units out, calibrated uncertainties, scores.
 
@@ -333,7 +325,10 @@ class ExportedModel(nn.Module):
             velocity = value[:, self.i_velocity] if self.i_velocity >= 0 else zeros
             chi2, fitted = reduced_chi2(x, recon(weights, av, velocity, sigma))
             out["chi2"] = chi2
-            out["chi2_floor"] = floored_reduced_chi2(x, fitted, self.model_floor)
+            good = 1.0 - x[:, 2]
+            w8 = good / torch.clamp(x[:, 1], min=1e-3) ** 2  # as reduced_chi2 weighs the pixels
+            floored = floored_chi2(x[:, 0], w8, fitted, self.model_floor)
+            out["chi2_floor"] = (floored / torch.clamp(good.sum(dim=1), min=1.0)).float()
             # (n, nmetal, nage) -> (n, nage, nmetal), the maps' (age, metal) order
             out["weights"] = weights.reshape(-1, self.n_metal, self.n_age).transpose(1, 2)
         return out
