@@ -9,12 +9,15 @@ dust law ``k(lambda) = A(lambda)/A_V``, and a Gaussian LOSVD applied in Fourier 
 below a pixel, as in pPXF). For each spectrum it minimises chi^2 = sum W (y - m)^2 with W the
 inverse variance (0 where masked):
 
-- the weights by non-negative least squares on a *working set* of templates (Bro & de Jong's FNNLS on
-  the normal equations, batched; the set is refreshed from the gradient of chi^2 over every template,
-  so at convergence the solution satisfies the KKT conditions of the NNLS over all templates, as
-  pPXF's does, whenever the optimum uses at most ``working_set`` templates);
+- the weights by non-negative least squares on a *working set* of templates (on the normal equations:
+  scipy's Lawson-Hanson solver row by row on a CPU, Kim & Park's block principal pivoting batched on a
+  GPU); the set is refreshed from the gradient of chi^2 over every template, so at convergence the
+  solution satisfies the KKT conditions of the NNLS over all templates, as pPXF's does, whenever the
+  optimum uses at most ``working_set`` templates;
 - (v, sigma, A_V) by Levenberg-Marquardt on the variable-projection functional (Kaufman's Jacobian:
-  the derivative of the model, projected out of the span of the active templates).
+  the derivative of the model, projected out of the span of the active templates), each step taken
+  together with the working set's refresh; it stops as pPXF does, when chi^2 changes by less than
+  ``tol`` (relative; pPXF's ftol).
 
 Everything is batched over spectra: the cost per spectrum is a few k x L Gram matrices and k FFTs
 per iteration (k the working set, L the pixels), on a CPU or a GPU.
@@ -41,7 +44,7 @@ class FitLimits:
     av: tuple[float, float] = (0.0, 5.0)  #: mag
     velocity: float = 1500.0  #: |v| km/s searched by the cross-correlation seed
     iterations: int = 12  #: Levenberg-Marquardt steps at most
-    tol: float = 1e-5  #: relative chi^2 gain under which a spectrum has converged
+    tol: float = 1e-4  #: relative chi^2 change under which a spectrum has converged (pPXF's ftol)
 
     @property
     def holds_av(self) -> bool:
@@ -87,6 +90,7 @@ class Templates:
         if self.nfft % 2 == 0:
             rw[-1] = 1.0
         self._rfft_weights = rw / self.nfft  # sum_p a[p] irfft(X)[p] = sum_f rw[f] Re(conj(A[f]) X[f])
+        self._that_ri = torch.cat([self.that.real, self.that.imag], dim=1).T.contiguous()  # (2 nf, ntemp)
 
     def kernel(self, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The LOSVD in Fourier space (n, nf), including the sub-pixel offset of the two grids."""
@@ -99,7 +103,7 @@ class Templates:
         return torch.fft.irfft(spec_hat, n=self.nfft, dim=-1)[..., self.off : self.off + self.L]
 
     def dust(self, av: torch.Tensor) -> torch.Tensor:
-        return torch.pow(10.0, -0.4 * av[:, None] * self.k[None])
+        return torch.exp((-0.4 * LN10) * av[:, None] * self.k[None])
 
     def polynomial(self, c: torch.Tensor) -> torch.Tensor:
         """The multiplicative polynomial 1 + sum_d c_d P_d(x) (n, L) of coefficients ``c`` (n, mdegree)."""
@@ -110,10 +114,11 @@ class Templates:
         dust = self.dust(av)
         return dust if c is None or self.mdegree == 0 else dust * self.polynomial(c)
 
-    def columns(self, ws: torch.Tensor, v, sigma, av, c=None) -> torch.Tensor:
-        """The working set's model columns (n, k, L) at (v, sigma, A_V) and polynomial ``c``."""
+    def columns(self, ws: torch.Tensor, v, sigma, av, c=None, kern=None) -> torch.Tensor:
+        """The working set's model columns (n, k, L) at (v, sigma, A_V) and polynomial ``c`` (``kern``:
+        the LOSVD at (v, sigma) where the caller has it)."""
         spec = self.gather(ws)
-        spec *= self.kernel(v, sigma)[:, None, :]
+        spec *= (self.kernel(v, sigma) if kern is None else kern)[:, None, :]
         return self.pixels(spec) * self.screen(av, c)[:, None, :]
 
     def gather(self, ws: torch.Tensor) -> torch.Tensor:
@@ -122,22 +127,105 @@ class Templates:
 
     def mix(self, ws: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """sum_j w_j T_j in Fourier space (n, nf) for working sets ``ws`` with weights ``w`` (n, k)."""
-        dense = torch.zeros((w.shape[0], self.ntemp), dtype=self.dtype, device=self.device)
-        return dense.scatter_add_(1, ws, w).to(self.cdtype) @ self.that
+        return torch.bmm(w.to(self.cdtype)[:, None, :], self.gather(ws))[:, 0]
 
-    def gradient(self, r_w: torch.Tensor, v, sigma, av, c=None) -> torch.Tensor:
-        """sum_p r_w[p] * column_j[p] for every template j (n, ntemp), by correlation in Fourier space."""
+    def gradient(self, r_w: torch.Tensor, kern: torch.Tensor, av, c=None) -> torch.Tensor:
+        """sum_p r_w[p] * column_j[p] for every template j (n, ntemp), by correlation in Fourier space
+        (``kern``: the LOSVD)."""
         full = torch.zeros((r_w.shape[0], self.nfft), dtype=self.dtype, device=self.device)
         full[:, self.off : self.off + self.L] = r_w * self.screen(av, c)
-        a = torch.conj(torch.fft.rfft(full, n=self.nfft, dim=-1)) * self.kernel(v, sigma) * self._rfft_weights
-        return (a @ self.that.T).real
+        a = torch.conj(torch.fft.rfft(full, n=self.nfft, dim=-1)) * kern * self._rfft_weights
+        return torch.cat([a.real, -a.imag], dim=1) @ self._that_ri  # Re(a @ that.T), as one real product
 
 
-def nnls(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = None, iters: int | None = None):
-    """Batched active-set NNLS on the normal equations (FNNLS): min w'Gw - 2b'w, w >= 0.
+def _masked_solve(gram: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The solution of the normal equations restricted to the support ``p`` (n, k) (0 off it)."""
+    zero = torch.zeros((), dtype=gram.dtype, device=gram.device)
+    diag = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=1e-300)
+    g = torch.where(p[:, :, None] & p[:, None, :], gram, zero)
+    g = g + torch.diag_embed((~p).to(gram.dtype) + 1e-12 * diag * p)
+    return torch.linalg.solve(g, torch.where(p, b, zero))
 
-    gram (n, k, k), b (n, k), float64; ``passive`` (n, k) bool: a support to start from (warm start).
-    Returns (n, k)."""
+
+def nnls(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = None) -> torch.Tensor:
+    """NNLS on the normal equations: min w'Gw - 2b'w, w >= 0 (gram (n, k, k), b (n, k), float64;
+    ``passive`` (n, k) bool: a support to start from, used on a GPU). Returns (n, k).
+
+    On a CPU one small problem after another in scipy's compiled Lawson-Hanson solver is ~7x faster
+    than any batched loop in torch (whose cost is its per-operation overhead); on a GPU the batch is
+    solved at once (:func:`nnls_batched`)."""
+    if gram.device.type != "cpu":
+        return nnls_batched(gram, b, passive)
+    return torch.as_tensor(nnls_rows(gram.numpy(), b.numpy()), dtype=b.dtype)
+
+
+def nnls_rows(gram: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min w'Gw - 2b'w, w >= 0 for each row, by scipy's NNLS on a square root of G: with G = V diag(l) V',
+    A = diag(sqrt l) V' and y = diag(1/sqrt l) V' b, |Aw - y|^2 = w'Gw - 2b'w + const (directions of G
+    below 1e-12 of its largest eigenvalue left out, as round-off of a float32 Gram matrix)."""
+    from scipy.optimize import nnls as lawson_hanson
+
+    scale = np.sqrt(np.clip(np.diagonal(gram, axis1=1, axis2=2), 1e-300, None))  # unit diagonal: better conditioned
+    lam, vec = np.linalg.eigh(gram / scale[:, :, None] / scale[:, None, :])
+    keep = lam > 1e-12 * lam[:, -1:]
+    root = np.sqrt(np.where(keep, lam, 1.0))
+    a = np.where(keep, root, 0.0)[:, :, None] * vec.transpose(0, 2, 1)
+    y = np.where(keep, (vec.transpose(0, 2, 1) @ (b / scale)[:, :, None])[:, :, 0] / root, 0.0)
+    out = np.zeros_like(b)
+    for i in range(b.shape[0]):
+        if not (np.isfinite(a[i]).all() and np.isfinite(y[i]).all()):
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = lawson_hanson(a[i], y[i], maxiter=50 * b.shape[1])[0]
+        except RuntimeError:  # out of iterations (never seen): the batched solver's answer for this row
+            out[i] = nnls_batched(torch.as_tensor(gram[i : i + 1]), torch.as_tensor(b[i : i + 1]))[0].numpy()
+    return out / scale
+
+
+def nnls_batched(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = None, iters: int | None = None):
+    """:func:`nnls` for a whole batch at once (a GPU's way).
+
+    Kim & Park's block principal pivoting (SIAM J. Sci. Comput. 33, 3261, 2011): every variable that
+    breaks the KKT conditions changes side at once (with their safeguard against cycling), so a support
+    is found in a few batched solves rather than one variable per step; the rows it has not settled
+    after ``iters`` exchanges (default 3k) are finished by :func:`fnnls` from where they are."""
+    n, k = b.shape
+    zero = torch.zeros((), dtype=gram.dtype, device=gram.device)
+    diag = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=1e-300)
+    tol = 1e-10 * diag.sqrt().amax(1, keepdim=True) * b.abs().amax(1, keepdim=True).clamp(min=1e-300).sqrt()
+    p = passive.clone() if passive is not None else torch.zeros((n, k), dtype=torch.bool, device=b.device)
+    alpha = torch.full((n,), 3, dtype=torch.int64, device=b.device)
+    beta = torch.full((n,), k + 1, dtype=torch.int64, device=b.device)
+    cols = torch.arange(k, device=b.device)
+    w = _masked_solve(gram, b, p)
+    for _ in range(iters or 3 * k):
+        y = (gram @ w[:, :, None])[:, :, 0] - b  # the dual: >= 0 off the support at the optimum
+        bad = (p & (w < 0)) | (~p & (y < -tol))
+        count = bad.sum(1)
+        if not bool(count.any()):
+            return torch.where(p, w, zero).clamp(min=0)
+        fewer = (count > 0) & (count < beta)
+        beta = torch.where(fewer, count, beta)
+        alpha = torch.where(fewer, torch.full_like(alpha, 3), alpha)
+        full = (count > 0) & (fewer | (alpha >= 1))
+        alpha = torch.where(full & ~fewer, alpha - 1, alpha)
+        last = torch.where(bad, cols, torch.full_like(cols, -1)).amax(1)  # the safeguard: one variable only
+        flip = torch.where(full[:, None], bad, (count > 0)[:, None] & (cols[None] == last[:, None]))
+        p = p ^ flip
+        w = _masked_solve(gram, b, p)
+    settled = ~((p & (w < 0)) | (~p & ((gram @ w[:, :, None])[:, :, 0] - b < -tol))).any(1)
+    out = torch.where(p, w, zero).clamp(min=0)
+    if not bool(settled.all()):
+        rest = torch.nonzero(~settled).flatten()
+        out[rest] = fnnls(gram[rest], b[rest], p[rest] & (w[rest] > 0))
+    return out
+
+
+def fnnls(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = None, iters: int | None = None):
+    """Batched active-set NNLS on the normal equations (Bro & de Jong's FNNLS), one variable in per step:
+    min w'Gw - 2b'w, w >= 0. gram (n, k, k), b (n, k), float64; ``passive`` (n, k) bool: a support to
+    start from (warm start). Returns (n, k)."""
     n, k = b.shape
     zero = torch.zeros((), dtype=gram.dtype, device=gram.device)
     diag = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=1e-300)
@@ -197,12 +285,14 @@ class FitState:
     ws: torch.Tensor  #: (n, k) template indices of the working set
     w: torch.Tensor  #: (n, k) their weights (>= 0)
     cols: torch.Tensor  #: (n, k, L) their model columns
+    gram: torch.Tensor  #: (n, k, k) float64, sum_p W cols_i cols_j
+    kern: torch.Tensor  #: (n, nf) the LOSVD at (v, sigma) in Fourier space
     model: torch.Tensor  #: (n, L)
     chi2: torch.Tensor  #: (n,) float64, sum W (y - model)^2
     c: torch.Tensor  #: (n, mdegree) coefficients of the multiplicative polynomial
     iterations: int = 0
 
-    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "model", "chi2", "c")
+    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "gram", "kern", "model", "chi2", "c")
 
     @property
     def nonlinear(self) -> int:
@@ -210,30 +300,36 @@ class FitState:
         return 3 + self.c.shape[1]
 
     def take(self, better: torch.Tensor, other: FitState) -> None:
-        """Where ``better``, take ``other``'s values."""
-        for name in self.FIELDS:
-            mine = getattr(self, name)
-            rows = better.view(-1, *([1] * (mine.dim() - 1)))
-            setattr(self, name, torch.where(rows, getattr(other, name), mine))
+        """Where ``better``, take ``other``'s values: its tensors where every row is better, else the better
+        rows copied into this state's own tensors (in place)."""
+        if bool(better.all()):
+            for name in self.FIELDS:
+                setattr(self, name, getattr(other, name))
+            return
+        rows = torch.nonzero(better).flatten()
+        if rows.numel():
+            for name in self.FIELDS:
+                getattr(self, name).index_copy_(0, rows, getattr(other, name)[rows])
 
 
-def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, passive=None, cols=None) -> FitState:
+def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, passive=None, cols=None, kern=None) -> FitState:
     """The NNLS weights of the working set at fixed (v, sigma, A_V, polynomial ``c``), and the model and
     chi^2 they give; ``cols`` (n, k, L): the working set's columns there when the caller has them."""
+    kern = tpl.kernel(v, sigma) if kern is None else kern
     if cols is None:
-        cols = tpl.columns(ws, v, sigma, av, c)
+        cols = tpl.columns(ws, v, sigma, av, c, kern)
     cw = cols * W[:, None, :]
     gram = (cw @ cols.transpose(1, 2)).double()
-    b = (cw * y[:, None, :]).sum(-1).double()
+    b = (cw * y[:, None, :]).sum(-1).double()  # pairwise summation: a float32 bmm loses the digits chi^2 needs
     w = nnls(gram, b, passive).to(tpl.dtype)
     model = (w[:, None, :] @ cols)[:, 0, :]
     chi2 = ((y - model) ** 2 * W).double().sum(1)
-    return FitState(v, sigma, av, ws, w, cols, model, chi2, c)
+    return FitState(v, sigma, av, ws, w, cols, gram, kern, model, chi2, c)
 
 
 def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
     """Members with zero weight out, the templates whose chi^2 gradient most wants them in, in."""
-    g = tpl.gradient(W * (y - s.model), s.v, s.sigma, s.av, s.c)  # (n, ntemp): > 0 lowers chi^2 if added
+    g = tpl.gradient(W * (y - s.model), s.kern, s.av, s.c)  # (n, ntemp): > 0 lowers chi^2 if added
     member = torch.zeros_like(g, dtype=torch.bool).scatter_(1, s.ws, True)
     g_out = torch.where(member, torch.full_like(g, -math.inf), g)
     k = s.ws.shape[1]
@@ -250,7 +346,7 @@ def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
 
 def jacobian(tpl: Templates, s: FitState) -> torch.Tensor:
     """d model / d (v, sigma, A_V, polynomial coefficients) at the current weights: (n, 3 + mdegree, L)."""
-    t_hat = tpl.mix(s.ws, s.w) * tpl.kernel(s.v, s.sigma)
+    t_hat = tpl.mix(s.ws, s.w) * s.kern
     screen = tpl.screen(s.av, s.c)
     dv = tpl.pixels(t_hat * (-1j * tpl.omega[None] / tpl.velscale)) * screen
     ds = tpl.pixels(t_hat * (-(tpl.omega[None] ** 2) * (s.sigma[:, None] / tpl.velscale**2))) * screen
@@ -262,14 +358,16 @@ def jacobian(tpl: Templates, s: FitState) -> torch.Tensor:
 
 
 def projected_normal(tpl: Templates, s: FitState, y, W) -> tuple[torch.Tensor, torch.Tensor]:
-    """J'WJ (n, 3, 3) and J'W r (n, 3) of the variable-projection Jacobian (Kaufman), float64."""
+    """J'WJ (n, p, p) and J'W r (n, p) of the variable-projection Jacobian (Kaufman), float64: the
+    Jacobian with its part in the span of the active columns projected out pixel by pixel."""
     jac = jacobian(tpl, s)
     active = s.w > 0
-    cols = s.cols * active[:, :, None]
-    gram = ((cols * W[:, None, :]) @ cols.transpose(1, 2)).double() + torch.diag_embed((~active).double())
+    gram = torch.where(active[:, :, None] & active[:, None, :], s.gram, torch.zeros((), dtype=s.gram.dtype))
+    gram = gram + torch.diag_embed((~active).double())
     jw = jac * W[:, None, :]
-    coef = torch.linalg.solve(gram, (jw @ cols.transpose(1, 2)).double().transpose(1, 2)).to(tpl.dtype)
-    jp = jac - coef.transpose(1, 2) @ cols
+    jc = torch.where(active[:, :, None], (s.cols @ jw.transpose(1, 2)).double(), 0.0)  # (n, k, p); 0: inactive
+    coef = torch.linalg.solve(gram, jc).to(tpl.dtype)  # 0 for the inactive columns, which then add nothing
+    jp = jac - coef.transpose(1, 2) @ s.cols
     jpw = jp * W[:, None, :]
     return (jpw @ jp.transpose(1, 2)).double(), (jpw * (y - s.model)[:, None, :]).sum(-1).double()
 
@@ -294,9 +392,14 @@ def _hold(a: torch.Tensor, g: torch.Tensor, i: int) -> tuple[torch.Tensor, torch
 
 
 def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
-    """One Levenberg-Marquardt step of (v, sigma, A_V) on the working set, then a refresh of the working
-    set at the parameters reached; returns (state, damping, converged). A spectrum has converged when
-    neither the step nor the refresh changes chi^2 by ``tol`` (relative): far less than 1 sigma."""
+    """One Levenberg-Marquardt step of (v, sigma, A_V) on the variable-projection functional, taken together
+    with a refresh of the working set (the templates the chi^2 gradient wants in for the zero-weight slots):
+    one set of columns and one NNLS per step. Where that trial is rejected, the refresh alone is tried at
+    the parameters reached (it never raises chi^2 there: the support is kept). Returns (state, damping,
+    converged): a spectrum has converged when neither changes chi^2 by ``tol`` (relative; pPXF's ftol,
+    1e-4 by default: on the bench's mock at S/N 30 its chi^2 is within 0.01 of a 1e-5 stop for half the
+    spectra and within 2.2 for 99 %), the weights then satisfying the KKT conditions of the NNLS over all
+    templates as far as the gradient can tell."""
     a, g = projected_normal(tpl, s, y, W)
     if limits.holds_av:
         a, g = _hold(a, g, 2)
@@ -304,23 +407,23 @@ def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
     step = step.to(tpl.dtype)
     lo_s, hi_s = limits.sigma
     lo_a, hi_a = limits.av
+    ws = refresh_working_set(tpl, s, y, W)
     trial = solve_weights(
-        tpl, y, W, s.ws, s.v + step[:, 0], (s.sigma + step[:, 1]).clamp(lo_s, hi_s),
-        (s.av + step[:, 2]).clamp(lo_a, hi_a), s.c + step[:, 3:], passive=s.w > 0,
+        tpl, y, W, ws, s.v + step[:, 0], (s.sigma + step[:, 1]).clamp(lo_s, hi_s),
+        (s.av + step[:, 2]).clamp(lo_a, hi_a), s.c + step[:, 3:], passive=(s.w > 0) & (ws == s.ws),
     )  # fmt: skip
     better = trial.chi2 < s.chi2
     still = (s.chi2 - trial.chi2).abs() < limits.tol * s.chi2
     s.take(better, trial)
     lam = torch.where(better, lam * 0.2, lam * 10.0)
-    moved = _refresh(tpl, s, y, W, limits.tol)
+    moved = _refresh(tpl, s, y, W, ws, ~better, limits.tol)
     return s, lam, (still & ~moved) | (lam > 1e5)
 
 
-def _refresh(tpl: Templates, s: FitState, y, W, tol: float) -> torch.Tensor:
-    """Swap zero-weight templates for those the chi^2 gradient wants, where that lowers chi^2; returns
-    which spectra it lowered by more than ``tol`` (relative)."""
-    ws = refresh_working_set(tpl, s, y, W)
-    changed = torch.nonzero((ws != s.ws).any(1)).flatten()
+def _refresh(tpl: Templates, s: FitState, y, W, ws: torch.Tensor, rows: torch.Tensor, tol: float) -> torch.Tensor:
+    """Where ``rows``, swap in the working sets ``ws`` at the current parameters if that lowers chi^2;
+    returns which spectra it lowered by more than ``tol`` (relative)."""
+    changed = torch.nonzero(rows & (ws != s.ws).any(1)).flatten()
     moved = torch.zeros_like(s.chi2, dtype=torch.bool)
     if changed.numel() == 0:
         return moved
@@ -328,7 +431,7 @@ def _refresh(tpl: Templates, s: FitState, y, W, tol: float) -> torch.Tensor:
     new_ws = ws[changed]
     trial = solve_weights(
         tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av, part.c,
-        passive=(part.w > 0) & (new_ws == part.ws), cols=_swap_columns(tpl, part, new_ws),
+        passive=(part.w > 0) & (new_ws == part.ws), cols=_swap_columns(tpl, part, new_ws), kern=part.kern,
     )  # fmt: skip
     better = trial.chi2 < part.chi2
     moved[changed] = better & (part.chi2 - trial.chi2 > tol * part.chi2)
@@ -344,7 +447,7 @@ def _swap_columns(tpl: Templates, s: FitState, ws: torch.Tensor) -> torch.Tensor
     cols = s.cols.clone()
     if rows.numel():
         spec = torch.index_select(tpl.that, 0, ws[rows, slots])
-        spec *= tpl.kernel(s.v, s.sigma)[rows]
+        spec *= s.kern[rows]
         cols[rows, slots] = tpl.pixels(spec) * tpl.screen(s.av, s.c)[rows]
     return cols
 
@@ -404,11 +507,23 @@ def covariance(tpl: Templates, s: FitState, W, dof: torch.Tensor, hold_av: bool 
     p = ``s.nonlinear``, from the curvature of chi^2 at the solution, scaled by the reduced chi^2 (as
     pPXF's errors in this project); weights at zero, and A_V if ``hold_av``, are held there (rows and
     columns zero)."""
-    jac = torch.cat([jacobian(tpl, s), s.cols * (s.w > 0)[:, :, None]], dim=1)  # (n, p + k, L)
-    fisher = ((jac * W[:, None, :]) @ jac.transpose(1, 2)).double()
+    jac = jacobian(tpl, s)  # (n, p, L); the weights' block is the Gram matrix the fit kept
+    active = s.w > 0
+    jw = jac * W[:, None, :]
+    cross = (jw @ (s.cols * active[:, :, None]).transpose(1, 2)).double()  # (n, p, k)
+    gram = torch.where(active[:, :, None] & active[:, None, :], s.gram, torch.zeros((), dtype=s.gram.dtype))
+    fisher = torch.cat(
+        [torch.cat([(jw @ jac.transpose(1, 2)).double(), cross], dim=2), torch.cat([cross.transpose(1, 2), gram], 2)],
+        dim=1,
+    )
     free = torch.ones((s.w.shape[0], s.nonlinear), dtype=torch.bool, device=s.w.device)
     free[:, 2] = not hold_av
-    free = torch.cat([free, s.w > 0], dim=1)
+    free = torch.cat([free, active], dim=1)
     fisher = fisher + torch.diag_embed((~free).double())
-    cov = torch.linalg.pinv(fisher, hermitian=True) * (s.chi2 / dof.clamp(min=1)).double()[:, None, None]
+    factor, info = torch.linalg.cholesky_ex(fisher)
+    cov = torch.cholesky_inverse(factor)
+    singular = torch.nonzero(info != 0).flatten()
+    if singular.numel():  # degenerate directions (collinear templates): the pseudo-inverse there
+        cov[singular] = torch.linalg.pinv(fisher[singular], hermitian=True)
+    cov = cov * (s.chi2 / dof.clamp(min=1)).double()[:, None, None]
     return cov * (free[:, :, None] & free[:, None, :])

@@ -12,12 +12,15 @@ from survey_proc.estimators import load_estimator
 from survey_proc.stores import Flag
 
 
-def test_batched_nnls_is_scipy_nnls():
-    """The batched active-set NNLS on normal equations gives scipy's NNLS solutions (ill-conditioned,
-    collinear columns like SSP templates included)."""
+@pytest.mark.parametrize("solver", ["nnls", "nnls_batched", "fnnls"])
+@pytest.mark.parametrize("warm", [False, True])
+def test_nnls_solvers_are_scipy_nnls(solver, warm):
+    """Each NNLS on normal equations (the CPU's row-by-row one, the GPU's batched block pivoting with and
+    without a warm start, and the one-variable-at-a-time fallback) gives scipy's NNLS solutions
+    (ill-conditioned, collinear columns like SSP templates included)."""
     from scipy.optimize import nnls as scipy_nnls
 
-    from survey_proc.estimators._fitcore import nnls
+    from survey_proc.estimators import _fitcore
 
     rng = np.random.default_rng(3)
     n, k, L = 40, 16, 300
@@ -27,7 +30,8 @@ def test_batched_nnls_is_scipy_nnls():
     y = np.einsum("nk,nkl->nl", truth, a) + 1e-2 * rng.normal(size=(n, L))
     gram = torch.as_tensor(np.einsum("nkl,njl->nkj", a, a))
     b = torch.as_tensor(np.einsum("nkl,nl->nk", a, y))
-    ours = nnls(gram, b).numpy()
+    passive = torch.as_tensor(rng.random((n, k)) < 0.5) if warm else None
+    ours = getattr(_fitcore, solver)(gram, b, passive).numpy()
     for i in range(n):
         ref, _ = scipy_nnls(a[i].T, y[i])
         r_ours = np.linalg.norm(a[i].T @ ours[i] - y[i])
