@@ -84,6 +84,11 @@ class FitOptions:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
         return cls(**values)
 
+    def reach(self) -> float:
+        """km/s the LOSVD may move light by: the velocities searched, 500 km/s beyond, and 5 sigma at the
+        largest sigma."""
+        return self.search_velocity + 500.0 + 5.0 * self.sigma_range[1]
+
     def limits(self) -> FitLimits:
         return FitLimits(self.sigma_range, self.av_range, self.search_velocity, self.iterations, self.tol)
 
@@ -154,7 +159,7 @@ class FitEstimator(Estimator):
         tem = prepare_templates(self.lib, self.lam, fwhm, self.lam_temp)
         return Templates(
             tem.reshape(tem.shape[0], -1).T, self.lam_temp, self.lam, self.velscale, self.dust_k, self.device,
-            mdegree=self.options.mdegree,
+            mdegree=self.options.mdegree, reach=self.options.reach(),
         )  # fmt: skip
 
     def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:

@@ -65,9 +65,12 @@ class Templates:
         device: torch.device,
         dtype=torch.float32,
         mdegree: int = 0,
+        reach: float = 7000.0,
     ) -> None:
         """templates (ntemp, Lt) on ``lam_temp``; ``lam`` (L,) the data grid; ``dust_k`` (L,) A(lam)/A_V;
-        ``mdegree``: degree of the multiplicative Legendre polynomial (0: none)."""
+        ``mdegree``: degree of the multiplicative Legendre polynomial (0: none); ``reach``: km/s, the
+        largest |velocity| plus 5 sigma of any LOSVD to be applied (the FFT length leaves that much room,
+        so that no template light wraps around into the data's pixels)."""
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         self.velscale = float(velscale)
@@ -75,7 +78,9 @@ class Templates:
         shift = math.log(lam[0] / lam_temp[0]) / (velscale / C_KMS)  # data pixel 0 at this template pixel
         self.off = int(math.floor(shift))
         self.frac = float(shift - self.off)
-        self.nfft = 1 << int(math.ceil(math.log2(templates.shape[1] + 64)))
+        extent = int(math.ceil(reach / velscale))  # pixels the LOSVD may move light by
+        lt = templates.shape[1]
+        self.nfft = fast_length(max(lt, lt + extent - self.off, self.off + self.L + extent))
         t = torch.as_tensor(np.ascontiguousarray(templates), dtype=dtype, device=device)
         self.that = torch.fft.rfft(t, n=self.nfft, dim=-1)  # (ntemp, nf)
         self.omega = 2 * math.pi * torch.fft.rfftfreq(self.nfft, device=device, dtype=dtype)
@@ -145,6 +150,16 @@ def _masked_solve(gram: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch
     g = torch.where(p[:, :, None] & p[:, None, :], gram, zero)
     g = g + torch.diag_embed((~p).to(gram.dtype) + 1e-12 * diag * p)
     return torch.linalg.solve(g, torch.where(p, b, zero))
+
+
+def fast_length(n: int) -> int:
+    """The smallest 2^a 3^b >= ``n``: the lengths pocketfft (torch's CPU FFT) transforms fastest."""
+    best = 1 << int(math.ceil(math.log2(max(n, 1))))
+    three = 1
+    while three < best:
+        best = min(best, three << max(0, int(math.ceil(math.log2(n / three)))))
+        three *= 3
+    return best
 
 
 def nnls(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = None) -> torch.Tensor:
