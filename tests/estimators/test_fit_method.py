@@ -39,6 +39,119 @@ def test_nnls_solvers_are_scipy_nnls(solver, warm):
         assert (ours[i] >= 0).all() and r_ours <= r_ref * (1 + 1e-6) + 1e-9
 
 
+def test_nnls_rows_zero_columns_nonfinite_rows_and_a_failing_solver(monkeypatch):
+    """The CPU solver: a template with no weight in the Gram matrix gets 0 (not 1e164), a non-finite row
+    gets NaN without upsetting the others, and where scipy gives up the batched answer comes back on the
+    problem's own scale."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    from survey_proc.estimators import _fitcore
+
+    rng = np.random.default_rng(4)
+    n, k, L = 6, 8, 200
+    a = np.abs(rng.normal(1, 0.3, (n, k, L))).cumsum(axis=2) * 10.0 ** rng.uniform(-3, 3, (n, k, 1))
+    a[:, 2] = 0.0  # a template zero over every good pixel
+    y = np.einsum("nk,nkl->nl", rng.random((n, k)), a) + rng.normal(size=(n, L))
+    gram, b = np.einsum("nkl,njl->nkj", a, a), np.einsum("nkl,nl->nk", a, y)
+    gram[4, 0, 0] = np.nan
+    ours = _fitcore.nnls_rows(gram, b)
+    assert np.isnan(ours[4]).all() and np.isfinite(np.delete(ours, 4, axis=0)).all()
+    for i in (0, 1, 2, 3, 5):
+        ref, _ = scipy_nnls(a[i].T, y[i])
+        assert ours[i, 2] == 0.0
+        assert np.linalg.norm(a[i].T @ ours[i] - y[i]) <= np.linalg.norm(a[i].T @ ref - y[i]) * (1 + 1e-6) + 1e-9
+
+    def gives_up(*args, **kwargs):
+        raise RuntimeError("Maximum number of iterations reached.")
+
+    monkeypatch.setattr("scipy.optimize.nnls", gives_up)
+    fallback = _fitcore.nnls_rows(gram[:1], b[:1])
+    ref, _ = scipy_nnls(a[0].T, y[0])
+    assert np.linalg.norm(a[0].T @ fallback[0] - y[0]) <= np.linalg.norm(a[0].T @ ref - y[0]) * (1 + 1e-4)
+
+
+def test_fit_leaves_the_callers_seeds_alone(ssp_lib, monkeypatch):
+    """The state is updated in place; the seeds handed to fit() are not, nor do they share its memory."""
+    import dataclasses
+
+    import survey_proc.estimators._fit as fit_module
+
+    weights = np.zeros((4, 6, 25))
+    weights[:, 4, 19] = 1.0
+    av, v, sigma = [0.2, 0.4, 0.6, 0.8], [0, 50, -50, 100], [80, 120, 160, 200]
+    flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, av, v, sigma)
+    original, seen = fit_module.fit, {}
+
+    def spy(tpl, y, w8, v0, sigma0, av0, ws0, limits):
+        seeds = (v0, sigma0, av0, ws0)
+        before = [t.clone() for t in seeds]
+        out = original(tpl, y, w8, *seeds, limits)
+        seen["unchanged"] = all(torch.equal(x, t) for x, t in zip(before, seeds, strict=True))
+        unfitted = original(tpl, y, w8, *seeds, dataclasses.replace(limits, iterations=0))
+        fields = (out.v, out.sigma, out.av, out.ws, unfitted.v, unfitted.sigma, unfitted.av, unfitted.ws)
+        seen["shared"] = any(t.data_ptr() == f.data_ptr() for t in seeds for f in fields)
+        return out
+
+    monkeypatch.setattr(fit_module, "fit", spy)
+    estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, load_estimator("fit", threads=1), 5.0, lsf)
+    assert seen == {"unchanged": True, "shared": False}
+
+
+def test_a_held_av_is_conditioned_on_not_marginalised(ssp_lib, monkeypatch):
+    """With A_V held (fit-mpoly), the weights' covariance is the inverse of their own block of the Fisher
+    matrix: A_V's row and column take no part (they used to inflate the weights' errors up to 13x)."""
+    import survey_proc.estimators._fit as fit_module
+    from survey_proc.estimators import _fitcore
+
+    weights = _mixtures(np.random.default_rng(2), 2)
+    flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, [0.0, 0.0], [0.0, 40.0], [100.0, 150.0])
+    original, seen = _fitcore.covariance, {}
+
+    def spy(tpl, s, W, dof, hold_av=False):
+        seen.update(args=(tpl, s, W, dof), hold_av=hold_av)
+        return original(tpl, s, W, dof, hold_av)
+
+    monkeypatch.setattr(fit_module, "covariance", spy)
+    estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, load_estimator("fit-mpoly", threads=1), 5.0, lsf)
+    assert seen["hold_av"]
+    cov = original(*seen["args"], True)
+    assert (cov[:, 2, :] == 0).all() and (cov[:, :, 2] == 0).all()
+    jacobian = _fitcore.jacobian
+
+    def no_dust(tpl, s):  # the Jacobian without A_V's derivative: what conditioning on A_V means
+        jac = jacobian(tpl, s).clone()
+        jac[:, 2] = 0.0
+        return jac
+
+    monkeypatch.setattr(_fitcore, "jacobian", no_dust)
+    np.testing.assert_allclose(cov.numpy(), original(*seen["args"], True).numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_template_columns_at_small_sigma_match_a_long_transform():
+    """The FFT length is sized by the LOSVD's reach and the padding is a ramp, not zeros: a sub-pixel shift
+    at sigma 10 km/s then matches a 65,536-point transform to 1e-4 of the flux (zero padding rang from
+    the templates' ends at 2e-3)."""
+    import math
+
+    from survey_proc.estimators._fitcore import Templates
+    from survey_proc.estimators._ppxf import prepare_templates
+    from survey_proc.ssp import muse_lsf_fwhm
+
+    est = load_estimator("fit", threads=1)
+    tem = prepare_templates(est.lib, est.lam, muse_lsf_fwhm(est.lam * 1.008), est.lam_temp)
+    tem = tem.reshape(tem.shape[0], -1).T
+    args = (tem, est.lam_temp, est.lam, est.velscale, est.dust_k, torch.device("cpu"), torch.float64)
+    ours = Templates(*args, reach=est.options.reach())
+    long = Templates(*args, reach=est.velscale * (65536 - tem.shape[1]))
+    assert ours.nfft < 4096 and long.nfft >= 65536
+    ws = torch.arange(0, 150, 7).reshape(1, -1).expand(4, -1)
+    v = torch.tensor([0.0, 130.0, -700.0, 1500.0], dtype=torch.float64)
+    sigma = torch.tensor([10.0, 10.0, 40.0, 300.0], dtype=torch.float64)
+    a, b = (t.columns(ws, v, sigma, torch.zeros(4, dtype=torch.float64)) for t in (ours, long))
+    assert float(((a - b).abs().amax(-1) / b.abs().amax(-1)).max()) < 1e-4
+    assert math.isclose(ours.frac, long.frac) and ours.off == long.off
+
+
 def _mixtures(rng, n: int) -> np.ndarray:
     """(n, 6, 25) light weights: three random SSPs per spectrum, none younger than the 5th age."""
     weights = np.zeros((n, 6, 25))
