@@ -20,7 +20,7 @@ def test_nnls_solvers_are_scipy_nnls(solver, warm):
     (ill-conditioned, collinear columns like SSP templates included)."""
     from scipy.optimize import nnls as scipy_nnls
 
-    from survey_proc.estimators import _fitcore
+    from survey_proc.estimators import _nnls
 
     rng = np.random.default_rng(3)
     n, k, L = 40, 16, 300
@@ -31,7 +31,7 @@ def test_nnls_solvers_are_scipy_nnls(solver, warm):
     gram = torch.as_tensor(np.einsum("nkl,njl->nkj", a, a))
     b = torch.as_tensor(np.einsum("nkl,nl->nk", a, y))
     passive = torch.as_tensor(rng.random((n, k)) < 0.5) if warm else None
-    ours = getattr(_fitcore, solver)(gram, b, passive).numpy()
+    ours = getattr(_nnls, solver)(gram, b, passive).numpy()
     for i in range(n):
         ref, _ = scipy_nnls(a[i].T, y[i])
         r_ours = np.linalg.norm(a[i].T @ ours[i] - y[i])
@@ -45,7 +45,7 @@ def test_nnls_rows_zero_columns_nonfinite_rows_and_a_failing_solver(monkeypatch)
     problem's own scale."""
     from scipy.optimize import nnls as scipy_nnls
 
-    from survey_proc.estimators import _fitcore
+    from survey_proc.estimators import _nnls
 
     rng = np.random.default_rng(4)
     n, k, L = 6, 8, 200
@@ -54,7 +54,7 @@ def test_nnls_rows_zero_columns_nonfinite_rows_and_a_failing_solver(monkeypatch)
     y = np.einsum("nk,nkl->nl", rng.random((n, k)), a) + rng.normal(size=(n, L))
     gram, b = np.einsum("nkl,njl->nkj", a, a), np.einsum("nkl,nl->nk", a, y)
     gram[4, 0, 0] = np.nan
-    ours = _fitcore.nnls_rows(gram, b)
+    ours = _nnls.nnls_rows(gram, b)
     assert np.isnan(ours[4]).all() and np.isfinite(np.delete(ours, 4, axis=0)).all()
     for i in (0, 1, 2, 3, 5):
         ref, _ = scipy_nnls(a[i].T, y[i])
@@ -65,7 +65,7 @@ def test_nnls_rows_zero_columns_nonfinite_rows_and_a_failing_solver(monkeypatch)
         raise RuntimeError("Maximum number of iterations reached.")
 
     monkeypatch.setattr("scipy.optimize.nnls", gives_up)
-    fallback = _fitcore.nnls_rows(gram[:1], b[:1])
+    fallback = _nnls.nnls_rows(gram[:1], b[:1])
     ref, _ = scipy_nnls(a[0].T, y[0])
     assert np.linalg.norm(a[0].T @ fallback[0] - y[0]) <= np.linalg.norm(a[0].T @ ref - y[0]) * (1 + 1e-4)
 
