@@ -382,11 +382,9 @@ def starting_working_sets(log_age: np.ndarray, metal: np.ndarray, age: np.ndarra
     block = np.clip(ia[:, None] + da.ravel(), 0, nage - 1) * nmetal + np.clip(im[:, None] + dm.ravel(), 0, nmetal - 1)
     cand = np.concatenate([block, np.broadcast_to(np.asarray(spread), (age.size, len(spread)))], axis=1)
     seen_before = np.tril(cand[:, :, None] == cand[:, None, :], k=-1).any(axis=2)  # (n, m): a repeat
-    if age.size and int((~seen_before).sum(axis=1).min()) < k:
-        raise ModelError(
-            f"fit.working_set {k} is more than the {int((~seen_before).sum(axis=1).min())} templates the "
-            "starting working sets draw from"
-        )
+    fewest = int((~seen_before).sum(axis=1).min()) if age.size else k
+    if fewest < k:
+        raise ModelError(f"fit.working_set {k} is more than the {fewest} templates the starting working sets draw from")
     order = np.argsort(seen_before, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(cand, order, axis=1).astype(np.int64)
 

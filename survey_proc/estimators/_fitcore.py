@@ -404,10 +404,9 @@ def covariance(tpl: Templates, s: FitState, W, dof: torch.Tensor, hold_av: bool 
     jac = jacobian(tpl, s)  # (n, p, L); the weights' block is the Gram matrix the fit kept
     active = s.w > 0
     jw = jac * W[:, None, :]
-    cross = (jw @ (s.cols * active[:, :, None]).transpose(1, 2)).double()  # (n, p, k)
-    gram = torch.where(active[:, :, None] & active[:, None, :], s.gram, torch.zeros((), dtype=s.gram.dtype))
+    cross = (jw @ s.cols.transpose(1, 2)).double()  # (n, p, k); the held rows and columns go below
     fisher = torch.cat(
-        [torch.cat([(jw @ jac.transpose(1, 2)).double(), cross], dim=2), torch.cat([cross.transpose(1, 2), gram], 2)],
+        [torch.cat([(jw @ jac.transpose(1, 2)).double(), cross], dim=2), torch.cat([cross.transpose(1, 2), s.gram], 2)],
         dim=1,
     )
     free = torch.ones((s.w.shape[0], s.nonlinear), dtype=torch.bool, device=s.w.device)

@@ -23,6 +23,12 @@ def _masked_solve(gram: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch
     return torch.linalg.solve(g, torch.where(p, b, zero))
 
 
+def _dual_tol(gram: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n,) how far below 0 a gradient of the objective may be and still count as 0 (the KKT tests)."""
+    diag = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=1e-300)
+    return 1e-10 * diag.sqrt().amax(1) * b.abs().amax(1).clamp(min=1e-300).sqrt()
+
+
 def nnls(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = None) -> torch.Tensor:
     """NNLS on the normal equations: min w'Gw - 2b'w, w >= 0 (gram (n, k, k), b (n, k), float64;
     ``passive`` (n, k) bool: a support to start from, used on a GPU). Returns (n, k).
@@ -79,16 +85,20 @@ def nnls_batched(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | No
     after ``iters`` exchanges (default 3k) are finished by :func:`fnnls` from where they are."""
     n, k = b.shape
     zero = torch.zeros((), dtype=gram.dtype, device=gram.device)
-    diag = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=1e-300)
-    tol = 1e-10 * diag.sqrt().amax(1, keepdim=True) * b.abs().amax(1, keepdim=True).clamp(min=1e-300).sqrt()
+    tol = _dual_tol(gram, b)[:, None]
+
+    def violations(p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(n, k): off the KKT conditions, negative on the support or with a negative dual off it."""
+        dual = (gram @ w[:, :, None])[:, :, 0] - b  # >= 0 off the support at the optimum
+        return (p & (w < 0)) | (~p & (dual < -tol))
+
     p = passive.clone() if passive is not None else torch.zeros((n, k), dtype=torch.bool, device=b.device)
     alpha = torch.full((n,), 3, dtype=torch.int64, device=b.device)
     beta = torch.full((n,), k + 1, dtype=torch.int64, device=b.device)
     cols = torch.arange(k, device=b.device)
     w = _masked_solve(gram, b, p)
     for _ in range(iters or 3 * k):
-        y = (gram @ w[:, :, None])[:, :, 0] - b  # the dual: >= 0 off the support at the optimum
-        bad = (p & (w < 0)) | (~p & (y < -tol))
+        bad = violations(p, w)
         count = bad.sum(1)
         if not bool(count.any()):
             return torch.where(p, w, zero).clamp(min=0)
@@ -101,7 +111,7 @@ def nnls_batched(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | No
         flip = torch.where(full[:, None], bad, (count > 0)[:, None] & (cols[None] == last[:, None]))
         p = p ^ flip
         w = _masked_solve(gram, b, p)
-    settled = ~((p & (w < 0)) | (~p & ((gram @ w[:, :, None])[:, :, 0] - b < -tol))).any(1)
+    settled = ~violations(p, w).any(1)
     out = torch.where(p, w, zero).clamp(min=0)
     if not bool(settled.all()):
         rest = torch.nonzero(~settled).flatten()
@@ -115,13 +125,10 @@ def fnnls(gram: torch.Tensor, b: torch.Tensor, passive: torch.Tensor | None = No
     start from (warm start). Returns (n, k)."""
     n, k = b.shape
     zero = torch.zeros((), dtype=gram.dtype, device=gram.device)
-    diag = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=1e-300)
-    tol = 1e-10 * diag.sqrt().amax(1) * b.abs().amax(1).clamp(min=1e-300).sqrt()
+    tol = _dual_tol(gram, b)
 
     def solve(p: torch.Tensor) -> torch.Tensor:
-        g = torch.where(p[:, :, None] & p[:, None, :], gram, zero)
-        g = g + torch.diag_embed((~p).to(gram.dtype) + 1e-12 * diag * p)
-        return torch.linalg.solve(g, torch.where(p, b, zero))
+        return _masked_solve(gram, b, p)
 
     def back_off(w, p, s, active):
         for _ in range(k):
