@@ -17,6 +17,15 @@ def test_packaged_defaults_are_registered_and_overridable():
         assert config.get("run.batch-size") == 7
 
 
+def test_overrides_see_only_what_the_user_changed_however_often_asked():
+    # the packaged files are parsed once per process: what one caller does to its copy stays there
+    assert config.overrides() == {}
+    config._packaged()["run"]["batch-size"] = -1
+    with dask.config.set({"survey-proc.run.batch-size": 7}):
+        assert config.overrides() == {"run.batch-size": 7}
+    assert config.overrides() == {} and config.unknown_keys() == []
+
+
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SURVEY_PROC_CACHE", str(tmp_path / "c"))
     assert config.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
