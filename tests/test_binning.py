@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from survey_proc.binning import (
     BinConfig,
@@ -141,6 +143,25 @@ def test_run_over_bins_writes_maps_on_the_pixel_grid(binned, run_model, tmp_path
         np.testing.assert_array_equal(hdul["BIN_ID"].data, bin_id)
         np.testing.assert_array_equal(hdul["LOG_AGE"].data, pixels.log_age.values)
         assert hdul["FLAG"].data.shape == (16, 16)
+
+
+def test_bins_none_of_whose_redshifts_the_model_covers_are_refused_with_the_models_that_do(binned, tmp_path):
+    """Objects carry their own redshifts: a model is refused before any work when it covers none of them
+    (the error names the packaged models of its kind that do), and runs, flagging per spectrum, when it
+    covers some."""
+    from survey_proc.engine import RunConfig, run
+    from survey_proc.estimators import load_manifest
+
+    out, info = binned
+    far = tmp_path / "far.bins.zarr"
+    shutil.copytree(out, far)
+    z = np.full(info.bins, 0.09)  # the default reads rest 4750-8800 A: the mock's 9350 A reach z = 0.062
+    zarr.open_group(str(far), mode="r+")["redshift"][:] = z
+    with pytest.raises(CubeError, match=r"at z=0.09, but model \S+ needs 4750-8800 A.*muse-7100 \(4750-7100 A"):
+        run(RunConfig(cube=str(far), out=str(tmp_path / "m.zarr"), model="default", cluster="none", progress=False))
+    z[0] = 0.0  # one object the model covers: it runs, and the others are flagged out_of_range
+    zarr.open_group(str(far), mode="r+")["redshift"][:] = z
+    load_manifest("default").input.check_store(xr.open_zarr(far), 0.09, str(far), "default")
 
 
 def test_cli_bin_writes_catalogue_and_figure(mock16, tmp_path, capsys):

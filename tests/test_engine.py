@@ -252,7 +252,7 @@ def test_cube_beyond_the_default_range_falls_back_when_no_model_is_named(tmp_pat
     from conftest import write_small_mock
 
     cube = write_small_mock(tmp_path / "z009.zarr", seed=3, n=8, chunk=8, redshift=0.09)
-    with pytest.raises(CubeError, match=r"needs 4750-8800 A rest-frame"):
+    with pytest.raises(CubeError, match=r"needs 4750-8800 A rest-frame.* network models that cover it: .*muse-7100"):
         run(
             RunConfig(cube=str(cube), out=str(tmp_path / "named.zarr"), model="default", cluster="none", progress=False)
         )

@@ -191,11 +191,21 @@ def muse_set(work: Path, setups: dict[str, str], target_snr: float = 12.0) -> Re
 def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
     """One estimator over a set through the engine; its values, errors and flags per object."""
     from survey_proc.engine import RunConfig, run
+    from survey_proc.errors import CubeError
+    from survey_proc.stores import Flag
 
     out = work / f"{rs.name}-{Path(model).name}.maps.zarr"
     shutil.rmtree(out, ignore_errors=True)
     cluster = client.scheduler.address if client is not None else "none"
-    s = run(RunConfig(cube=str(rs.store), out=str(out), model=model, cluster=cluster, progress=False))
+    try:
+        s = run(RunConfig(cube=str(rs.store), out=str(out), model=model, cluster=cluster, progress=False))
+    except CubeError as exc:  # the model's range is not covered: as if every object were flagged so
+        log.info(f"  {Path(model).name} on {rs.name}: {exc}")
+        manifest = load_manifest(model)
+        gives = [p for p in PROPS if p in manifest.output_names or (p == "av" and "ebv" in manifest.output_names)]
+        nan = np.full(len(rs.objects), np.nan)
+        flags = np.full(len(rs.objects), int(Flag.OUT_OF_RANGE))
+        return Estimate({p: nan for p in gives}, {p: nan for p in gives}, flags, manifest.model_id)
     maps = xr.open_zarr(out)
     values, errors = {}, {}
     for p in PROPS:

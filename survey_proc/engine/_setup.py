@@ -24,7 +24,7 @@ from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import RegionOptions, read_feature_axis
 from survey_proc.engine._template import MASS_FLUX, derived_variables, maps_template, output_variables, spatial_chunks
 from survey_proc.errors import CubeError, OptionError, SurveyProcError
-from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest
+from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest, packaged_models
 from survey_proc.ssp import FOREGROUND_LAW, surface_density_factor
 from survey_proc.stores import (
     Flag,
@@ -166,9 +166,30 @@ def _covering_model(
     except CubeError as exc:
         fallback = None if model_named else _fallback_model(cube, redshift, rc.cube, exc)
         if fallback is None:
-            raise
+            raise CubeError(f"{exc}{_covering_alternatives(manifest, cube, redshift, rc.cube)}") from None
         return replace(rc, model=fallback), load_manifest(fallback)
     return rc, manifest
+
+
+def _covering_alternatives(manifest: Manifest, cube: xr.Dataset, redshift: float, path: str) -> str:
+    """' Packaged <kind> models that cover it: NAME (range), ...; run with --model NAME.': the shipped
+    bundles of the same estimator kind and input as ``manifest`` that cover the cube ('' if none)."""
+    found = []
+    for name in packaged_models():
+        try:
+            other = load_manifest(name)
+            same_kind = (other.estimator, other.input_kind) == (manifest.estimator, manifest.input_kind)
+            if other.path == manifest.path or not same_kind:
+                continue
+            other.input.check_store(cube, redshift, path, name)
+        except SurveyProcError:
+            continue
+        spec = other.input
+        found.append((name, f"{name} ({spec.wave_start:.0f}-{spec.wave_stop:.0f} A {spec.frame}-frame)"))
+    if not found:
+        return ""
+    kind = {"fit": "fit", "ppxf": "pPXF"}.get(manifest.estimator, "network")
+    return f" Packaged {kind} models that cover it: {', '.join(d for _, d in found)}; run with --model {found[0][0]}."
 
 
 def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError) -> str | None:

@@ -146,21 +146,23 @@ class InputSpec(InputKind):
         return prepare(flux, var, mask, axis, redshift, self)
 
     def check_store(self, ds: Any, redshift: float, path: str, model: str) -> None:
-        """Fail early (CubeError) when no spectrum of ``ds`` can cover the model's wavelength range."""
+        """Fail early (CubeError) when no spectrum of ``ds`` can cover the model's wavelength range: at the
+        cube's redshift, or, for a store of objects with their own redshifts, at none of theirs."""
         wave = ds["wave"].values
-        if "object" in ds["flux"].dims:
-            return  # per-object redshifts: coverage is judged (and flagged) per spectrum
-        need = self.wave * (1 + redshift) if self.frame == "rest" else self.wave
-        inside = ((need >= wave[0]) & (need <= wave[-1])).mean()
-        if inside < self.min_coverage:
-            frame = f"{self.frame}-frame"
-            raise CubeError(
-                f"{path}: the cube covers {wave[0]:.0f}-{wave[-1]:.0f} A (observed) = "
-                f"{wave[0] / (1 + redshift):.0f}-{wave[-1] / (1 + redshift):.0f} A rest frame at z={redshift:g}, "
-                f"but model {model} needs {self.wave_start:.0f}-{self.wave_stop:.0f} A {frame} "
-                f"({inside:.0%} covered, {self.min_coverage:.0%} required): every spectrum would be "
-                "flagged out_of_range. Choose a model for this wavelength range."
-            )
+        z = _store_redshifts(ds, redshift)
+        need = self.wave[None] * (1 + z[:, None]) if self.frame == "rest" else self.wave[None]
+        inside = ((need >= wave[0]) & (need <= wave[-1])).mean(axis=1)
+        if inside.max() >= self.min_coverage:
+            return
+        lo, hi = float(z.min()), float(z.max())
+        at = f"at z={lo:g}" if lo == hi else f"at z={lo:g}-{hi:g} (its objects' redshifts)"
+        raise CubeError(
+            f"{path}: the cube covers {wave[0]:.0f}-{wave[-1]:.0f} A (observed) = "
+            f"{wave[0] / (1 + hi):.0f}-{wave[-1] / (1 + lo):.0f} A rest frame {at}, "
+            f"but model {model} needs {self.wave_start:.0f}-{self.wave_stop:.0f} A {self.frame}-frame "
+            f"({inside.max():.0%} covered, {self.min_coverage:.0%} required): every spectrum would be "
+            "flagged out_of_range. Choose a model for this wavelength range."
+        )
 
     def feature_axis(self, values: np.ndarray, medium: str | None = None) -> np.ndarray:
         """The store's wavelengths (Angstrom, float64) in the model's medium: SDSS data (vacuum)
@@ -216,3 +218,20 @@ def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray 
     z1 = 1.0 + (redshift[:1, None] if same else redshift[:, None])
     fwhm = np.interp(spec.wave[None, :] * z1, wave, lsf_fwhm) / z1
     return BatchMeta(redshift=redshift, lsf_fwhm_model=fwhm[0] if same else fwhm)
+
+
+#: redshifts of a store's objects checked for coverage at most (spread over their range)
+MAX_REDSHIFTS_CHECKED = 2000
+
+
+def _store_redshifts(ds: Any, redshift: float) -> np.ndarray:
+    """The redshifts a store's spectra are at: its objects' own (``redshift`` along ``object``; distinct
+    to 1e-4, at most :data:`MAX_REDSHIFTS_CHECKED` spread over their range), else ``redshift``."""
+    if "object" in ds["flux"].dims and "redshift" in ds and ds["redshift"].dims == ("object",):
+        z = np.asarray(ds["redshift"].values, np.float64)
+        z = np.unique(np.round(z[np.isfinite(z)], 4))
+        if z.size > MAX_REDSHIFTS_CHECKED:
+            z = z[np.linspace(0, z.size - 1, MAX_REDSHIFTS_CHECKED).round().astype(int)]
+        if z.size:
+            return z
+    return np.array([float(redshift)])
