@@ -42,7 +42,7 @@ from survey_proc.stores import (
 
 log = logging.getLogger(__name__)
 
-#: the maps' variables a rebuild reads
+#: the maps' variables a rebuild reads (av is absent where a fit holds it)
 FIT_VALUES = ("velocity", "sigma", "av", "weights")
 #: the flux units of the best-fit store: each spectrum divided by its median, as the fit saw it
 NORMALISED = "1 (flux / its median over the fitted range)"
@@ -120,7 +120,7 @@ class _BestFitJob:
         flux, var, mask = (np.asarray(read[k]).reshape(n, -1) for k in ("flux", "var", "mask"))
         prep = spec.prepare_batch(flux, var, mask, axis, z if read["redshift"] is not None else self.redshift)
         values = read_arrays(self.maps, list(FIT_VALUES), region.block)
-        values = {k: np.asarray(v).reshape(n, *np.shape(v)[len(shape) :]) for k, v in values.items()}
+        values = {k: np.asarray(v).reshape(n, *np.shape(v)[len(shape) :]) for k, v in values.items() if v is not None}
         model = est.rebuild(prep.x, spec.batch_meta(z, axis, lsf), values)
         good = (prep.x[:, 2] < 0.5) & (prep.x[:, 1] > 0)
         arrays = {

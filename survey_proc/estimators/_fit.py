@@ -184,15 +184,17 @@ class FitEstimator(Estimator):
     rebuilds_spectra = True
 
     def rebuild(self, x: np.ndarray, meta: BatchMeta | None, values: dict[str, np.ndarray]) -> np.ndarray:
-        """The best-fit spectra (n, L) of ``x`` from the fit's maps: ``velocity``, ``sigma``, ``av`` (n,)
-        and ``weights`` (n, age, metal). The weights' overall scale and the multiplicative polynomial are
-        not kept in the maps: they are solved by weighted least squares, which at the fit's optimum gives
-        the fit's own. NaN rows where a value is."""
+        """The best-fit spectra (n, L) of ``x`` from the fit's maps: ``velocity``, ``sigma``, ``av`` (n,;
+        absent where the fit holds A_V: its value) and ``weights`` (n, age, metal). The weights' overall
+        scale and the multiplicative polynomial are not kept in the maps: they are solved by weighted least
+        squares, which at the fit's optimum gives the fit's own. NaN rows where a value is."""
         if meta is None or meta.lsf_fwhm_model is None:
             raise ModelError("rebuilding the fit needs the data's instrumental FWHM (cube 'lsf_fwhm')")
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
         grid = np.asarray(values["weights"], np.float64).reshape(x.shape[0], -1)
-        kin = np.stack([np.asarray(values[k], np.float64) for k in ("velocity", "sigma", "av")], 1)
+        held = np.full(x.shape[0], self.options.av_range[0])
+        names = ("velocity", "sigma", "av")
+        kin = np.stack([np.asarray(held if values.get(k) is None else values[k], np.float64) for k in names], 1)
         ok = np.isfinite(kin).all(1) & np.isfinite(grid).all(1) & (np.nan_to_num(grid).sum(1) > 0)
         out = np.full((x.shape[0], x.shape[2]), np.nan, np.float32)
         groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)

@@ -313,16 +313,46 @@ def test_run_method_fit_on_a_mock(mock16, tmp_path):
     _the_best_fit_store_rebuilds_the_fit(main, out, maps, good)
 
 
-def _the_best_fit_store_rebuilds_the_fit(main, out, maps, good):
-    """--save-model: a valid cube store beside the maps whose model gives back the maps' chi2."""
-    path = out.with_name("c.fit.model.zarr")
+def _the_best_fit_store_rebuilds_the_fit(main, out, maps, good, free: int = 3):
+    """--save-model: a valid cube store beside the maps whose model gives back the maps' chi2 (``free``:
+    the non-linear parameters fitted)."""
+    from survey_proc.engine import best_fit_path
+
+    path = best_fit_path(out)
     assert main(["validate", str(path)]) == 0
     best = xr.open_zarr(path)
     used = ~best["mask"]
-    k = load_estimator("fit").options.working_set  # the fit's degrees of freedom: pixels - templates - 3
-    chi2 = (((best.flux - best.model) ** 2 / best["var"]).where(used).sum("wave") / (used.sum("wave") - k - 3)).values
+    k = load_estimator("fit").options.working_set  # the fit's degrees of freedom: pixels - templates - free
+    chi2 = (
+        ((best.flux - best.model) ** 2 / best["var"]).where(used).sum("wave") / (used.sum("wave") - k - free)
+    ).values
     np.testing.assert_allclose(chi2[good], maps.chi2.values[good], rtol=1e-3)
     assert np.isnan(best.model.values[~good & ~np.isfinite(maps.chi2.values)]).all()
+
+
+def test_save_model_rebuilds_fit_mpoly(mock16, tmp_path):
+    """The best-fit spectra of a fit without A_V (fit-mpoly: its maps have no av, the rebuild holds it at
+    0; the store's write used to fail on the missing map) give back the maps' chi2."""
+    from survey_proc.cli import main
+
+    out = tmp_path / "fit-mpoly.fit.zarr"
+    run = [
+        "run",
+        "--cube",
+        str(mock16),
+        "--method",
+        "fit",
+        "--model",
+        "fit-mpoly",
+        "--out",
+        str(out),
+        "--cluster",
+        "none",
+    ]
+    assert main([*run, "--save-model"]) == 0
+    maps = xr.open_zarr(out)
+    assert "av" not in maps
+    _the_best_fit_store_rebuilds_the_fit(main, out, maps, maps.flag.values == 0, 2 + 8)
 
 
 def test_mass_surface_density_of_a_noise_free_mock_is_its_truth(ssp_lib, tmp_path):
