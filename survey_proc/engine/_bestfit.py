@@ -42,8 +42,8 @@ from survey_proc.stores import (
 
 log = logging.getLogger(__name__)
 
-#: the maps' variables a rebuild reads (av is absent where a fit holds it)
-FIT_VALUES = ("velocity", "sigma", "av", "weights")
+#: the maps' variables a rebuild reads (av is absent where a fit holds it, h3 and h4 where it fits none)
+FIT_VALUES = ("velocity", "sigma", "av", "h3", "h4", "weights")
 #: the flux units of the best-fit store: each spectrum divided by its median, as the fit saw it
 NORMALISED = "1 (flux / its median over the fitted range)"
 #: what each region of the best-fit store writes

@@ -47,7 +47,7 @@ from survey_proc.ssp import (
 KNOWN_OUTPUTS = {
     "log_age", "metallicity", "log_age_mass", "metallicity_mass", "av", "sigma", "velocity", "chi2", "chi2_floor",
     "weights",
-    "mass_to_light", "mass_to_light_r", "log_mass_flux",
+    "mass_to_light", "mass_to_light_r", "log_mass_flux", "h3", "h4",
 }  # fmt: skip
 
 
@@ -58,6 +58,11 @@ class FitOptions:
     seed: str | None = "default"  #: network bundle whose estimates start each fit (None: the fixed starts)
     working_set: int = 12  #: templates solved at once (a 32x32 mock: <= 10 used at the optimum for 99.8 %)
     mdegree: int = 0  #: degree of a multiplicative Legendre polynomial (as pPXF's mdegree; 0: none)
+    #: LOSVD moments, as pPXF's ``moments``: 2 (v, sigma) or 4 (and Gauss-Hermite h3, h4)
+    moments: int = 2
+    h_range: float = 0.3  #: |h3|, |h4| at most
+    #: pPXF's penalty towards a Gaussian LOSVD (``bias``): None its default, 0.7 sqrt(500 / good pixels)
+    bias: float | None = None
     iterations: int = 12  #: Levenberg-Marquardt steps at most
     tol: float = 1e-4  #: relative chi^2 change under which a fit has converged (pPXF's default ftol)
     start_sigma: float = 100.0  #: km/s, without a seed model
@@ -90,7 +95,9 @@ class FitOptions:
         return self.search_velocity + 500.0 + 5.0 * self.sigma_range[1]
 
     def limits(self) -> FitLimits:
-        return FitLimits(self.sigma_range, self.av_range, self.search_velocity, self.iterations, self.tol)
+        return FitLimits(
+            self.sigma_range, self.av_range, self.h_range, self.bias, self.search_velocity, self.iterations, self.tol
+        )
 
 
 #: spectra rebuilt at once (their columns over the whole SSP grid are held in memory)
@@ -151,6 +158,12 @@ class FitEstimator(Estimator):
         extra = sorted(set(outputs) - KNOWN_OUTPUTS)
         if extra:
             raise ModelError(f"{self.manifest.path}: the fit cannot produce output(s) {', '.join(extra)}")
+        if self.options.moments not in (2, 4):
+            raise ModelError(
+                f"{self.manifest.path}: fit.moments is 2 (v, sigma) or 4 (and h3, h4), not {self.options.moments}"
+            )
+        if {"h3", "h4"} & set(outputs) and self.options.moments != 4:
+            raise ModelError(f"{self.manifest.path}: outputs h3 and h4 need fit.moments = 4")
         check_weights_grid(self.manifest, outputs, self.log_age, self.metal)
 
     def _templates(self, fwhm: np.ndarray) -> Templates:
@@ -185,15 +198,16 @@ class FitEstimator(Estimator):
 
     def rebuild(self, x: np.ndarray, meta: BatchMeta | None, values: dict[str, np.ndarray]) -> np.ndarray:
         """The best-fit spectra (n, L) of ``x`` from the fit's maps: ``velocity``, ``sigma``, ``av`` (n,;
-        absent where the fit holds A_V: its value) and ``weights`` (n, age, metal). The weights' overall
-        scale and the multiplicative polynomial are not kept in the maps: they are solved by weighted least
-        squares, which at the fit's optimum gives the fit's own. NaN rows where a value is."""
+        absent where the fit holds A_V: its value), ``h3``, ``h4`` (n,; with ``fit.moments`` 4) and
+        ``weights`` (n, age, metal). The weights' overall scale and the multiplicative polynomial are not
+        kept in the maps: they are solved by weighted least squares, which at the fit's optimum gives the
+        fit's own. NaN rows where a value is."""
         if meta is None or meta.lsf_fwhm_model is None:
             raise ModelError("rebuilding the fit needs the data's instrumental FWHM (cube 'lsf_fwhm')")
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
         grid = np.asarray(values["weights"], np.float64).reshape(x.shape[0], -1)
         held = np.full(x.shape[0], self.options.av_range[0])
-        names = ("velocity", "sigma", "av")
+        names = ("velocity", "sigma", "av") + (("h3", "h4") if self.options.moments == 4 else ())
         kin = np.stack([np.asarray(held if values.get(k) is None else values[k], np.float64) for k in names], 1)
         ok = np.isfinite(kin).all(1) & np.isfinite(grid).all(1) & (np.nan_to_num(grid).sum(1) > 0)
         out = np.full((x.shape[0], x.shape[2]), np.nan, np.float32)
@@ -208,10 +222,11 @@ class FitEstimator(Estimator):
 
     def _rebuild_rows(self, tpl: Templates, x: np.ndarray, kin: np.ndarray, grid: np.ndarray) -> np.ndarray:
         y, w8 = _data(x, self.device)
-        v, sigma, av = (torch.as_tensor(kin[:, i], dtype=torch.float32, device=self.device) for i in range(3))
+        kin = torch.as_tensor(kin, dtype=torch.float32, device=self.device)
+        v, sigma, av, h = kin[:, 0], kin[:, 1], kin[:, 2], kin[:, 3:]
         ws = torch.arange(tpl.ntemp, device=self.device).expand(x.shape[0], -1)
         w = torch.as_tensor(grid, dtype=torch.float32, device=self.device)
-        shape = torch.bmm(w[:, None, :], tpl.columns(ws, v, sigma, av))[:, 0].double()
+        shape = torch.bmm(w[:, None, :], tpl.columns(ws, v, sigma, av, kern=tpl.kernel(v, sigma, h)))[:, 0].double()
         # the scale and the multiplicative polynomial (if any) by weighted least squares: both enter the
         # model linearly once the shape is fixed, so this is the fit's own optimum
         design = torch.cat([shape[:, None], tpl.legendre.double()[None] * shape[:, None]], dim=1)  # (n, 1 + d, L)
@@ -249,7 +264,7 @@ class FitEstimator(Estimator):
         y, w8, x = y[idx], w8[idx], x[idx.cpu().numpy()]
         sigma0, av0, ws0 = self._starts(x)
         v0 = velocity_seed(tpl, y, w8, sigma0, av0, ws0, self.options.search_velocity)
-        state = fit(tpl, y, w8, v0, sigma0, av0, ws0, self.options.limits())
+        state = fit(tpl, y, w8, v0, sigma0, av0, ws0, self.options.limits(), self.options.moments)
         self._write(tpl, state, y, w8, rows[idx.cpu().numpy()], out, norm)
 
     def _starts(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -285,7 +300,7 @@ class FitEstimator(Estimator):
         good = (w8 > 0).sum(1)
         hold_av = self.options.limits().holds_av
         dof = (good - s.ws.shape[1] - s.nonlinear + int(hold_av)).clamp(min=1)
-        cov = covariance(tpl, s, w8, dof, hold_av)  # (n, p + k, p + k)
+        cov = covariance(tpl, s, w8, dof, hold_av, self.options.bias)  # (n, p + k, p + k)
         cov_w = cov[:, s.nonlinear :, s.nonlinear :]
         ws = s.ws.cpu()
         age = torch.as_tensor(self.age_of)[ws]
@@ -310,6 +325,9 @@ class FitEstimator(Estimator):
             "sigma": (s.sigma.cpu(), err[:, 1]),
             "av": (s.av.cpu(), err[:, 2]),
         }
+        if s.h.shape[1]:
+            h_err = torch.sqrt(torch.diagonal(cov[:, 3:5, 3:5], dim1=1, dim2=2).clamp(min=0)).cpu()
+            values |= {"h3": (s.h[:, 0].cpu(), h_err[:, 0]), "h4": (s.h[:, 1].cpu(), h_err[:, 1])}
         finite = torch.isfinite(s.chi2.cpu()) & (w.sum(1) > 0)
         for name, (value, error) in values.items():
             out[name][rows] = np.where(finite.numpy(), value.double().numpy(), np.nan)

@@ -44,6 +44,9 @@ class FitLimits:
 
     sigma: tuple[float, float] = (5.0, 1000.0)  #: km/s
     av: tuple[float, float] = (0.0, 5.0)  #: mag
+    h: float = 0.3  #: |h3|, |h4| at most (Gauss-Hermite fits)
+    #: pPXF's penalty on h3, h4 (:func:`h_penalty`; None: pPXF's default 0.7 sqrt(500 / good pixels); 0: none)
+    bias: float | None = None
     velocity: float = 1500.0  #: |v| km/s searched by the cross-correlation seed
     iterations: int = 12  #: Levenberg-Marquardt steps at most
     tol: float = 1e-4  #: relative chi^2 change under which a spectrum has converged (pPXF's ftol)
@@ -99,11 +102,15 @@ class Templates:
         self._rfft_weights = rw / self.nfft  # sum_p a[p] irfft(X)[p] = sum_f rw[f] Re(conj(A[f]) X[f])
         self._that_ri = torch.cat([self.that.real, self.that.imag], dim=1).T.contiguous()  # (2 nf, ntemp)
 
-    def kernel(self, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The LOSVD in Fourier space (n, nf), including the sub-pixel offset of the two grids."""
+    def kernel(self, v: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """The LOSVD in Fourier space (n, nf), including the sub-pixel offset of the two grids: a Gaussian,
+        times the Gauss-Hermite series of ``h`` (n, 2) = (h3, h4) where given (:func:`hermite_factor`)."""
         mu = (v / self.velscale - self.frac)[:, None]
         s = (sigma / self.velscale)[:, None]
-        return torch.polar(torch.exp(-0.5 * (self.omega[None] * s) ** 2), -self.omega[None] * mu)
+        gauss = torch.polar(torch.exp(-0.5 * (self.omega[None] * s) ** 2), -self.omega[None] * mu)
+        if h is None or h.shape[1] == 0:
+            return gauss
+        return gauss * hermite_factor(self.omega[None] * s, h)[0]
 
     def pixels(self, spec_hat: torch.Tensor) -> torch.Tensor:
         """Back from Fourier space onto the data grid: (..., nf) -> (..., L)."""
@@ -145,6 +152,25 @@ class Templates:
         return torch.cat([a.real, -a.imag], dim=1) @ self._that_ri  # Re(a @ that.T), as one real product
 
 
+#: van der Marel & Franx (1993)'s normalisation of the Hermite polynomials H_3, H_4: 1/sqrt(m! 2^m)
+HERMITE_NORM = (1.0 / math.sqrt(48.0), 1.0 / math.sqrt(384.0))
+
+
+def hermite_factor(x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Gauss-Hermite series in Fourier space at x = omega sigma (pixels), as pPXF's ``losvd_rfft``
+    (Cappellari 2017, eq. 38): P(x) = 1 + i h3 H3(x) / sqrt(48) + h4 H4(x) / sqrt(384), physicists'
+    Hermite polynomials; returns (P, dP/dx, (dP/dh3, dP/dh4) stacked on a new second axis)."""
+    c3, c4 = HERMITE_NORM
+    h3, h4 = h[:, 0:1], h[:, 1:2]
+    x2 = x * x
+    H3, H4 = c3 * x * (8.0 * x2 - 12.0), c4 * (16.0 * x2 * x2 - 48.0 * x2 + 12.0)
+    dH3, dH4 = c3 * (24.0 * x2 - 12.0), c4 * x * (64.0 * x2 - 96.0)
+    p = torch.complex(1.0 + h4 * H4, h3 * H3)
+    dp = torch.complex(h4 * dH4, h3 * dH3)
+    zero = torch.zeros_like(H3)
+    return p, dp, torch.stack([torch.complex(zero, H3), torch.complex(H4, zero)], 1)
+
+
 def _ramp_padded(templates: np.ndarray, nfft: int) -> np.ndarray:
     """The templates (ntemp, Lt) padded to ``nfft`` with a straight line from each one's last value to its
     first: the periodic extension the FFT sees is then continuous, so a sub-pixel shift does not ring
@@ -183,14 +209,16 @@ class FitState:
     model: torch.Tensor  #: (n, L)
     chi2: torch.Tensor  #: (n,) float64, sum W (y - model)^2
     c: torch.Tensor  #: (n, mdegree) coefficients of the multiplicative polynomial
+    h: torch.Tensor  #: (n, 2) Gauss-Hermite h3, h4; (n, 0) for a Gaussian LOSVD
     iterations: int = 0
 
-    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "gram", "kern", "model", "chi2", "c")
+    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "gram", "kern", "model", "chi2", "c", "h")
 
     @property
     def nonlinear(self) -> int:
-        """How many non-linear parameters: v, sigma, A_V and the polynomial's coefficients."""
-        return 3 + self.c.shape[1]
+        """How many non-linear parameters: v, sigma, A_V, h3 and h4 if fitted, the polynomial's coefficients
+        (their order in steps, Jacobians and covariances)."""
+        return 3 + self.h.shape[1] + self.c.shape[1]
 
     def take(self, better: torch.Tensor, other: FitState) -> None:
         """Where ``better``, take ``other``'s values: its tensors where every row is better, else the better
@@ -205,10 +233,11 @@ class FitState:
                 getattr(self, name).index_copy_(0, rows, getattr(other, name)[rows])
 
 
-def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, passive=None, cols=None, kern=None) -> FitState:
-    """The NNLS weights of the working set at fixed (v, sigma, A_V, polynomial ``c``), and the model and
-    chi^2 they give; ``cols`` (n, k, L): the working set's columns there when the caller has them."""
-    kern = tpl.kernel(v, sigma) if kern is None else kern
+def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, h, passive=None, cols=None, kern=None) -> FitState:
+    """The NNLS weights of the working set at fixed (v, sigma, A_V, polynomial ``c``, Gauss-Hermite ``h``),
+    and the model and chi^2 they give; ``cols`` (n, k, L): the working set's columns there when the
+    caller has them."""
+    kern = tpl.kernel(v, sigma, h) if kern is None else kern
     if cols is None:
         cols = tpl.columns(ws, v, sigma, av, c, kern)
     cw = cols * W[:, None, :]
@@ -217,7 +246,7 @@ def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, passive=None, cols=
     w = nnls(gram, b, passive).to(tpl.dtype)
     model = (w[:, None, :] @ cols)[:, 0, :]
     chi2 = ((y - model) ** 2 * W).double().sum(1)
-    return FitState(v, sigma, av, ws, w, cols, gram, kern, model, chi2, c)
+    return FitState(v, sigma, av, ws, w, cols, gram, kern, model, chi2, c, h)
 
 
 def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
@@ -238,13 +267,23 @@ def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
 
 
 def jacobian(tpl: Templates, s: FitState) -> torch.Tensor:
-    """d model / d (v, sigma, A_V, polynomial coefficients) at the current weights: (n, 3 + mdegree, L)."""
-    t_hat = tpl.mix(s.ws, s.w) * s.kern
+    """d model / d (v, sigma, A_V, h3, h4 if fitted, polynomial coefficients) at the current weights:
+    (n, s.nonlinear, L)."""
+    mixed = tpl.mix(s.ws, s.w)
+    t_hat = mixed * s.kern
     screen = tpl.screen(s.av, s.c)
     dv = tpl.pixels(t_hat * (-1j * tpl.omega[None] / tpl.velscale)) * screen
-    ds = tpl.pixels(t_hat * (-(tpl.omega[None] ** 2) * (s.sigma[:, None] / tpl.velscale**2))) * screen
     da = -0.4 * LN10 * tpl.k[None] * s.model
-    parts = [dv[:, None], ds[:, None], da[:, None]]
+    if s.h.shape[1] == 0:
+        ds = tpl.pixels(t_hat * (-(tpl.omega[None] ** 2) * (s.sigma[:, None] / tpl.velscale**2))) * screen
+        parts = [dv[:, None], ds[:, None], da[:, None]]
+    else:  # the Gaussian times P(omega sigma): d/d sigma takes P's derivative too
+        x = tpl.omega[None] * (s.sigma[:, None] / tpl.velscale)
+        p, dp, dh = hermite_factor(x, s.h)
+        g_hat = mixed * tpl.kernel(s.v, s.sigma)
+        ds = tpl.pixels(g_hat * ((tpl.omega[None] / tpl.velscale) * (dp - x * p))) * screen
+        dh = tpl.pixels(g_hat[:, None] * dh) * screen[:, None]
+        parts = [dv[:, None], ds[:, None], da[:, None], dh]
     if tpl.mdegree:
         parts.append(tpl.legendre[None] * (s.model / tpl.polynomial(s.c))[:, None, :])
     return torch.cat(parts, dim=1)
@@ -263,6 +302,28 @@ def projected_normal(tpl: Templates, s: FitState, y, W) -> tuple[torch.Tensor, t
     jp = jac - coef.transpose(1, 2) @ s.cols
     jpw = jp * W[:, None, :]
     return (jpw @ jp.transpose(1, 2)).double(), (jpw * (y - s.model)[:, None, :]).sum(-1).double()
+
+
+def h_penalty(s: FitState, W: torch.Tensor, bias: float | None) -> torch.Tensor:
+    """kappa (n,) float64 of pPXF's penalty towards a Gaussian LOSVD, kappa (h3^2 + h4^2) added to chi^2:
+    pPXF raises every normalised residual by bias x their robust sigma x |h| (Cappellari & Emsellem 2004,
+    eq. 9), which adds ~ N bias^2 sigma_r^2 |h|^2, N sigma_r^2 ~ chi^2 (N good pixels); ``bias`` None is
+    pPXF's default, 0.7 sqrt(500 / N). Zeros without h3, h4."""
+    if s.h.shape[1] == 0 or bias == 0:
+        return torch.zeros_like(s.chi2)
+    b2 = 245.0 / (W > 0).sum(1).clamp(min=1).double() if bias is None else float(bias) ** 2
+    return b2 * s.chi2
+
+
+def _penalised(a: torch.Tensor, g: torch.Tensor, s: FitState, kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normal equations of chi^2 + kappa |h|^2: kappa on the h block's diagonal, -kappa h in J'W r."""
+    if s.h.shape[1] == 0:
+        return a, g
+    a, g = a.clone(), g.clone()
+    rows = torch.arange(3, 3 + s.h.shape[1], device=a.device)
+    a[:, rows, rows] += kappa[:, None]
+    g[:, rows] -= kappa[:, None] * s.h.double()
+    return a, g
 
 
 def _sub(s: FitState, idx: torch.Tensor) -> FitState:
@@ -294,6 +355,8 @@ def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
     spectra and within 2.2 for 99 %), the weights then satisfying the KKT conditions of the NNLS over all
     templates as far as the gradient can tell."""
     a, g = projected_normal(tpl, s, y, W)
+    kappa = h_penalty(s, W, limits.bias)
+    a, g = _penalised(a, g, s, kappa)
     if limits.holds_av:
         a, g = _hold(a, g, 2)
     step = torch.linalg.solve(a + torch.diag_embed(lam[:, None] * torch.diagonal(a, dim1=1, dim2=2)), g)
@@ -301,12 +364,16 @@ def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
     lo_s, hi_s = limits.sigma
     lo_a, hi_a = limits.av
     ws = refresh_working_set(tpl, s, y, W)
+    nh = 3 + s.h.shape[1]
     trial = solve_weights(
         tpl, y, W, ws, s.v + step[:, 0], (s.sigma + step[:, 1]).clamp(lo_s, hi_s),
-        (s.av + step[:, 2]).clamp(lo_a, hi_a), s.c + step[:, 3:], passive=(s.w > 0) & (ws == s.ws),
+        (s.av + step[:, 2]).clamp(lo_a, hi_a), s.c + step[:, nh:], (s.h + step[:, 3:nh]).clamp(-limits.h, limits.h),
+        passive=(s.w > 0) & (ws == s.ws),
     )  # fmt: skip
-    better = trial.chi2 < s.chi2
-    still = (s.chi2 - trial.chi2).abs() < limits.tol * s.chi2
+    f_now = s.chi2 + kappa * (s.h.double() ** 2).sum(1)  # the objective: chi^2 and the penalty on h3, h4
+    f_trial = trial.chi2 + kappa * (trial.h.double() ** 2).sum(1)
+    better = f_trial < f_now
+    still = (f_now - f_trial).abs() < limits.tol * f_now
     s.take(better, trial)
     lam = torch.where(better, lam * 0.2, lam * 10.0)
     moved = _refresh(tpl, s, y, W, ws, ~better, limits.tol)
@@ -323,7 +390,7 @@ def _refresh(tpl: Templates, s: FitState, y, W, ws: torch.Tensor, rows: torch.Te
     part = _sub(s, changed)
     new_ws = ws[changed]
     trial = solve_weights(
-        tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av, part.c,
+        tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av, part.c, part.h,
         passive=(part.w > 0) & (new_ws == part.ws), cols=_swap_columns(tpl, part, new_ws), kern=part.kern,
     )  # fmt: skip
     better = trial.chi2 < part.chi2
@@ -345,12 +412,14 @@ def _swap_columns(tpl: Templates, s: FitState, ws: torch.Tensor) -> torch.Tensor
     return cols
 
 
-def fit(tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits = FitLimits()) -> FitState:
-    """Fit a batch: y, W (n, L) (W = 1/variance, 0 where masked); seeds (n,); ws0 (n, k) templates.
-    Each iteration works on the spectra not yet converged only: those that converge leave the batch."""
+def fit(tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits = FitLimits(), moments: int = 2) -> FitState:
+    """Fit a batch: y, W (n, L) (W = 1/variance, 0 where masked); seeds (n,); ws0 (n, k) templates;
+    ``moments`` 2 (a Gaussian LOSVD) or 4 (Gauss-Hermite h3, h4, starting at 0). Each iteration works on
+    the spectra not yet converged only: those that converge leave the batch."""
     c0 = torch.zeros((y.shape[0], tpl.mdegree), dtype=tpl.dtype, device=y.device)
+    h0 = torch.zeros((y.shape[0], 2 if moments == 4 else 0), dtype=tpl.dtype, device=y.device)
     # the caller's tensors are copied: the state is updated in place
-    out = solve_weights(tpl, y, W, ws0.clone(), v0.clone(), sigma0.clone(), av0.clone(), c0)
+    out = solve_weights(tpl, y, W, ws0.clone(), v0.clone(), sigma0.clone(), av0.clone(), c0, h0)
     lam = torch.full_like(out.chi2, 1e-3)
     rows = torch.arange(y.shape[0], device=y.device)
     s = out
@@ -396,8 +465,11 @@ def velocity_seed(tpl: Templates, y, W, sigma0, av0, ws, vmax: float) -> torch.T
     return torch.where(torch.isfinite(v), v, torch.zeros(n, dtype=tpl.dtype, device=y.device))
 
 
-def covariance(tpl: Templates, s: FitState, W, dof: torch.Tensor, hold_av: bool = False) -> torch.Tensor:
-    """Covariance (n, p + k, p + k) of (v, sigma, A_V, polynomial coefficients, working-set weights),
+def covariance(
+    tpl: Templates, s: FitState, W, dof: torch.Tensor, hold_av: bool = False, bias: float | None = None
+) -> torch.Tensor:
+    """Covariance (n, p + k, p + k) of (v, sigma, A_V, h3 and h4 if fitted, polynomial coefficients,
+    working-set weights),
     p = ``s.nonlinear``, from the curvature of chi^2 at the solution, scaled by the reduced chi^2 (as
     pPXF's errors in this project); weights at zero, and A_V if ``hold_av``, are held there (rows and
     columns zero)."""
@@ -409,6 +481,10 @@ def covariance(tpl: Templates, s: FitState, W, dof: torch.Tensor, hold_av: bool 
         [torch.cat([(jw @ jac.transpose(1, 2)).double(), cross], dim=2), torch.cat([cross.transpose(1, 2), s.gram], 2)],
         dim=1,
     )
+    if s.h.shape[1]:  # the penalty's curvature as pPXF's errors have it: its residuals' Jacobian, along h
+        unit = s.h.double() / s.h.double().norm(dim=1, keepdim=True).clamp(min=1e-12)
+        rows = slice(3, 3 + s.h.shape[1])
+        fisher[:, rows, rows] += h_penalty(s, W, bias)[:, None, None] * unit[:, :, None] * unit[:, None, :]
     free = torch.ones((s.w.shape[0], s.nonlinear), dtype=torch.bool, device=s.w.device)
     free[:, 2] = not hold_av
     free = torch.cat([free, active], dim=1)

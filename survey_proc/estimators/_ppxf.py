@@ -42,7 +42,8 @@ T = TypeVar("T")
 class PPXFOptions:
     """The manifest's ``ppxf`` section (velocities in km/s, A_V in mag)."""
 
-    moments: int = 2  #: Gauss-Hermite moments of the LOSVD (2: V, sigma)
+    moments: int = 2  #: Gauss-Hermite moments of the LOSVD (2: V, sigma; 4: and h3, h4)
+    bias: float | None = None  #: pPXF's penalty on h3, h4 (None: pPXF's default; 0: none, as the fit)
     degree: int = -1  #: additive Legendre polynomial degree (-1: none)
     mdegree: int = 0  #: multiplicative polynomial degree (0: none; dust does that job)
     reddening: float | None = 0.3  #: starting A_V of the Calzetti (2000) screen; None: not fitted
@@ -65,6 +66,22 @@ class PPXFOptions:
         return cls(**section)
 
 
+#: the numbers of a FitResult the estimator's outputs take as they are
+FIT_VALUES = ("av", "sigma", "velocity", "sigma_err", "velocity_err", "chi2", "h3", "h4", "h3_err", "h4_err")
+
+
+def _hermite(pp, moments: int, scale: float) -> dict[str, float]:
+    """h3, h4 and their errors (scaled as velocity's and sigma's) of a fit with 4 moments; {} otherwise."""
+    if moments != 4:
+        return {}
+    return {
+        "h3": float(pp.sol[2]),
+        "h4": float(pp.sol[3]),
+        "h3_err": float(pp.error[2] * scale),
+        "h4_err": float(pp.error[3] * scale),
+    }
+
+
 @dataclass
 class FitResult:
     """The numbers of one pPXF fit (weights normalised to light fractions, (nage, nmetal))."""
@@ -76,6 +93,10 @@ class FitResult:
     av: float
     chi2: float
     weights: np.ndarray
+    h3: float = np.nan
+    h4: float = np.nan
+    h3_err: float = np.nan
+    h4_err: float = np.nan
 
 
 def light_weighted_grid(weights: np.ndarray, log_age: np.ndarray, metal: np.ndarray) -> tuple[float, float]:
@@ -186,9 +207,12 @@ class PPXFEstimator(Estimator):
         if "av" in outputs and self.options.reddening is None:
             raise ModelError(f"{self.manifest.path}: output 'av' needs the ppxf option 'reddening' (a start A_V)")
         known = {"log_age", "metallicity", "av", "sigma", "velocity", "chi2", "weights"}
+        known |= {"h3", "h4"} if self.options.moments == 4 else set()
         extra = sorted(set(outputs) - known)
         if extra:
-            raise ModelError(f"{self.manifest.path}: pPXF cannot produce output(s) {', '.join(extra)}")
+            raise ModelError(
+                f"{self.manifest.path}: pPXF cannot produce output(s) {', '.join(extra)} (h3, h4: moments 4)"
+            )
         for name in ("log_age", "metallicity", "av", "chi2", "weights"):
             if name in outputs and outputs[name].error:
                 raise ModelError(f"{self.manifest.path}: pPXF gives no uncertainty for '{name}' (set error: false)")
@@ -207,6 +231,8 @@ class PPXFEstimator(Estimator):
             kwargs.update(regul=o.regul, reg_dim=(nage, nmetal), reg_ord=o.reg_ord)
         if o.reddening is not None:
             kwargs["reddening"] = float(o.reddening)
+        if o.bias is not None:
+            kwargs["bias"] = float(o.bias)
         pp = self._ppxf(
             templates.reshape(templates.shape[0], -1),
             flux.astype(np.float64),
@@ -235,6 +261,7 @@ class PPXFEstimator(Estimator):
             av=float(pp.reddening) if o.reddening is not None else np.nan,
             chi2=float(pp.chi2),
             weights=weights / total if total > 0 else np.full_like(weights, np.nan),
+            **_hermite(pp, o.moments, scale),
         )
 
     def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
@@ -246,10 +273,7 @@ class PPXFEstimator(Estimator):
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
         n = x.shape[0]
         nage, nmetal = self.log_age.size, self.metal.size
-        out = {
-            name: np.full(n, np.nan, np.float32)
-            for name in ("log_age", "metallicity", "av", "sigma", "velocity", "sigma_err", "velocity_err", "chi2")
-        }
+        out = {name: np.full(n, np.nan, np.float32) for name in ("log_age", "metallicity", *FIT_VALUES)}
         out["weights"] = np.full((n, nage, nmetal), np.nan, np.float32)
         with _blas_threads(self.threads):
             for i in range(n):
@@ -261,7 +285,7 @@ class PPXFEstimator(Estimator):
                 if not np.isfinite(r.weights).all():
                     continue
                 out["log_age"][i], out["metallicity"][i] = light_weighted_grid(r.weights, self.log_age, self.metal)
-                for name in ("av", "sigma", "velocity", "sigma_err", "velocity_err", "chi2"):
+                for name in FIT_VALUES:
                     out[name][i] = getattr(r, name)
                 out["weights"][i] = r.weights
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
