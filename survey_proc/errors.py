@@ -9,6 +9,10 @@ class CubeError(SurveyProcError, ValueError):
     """A cube, spectra or maps store that does not follow the schema."""
 
 
+class CoverageError(CubeError):
+    """A store none of whose spectra covers a model's wavelength range (at their redshifts)."""
+
+
 class ModelError(SurveyProcError):
     """A model bundle that is missing, corrupt or inconsistent with its manifest."""
 

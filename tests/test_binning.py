@@ -150,7 +150,6 @@ def test_bins_none_of_whose_redshifts_the_model_covers_are_refused_with_the_mode
     (the error names the packaged models of its kind that do), and runs, flagging per spectrum, when it
     covers some."""
     from survey_proc.engine import RunConfig, run
-    from survey_proc.estimators import load_manifest
 
     out, info = binned
     far = tmp_path / "far.bins.zarr"
@@ -161,7 +160,30 @@ def test_bins_none_of_whose_redshifts_the_model_covers_are_refused_with_the_mode
         run(RunConfig(cube=str(far), out=str(tmp_path / "m.zarr"), model="default", cluster="none", progress=False))
     z[0] = 0.0  # one object the model covers: it runs, and the others are flagged out_of_range
     zarr.open_group(str(far), mode="r+")["redshift"][:] = z
-    load_manifest("default").input.check_store(xr.open_zarr(far), 0.09, str(far), "default")
+    summary = run(
+        RunConfig(cube=str(far), out=str(tmp_path / "m.zarr"), model="default", cluster="none", progress=False)
+    )
+    flags = xr.open_zarr(tmp_path / "m.zarr").flag.values
+    assert summary.spectra == info.bins and summary.fitted == 1 and flags[0] & Flag.OUT_OF_RANGE == 0
+    assert (flags[1:] & Flag.OUT_OF_RANGE != 0).all()
+
+
+def test_coverage_is_judged_at_every_objects_redshift_exactly():
+    """A catalogue of 100,000 redshifts of which three (at z = 0.03) let the default model's range be
+    covered is accepted, as those three alone are; the share covered is counted exactly, not rounded."""
+    from survey_proc.errors import CoverageError
+    from survey_proc.estimators import load_manifest
+
+    spec = load_manifest("default").input
+    wave = 4750.0 + 1.25 * np.arange(3681)
+    z = np.concatenate([np.linspace(0.1, 0.5, 99_997), [0.03, 0.0301, 0.0302]])
+    flux = np.zeros((z.size, 2), np.float32)  # only the wavelength ends and the redshifts matter here
+    ds = xr.Dataset({"flux": (("object", "wave"), flux), "redshift": ("object", z)}, coords={"wave": wave[[0, -1]]})
+    spec.check_store(ds, 0.0, "catalogue", "default")
+    with pytest.raises(CoverageError, match=r"at z=0.1-0.5 \(its objects' redshifts\)"):
+        spec.check_store(ds.isel(object=slice(0, 99_997)), 0.0, "catalogue", "default")
+    exact = ((spec.wave * 1.0301 >= wave[0]) & (spec.wave * 1.0301 <= wave[-1])).mean()
+    assert spec.coverage(wave[0], wave[-1], np.array([0.0301]))[0] == pytest.approx(exact, abs=1e-12)
 
 
 def test_cli_bin_writes_catalogue_and_figure(mock16, tmp_path, capsys):

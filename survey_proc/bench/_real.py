@@ -191,7 +191,7 @@ def muse_set(work: Path, setups: dict[str, str], target_snr: float = 12.0) -> Re
 def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
     """One estimator over a set through the engine; its values, errors and flags per object."""
     from survey_proc.engine import RunConfig, run
-    from survey_proc.errors import CubeError
+    from survey_proc.errors import CoverageError
     from survey_proc.stores import Flag
 
     out = work / f"{rs.name}-{Path(model).name}.maps.zarr"
@@ -199,7 +199,7 @@ def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
     cluster = client.scheduler.address if client is not None else "none"
     try:
         s = run(RunConfig(cube=str(rs.store), out=str(out), model=model, cluster=cluster, progress=False))
-    except CubeError as exc:  # the model's range is not covered: as if every object were flagged so
+    except CoverageError as exc:  # the model's range is not covered: as if every object were flagged so
         log.info(f"  {Path(model).name} on {rs.name}: {exc}")
         manifest = load_manifest(model)
         gives = [p for p in PROPS if p in manifest.output_names or (p == "av" and "ebv" in manifest.output_names)]

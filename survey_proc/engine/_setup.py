@@ -23,7 +23,7 @@ from survey_proc.engine._config import RunConfig
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import RegionOptions, read_feature_axis
 from survey_proc.engine._template import MASS_FLUX, derived_variables, maps_template, output_variables, spatial_chunks
-from survey_proc.errors import CubeError, OptionError, SurveyProcError
+from survey_proc.errors import CoverageError, OptionError, SurveyProcError
 from survey_proc.estimators import Estimator, Manifest, load_estimator, load_manifest, packaged_models
 from survey_proc.ssp import FOREGROUND_LAW, surface_density_factor
 from survey_proc.stores import (
@@ -163,10 +163,10 @@ def _covering_model(
     the fallback's when the packaged default does not cover it and no model was named."""
     try:
         manifest.input.check_store(cube, redshift, rc.cube, manifest.name)
-    except CubeError as exc:
+    except CoverageError as exc:
         fallback = None if model_named else _fallback_model(cube, redshift, rc.cube, exc)
         if fallback is None:
-            raise CubeError(f"{exc}{_covering_alternatives(manifest, cube, redshift, rc.cube)}") from None
+            raise CoverageError(f"{exc}{_covering_alternatives(manifest, cube, redshift, rc.cube)}") from None
         return replace(rc, model=fallback), load_manifest(fallback)
     return rc, manifest
 
@@ -192,7 +192,7 @@ def _covering_alternatives(manifest: Manifest, cube: xr.Dataset, redshift: float
     return f" Packaged {kind} models that cover it: {', '.join(d for _, d in found)}; run with --model {found[0][0]}."
 
 
-def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CubeError) -> str | None:
+def _fallback_model(cube: xr.Dataset, redshift: float, path: str, exc: CoverageError) -> str | None:
     """``survey-proc.run.fallback-model`` when the default model does not cover a cube (e.g. the
     default reads rest 4750-8800 A, which MUSE covers only to z = 0.062) and the fallback does;
     None (the default's error stands) otherwise. Logged as a warning, recorded in the maps' model_id."""

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from survey_proc.errors import CubeError
+from survey_proc.errors import CoverageError
 from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
 from survey_proc.preprocess._prepare import prepare
 from survey_proc.ssp import C_KMS, log_wave_grid, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
@@ -146,23 +146,30 @@ class InputSpec(InputKind):
         return prepare(flux, var, mask, axis, redshift, self)
 
     def check_store(self, ds: Any, redshift: float, path: str, model: str) -> None:
-        """Fail early (CubeError) when no spectrum of ``ds`` can cover the model's wavelength range: at the
-        cube's redshift, or, for a store of objects with their own redshifts, at none of theirs."""
+        """Fail early (CoverageError) when no spectrum of ``ds`` can cover the model's wavelength range: at
+        the cube's redshift, or, for a store of objects with their own redshifts, at none of theirs."""
         wave = ds["wave"].values
         z = _store_redshifts(ds, redshift)
-        need = self.wave[None] * (1 + z[:, None]) if self.frame == "rest" else self.wave[None]
-        inside = ((need >= wave[0]) & (need <= wave[-1])).mean(axis=1)
+        inside = self.coverage(wave[0], wave[-1], z)
         if inside.max() >= self.min_coverage:
             return
         lo, hi = float(z.min()), float(z.max())
         at = f"at z={lo:g}" if lo == hi else f"at z={lo:g}-{hi:g} (its objects' redshifts)"
-        raise CubeError(
+        raise CoverageError(
             f"{path}: the cube covers {wave[0]:.0f}-{wave[-1]:.0f} A (observed) = "
             f"{wave[0] / (1 + hi):.0f}-{wave[-1] / (1 + lo):.0f} A rest frame {at}, "
             f"but model {model} needs {self.wave_start:.0f}-{self.wave_stop:.0f} A {self.frame}-frame "
-            f"({inside.max():.0%} covered, {self.min_coverage:.0%} required): every spectrum would be "
-            "flagged out_of_range. Choose a model for this wavelength range."
+            f"({np.floor(1000 * inside.max()) / 10:g}% covered, {self.min_coverage:.0%} required): every "
+            "spectrum would be flagged out_of_range. Choose a model for this wavelength range."
         )
+
+    def coverage(self, start: float, stop: float, z: np.ndarray) -> np.ndarray:
+        """The share of the model's pixels (n,) that observed wavelengths ``start``-``stop`` reach at each
+        redshift ``z`` (n,) (the model's frame: rest or observed)."""
+        grid = np.sort(self.wave)
+        z1 = 1.0 + np.asarray(z, np.float64) if self.frame == "rest" else np.ones(np.shape(z))
+        n_in = np.searchsorted(grid, stop / z1, side="right") - np.searchsorted(grid, start / z1, side="left")
+        return n_in / grid.size
 
     def feature_axis(self, values: np.ndarray, medium: str | None = None) -> np.ndarray:
         """The store's wavelengths (Angstrom, float64) in the model's medium: SDSS data (vacuum)
@@ -220,18 +227,12 @@ def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray 
     return BatchMeta(redshift=redshift, lsf_fwhm_model=fwhm[0] if same else fwhm)
 
 
-#: redshifts of a store's objects checked for coverage at most (spread over their range)
-MAX_REDSHIFTS_CHECKED = 2000
-
-
 def _store_redshifts(ds: Any, redshift: float) -> np.ndarray:
-    """The redshifts a store's spectra are at: its objects' own (``redshift`` along ``object``; distinct
-    to 1e-4, at most :data:`MAX_REDSHIFTS_CHECKED` spread over their range), else ``redshift``."""
+    """The redshifts a store's spectra are at: its objects' own (``redshift`` along ``object``, the
+    distinct finite values), else ``redshift``."""
     if "object" in ds["flux"].dims and "redshift" in ds and ds["redshift"].dims == ("object",):
         z = np.asarray(ds["redshift"].values, np.float64)
-        z = np.unique(np.round(z[np.isfinite(z)], 4))
-        if z.size > MAX_REDSHIFTS_CHECKED:
-            z = z[np.linspace(0, z.size - 1, MAX_REDSHIFTS_CHECKED).round().astype(int)]
+        z = np.unique(z[np.isfinite(z)])
         if z.size:
             return z
     return np.array([float(redshift)])
