@@ -164,6 +164,8 @@ class FitEstimator(Estimator):
             )
         if {"h3", "h4"} & set(outputs) and self.options.moments != 4:
             raise ModelError(f"{self.manifest.path}: outputs h3 and h4 need fit.moments = 4")
+        if (self.options.bias or 0) < 0 or self.options.h_range <= 0:
+            raise ModelError(f"{self.manifest.path}: fit.bias must be >= 0 (or null) and fit.h_range > 0")
         check_weights_grid(self.manifest, outputs, self.log_age, self.metal)
 
     def _templates(self, fwhm: np.ndarray) -> Templates:
@@ -206,9 +208,7 @@ class FitEstimator(Estimator):
             raise ModelError("rebuilding the fit needs the data's instrumental FWHM (cube 'lsf_fwhm')")
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
         grid = np.asarray(values["weights"], np.float64).reshape(x.shape[0], -1)
-        held = np.full(x.shape[0], self.options.av_range[0])
-        names = ("velocity", "sigma", "av") + (("h3", "h4") if self.options.moments == 4 else ())
-        kin = np.stack([np.asarray(held if values.get(k) is None else values[k], np.float64) for k in names], 1)
+        kin = np.stack([np.asarray(v, np.float64) for v in self._rebuild_values(values, x.shape[0])], 1)
         ok = np.isfinite(kin).all(1) & np.isfinite(grid).all(1) & (np.nan_to_num(grid).sum(1) > 0)
         out = np.full((x.shape[0], x.shape[2]), np.nan, np.float32)
         groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)
@@ -219,6 +219,20 @@ class FitEstimator(Estimator):
                 part = rows[start : start + REBUILD_ROWS]
                 out[part] = self._rebuild_rows(tpl, x[part], kin[part], grid[part])
         return out
+
+    def _rebuild_values(self, values: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """velocity, sigma, A_V (its held value where the fit holds it) and h3, h4 with 4 moments, from the
+        maps' ``values``; ModelError naming what a rebuild needs and the maps lack."""
+        names = ("velocity", "sigma", "av") + (("h3", "h4") if self.options.moments == 4 else ())
+        if values.get("av") is None and self.options.limits().holds_av:
+            values = {**values, "av": np.full(n, self.options.av_range[0])}
+        missing = [k for k in (*names, "weights") if values.get(k) is None]
+        if missing:
+            raise ModelError(
+                f"rebuilding {self.manifest.name}'s spectra needs its maps' {', '.join(missing)}: add them to the "
+                "bundle's outputs"
+            )
+        return [values[k] for k in names]
 
     def _rebuild_rows(self, tpl: Templates, x: np.ndarray, kin: np.ndarray, grid: np.ndarray) -> np.ndarray:
         y, w8 = _data(x, self.device)

@@ -336,7 +336,11 @@ def test_fit_h4_agrees_with_ppxf_moments_4_and_finds_the_losvds_shape(ssp_lib, t
 
 @pytest.mark.parametrize(
     ("fit_section", "outputs", "message"),
-    [({"moments": 3}, {}, "fit.moments is 2"), ({}, {"h3": {"units": "1", "error": True}}, "need fit.moments = 4")],
+    [
+        ({"moments": 3}, {}, "fit.moments is 2"),
+        ({}, {"h3": {"units": "1", "error": True}}, "need fit.moments = 4"),
+        ({"moments": 4, "bias": -0.1}, {}, "fit.bias must be >= 0"),
+    ],
 )
 def test_gauss_hermite_options_are_checked(tmp_path, fit_section, outputs, message):
     import json
@@ -350,6 +354,24 @@ def test_gauss_hermite_options_are_checked(tmp_path, fit_section, outputs, messa
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ModelError, match=message):
         load_estimator(str(tmp_path), threads=1)
+
+
+def test_a_rebuild_refuses_maps_without_what_it_needs():
+    """The best-fit spectra need every fitted parameter's map: h3 and h4 with 4 moments, A_V unless the
+    fit holds it (fit-mpoly: then its held value); never a stand-in that would rebuild wrong spectra."""
+    from survey_proc.errors import ModelError
+
+    n = 2
+    values = {"velocity": np.zeros(n), "sigma": np.full(n, 100.0), "av": np.zeros(n), "weights": np.ones((n, 25, 6))}
+    h4 = load_estimator("fit-h4", threads=1)
+    with pytest.raises(ModelError, match="needs its maps' h3, h4"):
+        h4._rebuild_values(values, n)
+    assert len(h4._rebuild_values(values | {"h3": np.zeros(n), "h4": np.zeros(n)}, n)) == 5
+    without_av = {k: v for k, v in values.items() if k != "av"}
+    with pytest.raises(ModelError, match="needs its maps' av"):
+        load_estimator("fit", threads=1)._rebuild_values(without_av, n)
+    held = load_estimator("fit-mpoly", threads=1)._rebuild_values(without_av, n)
+    assert (held[2] == 0).all()
 
 
 def test_gauss_hermite_jacobian_matches_finite_differences():
