@@ -1,6 +1,6 @@
 """The packaged photometric models evaluated the way their papers do, against issue 20's targets.
 
-    python -m benchmarks.photometric_models --galaxies 24 --snr 30 --out benchmarks/results
+    python -m benchmarks.photometric_models --galaxies 192 --snr 30 --out benchmarks/results
 
 For each model (``narrowband``, after Liew-Cain et al. 2021; ``ugriz-maps``, after Buck & Wolf 2021)
 this runs :func:`survey_proc.training.evaluate_photometric` (``survey-proc evaluate``): Set A, the
@@ -48,10 +48,11 @@ def acceptance(model: str, result: dict, snr: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     from survey_proc.training import evaluate_photometric, format_photometric
+    from survey_proc.training._phot_evaluate import SET_GALAXIES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["narrowband", "ugriz-maps"])
-    parser.add_argument("--galaxies", type=int, default=24, help="galaxies in Set A and in Set B")
+    parser.add_argument("--galaxies", type=int, default=SET_GALAXIES, help="galaxies in Set A and in Set B")
     parser.add_argument("--snr", type=float, default=30.0)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)

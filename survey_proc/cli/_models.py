@@ -131,7 +131,7 @@ def add_evaluate(sub) -> None:
         help="comma-separated S/N per Angstrom (default: 10,20,30,50; photometric models: 30, at the brightest pixel)",
     )
     ev.add_argument("--n", type=positive_int, help="held-out spectra per family and S/N (default: 500)")
-    ev.add_argument("--galaxies", type=positive_int, help="photometric models: galaxies in Set A and in Set B (24)")
+    ev.add_argument("--galaxies", type=positive_int, help="photometric models: galaxies in Set A and in Set B (192)")
     ev.add_argument("--baseline", help="another estimator on the same spectra, e.g. ppxf")
     ev.add_argument("--seed", type=int, help="held-out seed (default: training seed + 3000017)")
     ev.add_argument("--json", help="write the numbers here")
