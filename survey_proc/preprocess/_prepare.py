@@ -66,7 +66,8 @@ def _resampling(
     # the model grid expressed in the data's frame (= the observed frame: masks_observed apply)
     src = model_wave * z1 if spec.frame == "rest" else np.broadcast_to(model_wave, (z1.shape[0], model_wave.size))
     rest = model_wave if spec.frame == "rest" else model_wave / z1  # the model grid in the rest frame
-    coverage = ((src >= wave[0]) & (src <= wave[-1])).mean(axis=1)
+    rows_z = np.broadcast_to(z, (n,)) if z1.shape[0] > 1 else z.reshape(-1)[:1]
+    coverage = spec.coverage(wave[0], wave[-1], rows_z)  # as the store's refusal judges it
     if z1.shape[0] > 1 and compiled is not False and _fused.available():
         src = np.ascontiguousarray(src)
         idx = np.empty(src.shape, np.int64)
