@@ -188,6 +188,12 @@ def muse_set(work: Path, setups: dict[str, str], target_snr: float = 12.0) -> Re
     )
 
 
+def _map_variable(prop: str, names) -> tuple[str, float]:
+    """The maps variable that gives ``prop`` among ``names`` and the factor to it: A_V from E(B-V) x R_V
+    where a model gives E(B-V) only."""
+    return (prop, 1.0) if prop in names or prop != "av" else ("ebv", R_V)
+
+
 def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
     """One estimator over a set through the engine; its values, errors and flags per object."""
     from survey_proc.engine import RunConfig, run
@@ -202,14 +208,14 @@ def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
     except CoverageError as exc:  # the model's range is not covered: as if every object were flagged so
         log.info(f"  {Path(model).name} on {rs.name}: {exc}")
         manifest = load_manifest(model)
-        gives = [p for p in PROPS if p in manifest.output_names or (p == "av" and "ebv" in manifest.output_names)]
+        gives = [p for p in PROPS if _map_variable(p, manifest.output_names)[0] in manifest.output_names]
         nan = np.full(len(rs.objects), np.nan)
         flags = np.full(len(rs.objects), int(Flag.OUT_OF_RANGE))
         return Estimate({p: nan for p in gives}, {p: nan for p in gives}, flags, manifest.model_id)
     maps = xr.open_zarr(out)
     values, errors = {}, {}
     for p in PROPS:
-        name, scale = (p, 1.0) if p in maps or p != "av" else ("ebv", R_V)
+        name, scale = _map_variable(p, maps)
         if name in maps:
             values[p] = maps[name].values.astype(float) * scale
             err = maps.get(f"{name}_err")
