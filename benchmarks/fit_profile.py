@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ import xarray as xr
 
 from survey_proc.bench._cubes import mock_cube, sample_cube
 from survey_proc.engine import estimate_region
-from survey_proc.estimators import _fit, _fitcore, load_estimator
+from survey_proc.estimators import _fit, _fitcore, _fitstream, load_estimator
 from survey_proc.figures import save_figure
 from survey_proc.stores import robust_sigma
 
@@ -36,9 +37,11 @@ STAGES = (
     ("predict (the estimator)", _fit.FitEstimator, "predict"),
     ("seed network and starts", _fit.FitEstimator, "_starts"),
     ("starting velocity", _fit, "velocity_seed"),
-    ("fit (all steps)", _fit, "fit"),
-    ("Levenberg-Marquardt steps", _fitcore, "lm_iteration"),
-    ("trial solves (columns, Gram, NNLS)", _fitcore, "solve_weights"),
+    ("fit (all steps)", _fit, "fit_stream"),
+    ("Levenberg-Marquardt steps", _fitstream, "lm_iteration"),
+    ("first solves (at the seeds)", _fitstream, "_start"),
+    ("solves (columns, Gram, NNLS)", _fitstream, "solve_weights"),  # the first ones,
+    ("solves (columns, Gram, NNLS)", _fitcore, "solve_weights"),  # the steps' trials
     ("columns (FFTs)", _fitcore.Templates, "columns"),
     ("NNLS", _fitcore, "nnls"),
     ("projected Jacobian", _fitcore, "projected_normal"),
@@ -55,6 +58,22 @@ def timed_stages(seconds: Counter, steps: Counter):
     saved = [(owner, name, getattr(owner, name)) for _, owner, name in STAGES]
 
     def wrap(label, func, count_rows=False):
+        if inspect.isgeneratorfunction(func):  # its time is spent as it is iterated
+
+            def timed_generator(*args, **kwargs):
+                it = func(*args, **kwargs)
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        item = next(it)
+                    except StopIteration:
+                        return
+                    finally:
+                        seconds[label] += time.perf_counter() - t0
+                    yield item
+
+            return timed_generator
+
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks import fit_profile
-from survey_proc.estimators import _fit, _fitcore
+from survey_proc.estimators import _fit, _fitstream
 
 
 def test_fit_profile_times_every_stage_and_restores_the_estimator(tmp_path):
@@ -20,4 +20,4 @@ def test_fit_profile_times_every_stage_and_restores_the_estimator(tmp_path):
     assert abs(report["accuracy"]["velocity"]["bias"]) < 20 and report["accuracy"]["sigma"]["robust_sigma"] < 40
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 0
     assert all(getattr(owner, name) is func for (owner, name), func in before.items())
-    assert _fit.fit is _fitcore.fit
+    assert _fit.fit_stream is _fitstream.fit_stream

@@ -30,7 +30,8 @@ import torch
 
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest
-from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, covariance, fit, velocity_seed
+from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, covariance, velocity_seed
+from survey_proc.estimators._fitstream import fit_stream
 from survey_proc.estimators._load import load_estimator
 from survey_proc.estimators._ppxf import TemplateCache, check_weights_grid, crop_for_grid, prepare_templates
 from survey_proc.preprocess import BatchMeta, masked_median
@@ -102,6 +103,8 @@ class FitOptions:
 
 #: spectra rebuilt at once (their columns over the whole SSP grid are held in memory)
 REBUILD_ROWS = 16
+#: batches of spectra seeded and streamed through the fit together (:func:`fit_stream`)
+STREAM = 8
 
 
 class FitEstimator(Estimator):
@@ -190,8 +193,8 @@ class FitEstimator(Estimator):
         groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)
         for rows in groups:
             tpl = self.templates_for(fwhm if fwhm.ndim == 1 else fwhm[rows[0]])
-            for start in range(0, rows.size, self._chunk()):
-                part = rows[start : start + self._chunk()]
+            for start in range(0, rows.size, STREAM * self._chunk()):
+                part = rows[start : start + STREAM * self._chunk()]
                 self._fit_rows(tpl, x[part], part, out, norm)
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
         return {k: v for k, v in out.items() if k in declared}
@@ -278,8 +281,9 @@ class FitEstimator(Estimator):
         y, w8, x = y[idx], w8[idx], x[idx.cpu().numpy()]
         sigma0, av0, ws0 = self._starts(x)
         v0 = velocity_seed(tpl, y, w8, sigma0, av0, ws0, self.options.search_velocity)
-        state = fit(tpl, y, w8, v0, sigma0, av0, ws0, self.options.limits(), self.options.moments)
-        self._write(tpl, state, y, w8, rows[idx.cpu().numpy()], out, norm)
+        limits, rows = self.options.limits(), rows[idx.cpu().numpy()]
+        for done, state in fit_stream(tpl, y, w8, v0, sigma0, av0, ws0, limits, self.options.moments, self._chunk()):
+            self._write(tpl, state, y[done], w8[done], rows[done.cpu().numpy()], out, norm)
 
     def _starts(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sigma, A_V and the working set each fit starts from (the seed network's, else the fixed ones)."""
@@ -439,11 +443,15 @@ class Seed:
 
     def estimate(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The network's outputs for the fit's inputs (n, 3, L) (median-normalised again on its grid)."""
-        left, right = x[:, :, self.index], x[:, :, self.index + 1]
-        z = left + (right - left) * self.frac
-        z[:, 2] = np.maximum(left[:, 2], right[:, 2]) > 0.5  # a masked neighbour masks the pixel
-        z[:, 2, self.outside] = 1.0
-        med = masked_median(z[:, 0], z[:, 2] < 0.5)  # as the engine normalises the network's own input
+        x = np.asarray(x, np.float32)
+        left, z = np.take(x, self.index, axis=2), np.take(x, self.index + 1, axis=2)  # (3x fancy indexing's speed)
+        masked = np.maximum(left[:, 2], z[:, 2]) > 0.5  # a masked neighbour masks the pixel
+        masked[:, self.outside] = True
+        z -= left
+        z *= self.frac
+        z += left
+        z[:, 2] = masked
+        med = masked_median(z[:, 0], ~masked)  # as the engine normalises the network's own input
         med = np.where(np.isfinite(med) & (med > 0), med, 1.0).astype(np.float32)
         z[:, :2] /= med[:, None, None]
-        return self.estimator.predict(np.nan_to_num(z).astype(np.float32))
+        return self.estimator.predict(np.nan_to_num(z, copy=False))

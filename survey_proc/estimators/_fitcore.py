@@ -128,12 +128,12 @@ class Templates:
         dust = self.dust(av)
         return dust if c is None or self.mdegree == 0 else dust * self.polynomial(c)
 
-    def columns(self, ws: torch.Tensor, v, sigma, av, c=None, kern=None) -> torch.Tensor:
+    def columns(self, ws: torch.Tensor, v, sigma, av, c=None, kern=None, screen=None) -> torch.Tensor:
         """The working set's model columns (n, k, L) at (v, sigma, A_V) and polynomial ``c`` (``kern``:
-        the LOSVD at (v, sigma) where the caller has it)."""
+        the LOSVD at (v, sigma), ``screen`` :meth:`screen` at (A_V, c), where the caller has them)."""
         spec = self.gather(ws)
         spec *= (self.kernel(v, sigma) if kern is None else kern)[:, None, :]
-        return self.pixels(spec) * self.screen(av, c)[:, None, :]
+        return self.pixels(spec) * (self.screen(av, c) if screen is None else screen)[:, None, :]
 
     def gather(self, ws: torch.Tensor) -> torch.Tensor:
         """The templates ``ws`` (n, k) in Fourier space: (n, k, nf), a copy."""
@@ -143,11 +143,11 @@ class Templates:
         """sum_j w_j T_j in Fourier space (n, nf) for working sets ``ws`` with weights ``w`` (n, k)."""
         return torch.bmm(w.to(self.cdtype)[:, None, :], self.gather(ws))[:, 0]
 
-    def gradient(self, r_w: torch.Tensor, kern: torch.Tensor, av, c=None) -> torch.Tensor:
+    def gradient(self, r_w: torch.Tensor, kern: torch.Tensor, screen: torch.Tensor) -> torch.Tensor:
         """sum_p r_w[p] * column_j[p] for every template j (n, ntemp), by correlation in Fourier space
-        (``kern``: the LOSVD)."""
+        (``kern``: the LOSVD; ``screen``: :meth:`screen` at the columns' A_V and polynomial)."""
         full = torch.zeros((r_w.shape[0], self.nfft), dtype=self.dtype, device=self.device)
-        full[:, self.off : self.off + self.L] = r_w * self.screen(av, c)
+        full[:, self.off : self.off + self.L] = r_w * screen
         a = torch.conj(torch.fft.rfft(full, n=self.nfft, dim=-1)) * kern * self._rfft_weights
         return torch.cat([a.real, -a.imag], dim=1) @ self._that_ri  # Re(a @ that.T), as one real product
 
@@ -210,9 +210,9 @@ class FitState:
     chi2: torch.Tensor  #: (n,) float64, sum W (y - model)^2
     c: torch.Tensor  #: (n, mdegree) coefficients of the multiplicative polynomial
     h: torch.Tensor  #: (n, 2) Gauss-Hermite h3, h4; (n, 0) for a Gaussian LOSVD
-    iterations: int = 0
+    screen: torch.Tensor  #: (n, L) dust times polynomial at (A_V, c): :meth:`Templates.screen`
 
-    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "gram", "kern", "model", "chi2", "c", "h")
+    FIELDS = ("v", "sigma", "av", "ws", "w", "cols", "gram", "kern", "model", "chi2", "c", "h", "screen")
 
     @property
     def nonlinear(self) -> int:
@@ -221,10 +221,13 @@ class FitState:
         return 3 + self.h.shape[1] + self.c.shape[1]
 
     def take(self, better: torch.Tensor, other: FitState) -> None:
-        """Where ``better``, take ``other``'s values: its tensors where every row is better, else the better
-        rows copied into this state's own tensors (in place)."""
-        if bool(better.all()):
+        """Where ``better``, take ``other``'s values: its tensors (into which the rows not better are copied
+        back) where most rows are better, else the better rows copied into this state's own tensors (in place)."""
+        worse = torch.nonzero(~better).flatten()
+        if 2 * worse.numel() < better.numel():  # fewer rows to copy the other way: this state's into ``other``'s
             for name in self.FIELDS:
+                if worse.numel():
+                    getattr(other, name).index_copy_(0, worse, getattr(self, name)[worse])
                 setattr(self, name, getattr(other, name))
             return
         rows = torch.nonzero(better).flatten()
@@ -233,25 +236,28 @@ class FitState:
                 getattr(self, name).index_copy_(0, rows, getattr(other, name)[rows])
 
 
-def solve_weights(tpl: Templates, y, W, ws, v, sigma, av, c, h, passive=None, cols=None, kern=None) -> FitState:
+def solve_weights(
+    tpl: Templates, y, W, ws, v, sigma, av, c, h, passive=None, cols=None, kern=None, screen=None
+) -> FitState:
     """The NNLS weights of the working set at fixed (v, sigma, A_V, polynomial ``c``, Gauss-Hermite ``h``),
-    and the model and chi^2 they give; ``cols`` (n, k, L): the working set's columns there when the
-    caller has them."""
+    and the model and chi^2 they give; ``cols`` (n, k, L): the working set's columns there (and ``kern``,
+    ``screen``) when the caller has them."""
     kern = tpl.kernel(v, sigma, h) if kern is None else kern
+    screen = tpl.screen(av, c) if screen is None else screen
     if cols is None:
-        cols = tpl.columns(ws, v, sigma, av, c, kern)
+        cols = tpl.columns(ws, v, sigma, av, c, kern, screen)
     cw = cols * W[:, None, :]
     gram = (cw @ cols.transpose(1, 2)).double()
     b = (cw * y[:, None, :]).sum(-1).double()  # pairwise summation: a float32 bmm loses the digits chi^2 needs
     w = nnls(gram, b, passive).to(tpl.dtype)
     model = (w[:, None, :] @ cols)[:, 0, :]
     chi2 = ((y - model) ** 2 * W).double().sum(1)
-    return FitState(v, sigma, av, ws, w, cols, gram, kern, model, chi2, c, h)
+    return FitState(v, sigma, av, ws, w, cols, gram, kern, model, chi2, c, h, screen)
 
 
 def refresh_working_set(tpl: Templates, s: FitState, y, W) -> torch.Tensor:
     """Members with zero weight out, the templates whose chi^2 gradient most wants them in, in."""
-    g = tpl.gradient(W * (y - s.model), s.kern, s.av, s.c)  # (n, ntemp): > 0 lowers chi^2 if added
+    g = tpl.gradient(W * (y - s.model), s.kern, s.screen)  # (n, ntemp): > 0 lowers chi^2 if added
     member = torch.zeros_like(g, dtype=torch.bool).scatter_(1, s.ws, True)
     g_out = torch.where(member, torch.full_like(g, -math.inf), g)
     k = s.ws.shape[1]
@@ -271,7 +277,7 @@ def jacobian(tpl: Templates, s: FitState) -> torch.Tensor:
     (n, s.nonlinear, L)."""
     mixed = tpl.mix(s.ws, s.w)
     t_hat = mixed * s.kern
-    screen = tpl.screen(s.av, s.c)
+    screen = s.screen
     dv = tpl.pixels(t_hat * (-1j * tpl.omega[None] / tpl.velscale)) * screen
     da = -0.4 * LN10 * tpl.k[None] * s.model
     if s.h.shape[1] == 0:
@@ -365,8 +371,8 @@ def lm_iteration(tpl: Templates, s: FitState, y, W, lam, limits: FitLimits):
     lo_a, hi_a = limits.av
     ws = refresh_working_set(tpl, s, y, W)
     nh = 3 + s.h.shape[1]
-    trial = solve_weights(
-        tpl, y, W, ws, s.v + step[:, 0], (s.sigma + step[:, 1]).clamp(lo_s, hi_s),
+    trial = solve_weights(  # (its working sets a copy: ``take`` may write into the trial's tensors)
+        tpl, y, W, ws.clone(), s.v + step[:, 0], (s.sigma + step[:, 1]).clamp(lo_s, hi_s),
         (s.av + step[:, 2]).clamp(lo_a, hi_a), s.c + step[:, nh:], (s.h + step[:, 3:nh]).clamp(-limits.h, limits.h),
         passive=(s.w > 0) & (ws == s.ws),
     )  # fmt: skip
@@ -392,6 +398,7 @@ def _refresh(tpl: Templates, s: FitState, y, W, ws: torch.Tensor, rows: torch.Te
     trial = solve_weights(
         tpl, y[changed], W[changed], new_ws, part.v, part.sigma, part.av, part.c, part.h,
         passive=(part.w > 0) & (new_ws == part.ws), cols=_swap_columns(tpl, part, new_ws), kern=part.kern,
+        screen=part.screen,
     )  # fmt: skip
     better = trial.chi2 < part.chi2
     moved[changed] = better & (part.chi2 - trial.chi2 > tol * part.chi2)
@@ -408,34 +415,8 @@ def _swap_columns(tpl: Templates, s: FitState, ws: torch.Tensor) -> torch.Tensor
     if rows.numel():
         spec = torch.index_select(tpl.that, 0, ws[rows, slots])
         spec *= s.kern[rows]
-        cols[rows, slots] = tpl.pixels(spec) * tpl.screen(s.av, s.c)[rows]
+        cols[rows, slots] = tpl.pixels(spec) * s.screen[rows]
     return cols
-
-
-def fit(tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits = FitLimits(), moments: int = 2) -> FitState:
-    """Fit a batch: y, W (n, L) (W = 1/variance, 0 where masked); seeds (n,); ws0 (n, k) templates;
-    ``moments`` 2 (a Gaussian LOSVD) or 4 (Gauss-Hermite h3, h4, starting at 0). Each iteration works on
-    the spectra not yet converged only: those that converge leave the batch."""
-    c0 = torch.zeros((y.shape[0], tpl.mdegree), dtype=tpl.dtype, device=y.device)
-    h0 = torch.zeros((y.shape[0], 2 if moments == 4 else 0), dtype=tpl.dtype, device=y.device)
-    # the caller's tensors are copied: the state is updated in place
-    out = solve_weights(tpl, y, W, ws0.clone(), v0.clone(), sigma0.clone(), av0.clone(), c0, h0)
-    lam = torch.full_like(out.chi2, 1e-3)
-    rows = torch.arange(y.shape[0], device=y.device)
-    s = out
-    for it in range(limits.iterations):
-        s, lam, done = lm_iteration(tpl, s, y, W, lam, limits)
-        out.iterations = it + 1
-        if bool(done.all()):
-            break
-        if bool(done.any()):
-            if s is not out:
-                _put(out, rows[done], _sub(s, done))
-            keep = ~done
-            s, rows, lam, y, W = _sub(s, keep), rows[keep], lam[keep], y[keep], W[keep]
-    if s is not out:
-        _put(out, rows, s)
-    return out
 
 
 def velocity_seed(tpl: Templates, y, W, sigma0, av0, ws, vmax: float) -> torch.Tensor:

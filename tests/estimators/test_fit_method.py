@@ -71,7 +71,8 @@ def test_nnls_rows_zero_columns_nonfinite_rows_and_a_failing_solver(monkeypatch)
 
 
 def test_fit_leaves_the_callers_seeds_alone(ssp_lib, monkeypatch):
-    """The state is updated in place; the seeds handed to fit() are not, nor do they share its memory."""
+    """The state is updated in place; the seeds handed to fit_stream() are not, nor do they share its memory;
+    every spectrum comes back once."""
     import dataclasses
 
     import survey_proc.estimators._fit as fit_module
@@ -80,21 +81,23 @@ def test_fit_leaves_the_callers_seeds_alone(ssp_lib, monkeypatch):
     weights[:, 4, 19] = 1.0
     av, v, sigma = [0.2, 0.4, 0.6, 0.8], [0, 50, -50, 100], [80, 120, 160, 200]
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, av, v, sigma)
-    original, seen = fit_module.fit, {}
+    original, seen = fit_module.fit_stream, {}
 
-    def spy(tpl, y, w8, v0, sigma0, av0, ws0, limits, moments=2):
+    def spy(tpl, y, w8, v0, sigma0, av0, ws0, limits, moments=2, batch=32):
         seeds = (v0, sigma0, av0, ws0)
         before = [t.clone() for t in seeds]
-        out = original(tpl, y, w8, *seeds, limits, moments)
+        out = list(original(tpl, y, w8, *seeds, limits, moments, batch=3))  # refilled: 4 spectra, 3 at a time
         seen["unchanged"] = all(torch.equal(x, t) for x, t in zip(before, seeds, strict=True))
-        unfitted = original(tpl, y, w8, *seeds, dataclasses.replace(limits, iterations=0))
-        fields = (out.v, out.sigma, out.av, out.ws, unfitted.v, unfitted.sigma, unfitted.av, unfitted.ws)
+        unfitted = list(original(tpl, y, w8, *seeds, dataclasses.replace(limits, iterations=0), batch=3))
+        states = [s for _, s in out + unfitted]
+        fields = [f for s in states for f in (s.v, s.sigma, s.av, s.ws)]
         seen["shared"] = any(t.data_ptr() == f.data_ptr() for t in seeds for f in fields)
-        return out
+        seen["rows"] = sorted(torch.cat([r for r, _ in out]).tolist()) == list(range(y.shape[0]))
+        yield from out
 
-    monkeypatch.setattr(fit_module, "fit", spy)
+    monkeypatch.setattr(fit_module, "fit_stream", spy)
     estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, load_estimator("fit", threads=1), 5.0, lsf)
-    assert seen == {"unchanged": True, "shared": False}
+    assert seen == {"unchanged": True, "shared": False, "rows": True}
 
 
 def test_a_held_av_is_conditioned_on_not_marginalised(ssp_lib, monkeypatch):

@@ -1,0 +1,122 @@
+"""The fit's driver: many spectra through the Levenberg-Marquardt steps of :mod:`._fitcore`, a batch at a time.
+
+A spectrum that has converged leaves the batch and the next waiting one takes its place (its first solve
+made with the others joining then), so every step works on a full batch until the last spectra: the cost
+of a step is mostly per spectrum, but a part (torch's per-operation overhead) is per step, and a batch that
+empties as its spectra converge pays that part for ever fewer of them (on a CPU, 8 batches of 32 spectra
+took 137 steps for 2,338 spectrum-steps; kept full, ~80).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, _put, _sub, lm_iteration, solve_weights
+
+
+def fit(tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits | None = None, moments: int = 2) -> FitState:
+    """Fit a batch: y, W (n, L) (W = 1/variance, 0 where masked); seeds (n,); ws0 (n, k) templates;
+    ``moments`` 2 (a Gaussian LOSVD) or 4 (Gauss-Hermite h3, h4, starting at 0); ``limits`` default
+    :class:`FitLimits`. All n spectra are worked on together; the state of each, in the order given."""
+    n = y.shape[0]
+    parts = list(fit_stream(tpl, y, W, v0, sigma0, av0, ws0, limits, moments, batch=n, group=n))
+    rows = torch.cat([r for r, _ in parts])
+    state = _cat([s for _, s in parts])
+    return _sub(state, torch.argsort(rows))
+
+
+def fit_stream(
+    tpl: Templates, y, W, v0, sigma0, av0, ws0, limits: FitLimits | None = None, moments: int = 2,
+    batch: int = 32, group: int | None = None,
+) -> Iterator[tuple[torch.Tensor, FitState]]:  # fmt: skip
+    """Fit n spectra (as :func:`fit`) at most ``batch`` at a time, the finished ones replaced by waiting
+    ones; yields (rows, state): the finished spectra's indices (into y) and their states, in groups of at
+    least ``group`` (default ``batch``) spectra, the last one smaller. Each spectrum takes at most
+    ``limits.iterations`` steps."""
+    limits, group = limits or FitLimits(), group or batch
+    waiting = _Waiting(tpl, y, W, v0, sigma0, av0, ws0, moments, batch)
+    rows, s = waiting.draw(batch)
+    lam = torch.full_like(s.chi2, 1e-3)
+    steps = torch.zeros_like(rows)
+    ys, Ws = y[rows], W[rows]
+    finished: list[tuple[torch.Tensor, FitState]] = []
+    while rows.numel():
+        if limits.iterations > 0:
+            s, lam, done = lm_iteration(tpl, s, ys, Ws, lam, limits)
+            steps += 1
+            done = done | (steps >= limits.iterations)
+        else:  # no steps: the first solves
+            done = torch.ones_like(rows, dtype=torch.bool)
+        if not bool(done.any()):
+            continue
+        free = torch.nonzero(done).flatten()
+        finished.append((rows[free], _sub(s, free)))
+        if sum(r.numel() for r, _ in finished) >= group:
+            yield _gather(finished)
+            finished = []
+        new, first = waiting.draw(free.numel())
+        if new.numel():  # the waiting spectra take the freed slots, in place
+            slots = free[: new.numel()]
+            _put(s, slots, first)
+            rows[slots], ys[slots], Ws[slots] = new, y[new], W[new]
+            lam[slots], steps[slots] = 1e-3, 0
+            done[slots] = False
+        if bool(done.any()):  # slots no one waits for: the batch shrinks
+            keep = torch.nonzero(~done).flatten()
+            s, rows, lam, steps, ys, Ws = _sub(s, keep), rows[keep], lam[keep], steps[keep], ys[keep], Ws[keep]
+    if finished:
+        yield _gather(finished)
+
+
+class _Waiting:
+    """The spectra not yet in the batch, in order; their first solves made ``batch`` at a time, ahead of
+    need (one solve for a few spectra costs nearly what one for a batch does)."""
+
+    def __init__(self, tpl: Templates, y, W, v0, sigma0, av0, ws0, moments: int, batch: int) -> None:
+        self.args, self.moments, self.batch = (tpl, y, W, v0, sigma0, av0, ws0), moments, batch
+        self.next, self.n = 0, y.shape[0]
+        self.rows = torch.zeros(0, dtype=torch.int64, device=y.device)
+        self.state: FitState | None = None
+
+    def draw(self, m: int) -> tuple[torch.Tensor, FitState | None]:
+        """Up to ``m`` waiting spectra (indices) and their first states."""
+        rows, states = [], []
+        while m > 0 and (self.rows.numel() or self.next < self.n):
+            if not self.rows.numel():
+                self.rows = torch.arange(self.next, min(self.next + self.batch, self.n), device=self.rows.device)
+                self.next += self.rows.numel()
+                self.state = _start(*self.args, self.rows, self.moments)
+            take = min(m, self.rows.numel())
+            rows.append(self.rows[:take])
+            states.append(_slice(self.state, 0, take))
+            self.rows, self.state = self.rows[take:], _slice(self.state, take, None)
+            m -= take
+        if not rows:
+            return self.rows[:0], None
+        return torch.cat(rows), _cat(states)
+
+
+def _start(tpl: Templates, y, W, v0, sigma0, av0, ws0, rows: torch.Tensor, moments: int) -> FitState:
+    """The first solve of spectra ``rows``: the weights of their starting working sets at the seeds (the
+    caller's tensors copied: the state is updated in place)."""
+    m = rows.numel()
+    c0 = torch.zeros((m, tpl.mdegree), dtype=tpl.dtype, device=y.device)
+    h0 = torch.zeros((m, 2 if moments == 4 else 0), dtype=tpl.dtype, device=y.device)
+    return solve_weights(tpl, y[rows], W[rows], ws0[rows], v0[rows], sigma0[rows], av0[rows], c0, h0)
+
+
+def _slice(s: FitState, a: int, b: int | None) -> FitState:
+    """Rows a:b of ``s``, as views."""
+    return FitState(*(getattr(s, name)[a:b] for name in FitState.FIELDS))
+
+
+def _cat(states: list[FitState]) -> FitState:
+    if len(states) == 1:
+        return states[0]
+    return FitState(*(torch.cat([getattr(s, name) for s in states]) for name in FitState.FIELDS))
+
+
+def _gather(finished: list[tuple[torch.Tensor, FitState]]) -> tuple[torch.Tensor, FitState]:
+    return torch.cat([r for r, _ in finished]), _cat([s for _, s in finished])
