@@ -246,3 +246,21 @@ def test_bench_options_reach_the_config_only_when_given(monkeypatch):
     quick, full = seen
     assert quick == bench.BenchConfig(quick=True, workers=[1, 2], gpu=False)
     assert full == bench.BenchConfig() and full.model == "default"
+
+
+@pytest.mark.parametrize(("n", "regions"), [(100, 4), (4096, 8), (8192, 16)])
+def test_samples_are_centred_on_the_cube_in_the_regions_asked(n, regions):
+    """The strided sample of a 256x256 cube spans it symmetrically (a 91-wide grid once sat in its top-left
+    three quarters, leaving the centre in one region: a worker idled while another fitted it)."""
+    import numpy as np
+    import xarray as xr
+
+    from survey_proc.bench._cubes import _sample_selection
+
+    ds = xr.Dataset({"flux": (("y", "x", "wave"), np.zeros((256, 256, 2), np.float32))})
+    sel, chunks = _sample_selection(ds, n, regions)
+    for axis in ("y", "x"):
+        idx = np.arange(256)[sel[axis]]
+        assert idx.size**2 >= n and abs((idx[0] + idx[-1]) - 255) <= 2
+    blocks = -(-np.arange(256)[sel["y"]].size // chunks[0]) * -(-np.arange(256)[sel["x"]].size // chunks[1])
+    assert blocks >= regions

@@ -59,6 +59,8 @@ def _sample_selection(ds: xr.Dataset, n: int, regions: int) -> tuple[dict[str, s
         return {"object": slice(stride // 2, None, stride)}, (max(1, -(-count // regions)), ds.sizes["wave"])
     side = max(1, min(math.ceil(math.sqrt(n)), ds.sizes["y"], ds.sizes["x"]))
     sy, sx = max(1, ds.sizes["y"] // side), max(1, ds.sizes["x"] // side)
-    sel = {"y": slice(sy // 2, sy // 2 + sy * side, sy), "x": slice(sx // 2, sx // 2 + sx * side, sx)}
+    y0 = sy // 2 + (ds.sizes["y"] - sy * side) // 2  # centred: the strided grid leaves a margin on each side
+    x0 = sx // 2 + (ds.sizes["x"] - sx * side) // 2
+    sel = {"y": slice(y0, y0 + sy * side, sy), "x": slice(x0, x0 + sx * side, sx)}
     block = max(1, -(-side // math.ceil(math.sqrt(regions))))
     return sel, (block, block, ds.sizes["wave"])

@@ -116,9 +116,9 @@ def prepare(cfg: BenchConfig) -> Setup:
     setup = Setup(cfg, machine, json_path, work, cube, sample, sizes, model_path, null_path, ppxf_path)
     if cfg.fit:
         setup.fit_path = str(load_manifest("fit").path)
-        setup.fit_sample = sample_cube(
-            cube, work / "fit-sample.zarr", cfg.fit_spectra, regions=max(4, max(cfg.workers))
-        )
+        # regions of ~512 spectra, as a cube's: a few big ones leave a worker idle while another ends its last
+        regions = max(4, max(cfg.workers), cfg.fit_spectra // 512)
+        setup.fit_sample = sample_cube(cube, work / "fit-sample.zarr", cfg.fit_spectra, regions=regions)
     return setup
 
 
