@@ -193,8 +193,9 @@ class FitEstimator(Estimator):
         groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)
         for rows in groups:
             tpl = self.templates_for(fwhm if fwhm.ndim == 1 else fwhm[rows[0]])
-            for start in range(0, rows.size, STREAM * self._chunk()):
-                part = rows[start : start + STREAM * self._chunk()]
+            block = STREAM * self._chunk()
+            for start in range(0, rows.size, block):
+                part = rows[start : start + block]
                 self._fit_rows(tpl, x[part], part, out, norm)
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
         return {k: v for k, v in out.items() if k in declared}
