@@ -319,7 +319,7 @@ class FitEstimator(Estimator):
         good = (w8 > 0).sum(1)
         hold_av = self.options.limits().holds_av
         dof = (good - s.ws.shape[1] - s.nonlinear + int(hold_av)).clamp(min=1)
-        cov = covariance(tpl, s, w8, dof, hold_av, self.options.bias)  # (n, p + k, p + k)
+        cov = covariance(tpl, s, good, dof, hold_av, self.options.bias)  # (n, p + k, p + k)
         cov_w = cov[:, s.nonlinear :, s.nonlinear :]
         ws = s.ws.cpu()
         age = torch.as_tensor(self.age_of)[ws]
@@ -352,7 +352,8 @@ class FitEstimator(Estimator):
             out[name][rows] = np.where(finite.numpy(), value.double().numpy(), np.nan)
             out[f"{name}_err"][rows] = np.where(finite.numpy(), error.double().numpy(), np.nan)
         out["chi2"][rows] = np.where(finite.numpy(), (s.chi2.cpu() / dof.cpu()).numpy(), np.nan)
-        floored = floored_chi2(y, w8, s.model, self.options.model_floor) / dof
+        model = torch.where(w8 > 0, s.model / w8.sqrt().clamp(min=1e-30), 0.0)  # the state's is whitened
+        floored = floored_chi2(y, w8, model, self.options.model_floor) / dof
         out["chi2_floor"][rows] = np.where(finite.numpy(), floored.cpu().numpy(), np.nan)
         grid = torch.zeros((w.shape[0], tpl.ntemp), dtype=torch.float64).scatter_add_(1, ws, w)
         grid = grid / grid.sum(1, keepdim=True).clamp(min=1e-300)

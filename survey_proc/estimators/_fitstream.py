@@ -25,17 +25,19 @@ def fit_stream(
     ``limits`` (default :class:`FitLimits`), at most ``batch`` at a time, the finished ones replaced by
     waiting ones; yields (rows, state): the finished spectra's indices (into y) and their states, in groups of at
     least ``group`` (default ``batch``) spectra, the last one smaller. Each spectrum takes at most
-    ``limits.iterations`` steps."""
+    ``limits.iterations`` steps. The states are whitened (their columns and model times sqrt W)."""
     limits, group = limits or FitLimits(), group or batch
-    waiting = _Waiting(tpl, y, W, v0, sigma0, av0, ws0, moments, batch)
+    sw = W.sqrt()
+    y = y * sw  # whitened, as every state of the fit (:mod:`._fitcore`)
+    waiting = _Waiting(tpl, y, sw, v0, sigma0, av0, ws0, moments, batch)
     rows, s = waiting.draw(batch)
     lam = torch.full_like(s.chi2, 1e-3)
     steps = torch.zeros_like(rows)
-    ys, Ws = y[rows], W[rows]
+    ys, sws = y[rows], sw[rows]
     finished: list[tuple[torch.Tensor, FitState]] = []
     while rows.numel():
         if limits.iterations > 0:
-            s, lam, done = lm_iteration(tpl, s, ys, Ws, lam, limits)
+            s, lam, done = lm_iteration(tpl, s, ys, sws, lam, limits)
             steps += 1
             done = done | (steps >= limits.iterations)
         else:  # no steps: the first solves
@@ -51,12 +53,12 @@ def fit_stream(
         if new.numel():  # the waiting spectra take the freed slots, in place
             slots = free[: new.numel()]
             _put(s, slots, first)
-            rows[slots], ys[slots], Ws[slots] = new, y[new], W[new]
+            rows[slots], ys[slots], sws[slots] = new, y[new], sw[new]
             lam[slots], steps[slots] = 1e-3, 0
             done[slots] = False
         if bool(done.any()):  # slots no one waits for: the batch shrinks
             keep = torch.nonzero(~done).flatten()
-            s, rows, lam, steps, ys, Ws = _sub(s, keep), rows[keep], lam[keep], steps[keep], ys[keep], Ws[keep]
+            s, rows, lam, steps, ys, sws = _sub(s, keep), rows[keep], lam[keep], steps[keep], ys[keep], sws[keep]
     if finished:
         yield _gather(finished)
 
@@ -65,8 +67,8 @@ class _Waiting:
     """The spectra not yet in the batch, in order; their first solves made ``batch`` at a time, ahead of
     need (one solve for a few spectra costs nearly what one for a batch does)."""
 
-    def __init__(self, tpl: Templates, y, W, v0, sigma0, av0, ws0, moments: int, batch: int) -> None:
-        self.args, self.moments, self.batch = (tpl, y, W, v0, sigma0, av0, ws0), moments, batch
+    def __init__(self, tpl: Templates, y, sw, v0, sigma0, av0, ws0, moments: int, batch: int) -> None:
+        self.args, self.moments, self.batch = (tpl, y, sw, v0, sigma0, av0, ws0), moments, batch
         self.next, self.n = 0, y.shape[0]
         self.rows = torch.zeros(0, dtype=torch.int64, device=y.device)
         self.state: FitState | None = None
@@ -89,13 +91,13 @@ class _Waiting:
         return torch.cat(rows), _cat(states)
 
 
-def _start(tpl: Templates, y, W, v0, sigma0, av0, ws0, rows: torch.Tensor, moments: int) -> FitState:
+def _start(tpl: Templates, y, sw, v0, sigma0, av0, ws0, rows: torch.Tensor, moments: int) -> FitState:
     """The first solve of spectra ``rows``: the weights of their starting working sets at the seeds (the
     caller's tensors copied: the state is updated in place)."""
     m = rows.numel()
     c0 = torch.zeros((m, tpl.mdegree), dtype=tpl.dtype, device=y.device)
     h0 = torch.zeros((m, 2 if moments == 4 else 0), dtype=tpl.dtype, device=y.device)
-    return solve_weights(tpl, y[rows], W[rows], ws0[rows], v0[rows], sigma0[rows], av0[rows], c0, h0)
+    return solve_weights(tpl, y[rows], sw[rows], ws0[rows], v0[rows], sigma0[rows], av0[rows], c0, h0)
 
 
 def _slice(s: FitState, a: int, b: int | None) -> FitState:

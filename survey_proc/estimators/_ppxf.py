@@ -54,6 +54,7 @@ class PPXFOptions:
     velscale_ratio: int = 1  #: template pixels per data pixel
     max_velocity: float = 3500.0  #: template margin beyond the data range (pPXF needs ~2900)
     clean: bool = False  #: pPXF's iterative sigma-clipping of outliers
+    ftol: float = 1e-4  #: pPXF's stopping rule: relative chi^2 change (its default)
     lsf_resolution: float = 0.01  #: Angstrom; LSFs equal to this precision share templates
     template_cache: int = 16  #: LSF-matched template sets kept per process
 
@@ -248,6 +249,7 @@ class PPXFEstimator(Estimator):
             quiet=True,
             velscale_ratio=o.velscale_ratio,
             clean=o.clean,
+            ftol=o.ftol,
             **kwargs,
         )
         weights = np.asarray(pp.weights, np.float64).reshape(nage, nmetal)

@@ -39,6 +39,26 @@ def test_nnls_solvers_are_scipy_nnls(solver, warm):
         assert (ours[i] >= 0).all() and r_ours <= r_ref * (1 + 1e-6) + 1e-9
 
 
+def test_square_root_is_choleskys_where_firm_and_the_eigendecomposition_where_singular():
+    """nnls_rows's square root of a unit-diagonal Gram matrix: A'A = G and A'y = b (b in G's range), by
+    Cholesky (A triangular) where the pivots are firm, by the eigendecomposition where G is singular."""
+    from survey_proc.estimators import _nnls
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3, 6, 50))
+    x[1, 5] = x[1, 4]  # two identical columns
+    gram = np.einsum("nkl,njl->nkj", x, x)
+    scale = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
+    unit = gram / scale[:, :, None] / scale[:, None, :]
+    rhs = (unit @ rng.random((3, 6, 1)))[:, :, 0]
+    a, y = _nnls.square_root(unit, rhs)
+    at = a.transpose(0, 2, 1)
+    np.testing.assert_allclose(at @ a, unit, atol=1e-10)
+    np.testing.assert_allclose((at @ y[:, :, None])[:, :, 0], rhs, atol=1e-10)
+    assert np.allclose(np.tril(a[0], -1), 0) and np.allclose(np.tril(a[2], -1), 0)
+    assert not np.allclose(np.tril(a[1], -1), 0)
+
+
 def test_nnls_rows_zero_columns_nonfinite_rows_and_a_failing_solver(monkeypatch):
     """The CPU solver: a template with no weight in the Gram matrix gets 0 (not 1e164), a non-finite row
     gets NaN without upsetting the others, and where scipy gives up the batched answer comes back on the
@@ -148,9 +168,9 @@ def test_a_held_av_is_conditioned_on_not_marginalised(ssp_lib, monkeypatch):
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, [0.0, 0.0], [0.0, 40.0], [100.0, 150.0])
     original, seen = _fitcore.covariance, {}
 
-    def spy(tpl, s, W, dof, hold_av=False, bias=None):
-        seen.update(args=(tpl, s, W, dof), hold_av=hold_av)
-        return original(tpl, s, W, dof, hold_av, bias)
+    def spy(tpl, s, good, dof, hold_av=False, bias=None):
+        seen.update(args=(tpl, s, good, dof), hold_av=hold_av)
+        return original(tpl, s, good, dof, hold_av, bias)
 
     monkeypatch.setattr(fit_module, "covariance", spy)
     estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, load_estimator("fit-mpoly", threads=1), 5.0, lsf)
@@ -182,18 +202,18 @@ def test_covariance_is_the_float64_inverse_of_the_fisher_matrix(ssp_lib, monkeyp
     flux = flux + np.sqrt(var) * rng.standard_normal(flux.shape)
     original, seen = _fitcore.covariance, []
 
-    def spy(tpl, s, W, dof, hold_av=False, bias=None):
-        seen.append((tpl, s, W, dof))
-        return original(tpl, s, W, dof, hold_av, bias)
+    def spy(tpl, s, good, dof, hold_av=False, bias=None):
+        seen.append((tpl, s, good, dof))
+        return original(tpl, s, good, dof, hold_av, bias)
 
     monkeypatch.setattr(fit_module, "covariance", spy)
     estimate_region(flux, var, np.zeros(flux.shape, bool), wave, z, load_estimator("fit", threads=1), 5.0, lsf)
-    for tpl, s, W, dof in seen:
-        cov = original(tpl, s, W, dof).numpy()
-        design = torch.cat([_fitcore.jacobian(tpl, s), s.cols], 1).double().numpy()
+    for tpl, s, good, dof in seen:
+        cov = original(tpl, s, good, dof).numpy()
+        design = torch.cat([_fitcore.jacobian(tpl, s), s.cols], 1).double().numpy()  # whitened, as the state
         for i in range(s.w.shape[0]):
             free = np.r_[np.ones(3, bool), s.w[i].numpy() > 0]
-            a = design[i][free] * np.sqrt(W[i].double().numpy())
+            a = design[i][free]
             ref = np.linalg.inv(a @ a.T) * float(s.chi2[i]) / float(dof[i])
             np.testing.assert_allclose(np.diag(cov[i])[free], np.diag(ref), rtol=1e-6)
 
@@ -232,13 +252,34 @@ def _mixtures(rng, n: int) -> np.ndarray:
     return weights
 
 
-def _assert_agree(fit: dict, ppxf: dict, tolerances: dict[str, float]) -> None:
-    """Within a small fraction of the fit's own error (or an absolute tolerance): the two solve the same
-    problem (where chi^2 is flat, along the age-metallicity-dust degeneracy, they may stop at different
-    points of equal chi^2)."""
+def _assert_agree(fit: dict, ppxf: dict, tolerances: dict[str, float], fraction: float = 0.2) -> None:
+    """Within a small ``fraction`` of the fit's own error (or an absolute tolerance): the two solve the same
+    problem (stopped tightly, :data:`TIGHT`: at the default stops, where chi^2 is flat along the
+    age-metallicity-dust degeneracy, they may stop up to ~1 sigma apart)."""
     for name, tol in tolerances.items():
         diff = np.abs(fit[name] - ppxf[name])
-        assert (diff < np.maximum(tol, 0.6 * fit[f"{name}_err"])).all(), (name, fit[name], ppxf[name])
+        assert (diff < np.maximum(tol, fraction * fit[f"{name}_err"])).all(), (name, fit[name], ppxf[name])
+
+
+#: the stop of both pPXF (``ftol``) and the fit (``tol``) where the tests compare their optima: at the default
+#: 1e-4 either may stop where a step gains under 1e-4 of chi^2 along the flat age-metallicity-dust valley
+#: (measured: a spectrum fitted in a batch of 6 stopped 1.7 in chi^2, 0.65 sigma in A_V, short of where it
+#: ends alone), so which optimiser got closer is down to its path's round-off
+TIGHT = {"fit": {"tol": 1e-7, "iterations": 60}, "ppxf": {"ftol": 1e-7}}
+
+
+def _variant(tmp_path, name: str, section: str, **options):
+    """A packaged bundle's manifest with ``options`` merged into its ``section``, in a folder of its own."""
+    import json
+
+    from survey_proc.estimators import load_manifest
+
+    raw = json.loads(load_manifest(name).path.read_text())
+    raw[section] = {**raw.get(section, {}), **options}
+    folder = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    return load_estimator(str(folder), threads=1)
 
 
 def _observe(ssp_lib, weights, av, v, sigma, snr=80.0, z=0.01):
@@ -272,8 +313,9 @@ def test_one_fit_recovers_known_parameters(ssp_lib):
         assert 0 < out[f"{name}_err"][0] < {"velocity": 10, "sigma": 10}.get(name, 0.2), name
 
 
-def test_fit_agrees_with_ppxf_on_the_same_spectra(ssp_lib):
-    """Same templates, masks and noise: the fit and pPXF give the same kinematics, dust and weights."""
+def test_fit_agrees_with_ppxf_on_the_same_spectra(ssp_lib, tmp_path):
+    """Same templates, masks and noise: the fit and pPXF reach the same kinematics, dust and weights (both
+    stopped tightly), and at their default stops the same chi^2."""
     pytest.importorskip("ppxf")
     rng = np.random.default_rng(11)
     n = 6
@@ -282,11 +324,19 @@ def test_fit_agrees_with_ppxf_on_the_same_spectra(ssp_lib):
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, av, v, sigma, snr=60.0)
     flux = flux + rng.normal(size=flux.shape).astype(np.float32) * np.sqrt(var)
     mask = np.zeros(flux.shape, bool)
-    fit = estimate_region(flux, var, mask, wave, z, load_estimator("fit", threads=1), 5.0, lsf).outputs
-    ppxf = estimate_region(flux, var, mask, wave, z, load_estimator("ppxf", threads=1), 5.0, lsf).outputs
+
+    def run(est):
+        return estimate_region(flux, var, mask, wave, z, est, 5.0, lsf).outputs
+
+    fit = run(_variant(tmp_path, "fit", "fit", **TIGHT["fit"]))
+    ppxf = run(_variant(tmp_path, "ppxf", "ppxf", **TIGHT["ppxf"]))
     _assert_agree(fit, ppxf, {"velocity": 2.0, "sigma": 3.0, "av": 0.01, "log_age": 0.02, "metallicity": 0.02})
-    # the same chi^2 (pPXF divides by the good pixels, the fit by the degrees of freedom)
+    # the same chi^2 (pPXF divides by the good pixels, the fit by the degrees of freedom), also at the
+    # default stops, which leave the fit within 0.2 % of its optimum
     np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01)
+    fit_default = run(load_estimator("fit", threads=1))
+    np.testing.assert_allclose(fit_default["chi2"], run(load_estimator("ppxf", threads=1))["chi2"], rtol=0.01)
+    assert (fit_default["chi2"] < fit["chi2"] * 1.002).all()
 
 
 def test_fit_mpoly_matches_ppxf_mdegree_through_a_flux_calibration_error(ssp_lib, tmp_path):
@@ -309,16 +359,25 @@ def test_fit_mpoly_matches_ppxf_mdegree_through_a_flux_calibration_error(ssp_lib
     flux, var = flux * distortion, var * distortion**2
     flux = flux + rng.normal(size=flux.shape).astype(np.float32) * np.sqrt(var)
     mask = np.zeros(flux.shape, bool)
+
+    def ppxf_mdegree(**options):
+        raw = json.loads(load_manifest("ppxf").path.read_text())
+        raw["ppxf"] = {**raw.get("ppxf", {}), "reddening": None, "mdegree": 8, **options}
+        raw["outputs"].pop("av")
+        folder = tmp_path / f"ppxf-{len(options)}"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps(raw))
+        return load_estimator(str(folder), threads=1)
+
+    def run(est):
+        return estimate_region(flux, var, mask, wave, z, est, 5.0, lsf).outputs
+
     fit_est = load_estimator("fit-mpoly", threads=1)
-    fit = estimate_region(flux, var, mask, wave, z, fit_est, 5.0, lsf).outputs
-    raw = json.loads(load_manifest("ppxf").path.read_text())
-    raw["ppxf"] = {**raw.get("ppxf", {}), "reddening": None, "mdegree": 8}
-    raw["outputs"].pop("av")
-    (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    ppxf = estimate_region(flux, var, mask, wave, z, load_estimator(str(tmp_path), threads=1), 5.0, lsf).outputs
-    _assert_agree(fit, ppxf, {"velocity": 2.0, "sigma": 3.0, "log_age": 0.02, "metallicity": 0.02})
+    fit = run(fit_est)
+    tight, ppxf = run(_variant(tmp_path, "fit-mpoly", "fit", **TIGHT["fit"])), run(ppxf_mdegree(**TIGHT["ppxf"]))
+    _assert_agree(tight, ppxf, {"velocity": 2.0, "sigma": 3.0, "log_age": 0.02, "metallicity": 0.02})
     assert "av" not in fit and (np.abs(fit["chi2"] - 1) < 0.15).all()
-    np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01)
+    np.testing.assert_allclose(fit["chi2"], run(ppxf_mdegree())["chi2"], rtol=0.01)  # the default stops
     dusty = estimate_region(flux, var, mask, wave, z, load_estimator("fit", threads=1), 5.0, lsf).outputs
     assert (dusty["chi2"] > fit["chi2"] + 0.05).all()  # dust alone does not take the distortion out
     _rebuild_matches(fit_est, flux, var, wave, z, lsf, fit)
@@ -380,7 +439,7 @@ def test_fit_h4_agrees_with_ppxf_moments_4_and_finds_the_losvds_shape(ssp_lib, t
     flux, var, wave, z, lsf = _gauss_hermite_spectra(ssp_lib, weights, av, v, sigma, h3, h4, 100.0, rng)
     mask = np.zeros(flux.shape, bool)
     found = {}
-    for name, section, options in (("fit-h4", "fit", {}), ("ppxf", "ppxf", {"moments": 4})):
+    for name, section, options in (("fit-h4", "fit", TIGHT["fit"]), ("ppxf", "ppxf", {"moments": 4, **TIGHT["ppxf"]})):
         raw = json.loads(load_manifest(name).path.read_text())
         raw[section] = {**raw.get(section, {}), **options, **({} if bias is None else {"bias": bias})}
         raw["outputs"] |= {"h3": {"units": "1", "error": True}, "h4": {"units": "1", "error": True}}
@@ -393,9 +452,7 @@ def test_fit_h4_agrees_with_ppxf_moments_4_and_finds_the_losvds_shape(ssp_lib, t
     _assert_agree(fit, ppxf, {"velocity": 1.0, "sigma": 2.0, "h3": h_tol, "h4": h_tol, "av": 0.02})
     for name in ("velocity", "sigma", "h3", "h4"):
         np.testing.assert_allclose(fit[f"{name}_err"], ppxf[f"{name}_err"], rtol=0.05 if bias == 0 else 0.1)
-    # pPXF's ftol stop: with the penalty one fit of the four stops 13 in chi^2 (0.5 %) above pPXF's optimum,
-    # where a step gained less than 1e-4 along the age-metallicity valley (fitted alone, it reaches it)
-    np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01 if bias == 0 else 0.015)
+    np.testing.assert_allclose(fit["chi2"], ppxf["chi2"], rtol=0.01)
     if bias != 0:
         return
     for name, truth in (("h3", h3), ("h4", h4), ("sigma", sigma), ("velocity", v)):
