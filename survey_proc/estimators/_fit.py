@@ -34,7 +34,7 @@ from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, cova
 from survey_proc.estimators._fitstream import fit_stream
 from survey_proc.estimators._load import load_estimator
 from survey_proc.estimators._ppxf import TemplateCache, check_weights_grid, crop_for_grid, prepare_templates
-from survey_proc.preprocess import BatchMeta, masked_median
+from survey_proc.preprocess import BatchMeta, batch_error_inflation, masked_median
 from survey_proc.ssp import (
     MODEL_FLOOR,
     attenuation_curve,
@@ -189,6 +189,7 @@ class FitEstimator(Estimator):
             )
         fwhm = np.asarray(meta.lsf_fwhm_model, np.float64)
         norm = self._norm(meta, x.shape[0])
+        inflation = batch_error_inflation(meta, x)
         out = self._empty(x.shape[0])
         groups = [np.arange(x.shape[0])] if fwhm.ndim == 1 else _rows_by_lsf(fwhm, self.options.lsf_resolution)
         for rows in groups:
@@ -196,7 +197,7 @@ class FitEstimator(Estimator):
             block = STREAM * self._chunk()
             for start in range(0, rows.size, block):
                 part = rows[start : start + block]
-                self._fit_rows(tpl, x[part], part, out, norm)
+                self._fit_rows(tpl, x[part], part, out, norm, inflation)
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
         return {k: v for k, v in out.items() if k in declared}
 
@@ -272,7 +273,13 @@ class FitEstimator(Estimator):
         return np.full(n, np.nan)
 
     def _fit_rows(
-        self, tpl: Templates, x: np.ndarray, rows: np.ndarray, out: dict[str, np.ndarray], norm: np.ndarray
+        self,
+        tpl: Templates,
+        x: np.ndarray,
+        rows: np.ndarray,
+        out: dict[str, np.ndarray],
+        norm: np.ndarray,
+        inflation: np.ndarray,
     ) -> None:
         y, w8 = _data(x, self.device)
         ok = (w8 > 0).sum(1) >= self.options.min_good_fraction * x.shape[2]
@@ -284,7 +291,7 @@ class FitEstimator(Estimator):
         v0 = velocity_seed(tpl, y, w8, sigma0, av0, ws0, self.options.search_velocity)
         limits, rows = self.options.limits(), rows[idx.cpu().numpy()]
         for done, state in fit_stream(tpl, y, w8, v0, sigma0, av0, ws0, limits, self.options.moments, self._chunk()):
-            self._write(tpl, state, y[done], w8[done], rows[done.cpu().numpy()], out, norm)
+            self._write(tpl, state, y[done], w8[done], rows[done.cpu().numpy()], out, norm, inflation)
 
     def _starts(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sigma, A_V and the working set each fit starts from (the seed network's, else the fixed ones)."""
@@ -312,14 +319,24 @@ class FitEstimator(Estimator):
         )
 
     def _write(
-        self, tpl: Templates, s: FitState, y, w8: torch.Tensor, rows: np.ndarray, out: dict, norm: np.ndarray
+        self,
+        tpl: Templates,
+        s: FitState,
+        y,
+        w8: torch.Tensor,
+        rows: np.ndarray,
+        out: dict,
+        norm: np.ndarray,
+        inflation: np.ndarray,
     ) -> None:
         """The fitted values, their errors and the weight grid into ``out`` at ``rows`` (``norm``: the
-        flux normalisation of every row of the batch)."""
+        flux normalisation of every row of the batch; ``inflation``: what the noise resampling shared
+        between its pixels grows each row's variances by, :func:`~survey_proc.preprocess.batch_error_inflation`)."""
         good = (w8 > 0).sum(1)
         hold_av = self.options.limits().holds_av
         dof = (good - s.ws.shape[1] - s.nonlinear + int(hold_av)).clamp(min=1)
         cov = covariance(tpl, s, good, dof, hold_av, self.options.bias)  # (n, p + k, p + k)
+        cov = cov * torch.as_tensor(inflation[rows], dtype=cov.dtype, device=cov.device)[:, None, None]
         cov_w = cov[:, s.nonlinear :, s.nonlinear :]
         ws = s.ws.cpu()
         age = torch.as_tensor(self.age_of)[ws]

@@ -32,7 +32,7 @@ import numpy as np
 
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest
-from survey_proc.preprocess import BatchMeta
+from survey_proc.preprocess import BatchMeta, batch_error_inflation
 from survey_proc.ssp import C_KMS, LIGHT_WINDOW, SSPLibrary, load_ssp_library, log_wave_grid, match_lsf, resample
 
 T = TypeVar("T")
@@ -290,6 +290,10 @@ class PPXFEstimator(Estimator):
                 for name in FIT_VALUES:
                     out[name][i] = getattr(r, name)
                 out["weights"][i] = r.weights
+        scale = np.sqrt(batch_error_inflation(meta, x)).astype(np.float32)  # the noise resampling shares
+        for name in FIT_VALUES:
+            if name.endswith("_err"):
+                out[name] *= scale
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
         return {k: v for k, v in out.items() if k in declared}
 

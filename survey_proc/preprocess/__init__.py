@@ -9,6 +9,7 @@ the compiled passes of ``_fused`` (Numba), to the same bits.
 """
 
 from survey_proc.preprocess._bands import BandKind, ImageInputSpec, SEDInputSpec, band_flags, band_snr, select_bands
+from survey_proc.preprocess._covariance import batch_error_inflation, error_inflation, resampling_covariance
 from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
 from survey_proc.preprocess._numeric import fill_gaps, in_ranges, masked_median, median_of_filled, snr_per_angstrom
 from survey_proc.preprocess._prepare import KNOWN_CHANNELS, NORMALISATIONS, normalisation, prepare
@@ -29,6 +30,8 @@ __all__ = [
     "SEDInputSpec",
     "band_flags",
     "band_snr",
+    "batch_error_inflation",
+    "error_inflation",
     "estimator_meta",
     "fill_gaps",
     "in_ranges",
@@ -37,6 +40,7 @@ __all__ = [
     "median_of_filled",
     "normalisation",
     "prepare",
+    "resampling_covariance",
     "select_bands",
     "snr_per_angstrom",
 ]

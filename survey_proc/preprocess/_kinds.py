@@ -60,11 +60,16 @@ class BatchMeta:
         spectral.
     norm : (n,) the normalisation divided out of each row's flux (the store's flux units), as
         :class:`Prepared` has it; None where the caller has none (the engine always passes it).
+    noise_covariance : the covariance resampling onto the model grid leaves between neighbouring
+        model pixels, relative to the data's variance (:func:`~survey_proc.preprocess.resampling_covariance`):
+        (k, nwave) when all redshifts are equal, else (n, k, nwave); None where unknown (a fit then
+        treats its pixels as independent).
     """
 
     redshift: np.ndarray
     lsf_fwhm_model: np.ndarray | None = None
     norm: np.ndarray | None = None
+    noise_covariance: np.ndarray | None = None
 
 
 class InputKind:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from survey_proc.errors import CoverageError
+from survey_proc.preprocess._covariance import resampling_covariance
 from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
 from survey_proc.preprocess._prepare import prepare
 from survey_proc.ssp import C_KMS, log_wave_grid, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
@@ -214,17 +215,22 @@ def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray 
     """What an estimator may need besides the pixels (the ``meta`` of ``Estimator.predict``).
 
     ``redshift`` (n,); ``lsf_fwhm_model``: the data's instrumental FWHM (Angstrom) at the model's
-    pixels in the model's frame — (nwave,) when all redshifts are equal, else (n, nwave).
+    pixels in the model's frame — (nwave,) when all redshifts are equal, else (n, nwave);
+    ``noise_covariance``: what resampling the data onto the model grid correlates
+    (:func:`~survey_proc.preprocess.resampling_covariance`), shaped alike with a lag axis.
     """
     redshift = np.asarray(redshift, np.float64)
-    if lsf_fwhm is None or not redshift.size:
+    if not redshift.size:
         return BatchMeta(redshift=redshift)
-    if spec.frame != "rest":
-        return BatchMeta(redshift=redshift, lsf_fwhm_model=np.interp(spec.wave, wave, lsf_fwhm))
-    same = np.ptp(redshift) == 0
+    same = spec.frame != "rest" or np.ptp(redshift) == 0
     z1 = 1.0 + (redshift[:1, None] if same else redshift[:, None])
-    fwhm = np.interp(spec.wave[None, :] * z1, wave, lsf_fwhm) / z1
-    return BatchMeta(redshift=redshift, lsf_fwhm_model=fwhm[0] if same else fwhm)
+    src = spec.wave[None, :] * z1 if spec.frame == "rest" else spec.wave[None, :]  # the model grid, data frame
+    cov = resampling_covariance(np.asarray(wave, np.float64), src).astype(np.float32)
+    cov = cov[0] if same else cov
+    if lsf_fwhm is None:
+        return BatchMeta(redshift=redshift, noise_covariance=cov)
+    fwhm = np.interp(src, wave, lsf_fwhm) / (z1 if spec.frame == "rest" else 1.0)
+    return BatchMeta(redshift=redshift, lsf_fwhm_model=fwhm[0] if same else fwhm, noise_covariance=cov)
 
 
 def _store_redshifts(ds: Any, redshift: float) -> np.ndarray:

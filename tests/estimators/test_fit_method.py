@@ -645,3 +645,42 @@ def test_save_model_needs_the_fit(mock16, tmp_path, capsys):
     assert "--save-model needs --method fit" in capsys.readouterr().err
     with pytest.raises(OptionError, match="no maps store"):
         write_best_fit(tmp_path / "nothing.zarr")
+
+
+def test_resampling_covariance_is_that_of_the_interpolation_matrix():
+    """The covariance linear interpolation leaves between model pixels (lags 0-2, relative to a constant
+    data variance) equals A A' of the explicit interpolation matrix, on a grid coarser than the data at
+    one end and finer at the other; on the data's own grid there is none, and the error inflation is 1."""
+    from survey_proc.preprocess import error_inflation, resampling_covariance
+
+    wave = 4750.0 + 1.25 * np.arange(400)
+    src = np.exp(np.linspace(np.log(4760.0), np.log(5230.0), 330))  # ~1.13 A pixels: finer, then coarser
+    left = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
+    w1 = (src - wave[left]) / (wave[left + 1] - wave[left])
+    a = np.zeros((src.size, wave.size))
+    a[np.arange(src.size), left], a[np.arange(src.size), left + 1] = 1 - w1, w1
+    full = a @ a.T
+    cov = resampling_covariance(wave, src)
+    for k in range(3):
+        np.testing.assert_allclose(cov[k, : src.size - k], np.diagonal(full, k), atol=1e-12)
+    assert np.abs(np.triu(full, 3)).max() == 0  # nothing beyond lag 2 here
+    good = np.ones((1, src.size), bool)
+    w = 1 / np.diagonal(full)
+    np.testing.assert_allclose(error_inflation(cov, good), (w[:, None] * w[None] * full).sum() / w.sum())
+    np.testing.assert_allclose(error_inflation(resampling_covariance(wave, wave[10:300]), good[:, :290]), 1.0)
+
+
+def test_fit_errors_match_the_scatter_of_noise_realisations():
+    """Monte Carlo (issue 18): on MUSE's 1.25 A pixels, resampled onto the fit's grid, the fits' scatter
+    over noise realisations is their velocity and sigma errors (the resampling's shared noise taken in:
+    without it the scatter is ~1.2x the errors), and within 0.7-1.15x for A_V and the populations."""
+    from benchmarks.fit_errors import check
+
+    result = check(bases=6, r=40, seed=3)
+    muse = result["muse"]["median"]
+    for name in ("velocity", "sigma"):
+        assert 0.85 < muse["ratios"][name] < 1.15, (name, muse["ratios"][name])
+        assert muse["ratios_pixels_independent"][name] > 1.1, name
+        assert 0.85 < result["model grid"]["median"]["ratios"][name] < 1.15, name
+    for name in ("av", "log_age", "metallicity"):
+        assert 0.7 < muse["ratios"][name] < 1.15, (name, muse["ratios"][name])
