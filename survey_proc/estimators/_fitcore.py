@@ -332,7 +332,8 @@ def _penalised(a: torch.Tensor, g: torch.Tensor, s: FitState, kappa: torch.Tenso
     return a, g
 
 
-def _sub(s: FitState, idx: torch.Tensor) -> FitState:
+def _sub(s: FitState, idx: torch.Tensor | slice) -> FitState:
+    """The rows ``idx`` of ``s``: copies for an index tensor, views for a slice."""
     return FitState(*(getattr(s, name)[idx] for name in FitState.FIELDS))
 
 

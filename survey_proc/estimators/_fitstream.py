@@ -83,8 +83,8 @@ class _Waiting:
                 self.state = _start(*self.args, self.rows, self.moments)
             take = min(m, self.rows.numel())
             rows.append(self.rows[:take])
-            states.append(_slice(self.state, 0, take))
-            self.rows, self.state = self.rows[take:], _slice(self.state, take, None)
+            states.append(_sub(self.state, slice(0, take)))  # views
+            self.rows, self.state = self.rows[take:], _sub(self.state, slice(take, None))
             m -= take
         if not rows:
             return self.rows[:0], None
@@ -98,11 +98,6 @@ def _start(tpl: Templates, y, sw, v0, sigma0, av0, ws0, rows: torch.Tensor, mome
     c0 = torch.zeros((m, tpl.mdegree), dtype=tpl.dtype, device=y.device)
     h0 = torch.zeros((m, 2 if moments == 4 else 0), dtype=tpl.dtype, device=y.device)
     return solve_weights(tpl, y[rows], sw[rows], ws0[rows], v0[rows], sigma0[rows], av0[rows], c0, h0)
-
-
-def _slice(s: FitState, a: int, b: int | None) -> FitState:
-    """Rows a:b of ``s``, as views."""
-    return FitState(*(getattr(s, name)[a:b] for name in FitState.FIELDS))
 
 
 def _cat(states: list[FitState]) -> FitState:
