@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from survey_proc.errors import CoverageError
-from survey_proc.preprocess._covariance import resampling_covariance
 from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
 from survey_proc.preprocess._prepare import prepare
 from survey_proc.ssp import C_KMS, log_wave_grid, muse_lsf_fwhm, sdss_lsf_fwhm, to_medium
@@ -216,8 +215,8 @@ def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray 
 
     ``redshift`` (n,); ``lsf_fwhm_model``: the data's instrumental FWHM (Angstrom) at the model's
     pixels in the model's frame — (nwave,) when all redshifts are equal, else (n, nwave);
-    ``noise_covariance``: what resampling the data onto the model grid correlates
-    (:func:`~survey_proc.preprocess.resampling_covariance`), shaped alike with a lag axis.
+    ``sampling``: the data's wavelengths and the model's pixels on them, from which
+    ``noise_covariance`` is made where a fit asks for it.
     """
     redshift = np.asarray(redshift, np.float64)
     if not redshift.size:
@@ -225,12 +224,11 @@ def estimator_meta(redshift: np.ndarray, wave: np.ndarray, lsf_fwhm: np.ndarray 
     same = spec.frame != "rest" or np.ptp(redshift) == 0
     z1 = 1.0 + (redshift[:1, None] if same else redshift[:, None])
     src = spec.wave[None, :] * z1 if spec.frame == "rest" else spec.wave[None, :]  # the model grid, data frame
-    cov = resampling_covariance(np.asarray(wave, np.float64), src).astype(np.float32)
-    cov = cov[0] if same else cov
+    sampling = (np.asarray(wave, np.float64), src[0] if same else src)
     if lsf_fwhm is None:
-        return BatchMeta(redshift=redshift, noise_covariance=cov)
+        return BatchMeta(redshift=redshift, sampling=sampling)
     fwhm = np.interp(src, wave, lsf_fwhm) / (z1 if spec.frame == "rest" else 1.0)
-    return BatchMeta(redshift=redshift, lsf_fwhm_model=fwhm[0] if same else fwhm, noise_covariance=cov)
+    return BatchMeta(redshift=redshift, lsf_fwhm_model=fwhm[0] if same else fwhm, sampling=sampling)
 
 
 def _store_redshifts(ds: Any, redshift: float) -> np.ndarray:
