@@ -268,18 +268,25 @@ def _assert_agree(fit: dict, ppxf: dict, tolerances: dict[str, float], fraction:
 TIGHT = {"fit": {"tol": 1e-7, "iterations": 60}, "ppxf": {"ftol": 1e-7}}
 
 
-def _variant(tmp_path, name: str, section: str, **options):
-    """A packaged bundle's manifest with ``options`` merged into its ``section``, in a folder of its own."""
+def _variant_folder(tmp_path, name: str, section: str, *, outputs=None, drop=(), **options):
+    """A folder of its own holding a packaged bundle's manifest with ``options`` merged into its
+    ``section``, the ``outputs`` added and the outputs named in ``drop`` left out."""
     import json
 
     from survey_proc.estimators import load_manifest
 
     raw = json.loads(load_manifest(name).path.read_text())
     raw[section] = {**raw.get(section, {}), **options}
+    raw["outputs"] = {k: v for k, v in raw["outputs"].items() if k not in drop} | (outputs or {})
     folder = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}"
     folder.mkdir()
     (folder / "manifest.json").write_text(json.dumps(raw))
-    return load_estimator(str(folder), threads=1)
+    return folder
+
+
+def _variant(tmp_path, name: str, section: str, **kwargs):
+    """The estimator of :func:`_variant_folder`'s manifest."""
+    return load_estimator(str(_variant_folder(tmp_path, name, section, **kwargs)), threads=1)
 
 
 def _observe(ssp_lib, weights, av, v, sigma, snr=80.0, z=0.01):
@@ -345,10 +352,6 @@ def test_fit_mpoly_matches_ppxf_mdegree_through_a_flux_calibration_error(ssp_lib
     populations, the same chi^2 (near 1, where the dusty fit without a polynomial cannot follow the
     distortion), and --save-model's rebuild gives the fit's chi^2 back."""
     pytest.importorskip("ppxf")
-    import json
-
-    from survey_proc.estimators import load_manifest
-
     rng = np.random.default_rng(5)
     n = 4
     weights = _mixtures(rng, n)
@@ -361,13 +364,7 @@ def test_fit_mpoly_matches_ppxf_mdegree_through_a_flux_calibration_error(ssp_lib
     mask = np.zeros(flux.shape, bool)
 
     def ppxf_mdegree(**options):
-        raw = json.loads(load_manifest("ppxf").path.read_text())
-        raw["ppxf"] = {**raw.get("ppxf", {}), "reddening": None, "mdegree": 8, **options}
-        raw["outputs"].pop("av")
-        folder = tmp_path / f"ppxf-{len(options)}"
-        folder.mkdir()
-        (folder / "manifest.json").write_text(json.dumps(raw))
-        return load_estimator(str(folder), threads=1)
+        return _variant(tmp_path, "ppxf", "ppxf", drop=("av",), reddening=None, mdegree=8, **options)
 
     def run(est):
         return estimate_region(flux, var, mask, wave, z, est, 5.0, lsf).outputs
@@ -426,10 +423,7 @@ def test_fit_h4_agrees_with_ppxf_moments_4_and_finds_the_losvds_shape(ssp_lib, t
     h4 and errors; without the penalty both near the truth; where the LOSVD is not Gaussian, the
     Gaussian fit's chi^2 is higher."""
     pytest.importorskip("ppxf")
-    import json
-
     from survey_proc.engine import estimate_region
-    from survey_proc.estimators import load_manifest
 
     rng = np.random.default_rng(3)
     n = 4
@@ -439,13 +433,10 @@ def test_fit_h4_agrees_with_ppxf_moments_4_and_finds_the_losvds_shape(ssp_lib, t
     flux, var, wave, z, lsf = _gauss_hermite_spectra(ssp_lib, weights, av, v, sigma, h3, h4, 100.0, rng)
     mask = np.zeros(flux.shape, bool)
     found = {}
+    h_outputs = {"h3": {"units": "1", "error": True}, "h4": {"units": "1", "error": True}}
+    penalty = {} if bias is None else {"bias": bias}
     for name, section, options in (("fit-h4", "fit", TIGHT["fit"]), ("ppxf", "ppxf", {"moments": 4, **TIGHT["ppxf"]})):
-        raw = json.loads(load_manifest(name).path.read_text())
-        raw[section] = {**raw.get(section, {}), **options, **({} if bias is None else {"bias": bias})}
-        raw["outputs"] |= {"h3": {"units": "1", "error": True}, "h4": {"units": "1", "error": True}}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text(json.dumps(raw))
-        est = load_estimator(str(tmp_path / name), threads=1)
+        est = _variant(tmp_path, name, section, outputs=h_outputs, **options, **penalty)
         found[name] = estimate_region(flux, var, mask, wave, z, est, 5.0, lsf).outputs
     fit, ppxf = found["fit-h4"], found["ppxf"]
     h_tol = 0.005 if bias == 0 else 0.01  # pPXF's penalty shifts residuals; the fit adds its quadratic mean
@@ -471,17 +462,11 @@ def test_fit_h4_agrees_with_ppxf_moments_4_and_finds_the_losvds_shape(ssp_lib, t
     ],
 )
 def test_gauss_hermite_options_are_checked(tmp_path, fit_section, outputs, message):
-    import json
-
     from survey_proc.errors import ModelError
-    from survey_proc.estimators import load_manifest
 
-    raw = json.loads(load_manifest("fit").path.read_text())
-    raw["fit"] |= fit_section
-    raw["outputs"] |= outputs
-    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    folder = _variant_folder(tmp_path, "fit", "fit", outputs=outputs, **fit_section)
     with pytest.raises(ModelError, match=message):
-        load_estimator(str(tmp_path), threads=1)
+        load_estimator(str(folder), threads=1)
 
 
 def test_a_rebuild_refuses_maps_without_what_it_needs():
