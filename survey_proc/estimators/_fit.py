@@ -30,7 +30,8 @@ import torch
 
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest
-from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, covariance, velocity_seed
+from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, covariance
+from survey_proc.estimators._fitstart import starting_working_sets, velocity_seed
 from survey_proc.estimators._fitstream import fit_stream
 from survey_proc.estimators._load import load_estimator
 from survey_proc.estimators._ppxf import TemplateCache, check_weights_grid, crop_for_grid, prepare_templates
@@ -177,7 +178,7 @@ class FitEstimator(Estimator):
         tem = prepare_templates(self.lib, self.lam, fwhm, self.lam_temp)
         return Templates(
             tem.reshape(tem.shape[0], -1).T, self.lam_temp, self.lam, self.velscale, self.dust_k, self.device,
-            mdegree=self.options.mdegree, reach=self.options.reach(),
+            mdegree=self.options.mdegree, reach=self.options.reach(), grid=tem.shape[1:],
         )  # fmt: skip
 
     def predict(self, x: np.ndarray, meta: BatchMeta | None = None) -> dict[str, np.ndarray]:
@@ -424,26 +425,6 @@ def _rows_by_lsf(fwhm: np.ndarray, step: float) -> list[np.ndarray]:
     keys = np.round(fwhm / step).astype(np.int64)
     _, inverse = np.unique(keys, axis=0, return_inverse=True)
     return [np.flatnonzero(inverse.ravel() == g) for g in range(int(inverse.max()) + 1)]
-
-
-def starting_working_sets(log_age: np.ndarray, metal: np.ndarray, age: np.ndarray, met: np.ndarray, k: int):
-    """(n, k) template indices (age-major, metal minor) each fit starts with: the 3 x 3 block of the grid
-    around the seed's (age, [M/H]) (every other age), then a coarse spread over the whole grid; each
-    template once, in that order."""
-    nage, nmetal = log_age.size, metal.size
-    ia = np.clip(np.searchsorted(log_age, age), 0, nage - 1)
-    im = np.clip(np.searchsorted(metal, met), 0, nmetal - 1)
-    spread = [a * nmetal + m for a in np.linspace(0, nage - 1, 6).round().astype(int) for m in (1, nmetal - 2)]
-    spread += list(range(0, nage * nmetal, 7))
-    da, dm = np.meshgrid([-2, 0, 2], [-1, 0, 1], indexing="ij")
-    block = np.clip(ia[:, None] + da.ravel(), 0, nage - 1) * nmetal + np.clip(im[:, None] + dm.ravel(), 0, nmetal - 1)
-    cand = np.concatenate([block, np.broadcast_to(np.asarray(spread), (age.size, len(spread)))], axis=1)
-    seen_before = np.tril(cand[:, :, None] == cand[:, None, :], k=-1).any(axis=2)  # (n, m): a repeat
-    fewest = int((~seen_before).sum(axis=1).min()) if age.size else k
-    if fewest < k:
-        raise ModelError(f"fit.working_set {k} is more than the {fewest} templates the starting working sets draw from")
-    order = np.argsort(seen_before, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(cand, order, axis=1).astype(np.int64)
 
 
 class Seed:

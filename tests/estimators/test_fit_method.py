@@ -218,6 +218,43 @@ def test_covariance_is_the_float64_inverse_of_the_fisher_matrix(ssp_lib, monkeyp
             np.testing.assert_allclose(np.diag(cov[i])[free], np.diag(ref), rtol=1e-6)
 
 
+def test_a_refresh_brings_in_no_two_grid_neighbours():
+    """The working set's refresh takes the templates whose gradient is largest, skipping the grid
+    neighbours of those already taken (near-twins the NNLS would keep one of); without a grid, the top k."""
+    from survey_proc.estimators._fitcore import NEIGHBOURS, _apart, grid_neighbours
+
+    near = grid_neighbours((25, 6), 150)
+    assert near.equal(near.T) and near.diagonal().all()
+    age, metal = np.divmod(np.arange(150), 6)
+    expected = (np.abs(age[:, None] - age) <= NEIGHBOURS[0]) & (np.abs(metal[:, None] - metal) <= NEIGHBOURS[1])
+    assert np.array_equal(near.numpy(), expected)
+    g = torch.randn(64, 150)
+    values, picks = _apart(g, near, 5, 12)
+    assert torch.isinf(values[:, 5:]).all() and (values[:, :5] <= g.amax(1, keepdim=True)).all()
+    assert (values[:, 0] == g.amax(1)).all() and (values[:, :5].diff(dim=1) <= 0).all()
+    for row in picks[:, :5].numpy():
+        assert not near[row[:, None], row[None]].fill_diagonal_(False).any()
+    values, picks = _apart(g, grid_neighbours(None, 150), 12, 12)
+    assert torch.equal(values, torch.topk(g, 12, dim=1).values)
+    with pytest.raises(ValueError, match="does not hold"):
+        grid_neighbours((25, 5), 150)
+
+
+def test_mixed_templates_are_the_weighted_sum_and_the_mean():
+    """Templates.mix (an embedding bag over the templates' Fourier rows) against the sum it stands for."""
+    from survey_proc.estimators._fitcore import Templates
+
+    rng = np.random.default_rng(2)
+    lam = np.exp(np.linspace(np.log(5000.0), np.log(6000.0), 400))
+    tpl = Templates(
+        rng.random((30, 600)), lam * 0.95, lam, 60.0, np.zeros(lam.size), torch.device("cpu"), torch.float64
+    )
+    ws = torch.as_tensor(rng.integers(0, 30, (7, 5)))
+    w = torch.as_tensor(rng.random((7, 5)))
+    torch.testing.assert_close(tpl.mix(ws, w), (tpl.that[ws] * w[:, :, None]).sum(1))
+    torch.testing.assert_close(tpl.mix(ws), tpl.that[ws].mean(1))
+
+
 def test_template_columns_at_small_sigma_match_a_long_transform():
     """The FFT length is sized by the LOSVD's reach and the padding is a ramp, not zeros: a sub-pixel shift
     at sigma 10 km/s then matches a 65,536-point transform to 1e-4 of the flux (zero padding rang from
