@@ -34,7 +34,7 @@ def fit_stream(
     lam = torch.full_like(s.chi2, 1e-3)
     steps = torch.zeros_like(rows)
     ys, sws = y[rows], sw[rows]
-    finished: list[tuple[torch.Tensor, FitState]] = []
+    finished = _Finished(group + batch)
     while rows.numel():
         if limits.iterations > 0:
             s, lam, done = lm_iteration(tpl, s, ys, sws, lam, limits)
@@ -45,10 +45,9 @@ def fit_stream(
         if not bool(done.any()):
             continue
         free = torch.nonzero(done).flatten()
-        finished.append((rows[free], _sub(s, free)))
-        if sum(r.numel() for r, _ in finished) >= group:
-            yield _gather(finished)
-            finished = []
+        finished.add(rows[free], s, free)
+        if finished.count >= group:
+            yield finished.take()
         new, first = waiting.draw(free.numel())
         if new.numel():  # the waiting spectra take the freed slots, in place
             slots = free[: new.numel()]
@@ -59,8 +58,8 @@ def fit_stream(
         if bool(done.any()):  # slots no one waits for: the batch shrinks
             keep = torch.nonzero(~done).flatten()
             s, rows, lam, steps, ys, sws = _sub(s, keep), rows[keep], lam[keep], steps[keep], ys[keep], sws[keep]
-    if finished:
-        yield _gather(finished)
+    if finished.count:
+        yield finished.take()
 
 
 class _Waiting:
@@ -106,5 +105,30 @@ def _cat(states: list[FitState]) -> FitState:
     return FitState(*(torch.cat([getattr(s, name) for s in states]) for name in FitState.FIELDS))
 
 
-def _gather(finished: list[tuple[torch.Tensor, FitState]]) -> tuple[torch.Tensor, FitState]:
-    return torch.cat([r for r, _ in finished]), _cat([s for _, s in finished])
+class _Finished:
+    """The spectra that have converged, gathered from the batch into a group's own tensors (one copy)
+    until the group is taken."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.count = capacity, 0
+        self.rows: torch.Tensor | None = None
+        self.state: FitState | None = None
+
+    def add(self, rows: torch.Tensor, s: FitState, idx: torch.Tensor) -> None:
+        """Rows ``idx`` of the batch state ``s``, the spectra ``rows``."""
+        m = idx.numel()
+        if self.state is None:
+            cap = max(self.capacity, m)
+            self.rows = rows.new_empty(cap)
+            self.state = FitState(*(f.new_empty((cap, *f.shape[1:])) for f in (getattr(s, n) for n in FitState.FIELDS)))
+        part = slice(self.count, self.count + m)
+        self.rows[part] = rows
+        for name in FitState.FIELDS:
+            torch.index_select(getattr(s, name), 0, idx, out=getattr(self.state, name)[part])
+        self.count += m
+
+    def take(self) -> tuple[torch.Tensor, FitState]:
+        """The group gathered so far (its own tensors); the next starts afresh."""
+        out = self.rows[: self.count], _sub(self.state, slice(0, self.count))
+        self.rows, self.state, self.count = None, None, 0
+        return out
