@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from survey_proc.preprocess import _fused
+
 #: the lags (model pixels) :func:`resampling_covariance` holds besides 0
 LAGS = (1, 2)
 
@@ -25,8 +27,22 @@ LAGS = (1, 2)
 def resampling_covariance(wave: np.ndarray, src: np.ndarray) -> np.ndarray:
     """(..., 1 + len(LAGS), L): the covariance of linearly interpolated model pixels at ``src`` (..., L)
     (their positions on the data grid ``wave`` (m,)), in units of the data's variance, between each
-    model pixel and itself (``w0^2 + w1^2``) and the pixels ``LAGS`` further on (0 past the end)."""
+    model pixel and itself (``w0^2 + w1^2``) and the pixels ``LAGS`` further on (0 past the end).
+    Compiled (:func:`~survey_proc.preprocess._fused.covariance_rows`) where the grids increase, as
+    model grids do: with a redshift per spectrum, 0.02 ms a spectrum of the fit's grid against NumPy's
+    0.7."""
     src = np.asarray(src, np.float64)
+    wave = np.asarray(wave, np.float64)
+    rows = src.reshape(-1, src.shape[-1])
+    if _fused.available() and rows.size and (np.diff(rows, axis=1) > 0).all():
+        out = np.empty((rows.shape[0], 1 + len(LAGS), rows.shape[1]))
+        _fused.covariance_rows(wave, rows, np.asarray(LAGS, np.int64), out)
+        return out.reshape(*src.shape[:-1], *out.shape[1:])
+    return _resampling_covariance_numpy(wave, src)
+
+
+def _resampling_covariance_numpy(wave: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """:func:`resampling_covariance` in NumPy (any ``src``)."""
     left = np.clip(np.searchsorted(wave, src) - 1, 0, wave.size - 2)
     w1 = np.clip((src - wave[left]) / (wave[left + 1] - wave[left]), 0.0, 1.0)
     w0 = 1.0 - w1

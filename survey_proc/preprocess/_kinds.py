@@ -77,8 +77,8 @@ class BatchMeta:
         """The covariance resampling onto the model grid leaves between neighbouring model pixels,
         relative to the data's variance (:func:`~survey_proc.preprocess.resampling_covariance`): (k, nwave)
         when all redshifts are equal, else (n, k, nwave); None without :attr:`sampling` (a fit then
-        treats its pixels as independent). Made on first use: only the fits read it, and with a
-        redshift per spectrum it costs ~0.4 ms a spectrum."""
+        treats its pixels as independent). Made on first use: only the fits read it (with a redshift
+        per spectrum, ~0.04 ms a spectrum)."""
         if self.sampling is None:
             return None
         return resampling_covariance(*self.sampling).astype(np.float32)

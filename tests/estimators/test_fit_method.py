@@ -692,6 +692,21 @@ def test_resampling_covariance_is_that_of_the_interpolation_matrix():
     np.testing.assert_allclose(error_inflation(resampling_covariance(wave, wave[10:300]), good[:, :290]), 1.0)
 
 
+def test_resampling_covariance_compiled_is_numpys():
+    """The compiled covariance (one model grid per spectrum, a catalogue's redshifts) is the NumPy
+    path's to the last bit, for grids running past either end of the data; a grid that does not
+    increase takes the NumPy path."""
+    from survey_proc.preprocess._covariance import _resampling_covariance_numpy, resampling_covariance
+
+    wave = 3800.0 + 1.5 * np.arange(3000)
+    lam = np.exp(np.linspace(np.log(3700.0), np.log(8800.0), 2000))
+    src = lam[None] * (1 + np.array([0.0, 0.02, 0.1, 0.4]))[:, None]
+    np.testing.assert_array_equal(resampling_covariance(wave, src), _resampling_covariance_numpy(wave, src))
+    np.testing.assert_array_equal(resampling_covariance(wave, lam), _resampling_covariance_numpy(wave, lam))
+    rough = lam[::-1].copy()
+    np.testing.assert_array_equal(resampling_covariance(wave, rough), _resampling_covariance_numpy(wave, rough))
+
+
 def test_fit_errors_match_the_scatter_of_noise_realisations():
     """Monte Carlo (issue 18): on MUSE's 1.25 A pixels, resampled onto the fit's grid, the fits' scatter
     over noise realisations is their velocity and sigma errors (the resampling's shared noise taken in:
