@@ -30,7 +30,8 @@ import torch
 
 from survey_proc.errors import ModelError
 from survey_proc.estimators._base import Estimator, Manifest
-from survey_proc.estimators._fitcore import FitLimits, FitState, Templates, covariance
+from survey_proc.estimators._fitcore import FitLimits, FitState, Templates
+from survey_proc.estimators._fiterrors import covariance
 from survey_proc.estimators._fitstart import starting_working_sets, velocity_seed
 from survey_proc.estimators._fitstream import fit_stream
 from survey_proc.estimators._load import load_estimator

@@ -162,11 +162,11 @@ def test_a_held_av_is_conditioned_on_not_marginalised(ssp_lib, monkeypatch):
     """With A_V held (fit-mpoly), the weights' covariance is the inverse of their own block of the Fisher
     matrix: A_V's row and column take no part (they used to inflate the weights' errors up to 13x)."""
     import survey_proc.estimators._fit as fit_module
-    from survey_proc.estimators import _fitcore
+    from survey_proc.estimators import _fitcore, _fiterrors
 
     weights = _mixtures(np.random.default_rng(2), 2)
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, [0.0, 0.0], [0.0, 40.0], [100.0, 150.0])
-    original, seen = _fitcore.covariance, {}
+    original, seen = _fiterrors.covariance, {}
 
     def spy(tpl, s, good, dof, hold_av=False, bias=None):
         seen.update(args=(tpl, s, good, dof), hold_av=hold_av)
@@ -184,7 +184,7 @@ def test_a_held_av_is_conditioned_on_not_marginalised(ssp_lib, monkeypatch):
         jac[:, 2] = 0.0
         return jac
 
-    monkeypatch.setattr(_fitcore, "jacobian", no_dust)
+    monkeypatch.setattr(_fiterrors, "jacobian", no_dust)
     np.testing.assert_allclose(cov.numpy(), original(*seen["args"], True).numpy(), rtol=1e-6, atol=1e-12)
 
 
@@ -192,7 +192,7 @@ def test_covariance_is_the_float64_inverse_of_the_fisher_matrix(ssp_lib, monkeyp
     """The errors are the inverse of the Fisher matrix summed in float64: float32 sums (the columns of
     neighbouring SSPs nearly collinear) moved some spectra's errors by 30 % and zeroed others'."""
     import survey_proc.estimators._fit as fit_module
-    from survey_proc.estimators import _fitcore
+    from survey_proc.estimators import _fitcore, _fiterrors
 
     rng = np.random.default_rng(5)
     n = 8
@@ -200,7 +200,7 @@ def test_covariance_is_the_float64_inverse_of_the_fisher_matrix(ssp_lib, monkeyp
     av, v, sigma = rng.uniform(0, 1, n), rng.uniform(-100, 100, n), rng.uniform(60, 200, n)
     flux, var, wave, z, lsf, estimate_region = _observe(ssp_lib, weights, av, v, sigma, snr=30.0)
     flux = flux + np.sqrt(var) * rng.standard_normal(flux.shape)
-    original, seen = _fitcore.covariance, []
+    original, seen = _fiterrors.covariance, []
 
     def spy(tpl, s, good, dof, hold_av=False, bias=None):
         seen.append((tpl, s, good, dof))
