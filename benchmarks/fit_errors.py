@@ -18,14 +18,13 @@ as independent), i.e. before that correction. Writes JSON, Markdown and a PNG.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks._records import record, write_record
 from survey_proc.engine import estimate_region
 from survey_proc.estimators import load_estimator
 from survey_proc.figures import save_figure
@@ -186,19 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, default=Path("fit_errors.json"))
     args = ap.parse_args(argv)
-    report = {
-        "benchmark": "fit_errors",
-        "command": " ".join(["python -m benchmarks.fit_errors", *(sys.argv[1:] if argv is None else argv)]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "torch": torch.__version__,
-        "options": {"model": args.model, "bases": args.bases, "realisations": args.realisations, "snr": args.snr},
-        "result": check(args.model, args.bases, args.realisations, args.snr, args.seed),
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1))
-    args.json.with_suffix(".md").write_text(markdown(report))
-    figure(report, args.json.with_suffix(".png"))
-    print(markdown(report))
+    report = record(
+        "fit_errors",
+        argv,
+        options={"model": args.model, "bases": args.bases, "realisations": args.realisations, "snr": args.snr},
+        result=check(args.model, args.bases, args.realisations, args.snr, args.seed),
+    )
+    write_record(report, args.json, markdown, figure)
 
 
 if __name__ == "__main__":

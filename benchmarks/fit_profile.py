@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from benchmarks._records import record, write_record
 from survey_proc.bench._cubes import mock_cube, sample_cube
 from survey_proc.engine import estimate_region
 from survey_proc.estimators import _fit, _fitcore, _fitstream, load_estimator
@@ -191,19 +190,13 @@ def main(argv: list[str] | None = None) -> None:
         if not full.exists():
             mock_cube(full, 64)
         cube = sample_cube(full, args.workdir / "sample.zarr", args.spectra, regions=1)
-    report = {
-        "benchmark": "fit_profile",
-        "command": " ".join(["python -m benchmarks.fit_profile", *(sys.argv[1:] if argv is None else argv)]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cube": str(cube if args.cube else "a 64x64 S/N 30 mock (survey-proc's bench mock), sampled"),
-        "torch": torch.__version__,
-        "result": profile(args.model, load_spectra(cube, args.spectra)),
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    args.json.with_suffix(".md").write_text(markdown(report))
-    figure(report, args.json.with_suffix(".png"))
-    print(markdown(report))
+    report = record(
+        "fit_profile",
+        argv,
+        cube=str(cube if args.cube else "a 64x64 S/N 30 mock (survey-proc's bench mock), sampled"),
+        result=profile(args.model, load_spectra(cube, args.spectra)),
+    )
+    write_record(report, args.json, markdown, figure, indent=2)
 
 
 if __name__ == "__main__":
