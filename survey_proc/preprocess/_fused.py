@@ -27,6 +27,16 @@ def available() -> bool:
     return numba is not None
 
 
+def _left_column(wave, s, i):
+    """(i, k) for the model pixel at ``s`` on the data grid ``wave`` (m,), walking on from ``i`` (s grows
+    along a row): i = searchsorted(wave, s, "left"), k the data column left of s, clipped to [0, m - 2]
+    (searchsorted puts NaN after everything)."""
+    m = wave.size
+    while i < m and wave[i] < s:
+        i += 1
+    return i, min(max((m if s != s else i) - 1, 0), m - 2)
+
+
 def grid_rows(wave, src, left, right_w, outside):
     """The model grid ``src`` (g, L) (Angstrom, in the data's frame, increasing along each row) on the
     data grid ``wave`` (m,): ``left`` (g, L) the data column left of each model pixel (clipped to
@@ -38,9 +48,7 @@ def grid_rows(wave, src, left, right_w, outside):
         i = 0
         for j in range(length):
             s = src[r, j]
-            while i < m and wave[i] < s:  # i = searchsorted(wave, s, "left"); s grows along the row
-                i += 1
-            k = min(max((m if s != s else i) - 1, 0), m - 2)  # searchsorted puts NaN after everything
+            i, k = _left_column(wave, s, i)
             left[r, j] = k
             right_w[r, j] = np.float32((s - wave[k]) / (wave[k + 1] - wave[k]))
             outside[r, j] = s < wave[0] or s > wave[m - 1]
@@ -51,16 +59,13 @@ def covariance_rows(wave, src, lags, out):
     along each row) on the data grid ``wave`` (m,), into ``out`` (g, 1 + len(lags), L) float64: the
     same numbers as its NumPy path, by one walk along both grids per row and no temporaries."""
     g, length = src.shape
-    m = wave.size
     left = np.empty(length, np.int64)
     w1 = np.empty(length)
     for r in range(g):
         i = 0
         for j in range(length):
             s = src[r, j]
-            while i < m and wave[i] < s:  # as grid_rows: searchsorted(wave, s, "left")
-                i += 1
-            k = min(max((m if s != s else i) - 1, 0), m - 2)
+            i, k = _left_column(wave, s, i)
             left[j] = k
             w1[j] = min(max((s - wave[k]) / (wave[k + 1] - wave[k]), 0.0), 1.0)
         for j in range(length):
@@ -308,6 +313,7 @@ if numba is not None:
     _digit_of_rank = numba.njit(cache=True, nogil=True)(_digit_of_rank)
     _kth = numba.njit(cache=True, nogil=True)(_kth)
     median_rows = numba.njit(cache=True, nogil=True)(median_rows)
+    _left_column = numba.njit(cache=True, nogil=True, inline="always")(_left_column)
     grid_rows = numba.njit(cache=True, nogil=True)(grid_rows)
     covariance_rows = numba.njit(cache=True, nogil=True)(covariance_rows)
     mark_ranges = numba.njit(cache=True, nogil=True)(mark_ranges)
