@@ -1,0 +1,55 @@
+"""The per-pixel yardstick of `ugriz-maps` (benchmarks/pixel_information.py): a small run writes its
+record, and the scoring counts the pixels `survey-proc evaluate` would."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from benchmarks.pixel_information import TARGETS, VARIANTS, features, main, score
+
+
+def test_features_are_colours_errors_and_the_redshift_when_asked():
+    flux = np.full((1, 2, 2, 5), 100.0, np.float32)
+    flux[..., 0] = 10.0  # u one dex below r
+    x = features(flux, np.full_like(flux, 4.0), np.array([0.02]), with_z=True)
+    assert x.shape == (1, 2, 2, 11)
+    assert np.allclose(x[..., 0], 2.0) and np.allclose(x[..., 1], -1.0) and np.allclose(x[..., 2:5], 0.0)
+    assert np.allclose(x[..., 5], 0.6) and np.allclose(x[..., 6:], np.log10(2.0) - 2.0)
+    assert np.allclose(features(flux, np.full_like(flux, 4.0), np.array([0.02]), with_z=False)[..., 5], 0.0)
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 2), self.value)
+
+
+def test_sfr_is_scored_only_above_twice_the_floor():
+    class _Data:  # what score() reads of a GalaxySet
+        flux = np.full((1, 4, 4, 5), 1e4, np.float32)
+        var = np.ones((1, 4, 4, 5), np.float32)
+        redshift = np.array([0.01])
+        labels = np.zeros((1, 4, 4, 2), np.float32)
+
+    data = _Data()
+    data.labels[..., 1] = -3.5  # quiescent: at the floor
+    data.labels[0, 0, :, 1] = -2.0  # four star-forming pixels
+    out = score(_Constant(0.0), -2.0, 1.0, data, 1, "log_sfr_surface_density", False, True, 0)
+    assert out["n"] == 4 and out["bias"] == 0.0 and out["robust_sigma"] == 0.0
+    out = score(_Constant(0.0), 0.5, 1.0, data, 0, "log_mass_surface_density", True, True, 0)
+    assert out["n"] == 16 and abs(out["bias"] - 0.5) < 1e-6
+
+
+def test_a_small_run_writes_json_markdown_and_png(tmp_path):
+    path = tmp_path / "pi.json"
+    report = main(["--train", "6", "--test", "2", "--epochs", "1", "--json", str(path)])
+    assert json.loads(path.read_text())["rows"] == report["rows"]
+    assert path.with_suffix(".md").exists() and path.with_suffix(".png").stat().st_size > 0
+    assert {(r["target"], r["variant"]) for r in report["rows"]} == {(t, v[0]) for t in TARGETS for v in VARIANTS}
+    assert all(r["n"] > 0 and np.isfinite(r["robust_sigma"]) for r in report["rows"])
