@@ -24,6 +24,25 @@ def test_masked_loss_leaves_held_out_pixels_out():
     assert float(mean.grad[:, :, 0, 0].abs().sum()) == 0.0 and float(mean.grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("pixel_width", [0, 6])
+def test_image_unet_pixel_branch_keeps_the_receptive_field_and_scripts(pixel_width):
+    from survey_proc.training._phot_arch import ExportedImageModel, ImageUNet, receptive_radius
+
+    torch.manual_seed(0)
+    net = ImageUNet(6, 2, (4, 8, 8), pixel_width=pixel_width).eval()
+    assert receptive_radius(ImageUNet(6, 2, (4, 8, 8), pixel_width=pixel_width), 6) == receptive_radius(
+        ImageUNet(6, 2, (4, 8, 8)), 6
+    )
+    nf = pixel_width or 4
+    module = ExportedImageModel(
+        net, ["a", "b"], torch.zeros(2), torch.ones(2), torch.zeros(nf), torch.eye(nf), torch.ones(2), 4
+    )
+    x = torch.randn(1, 6, 10, 11)
+    eager, scripted = module(x), torch.jit.script(module)(x)
+    assert set(eager) == {"ood_score", "a", "a_err", "b", "b_err"}
+    assert all(torch.allclose(eager[k], scripted[k]) for k in eager) and eager["a"].shape == (110,)
+
+
 TOY = {
     "sed": {
         "labels": ["log_age", "metallicity"],
@@ -40,7 +59,7 @@ TOY = {
             "psf_fwhm_range": [2.0, 3.0],
             "seed": 3,
         },
-        "arch_kwargs": {"widths": [4, 8, 8]},
+        "arch_kwargs": {"widths": [4, 8, 8], "pixel_width": 4},
         "batch_size": 4,
     },
 }
