@@ -26,8 +26,10 @@ import torch
 import survey_proc.training
 from benchmarks._records import record, write_record
 from survey_proc.ssp import load_ssp_library
+from survey_proc.stores import robust_sigma
+from survey_proc.training._fit import gaussian_nll, optimiser_step
 from survey_proc.training._galaxies import GalaxySet, synthesise_galaxies
-from survey_proc.training._phot_evaluate import SFR_SCORED_FROM
+from survey_proc.training._phot_evaluate import scored_pixels
 from survey_proc.training._phot_trainer import PhotTrainConfig
 
 log = logging.getLogger("benchmarks.pixel_information")
@@ -72,12 +74,8 @@ def train_mlp(data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: i
         x = torch.from_numpy(features(flux, var, data.redshift, with_z)[good])
         for b in torch.randperm(len(x)).split(1024):
             out = net(x[b])
-            log_var = out[:, 1].clamp(-12.0, 6.0)  # as the shipped networks' heads
-            loss = (0.5 * (log_var + (yt[b] - out[:, 0]) ** 2 * torch.exp(-log_var))).mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)  # as the trainers' optimiser_step
-            opt.step()
+            log_var = out[:, 1:].clamp(-12.0, 6.0)  # as the shipped networks' heads
+            optimiser_step(net, opt, gaussian_nll(out[:, :1], log_var, yt[b, None]))
     return net, mu, sd
 
 
@@ -93,13 +91,9 @@ def score(
     truth = test.labels[..., target][sel]
     with torch.no_grad():
         pred = net(torch.from_numpy(features(flux, test.var, test.redshift, with_z)[sel]))[:, 0].numpy() * sd + mu
-    keep = truth >= SFR_SCORED_FROM if name == "log_sfr_surface_density" else np.ones(truth.shape, bool)
+    keep = scored_pixels({name: truth}, name, np.ones(truth.shape, bool))
     d = pred[keep] - truth[keep]
-    return {
-        "n": int(keep.sum()),
-        "bias": float(np.median(d)),
-        "robust_sigma": float(1.4826 * np.median(np.abs(d - np.median(d)))),
-    }
+    return {"n": int(keep.sum()), "bias": float(np.median(d)), "robust_sigma": robust_sigma(d)}
 
 
 def main(argv: list[str] | None = None) -> dict:
