@@ -7,9 +7,11 @@ like ``ugriz-maps``' training set (its packaged config, the first galaxies of it
 ``--test`` new galaxies (seed ``--seed``, not Set B's), with the pixel selection and robust scatter of
 ``survey-proc evaluate``. Three variants: trained and scored on noise-free photometry (the information
 in the colours alone); trained with noise at depths S/N 1-100 drawn per galaxy and epoch (as the
-U-Net is) and scored at S/N 30, with and without the redshift as an input. It is a yardstick for the
-image model, not a model: where it beats the U-Net, the U-Net is short of fitting; where even
-noise-free it misses a target, the pixels do not carry what the target asks.
+U-Net is) and scored at S/N 30, with and without the redshift as an input, and on the image model's
+own input encodings: its raw channels (asinh fluxes and errors, masks) and the same turned into colours
+(``_phot_arch.colour_transform``). It is a yardstick for the image model, not a model: where it beats
+the U-Net, the U-Net is short of fitting; where even noise-free it misses a target, the pixels do not
+carry what the target asks.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import torch
 
 import survey_proc.training
 from benchmarks._records import record, write_record
+from survey_proc.estimators import load_manifest
 from survey_proc.ssp import load_ssp_library
 from survey_proc.stores import robust_sigma
 from survey_proc.training._fit import gaussian_nll, optimiser_step
 from survey_proc.training._galaxies import GalaxySet, synthesise_galaxies
+from survey_proc.training._phot_arch import colour_transform
 from survey_proc.training._phot_evaluate import scored_pixels
 from survey_proc.training._phot_trainer import PhotTrainConfig
 
@@ -38,23 +42,41 @@ log = logging.getLogger("benchmarks.pixel_information")
 CONFIG = Path(survey_proc.training.__file__).parent / "configs" / "ugriz-maps.yaml"
 
 TARGETS = ("log_mass_surface_density", "log_sfr_surface_density")
-#: (name, noise in training, redshift as an input)
+#: (name, noise in training, redshift as an input, input encoding)
 VARIANTS = (
-    ("noise-free", False, True),
-    ("S/N 1-100, scored at 30", True, True),
-    ("S/N 1-100, scored at 30, no redshift", True, False),
+    ("noise-free", False, True, "log"),
+    ("S/N 1-100, scored at 30", True, True, "log"),
+    ("S/N 1-100, scored at 30, no redshift", True, False, "log"),
+    ("S/N 1-100, scored at 30, raw asinh inputs", True, True, "asinh"),
+    ("S/N 1-100, scored at 30, asinh colours", True, True, "colour"),
 )
+#: the r band: colours are taken against it
+REFERENCE = 2
 
 
-def features(flux: np.ndarray, var: np.ndarray, redshift: np.ndarray, with_z: bool) -> np.ndarray:
-    """(G, H, W, 11): log r flux, four colours against r, 30 z (or 0), log (band error / r flux)."""
-    lf = np.log10(np.clip(flux, 1e-3, None))
+def features(
+    flux: np.ndarray, var: np.ndarray, redshift: np.ndarray, with_z: bool, encoding: str = "log"
+) -> np.ndarray:
+    """(G, H, W, 11) for ``log``: log r flux, four colours against r, 30 z (or 0), log (band error / r
+    flux); (G, H, W, 16) for ``asinh`` (the image model's channels, ``ugriz-maps``' softening, plus 30 z)
+    and ``colour`` (those through :func:`colour_transform`)."""
     z = np.broadcast_to(redshift[:, None, None, None] * (30.0 if with_z else 0.0), (*flux.shape[:3], 1))
+    if encoding != "log":
+        nb = flux.shape[-1]
+        spec = load_manifest("ugriz-maps").input
+        x = spec.pixel_inputs(flux.reshape(-1, nb), var.reshape(-1, nb), np.zeros((flux[..., 0].size, nb), bool))
+        x = np.concatenate([x, z.reshape(-1, 1)], axis=1)
+        if encoding == "colour":
+            x = x @ colour_transform(x.shape[1], nb, REFERENCE).numpy().T
+        return x.reshape(*flux.shape[:3], -1).astype(np.float32)
+    lf = np.log10(np.clip(flux, 1e-3, None))
     err = np.log10(np.sqrt(var)) - lf[..., 2:3]
     return np.concatenate([lf[..., 2:3], (lf - lf[..., 2:3])[..., [0, 1, 3, 4]], z, err], -1).astype(np.float32)
 
 
-def train_mlp(data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: int, seed: int) -> tuple:
+def train_mlp(
+    data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: int, seed: int, encoding: str = "log"
+) -> tuple:
     """The MLP and the target's (mean, std) after ``epochs`` passes over the pixels with expected S/N >= 3."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -62,8 +84,9 @@ def train_mlp(data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: i
     y = data.labels[..., target][good]
     mu, sd = float(y.mean()), float(y.std())
     yt = torch.from_numpy(((y - mu) / sd).astype(np.float32))
+    n_in = features(data.flux[:1, :1, :1], data.var[:1, :1, :1], data.redshift[:1], with_z, encoding).shape[-1]
     net = torch.nn.Sequential(
-        torch.nn.Linear(11, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128), torch.nn.SiLU(),
+        torch.nn.Linear(n_in, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128), torch.nn.SiLU(),
         torch.nn.Linear(128, 128), torch.nn.SiLU(), torch.nn.Linear(128, 2),
     )  # fmt: skip
     opt = torch.optim.Adam(net.parameters(), 2e-3)
@@ -71,7 +94,7 @@ def train_mlp(data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: i
         snr = np.exp(rng.uniform(0.0, np.log(100.0), len(data)))  # the at_snr(30) variance, rescaled
         var = data.var * ((30.0 / snr) ** 2)[:, None, None, None]
         flux = data.flux + (rng.standard_normal(data.flux.shape).astype(np.float32) * np.sqrt(var) if noisy else 0)
-        x = torch.from_numpy(features(flux, var, data.redshift, with_z)[good])
+        x = torch.from_numpy(features(flux, var, data.redshift, with_z, encoding)[good])
         for b in torch.randperm(len(x)).split(1024):
             out = net(x[b])
             log_var = out[:, 1:].clamp(-12.0, 6.0)  # as the shipped networks' heads
@@ -80,7 +103,16 @@ def train_mlp(data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: i
 
 
 def score(
-    net, mu: float, sd: float, test: GalaxySet, target: int, name: str, noisy: bool, with_z: bool, seed: int
+    net,
+    mu: float,
+    sd: float,
+    test: GalaxySet,
+    target: int,
+    name: str,
+    noisy: bool,
+    with_z: bool,
+    seed: int,
+    encoding: str = "log",
 ) -> dict:
     """Bias and robust sigma on ``test`` (noise-free, or one noise draw at its own depth), over the
     pixels whose S/N (measured, or expected) is >= 3."""
@@ -90,7 +122,8 @@ def score(
     sel = np.median((test.flux + noise) / np.sqrt(test.var), axis=-1) >= 3.0  # the same pixels either way
     truth = test.labels[..., target][sel]
     with torch.no_grad():
-        pred = net(torch.from_numpy(features(flux, test.var, test.redshift, with_z)[sel]))[:, 0].numpy() * sd + mu
+        x = torch.from_numpy(features(flux, test.var, test.redshift, with_z, encoding)[sel])
+        pred = net(x)[:, 0].numpy() * sd + mu
     keep = scored_pixels({name: truth}, name, np.ones(truth.shape, bool))
     d = pred[keep] - truth[keep]
     return {"n": int(keep.sum()), "bias": float(np.median(d)), "robust_sigma": robust_sigma(d)}
@@ -115,12 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     test = synthesise_galaxies(test_cfg, lib, labels).at_snr(30.0)
     rows = []
     for name in TARGETS:
-        for variant, noisy, with_z in VARIANTS:
+        for variant, noisy, with_z, encoding in VARIANTS:
             k = labels.index(name)
-            net, mu, sd = train_mlp(train, k, noisy, with_z, args.epochs, seed=0)
-            rows.append(
-                {"target": name, "variant": variant, **score(net, mu, sd, test, k, name, noisy, with_z, args.seed)}
-            )
+            net, mu, sd = train_mlp(train, k, noisy, with_z, args.epochs, seed=0, encoding=encoding)
+            scores = score(net, mu, sd, test, k, name, noisy, with_z, args.seed, encoding)
+            rows.append({"target": name, "variant": variant, **scores})
             log.info(f"{name} {variant}: {rows[-1]}")
     report = record(
         "pixel_information", argv, train_galaxies=args.train, test_galaxies=args.test, test_seed=args.seed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,10 +44,77 @@ def test_image_unet_pixel_branch_keeps_the_receptive_field_and_scripts(pixel_wid
     assert all(torch.allclose(eager[k], scripted[k]) for k in eager) and eager["a"].shape == (110,)
 
 
+def test_image_unet_colour_inputs_are_a_fixed_map_that_scripts():
+    from survey_proc.training._phot_arch import ImageUNet, colour_transform, receptive_radius
+
+    t = colour_transform(7, 2, reference=1)  # [A_u, A_g, E_u, E_g, M_u, M_g, z]
+    x = torch.tensor([2.0, 5.0, 0.5, 0.25, 0.0, 1.0, 0.3])
+    torch.testing.assert_close(t @ x, torch.tensor([-3.0, 5.0, -1.5, -4.75, 0.0, 1.0, 0.3]))
+    torch.manual_seed(0)
+    net = ImageUNet(7, 2, (4, 8, 8), pixel_width=4, n_bands=2, colour_band=1).eval()
+    assert receptive_radius(net, 7) == receptive_radius(ImageUNet(7, 2, (4, 8, 8), pixel_width=4), 7)
+    image = torch.randn(1, 7, 8, 8)
+    plain = ImageUNet(7, 2, (4, 8, 8), pixel_width=4).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if k != "transform"}, strict=False)
+    coloured = torch.einsum("oc,bchw->bohw", t, image)
+    torch.testing.assert_close(net(image)[0], plain(coloured)[0])
+    torch.testing.assert_close(torch.jit.script(net)(image)[0], net(image)[0])
+
+
+def test_image_spec_can_carry_the_redshift_as_a_channel():
+    from survey_proc.preprocess import ImageInputSpec, input_spec
+
+    spec = ImageInputSpec(bands=("u", "g"), softening=(1.0, 2.0), pixel_scale_arcsec=0.396, redshift_scale=30.0)
+    section = spec.to_manifest()
+    assert section["channels"][-1] == "redshift" and input_spec(section) == spec and spec.n_channels == 7
+    flux = np.abs(np.random.default_rng(0).normal(5.0, 1.0, (12, 2))).astype(np.float32)
+    prepared = spec.prepare_batch(flux, np.ones_like(flux), np.zeros(flux.shape, bool), ("u", "g"), 0.02, (3, 4))
+    assert prepared.x.shape == (1, 7, 3, 4)
+    np.testing.assert_allclose(prepared.x[0, -1], 0.6, rtol=1e-6)  # 30 z in every pixel
+    np.testing.assert_allclose(prepared.x[0, 0].reshape(-1), np.arcsinh(flux[:, 0]), rtol=1e-6)
+    old = ImageInputSpec(bands=("u", "g"), softening=(1.0, 2.0), pixel_scale_arcsec=0.396)
+    assert (
+        old.prepare_batch(flux, np.ones_like(flux), np.zeros(flux.shape, bool), ("u", "g"), 0.02, (3, 4)).x.shape[1]
+        == 6
+    )
+
+
+def test_sed_spec_can_carry_the_redshift_as_a_channel():
+    from survey_proc.preprocess import SEDInputSpec, input_spec
+
+    spec = SEDInputSpec(bands=("a", "b", "c"), channels=("flux", "error", "mask", "redshift"), redshift_scale=30.0)
+    assert input_spec(spec.to_manifest()) == spec
+    assert "redshift_scale" not in SEDInputSpec(bands=("a",)).to_manifest()  # old manifests unchanged
+    flux = np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]], np.float32)
+    z = np.array([0.01, 0.03])
+    x = spec.prepare_batch(flux, np.ones_like(flux), np.zeros(flux.shape, bool), ("a", "b", "c"), z).x
+    assert x.shape == (2, 4, 3)
+    np.testing.assert_allclose(x[:, 3], [[0.3] * 3, [0.9] * 3], rtol=1e-6)
+    np.testing.assert_allclose(x[0, 0], [0.5, 1.0, 1.5])  # divided by the median
+
+
+def test_flux_jitter_scales_training_fluxes_unannounced():
+    from survey_proc.preprocess import SEDInputSpec
+    from survey_proc.training._sed import Pixels
+
+    n, nb = 20000, 4
+    px = Pixels(
+        np.ones((n, nb), np.float32), np.full((n, nb), 1e-12, np.float32), np.zeros((n, 1)), np.zeros(n), np.ones(n)
+    )
+    spec = SEDInputSpec(bands=tuple("abcd"))
+    clean = px.inputs(spec, np.random.default_rng(0), 0.0).x
+    jittered = px.inputs(spec, np.random.default_rng(0), 0.0, jitter=0.01).x
+    np.testing.assert_allclose(clean[:, 0], 1.0, atol=1e-5)
+    assert 0.007 < np.std(jittered[:, 0]) < 0.012  # 1 %, a little less after dividing by the median band
+    ratio = jittered[:, 1] / clean[:, 1]  # the errors do not announce it: only the median normalisation moved
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:, :1], ratio.shape), rtol=1e-5)
+
+
 TOY = {
     "sed": {
         "labels": ["log_age", "metallicity"],
         "galaxies": {"n_galaxies": 16, "size": 10, "filters": "jpas36", "snr_range": [5.0, 20.0], "seed": 3},
+        "redshift_input": 30.0,
         "batch_size": 256,
     },
     "image": {
@@ -59,7 +127,8 @@ TOY = {
             "psf_fwhm_range": [2.0, 3.0],
             "seed": 3,
         },
-        "arch_kwargs": {"widths": [4, 8, 8], "pixel_width": 4},
+        "arch_kwargs": {"widths": [4, 8, 8], "pixel_width": 4, "colour_band": 2},
+        "redshift_input": 30.0,
         "batch_size": 4,
     },
 }

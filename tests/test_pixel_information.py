@@ -19,6 +19,11 @@ def test_features_are_colours_errors_and_the_redshift_when_asked():
     assert np.allclose(x[..., 0], 2.0) and np.allclose(x[..., 1], -1.0) and np.allclose(x[..., 2:5], 0.0)
     assert np.allclose(x[..., 5], 0.6) and np.allclose(x[..., 6:], np.log10(2.0) - 2.0)
     assert np.allclose(features(flux, np.full_like(flux, 4.0), np.array([0.02]), with_z=False)[..., 5], 0.0)
+    raw = features(flux, np.full_like(flux, 4.0), np.array([0.02]), True, "asinh")
+    colours = features(flux, np.full_like(flux, 4.0), np.array([0.02]), True, "colour")
+    assert raw.shape == colours.shape == (1, 2, 2, 16) and np.allclose(raw[..., 15], 0.6)
+    assert np.allclose(colours[..., 0], raw[..., 0] - raw[..., 2]) and np.allclose(colours[..., 2], raw[..., 2])
+    assert np.allclose(colours[..., 5], raw[..., 5] - raw[..., 0])  # error minus flux: an inverse S/N
 
 
 class _Constant(torch.nn.Module):

@@ -172,11 +172,12 @@ class SEDInputSpec(BandKind):
 
     bands: tuple[str, ...]
     pivot: tuple[float, ...] = ()  #: Angstrom, per band (checked against the store)
-    channels: tuple[str, ...] = ("flux", "error", "mask")
+    channels: tuple[str, ...] = ("flux", "error", "mask")  #: and optionally "redshift"
     normalise: str = "median"
     max_masked_fraction: float = 0.3
     redshift_range: tuple[float, float] | None = None
     filter_set: str = ""
+    redshift_scale: float = 30.0  #: the "redshift" channel holds the redshift times this in every band
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -191,12 +192,14 @@ class SEDInputSpec(BandKind):
             "redshift_range",
             "filter_set",
             "feature_dim",
+            "redshift_scale",
         }
         return cls(
             **_common(section),
             channels=tuple(section.get("channels", ("flux", "error", "mask"))),
             normalise=section.get("normalise", "median"),
             filter_set=section.get("filter_set", ""),
+            redshift_scale=float(section.get("redshift_scale", 30.0)),
             extra={k: v for k, v in section.items() if k not in known},
         )
 
@@ -208,6 +211,7 @@ class SEDInputSpec(BandKind):
             "bands": list(self.bands),
             "pivot": list(self.pivot),
             "channels": list(self.channels),
+            **({"redshift_scale": self.redshift_scale} if "redshift" in self.channels else {}),
             "normalise": self.normalise,
             "max_masked_fraction": self.max_masked_fraction,
             "redshift_range": list(self.redshift_range) if self.redshift_range else None,
@@ -240,6 +244,9 @@ class SEDInputSpec(BandKind):
                 chans.append(np.where(bad, 0.0, np.sqrt(v) / safe))
             elif name == "mask":
                 chans.append(bad.astype(np.float32))
+            elif name == "redshift":
+                z = np.broadcast_to(np.asarray(redshift, np.float32).reshape(-1, 1), f.shape)
+                chans.append(z * np.float32(self.redshift_scale))
             else:
                 raise ValueError(f"unknown input channel {name!r}")
         x = np.stack(chans, axis=1).astype(np.float32)
@@ -269,6 +276,8 @@ class ImageInputSpec(BandKind):
     max_masked_fraction: float = 0.3
     redshift_range: tuple[float, float] | None = None
     filter_set: str = ""
+    #: > 0: one more channel, the redshift times this, the same in every pixel (0: none)
+    redshift_scale: float = 0.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -285,6 +294,7 @@ class ImageInputSpec(BandKind):
             "filter_set",
             "feature_dim",
             "channels",
+            "redshift_scale",
         }
         return cls(
             **_common(section),
@@ -292,6 +302,7 @@ class ImageInputSpec(BandKind):
             pixel_scale_arcsec=float(section["pixel_scale_arcsec"]),
             halo_pixels=int(section.get("halo_pixels", 0)),
             filter_set=section.get("filter_set", ""),
+            redshift_scale=float(section.get("redshift_scale", 0.0)),
             extra={k: v for k, v in section.items() if k not in known},
         )
 
@@ -303,7 +314,8 @@ class ImageInputSpec(BandKind):
             "bands": list(self.bands),
             "pivot": list(self.pivot),
             "softening": list(self.softening),
-            "channels": ["asinh_flux", "asinh_error", "mask"],
+            "channels": ["asinh_flux", "asinh_error", "mask"] + (["redshift"] if self.redshift_scale else []),
+            "redshift_scale": self.redshift_scale,
             "pixel_scale_arcsec": self.pixel_scale_arcsec,
             "halo_pixels": self.halo_pixels,
             "max_masked_fraction": self.max_masked_fraction,
@@ -313,7 +325,7 @@ class ImageInputSpec(BandKind):
 
     @property
     def n_channels(self) -> int:
-        return 3 * len(self.bands)
+        return 3 * len(self.bands) + (1 if self.redshift_scale else 0)
 
     def pixel_inputs(self, f: np.ndarray, v: np.ndarray, bad: np.ndarray) -> np.ndarray:
         """Per-pixel channels (n, 3 nband) from band fluxes, variances and bad flags (n, nband)."""
@@ -343,6 +355,9 @@ class ImageInputSpec(BandKind):
         flags = band_flags(bad, self.max_masked_fraction, redshift, self.redshift_range)
         x = self.pixel_inputs(f, v, bad)
         x[~np.isfinite(x)] = 0.0
+        if self.redshift_scale:
+            z = np.broadcast_to(np.asarray(redshift, np.float32) * np.float32(self.redshift_scale), (x.shape[0],))
+            x = np.concatenate([x, z[:, None].astype(np.float32)], axis=1)
         x = np.ascontiguousarray(x.T.reshape(1, x.shape[1], *shape))
         good = ~bad
         norm = masked_median(f, good)

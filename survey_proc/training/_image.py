@@ -47,7 +47,7 @@ class ImageTrainer(PhotometricTrainer):
         cfg, data, tr = self.cfg, self.galaxies, self.train_idx
         noise_sigma = np.sqrt(np.median(data.var[tr], axis=(0, 1, 2)))
         self.net = self._unet().to(self.device)
-        radius = receptive_radius(self._unet(), 3 * len(data.filters))
+        radius = receptive_radius(self._unet(), 3 * len(data.filters) + (1 if cfg.redshift_input else 0))
         halo = int(np.ceil(radius / ImageUNet.multiple) * ImageUNet.multiple)
         self.spec = ImageInputSpec(
             bands=data.filters.bands,
@@ -57,6 +57,7 @@ class ImageTrainer(PhotometricTrainer):
             pivot=tuple(float(p) for p in data.filters.pivot),
             redshift_range=tuple(cfg.redshift_range),
             filter_set=data.filters.name,
+            redshift_scale=float(cfg.redshift_input),
             extra=_psf_record(cfg.galaxies) | {"receptive_radius_pixels": radius},
         )
         self.label_mean, self.label_std = standardise(data.labels[tr])
@@ -74,7 +75,9 @@ class ImageTrainer(PhotometricTrainer):
         self.train_set = data.subset(tr)
 
     def _unet(self) -> ImageUNet:
-        return ImageUNet(3 * len(self.galaxies.filters), len(self.names), **self.cfg.arch_kwargs)
+        nb = len(self.galaxies.filters)
+        channels = 3 * nb + (1 if self.cfg.redshift_input else 0)
+        return ImageUNet(channels, len(self.names), n_bands=nb, **self.cfg.arch_kwargs)
 
     def network(self) -> nn.Module:
         return self.net

@@ -45,6 +45,8 @@ class PhotTrainConfig:
     min_train_snr: float = 2.0  #: sed: pixels with a lower expected band S/N are not trained on
     pixels_per_epoch: int | None = None  #: sed: random training pixels seen per epoch (None: all)
     redshift_range: tuple[float, float] = (0.0, 0.035)
+    redshift_input: float = 0.0  #: > 0 adds the redshift (times this) as an input channel
+    flux_jitter: float = 0.0  #: sed: training fluxes scaled by 1 + this x N(0, 1) per band and pixel
     epochs: int = 25
     batch_size: int = 512
     lr: float = 2e-3

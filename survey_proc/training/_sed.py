@@ -57,9 +57,13 @@ class Pixels:
         """The pixels of ``rows`` (indices, a boolean mask or a slice)."""
         return Pixels(self.flux[rows], self.var[rows], self.labels[rows], self.z[rows], self.snr[rows])
 
-    def inputs(self, spec: SEDInputSpec, rng: np.random.Generator, mask_fraction: float):
-        """Model inputs of one noise realisation, through the engine's preprocessing (a prepared batch)."""
-        f, v, m = noisy(self.flux, self.var, rng, mask_fraction)
+    def inputs(self, spec: SEDInputSpec, rng: np.random.Generator, mask_fraction: float, jitter: float = 0.0):
+        """Model inputs of one noise realisation, through the engine's preprocessing (a prepared batch);
+        ``jitter``: each band flux first scaled by 1 + jitter x N(0, 1), unannounced in its variance."""
+        flux = self.flux
+        if jitter:
+            flux = flux * (1.0 + np.float32(jitter) * rng.standard_normal(flux.shape, dtype=np.float32))
+        f, v, m = noisy(flux, self.var, rng, mask_fraction)
         return spec.prepare_batch(f, v, m, spec.bands, self.z)
 
 
@@ -70,7 +74,7 @@ class SEDTrainer(PhotometricTrainer):
 
     def prepare(self) -> None:
         cfg, data, tr = self.cfg, self.galaxies, self.train_idx
-        self.spec = _sed_spec(cfg.redshift_range, data)
+        self.spec = _sed_spec(cfg.redshift_range, data, cfg.redshift_input)
         hold = holdout_pixels(data.flux.shape[:3], tr, cfg.pixel_holdout, cfg.seed)  # Set A
         in_train = np.zeros_like(hold)
         in_train[tr] = True
@@ -105,7 +109,7 @@ class SEDTrainer(PhotometricTrainer):
         rows = np.arange(self.y_train.shape[0])
         if cfg.pixels_per_epoch and cfg.pixels_per_epoch < rows.size:
             rows = np.sort(erng.choice(rows.size, cfg.pixels_per_epoch, replace=False))
-        prep = self.train_px.take(rows).inputs(self.spec, erng, cfg.galaxies.mask_fraction)
+        prep = self.train_px.take(rows).inputs(self.spec, erng, cfg.galaxies.mask_fraction, cfg.flux_jitter)
         idx = np.nonzero(prep.fit)[0]
         erng.shuffle(idx)
         for s in range(0, idx.size, cfg.batch_size):
@@ -143,10 +147,13 @@ class SEDTrainer(PhotometricTrainer):
         return evaluate_sets(bundle, self.cfg, sets, self.names, self.out / "set_b_vs_truth.png")
 
 
-def _sed_spec(redshift_range: tuple[float, float], data: GalaxySet) -> SEDInputSpec:
+def _sed_spec(redshift_range: tuple[float, float], data: GalaxySet, redshift_input: float = 0.0) -> SEDInputSpec:
+    """The input spec; ``redshift_input`` > 0 adds the redshift (times it) as a channel."""
     return SEDInputSpec(
         bands=data.filters.bands,
         pivot=tuple(float(p) for p in data.filters.pivot),
+        channels=("flux", "error", "mask") + (("redshift",) if redshift_input else ()),
+        redshift_scale=float(redshift_input) or SEDInputSpec.redshift_scale,
         redshift_range=tuple(redshift_range),
         filter_set=data.filters.name,
         extra={"filter_source": data.filters.provenance.get("source", "")},
