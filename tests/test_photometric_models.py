@@ -81,7 +81,8 @@ def test_image_bundle_through_the_engine(ugriz_runs):
     assert summary.verified and summary.regions == 9 and summary.spectra == 48 * 48
     good = maps.flag.values == 0
     assert good.mean() > 0.5
-    bounds = {"log_mass_surface_density": 0.3, "log_age": 0.3, "metallicity": 0.3}
+    # the shipped bundle: biases -0.01 / -0.03 / -0.035, scatter 0.046 / 0.072 / 0.061 dex (an older one: [M/H] -0.25)
+    bounds = {"log_mass_surface_density": 0.1, "log_age": 0.15, "metallicity": 0.15}
     for name, bound in bounds.items():
         d = (maps[name].values - truth[name].values)[good]
         assert robust_sigma(d) < bound and abs(np.median(d)) < bound, name
