@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ def features(
     z = np.broadcast_to(redshift[:, None, None, None] * (30.0 if with_z else 0.0), (*flux.shape[:3], 1))
     if encoding != "log":
         nb = flux.shape[-1]
-        spec = load_manifest("ugriz-maps").input
+        spec = _image_spec()
         x = spec.pixel_inputs(flux.reshape(-1, nb), var.reshape(-1, nb), np.zeros((flux[..., 0].size, nb), bool))
         x = np.concatenate([x, z.reshape(-1, 1)], axis=1)
         if encoding == "colour":
@@ -72,6 +73,12 @@ def features(
     lf = np.log10(np.clip(flux, 1e-3, None))
     err = np.log10(np.sqrt(var)) - lf[..., 2:3]
     return np.concatenate([lf[..., 2:3], (lf - lf[..., 2:3])[..., [0, 1, 3, 4]], z, err], -1).astype(np.float32)
+
+
+@functools.cache
+def _image_spec():
+    """``ugriz-maps``' input spec (read and verified once, not at every epoch)."""
+    return load_manifest("ugriz-maps").input
 
 
 def train_mlp(

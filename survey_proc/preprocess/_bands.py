@@ -61,6 +61,12 @@ def band_flags(
     return flags
 
 
+def redshift_column(redshift: float | np.ndarray, scale: float, n: int) -> np.ndarray:
+    """(n, 1) float32: the redshift input channel, ``scale`` x z per spectrum (one z or one per row)."""
+    z = np.broadcast_to(np.asarray(redshift, np.float32).reshape(-1), (n,))
+    return (z * np.float32(scale))[:, None]
+
+
 def band_snr(flux: np.ndarray, var: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """Median S/N per band over good bands (NaN where none)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -245,8 +251,7 @@ class SEDInputSpec(BandKind):
             elif name == "mask":
                 chans.append(bad.astype(np.float32))
             elif name == "redshift":
-                z = np.broadcast_to(np.asarray(redshift, np.float32).reshape(-1, 1), f.shape)
-                chans.append(z * np.float32(self.redshift_scale))
+                chans.append(np.broadcast_to(redshift_column(redshift, self.redshift_scale, f.shape[0]), f.shape))
             else:
                 raise ValueError(f"unknown input channel {name!r}")
         x = np.stack(chans, axis=1).astype(np.float32)
@@ -356,8 +361,7 @@ class ImageInputSpec(BandKind):
         x = self.pixel_inputs(f, v, bad)
         x[~np.isfinite(x)] = 0.0
         if self.redshift_scale:
-            z = np.broadcast_to(np.asarray(redshift, np.float32) * np.float32(self.redshift_scale), (x.shape[0],))
-            x = np.concatenate([x, z[:, None].astype(np.float32)], axis=1)
+            x = np.concatenate([x, redshift_column(redshift, self.redshift_scale, x.shape[0])], axis=1)
         x = np.ascontiguousarray(x.T.reshape(1, x.shape[1], *shape))
         good = ~bad
         norm = masked_median(f, good)

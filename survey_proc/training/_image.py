@@ -47,7 +47,7 @@ class ImageTrainer(PhotometricTrainer):
         cfg, data, tr = self.cfg, self.galaxies, self.train_idx
         noise_sigma = np.sqrt(np.median(data.var[tr], axis=(0, 1, 2)))
         self.net = self._unet().to(self.device)
-        radius = receptive_radius(self._unet(), 3 * len(data.filters) + (1 if cfg.redshift_input else 0))
+        radius = receptive_radius(self._unet(), self._in_channels)
         halo = int(np.ceil(radius / ImageUNet.multiple) * ImageUNet.multiple)
         self.spec = ImageInputSpec(
             bands=data.filters.bands,
@@ -74,10 +74,14 @@ class ImageTrainer(PhotometricTrainer):
         )
         self.train_set = data.subset(tr)
 
+    @property
+    def _in_channels(self) -> int:
+        """What :class:`ImageInputSpec` gives: flux, error and mask per band, and the redshift if asked."""
+        return 3 * len(self.galaxies.filters) + (1 if self.cfg.redshift_input else 0)
+
     def _unet(self) -> ImageUNet:
-        nb = len(self.galaxies.filters)
-        channels = 3 * nb + (1 if self.cfg.redshift_input else 0)
-        return ImageUNet(channels, len(self.names), n_bands=nb, **self.cfg.arch_kwargs)
+        n_bands = len(self.galaxies.filters)
+        return ImageUNet(self._in_channels, len(self.names), n_bands=n_bands, **self.cfg.arch_kwargs)
 
     def network(self) -> nn.Module:
         return self.net
