@@ -315,3 +315,32 @@ def test_window_normalisation_is_declared_and_checked():
     mask = (wave > 4940) & (wave < 5060)
     prep = prepare(flux, flux, mask[None], wave, 0.1, spec)
     assert prep.flags[0] & 1 and np.isfinite(prep.x).all()
+
+
+def test_photometry_of_the_real_catalogue_keeps_each_redshift_for_the_narrowband_model(real_store, tmp_path):
+    """``survey-proc photometry`` of a spectra catalogue carries its per-object redshift, so a model that
+    reads the redshift runs on the photometry without ``--redshift`` and sees each object's own."""
+    from survey_proc.cli import main
+    from survey_proc.stores import open_photometry_store
+
+    phot, maps = tmp_path / "sdss-jpas36.zarr", tmp_path / "maps.zarr"
+    assert main(["photometry", str(real_store), str(phot), "--filters", "jpas36", "--cluster", "none", "--quiet"]) == 0
+    ds = open_photometry_store(phot, require_redshift=True)
+    assert "redshift" not in ds.attrs  # the catalogue has no one redshift ...
+    np.testing.assert_array_equal(ds["redshift"].values, xr.open_zarr(real_store)["redshift"].values)  # ... but each
+    argv = ["run", "--cube", str(phot), "--out", str(maps), "--model", "narrowband", "--cluster", "none", "--quiet"]
+    assert main(argv) == 0
+    out = xr.open_zarr(maps)
+    assert out.sizes["object"] == ds.sizes["object"] and np.isfinite(out.log_age.values).all()
+    n = ds.sizes["object"]
+    bad = xr.open_zarr(phot).drop_vars("redshift")
+    bad["redshift"] = ("object", np.full(n, np.nan))
+    with pytest.raises(CubeError, match=rf"not a valid photometric store:\n.*'redshift' is NaN or infinite for {n} of"):
+        open_photometry_store(_rewrite(bad, tmp_path / "bad.zarr"), require_redshift=True)
+
+
+def _rewrite(ds: xr.Dataset, path: Path) -> Path:
+    for v in ds.variables.values():
+        v.encoding.clear()
+    ds.to_zarr(path, zarr_format=3, consolidated=False)
+    return path

@@ -33,9 +33,9 @@ FRAMES = ("observed", "rest")
 MEDIA = ("air", "vacuum")
 
 
-def _problem_list(name: str, problems: Sequence[str]) -> CubeError:
+def _problem_list(name: str, problems: Sequence[str], kind: str = "spectral") -> CubeError:
     lines = "\n  - ".join(problems)
-    return CubeError(f"{name} is not a valid spectral store:\n  - {lines}")
+    return CubeError(f"{name} is not a valid {kind} store:\n  - {lines}")
 
 
 #: the last dim of an input store's ``flux``: wavelengths (cubes, catalogues) or bands (photometry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import dask.array as da
@@ -121,12 +122,15 @@ def validate_photometry_store(
 ) -> None:
     """Raise :class:`CubeError` listing every way ``ds`` breaks the photometric schema."""
     from survey_proc.stores._cube import (
+        _check_object_redshift,
         _dims_unlike_flux,
         _has_finite_flux,
         _missing_variables,
-        _problem_list,
         stored_chunks,
     )
+    from survey_proc.stores._cube import _problem_list as problem_list
+
+    _problem_list = partial(problem_list, kind="photometric")
 
     problems = _missing_variables(ds, {"flux": "band flux", "var": "variance of flux", "mask": "bad-measurement mask"})
     if "flux" not in ds:
@@ -174,9 +178,12 @@ def validate_photometry_store(
                     f"the band axis of '{var}' is split across chunks ({chunks[axis]} of "
                     f"{ds[var].shape[axis]} bands per chunk); rewrite the store with chunks {{'band': -1}}"
                 )
-    z = ds.attrs.get("redshift")
-    if require_redshift and (z is None or not np.isfinite(float(z))):
-        problems.append("attribute 'redshift' is missing or not finite (give `survey-proc run --redshift Z`)")
+    if flux.dims == OBJECT_DIMS and "redshift" in ds:  # a catalogue's photometry: one redshift per object
+        _check_object_redshift(ds, problems, require_redshift, check_data)
+    else:
+        z = ds.attrs.get("redshift")
+        if require_redshift and (z is None or not np.isfinite(float(z))):
+            problems.append("attribute 'redshift' is missing or not finite (give `survey-proc run --redshift Z`)")
     if problems:
         raise _problem_list(name, problems)
     if check_data and not _has_finite_flux(flux):

@@ -199,6 +199,8 @@ def _photometry_of(
     # loaded: the template's lazy arrays are never computed, its NumPy ones are written with it
     coords = {k: v.variable.compute() for k, v in ds["flux"].coords.items() if SPECTRAL_DIM not in v.dims}
     template = photometry_template(spatial=sizes, filters=filters, attrs=attrs, chunk=chunks, coords=coords)
+    if "redshift" in ds and ds["redshift"].dims == tuple(sizes):  # a catalogue's redshift per object
+        template["redshift"] = ds["redshift"].variable.compute()
     return template.drop_vars([c for c in (SPECTRAL_DIM,) if c in template.coords])
 
 
