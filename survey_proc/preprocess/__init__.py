@@ -11,6 +11,7 @@ the compiled passes of ``_fused`` (Numba), to the same bits.
 from survey_proc.preprocess._bands import BandKind, ImageInputSpec, SEDInputSpec, band_flags, band_snr, select_bands
 from survey_proc.preprocess._covariance import batch_error_inflation, error_inflation, resampling_covariance
 from survey_proc.preprocess._kinds import BatchMeta, InputKind, Prepared
+from survey_proc.preprocess._lines import STRONG_LINES, LineMask
 from survey_proc.preprocess._numeric import fill_gaps, in_ranges, masked_median, median_of_filled, snr_per_angstrom
 from survey_proc.preprocess._prepare import KNOWN_CHANNELS, NORMALISATIONS, normalisation, prepare
 from survey_proc.preprocess._registry import INPUT_KINDS, input_spec
@@ -21,11 +22,13 @@ __all__ = [
     "KNOWN_CHANNELS",
     "LSF_TOLERANCE_KMS",
     "NORMALISATIONS",
+    "STRONG_LINES",
     "BandKind",
     "BatchMeta",
     "ImageInputSpec",
     "InputKind",
     "InputSpec",
+    "LineMask",
     "Prepared",
     "SEDInputSpec",
     "band_flags",

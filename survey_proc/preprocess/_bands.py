@@ -28,6 +28,7 @@ import numpy as np
 
 from survey_proc.errors import CubeError
 from survey_proc.preprocess._kinds import InputKind, Prepared
+from survey_proc.preprocess._lines import LineMask
 from survey_proc.preprocess._numeric import fill_gaps, masked_median
 from survey_proc.stores import Flag, band_index
 
@@ -184,6 +185,7 @@ class SEDInputSpec(BandKind):
     redshift_range: tuple[float, float] | None = None
     filter_set: str = ""
     redshift_scale: float = 30.0  #: the "redshift" channel holds the redshift times this in every band
+    line_mask: LineMask | None = None  #: bands holding a strong nebular line at the redshift are masked
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -199,6 +201,7 @@ class SEDInputSpec(BandKind):
             "filter_set",
             "feature_dim",
             "redshift_scale",
+            "line_mask",
         }
         return cls(
             **_common(section),
@@ -206,6 +209,7 @@ class SEDInputSpec(BandKind):
             normalise=section.get("normalise", "median"),
             filter_set=section.get("filter_set", ""),
             redshift_scale=float(section.get("redshift_scale", 30.0)),
+            line_mask=LineMask.from_manifest(section.get("line_mask")),
             extra={k: v for k, v in section.items() if k not in known},
         )
 
@@ -221,6 +225,7 @@ class SEDInputSpec(BandKind):
             "normalise": self.normalise,
             "max_masked_fraction": self.max_masked_fraction,
             "redshift_range": list(self.redshift_range) if self.redshift_range else None,
+            **({"line_mask": self.line_mask.to_manifest()} if self.line_mask else {}),
             **self.extra,
         }
 
@@ -235,7 +240,11 @@ class SEDInputSpec(BandKind):
     ) -> Prepared:
         """Band fluxes (n, nstore) -> model input (n, nchannels, nband)."""
         f, v, bad = select_bands(flux, var, mask, axis, self.bands)
-        flags = band_flags(bad, self.max_masked_fraction, redshift, self.redshift_range)
+        lines = self.line_mask.hit(redshift, f.shape[0]) if self.line_mask else np.zeros_like(bad)
+        flags = band_flags(bad & ~lines, self.max_masked_fraction, redshift, self.redshift_range)
+        if self.line_mask:
+            bad = bad | lines
+            f, v = np.where(bad, np.float32(0), f), np.where(bad, np.float32(0), v)
         if self.normalise != "median":
             raise ValueError(f"unknown normalisation {self.normalise!r}")
         norm = masked_median(f, ~bad)

@@ -47,6 +47,7 @@ class PhotTrainConfig:
     redshift_range: tuple[float, float] = (0.0, 0.035)
     redshift_input: float = 0.0  #: > 0 adds the redshift (times this) as an input channel
     flux_jitter: float = 0.0  #: sed: training fluxes scaled by 1 + this x N(0, 1) per band and pixel
+    line_mask: bool = False  #: sed: bands holding a strong nebular line are masked (preprocess._lines)
     epochs: int = 25
     batch_size: int = 512
     lr: float = 2e-3

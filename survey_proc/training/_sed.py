@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from survey_proc.preprocess import SEDInputSpec
+from survey_proc.preprocess import LineMask, SEDInputSpec
 from survey_proc.training._arch import ExportedModel
 from survey_proc.training._calibration import Calibration, novelty_stats
 from survey_proc.training._fit import FitState
@@ -74,7 +74,7 @@ class SEDTrainer(PhotometricTrainer):
 
     def prepare(self) -> None:
         cfg, data, tr = self.cfg, self.galaxies, self.train_idx
-        self.spec = _sed_spec(cfg.redshift_range, data, cfg.redshift_input)
+        self.spec = _sed_spec(cfg.redshift_range, data, cfg.redshift_input, cfg.line_mask)
         hold = holdout_pixels(data.flux.shape[:3], tr, cfg.pixel_holdout, cfg.seed)  # Set A
         in_train = np.zeros_like(hold)
         in_train[tr] = True
@@ -147,8 +147,12 @@ class SEDTrainer(PhotometricTrainer):
         return evaluate_sets(bundle, self.cfg, sets, self.names, self.out / "set_b_vs_truth.png")
 
 
-def _sed_spec(redshift_range: tuple[float, float], data: GalaxySet, redshift_input: float = 0.0) -> SEDInputSpec:
-    """The input spec; ``redshift_input`` > 0 adds the redshift (times it) as a channel."""
+def _sed_spec(
+    redshift_range: tuple[float, float], data: GalaxySet, redshift_input: float = 0.0, line_mask: bool = False
+) -> SEDInputSpec:
+    """The input spec; ``redshift_input`` > 0 adds the redshift (times it) as a channel; ``line_mask``
+    masks the bands that hold a strong nebular line (:class:`~survey_proc.preprocess.LineMask`)."""
+    filters = data.filters
     return SEDInputSpec(
         bands=data.filters.bands,
         pivot=tuple(float(p) for p in data.filters.pivot),
@@ -156,5 +160,6 @@ def _sed_spec(redshift_range: tuple[float, float], data: GalaxySet, redshift_inp
         redshift_scale=float(redshift_input) or SEDInputSpec.redshift_scale,
         redshift_range=tuple(redshift_range),
         filter_set=data.filters.name,
+        line_mask=LineMask.of_filters(filters.wave, filters.response) if line_mask else None,
         extra={"filter_source": data.filters.provenance.get("source", "")},
     )
