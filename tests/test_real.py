@@ -42,3 +42,20 @@ def test_the_bench_verb_takes_real():
 
     args = build_parser().parse_args(["bench", "--real", "--json", "x/real.json"])
     assert args.real and args.json == "x/real.json"
+
+
+def test_narrowband_is_scored_on_the_synthetic_photometry_of_the_real_sdss_spectra(tmp_path):
+    from survey_proc.bench._real import photometric_estimate, ppxf_setups, sdss_set
+
+    rs = sdss_set(tmp_path, ppxf_setups(tmp_path))
+    assert rs.photometric == ["narrowband"]
+    est = photometric_estimate(rs, "narrowband", tmp_path, None)
+    assert (tmp_path / "sdss-jpas36.zarr").exists() and est.model_id.startswith("narrowband@")
+    assert set(est.values) >= {"log_age", "metallicity"}
+    fitted = est.flags == 0
+    assert fitted.sum() >= 2  # the three galaxies' spectra cover every band: at most one flagged
+    assert np.all((est.values["log_age"][fitted] > 8.0) & (est.values["log_age"][fitted] < 10.3))
+    assert np.all(np.isfinite(est.errors["metallicity"][fitted]) & (est.errors["metallicity"][fitted] > 0))
+    refs = {o: {"log_age": (9.0, 9.0, ["x"])} for o in rs.objects}
+    rows = score(rs, {"narrowband": est}, refs)
+    assert {r["estimator"] for r in rows} == {"narrowband"} and len(rows) == len(rs.objects)

@@ -15,6 +15,8 @@ Sets (fetched from the package registry, pinned and cached, like every example):
   galaxy reaches S/N 24 together); at that redshift the 4750-8800 A models are out of
   range (flagged), the 4750-7100 A ones fit.
 
+The photometric model ``narrowband`` runs on the synthetic J-PAS photometry of the SDSS and MaNGA
+spectra (``survey-proc photometry``; each object at its own redshift), against the same references.
 Each estimator runs through the engine (a LocalCluster, as ``survey-proc run``); pPXF runs in several
 set-ups (Calzetti dust and no polynomial, a multiplicative polynomial and no dust, the shorter range).
 A pair (object, property) of an estimator *agrees* when its value lies within twice its reported error
@@ -27,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,7 @@ class RealSet:
     ppxf: list[str]  #: pPXF set-ups (bundle paths) giving the reference range
     published: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     source: str = ""
+    photometric: list[str] = field(default_factory=list)  #: models run on the spectra's synthetic photometry
 
 
 @dataclass
@@ -123,6 +126,9 @@ def ppxf_setups(work: Path) -> dict[str, str]:
 
 #: the packaged estimators scored on every set they apply to
 SCORED = ["default", "muse-7100", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
+#: the packaged photometric models scored on the synthetic photometry of sets whose spectra cover their
+#: bands (SDSS, MaNGA: 3600-9000 A and more; the MUSE minicube starts at 4750 A, too red for J-PAS's blue)
+PHOTOMETRIC = ["narrowband"]
 
 
 def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
@@ -141,6 +147,7 @@ def sdss_set(work: Path, setups: dict[str, str]) -> RealSet:
         list(setups.values()),
         SDSS_PUBLISHED,
         SDSS_SOURCE,
+        PHOTOMETRIC,
     )
 
 
@@ -160,6 +167,7 @@ def manga_set(work: Path, setups: dict[str, str]) -> RealSet:
         list(setups.values()),
         manga_published(),
         MANGA_SOURCE,
+        PHOTOMETRIC,
     )
 
 
@@ -221,6 +229,20 @@ def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
             err = maps.get(f"{name}_err")
             errors[p] = err.values.astype(float) * scale if err is not None else np.full(values[p].shape, np.nan)
     return Estimate(values, errors, maps["flag"].values.astype(int), s.model_id)
+
+
+def photometric_estimate(rs: RealSet, model: str, work: Path, client) -> Estimate:
+    """``model`` (a photometric one) on the synthetic photometry of the set's spectra through the
+    model's filters (``survey-proc photometry``, made once into ``work``), each object at its redshift."""
+    from survey_proc.ssp import load_filters
+    from survey_proc.synth import photometry_from_store
+
+    filters = load_manifest(model).input.filter_set
+    phot = work / f"{rs.name}-{filters}.zarr"
+    if not phot.exists():
+        cluster = client.scheduler.address if client is not None else "none"
+        photometry_from_store(rs.store, load_filters(filters), phot, cluster=cluster)
+    return run_estimator(replace(rs, store=phot), model, work, client)
 
 
 def reference_ranges(rs: RealSet, ppxf: dict[str, Estimate]) -> dict[str, dict[str, tuple[float, float, list]]]:
@@ -318,10 +340,11 @@ def run_real(
             ppxf = {m: run_estimator(rs, m, work, client) for m in rs.ppxf}
             refs = reference_ranges(rs, ppxf)
             estimates = {m: run_estimator(rs, m, work, client) for m in rs.estimators}
+            estimates |= {m: photometric_estimate(rs, m, work, client) for m in rs.photometric}
             rows = score(rs, estimates, refs)
             all_rows += rows
             per_set[name] = {
-                "objects": rs.objects, "store": str(rs.store), "estimators": rs.estimators,
+                "objects": rs.objects, "store": str(rs.store), "estimators": rs.estimators + rs.photometric,
                 "ppxf_setups": [Path(m).name for m in rs.ppxf], "summary": summarise(rows),
             }  # fmt: skip
             for model, sm in per_set[name]["summary"].items():
