@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from benchmarks.pixel_information import TARGETS, VARIANTS, features, main, score
+from benchmarks.pixel_information import CONTEXT, TARGETS, VARIANTS, features, main, score
 
 
 def test_features_are_colours_errors_and_the_redshift_when_asked():
@@ -24,6 +24,22 @@ def test_features_are_colours_errors_and_the_redshift_when_asked():
     assert raw.shape == colours.shape == (1, 2, 2, 16) and np.allclose(raw[..., 15], 0.6)
     assert np.allclose(colours[..., 0], raw[..., 0] - raw[..., 2]) and np.allclose(colours[..., 2], raw[..., 2])
     assert np.allclose(colours[..., 5], raw[..., 5] - raw[..., 0])  # error minus flux: an inverse S/N
+
+
+def test_context_features_add_the_galaxy_and_the_neighbourhood():
+    flux = np.full((2, 8, 8, 5), 100.0, np.float32)
+    flux[1] *= 10.0  # a brighter galaxy ...
+    flux[1, :, :, 0] = 100.0  # ... one dex redder in u - r
+    flux[0, 4, 4, 2] = 1000.0  # one bright r pixel
+    var, z = np.full_like(flux, 4.0), np.array([0.02, 0.02])
+    base = features(flux, var, z, True)
+    galaxy = features(flux, var, z, True, "log+galaxy")
+    local = features(flux, var, z, True, "log+local")
+    assert galaxy.shape == local.shape == (2, 8, 8, 16) and np.array_equal(galaxy[..., :11], base)
+    assert np.allclose(galaxy[1, ..., 12], -1.0) and np.allclose(galaxy[0, ..., 12], galaxy[0, 0, 0, 12])
+    assert galaxy[1, 0, 0, 11] - galaxy[0, 0, 0, 11] > 0.9  # the galaxy's total r, one dex brighter
+    assert local[0, 4, 4, 11] < -0.5 and abs(local[0, 0, 0, 11]) < 0.05  # the bright pixel stands out of its
+    assert np.allclose(local[1, ..., 11:], [0.0, -1.0, 0.0, 0.0, 0.0], atol=1e-5)  # surroundings; flat: nothing
 
 
 class _Constant(torch.nn.Module):
@@ -53,8 +69,10 @@ def test_sfr_is_scored_only_above_twice_the_floor():
 
 def test_a_small_run_writes_json_markdown_and_png(tmp_path):
     path = tmp_path / "pi.json"
-    report = main(["--train", "6", "--test", "2", "--epochs", "1", "--json", str(path)])
+    report = main(["--train", "6", "--test", "2", "--epochs", "1", "--seeds", "0", "1", "--json", str(path)])
     assert json.loads(path.read_text())["rows"] == report["rows"]
     assert path.with_suffix(".md").exists() and path.with_suffix(".png").stat().st_size > 0
-    assert {(r["target"], r["variant"]) for r in report["rows"]} == {(t, v[0]) for t in TARGETS for v in VARIANTS}
+    asked = {(t, v[0]) for t in TARGETS for v in VARIANTS if v[3] not in CONTEXT or t == "log_sfr_surface_density"}
+    assert {(r["target"], r["variant"]) for r in report["rows"]} == asked
+    assert len(report["rows"]) == 2 * len(asked) and {r["mlp_seed"] for r in report["rows"]} == {0, 1}
     assert all(r["n"] > 0 and np.isfinite(r["robust_sigma"]) for r in report["rows"])

@@ -77,8 +77,8 @@ def colour_transform(in_channels: int, n_bands: int, reference: int) -> torch.Te
 
     The asinh fluxes of one pixel are large, strongly correlated numbers whose small differences
     (the colours) carry the populations; fed to a network as they are, the colours are hard to fit
-    (``benchmarks/pixel_information.py``: a per-pixel MLP on the raw channels 0.38 dex in log Sigma_SFR
-    on new galaxies at S/N 30, on these 0.34; log Sigma* 0.080 and 0.064).
+    (``benchmarks/pixel_information.py``: a per-pixel MLP on the raw channels 0.33 dex in log Sigma_SFR
+    on new galaxies at S/N 30, on these 0.30; log Sigma* 0.064 and 0.056).
     """
     t = torch.eye(in_channels)
     for b in range(n_bands):
