@@ -210,9 +210,8 @@ def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
 
     out = work / f"{rs.name}-{Path(model).name}.maps.zarr"
     shutil.rmtree(out, ignore_errors=True)
-    cluster = client.scheduler.address if client is not None else "none"
     try:
-        s = run(RunConfig(cube=str(rs.store), out=str(out), model=model, cluster=cluster, progress=False))
+        s = run(RunConfig(cube=str(rs.store), out=str(out), model=model, cluster=_cluster(client), progress=False))
     except CoverageError as exc:  # the model's range is not covered: as if every object were flagged so
         log.info(f"  {Path(model).name} on {rs.name}: {exc}")
         manifest = load_manifest(model)
@@ -240,9 +239,13 @@ def photometric_estimate(rs: RealSet, model: str, work: Path, client) -> Estimat
     filters = load_manifest(model).input.filter_set
     phot = work / f"{rs.name}-{filters}.zarr"
     if not phot.exists():
-        cluster = client.scheduler.address if client is not None else "none"
-        photometry_from_store(rs.store, load_filters(filters), phot, cluster=cluster)
+        photometry_from_store(rs.store, load_filters(filters), phot, cluster=_cluster(client))
     return run_estimator(replace(rs, store=phot), model, work, client)
+
+
+def _cluster(client) -> str:
+    """The ``cluster`` option that runs on ``client`` (``none``: in this process)."""
+    return client.scheduler.address if client is not None else "none"
 
 
 def reference_ranges(rs: RealSet, ppxf: dict[str, Estimate]) -> dict[str, dict[str, tuple[float, float, list]]]:

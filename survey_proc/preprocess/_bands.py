@@ -240,11 +240,12 @@ class SEDInputSpec(BandKind):
     ) -> Prepared:
         """Band fluxes (n, nstore) -> model input (n, nchannels, nband)."""
         f, v, bad = select_bands(flux, var, mask, axis, self.bands)
-        lines = self.line_mask.hit(redshift, f.shape[0]) if self.line_mask else np.zeros_like(bad)
-        flags = band_flags(bad & ~lines, self.max_masked_fraction, redshift, self.redshift_range)
+        counted = bad  # the line bands are masked, but not as bad data
         if self.line_mask:
-            bad = bad | lines
+            lines = self.line_mask.hit(redshift, f.shape[0])
+            counted, bad = bad & ~lines, bad | lines
             f, v = np.where(bad, np.float32(0), f), np.where(bad, np.float32(0), v)
+        flags = band_flags(counted, self.max_masked_fraction, redshift, self.redshift_range)
         if self.normalise != "median":
             raise ValueError(f"unknown normalisation {self.normalise!r}")
         norm = masked_median(f, ~bad)

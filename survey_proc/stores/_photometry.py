@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import dask.array as da
@@ -126,15 +125,13 @@ def validate_photometry_store(
         _dims_unlike_flux,
         _has_finite_flux,
         _missing_variables,
+        _problem_list,
         stored_chunks,
     )
-    from survey_proc.stores._cube import _problem_list as problem_list
-
-    _problem_list = partial(problem_list, kind="photometric")
 
     problems = _missing_variables(ds, {"flux": "band flux", "var": "variance of flux", "mask": "bad-measurement mask"})
     if "flux" not in ds:
-        raise _problem_list(name, problems)
+        raise _problem_list(name, problems, "photometric")
     flux = ds["flux"]
     if flux.dims not in (IMAGE_DIMS, OBJECT_DIMS):
         problems.append(
@@ -185,9 +182,9 @@ def validate_photometry_store(
         if require_redshift and (z is None or not np.isfinite(float(z))):
             problems.append("attribute 'redshift' is missing or not finite (give `survey-proc run --redshift Z`)")
     if problems:
-        raise _problem_list(name, problems)
+        raise _problem_list(name, problems, "photometric")
     if check_data and not _has_finite_flux(flux):
-        raise _problem_list(name, ["variable 'flux' is NaN (or infinite) everywhere: nothing to fit"])
+        raise _problem_list(name, ["variable 'flux' is NaN (or infinite) everywhere: nothing to fit"], "photometric")
 
 
 def open_photometry_store(
