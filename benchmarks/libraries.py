@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from survey_proc import __version__
 from survey_proc.analysis import DEFAULT_PROPERTIES
@@ -54,6 +53,7 @@ from survey_proc.estimators import read_manifest
 from survey_proc.ssp import SSP_LIBRARIES, SSPLibrary, load_ssp_library, muse_lsf_fwhm
 from survey_proc.stores import NOT_FITTED, Flag, open_maps, robust_sigma
 from survey_proc.synth import MockConfig, open_truth, write_mock
+from survey_proc.training._metrics import roc_auc as auc
 
 log = logging.getLogger("benchmarks.libraries")
 
@@ -100,16 +100,6 @@ class MethodScore:
     ood_p50: float = float("nan")  #: median ood_score of the fitted spaxels
     ood_p99: float = float("nan")  #: its 99th percentile
     auc_vs_emiles: float = float("nan")  #: ood_score: this library's fitted spaxels vs the E-MILES mock's
-
-
-def auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for telling ``positive`` from the rest (Mann-Whitney, ties halved)."""
-    score, positive = np.asarray(score, float), np.asarray(positive, bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _property(maps, truth, name: str, flag: np.ndarray, fitted: np.ndarray, score: np.ndarray | None):

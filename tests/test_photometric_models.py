@@ -86,12 +86,26 @@ def test_image_bundle_through_the_engine(ugriz_runs):
     for name, bound in bounds.items():
         d = (maps[name].values - truth[name].values)[good]
         assert robust_sigma(d) < bound and abs(np.median(d)) < bound, name
+    # the SFR map is the rate where stars form; the probability beside it says where (AUC 0.74 at S/N 3)
+    from survey_proc.training._metrics import roc_auc
+    from survey_proc.training._star_forming import star_forming
+
+    forming = star_forming(truth["log_sfr_surface_density"].values)[good]
+    p = maps["star_forming_probability"].values[good]
+    assert 0.2 < forming.mean() < 0.8 and roc_auc(p, forming) > 0.65, roc_auc(p, forming)
 
 
 def test_tiled_run_equals_untiled_run(ugriz_runs):
     """9 tiles of 16 px read with their halo give the same maps as one 48 px tile, seams included."""
     tiled, whole = ugriz_runs[16][1], ugriz_runs[48][1]
-    for name in ("log_mass_surface_density", "log_age", "metallicity", "log_age_err", "ood_score"):
+    for name in (
+        "log_mass_surface_density",
+        "log_age",
+        "metallicity",
+        "log_age_err",
+        "ood_score",
+        "star_forming_probability",
+    ):
         np.testing.assert_allclose(tiled[name].values, whole[name].values, atol=2e-4, rtol=0, err_msg=name)
     np.testing.assert_array_equal(tiled.flag.values, whole.flag.values)
 
@@ -216,6 +230,7 @@ def test_photometric_trainers_train_export_and_run_through_the_engine(kind, jpas
                     "seed": 3,
                 },
                 "arch_kwargs": {"widths": [4, 8, 8]},
+                "star_forming": True,  # the SFR where stars form, and star_forming_probability beside it
                 "val_fraction": 0.2,
                 "test_fraction": 0.2,
                 "epochs": 2,
@@ -235,3 +250,8 @@ def test_photometric_trainers_train_export_and_run_through_the_engine(kind, jpas
     assert good.mean() > 0.3
     for name in cfg.labels:
         assert np.isfinite(maps[name].values[good]).all() and (maps[f"{name}_err"].values[good] > 0).all()
+    if kind == "image":  # a probability map, no error, named for what it means
+        p = maps["star_forming_probability"]
+        assert "star_forming_probability_err" not in maps and "probability" in p.attrs["long_name"]
+        assert ((p.values[good] >= 0) & (p.values[good] <= 1)).all() and p.values[good].std() > 0
+        assert "if the pixel forms stars" in maps["log_sfr_surface_density"].attrs["long_name"]

@@ -90,6 +90,10 @@ PROPERTIES: dict[str, dict[str, str]] = {
         "units": "log10(Msun/yr/kpc2)",
         "long_name": "star-formation-rate surface density over the last 100 Myr, plus the detection floor",
     },
+    "star_forming_probability": {
+        "units": "1",
+        "long_name": "probability that the pixel forms stars above the detection floor (last 100 Myr)",
+    },
 }
 
 

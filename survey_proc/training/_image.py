@@ -22,7 +22,8 @@ from survey_proc.training._fit import FitState
 from survey_proc.training._galaxies import GalaxySet, GalaxySetConfig, holdout_pixels, prepared_galaxies
 from survey_proc.training._phot_arch import ExportedImageModel, ImageUNet, receptive_radius
 from survey_proc.training._phot_evaluate import evaluate_sets, scored_pixels
-from survey_proc.training._phot_trainer import PhotometricTrainer, masked_error_scale, standardise
+from survey_proc.training._phot_trainer import PhotometricTrainer, masked_error_scale, masked_nll, standardise
+from survey_proc.training._star_forming import PROBABILITY, conditional_targets, masked_bce, output_entries
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class ImageTrainer(PhotometricTrainer):
         )
         self.label_mean, self.label_std = standardise(data.labels[tr])
         y_all = ((data.labels - self.label_mean) / self.label_std).astype(np.float32).transpose(0, 3, 1, 2)
+        if cfg.star_forming:  # the SFR only where the pixel forms stars, and whether it does
+            y_all = conditional_targets(y_all, data.labels, self.names)
         self.hold = holdout_pixels(data.flux.shape[:3], tr, cfg.pixel_holdout, cfg.seed)  # Set A
         self.y_fit = np.where(self.hold[:, None], np.float32(np.nan), y_all)  # held-out pixels: no loss
         rng = np.random.default_rng([cfg.seed, 99])
@@ -79,9 +82,25 @@ class ImageTrainer(PhotometricTrainer):
         """What :class:`ImageInputSpec` gives: flux, error and mask per band, and the redshift if asked."""
         return 3 * len(self.galaxies.filters) + (1 if self.cfg.redshift_input else 0)
 
+    @property
+    def probabilities(self) -> list[str]:
+        """The logistic outputs after the labels' (``star_forming``: one)."""
+        return [PROBABILITY] if self.cfg.star_forming else []
+
     def _unet(self) -> ImageUNet:
         n_bands = len(self.galaxies.filters)
-        return ImageUNet(self._in_channels, len(self.names), n_bands=n_bands, **self.cfg.arch_kwargs)
+        n_out = len(self.names) + len(self.probabilities)
+        return ImageUNet(self._in_channels, n_out, n_bands=n_bands, **self.cfg.arch_kwargs)
+
+    def loss(self, net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The labels' Gaussian NLL, plus the binary cross-entropy of the logistic outputs."""
+        mean, log_var = net(xb)[:2]
+        k = len(self.names)
+        loss = masked_nll(mean[:, :k], log_var[:, :k], yb[:, :k])
+        return loss + masked_bce(mean[:, k:], yb[:, k:]) if self.probabilities else loss
+
+    def output_entries(self) -> dict[str, dict]:
+        return output_entries(self.names) if self.cfg.star_forming else super().output_entries()
 
     def network(self) -> nn.Module:
         return self.net
@@ -106,11 +125,12 @@ class ImageTrainer(PhotometricTrainer):
             rng = np.random.default_rng([cfg.seed, 98])
             x_ref, _ = _image_inputs(ref_set, self.spec, rng, cfg.galaxies.mask_fraction)
             _, _, fr = net(torch.from_numpy(x_ref))
-        y = _per_pixel(self.y_val)
+        k = len(self.names)
+        m, lv, y = _per_pixel(m)[:, :k], _per_pixel(lv)[:, :k], _per_pixel(self.y_val)[:, :k]
         truth = {n: y[:, i] * self.label_std[i] + self.label_mean[i] for i, n in enumerate(self.names)}
         reported = self.snr_val.reshape(-1) >= cfg.min_snr  # the pixels the engine reports
         select = np.stack([scored_pixels(truth, n, reported) for n in self.names], axis=1)
-        err_scale = masked_error_scale(_per_pixel(m), _per_pixel(lv), y, select)
+        err_scale = masked_error_scale(m, lv, y, select)
         sub = np.random.default_rng(5).permutation(_per_pixel(fv).shape[0])[:N_THRESHOLD_PIXELS]
         return Calibration(err_scale, *novelty_stats(_per_pixel(fr.numpy()), _per_pixel(fv)[sub], cfg.ood_quantile))
 
@@ -125,6 +145,7 @@ class ImageTrainer(PhotometricTrainer):
             feat_prec,
             err_scale,
             ImageUNet.multiple,
+            self.probabilities,
         )
         n_samples = int(self.train_idx.size * self.galaxies.flux.shape[1] ** 2)
         return self.save_bundle(module, net, calibration, state, n_samples=n_samples, batch_size=1)

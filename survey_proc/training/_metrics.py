@@ -31,3 +31,16 @@ def score_predictions(
             entry["coverage_95"] = float(np.mean(np.abs(d) <= 1.96 * e)) if d.size else float("nan")
         out[name] = entry
     return out
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for telling ``positive`` from the rest (Mann-Whitney, ties
+    halved); NaN where either class is empty."""
+    from scipy.stats import rankdata
+
+    score, positive = np.asarray(score, float), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -157,7 +157,8 @@ def receptive_radius(net: nn.Module, in_channels: int, size: int = 96) -> int:
 
 class ExportedImageModel(nn.Module):
     """TorchScript image model: (B, C, H, W) -> one row per pixel (raster order) of every output,
-    its ``_err`` and a per-pixel ``ood_score``; pads to the U-Net's multiple and crops back."""
+    its ``_err``, a per-pixel ``ood_score`` and the ``probabilities`` (sigmoids of the channels after the
+    labels', no error); pads to the U-Net's multiple and crops back."""
 
     def __init__(
         self,
@@ -169,10 +170,14 @@ class ExportedImageModel(nn.Module):
         feat_prec: torch.Tensor,
         err_scale: torch.Tensor,
         multiple: int,
+        probabilities: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.names = names
+        self.n_values = len(names)
+        # one list, never empty (TorchScript cannot type an empty one): the labels, then the probabilities
+        self.channels = list(names) + list(probabilities or [])
         self.multiple = multiple
         self.register_buffer("label_mean", label_mean.float().view(1, -1, 1, 1))
         self.register_buffer("label_std", label_std.float().view(1, -1, 1, 1))
@@ -185,8 +190,9 @@ class ExportedImageModel(nn.Module):
         ph = (self.multiple - h % self.multiple) % self.multiple
         pw = (self.multiple - w % self.multiple) % self.multiple
         mean, log_var, feat = self.net(F.pad(x, [0, pw, 0, ph]))
-        value = mean[:, :, :h, :w] * self.label_std + self.label_mean
-        err = torch.exp(0.5 * log_var[:, :, :h, :w]) * self.label_std * self.err_scale
+        k = self.n_values
+        value = mean[:, :k, :h, :w] * self.label_std + self.label_mean
+        err = torch.exp(0.5 * log_var[:, :k, :h, :w]) * self.label_std * self.err_scale
         f = feat[:, :, :h, :w].permute(0, 2, 3, 1).reshape(-1, feat.shape[1])
         d = f - self.feat_mean
         out: dict[str, torch.Tensor] = {
@@ -195,4 +201,6 @@ class ExportedImageModel(nn.Module):
         for i, name in enumerate(self.names):
             out[name] = value[:, i].reshape(-1)
             out[name + "_err"] = err[:, i].reshape(-1)
+        for j in range(k, len(self.channels)):  # logistic outputs after the labels
+            out[self.channels[j]] = torch.sigmoid(mean[:, j, :h, :w]).reshape(-1)
         return out

@@ -42,13 +42,12 @@ from survey_proc.training._galaxies import (
     synthesise_galaxies,
 )
 from survey_proc.training._phot_trainer import PhotTrainConfig, metrics_by_snr
+from survey_proc.training._star_forming import PROBABILITY, SFR_SCORED_FROM, classification_scores
 
 log = logging.getLogger(__name__)
 
 #: the seed offset of Set B galaxies (training draws its galaxies from the config's seed)
 SET_B_SEED_OFFSET = 4_000_037
-#: the truth above which a star-formation-rate density is scored: the detection floor itself
-SFR_SCORED_FROM = float(np.log10(2 * SFR_FLOOR))
 
 #: what the papers report, for the tables beside ours
 PAPERS = {
@@ -124,6 +123,8 @@ def score_set(
         )
         for label, block in by_snr.items():
             out.setdefault(label, {})[name] = block[name]
+    if PROBABILITY in p.pred:  # a star_forming model: how well it tells where stars form
+        out["star_forming"] = classification_scores(p.pred[PROBABILITY][base], p.truth[SFR_LABEL][base])
     out["min_snr"] = min_snr
     return out
 
@@ -269,4 +270,25 @@ def format_photometric(result: dict[str, Any]) -> str:
                     f"{m['robust_sigma']:.3f} | {m.get('coverage_68', float('nan')):.2f} | "
                     f"{m.get('coverage_95', float('nan')):.2f} | {paper.get(set_name, '')} |"
                 )
-    return "\n".join(lines)
+    return "\n".join(lines + _star_forming_lines(result))
+
+
+def _star_forming_lines(result: dict[str, Any]) -> list[str]:
+    """A second table for a model with ``star_forming_probability``: how well it finds star formation."""
+    rows = [
+        f"| {key} | {set_name[-1].upper()} | {c['n']} | {c['star_forming_share']:.2f} | {c['mean_probability']:.2f} "
+        f"| {c['auc']:.3f} | {c['brier']:.3f} | {c['accuracy']:.3f} |"
+        for key, sets in result["snr"].items()
+        for set_name, block in sets.items()
+        if (c := block.get("star_forming")) and c.get("n")
+    ]
+    if not rows:
+        return []
+    head = [
+        "",
+        f"{PROBABILITY} against star formation above the floor (truth >= {10**SFR_SCORED_FROM:g} Msun/yr/kpc2):",
+        "",
+        "| S/N | set | n | star-forming share | mean probability | ROC AUC | Brier | accuracy at 0.5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return head + rows

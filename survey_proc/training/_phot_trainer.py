@@ -48,6 +48,9 @@ class PhotTrainConfig:
     redshift_input: float = 0.0  #: > 0 adds the redshift (times this) as an input channel
     flux_jitter: float = 0.0  #: sed: training fluxes scaled by 1 + this x N(0, 1) per band and pixel
     line_mask: bool = False  #: sed: bands holding a strong nebular line are masked (preprocess._lines)
+    #: image: log_sfr_surface_density is learnt where the pixel forms stars (truth above the scored floor)
+    #: only, and a ``star_forming_probability`` output says how likely that is (:mod:`._star_forming`)
+    star_forming: bool = False
     epochs: int = 25
     batch_size: int = 512
     lr: float = 2e-3
@@ -145,13 +148,17 @@ class PhotometricTrainer(Trainer):
             name=cfg.name,
             description=cfg.description,
             input_spec=self.spec,
-            outputs={n: {**property_attrs(n), "error": True} for n in self.names},
+            outputs=self.output_entries(),
             flags={"OUT_OF_DISTRIBUTION": ood},
             min_snr=cfg.min_snr,
             batch_size=batch_size,
             training=self._training_record(net, calibration, state, n_samples),
         )
         return bundle
+
+    def output_entries(self) -> dict[str, dict]:
+        """The manifest's outputs: every label, with an error."""
+        return {n: {**property_attrs(n), "error": True} for n in self.names}
 
     def _training_record(self, net: nn.Module, calibration: Calibration, state: FitState, n_samples: int) -> dict:
         cfg = self.cfg
@@ -172,11 +179,12 @@ class PhotometricTrainer(Trainer):
 
 def masked_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """:func:`gaussian_nll` (summed over outputs, axis 1; averaged over samples and pixels) of the finite
-    targets only: pixels whose labels are NaN (held out as Set A) add nothing and are not counted."""
+    targets only: pixels whose labels are NaN (held out as Set A) add nothing and are not counted; a
+    pixel with some labels NaN (a quiescent pixel's SFR under ``star_forming``) counts once, for the rest."""
     ok = torch.isfinite(target)
     t = torch.where(ok, target, mean.detach())
     per = torch.where(ok, 0.5 * (log_var + (t - mean) ** 2 * torch.exp(-log_var)), torch.zeros_like(mean))
-    return per.sum() / ok.all(dim=1).sum().clamp(min=1)
+    return per.sum() / ok.any(dim=1).sum().clamp(min=1)
 
 
 def masked_error_scale(mean: np.ndarray, log_var: np.ndarray, target: np.ndarray, select: np.ndarray) -> np.ndarray:
