@@ -11,10 +11,11 @@ galaxy and epoch (as the U-Net is) and scored at S/N 30, with and without the re
 on the image model's own input encodings: its raw channels (asinh fluxes and errors, masks) and the same
 turned into colours (``_phot_arch.colour_transform``). Two more, for Sigma_SFR, ask whether a pixel's
 surroundings hold what the pixel lacks: its inputs plus the whole galaxy's integrated colours, or plus
-its colours smoothed over 3 pixels. Each variant is trained ``--seeds`` times (default two): one
-training can land a few hundredths of a dex from another. It is a yardstick for the image model, not a
-model: where it beats the U-Net, the U-Net is short of fitting; where even noise-free it misses a
-target, the pixels do not carry what the target asks.
+its colours smoothed over 3 pixels; and two, noise-free and noisy, train it only on the pixels that form
+stars (the ones scored), as the hurdle model ``ugriz-maps`` is trained. Each variant is trained
+``--seeds`` times (default two): one training can land a few hundredths of a dex from another. It is a
+yardstick for the image model, not a model: where it beats the U-Net, the U-Net is short of fitting;
+where even noise-free it misses a target, the pixels do not carry what the target asks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from survey_proc.training._galaxies import GalaxySet, synthesise_galaxies
 from survey_proc.training._phot_arch import colour_transform
 from survey_proc.training._phot_evaluate import scored_pixels
 from survey_proc.training._phot_trainer import PhotTrainConfig
+from survey_proc.training._star_forming import star_forming
 
 log = logging.getLogger("benchmarks.pixel_information")
 
@@ -47,18 +49,28 @@ log = logging.getLogger("benchmarks.pixel_information")
 CONFIG = Path(survey_proc.training.__file__).parent / "configs" / "ugriz-maps.yaml"
 
 TARGETS = ("log_mass_surface_density", "log_sfr_surface_density")
-#: (name, noise in training, redshift as an input, input encoding)
+#: (name, noise in training, redshift as an input, input encoding, trained on star-forming pixels only)
 VARIANTS = (
-    ("noise-free", False, True, "log"),
-    ("S/N 1-100, scored at 30", True, True, "log"),
-    ("S/N 1-100, scored at 30, no redshift", True, False, "log"),
-    ("S/N 1-100, scored at 30, raw asinh inputs", True, True, "asinh"),
-    ("S/N 1-100, scored at 30, asinh colours", True, True, "colour"),
-    ("S/N 1-100, scored at 30, + the galaxy's integrated colours", True, True, "log+galaxy"),
-    ("S/N 1-100, scored at 30, + colours smoothed over 3 px", True, True, "log+local"),
+    ("noise-free", False, True, "log", False),
+    ("S/N 1-100, scored at 30", True, True, "log", False),
+    ("S/N 1-100, scored at 30, no redshift", True, False, "log", False),
+    ("S/N 1-100, scored at 30, raw asinh inputs", True, True, "asinh", False),
+    ("S/N 1-100, scored at 30, asinh colours", True, True, "colour", False),
+    ("S/N 1-100, scored at 30, + the galaxy's integrated colours", True, True, "log+galaxy", False),
+    ("S/N 1-100, scored at 30, + colours smoothed over 3 px", True, True, "log+local", False),
+    ("noise-free, trained where stars form", False, True, "log", True),
+    ("S/N 1-100, scored at 30, trained where stars form", True, True, "log", True),
 )
 #: the variants that ask whether context (beyond the pixel) holds more: scored on Sigma_SFR only
 CONTEXT = ("log+galaxy", "log+local")
+
+
+def sfr_only(variant: tuple) -> bool:
+    """Whether a variant is asked of Sigma_SFR alone: the context ones, and those trained, as the hurdle
+    model ``ugriz-maps`` is, only on the pixels that form stars (the ones scored)."""
+    return variant[3] in CONTEXT or variant[4]
+
+
 #: the Gaussian sigma (pixels) of the smoothed colours of ``log+local``
 LOCAL_SIGMA = 3.0
 #: the r band: colours are taken against it
@@ -110,12 +122,22 @@ def _image_spec():
 
 
 def train_mlp(
-    data: GalaxySet, target: int, noisy: bool, with_z: bool, epochs: int, seed: int, encoding: str = "log"
+    data: GalaxySet,
+    target: int,
+    noisy: bool,
+    with_z: bool,
+    epochs: int,
+    seed: int,
+    encoding: str = "log",
+    star_forming_only: bool = False,
 ) -> tuple:
-    """The MLP and the target's (mean, std) after ``epochs`` passes over the pixels with expected S/N >= 3."""
+    """The MLP and the target's (mean, std) after ``epochs`` passes over the pixels with expected S/N >= 3
+    (and, with ``star_forming_only``, a true Sigma_SFR at least twice the floor)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     good = data.expected_snr() >= 3.0
+    if star_forming_only:
+        good &= star_forming(data.labels[..., target])
     y = data.labels[..., target][good]
     mu, sd = float(y.mean()), float(y.std())
     yt = torch.from_numpy(((y - mu) / sd).astype(np.float32))
@@ -189,15 +211,16 @@ def main(argv: list[str] | None = None) -> dict:
     test = synthesise_galaxies(test_cfg, lib, labels).at_snr(30.0)
     rows = []
     for name in TARGETS:
-        for variant, noisy, with_z, encoding in VARIANTS:
-            if encoding in CONTEXT and name != "log_sfr_surface_density":
+        for variant in VARIANTS:
+            if sfr_only(variant) and name != "log_sfr_surface_density":
                 continue
+            label, noisy, with_z, encoding, sf = variant
             k = labels.index(name)
             for seed in args.seeds:
-                net, mu, sd = train_mlp(train, k, noisy, with_z, args.epochs, seed=seed, encoding=encoding)
+                net, mu, sd = train_mlp(train, k, noisy, with_z, args.epochs, seed, encoding, star_forming_only=sf)
                 scores = score(net, mu, sd, test, k, name, noisy, with_z, args.seed, encoding)
-                rows.append({"target": name, "variant": variant, "mlp_seed": seed, **scores})
-                log.info(f"{name} {variant}: {rows[-1]}")
+                rows.append({"target": name, "variant": label, "mlp_seed": seed, **scores})
+                log.info(f"{name} {label}: {rows[-1]}")
     report = record(
         "pixel_information", argv, train_galaxies=args.train, test_galaxies=args.test, test_seed=args.seed,
         epochs=args.epochs, mlp_seeds=args.seeds, snr=30.0, seconds=round(time.perf_counter() - started, 1),

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from benchmarks.pixel_information import CONTEXT, TARGETS, VARIANTS, features, main, score
+from benchmarks.pixel_information import TARGETS, VARIANTS, features, main, score, sfr_only
 
 
 def test_features_are_colours_errors_and_the_redshift_when_asked():
@@ -72,7 +72,7 @@ def test_a_small_run_writes_json_markdown_and_png(tmp_path):
     report = main(["--train", "6", "--test", "2", "--epochs", "1", "--seeds", "0", "1", "--json", str(path)])
     assert json.loads(path.read_text())["rows"] == report["rows"]
     assert path.with_suffix(".md").exists() and path.with_suffix(".png").stat().st_size > 0
-    asked = {(t, v[0]) for t in TARGETS for v in VARIANTS if v[3] not in CONTEXT or t == "log_sfr_surface_density"}
+    asked = {(t, v[0]) for t in TARGETS for v in VARIANTS if not sfr_only(v) or t == "log_sfr_surface_density"}
     assert {(r["target"], r["variant"]) for r in report["rows"]} == asked
     assert len(report["rows"]) == 2 * len(asked) and {r["mlp_seed"] for r in report["rows"]} == {0, 1}
     assert all(r["n"] > 0 and np.isfinite(r["robust_sigma"]) for r in report["rows"])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from survey_proc.synth import SFR_SCORED_FROM
 from survey_proc.training._phot_trainer import masked_nll
 from survey_proc.training._star_forming import (
     PROBABILITY,
-    SFR_SCORED_FROM,
     classification_scores,
     conditional_targets,
     masked_bce,
@@ -70,4 +70,56 @@ def test_manifest_entries_say_what_the_sfr_and_the_probability_mean():
     out = output_entries(["log_mass_surface_density", "log_sfr_surface_density"])
     assert out[PROBABILITY]["error"] is False and out["log_sfr_surface_density"]["error"] is True
     assert "if the pixel forms stars" in out["log_sfr_surface_density"]["long_name"]
-    assert "0.000632456" in out[PROBABILITY]["long_name"]
+    assert "0.000316 Msun/yr/kpc2 or more" in out[PROBABILITY]["long_name"]  # Sigma_SFR >= the floor
+
+
+def test_star_forming_needs_an_image_model_with_the_sfr_label():
+    from survey_proc.training import PhotTrainConfig
+
+    with pytest.raises(ValueError, match="star_forming needs kind: image and log_sfr_surface_density"):
+        PhotTrainConfig.from_dict({"kind": "sed", "star_forming": True})
+    with pytest.raises(ValueError, match="among the labels"):
+        PhotTrainConfig.from_dict({"kind": "image", "labels": ["log_mass_surface_density"], "star_forming": True})
+
+
+def test_error_scale_of_few_pixels_skips_the_hidden_sfr():
+    from survey_proc.training._phot_trainer import masked_error_scale
+
+    rng = np.random.default_rng(2)
+    mean, log_var = rng.normal(size=(50, 2)), np.zeros((50, 2))
+    target = mean + rng.normal(size=(50, 2))
+    target[::2, 1] = np.nan  # quiescent pixels: their SFR hidden
+    scale = masked_error_scale(mean, log_var, target, np.zeros((50, 2), bool))  # too few selected: fall back
+    assert np.isfinite(scale).all() and (scale > 0).all()
+
+
+def test_packaged_configs_digest_as_their_bundles_recorded():
+    """Options added after a bundle was trained leave its digest (and a checkpoint's resume) alone."""
+    import json
+
+    from survey_proc.estimators import PACKAGED
+    from survey_proc.training import PhotTrainConfig
+
+    for name in ("narrowband", "ugriz-maps"):
+        training = json.loads((PACKAGED / name / "manifest.json").read_text())["training"]
+        assert PhotTrainConfig.from_dict(training["config"]).digest() == training["config_digest"], name
+
+
+def test_accuracy_against_truth_compares_the_conditional_sfr_where_stars_form():
+    import xarray as xr
+
+    from survey_proc.analysis import accuracy_vs_truth
+
+    truth_sfr = np.array([[-3.5, -3.5], [-2.0, -1.0]])  # two quiescent pixels at the floor
+    maps = xr.Dataset(
+        {
+            "log_sfr_surface_density": (("y", "x"), np.array([[-2.5, -2.5], [-2.0, -1.0]])),
+            "flag": (("y", "x"), np.zeros((2, 2), np.int32)),
+        }
+    )
+    truth = xr.Dataset({"log_sfr_surface_density": (("y", "x"), truth_sfr)})
+    plain = accuracy_vs_truth(maps, truth, ["log_sfr_surface_density"]).properties["log_sfr_surface_density"]
+    maps["star_forming_probability"] = (("y", "x"), np.array([[0.1, 0.1], [0.9, 0.9]]))
+    hurdle = accuracy_vs_truth(maps, truth, ["log_sfr_surface_density"]).properties["log_sfr_surface_density"]
+    assert plain.n == 4 and plain.bias > 0  # the rate-if-forming, against the floor: a false bias
+    assert hurdle.n == 2 and hurdle.bias == 0.0

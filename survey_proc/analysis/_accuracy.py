@@ -12,6 +12,7 @@ import xarray as xr
 
 from survey_proc.figures import colormap, pyplot, save_figure
 from survey_proc.stores import robust_sigma
+from survey_proc.synth import SFR_SCORED_FROM
 
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
 
@@ -49,6 +50,15 @@ class Accuracy:
         return head | {name: acc.to_json() for name, acc in self.properties.items()}
 
 
+def compared_pixels(maps: xr.Dataset, truth: xr.Dataset, name: str) -> np.ndarray | bool:
+    """Where ``name`` can be compared with the truth: everywhere, but for the SFR density of a model that
+    maps it where stars form (it has ``star_forming_probability``): there, the truth's star-forming pixels."""
+    if name != "log_sfr_surface_density" or "star_forming_probability" not in maps:
+        return True
+    with np.errstate(invalid="ignore"):
+        return np.asarray(truth[name].values) >= SFR_SCORED_FROM
+
+
 def _property_accuracy(
     pred: np.ndarray, true: np.ndarray, good: np.ndarray, units: str = "", err: np.ndarray | None = None
 ) -> PropertyAccuracy:
@@ -76,7 +86,8 @@ def accuracy_vs_truth(
 
     Only spaxels with ``flag == 0`` count when ``good_only``; the result also says how many were
     used and the flagged fraction, and the 68 % interval coverage where ``<name>_err`` exists.
-    Properties missing from either dataset are left out.
+    Properties missing from either dataset are left out. A map that is the SFR *where stars form*
+    (beside a ``star_forming_probability``) is compared only where the truth forms stars.
     """
     flag = np.asarray(maps["flag"].values)
     good = flag == 0 if good_only else np.ones(flag.shape, bool)
@@ -84,7 +95,7 @@ def accuracy_vs_truth(
         name: _property_accuracy(
             maps[name].values,
             truth[name].values,
-            good,
+            good & compared_pixels(maps, truth, name),
             maps[name].attrs.get("units", ""),
             maps[f"{name}_err"].values if f"{name}_err" in maps else None,
         )
@@ -108,7 +119,9 @@ def plot_maps_vs_truth(
     fig, axes = plt.subplots(len(names), 4, figsize=(14, 3.1 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
         true = np.asarray(truth[name].values, np.float64)
-        shown = np.where(flag == 0, np.asarray(maps[name].values, np.float64), np.nan)
+        shown = np.where(
+            (flag == 0) & compared_pixels(maps, truth, name), np.asarray(maps[name].values, np.float64), np.nan
+        )
         _plot_property_row(fig, row, name, true, shown, maps[name].attrs.get("units", ""))
     if title:
         fig.suptitle(title, fontsize=10)

@@ -3,6 +3,7 @@
 from survey_proc.synth._mock import (
     LIKE,
     SFR_FLOOR,
+    SFR_SCORED_FROM,
     GalaxyMaps,
     GalaxyParams,
     MockConfig,
@@ -64,6 +65,7 @@ __all__ = [
     "LINE_SETS",
     "MOCK_FLUX_UNITS",
     "SFR_FLOOR",
+    "SFR_SCORED_FROM",
     "SKY_LINES",
     "BandIntegrals",
     "BandPhotometry",

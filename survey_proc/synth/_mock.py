@@ -335,6 +335,9 @@ KENNICUTT_HALPHA = 7.9e-42
 #: the detection floor of star formation in the mocks (M_sun/yr/kpc2): log_sfr_surface_density is
 #: log10(Sigma_SFR + floor), so pixels without young stars sit at log10(floor) and are not scored
 SFR_FLOOR = 10**-3.5
+#: the truth from which a pixel counts as star forming, and its SFR is scored: log10(2 x floor), i.e.
+#: Sigma_SFR at least the floor
+SFR_SCORED_FROM = float(np.log10(2 * SFR_FLOOR))
 
 
 def halpha_equivalent_width(weights: np.ndarray, lib: SSPLibrary, redshift: float) -> np.ndarray:

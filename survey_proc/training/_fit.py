@@ -242,7 +242,7 @@ def plot_history(history: list[EpochRecord], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [h.epoch for h in history]
     ax.plot(ep, [h.train_loss for h in history], label="training (fresh noise each epoch)")
-    ax.plot(ep, [h.val_loss for h in history], label="validation (label NLL)")
+    ax.plot(ep, [h.val_loss for h in history], label="validation (the same objective)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()

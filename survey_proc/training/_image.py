@@ -100,6 +100,7 @@ class ImageTrainer(PhotometricTrainer):
         return loss + masked_bce(mean[:, k:], yb[:, k:]) if self.probabilities else loss
 
     def output_entries(self) -> dict[str, dict]:
+        """The labels, and with ``star_forming`` the SFR read as the rate where stars form and the probability."""
         return output_entries(self.names) if self.cfg.star_forming else super().output_entries()
 
     def network(self) -> nn.Module:

@@ -13,7 +13,9 @@ the brightest pixel, as ``survey-proc mock --snr``) with one noise draw, and pre
 exported file and the engine's own preprocessing, one galaxy at a time. Scores per property: median
 bias, robust sigma and the coverage of the 68 % and 95 % intervals, over the pixels the engine
 would report (fitted, median band S/N >= the model's ``min_snr``); the star-formation-rate density
-only where the truth is above the mocks' detection floor.
+only where the truth is above the mocks' detection floor. A model with ``star_forming_probability``
+(an image model's ``star_forming`` hurdle) is also scored on how well that tells the star-forming
+pixels from the rest (ROC AUC, Brier score, accuracy, reliability).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from survey_proc.estimators import Estimator, load_estimator
 from survey_proc.figures import save_figure
 from survey_proc.ssp import SSPLibrary, load_ssp_library
 from survey_proc.stores import robust_sigma
-from survey_proc.synth import SFR_FLOOR
+from survey_proc.synth import SFR_FLOOR, SFR_SCORED_FROM
 from survey_proc.training._bundle import add_held_out_metrics
 from survey_proc.training._galaxies import (
     SFR_LABEL,
@@ -42,7 +44,7 @@ from survey_proc.training._galaxies import (
     synthesise_galaxies,
 )
 from survey_proc.training._phot_trainer import PhotTrainConfig, metrics_by_snr
-from survey_proc.training._star_forming import PROBABILITY, SFR_SCORED_FROM, classification_scores
+from survey_proc.training._star_forming import PROBABILITY, classification_scores
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,8 @@ def score_set(
         for label, block in by_snr.items():
             out.setdefault(label, {})[name] = block[name]
     if PROBABILITY in p.pred:  # a star_forming model: how well it tells where stars form
-        out["star_forming"] = classification_scores(p.pred[PROBABILITY][base], p.truth[SFR_LABEL][base])
+        reported = base & (p.snr >= min_snr)  # the pixels the engine reports, as the labels' scores
+        out["star_forming"] = classification_scores(p.pred[PROBABILITY][reported], p.truth[SFR_LABEL][reported])
     out["min_snr"] = min_snr
     return out
 
@@ -286,7 +289,7 @@ def _star_forming_lines(result: dict[str, Any]) -> list[str]:
         return []
     head = [
         "",
-        f"{PROBABILITY} against star formation above the floor (truth >= {10**SFR_SCORED_FROM:g} Msun/yr/kpc2):",
+        f"{PROBABILITY} against star formation at the floor or more (true Sigma_SFR >= {SFR_FLOOR:.3g} Msun/yr/kpc2):",
         "",
         "| S/N | set | n | star-forming share | mean probability | ROC AUC | Brier | accuracy at 0.5 |",
         "|---|---|---|---|---|---|---|---|",

@@ -23,10 +23,14 @@ from survey_proc.stores import property_attrs
 from survey_proc.training._bundle import save_model, write_manifest
 from survey_proc.training._calibration import Calibration, error_scale
 from survey_proc.training._fit import FitState, Trainer
-from survey_proc.training._galaxies import GalaxySetConfig, split_galaxies, synthesise_galaxies
+from survey_proc.training._galaxies import SFR_LABEL, GalaxySetConfig, split_galaxies, synthesise_galaxies
 from survey_proc.training._metrics import score_predictions
 
 log = logging.getLogger(__name__)
+
+
+#: options added after bundles were shipped, with their defaults: left out of the digest at those
+LATER_OPTIONS = {"line_mask": False, "star_forming": False}
 
 
 @dataclass
@@ -69,6 +73,11 @@ class PhotTrainConfig:
         galaxies = GalaxySetConfig(**dataclass_options(GalaxySetConfig, raw.pop("galaxies", None), "galaxies"))
         if raw.get("kind", "sed") not in ("sed", "image"):
             raise ValueError(f"kind must be sed or image, not {raw.get('kind')!r}")
+        if raw.get("star_forming") and (raw.get("kind", "sed") != "image" or SFR_LABEL not in raw.get("labels", ())):
+            raise ValueError(
+                f"star_forming needs kind: image and {SFR_LABEL} among the labels (it learns that label only where "
+                "stars form, and a probability beside it)"
+            )
         return cls(galaxies=galaxies, **raw)
 
     @classmethod
@@ -76,14 +85,17 @@ class PhotTrainConfig:
         return cls.from_dict(read_yaml(path))
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """16 hex digits of the config; options added later are left out while at their defaults, so a
+        config (and its checkpoint) digests as it did before they existed."""
+        raw = {k: v for k, v in asdict(self).items() if not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
+        return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class PhotometricTrainer(Trainer):
     """A photometric model trained on mock galaxies: :meth:`data` draws the galaxies and splits them
     (training, validation, test: whole galaxies), then :meth:`prepare` readies the data of the
-    kind. The objective is the Gaussian NLL of every output; the manifest, the training record and
-    the held-out note are common."""
+    kind. The objective is the Gaussian NLL of every label (an image model's ``star_forming`` adds a
+    logistic output's cross-entropy); the manifest, the training record and the held-out note are common."""
 
     #: validation samples per forward pass
     val_batch = 4096
@@ -157,7 +169,7 @@ class PhotometricTrainer(Trainer):
         return bundle
 
     def output_entries(self) -> dict[str, dict]:
-        """The manifest's outputs: every label, with an error."""
+        """The manifest's outputs: every label, with an error (an image model may add its probabilities)."""
         return {n: {**property_attrs(n), "error": True} for n in self.names}
 
     def _training_record(self, net: nn.Module, calibration: Calibration, state: FitState, n_samples: int) -> dict:
@@ -192,7 +204,7 @@ def masked_error_scale(mean: np.ndarray, log_var: np.ndarray, target: np.ndarray
     fewer than 100 are selected)."""
     out = np.empty(mean.shape[1])
     for j in range(mean.shape[1]):
-        rows = select[:, j] if select[:, j].sum() >= 100 else slice(None)
+        rows = select[:, j] if select[:, j].sum() >= 100 else np.isfinite(target[:, j])  # not hidden labels
         out[j] = error_scale(mean[rows, j : j + 1], log_var[rows, j : j + 1], target[rows, j : j + 1])[0]
     return out
 

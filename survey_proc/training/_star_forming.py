@@ -20,15 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from survey_proc.stores import property_attrs
-from survey_proc.synth import SFR_FLOOR
+from survey_proc.synth import SFR_FLOOR, SFR_SCORED_FROM
 from survey_proc.training._galaxies import SFR_LABEL
 from survey_proc.training._metrics import roc_auc
 
 #: the map of the probability that a pixel forms stars above the floor
 PROBABILITY = "star_forming_probability"
-#: the truth above which a star-formation-rate density counts as star forming (and is scored): twice
-#: the mocks' detection floor
-SFR_SCORED_FROM = float(np.log10(2 * SFR_FLOOR))
 #: probability bins of the reliability table
 RELIABILITY_BINS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 
@@ -41,7 +38,7 @@ def output_entries(names: list[str]) -> dict[str, dict]:
         "star-formation-rate surface density over the last 100 Myr, if the pixel forms stars above the "
         f"detection floor (see {PROBABILITY})"
     )
-    floor = f"probability that the pixel forms stars above {2 * SFR_FLOOR:g} Msun/yr/kpc2 (last 100 Myr)"
+    floor = f"probability that the pixel forms stars at {SFR_FLOOR:.3g} Msun/yr/kpc2 or more (last 100 Myr)"
     out[PROBABILITY] = {**property_attrs(PROBABILITY, long_name=floor), "error": False}
     return out
 
