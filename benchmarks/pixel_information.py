@@ -268,18 +268,18 @@ def figure(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(13, 4))
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.6]})
     for ax, name in zip(axes, TARGETS):
         groups = {v: [r["robust_sigma"] for r in rs] for (t, v), rs in _grouped(report["rows"]).items() if t == name}
         mean = np.array([np.mean(s) for s in groups.values()])
         spread = np.array([[mean[i] - min(s), max(s) - mean[i]] for i, s in enumerate(groups.values())]).T
-        labels = [v.replace(", ", "\n") for v in groups]
-        ax.bar(labels, mean, yerr=spread, capsize=3, color="tab:blue")
-        ax.axhline(0.10 if name.startswith("log_mass") else 0.25, color="k", ls="--", lw=1, label="issue 20 target")
+        rows = np.arange(len(groups))[::-1]  # the first variant on top; long names read across
+        ax.barh(rows, mean, xerr=spread, capsize=3, color="tab:blue")
+        ax.set_yticks(rows, list(groups), fontsize=7)
+        ax.axvline(0.10 if name.startswith("log_mass") else 0.25, color="k", ls="--", lw=1, label="issue 20 target")
         ax.set_title(name, fontsize=9)
-        ax.set_ylabel("robust σ (dex) on new galaxies")
-        ax.tick_params(axis="x", labelsize=7)
-        ax.legend(fontsize=7)
+        ax.set_xlabel("robust σ (dex) on new galaxies")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Per-pixel MLP on ugriz, S/N 30", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
