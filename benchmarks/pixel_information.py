@@ -36,12 +36,12 @@ from benchmarks._records import record, write_record
 from survey_proc.estimators import load_manifest
 from survey_proc.ssp import load_ssp_library
 from survey_proc.stores import robust_sigma
+from survey_proc.synth import star_forming
 from survey_proc.training._fit import gaussian_nll, optimiser_step
 from survey_proc.training._galaxies import GalaxySet, synthesise_galaxies
 from survey_proc.training._phot_arch import colour_transform
 from survey_proc.training._phot_evaluate import scored_pixels
 from survey_proc.training._phot_trainer import PhotTrainConfig
-from survey_proc.training._star_forming import star_forming
 
 log = logging.getLogger("benchmarks.pixel_information")
 

@@ -87,8 +87,8 @@ def test_image_bundle_through_the_engine(ugriz_runs):
         d = (maps[name].values - truth[name].values)[good]
         assert robust_sigma(d) < bound and abs(np.median(d)) < bound, name
     # the SFR map is the rate where stars form; the probability beside it says where (AUC 0.74 at S/N 3)
+    from survey_proc.synth import star_forming
     from survey_proc.training._metrics import roc_auc
-    from survey_proc.training._star_forming import star_forming
 
     forming = star_forming(truth["log_sfr_surface_density"].values)[good]
     p = maps["star_forming_probability"].values[good]

@@ -12,7 +12,7 @@ import xarray as xr
 
 from survey_proc.figures import colormap, pyplot, save_figure
 from survey_proc.stores import robust_sigma
-from survey_proc.synth import SFR_SCORED_FROM
+from survey_proc.synth import star_forming
 
 DEFAULT_PROPERTIES = ("log_age", "metallicity", "av", "sigma")
 
@@ -55,8 +55,7 @@ def compared_pixels(maps: xr.Dataset, truth: xr.Dataset, name: str) -> np.ndarra
     maps it where stars form (it has ``star_forming_probability``): there, the truth's star-forming pixels."""
     if name != "log_sfr_surface_density" or "star_forming_probability" not in maps:
         return True
-    with np.errstate(invalid="ignore"):
-        return np.asarray(truth[name].values) >= SFR_SCORED_FROM
+    return star_forming(truth[name].values)
 
 
 def _property_accuracy(

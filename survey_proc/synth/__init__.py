@@ -11,6 +11,7 @@ from survey_proc.synth._mock import (
     galaxy_maps,
     log_mass_surface_density,
     open_truth,
+    star_forming,
     truth_dataset,
     truth_values,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "sample_training_mixtures",
     "sfr_per_light",
     "sky_line_profile",
+    "star_forming",
     "synthetic_photometry",
     "truth_dataset",
     "truth_values",

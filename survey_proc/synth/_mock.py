@@ -340,6 +340,13 @@ SFR_FLOOR = 10**-3.5
 SFR_SCORED_FROM = float(np.log10(2 * SFR_FLOOR))
 
 
+def star_forming(truth_sfr: np.ndarray) -> np.ndarray:
+    """Where a true ``log_sfr_surface_density`` counts as star forming (at least :data:`SFR_SCORED_FROM`;
+    False where NaN): the pixels whose SFR is scored, and what a ``star_forming_probability`` predicts."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(truth_sfr) >= SFR_SCORED_FROM
+
+
 def halpha_equivalent_width(weights: np.ndarray, lib: SSPLibrary, redshift: float) -> np.ndarray:
     """Observed-frame H-alpha flux per unit mean flux density in the light window (Angstrom) of the
     star formation of light-fraction grids (..., nmetal, nage), before dust: L(H-alpha) = SFR / C."""

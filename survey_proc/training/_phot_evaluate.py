@@ -33,7 +33,7 @@ from survey_proc.estimators import Estimator, load_estimator
 from survey_proc.figures import save_figure
 from survey_proc.ssp import SSPLibrary, load_ssp_library
 from survey_proc.stores import robust_sigma
-from survey_proc.synth import SFR_FLOOR, SFR_SCORED_FROM
+from survey_proc.synth import SFR_FLOOR, star_forming
 from survey_proc.training._bundle import add_held_out_metrics
 from survey_proc.training._galaxies import (
     SFR_LABEL,
@@ -107,7 +107,7 @@ def predict_galaxies(est: Estimator, data: GalaxySet, rng: np.random.Generator, 
 
 def scored_pixels(truth: dict[str, np.ndarray], name: str, base: np.ndarray) -> np.ndarray:
     """Where ``name`` is scored: ``base``, and for the star-formation-rate density the truth above the floor."""
-    return base & (truth[name] >= SFR_SCORED_FROM) if name == SFR_LABEL else base
+    return base & star_forming(truth[name]) if name == SFR_LABEL else base
 
 
 def score_set(

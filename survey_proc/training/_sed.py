@@ -154,12 +154,12 @@ def _sed_spec(
     masks the bands that hold a strong nebular line (:class:`~survey_proc.preprocess.LineMask`)."""
     filters = data.filters
     return SEDInputSpec(
-        bands=data.filters.bands,
-        pivot=tuple(float(p) for p in data.filters.pivot),
+        bands=filters.bands,
+        pivot=tuple(float(p) for p in filters.pivot),
         channels=("flux", "error", "mask") + (("redshift",) if redshift_input else ()),
         redshift_scale=float(redshift_input) or SEDInputSpec.redshift_scale,
         redshift_range=tuple(redshift_range),
-        filter_set=data.filters.name,
+        filter_set=filters.name,
         line_mask=LineMask.of_filters(filters.wave, filters.response) if line_mask else None,
-        extra={"filter_source": data.filters.provenance.get("source", "")},
+        extra={"filter_source": filters.provenance.get("source", "")},
     )

@@ -6,9 +6,10 @@ pixel, a network asked for Sigma_SFR from ugriz puts pixels it cannot place betw
 star-forming values: the star-forming pixels, the only ones scored, come out 0.19 dex low (the
 per-pixel MLP of ``benchmarks.pixel_information``: -0.16 trained on every pixel, +0.03 trained on the
 star-forming ones alone, the scatter the same). With ``star_forming`` the question is split in two, as
-a hurdle model does: ``log_sfr_surface_density`` is learnt where the pixel forms stars (truth at least
-:data:`SFR_SCORED_FROM`, the pixels it is scored on) and is read as *the rate if the pixel forms stars*;
-``star_forming_probability`` (a logistic output, binary cross-entropy) says how likely that is.
+a hurdle model does: ``log_sfr_surface_density`` is learnt where the pixel forms stars
+(:func:`survey_proc.synth.star_forming`: the pixels it is scored on) and is read as *the rate if the
+pixel forms stars*; ``star_forming_probability`` (a logistic output, binary cross-entropy) says how
+likely that is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from survey_proc.stores import property_attrs
-from survey_proc.synth import SFR_FLOOR, SFR_SCORED_FROM
+from survey_proc.synth import SFR_FLOOR, star_forming
 from survey_proc.training._galaxies import SFR_LABEL
 from survey_proc.training._metrics import roc_auc
 
@@ -43,12 +44,6 @@ def output_entries(names: list[str]) -> dict[str, dict]:
     return out
 
 
-def star_forming(truth_sfr: np.ndarray) -> np.ndarray:
-    """Where the true log Sigma_SFR counts as star forming (False where NaN)."""
-    with np.errstate(invalid="ignore"):
-        return np.asarray(truth_sfr) >= SFR_SCORED_FROM
-
-
 def conditional_targets(y: np.ndarray, labels: np.ndarray, names: list[str]) -> np.ndarray:
     """(G, K + 1, H, W) training targets from standardised ``y`` (G, K, H, W) and the raw ``labels``
     (G, H, W, K): the SFR channel NaN where the pixel forms no stars, and a last channel that is 1 where
@@ -68,7 +63,7 @@ def masked_bce(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def classification_scores(probability: np.ndarray, truth_sfr: np.ndarray) -> dict:
-    """How well ``probability`` tells star-forming pixels (truth above :data:`SFR_SCORED_FROM`) from the
+    """How well ``probability`` tells star-forming pixels (:func:`~survey_proc.synth.star_forming`) from the
     rest: ROC AUC, Brier score, accuracy at 0.5, the shares predicted and true, and the observed share in
     each probability bin (reliability: it should fall inside the bin)."""
     p = np.asarray(probability, np.float64)
