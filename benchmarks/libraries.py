@@ -83,6 +83,9 @@ class PropertyScore:
     auc_ood: float  #: NaN: no ood_score, or no spaxel off (or all off) by 2 sigma
     off_2sigma: int  #: fitted spaxels off by more than 2 sigma
     n_good: int
+    #: the two above with the total error sqrt(err^2 + sys_err^2) (NaN: the model reports no <name>_sys_err)
+    coverage_68_total: float = float("nan")
+    ok_2sigma_total: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,15 @@ def _property(maps, truth, name: str, flag: np.ndarray, fitted: np.ndarray, scor
         if score is not None:
             use = fitted & np.isfinite(diff) & np.isfinite(score)
             auc_ood = auc(score[use], off[use])
+    totals = {}
+    if err is not None and f"{name}_sys_err" in maps:
+        tot = np.hypot(err, np.asarray(maps[f"{name}_sys_err"].values, float))
+        totals = {
+            "coverage_68_total": float(np.mean(np.abs(d) <= tot[good])) if d.size else float("nan"),
+            "ok_2sigma_total": float(np.mean((flag != 0) | (np.abs(diff) <= 2 * tot))),
+        }
     result = PropertyScore(
+        **totals,
         bias=float(np.median(d)) if d.size else float("nan"),
         robust_sigma=robust_sigma(d),
         coverage_68=coverage,
@@ -317,6 +328,8 @@ DEFINITIONS = {
     "robust_sigma": "1.4826 x MAD of estimate - truth over unflagged spaxels",
     "coverage_68": "share of unflagged spaxels with |estimate - truth| <= the reported error (ideal 0.68)",
     "ok_2sigma": "share of all spaxels within twice their reported error or flagged (issue 17 asks >= 0.85)",
+    "coverage_68_total, ok_2sigma_total": "the same with the total error sqrt(<name>_err^2 + <name>_sys_err^2), "
+    "where the model reports an SSP-library systematic <name>_sys_err",
     "auc_ood": "ROC AUC of ood_score for fitted spaxels off by more than 2 reported errors vs the rest",
     "ood_flagged": "share of fitted spaxels flagged out_of_distribution",
     "flagged": "share of all spaxels with any flag bit",

@@ -64,6 +64,28 @@ def _before_after_table(report: dict, model: str) -> list[str]:
     return lines
 
 
+def _total_table(report: dict, model: str) -> list[str]:
+    """Per library, ``model``'s 68 % coverage and 2-sigma share with ``<name>_err`` alone and with the total
+    error (adding ``<name>_sys_err``); no lines where it reports no library systematic."""
+    head = "| library | role | " + " | ".join(f"{LABELS[p]} cov68 | {LABELS[p]} ok2σ" for p in PROPS[:3])
+    lines = [head + " |", "|" + "---|" * (2 + 2 * 3)]
+    for entry in report["libraries"]:
+        s = _score(entry, model, "mock")
+        if s is None or not any(np.isfinite(_num(q.get("ok_2sigma_total"))) for q in s["properties"].values()):
+            continue
+        cells = [
+            f"{_f(q.get(k))} → {_f(q.get(k + '_total'))}"
+            for q in (s["properties"].get(p, {}) for p in PROPS[:3])
+            for k in ("coverage_68", "ok_2sigma")
+        ]
+        lines.append(f"| {entry['library']['name']} | {entry['library']['role']} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
 def _property_table(report: dict, prop: str) -> list[str]:
     lines = [
         "| library | method | mock | bias | robust σ | cov68 | ok2σ | AUC ood | off 2σ | n good |",
@@ -142,6 +164,19 @@ def write_markdown(report: dict, path: Path) -> Path:
                 "only; MIUSCAT and BC03 never used).",
                 "",
                 *_before_after_table(report, model),
+                "",
+            ]
+    for model in o["models"]:
+        table = _total_table(report, model)
+        if table:
+            lines += [
+                f"## `{model}` with its SSP-library systematic ({o['size']} x {o['size']})",
+                "",
+                "`<name>_err` alone → the total error `sqrt(<name>_err² + <name>_sys_err²)`, the one to hold an "
+                "estimate to against another library's scale (`<name>_sys_err` is calibrated on the calibration "
+                "libraries only; MIUSCAT and BC03 never used).",
+                "",
+                *table,
                 "",
             ]
     for prop in PROPS:

@@ -21,12 +21,18 @@ and from E-MILES (in library), run through a copy of the bundle with any earlier
    ``survey-proc evaluate``'s (both families, S/N 30) with a seed of their own; no term beyond
    ``--max-term`` (1 dex or mag); the ramp starts at the in-library quantile of ood_score (0.5, 0.75 or 0.9)
    that serves the calibration spaxels best (:func:`choose_ramp`);
-2. a threshold on ``ood_score``: the highest at which, with the new errors, at least ``--ok-target``
+2. per property the SSP-library systematic reported on its own as ``<name>_sys_err`` (the manifest's
+   ``error_systematics.library``): the smallest constant that, added in quadrature to the errors of 1.,
+   brings the calibration spaxels' 68 % coverage to ``--coverage``; no in-library cap, since it is not
+   in ``<name>_err`` (:func:`choose_library_terms`);
+3. a threshold on ``ood_score``: the highest at which, with the new errors, at least ``--ok-target``
    (0.90) of the pooled calibration-library spaxels are within 2 sigma or flagged, for every property;
    never below the ``1 - --max-in-library-flagged`` (95 %) quantile of any in-library set (at most 5 %
    of in-library spectra flagged) and never above the model's own validation threshold.
 
-``--apply`` writes the terms into each manifest's ``error_systematics`` (read by the estimator, which
+``--library-only`` keeps each manifest's calibrated terms and threshold and measures only 2. (a
+calibration made before 2. existed, or one to leave alone: re-deriving 1. and 3. moves them a little
+from run to run). ``--apply`` writes the terms into each manifest's ``error_systematics`` (read by the estimator, which
 adds them to the errors it returns), the threshold into its ``OUT_OF_DISTRIBUTION`` rule, a record of
 how they were chosen into ``library_calibration`` (with the threshold before, which undoes it), and
 regenerates ``estimators/models/SHA256SUMS``; ``--from REPORT`` does the same with the values of an
@@ -52,6 +58,7 @@ from benchmarks.library_calibration_fit import (
     PROPERTIES,
     Options,
     Spaxels,
+    choose_library_terms,
     choose_ramp,
     library_scores,
     pooled,
@@ -198,8 +205,25 @@ def measure(model: str, cubes: dict[tuple[str, int], Path], work: Path, opts: Op
         maps = run_model(cube, manifest, work / f"{model}-{name}-{seed}.zarr")
         per.setdefault(name, []).append(Spaxels.of(name, maps, open_truth(cube)))
     out = {name: pooled(parts) for name, parts in per.items()}
-    out.update((sp.library, sp) for sp in heldout_spaxels(manifest, opts))
+    if "training" in read_manifest(manifest).raw:  # a network: also its in-library held-out spectra
+        out.update((sp.library, sp) for sp in heldout_spaxels(manifest, opts))
     return out
+
+
+def shipped_calibration(model: str, before: float) -> tuple:
+    """(terms, threshold record, ramp start, {}) of the packaged manifest as it is, for ``--library-only``
+    (a bundle without an out_of_distribution rule, the fit's: no threshold, no ramp)."""
+    manifest = read_manifest(PACKAGED / model)
+    sys = replace(manifest.error_systematics, library_terms={})
+    start = manifest.raw.get(RECORD_KEY, {}).get("ramp_start_quantile")
+    ood = {"threshold": ood_threshold(manifest.raw), "before": before, "bound": "kept (--library-only)"}
+    return sys, ood, start, {}
+
+
+def ood_threshold(raw: dict) -> float:
+    """A manifest's out_of_distribution threshold (inf: it has no such rule, as the fit's)."""
+    rules = _ood_rules(raw)
+    return float(rules[0]["threshold"]) if rules else float("inf")
 
 
 def calibrate_model(model: str, spaxels: dict[str, Spaxels], libraries: list[str], opts: Options) -> dict:
@@ -207,10 +231,16 @@ def calibrate_model(model: str, spaxels: dict[str, Spaxels], libraries: list[str
     may use). The novelty term ramps to the validation threshold from an in-library quantile of ood_score
     (:func:`choose_ramp`)."""
     raw = uncalibrated(read_manifest(PACKAGED / model).raw)
-    before = float(_ood_rules(raw)[0]["threshold"])
+    before = ood_threshold(raw)
+    if not opts.library_only and not np.isfinite(before):
+        raise ValueError(f"{model} has no out_of_distribution rule to calibrate: run it with --library-only")
     in_library = ["emiles", *(n for n in spaxels if n.startswith("emiles-heldout"))]
     cal, refs = pooled([spaxels[n] for n in libraries]), [spaxels[n] for n in in_library]
-    sys, ood, start, tried = choose_ramp(cal, refs, before, opts)
+    if opts.library_only:
+        sys, ood, start, tried = shipped_calibration(model, before)
+    else:
+        sys, ood, start, tried = choose_ramp(cal, refs, before, opts)
+    sys = replace(sys, library_terms=choose_library_terms(cal, sys, ood["threshold"], opts))
     ramp = (sys.novelty_from, sys.novelty_to)
     biases = np.array(
         [[np.median(spaxels[n].diff[~spaxels[n].other, k]) for k in range(len(PROPERTIES))] for n in libraries]
@@ -224,9 +254,8 @@ def calibrate_model(model: str, spaxels: dict[str, Spaxels], libraries: list[str
         "error_systematics": {
             "terms": dict(sys.terms),
             "novelty": {"output": "ood_score", "from": ramp[0], "to": ramp[1], "terms": dict(sys.novelty_terms)},
-            "meaning": "SSP-library systematics: a constant term and one growing with ood_score from its in-library "
-            f"{start:.0%} quantile to the validation threshold, added in quadrature; calibrated on mocks from other "
-            "libraries (library_calibration)",
+            "library": dict(sys.library_terms),
+            "meaning": _meaning(start),
         },
         "ramp_starts_tried": tried,
         "bias_rms_between_libraries": dict(zip(PROPERTIES, np.sqrt(np.mean(biases**2, axis=0)).tolist())),
@@ -238,10 +267,45 @@ def calibrate_model(model: str, spaxels: dict[str, Spaxels], libraries: list[str
     }
 
 
+def _meaning(start: float | None) -> str:
+    """What a manifest's ``error_systematics`` holds (``start``: the ramp's in-library quantile; None: no ramp)."""
+    library = "'library' is reported on its own as <name>_sys_err; calibrated on mocks from other libraries "
+    if start is None:
+        return f"SSP-library systematics: {library}(library_calibration)"
+    return (
+        f"SSP-library systematics: a constant term and one growing with ood_score from its in-library {start:.0%} "
+        "quantile to the validation threshold, added in quadrature, as far as the in-library coverage allows; beyond "
+        f"that, {library}(library_calibration)"
+    )
+
+
+def with_library_terms(raw: dict, res: dict, opts: Options) -> dict:
+    """A calibrated manifest's content with the library systematic of ``res`` added (``--library-only``): its
+    terms and threshold as they were, the addition recorded."""
+    raw = json.loads(json.dumps(raw))
+    entry = raw.setdefault("error_systematics", {})
+    entry["library"], entry["meaning"] = res["error_systematics"]["library"], res["error_systematics"]["meaning"]
+    record = raw.setdefault(
+        RECORD_KEY, {"libraries": res["calibration_libraries"], "never_used": list(library_names("evaluation"))}
+    )
+    record["library_systematic"] = {
+        "command": COMMAND + " --library-only",
+        "software": f"survey-proc {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rule": "per property, the smallest constant that, added in quadrature to the calibrated errors, brings "
+        f"the {opts.coverage:.0%} coverage of the calibration libraries' unflagged spaxels to {opts.coverage:g}",
+        "mocks": {"seeds": list(opts.seeds), "size": opts.size, "snr": opts.snr, "redshift": opts.redshift},
+    }
+    return raw
+
+
 def apply(results: list[dict], opts: Options) -> None:
     """Write each model's terms, threshold and record into its packaged manifest; then SHA256SUMS."""
     for res in results:
         path = PACKAGED / res["model"] / "manifest.json"
+        if opts.library_only:
+            write_manifest(path, with_library_terms(json.loads(path.read_text()), res, opts))
+            continue
         raw = uncalibrated(json.loads(path.read_text()))  # as exported: a second calibration replaces the first
         rule = _ood_rules(raw)[0]
         record = {
@@ -261,7 +325,18 @@ def apply(results: list[dict], opts: Options) -> None:
             "targets": {
                 k: v
                 for k, v in asdict(opts).items()
-                if k not in ("models", "seeds", "size", "snr", "redshift", "heldout_n", "heldout_snrs", "ramp_starts")
+                if k
+                not in (
+                    "models",
+                    "seeds",
+                    "size",
+                    "snr",
+                    "redshift",
+                    "heldout_n",
+                    "heldout_snrs",
+                    "ramp_starts",
+                    "library_only",
+                )
             },
             "ood_threshold_before": rule["threshold"],
             "ood_meaning_before": rule["meaning"],
@@ -315,6 +390,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path, bool, Path
     for name in floats:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--apply", action="store_true", help="write the values into the packaged manifests")
+    p.add_argument(
+        "--library-only",
+        action="store_true",
+        help="keep each manifest's calibrated terms and threshold; measure and write only the SSP-library "
+        "systematic reported as <name>_sys_err",
+    )
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/library_calibration.json"))
     p.add_argument(
         "--from",
@@ -325,7 +406,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path, bool, Path
     )
     a = p.parse_args(argv)
     opts = replace(
-        d, models=tuple(a.models), seeds=tuple(a.seeds), size=a.size, snr=a.snr, **{k: getattr(a, k) for k in floats}
+        d,
+        models=tuple(a.models),
+        seeds=tuple(a.seeds),
+        size=a.size,
+        snr=a.snr,
+        library_only=a.library_only,
+        **{k: getattr(a, k) for k in floats},
     )
     return opts, a.json, a.apply, a.source
 
@@ -354,7 +441,8 @@ def cli(argv: list[str] | None = None) -> int:
         apply(report["models"], opts)
     for res in report["models"]:
         e = res["error_systematics"]
-        print(f"{res['model']}: terms {e['terms']}, novelty terms {e['novelty']['terms']}, ood threshold "
+        print(f"{res['model']}: terms {e['terms']}, novelty terms {e['novelty']['terms']}, library (sys_err) "
+              f"{e['library']}, ood threshold "
               f"{res['ood']['before']:.3f} -> {res['ood']['threshold']:.3f} ({res['ood']['bound']})")  # fmt: skip
     print(f"wrote {out}" + (" and the manifests" if do_apply else "") + f" in {report['seconds']:.0f} s")
     return 0

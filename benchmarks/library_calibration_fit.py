@@ -5,7 +5,8 @@ out_of_distribution threshold, and the choice of both. Pure functions of arrays;
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class Options:
     #: family and S/N: the in-library caps hold on them too
     heldout_n: int = 500
     heldout_snrs: tuple[float, ...] = (30.0,)
+    #: keep each manifest's calibrated terms and threshold; measure and write only the library systematic
+    library_only: bool = False
 
 
 @dataclass
@@ -56,7 +59,8 @@ class Spaxels:
         diff = np.stack([np.ravel(maps[p].values - truth[p].values) for p in PROPERTIES], axis=1).astype(float)
         err = np.stack([np.ravel(maps[f"{p}_err"].values) for p in PROPERTIES], axis=1).astype(float)
         other = ((flag & ~int(Flag.OUT_OF_DISTRIBUTION)) != 0) | ~np.isfinite(diff).all(axis=1)
-        return cls(library, diff, err, np.ravel(maps["ood_score"].values).astype(float), other)
+        score = np.ravel(maps["ood_score"].values).astype(float) if "ood_score" in maps else np.full(flag.size, np.nan)
+        return cls(library, diff, err, score, other)
 
     def join(self, more: Spaxels) -> Spaxels:
         cat = np.concatenate
@@ -147,6 +151,33 @@ def choose_terms(cal: Spaxels, refs: list[Spaxels], ramp: tuple[float, float], o
     return ErrorSystematics(terms, novelty, "ood_score", *ramp)
 
 
+def choose_library_terms(cal: Spaxels, sys: ErrorSystematics, threshold: float, opts: Options) -> dict[str, float]:
+    """Per property, the SSP-library systematic reported beside the error (``<name>_sys_err``): the smallest
+    constant that, added in quadrature to the calibrated errors (``sys``), brings the 68 % coverage of the
+    calibration spaxels unflagged at ``threshold`` up to ``opts.coverage``. No in-library cap: it is not in
+    ``<name>_err``, whose in-library coverage stays as the other terms left it."""
+
+    def reaches(k: int, s: float) -> bool:
+        p = PROPERTIES[k]
+        grown = replace(sys, terms={**sys.terms, p: float(np.hypot(sys.terms.get(p, 0.0), s))})
+        return coverage(cal, k, grown, threshold) >= opts.coverage
+
+    return {p: _ceil4(smallest(partial(reaches, k), opts.max_term)) for k, p in enumerate(PROPERTIES)}
+
+
+def total(sys: ErrorSystematics) -> ErrorSystematics:
+    """``sys`` with its library terms folded into the constant ones: the errors it gives are
+    ``sqrt(<name>_err^2 + <name>_sys_err^2)``, the total against another library's scale."""
+    names = set(sys.terms) | set(sys.library_terms)
+    terms = {p: float(np.hypot(sys.terms.get(p, 0.0), sys.library_terms.get(p, 0.0))) for p in names}
+    return replace(sys, terms=terms, library_terms={})
+
+
+def _ceil4(x: float) -> float:
+    """``x`` rounded up to 1e-4 (never below a floor found by bisection)."""
+    return float(np.ceil(x * 1e4) / 1e4)
+
+
 def choose_ramp(cal: Spaxels, refs: list[Spaxels], before: float, opts: Options) -> tuple:
     """(terms, threshold record, ramp start quantile, what each start gave) for the ramp start of
     ``opts.ramp_starts`` (quantiles of the in-library ood_score) whose terms and threshold give the
@@ -200,4 +231,9 @@ def library_scores(sp: Spaxels, sys: ErrorSystematics, threshold: float) -> dict
             "coverage_68": coverage(sp, k, sys, threshold),
             "ok_2sigma": ok_share(sp, k, sys, threshold),
         }
+        if prop in sys.library_terms:  # with <name>_sys_err: the total error against another library's scale
+            out[prop] |= {
+                "coverage_68_total": coverage(sp, k, total(sys), threshold),
+                "ok_2sigma_total": ok_share(sp, k, total(sys), threshold),
+            }
     return out

@@ -59,6 +59,15 @@ def test_score_maps():
     assert np.isnan(s.properties["sigma"].auc_ood)
 
 
+def test_the_total_error_adds_the_library_systematic():
+    maps, truth = _maps_and_truth()
+    assert np.isnan(score_maps(maps, truth, "default", "mock", 1.0).properties["log_age"].ok_2sigma_total)
+    maps["log_age_sys_err"] = maps["log_age_err"] * np.sqrt(3.0)  # total error 2: the 3.0s are within 2 sigma
+    p = score_maps(maps, truth, "default", "mock", 1.0).properties["log_age"]
+    assert p.ok_2sigma == pytest.approx(1 - 6 / 20) and p.ok_2sigma_total == 1.0
+    assert p.coverage_68 == pytest.approx(6 / 17) and p.coverage_68_total == pytest.approx(6 / 17 + 5 / 17)
+
+
 def test_the_change_of_library_is_scored_against_the_emiles_run_of_the_same_method():
     results = [
         {"library": {"name": n}, "scores": [{"method": "default", "cube": c} for c in cubes]}

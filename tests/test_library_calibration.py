@@ -4,6 +4,7 @@ manifest round trip, and its refusal of the evaluation libraries."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,6 +36,23 @@ def test_terms_bring_the_calibration_coverage_to_target_within_the_in_library_ca
     sys = fit.choose_terms(cal, [ref, ref], (0.0, 2.5), opts)
     assert all(fit.coverage(ref, k, sys) <= 0.74 for k in range(3))
     assert all(fit.coverage(cal, k, sys) < 0.68 for k in range(3))
+
+
+def test_the_library_systematic_covers_what_the_capped_terms_leave_and_stays_out_of_the_error():
+    ref, cal = _spaxels("emiles", 0.0, 1.0), _spaxels("other", 0.3, 1.0, seed=1)  # a shift the score cannot see
+    opts = fit.Options()
+    capped = fit.choose_terms(cal, [ref], (1.5, 2.5), opts)
+    assert all(fit.coverage(cal, k, capped) < 0.3 for k in range(3))  # capped terms cannot reach it
+    library = fit.choose_library_terms(cal, capped, np.inf, opts)
+    sys = replace(capped, library_terms=library)
+    for k, p in enumerate(fit.PROPERTIES):
+        assert 0.2 < library[p] < 0.5  # about the shift
+        assert fit.coverage(cal, k, fit.total(sys)) == pytest.approx(0.68, abs=0.01)
+        assert fit.coverage(ref, k, sys) == pytest.approx(fit.coverage(ref, k, capped))  # <name>_err unchanged
+    scores = fit.library_scores(cal, sys, np.inf)["metallicity"]
+    assert scores["coverage_68"] < 0.3 and scores["coverage_68_total"] == pytest.approx(0.68, abs=0.01)
+    assert scores["ok_2sigma_total"] > scores["ok_2sigma"]
+    assert fit.choose_library_terms(ref, capped, np.inf, opts) == {p: 0.0 for p in fit.PROPERTIES}  # nothing to add
 
 
 def test_the_threshold_flags_what_the_errors_miss_and_keeps_to_its_bounds():
@@ -100,6 +118,7 @@ def test_the_shipped_manifests_carry_their_calibration():
         trained = manifest.raw["training"]["config"]["trainset"].get("libraries") or {}
         assert set(record["libraries"]).isdisjoint(trained)  # calibrated on libraries held out from training
         assert manifest.error_systematics and manifest.error_systematics.novelty_output == "ood_score"
+        assert set(manifest.error_systematics.library_terms) == set(fit.PROPERTIES)  # reported as <name>_sys_err
         assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] <= record["ood_threshold_before"]
 
 

@@ -151,8 +151,9 @@ def _flag_and_blank(manifest: Manifest, outputs: dict[str, np.ndarray], flags: n
     not_fitted = (flags & FLAG_DTYPE(NOT_FITTED)) != 0
     for spec in manifest.outputs:  # no numbers where no estimate was made
         outputs[spec.name][not_fitted] = np.nan
-        if spec.error:
-            outputs[f"{spec.name}_err"][not_fitted] = np.nan
+        for err in (f"{spec.name}_err", f"{spec.name}_sys_err") if spec.error else ():
+            if err in outputs:
+                outputs[err][not_fitted] = np.nan
 
 
 def stream_block(estimator: Estimator, n: int) -> int:

@@ -42,6 +42,10 @@ def output_variables(manifest: Manifest) -> list[tuple[str, tuple[str, ...], dic
             err_attrs = property_attrs(f"{spec.name}_err", attrs["units"], attrs["long_name"])
             err_attrs.update(systematics.describe(spec.name))  # what it holds beyond the model's own uncertainty
             out.append((f"{spec.name}_err", spec.dims, err_attrs, spec.coords))
+        if spec.name in systematics.library_terms:
+            sys_attrs = property_attrs(f"{spec.name}_sys_err", attrs["units"], attrs["long_name"])
+            sys_attrs.update(systematics.describe_library(spec.name))
+            out.append((f"{spec.name}_sys_err", spec.dims, sys_attrs, spec.coords))
     names = {name for name, *_ in out}
     for flag_name, rule in manifest.flag_rules:
         if rule["output"] in names:

@@ -118,6 +118,7 @@ class FitEstimator(Estimator):
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         self.options = FitOptions.from_manifest(manifest.raw.get("fit", {}))
+        self._systematics = manifest.error_systematics  #: checked once; its library terms give <name>_sys_err
         spec = manifest.input
         if getattr(spec, "velscale", None) is None:
             raise ModelError(f"{manifest.path}: the fit needs a ln-lambda input grid (input.wave.velscale)")
@@ -201,7 +202,7 @@ class FitEstimator(Estimator):
                 part = rows[start : start + block]
                 self._fit_rows(tpl, x[part], part, out, norm, inflation)
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
-        return {k: v for k, v in out.items() if k in declared}
+        return self._systematics.add({k: v for k, v in out.items() if k in declared})
 
     rebuilds_spectra = True
 

@@ -13,7 +13,14 @@ that part in its optional ``error_systematics``::
 and the estimator returns ``sqrt(err^2 + term^2 + (w * novelty_term)^2)``, where ``w`` rises linearly
 from 0 at the novelty score ``from`` to 1 at ``to`` (and stays 1 beyond): a term for every spectrum,
 and one that grows as the spectrum looks less like the training set, so that errors widen where the
-library's systematics bite without widening in library. Both parts are optional;
+library's systematics bite without widening in library.
+
+Those two are capped so that ``<name>_err`` keeps its 68 % coverage in library; what another
+library's scale moves the answer by beyond them is reported on its own, as astronomers quote a
+template-library systematic beside the statistical error: ``"library": {"metallicity": 0.2, ...}``
+makes the estimator return ``<name>_sys_err`` (that constant wherever ``<name>_err`` is finite). Its
+sum in quadrature with ``<name>_err`` is the error to hold an estimate to when comparing it with work
+on another SSP library (or with truth on another library's scale). All parts are optional;
 ``python -m benchmarks.library_calibration`` measures them on mocks from other SSP libraries.
 """
 
@@ -37,12 +44,14 @@ class ErrorSystematics:
     novelty_output: str = ""
     novelty_from: float = 0.0
     novelty_to: float = 1.0
+    #: the SSP-library systematic of each output, returned on its own as ``<name>_sys_err``
+    library_terms: Mapping[str, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.terms or self.novelty_terms)
+        return bool(self.terms or self.novelty_terms or self.library_terms)
 
     def names(self) -> set[str]:
-        return set(self.terms) | set(self.novelty_terms)
+        return set(self.terms) | set(self.novelty_terms) | set(self.library_terms)
 
     def weight(self, score: np.ndarray) -> np.ndarray:
         """0 at or below ``novelty_from``, 1 at or above ``novelty_to``, linear between (NaN: 0)."""
@@ -51,11 +60,13 @@ class ErrorSystematics:
 
     def add(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``out`` (an estimator's outputs) with the terms added in quadrature to each ``<name>_err``, in
-        its own dtype; NaN errors stay NaN. In place, and returned."""
+        its own dtype (NaN errors stay NaN), and the library terms as ``<name>_sys_err``. In place, and
+        returned."""
         if not self:
             return out
+        self._add_library(out)
         w = self.weight(out[self.novelty_output]) if self.novelty_terms else None
-        for name in self.names():
+        for name in set(self.terms) | set(self.novelty_terms):
             err = out.get(f"{name}_err")
             if err is None:
                 continue
@@ -67,6 +78,12 @@ class ErrorSystematics:
             out[f"{name}_err"] = np.sqrt(var).astype(err.dtype, copy=False)
         return out
 
+    def _add_library(self, out: dict[str, np.ndarray]) -> None:
+        for name, term in self.library_terms.items():
+            err = out.get(f"{name}_err")
+            if err is not None:
+                out[f"{name}_sys_err"] = np.where(np.isfinite(err), term, np.nan).astype(err.dtype, copy=False)
+
     def describe(self, name: str) -> dict[str, Any]:
         """The attributes an ``<name>_err`` map gets: what it holds beyond the model's own uncertainty."""
         attrs: dict[str, Any] = {}
@@ -75,7 +92,17 @@ class ErrorSystematics:
         if name in self.novelty_terms:
             attrs["systematic_novelty_term"] = self.novelty_terms[name]
             attrs["systematic_novelty_ramp"] = f"{self.novelty_output} {self.novelty_from:g} to {self.novelty_to:g}"
+        if name in self.library_terms:
+            attrs["ssp_library_systematic"] = f"{name}_sys_err, not included here"
         return attrs
+
+    def describe_library(self, name: str) -> dict[str, Any]:
+        """The attributes of a ``<name>_sys_err`` map."""
+        return {
+            "ssp_library_systematic": self.library_terms[name],
+            "comment": f"SSP-library systematic, not in {name}_err: against another library's scale hold "
+            f"{name} to sqrt({name}_err^2 + {name}_sys_err^2)",
+        }
 
 
 def _numbers(entry: Any, where: str, problems: list[str]) -> dict[str, float]:
@@ -100,8 +127,8 @@ def parse_systematics(entry: Any, with_error: Iterable[str], outputs: Iterable[s
     if not isinstance(entry, Mapping):
         raise ModelError(f"{where}: error_systematics is not a mapping")
     terms = _numbers(entry.get("terms", {}), "terms", problems)
+    kw: dict[str, Any] = {"library_terms": _numbers(entry.get("library", {}), "library", problems)}
     novelty = entry.get("novelty") or {}
-    kw: dict[str, Any] = {}
     if novelty:
         kw["novelty_terms"] = _numbers(novelty.get("terms", {}), "novelty.terms", problems)
         kw["novelty_output"] = novelty.get("output", "")

@@ -93,6 +93,11 @@ def _flag_hdu(ds: xr.Dataset, wcs):
     return hdu
 
 
+def _errors(ds: xr.Dataset, properties: list[str]) -> list[str]:
+    """The error maps of ``properties`` in ``ds``: every ``<name>_err``, then every ``<name>_sys_err``."""
+    return [f"{n}{suffix}" for suffix in ("_err", "_sys_err") for n in properties if f"{n}{suffix}" in ds]
+
+
 def _images(ds: xr.Dataset) -> list:
     """The image HDUs of maps on a pixel grid: properties, their errors, diagnostics, bin ids, flag."""
     wcs = _wcs_cards(ds)
@@ -102,8 +107,10 @@ def _images(ds: xr.Dataset) -> list:
         extra = {"QUALDATA": ("FLAG", "quality bitmask extension")}
         if f"{name}_err" in ds:
             extra["ERRDATA"] = (f"{name}_err".upper(), "1-sigma error extension")
+        if f"{name}_sys_err" in ds:
+            extra["SYSDATA"] = (f"{name}_sys_err".upper(), "SSP-library systematic error extension")
         hdus.append(_image(name, ds[name], wcs, extra))
-    hdus += [_image(f"{n}_err", ds[f"{n}_err"], wcs, {}) for n in properties if f"{n}_err" in ds]
+    hdus += [_image(n, ds[n], wcs, {}) for n in _errors(ds, properties)]
     hdus += [_image(n, ds[n], wcs, {}) for n in diagnostics]
     if "bin_id" in ds:
         hdus.append(_image("bin_id", ds["bin_id"], wcs, {}))
@@ -116,7 +123,7 @@ def _table(ds: xr.Dataset):
     from astropy.io import fits
 
     properties, diagnostics = map_variables(ds)
-    names = [*properties, *(f"{n}_err" for n in properties if f"{n}_err" in ds), *diagnostics, "flag"]
+    names = [*properties, *_errors(ds, properties), *diagnostics, "flag"]
     cols = [fits.Column("OBJECT", "K", array=np.arange(ds.sizes["object"]))]
     for c in ("ra", "dec"):
         if c in ds.coords:

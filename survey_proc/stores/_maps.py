@@ -98,8 +98,9 @@ PROPERTIES: dict[str, dict[str, str]] = {
 
 
 def property_attrs(name: str, units: str | None = None, long_name: str | None = None) -> dict:
-    """Attributes of a map variable (``name`` or ``name_err``)."""
-    base = name[:-4] if name.endswith("_err") else name
+    """Attributes of a map variable (``name``, ``name_err`` or ``name_sys_err``)."""
+    systematic = name.endswith("_sys_err")
+    base = name[: -len("_sys_err")] if systematic else name[:-4] if name.endswith("_err") else name
     attrs = dict(PROPERTIES.get(base, {}))
     if units is not None:
         attrs["units"] = units
@@ -107,7 +108,9 @@ def property_attrs(name: str, units: str | None = None, long_name: str | None = 
         attrs["long_name"] = long_name
     attrs.setdefault("units", "1")
     attrs.setdefault("long_name", base.replace("_", " "))
-    if name.endswith("_err"):
+    if systematic:
+        attrs["long_name"] = f"1-sigma SSP-library systematic uncertainty of {attrs['long_name']}"
+    elif name.endswith("_err"):
         attrs["long_name"] = f"1-sigma uncertainty of {attrs['long_name']}"
     return attrs
 

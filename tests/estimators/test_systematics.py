@@ -95,3 +95,87 @@ def test_the_estimator_returns_the_grown_errors_and_the_maps_say_so(tmp_path, de
         attrs["log_age_err"]["systematic_term"] == 0.07 and attrs["metallicity_err"]["systematic_novelty_term"] == 0.2
     )
     assert not any(k.startswith("systematic") for k in attrs["av_err"])
+
+
+def test_the_library_term_is_its_own_map_and_leaves_the_error_alone():
+    out = {
+        "metallicity": np.array([0.0, 0.1, np.nan], np.float32),
+        "metallicity_err": np.array([0.05, 0.06, np.nan], np.float32),
+        "av_err": np.array([0.1, 0.2, 0.3], np.float32),
+    }
+    sys = ErrorSystematics(terms={"av": 0.1}, library_terms={"metallicity": 0.21})
+    assert sys and sys.names() == {"av", "metallicity"}
+    sys.add(out)
+    np.testing.assert_array_equal(out["metallicity_err"], np.array([0.05, 0.06, np.nan], np.float32))
+    assert out["metallicity_sys_err"].dtype == np.float32
+    np.testing.assert_allclose(out["metallicity_sys_err"][:2], [0.21, 0.21], rtol=1e-6)
+    assert np.isnan(out["metallicity_sys_err"][2])  # no error, no systematic either
+    assert "av_sys_err" not in out and sys.describe("metallicity") == {
+        "ssp_library_systematic": "metallicity_sys_err, not included here"
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"library": {"metallicity": -0.2}}, r"library.metallicity is not a number >= 0"),
+        ({"library": {"ood_score": 0.2}}, r"outputs without errors \(ood_score\)"),
+        ({"library": [0.2]}, r"library is not a mapping"),
+    ],
+)
+def test_a_bad_library_term_is_refused(tmp_path, default_bundle, entry, message):
+    with pytest.raises(ModelError, match=message):
+        _ = _bundle_with(tmp_path, default_bundle, entry).error_systematics
+
+
+def test_a_run_writes_the_library_systematic_beside_the_error_and_into_fits(tmp_path, default_bundle, cube_copy):
+    import zarr
+    from astropy.io import fits
+
+    from survey_proc.engine import RunConfig, run
+    from survey_proc.stores import export_maps_fits, open_maps
+
+    calibrated = _bundle_with(tmp_path, default_bundle, {"library": {"metallicity": 0.19, "log_age": 0.05}})
+    flux = zarr.open_group(str(cube_copy), mode="r+")["flux"]
+    flux[3, 4, :] = np.full(flux.shape[-1], np.nan, np.float32)  # a spaxel with no data: not fitted
+    maps = tmp_path / "maps.zarr"
+    run(RunConfig(cube=str(cube_copy), out=str(maps), model=str(calibrated.path), cluster="none", progress=False,
+                  plot=False))  # fmt: skip
+    ds = open_maps(maps)
+    fitted = np.isfinite(ds["metallicity_err"].values)
+    assert fitted.sum() == fitted.size - 1 and not fitted[3, 4]
+    np.testing.assert_allclose(ds["metallicity_sys_err"].values[fitted], 0.19, rtol=1e-6)
+    assert np.isnan(ds["metallicity_sys_err"].values[~fitted]).all()
+    assert "av_sys_err" not in ds and "sigma_sys_err" not in ds
+    attrs = ds["metallicity_sys_err"].attrs
+    assert attrs["units"] == ds["metallicity"].attrs["units"] and "SSP-library systematic" in attrs["long_name"]
+    assert attrs["ssp_library_systematic"] == pytest.approx(0.19)
+    assert ds["metallicity_err"].attrs["ssp_library_systematic"].startswith("metallicity_sys_err")
+    export_maps_fits(maps, tmp_path / "maps.fits")
+    with fits.open(tmp_path / "maps.fits") as hdul:
+        assert hdul["METALLICITY"].header["SYSDATA"] == "METALLICITY_SYS_ERR"
+        np.testing.assert_allclose(hdul["METALLICITY_SYS_ERR"].data[fitted], 0.19, rtol=1e-6)
+        assert "LOG_AGE_SYS_ERR" in hdul and "AV_SYS_ERR" not in hdul
+
+
+def test_the_fit_reports_a_library_systematic_its_manifest_names(tmp_path):
+    from conftest import write_small_mock
+
+    from survey_proc.engine import RunConfig, run
+    from survey_proc.estimators import resolve_model
+    from survey_proc.stores import open_maps
+
+    bundle = tmp_path / "fit"
+    shutil.copytree(resolve_model("fit").parent, bundle)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["error_systematics"] = {"library": {"av": 0.12, "metallicity": 0.2}}
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    cube = write_small_mock(tmp_path / "c.zarr", seed=5, n=4, chunk=4)
+    run(RunConfig(cube=str(cube), out=str(tmp_path / "m.zarr"), model=str(bundle), cluster="none", progress=False,
+                  plot=False))  # fmt: skip
+    ds = open_maps(tmp_path / "m.zarr")
+    fitted = np.isfinite(ds["av_err"].values)
+    assert fitted.any()
+    np.testing.assert_allclose(ds["av_sys_err"].values[fitted], 0.12, rtol=1e-6)
+    np.testing.assert_allclose(ds["metallicity_sys_err"].values[fitted], 0.2, rtol=1e-6)
+    assert "log_age_sys_err" not in ds and "log_age_err" in ds
