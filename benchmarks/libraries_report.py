@@ -64,13 +64,13 @@ def _before_after_table(report: dict, model: str) -> list[str]:
     return lines
 
 
-def _total_table(report: dict, model: str) -> list[str]:
-    """Per library, ``model``'s 68 % coverage and 2-sigma share with ``<name>_err`` alone and with the total
-    error (adding ``<name>_sys_err``); no lines where it reports no library systematic."""
+def _total_table(report: dict, model: str, cube: str = "mock") -> list[str]:
+    """Per library, ``model``'s 68 % coverage and 2-sigma share on ``cube`` with ``<name>_err`` alone and with
+    the total error (adding ``<name>_sys_err``); no lines where it reports no library systematic."""
     head = "| library | role | " + " | ".join(f"{LABELS[p]} cov68 | {LABELS[p]} ok2σ" for p in PROPS[:3])
     lines = [head + " |", "|" + "---|" * (2 + 2 * 3)]
     for entry in report["libraries"]:
-        s = _score(entry, model, "mock")
+        s = _score(entry, model, cube)
         if s is None or not any(np.isfinite(_num(q.get("ok_2sigma_total"))) for q in s["properties"].values()):
             continue
         cells = [
@@ -166,11 +166,12 @@ def write_markdown(report: dict, path: Path) -> Path:
                 *_before_after_table(report, model),
                 "",
             ]
-    for model in o["models"]:
-        table = _total_table(report, model)
+    runs = [(m, "mock", o["size"]) for m in o["models"]] + [(m, "sample", o["sample"]) for m in o["methods"]]
+    for model, cube, side in runs:
+        table = _total_table(report, model, cube)
         if table:
             lines += [
-                f"## `{model}` with its SSP-library systematic ({o['size']} x {o['size']})",
+                f"## `{model}` with its SSP-library systematic ({side} x {side})",
                 "",
                 "`<name>_err` alone → the total error `sqrt(<name>_err² + <name>_sys_err²)`, the one to hold an "
                 "estimate to against another library's scale (`<name>_sys_err` is calibrated on the calibration "

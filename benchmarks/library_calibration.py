@@ -21,24 +21,26 @@ and from E-MILES (in library), run through a copy of the bundle with any earlier
    ``survey-proc evaluate``'s (both families, S/N 30) with a seed of their own; no term beyond
    ``--max-term`` (1 dex or mag); the ramp starts at the in-library quantile of ood_score (0.5, 0.75 or 0.9)
    that serves the calibration spaxels best (:func:`choose_ramp`);
-2. per property the SSP-library systematic reported on its own as ``<name>_sys_err`` (the manifest's
-   ``error_systematics.library``): the smallest constant that, added in quadrature to the errors of 1.,
-   brings the calibration spaxels' 68 % coverage to ``--coverage``; no in-library cap, since it is not
-   in ``<name>_err`` (:func:`choose_library_terms`);
-3. a threshold on ``ood_score``: the highest at which, with the new errors, at least ``--ok-target``
+2. a threshold on ``ood_score``: the highest at which, with the new errors, at least ``--ok-target``
    (0.90) of the pooled calibration-library spaxels are within 2 sigma or flagged, for every property;
    never below the ``1 - --max-in-library-flagged`` (95 %) quantile of any in-library set (at most 5 %
-   of in-library spectra flagged) and never above the model's own validation threshold.
+   of in-library spectra flagged) and never above the model's own validation threshold;
+3. per property the SSP-library systematic reported on its own as ``<name>_sys_err`` (the manifest's
+   ``error_systematics.library``): the smallest constant that, added in quadrature to the errors of 1.
+   (the spaxels above the threshold of 2. flagged), brings the calibration spaxels' 68 % coverage to
+   ``--coverage``; no in-library cap, since it is not in ``<name>_err`` (:func:`choose_library_terms`).
 
-``--library-only`` keeps each manifest's calibrated terms and threshold and measures only 2. (a
-calibration made before 2. existed, or one to leave alone: re-deriving 1. and 3. moves them a little
+``--library-only`` keeps each manifest's calibrated terms and threshold and measures only 3. (a
+calibration made before 3. existed, or one to leave alone: re-deriving 1. and 2. moves them a little
 from run to run). ``--apply`` writes the terms into each manifest's ``error_systematics`` (read by the estimator, which
 adds them to the errors it returns), the threshold into its ``OUT_OF_DISTRIBUTION`` rule, a record of
 how they were chosen into ``library_calibration`` (with the threshold before, which undoes it), and
 regenerates ``estimators/models/SHA256SUMS``; ``--from REPORT`` does the same with the values of an
-earlier report, measuring nothing (after a merge that rewrote the manifests). The measurements go to ``--json``
-(``benchmarks/results/library_calibration.json``). ``python -m benchmarks.libraries --uncalibrated``
-evaluates before and after, on the held-out libraries too.
+earlier report, measuring nothing (after a merge that rewrote the manifests: first the full report,
+``benchmarks/results/library_calibration.json``, then the library systematic's,
+``library_systematic.json``; a full report without library terms keeps the manifest's). The
+measurements go to ``--json`` (``benchmarks/results/library_calibration.json``). ``python -m
+benchmarks.libraries --uncalibrated`` evaluates before and after, on the held-out libraries too.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from sys import argv as command_line
 
 import numpy as np
 
@@ -159,7 +162,7 @@ def uncalibrated(raw: dict) -> dict:
     raw = json.loads(json.dumps(raw))
     record = raw.pop(RECORD_KEY, None)
     raw.pop("error_systematics", None)
-    if record is not None:
+    if record is not None and "ood_threshold_before" in record:  # a --library-only record replaced none
         for rule in _ood_rules(raw):
             rule["threshold"], rule["meaning"] = record["ood_threshold_before"], record["ood_meaning_before"]
     return raw
@@ -232,8 +235,6 @@ def calibrate_model(model: str, spaxels: dict[str, Spaxels], libraries: list[str
     (:func:`choose_ramp`)."""
     raw = uncalibrated(read_manifest(PACKAGED / model).raw)
     before = ood_threshold(raw)
-    if not opts.library_only and not np.isfinite(before):
-        raise ValueError(f"{model} has no out_of_distribution rule to calibrate: run it with --library-only")
     in_library = ["emiles", *(n for n in spaxels if n.startswith("emiles-heldout"))]
     cal, refs = pooled([spaxels[n] for n in libraries]), [spaxels[n] for n in in_library]
     if opts.library_only:
@@ -299,6 +300,17 @@ def with_library_terms(raw: dict, res: dict, opts: Options) -> dict:
     return raw
 
 
+def kept_library_terms(raw: dict, shipped: dict, model: str) -> dict:
+    """``raw`` (a full calibration's manifest) with the shipped manifest's library systematic and its record
+    where the calibration brought none (a report from before ``<name>_sys_err``, applied with ``--from``)."""
+    library = shipped.get("error_systematics", {}).get("library")
+    if library and "library" not in raw["error_systematics"]:
+        log.warning("%s: the report has no library systematic; keeping the manifest's %s", model, library)
+        raw["error_systematics"]["library"] = library
+        raw[RECORD_KEY]["library_systematic"] = shipped[RECORD_KEY]["library_systematic"]
+    return raw
+
+
 def apply(results: list[dict], opts: Options) -> None:
     """Write each model's terms, threshold and record into its packaged manifest; then SHA256SUMS."""
     for res in results:
@@ -306,7 +318,8 @@ def apply(results: list[dict], opts: Options) -> None:
         if opts.library_only:
             write_manifest(path, with_library_terms(json.loads(path.read_text()), res, opts))
             continue
-        raw = uncalibrated(json.loads(path.read_text()))  # as exported: a second calibration replaces the first
+        shipped = json.loads(path.read_text())
+        raw = uncalibrated(shipped)  # as exported: a second calibration replaces the first
         rule = _ood_rules(raw)[0]
         record = {
             "command": COMMAND,
@@ -349,6 +362,7 @@ def apply(results: list[dict], opts: Options) -> None:
                 f"the 99.5% quantile of validation spectra was {record['ood_threshold_before']:.4f}"
             )
         raw[RECORD_KEY] = record
+        raw = kept_library_terms(raw, shipped, res["model"])
         write_manifest(path, raw)
         log.info(
             "%s: error_systematics %s, ood threshold %.4f",
@@ -359,8 +373,11 @@ def apply(results: list[dict], opts: Options) -> None:
     PACKAGED_SUMS.write_text(compute_packaged_sums())
 
 
-def calibrate(opts: Options, work: Path) -> dict:
+def calibrate(opts: Options, work: Path, command: str = COMMAND) -> dict:
     t0 = time.perf_counter()
+    without = [m for m in opts.models if not np.isfinite(ood_threshold(read_manifest(PACKAGED / m).raw))]
+    if without and not opts.library_only:
+        raise ValueError(f"{', '.join(without)}: no out_of_distribution rule to calibrate; run with --library-only")
     usable = {m: covering_libraries(read_manifest(PACKAGED / m)) for m in opts.models}
     libraries = sorted({n for names in usable.values() for n in names})
     cubes = mock_cubes(["emiles", *libraries], opts, work)
@@ -372,7 +389,7 @@ def calibrate(opts: Options, work: Path) -> dict:
     return {
         "benchmark": "library_calibration",
         "software": f"survey-proc {__version__}",
-        "command": COMMAND,
+        "command": command,
         "options": asdict(opts),
         "seconds": time.perf_counter() - t0,
         "models": results,
@@ -434,7 +451,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"wrote the values of {source} into the manifests")
         return 0
     with tempfile.TemporaryDirectory(prefix="survey-proc-calibration-") as work:
-        report = calibrate(opts, Path(work))
+        command = "python -m benchmarks.library_calibration " + " ".join(command_line[1:] if argv is None else argv)
+        report = calibrate(opts, Path(work), command.strip())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(report), indent=1) + "\n")
     if do_apply:

@@ -162,7 +162,11 @@ def choose_library_terms(cal: Spaxels, sys: ErrorSystematics, threshold: float, 
         grown = replace(sys, terms={**sys.terms, p: float(np.hypot(sys.terms.get(p, 0.0), s))})
         return coverage(cal, k, grown, threshold) >= opts.coverage
 
-    return {p: _ceil4(smallest(partial(reaches, k), opts.max_term)) for k, p in enumerate(PROPERTIES)}
+    out = {p: _ceil4(smallest(partial(reaches, k), opts.max_term)) for k, p in enumerate(PROPERTIES)}
+    for k, p in enumerate(PROPERTIES):
+        if not reaches(k, out[p]):
+            log.warning("%s: the library systematic stops at --max-term %g short of the coverage target", p, out[p])
+    return out
 
 
 def total(sys: ErrorSystematics) -> ErrorSystematics:

@@ -102,6 +102,50 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
     assert (root / "default" / "manifest.json").read_text() == original
 
 
+def test_library_only_adds_the_systematic_and_a_full_report_without_it_keeps_it(tmp_path, monkeypatch):
+    import shutil
+
+    from survey_proc.estimators import resolve_model
+
+    root = tmp_path / "models"
+    for name in ("default", "fit"):
+        shutil.copytree(resolve_model(name).parent, root / name)
+    monkeypatch.setattr(lc, "PACKAGED", root)
+    monkeypatch.setattr(lc, "PACKAGED_SUMS", root / "SHA256SUMS")
+    monkeypatch.setattr(lc, "compute_packaged_sums", lambda: "sums\n")
+    before = {n: read_manifest(root / n) for n in ("default", "fit")}
+    library = {"log_age": 0.3, "metallicity": 0.1, "av": 0.2}
+    results = [
+        {"model": n, "calibration_libraries": ["mastar"], "error_systematics": {"library": library, "meaning": "m"}}
+        for n in ("default", "fit")
+    ]
+    lc.apply(results, fit.Options(library_only=True))
+    for name in ("default", "fit"):
+        manifest = read_manifest(root / name)
+        assert manifest.error_systematics.library_terms == library
+        assert manifest.raw[lc.RECORD_KEY]["library_systematic"]["command"].endswith("--library-only")
+        kept = replace(before[name].error_systematics, library_terms=library)
+        assert manifest.error_systematics == kept  # the calibrated terms as they were
+        assert dict(manifest.flag_rules).get("OUT_OF_DISTRIBUTION") == dict(before[name].flag_rules).get(
+            "OUT_OF_DISTRIBUTION"
+        )
+    assert "error_systematics" not in lc.uncalibrated(read_manifest(root / "fit").raw)  # a fit: nothing to restore
+    assert lc.ood_threshold(read_manifest(root / "fit").raw) == np.inf
+    # a full calibration from a report made before the library systematic keeps the manifest's
+    entry = {"terms": {"av": 0.02}, "novelty": {"output": "ood_score", "from": 1, "to": 2, "terms": {"av": 0.3}}}
+    full = {"model": "default", "calibration_libraries": ["mastar"], "error_systematics": entry}
+    lc.apply([{**full, "ramp_start_quantile": 0.5, "ood": {"threshold": 1.2}}], fit.Options())
+    manifest = read_manifest(root / "default")
+    assert manifest.error_systematics.library_terms == library and manifest.error_systematics.terms == {"av": 0.02}
+    assert "library_systematic" in manifest.raw[lc.RECORD_KEY]
+
+
+def test_a_full_calibration_of_a_bundle_without_a_novelty_flag_is_refused_before_measuring(tmp_path):
+    with pytest.raises(ValueError, match=r"fit: no out_of_distribution rule.*--library-only"):
+        lc.calibrate(fit.Options(models=("fit",)), tmp_path)
+    assert not list(tmp_path.iterdir())  # no mock was made
+
+
 def test_the_evaluation_libraries_are_refused(tmp_path):
     with pytest.raises(LibraryRoleError):
         lc.mock_cubes(["miuscat"], fit.Options(seeds=(1,), size=4), tmp_path)
@@ -120,6 +164,11 @@ def test_the_shipped_manifests_carry_their_calibration():
         assert manifest.error_systematics and manifest.error_systematics.novelty_output == "ood_score"
         assert set(manifest.error_systematics.library_terms) == set(fit.PROPERTIES)  # reported as <name>_sys_err
         assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] <= record["ood_threshold_before"]
+    for model in ("fit", "fit-7100", "fit-h4"):  # the fit: the library systematic alone, from the libraries it may use
+        manifest = read_manifest(lc.PACKAGED / model)
+        assert set(manifest.error_systematics.library_terms) == set(fit.PROPERTIES)
+        assert not manifest.error_systematics.terms and not manifest.error_systematics.novelty_terms
+        assert set(manifest.raw[lc.RECORD_KEY]["libraries"]).isdisjoint(manifest.raw[lc.RECORD_KEY]["never_used"])
 
 
 def test_the_ramp_start_that_serves_the_calibration_spaxels_best_is_kept():

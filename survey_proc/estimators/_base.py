@@ -203,7 +203,8 @@ class Estimator:
             (:class:`~survey_proc.preprocess.BatchMeta`: redshifts, the data's instrumental FWHM at
             the model's pixels). Estimators that do not need it ignore it.
         Returns {name: (n, *dims)} for every output in the manifest, ``<name>_err`` for those with
-        errors, and the scores named by the manifest's flag rules.
+        errors, ``<name>_sys_err`` for those the manifest's ``error_systematics.library`` names (its
+        ``add`` makes them), and the scores named by the manifest's flag rules.
         """
         raise NotImplementedError
 

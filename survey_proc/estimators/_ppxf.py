@@ -295,7 +295,7 @@ class PPXFEstimator(Estimator):
             if name.endswith("_err"):
                 out[name] *= scale
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
-        return {k: v for k, v in out.items() if k in declared}
+        return self.manifest.error_systematics.add({k: v for k, v in out.items() if k in declared})
 
 
 def _blas_threads(threads: int | None):

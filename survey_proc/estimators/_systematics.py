@@ -93,7 +93,7 @@ class ErrorSystematics:
             attrs["systematic_novelty_term"] = self.novelty_terms[name]
             attrs["systematic_novelty_ramp"] = f"{self.novelty_output} {self.novelty_from:g} to {self.novelty_to:g}"
         if name in self.library_terms:
-            attrs["ssp_library_systematic"] = f"{name}_sys_err, not included here"
+            attrs["sys_err_map"] = f"{name}_sys_err: the SSP-library systematic, not included here"
         return attrs
 
     def describe_library(self, name: str) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def parse_systematics(entry: Any, with_error: Iterable[str], outputs: Iterable[s
     if not isinstance(entry, Mapping):
         raise ModelError(f"{where}: error_systematics is not a mapping")
     terms = _numbers(entry.get("terms", {}), "terms", problems)
-    kw: dict[str, Any] = {"library_terms": _numbers(entry.get("library", {}), "library", problems)}
+    kw: dict[str, Any] = {"library_terms": _numbers(entry.get("library") or {}, "library", problems)}
     novelty = entry.get("novelty") or {}
     if novelty:
         kw["novelty_terms"] = _numbers(novelty.get("terms", {}), "novelty.terms", problems)

@@ -6,7 +6,8 @@
   the cube, redshift, S/N threshold, the run's options) and the list of extensions;
 - one image HDU per property (``LOG_AGE``, ``METALLICITY``, ``AV``, ``SIGMA``, ...) with ``BUNIT``,
   the cube's celestial WCS (where it has one), ``ERRDATA`` and ``QUALDATA`` naming its error and
-  quality extensions as the DAP does; then ``<NAME>_ERR`` for each, the diagnostics (``SNR``,
+  quality extensions as the DAP does (and ``SYSDATA`` its SSP-library systematic, where the model
+  reports one); then ``<NAME>_ERR`` for each, ``<NAME>_SYS_ERR``, the diagnostics (``SNR``,
   novelty scores) and ``FLAG``: the bitmask, with ``BITn`` keywords giving each bit's name and
   meaning;
 - for a binned run, the maps on the pixel grid and ``BIN_ID``; for a catalogue (``object``), one

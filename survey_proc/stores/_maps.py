@@ -1,7 +1,8 @@
 """The Maps schema: per-pixel properties, their uncertainties, the quality flag and provenance.
 
 A maps store has the spatial dims of its input (``y, x`` or ``object``), plus ``age``/``metal`` for
-weight grids. Each property ``p`` has ``p_err`` (1-sigma, same units); ``flag`` is a bitmask
+weight grids. Each property ``p`` has ``p_err`` (1-sigma, same units) and, where the model reports
+one, ``p_sys_err`` (the SSP-library systematic, not in ``p_err``); ``flag`` is a bitmask
 (CF ``flag_masks``/``flag_meanings``); ``chi2`` is present where the estimator reconstructs the
 spectrum. A mock cube's ``truth`` group follows the same schema.
 """

@@ -106,9 +106,9 @@ def _maps_metadata_problems(ds: xr.Dataset) -> list[str]:
     for name in properties:
         if not ds[name].attrs.get("units"):
             problems.append(f"variable '{name}' has no 'units' attribute")
-        err = f"{name}_err"
-        if err in ds and ds[err].dims != ds[name].dims:
-            problems.append(f"variable '{err}' has dims {ds[err].dims}, expected {ds[name].dims} like '{name}'")
+        for err in (f"{name}_err", f"{name}_sys_err"):
+            if err in ds and ds[err].dims != ds[name].dims:
+                problems.append(f"variable '{err}' has dims {ds[err].dims}, expected {ds[name].dims} like '{name}'")
     for key in ("model_id", "software"):
         if not ds.attrs.get(key):
             problems.append(f"attribute '{key}' (provenance) is missing")

@@ -110,9 +110,7 @@ def test_the_library_term_is_its_own_map_and_leaves_the_error_alone():
     assert out["metallicity_sys_err"].dtype == np.float32
     np.testing.assert_allclose(out["metallicity_sys_err"][:2], [0.21, 0.21], rtol=1e-6)
     assert np.isnan(out["metallicity_sys_err"][2])  # no error, no systematic either
-    assert "av_sys_err" not in out and sys.describe("metallicity") == {
-        "ssp_library_systematic": "metallicity_sys_err, not included here"
-    }
+    assert "av_sys_err" not in out and sys.describe("metallicity")["sys_err_map"].startswith("metallicity_sys_err")
 
 
 @pytest.mark.parametrize(
@@ -150,7 +148,7 @@ def test_a_run_writes_the_library_systematic_beside_the_error_and_into_fits(tmp_
     attrs = ds["metallicity_sys_err"].attrs
     assert attrs["units"] == ds["metallicity"].attrs["units"] and "SSP-library systematic" in attrs["long_name"]
     assert attrs["ssp_library_systematic"] == pytest.approx(0.19)
-    assert ds["metallicity_err"].attrs["ssp_library_systematic"].startswith("metallicity_sys_err")
+    assert ds["metallicity_err"].attrs["sys_err_map"].startswith("metallicity_sys_err")
     export_maps_fits(maps, tmp_path / "maps.fits")
     with fits.open(tmp_path / "maps.fits") as hdul:
         assert hdul["METALLICITY"].header["SYSDATA"] == "METALLICITY_SYS_ERR"
@@ -179,3 +177,19 @@ def test_the_fit_reports_a_library_systematic_its_manifest_names(tmp_path):
     np.testing.assert_allclose(ds["av_sys_err"].values[fitted], 0.12, rtol=1e-6)
     np.testing.assert_allclose(ds["metallicity_sys_err"].values[fitted], 0.2, rtol=1e-6)
     assert "log_age_sys_err" not in ds and "log_age_err" in ds
+
+
+def test_a_failed_fit_blanks_the_library_systematic_too(tmp_path, default_bundle):
+    from survey_proc.engine._estimate import _flag_and_blank
+    from survey_proc.stores import FLAG_DTYPE, Flag
+
+    manifest = _bundle_with(tmp_path, default_bundle, {"library": {"metallicity": 0.2}})
+    n = 3
+    outputs = {name: np.full((n, *(len(c) for c in coords.values())), 0.5, np.float32)
+               for name, _, _, coords in output_variables(manifest)}  # fmt: skip
+    outputs["metallicity"][1] = np.nan  # the estimator returned no number for row 1
+    flags = np.zeros(n, FLAG_DTYPE)
+    _flag_and_blank(manifest, outputs, flags, np.ones(n, bool))
+    assert flags[1] & FLAG_DTYPE(Flag.FIT_FAILED)
+    assert np.isnan(outputs["metallicity_sys_err"][1]) and np.isnan(outputs["metallicity_err"][1])
+    np.testing.assert_array_equal(outputs["metallicity_sys_err"][[0, 2]], [0.5, 0.5])
