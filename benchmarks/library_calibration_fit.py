@@ -55,10 +55,17 @@ class Spaxels:
 
     @classmethod
     def of(cls, library: str, maps, truth) -> Spaxels:
+        """The spaxels of ``maps`` against ``truth``; a property the model does not estimate (``fit-mpoly``'s
+        A_V) is a column of NaN, and does not count when deciding which spaxels were fitted."""
         flag = np.asarray(maps["flag"].values).astype(np.int64).ravel()
-        diff = np.stack([np.ravel(maps[p].values - truth[p].values) for p in PROPERTIES], axis=1).astype(float)
-        err = np.stack([np.ravel(maps[f"{p}_err"].values) for p in PROPERTIES], axis=1).astype(float)
-        other = ((flag & ~int(Flag.OUT_OF_DISTRIBUTION)) != 0) | ~np.isfinite(diff).all(axis=1)
+        nan = np.full(flag.size, np.nan)
+        diff = np.stack(
+            [np.ravel(maps[p].values - truth[p].values) if p in maps else nan for p in PROPERTIES], axis=1
+        ).astype(float)
+        err = np.stack([np.ravel(maps[f"{p}_err"].values) if p in maps else nan for p in PROPERTIES], axis=1)
+        err = err.astype(float)
+        present = [k for k, p in enumerate(PROPERTIES) if p in maps]
+        other = ((flag & ~int(Flag.OUT_OF_DISTRIBUTION)) != 0) | ~np.isfinite(diff[:, present]).all(axis=1)
         score = np.ravel(maps["ood_score"].values).astype(float) if "ood_score" in maps else np.full(flag.size, np.nan)
         return cls(library, diff, err, score, other)
 
@@ -162,8 +169,10 @@ def choose_library_terms(cal: Spaxels, sys: ErrorSystematics, threshold: float, 
         grown = replace(sys, terms={**sys.terms, p: float(np.hypot(sys.terms.get(p, 0.0), s))})
         return coverage(cal, k, grown, threshold) >= opts.coverage
 
-    out = {p: _ceil4(smallest(partial(reaches, k), opts.max_term)) for k, p in enumerate(PROPERTIES)}
-    for k, p in enumerate(PROPERTIES):
+    estimated = [k for k in range(len(PROPERTIES)) if np.isfinite(cal.diff[:, k]).any()]
+    out = {PROPERTIES[k]: _ceil4(smallest(partial(reaches, k), opts.max_term)) for k in estimated}
+    for p in out:
+        k = PROPERTIES.index(p)
         if not reaches(k, out[p]):
             log.warning("%s: the library systematic stops at --max-term %g short of the coverage target", p, out[p])
     return out
@@ -230,6 +239,8 @@ def library_scores(sp: Spaxels, sys: ErrorSystematics, threshold: float) -> dict
     out = {"spaxels": int(sp.score.size), "ood_flagged": float(np.mean(sp.score[fitted] > threshold))}
     for k, prop in enumerate(PROPERTIES):
         d = sp.diff[fitted, k]
+        if not np.isfinite(d).any() and d.size:
+            continue  # a property the model does not estimate
         out[prop] = {
             "bias": float(np.median(d)) if d.size else float("nan"),
             "coverage_68": coverage(sp, k, sys, threshold),

@@ -146,6 +146,15 @@ def test_a_full_calibration_of_a_bundle_without_a_novelty_flag_is_refused_before
     assert not list(tmp_path.iterdir())  # no mock was made
 
 
+def test_a_property_the_model_does_not_estimate_gets_no_term():
+    cal = _spaxels("other", 0.3, 1.0, seed=1)
+    cal.diff[:, 2] = cal.err[:, 2] = np.nan  # no A_V (fit-mpoly)
+    library = fit.choose_library_terms(cal, ErrorSystematics(), np.inf, fit.Options())
+    assert set(library) == {"log_age", "metallicity"} and all(0.2 < v < 0.5 for v in library.values())
+    scores = fit.library_scores(cal, ErrorSystematics(library_terms=library), np.inf)
+    assert "av" not in scores and scores["metallicity"]["coverage_68_total"] == pytest.approx(0.68, abs=0.01)
+
+
 def test_the_evaluation_libraries_are_refused(tmp_path):
     with pytest.raises(LibraryRoleError):
         lc.mock_cubes(["miuscat"], fit.Options(seeds=(1,), size=4), tmp_path)
@@ -164,9 +173,10 @@ def test_the_shipped_manifests_carry_their_calibration():
         assert manifest.error_systematics and manifest.error_systematics.novelty_output == "ood_score"
         assert set(manifest.error_systematics.library_terms) == set(fit.PROPERTIES)  # reported as <name>_sys_err
         assert dict(manifest.flag_rules)["OUT_OF_DISTRIBUTION"]["threshold"] <= record["ood_threshold_before"]
-    for model in ("fit", "fit-7100", "fit-h4"):  # the fit: the library systematic alone, from the libraries it may use
+    for model in ("fit", "fit-7100", "fit-h4", "fit-mpoly"):  # the fit: the library systematic alone
         manifest = read_manifest(lc.PACKAGED / model)
-        assert set(manifest.error_systematics.library_terms) == set(fit.PROPERTIES)
+        estimated = {p for p in fit.PROPERTIES if p in {o.name for o in manifest.outputs}}  # fit-mpoly: no av
+        assert set(manifest.error_systematics.library_terms) == estimated and "log_age" in estimated
         assert not manifest.error_systematics.terms and not manifest.error_systematics.novelty_terms
         assert set(manifest.raw[lc.RECORD_KEY]["libraries"]).isdisjoint(manifest.raw[lc.RECORD_KEY]["never_used"])
 
