@@ -32,6 +32,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         ]
         if parts:
             print(f"{'':12s} held-out robust sigma at S/N {snr}: {', '.join(parts)}")
+        library = m.error_systematics.library_terms
+        if library:
+            terms = ", ".join(f"{k} {v:.2f}" for k, v in library.items())
+            print(f"{'':12s} SSP-library systematic (<name>_sys_err, not in <name>_err): {terms}")
     return 0
 
 
