@@ -300,7 +300,8 @@ def test_flux_distortions_are_smooth_and_off_by_default():
 
 
 @pytest.mark.parametrize(
-    "bundle", ["default", "muse-7100", "muse-cnn-wide", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn"]
+    "bundle",
+    ["default", "muse-7100", "muse-cnn-wide", "muse-av3", "muse-recon", "muse-mix", "muse-mix-recon", "sdss-cnn"],
 )
 def test_exported_at_limit_rules_are_the_shipped_ones(bundle, ssp_lib):
     """The exporter writes AT_LIMIT rules from the training ranges; for every shipped network they are the
@@ -354,8 +355,15 @@ def test_a_set_can_draw_from_several_ssp_libraries(ssp_lib):
         synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"bc03": 0.9}), ssp_lib, spec, 0)
     with pytest.raises(ValueError, match="leave a share"):
         synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"m11-miles": 1.0}), ssp_lib, spec, 0)
-    with pytest.raises(ValueError, match="cannot predict or rebuild"):
-        TrainConfig(trainset=TrainsetConfig(libraries={"m11-miles": 0.3}), reconstruct=True)
+    from survey_proc.training._train import grid_cross_entropy
+
+    # a grid model on several libraries learns the grid from the rows that have one (the own library's)
+    TrainConfig(trainset=TrainsetConfig(libraries={"m11-miles": 0.3}), reconstruct=True, weight_loss=0.3)
+    pred = torch.softmax(torch.randn(4, 6, generator=torch.Generator().manual_seed(0)), dim=1)
+    true = torch.zeros(4, 6)
+    true[0, 1] = true[2, 3] = 1.0  # rows 1 and 3 come from another library: no grid
+    assert float(grid_cross_entropy(pred, true)) == pytest.approx(-0.5 * float(pred[0, 1].log() + pred[2, 3].log()))
+    assert float(grid_cross_entropy(pred, torch.zeros(4, 6))) == 0.0
     # a library stopping inside the model's range (M11-ELODIE: 6795 A) is refused, never padded
     with pytest.raises(ValueError, match="'m11-elodie' does not cover the model's range 4750-7100 A"):
         synthesise_batch(TrainsetConfig(n=64, batch=32, libraries={"m11-elodie": 0.9}), ssp_lib, spec, 0)
@@ -365,7 +373,9 @@ def test_a_set_can_draw_from_several_ssp_libraries(ssp_lib):
     assert TrainsetConfig(libraries={}).identity() == TrainsetConfig().identity()
 
 
-@pytest.mark.parametrize("bundle", ["default", "muse-7100", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn"])
+@pytest.mark.parametrize(
+    "bundle", ["default", "muse-7100", "muse-av3", "muse-recon", "muse-mix", "muse-mix-recon", "sdss-cnn"]
+)
 def test_the_recorded_training_sets_are_the_ones_drawn_now(bundle, ssp_lib):
     """Each shipped network's trainset_hash is the digest of its recorded set under today's code: options added
     since, and sets drawn from several libraries, keep the sets they name."""

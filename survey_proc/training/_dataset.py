@@ -115,7 +115,8 @@ class TrainsetConfig:
     #: other SSP libraries to draw spectra from (``ssp.SSP_LIBRARIES`` names of role calibration): the
     #: share of the batches each one gets; the rest come from the set's own library (E-MILES). Their
     #: labels are light-weighted on their own grids; their ``weights`` rows are zero (a grid of
-    #: another shape), so a model trained on them cannot predict or rebuild from the weight grid
+    #: another shape): a model predicting the own library's grid learns it from the own rows only, and
+    #: rebuilds every row with the own library's templates (``training._train.grid_cross_entropy``)
     libraries: dict[str, float] | None = None
     extra: dict = field(default_factory=dict)
 

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from survey_proc.config import dataclass_options, read_yaml
-from survey_proc.errors import OptionError
 from survey_proc.estimators import load_manifest
 from survey_proc.preprocess import InputSpec
 from survey_proc.ssp import MODEL_FLOOR, SSPLibrary, load_ssp_library, require_use, to_medium
@@ -110,13 +109,6 @@ class TrainConfig:
         trainset = TrainsetConfig(**dataclass_options(TrainsetConfig, raw.pop("trainset", None), "trainset"))
         raw["arch_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.get("arch_kwargs", {}).items()}
         return cls(trainset=trainset, **raw)
-
-    def __post_init__(self) -> None:
-        if self.predicts_weights and self.trainset.libraries:
-            raise OptionError(
-                "a model trained on several SSP libraries (trainset.libraries) cannot predict or rebuild from the "
-                "weight grid of one: set weight_loss and recon_loss to 0 and reconstruct to false"
-            )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
@@ -204,8 +196,13 @@ def initial_weights(net: torch.nn.Module, source: str) -> list[str]:
 
 
 def grid_cross_entropy(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of predicted light fractions against the true ones, (n, ngrid)."""
-    return -(true * torch.log(pred + 1e-8)).sum(dim=1).mean()
+    """Cross-entropy of predicted light fractions against the true ones, (n, ngrid), over the rows that have
+    a grid: a spectrum from another SSP library (``trainset.libraries``) has none on the model's (its row
+    is zero), and is rebuilt (the chi^2 term) but not told which of the model's templates make it."""
+    has = true.sum(dim=1) > 0
+    if not bool(has.any()):
+        return pred.new_zeros(())
+    return -(true[has] * torch.log(pred[has] + 1e-8)).sum(dim=1).mean()
 
 
 @dataclass
