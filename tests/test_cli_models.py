@@ -18,7 +18,7 @@ def test_models_lists_every_packaged_model_with_its_held_out_scores(capsys):
     narrowband = lines.index(next(line for line in lines if line.startswith("narrowband")))
     assert not lines[narrowband + 1].startswith(" ")
     # a bundle with an SSP-library systematic says how large (muse-mix's [M/H]: 0.26 dex)
-    mix = lines.index(next(line for line in lines if line.startswith("muse-mix")))
+    mix = lines.index(next(line for line in lines if line.startswith("muse-mix ")))
     library = load_manifest("muse-mix").error_systematics.library_terms
     assert lines[mix + 2] == " " * 13 + "SSP-library systematic (<name>_sys_err, not in <name>_err): " + ", ".join(
         f"{k} {v:.2f}" for k, v in library.items()

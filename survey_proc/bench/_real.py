@@ -125,7 +125,18 @@ def ppxf_setups(work: Path) -> dict[str, str]:
 
 
 #: the packaged estimators scored on every set they apply to
-SCORED = ["default", "muse-7100", "muse-av3", "muse-recon", "muse-mix", "sdss-cnn", "fit", "fit-7100", "fit-mpoly"]
+SCORED = [
+    "default",
+    "muse-7100",
+    "muse-av3",
+    "muse-recon",
+    "muse-mix",
+    "muse-mix-recon",
+    "sdss-cnn",
+    "fit",
+    "fit-7100",
+    "fit-mpoly",
+]
 #: the packaged photometric models scored on the synthetic photometry of sets whose spectra cover their
 #: bands (SDSS, MaNGA: 3600-9000 A and more; the MUSE minicube starts at 4750 A, too red for J-PAS's blue)
 PHOTOMETRIC = ["narrowband"]
