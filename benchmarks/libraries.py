@@ -2,7 +2,8 @@
 
     python -m benchmarks.libraries --json benchmarks/results/libraries.json
 
-The models are trained on E-MILES (``muse-mix`` also on M11-MILES and M11-MARCS). For each library
+The models are trained on E-MILES (``muse-mix`` and ``muse-mix-recon`` also on M11-MILES and M11-MARCS:
+their manifests' ``trainset.libraries``). For each library
 of ``survey_proc.ssp.SSP_LIBRARIES``
 (E-MILES as the in-library reference; MIUSCAT and BC03 are the evaluation libraries) this makes a
 seeded mock (``--size`` 24 x 24 spaxels at S/N ``--snr`` 30, the cube's pixels beyond the library

@@ -124,6 +124,23 @@ def _library_table(report: dict) -> list[str]:
     return lines
 
 
+def _also_trained_on(models: list[str]) -> str:
+    """`` (`X` also on A and B: for it those rows are in training)`` for the models of a report trained on
+    more libraries than E-MILES (their manifests' ``trainset.libraries``); empty if none is."""
+    from survey_proc.estimators import load_manifest
+
+    parts = []
+    for model in models:
+        try:
+            trainset = load_manifest(model).raw.get("training", {}).get("config", {}).get("trainset", {})
+        except Exception:  # a bundle this build does not ship: say nothing of it
+            continue
+        names = [n.upper() for n in trainset.get("libraries") or {}]
+        if names:
+            parts.append(f"`{model}` also on {' and '.join(names)}")
+    return f" ({'; '.join(parts)}: for them those rows are in training)" if parts else ""
+
+
 def write_markdown(report: dict, path: Path) -> Path:
     o = report["options"]
     first = o["models"][0]
@@ -134,9 +151,9 @@ def write_markdown(report: dict, path: Path) -> Path:
         f"Mocks of {o['size']} x {o['size']} spaxels at S/N {o['snr']:g} (seed {o['seed']}, z = {o['redshift']:g}), "
         "the cube's pixels beyond each library masked; pPXF "
         + ("and --method fit " if "fit" in o["methods"] else "")
-        + f"on a {o['sample']} x {o['sample']} mock of the same galaxy. The models are trained on E-MILES "
-        "(`muse-mix` also on M11-MILES and M11-MARCS: for it those rows are in training); MIUSCAT and BC03 are the "
-        "evaluation libraries (never for training, calibration or tuning)."
+        + f"on a {o['sample']} x {o['sample']} mock of the same galaxy. The models are trained on E-MILES"
+        + _also_trained_on(o["models"])
+        + "; MIUSCAT and BC03 are the evaluation libraries (never for training, calibration or tuning)."
         + (
             f" Not in this build: --method {', '.join(report['methods_not_in_this_build'])}."
             if report["methods_not_in_this_build"]
@@ -209,6 +226,10 @@ def write_png(report: dict, path: Path) -> Path:
             if any(v is not None for v in old):
                 ax.plot(x + (k - 1.5) * width, [np.nan if v is None else v for v in old], "k_", ms=9,
                         label="before calibration" if k == 0 else None)  # fmt: skip
+            total = [s["properties"].get(prop, {}).get(key + "_total") for s in scores]
+            if any(v is not None and np.isfinite(v) for v in total):
+                ax.plot(x + (k - 1.5) * width, [np.nan if v is None else v for v in total], "kx", ms=5,
+                        label="with <name>_sys_err" if k == 0 else None)  # fmt: skip
         ax.axhline(ideal, color="k", ls="--", lw=1)
         ax.set_title(f"{first}: {title}", fontsize=10)
         ax.set_ylim(0, 1.05)
@@ -226,7 +247,9 @@ def write_png(report: dict, path: Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.legend(fontsize=7)
-    title = "mocks from other SSP libraries (* evaluation libraries); models trained on E-MILES (muse-mix: + M11)"
+    title = "mocks from other SSP libraries (* evaluation libraries); models trained on E-MILES" + (
+        " (and more: see the report)" if _also_trained_on(report["options"]["models"]) else ""
+    )
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, path, dpi=90)
 

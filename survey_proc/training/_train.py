@@ -199,10 +199,9 @@ def grid_cross_entropy(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of predicted light fractions against the true ones, (n, ngrid), over the rows that have
     a grid: a spectrum from another SSP library (``trainset.libraries``) has none on the model's (its row
     is zero), and is rebuilt (the chi^2 term) but not told which of the model's templates make it."""
-    has = true.sum(dim=1) > 0
-    if not bool(has.any()):
-        return pred.new_zeros(())
-    return -(true[has] * torch.log(pred[has] + 1e-8)).sum(dim=1).mean()
+    per_row = -(true * torch.log(pred + 1e-8)).sum(dim=1)
+    has = (true.sum(dim=1) > 0).to(per_row.dtype)  # no boolean indexing: no host sync on a GPU
+    return (per_row * has).sum() / has.sum().clamp(min=1.0)
 
 
 @dataclass
