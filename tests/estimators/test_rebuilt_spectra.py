@@ -1,10 +1,11 @@
-"""A network that rebuilds its spectra (``muse-recon``, issue 17's GalProTE design): the light-fraction grid,
-the velocity and the reduced chi2 of the rebuilt spectrum in the maps, and ``poor_fit`` where the rebuilt
-spectrum does not match the data."""
+"""A network that rebuilds its spectra (``muse-recon``, ``muse-mix-recon``: issue 17's GalProTE design): the
+light-fraction grid, the velocity and the reduced chi2 of the rebuilt spectrum in the maps, and ``poor_fit``
+where the rebuilt spectrum does not match the data."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 import zarr
 
@@ -13,7 +14,8 @@ from survey_proc.estimators import load_manifest
 from survey_proc.stores import Flag
 
 
-def test_muse_recon_rebuilds_its_spectra_and_flags_one_that_does_not_match(cube_copy, tmp_path):
+@pytest.mark.parametrize("model", ["muse-recon", "muse-mix-recon"])
+def test_a_rebuilding_network_rebuilds_its_spectra_and_flags_one_that_does_not_match(cube_copy, tmp_path, model):
     root = zarr.open_group(str(cube_copy), mode="r+")
     wave = root["wave"][:]
     flux = root["flux"]
@@ -21,11 +23,11 @@ def test_muse_recon_rebuilds_its_spectra_and_flags_one_that_does_not_match(cube_
     ripple = (1.0 + 0.2 * np.sin(2 * np.pi * wave / 60.0)).astype(np.float32)
     flux[8, 6:10, :] = flux[8, 6:10, :] * ripple
     out = tmp_path / "m.zarr"
-    run(RunConfig(cube=str(cube_copy), out=str(out), model="muse-recon", cluster="none", progress=False))
+    run(RunConfig(cube=str(cube_copy), out=str(out), model=model, cluster="none", progress=False))
     maps = xr.open_zarr(out)
     flag = maps.flag.values
     poor = (flag & int(Flag.POOR_FIT)) > 0
-    rule = load_manifest("muse-recon").raw["flags"]["POOR_FIT"][0]
+    rule = load_manifest(model).raw["flags"]["POOR_FIT"][0]
     assert rule["output"] == "chi2_floor" and rule["above"] >= 3.0
     assert np.array_equal(poor, np.nan_to_num(maps.chi2_floor.values) > rule["above"])
     assert poor[8, 6:10].all(), maps.chi2_floor.values[8, 6:10]  # the rippled spaxels
