@@ -177,13 +177,13 @@ def test_ctrl_c_on_a_slurm_run_exits_130_and_says_how_to_resume(slurm, tmp_path)
     the run silently with status 0). Now: status 130, the usual message, and no job left behind."""
     from conftest import write_small_mock
 
-    cube = write_small_mock(tmp_path / "c.zarr", seed=12, n=48, chunk=4)  # 144 regions
+    cube = write_small_mock(tmp_path / "c.zarr", seed=12, n=64, chunk=4)  # 256 regions, ~4 s of work
     proc = _cli(["run", "--cube", str(cube), "--cluster", "slurm", "--quiet"], cwd=tmp_path)
-    for _ in range(240):
-        if len(_running(CLI_JOBS)) == 2:
+    written = tmp_path / "c.maps.zarr" / "log_age" / "c"
+    for _ in range(1200):  # until the first region's maps are written: workers up, regions in flight (a fixed
+        if written.is_dir() and any(written.rglob("*")):  # wait once let a fast run finish before Ctrl-C)
             break
-        time.sleep(0.5)
-    time.sleep(6)  # workers up, regions in flight
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, out[-800:], err[-1500:])
