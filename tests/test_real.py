@@ -59,3 +59,19 @@ def test_narrowband_is_scored_on_the_synthetic_photometry_of_the_real_sdss_spect
     refs = {o: {"log_age": (9.0, 9.0, ["x"])} for o in rs.objects}
     rows = score(rs, {"narrowband": est}, refs)
     assert {r["estimator"] for r in rows} == {"narrowband"} and len(rows) == len(rs.objects)
+
+
+def test_the_rebuilt_spectra_are_recorded_and_tabled():
+    from survey_proc.bench._real import RealReport, real_markdown, rebuilt_spectra
+    from survey_proc.stores import Flag
+
+    recon = _est({"sigma": [1.0, 2.0, 3.0]}, {"sigma": [1.0] * 3}, [0, int(Flag.POOR_FIT), 1])
+    recon.fit_quality = {"chi2": np.array([0.9, 5.0, np.nan]), "chi2_floor": np.array([0.8, 3.5, np.nan])}
+    plain = _est({"sigma": [1.0, 2.0, 3.0]}, {"sigma": [1.0] * 3}, [0, 0, 0])
+    got = rebuilt_spectra({"bundles/recon": recon, "plain": plain})
+    assert list(got) == ["recon"] and got["recon"]["poor_fit"] == 1  # estimators without a chi2: none
+    assert got["recon"]["chi2"][:2] == [0.9, 5.0] and np.isnan(got["recon"]["chi2"][2])
+    report = RealReport({"s": {"summary": {}, "rebuilt_spectra": got}}, {}, [])
+    md = real_markdown(report, "r.png")
+    assert "| s | recon | 0.90 / 2.95 / 5.00 | 0.80 / 2.15 / 3.50 | 1 |" in md
+    assert "Rebuilt spectra" not in real_markdown(RealReport({"s": {"summary": {}}}, {}, []), "r.png")

@@ -101,6 +101,8 @@ class Estimate:
     errors: dict[str, np.ndarray]
     flags: np.ndarray
     model_id: str
+    #: the rebuilt spectrum's ``chi2`` and ``chi2_floor`` (objects,), for estimators that return them
+    fit_quality: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def ppxf_setups(work: Path) -> dict[str, str]:
@@ -238,7 +240,27 @@ def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
             values[p] = maps[name].values.astype(float) * scale
             err = maps.get(f"{name}_err")
             errors[p] = err.values.astype(float) * scale if err is not None else np.full(values[p].shape, np.nan)
-    return Estimate(values, errors, maps["flag"].values.astype(int), s.model_id)
+    quality = {k: maps[k].values.astype(float) for k in FIT_QUALITY if k in maps}
+    return Estimate(values, errors, maps["flag"].values.astype(int), s.model_id, quality)
+
+
+#: what an estimator that rebuilds its spectra says of the match (the fit, muse-recon, muse-mix-recon)
+FIT_QUALITY = ("chi2", "chi2_floor")
+
+
+def rebuilt_spectra(estimates: dict[str, Estimate]) -> dict[str, dict]:
+    """Per estimator that rebuilds its spectra: its ``chi2`` and ``chi2_floor`` per object (NaN: not
+    fitted) and how many objects are ``poor_fit``."""
+    from survey_proc.stores import Flag
+
+    return {
+        Path(model).name: {
+            **{k: v.tolist() for k, v in est.fit_quality.items()},
+            "poor_fit": int(((est.flags & int(Flag.POOR_FIT)) != 0).sum()),
+        }
+        for model, est in estimates.items()
+        if est.fit_quality
+    }
 
 
 def photometric_estimate(rs: RealSet, model: str, work: Path, client) -> Estimate:
@@ -360,6 +382,7 @@ def run_real(
             per_set[name] = {
                 "objects": rs.objects, "store": str(rs.store), "estimators": rs.estimators + rs.photometric,
                 "ppxf_setups": [Path(m).name for m in rs.ppxf], "summary": summarise(rows),
+                "rebuilt_spectra": rebuilt_spectra(estimates),
             }  # fmt: skip
             for model, sm in per_set[name]["summary"].items():
                 log.info(
@@ -379,6 +402,28 @@ def write_real_report(report: RealReport, json_path: Path) -> None:
     real_png(report, json_path.with_suffix(".png"))
 
 
+def _rebuilt_lines(report: RealReport) -> list[str]:
+    """A table of the rebuilt spectra's reduced chi^2 per set and estimator (none: no lines)."""
+    rows = [(name, m, q) for name, st in report.sets.items() for m, q in st.get("rebuilt_spectra", {}).items()]
+    if not rows:
+        return []
+    lines = [
+        "Rebuilt spectra (the estimators that return them): reduced χ² and `chi2_floor` (χ² with a 2 % model "
+        "error, what `poor_fit` judges) over the fitted objects, min / median / max:",
+        "",
+        "| set | estimator | χ² | chi2_floor | poor_fit |",
+        "|---|---|---|---|---:|",
+    ]
+    for name, model, q in rows:
+        cells = []
+        for key in FIT_QUALITY:
+            v = np.asarray(q.get(key, []), float)
+            v = v[np.isfinite(v)]
+            cells.append(" / ".join(f"{x:.2f}" for x in np.percentile(v, [0, 50, 100])) if v.size else "–")
+        lines.append(f"| {name} | {model} | {cells[0]} | {cells[1]} | {q['poor_fit']} |")
+    return lines
+
+
 def real_markdown(report: RealReport, png_name: str) -> str:
     lines = [
         "# survey-proc on real spectra: the estimators against pPXF set-ups and published values",
@@ -394,6 +439,7 @@ def real_markdown(report: RealReport, png_name: str) -> str:
                 f"| {name} | {model} | {sm['pairs']} | {sm['pass_fraction']:.0%} | {sm['agree_fraction']:.0%} | "
                 f"{sm['unflagged_fraction']:.0%} | {'met' if sm['acceptance'] else 'not met'} |"
             )
+    lines += ["", *_rebuilt_lines(report)]
     lines += ["", "Per object (value ± error, flag; reference range):", ""]
     lines += [
         "| set | object | property | estimator | value | reference | pull | |",
