@@ -227,7 +227,7 @@ def write_png(report: dict, path: Path) -> Path:
                 ax.plot(x + (k - 1.5) * width, [np.nan if v is None else v for v in old], "k_", ms=9,
                         label="before calibration" if k == 0 else None)  # fmt: skip
             total = [s["properties"].get(prop, {}).get(key + "_total") for s in scores]
-            if any(v is not None and np.isfinite(v) for v in total):
+            if any(np.isfinite(_num(v)) for v in total):
                 ax.plot(x + (k - 1.5) * width, [np.nan if v is None else v for v in total], "kx", ms=5,
                         label="with <name>_sys_err" if k == 0 else None)  # fmt: skip
         ax.axhline(ideal, color="k", ls="--", lw=1)

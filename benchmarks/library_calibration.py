@@ -375,10 +375,11 @@ def apply(results: list[dict], opts: Options) -> None:
 
 def calibrate(opts: Options, work: Path, command: str = COMMAND) -> dict:
     t0 = time.perf_counter()
-    without = [m for m in opts.models if not np.isfinite(ood_threshold(read_manifest(PACKAGED / m).raw))]
+    manifests = {m: read_manifest(PACKAGED / m) for m in opts.models}
+    without = [m for m, manifest in manifests.items() if not np.isfinite(ood_threshold(manifest.raw))]
     if without and not opts.library_only:
         raise ValueError(f"{', '.join(without)}: no out_of_distribution rule to calibrate; run with --library-only")
-    usable = {m: covering_libraries(read_manifest(PACKAGED / m)) for m in opts.models}
+    usable = {m: covering_libraries(manifest) for m, manifest in manifests.items()}
     libraries = sorted({n for names in usable.values() for n in names})
     cubes = mock_cubes(["emiles", *libraries], opts, work)
     results = []

@@ -165,9 +165,7 @@ def choose_library_terms(cal: Spaxels, sys: ErrorSystematics, threshold: float, 
     ``<name>_err``, whose in-library coverage stays as the other terms left it."""
 
     def reaches(k: int, s: float) -> bool:
-        p = PROPERTIES[k]
-        grown = replace(sys, terms={**sys.terms, p: float(np.hypot(sys.terms.get(p, 0.0), s))})
-        return coverage(cal, k, grown, threshold) >= opts.coverage
+        return coverage(cal, k, total(replace(sys, library_terms={PROPERTIES[k]: s})), threshold) >= opts.coverage
 
     estimated = [k for k in range(len(PROPERTIES)) if np.isfinite(cal.diff[:, k]).any()]
     out = {PROPERTIES[k]: _ceil4(smallest(partial(reaches, k), opts.max_term)) for k in estimated}

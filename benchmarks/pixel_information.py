@@ -132,7 +132,7 @@ def train_mlp(
     star_forming_only: bool = False,
 ) -> tuple:
     """The MLP and the target's (mean, std) after ``epochs`` passes over the pixels with expected S/N >= 3
-    (and, with ``star_forming_only``, a true Sigma_SFR at least twice the floor)."""
+    (and, with ``star_forming_only``, those whose true Sigma_SFR is at least the floor: ``synth.star_forming``)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     good = data.expected_snr() >= 3.0

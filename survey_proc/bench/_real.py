@@ -139,6 +139,8 @@ SCORED = [
     "fit-7100",
     "fit-mpoly",
 ]
+#: what an estimator that rebuilds its spectra says of the match (the fit, muse-recon, muse-mix-recon)
+FIT_QUALITY = ("chi2", "chi2_floor")
 #: the packaged photometric models scored on the synthetic photometry of sets whose spectra cover their
 #: bands (SDSS, MaNGA: 3600-9000 A and more; the MUSE minicube starts at 4750 A, too red for J-PAS's blue)
 PHOTOMETRIC = ["narrowband"]
@@ -242,10 +244,6 @@ def run_estimator(rs: RealSet, model: str, work: Path, client) -> Estimate:
             errors[p] = err.values.astype(float) * scale if err is not None else np.full(values[p].shape, np.nan)
     quality = {k: maps[k].values.astype(float) for k in FIT_QUALITY if k in maps}
     return Estimate(values, errors, maps["flag"].values.astype(int), s.model_id, quality)
-
-
-#: what an estimator that rebuilds its spectra says of the match (the fit, muse-recon, muse-mix-recon)
-FIT_QUALITY = ("chi2", "chi2_floor")
 
 
 def rebuilt_spectra(estimates: dict[str, Estimate]) -> dict[str, dict]:

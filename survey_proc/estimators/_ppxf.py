@@ -176,6 +176,7 @@ class PPXFEstimator(Estimator):
         except ImportError as exc:
             raise ModelError("the pPXF estimator needs the ppxf package: pip install 'survey-proc[ppxf]'") from exc
         self.manifest = manifest
+        self._systematics = manifest.error_systematics  #: checked once, as the fit and the networks do
         self._ppxf = ppxf_fit
         self.threads = int(threads) if threads else None
         self.version = getattr(ppxf, "__version__", "") or _package_version("ppxf")
@@ -295,7 +296,7 @@ class PPXFEstimator(Estimator):
             if name.endswith("_err"):
                 out[name] *= scale
         declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
-        return self.manifest.error_systematics.add({k: v for k, v in out.items() if k in declared})
+        return self._systematics.add({k: v for k, v in out.items() if k in declared})
 
 
 def _blas_threads(threads: int | None):

@@ -101,7 +101,7 @@ PROPERTIES: dict[str, dict[str, str]] = {
 def property_attrs(name: str, units: str | None = None, long_name: str | None = None) -> dict:
     """Attributes of a map variable (``name``, ``name_err`` or ``name_sys_err``)."""
     systematic = name.endswith("_sys_err")
-    base = name[: -len("_sys_err")] if systematic else name[:-4] if name.endswith("_err") else name
+    base = name.removesuffix("_sys_err") if systematic else name.removesuffix("_err")
     attrs = dict(PROPERTIES.get(base, {}))
     if units is not None:
         attrs["units"] = units
