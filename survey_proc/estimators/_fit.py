@@ -406,11 +406,17 @@ def weighted_mean(cov_w: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, val
     return mean, var.clamp(min=0).sqrt()
 
 
-def floored_chi2(y: torch.Tensor, w8: torch.Tensor, model: torch.Tensor, floor: float) -> torch.Tensor:
-    """chi^2 (n,) with ``floor`` x model added in quadrature to each good pixel's noise (W = 1/variance)."""
-    var = torch.where(w8 > 0, 1.0 / w8.clamp(min=1e-30), torch.zeros_like(w8)).double()
-    total = var + (floor * model.double()) ** 2
-    return torch.where(w8 > 0, (y - model).double() ** 2 / total.clamp(min=1e-300), torch.zeros_like(total)).sum(1)
+def floored_chi2(
+    y: torch.Tensor, w8: torch.Tensor, model: torch.Tensor, floor: float, double: bool = True
+) -> torch.Tensor:
+    """chi^2 (n,) with ``floor`` x model added in quadrature to each good pixel's noise (W = 1/variance).
+
+    Summed in float64 unless ``double`` is False (a network's rebuilt spectra: ~4x cheaper, and float32
+    holds a sum of a few thousand terms of order one to ~1e-6)."""
+    dtype = torch.float64 if double else y.dtype
+    var = torch.where(w8 > 0, 1.0 / w8.clamp(min=1e-30), torch.zeros_like(w8)).to(dtype)
+    total = (var + (floor * model.to(dtype)) ** 2).clamp(min=1e-30)
+    return torch.where(w8 > 0, (y - model).to(dtype) ** 2 / total, torch.zeros_like(total)).sum(1)
 
 
 def _data(x: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

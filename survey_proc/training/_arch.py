@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.fft import next_fast_len
 from torch import nn
 
 from survey_proc.estimators import floored_chi2
@@ -152,9 +153,21 @@ class Reconstructor(nn.Module):
     """Rebuilds spectra on the model grid from light fractions, A_V, velocity and sigma.
 
     Holds the SSP templates (LSF-matched, unit mean flux in the light window) on a ln(lambda) grid;
-    mixes them, applies screen dust, convolves with the Gaussian LOSVD by FFT (exact also below a
-    pixel, Cappellari 2017) and interpolates onto the model's linear grid. Differentiable.
+    mixes them, convolves the mixture with the Gaussian of the dispersion by FFT (exact also below a
+    pixel, Cappellari 2017), reads it at the model pixels shifted by the velocity (linear
+    interpolation on the ln grid) and applies the screen dust there. Differentiable.
+
+    The dust comes after the LOSVD (its curve changes by < 0.1 % across a line, except at the step of
+    Calzetti's curve at 6300 A) and the velocity is a shift of the read positions rather than a phase:
+    one real filter, no sine or cosine per frequency, and an FFT just long enough not to wrap. Against
+    the phase-shift form with dust first (the synthesiser's) the rebuilt spectra differ by < 0.2 % at
+    99.9 % of pixels and < 0.5 % at all (``tests/test_reconstruct.py``); per spectrum it costs 1.3x
+    (4750-7100 A) to 1.8x (4750-8800 A) less. ``sigma`` is clamped to ``SIGMA_MAX`` and the velocity to
+    the templates' margin.
     """
+
+    #: km/s: the widest LOSVD rebuilt (the FFT is padded for it, so nothing wraps around)
+    SIGMA_MAX = 1000.0
 
     def __init__(
         self,
@@ -165,13 +178,20 @@ class Reconstructor(nn.Module):
         frac: torch.Tensor,
     ) -> None:
         super().__init__()
+        nlog = templates.shape[1]
         self.register_buffer("templates", templates.float())  # (ntemp, nlog)
         self.register_buffer("dust_curve", dust_curve.float())  # (nlog,) A(lambda)/A_V
         self.register_buffer("index", index.long())  # (nmodel,) left neighbour on the log grid
         self.register_buffer("frac", frac.float())  # (nmodel,) interpolation weight
         self.velscale = float(velscale)
-        self.nfft = 1 << int(math.ceil(math.log2(templates.shape[1] * 1.25)))
+        self.sigma_max = self.SIGMA_MAX
+        pad = 2 * int(math.ceil(6.0 * self.SIGMA_MAX / self.velscale))
+        self.nfft = int(next_fast_len(nlog + pad, real=True))
         self.register_buffer("omega", (2.0 * math.pi * torch.fft.rfftfreq(self.nfft)).float())
+        self.register_buffer("position", index.double().add(frac.double()).float())  # model pixels on the log grid
+        # how far the read positions may shift and stay on the templates
+        self.shift_max = float(min(float(self.position.min()), nlog - 1.001 - float(self.position.max())))
+        self.register_buffer("dust_ln", (-0.4 * math.log(10.0) * dust_curve.double()).float())  # ln(flux) per mag
 
     @classmethod
     def from_synthesiser(cls, synth, model_wave: np.ndarray) -> Reconstructor:
@@ -191,15 +211,18 @@ class Reconstructor(nn.Module):
         self, weights: torch.Tensor, av: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor
     ) -> torch.Tensor:
         flux = weights @ self.templates
-        flux = flux * torch.pow(10.0, -0.4 * av[:, None] * self.dust_curve[None, :])
+        sig = (sigma.clamp(max=self.sigma_max) / self.velscale)[:, None]
         ft = torch.fft.rfft(flux, n=self.nfft, dim=1)
-        mu = (velocity / self.velscale)[:, None]
-        sig = (sigma / self.velscale)[:, None]
-        phase = -self.omega[None, :] * mu
-        amp = torch.exp(-0.5 * (self.omega[None, :] * sig) ** 2)
-        conv = torch.fft.irfft(ft * torch.complex(amp * torch.cos(phase), amp * torch.sin(phase)), n=self.nfft, dim=1)
-        left = conv[:, self.index]
-        return left + (conv[:, self.index + 1] - left) * self.frac[None, :]
+        conv = torch.fft.irfft(ft * torch.exp(-0.5 * (self.omega[None, :] * sig) ** 2), n=self.nfft, dim=1)
+        mu = (velocity / self.velscale).clamp(min=-self.shift_max, max=self.shift_max)[:, None]
+        pos = self.position[None, :] - mu  # the rest-frame pixel each model pixel sees
+        left = pos.floor()
+        fr = pos - left
+        i = left.long()
+        lo = conv.gather(1, i)
+        model = lo + (conv.gather(1, i + 1) - lo) * fr
+        k = self.dust_ln[i]  # the curve at the same rest-frame positions
+        return model * torch.exp(av[:, None] * (k + (self.dust_ln[i + 1] - k) * fr))
 
 
 def reduced_chi2(x: torch.Tensor, model: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,8 +350,8 @@ class ExportedModel(nn.Module):
             out["chi2"] = chi2
             good = 1.0 - x[:, 2]
             w8 = good / torch.clamp(x[:, 1], min=1e-3) ** 2  # as reduced_chi2 weighs the pixels
-            floored = floored_chi2(x[:, 0], w8, fitted, self.model_floor)
-            out["chi2_floor"] = (floored / torch.clamp(good.sum(dim=1), min=1.0)).float()
+            floored = floored_chi2(x[:, 0], w8, fitted, self.model_floor, double=False)
+            out["chi2_floor"] = floored / torch.clamp(good.sum(dim=1), min=1.0)
             # (n, nmetal, nage) -> (n, nage, nmetal), the maps' (age, metal) order
             out["weights"] = weights.reshape(-1, self.n_metal, self.n_age).transpose(1, 2)
         return out
