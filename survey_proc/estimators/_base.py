@@ -96,6 +96,13 @@ class Manifest:
         """The names of the outputs (without their ``_err``)."""
         return frozenset(self.raw["outputs"])
 
+    def declared(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``values`` the manifest declares: its outputs and, where it says so, their
+        ``_err``. An estimator that computes more than a bundle declares (pPXF's h3 and h4 for a bundle
+        with a Gaussian LOSVD) returns only these."""
+        names = {o.name for o in self.outputs} | {f"{o.name}_err" for o in self.outputs if o.error}
+        return {k: v for k, v in values.items() if k in names}
+
     @property
     def flag_rules(self) -> list[tuple[str, dict[str, Any]]]:
         """[(flag name, rule), ...]: a rule ``{"output": name, "threshold": x}`` (or ``"above": x``) flags where

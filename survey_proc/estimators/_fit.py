@@ -201,8 +201,7 @@ class FitEstimator(Estimator):
             for start in range(0, rows.size, block):
                 part = rows[start : start + block]
                 self._fit_rows(tpl, x[part], part, out, norm, inflation)
-        declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
-        return self._systematics.add({k: v for k, v in out.items() if k in declared})
+        return self._systematics.add(self.manifest.declared(out))
 
     rebuilds_spectra = True
 

@@ -295,8 +295,7 @@ class PPXFEstimator(Estimator):
         for name in FIT_VALUES:
             if name.endswith("_err"):
                 out[name] *= scale
-        declared = {o.name for o in self.manifest.outputs} | {f"{o.name}_err" for o in self.manifest.outputs if o.error}
-        return self._systematics.add({k: v for k, v in out.items() if k in declared})
+        return self._systematics.add(self.manifest.declared(out))
 
 
 def _blas_threads(threads: int | None):
