@@ -65,6 +65,9 @@ def test_maps_schema_and_provenance(acceptance_run):
     assert store["region_done"].chunks == (1, 1) and store["region_done"].shape == (2, 2)
     assert summary.setup_seconds > 0 and summary.startup_seconds >= summary.setup_seconds
     assert "before that" in summary.format() and "loading the model on them" in summary.format()
+    # the default rebuilds no spectra: the summary says so and names the packaged networks that do
+    assert "rebuilt spectra: none from this model" in summary.format()
+    assert "--model muse-mix-recon" in summary.format() and "--method fit" in summary.format()
 
 
 def test_nan_spaxels_are_flagged_not_fitted(cube_copy, tmp_path):

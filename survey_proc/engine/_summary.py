@@ -18,6 +18,7 @@ from survey_proc.engine._estimate import flag_counts
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import RegionResult
 from survey_proc.errors import SurveyProcError
+from survey_proc.estimators import load_manifest, packaged_models
 from survey_proc.stores import consolidate, remove_partial_writes, verify_regions
 
 
@@ -50,6 +51,7 @@ class RunSummary:
     workers_at_start: int = 0  #: workers when the first region was submitted (``workers``: at the end)
     figure: str = ""  #: the quick-look PNG beside the maps ("" when not drawn)
     log: str = ""  #: the run's log file ("" when none was written)
+    fit_quality: str = ""  #: the rebuilt spectra's chi2 in a line, or where to get them (:func:`fit_quality`)
 
     @property
     def flagged_fraction(self) -> float:
@@ -74,6 +76,7 @@ class RunSummary:
             self._head(),
             f"fitted: {self.fitted} of {self.spectra}; flagged: {flagged}",
             f"model: {self.model_id}",
+            *([self.fit_quality] if self.fit_quality else []),
             f"checks: {'every region verified (marker, count, CRC-32)' if self.verified else 'NOT VERIFIED'}",
             f"maps written to {self.out}",
         ]
@@ -141,6 +144,7 @@ def finish_cube(job: CubeJob, workers: int, client=None) -> RunSummary:
         raise SurveyProcError(f"{out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
     remove_partial_writes(out)
     summary = _summary(job, workers, np.asarray(zarr.open_group(out, mode="r")["flag"][...]))
+    summary.fit_quality = fit_quality(out, job.manifest.input_kind, summary.flag_counts.get("poor_fit", 0))
     if job.binned:
         summary.pixel_maps = write_pixel_maps(job.rc.cube, out, job.names)
     _record(out, summary, bool(job.results))
@@ -172,6 +176,38 @@ def _summary(job: CubeJob, workers: int, flag: np.ndarray) -> RunSummary:
         startup_seconds=(job.started - job.requested) if job.started is not None and job.requested else 0.0,
         workers_at_start=job.workers_at_start,
     )
+
+
+def fit_quality(out: str, input_kind: str, poor_fit: int) -> str:
+    """A line on how well the estimates rebuild the spectra: the median reduced chi2 (and with the 2 %
+    model error, ``chi2_floor``) and the ``poor_fit`` count; for a spectral model that rebuilds
+    nothing, which estimators do; "" for other inputs."""
+    grp = zarr.open_group(out, mode="r")
+    if "chi2" not in grp:
+        if input_kind != "spectrum":
+            return ""
+        others = ", ".join(f"--model {name}" for name in rebuilding_networks())
+        return f"rebuilt spectra: none from this model (no chi2, no poor_fit); they come with {others} or --method fit"
+    parts = [f"median chi2 {_median(grp['chi2'][...])}"]
+    if "chi2_floor" in grp:
+        parts.append(f"with the 2 % model error {_median(grp['chi2_floor'][...])}")
+    return f"rebuilt spectra: {', '.join(parts)}; poor_fit {poor_fit}"
+
+
+def rebuilding_networks() -> list[str]:
+    """The packaged networks whose modules rebuild their spectra (a ``chi2`` output)."""
+    names = []
+    for name in packaged_models():
+        manifest = load_manifest(name)
+        if manifest.estimator == "torchscript" and "chi2" in manifest.output_names:
+            names.append(name)
+    return names
+
+
+def _median(values: np.ndarray) -> str:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return f"{np.median(finite):.2f}" if finite.size else "n/a"
 
 
 def _record(out: str, summary: RunSummary, ran: bool) -> None:

@@ -23,10 +23,14 @@ def test_a_rebuilding_network_rebuilds_its_spectra_and_flags_one_that_does_not_m
     ripple = (1.0 + 0.2 * np.sin(2 * np.pi * wave / 60.0)).astype(np.float32)
     flux[8, 6:10, :] = flux[8, 6:10, :] * ripple
     out = tmp_path / "m.zarr"
-    run(RunConfig(cube=str(cube_copy), out=str(out), model=model, cluster="none", progress=False))
+    summary = run(RunConfig(cube=str(cube_copy), out=str(out), model=model, cluster="none", progress=False))
     maps = xr.open_zarr(out)
     flag = maps.flag.values
     poor = (flag & int(Flag.POOR_FIT)) > 0
+    # the run's summary says how well the spectra were rebuilt
+    median = np.nanmedian(maps.chi2.values)
+    assert f"rebuilt spectra: median chi2 {median:.2f}" in summary.format()
+    assert summary.fit_quality.endswith(f"; poor_fit {int(poor.sum())}")
     rule = load_manifest(model).raw["flags"]["POOR_FIT"][0]
     assert rule["output"] == "chi2_floor" and rule["above"] >= 3.0
     assert np.array_equal(poor, np.nan_to_num(maps.chi2_floor.values) > rule["above"])
