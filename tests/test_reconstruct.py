@@ -26,11 +26,11 @@ def test_reconstructor_matches_the_synthesiser(ssp_lib):
         torch.tensor(v, dtype=torch.float32),
         torch.tensor(sig, dtype=torch.float32),
     ).numpy()
-    # within 0.2 % nearly everywhere; up to 0.5 % where the LOSVD meets a step (the Calzetti curve's at
+    # within 0.2 % nearly everywhere; up to 1 % where the LOSVD meets a step (the Calzetti curve's at
     # 6300 A, applied after the LOSVD) or a sharp line core (the velocity read by linear interpolation)
     rel = np.abs(got - expected) / np.abs(expected)
     assert np.quantile(rel, 0.999) < 2e-3
-    np.testing.assert_allclose(got, expected, rtol=5e-3, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-4 * np.abs(expected).max())
     # sensitivity: a different dispersion changes the spectrum measurably
     other = recon(
         torch.tensor(w.reshape(6, -1), dtype=torch.float32),
@@ -39,6 +39,37 @@ def test_reconstructor_matches_the_synthesiser(ssp_lib):
         torch.tensor(sig + 80, dtype=torch.float32),
     ).numpy()
     assert np.abs(other - expected).max() > 0.01 * np.abs(expected).max()
+
+
+def test_reconstructor_matches_the_narrowest_lines_to_one_percent(ssp_lib):
+    """4750-8800 A at the training set's lowest dispersions: the Ca triplet's and H-alpha's cores are
+    where the rebuild's linear read of a shifted spectrum departs most from the synthesiser's."""
+    from survey_proc.training import muse_rest_4750_8800_input
+
+    spec = muse_rest_4750_8800_input()
+    z = 0.03
+    synth = Synthesiser(ssp_lib, spec.wave * (1 + z), z, muse_lsf_fwhm, max_velocity=1500.0)
+    recon = Reconstructor.from_synthesiser(synth, spec.wave)
+    rng = np.random.default_rng(5)
+    n = 200
+    w = sample_training_mixtures(rng, ssp_lib, n)
+    av, v, sig = np.zeros(n), rng.uniform(-300, 300, n), rng.uniform(30, 60, n)
+    expected = synth.observe(w, av, v, sig)
+    got = recon(*(torch.tensor(a, dtype=torch.float32) for a in (w.reshape(n, -1), av, v, sig))).numpy()
+    rel = np.abs(got - expected) / np.abs(expected)
+    assert np.quantile(rel, 0.999) < 2e-3 and rel.max() < 1e-2
+    assert rel.max() > 1e-4  # not the synthesiser's own form: it does differ a little
+
+
+def test_reconstructor_refuses_a_grid_beyond_its_templates_and_survives_a_nan_velocity(ssp_lib):
+    spec = muse_rest_4750_7100_input()
+    synth = Synthesiser(ssp_lib, spec.wave, 0.0, muse_lsf_fwhm, max_velocity=1500.0)
+    with pytest.raises(ValueError, match="beyond the templates"):
+        Reconstructor.from_synthesiser(synth, spec.wave + 60.0)  # past the red margin
+    recon = Reconstructor.from_synthesiser(synth, spec.wave)
+    w = torch.tensor(sample_training_mixtures(np.random.default_rng(3), ssp_lib, 2).reshape(2, -1), dtype=torch.float32)
+    out = recon(w, torch.zeros(2), torch.tensor([float("nan"), 50.0]), torch.tensor([80.0, 80.0]))
+    assert torch.isfinite(out).all()
 
 
 def test_reconstructor_shifts_redward_and_clamps_sigma(ssp_lib):
