@@ -67,7 +67,23 @@ def test_maps_schema_and_provenance(acceptance_run):
     assert "before that" in summary.format() and "loading the model on them" in summary.format()
     # the default rebuilds no spectra: the summary says so and names the packaged networks that do
     assert "rebuilt spectra: none from this model" in summary.format()
-    assert "--model muse-mix-recon" in summary.format() and "--method fit" in summary.format()
+    assert "muse-mix-recon" in summary.format() and "fit-7100" in summary.format()
+
+
+def test_fit_quality_counts_poor_fit_only_where_a_rule_judges_it(tmp_path):
+    """pPXF's maps have chi2 but no POOR_FIT rule: no count that could never be other than 0; photometric
+    models get no line."""
+    from survey_proc.engine._summary import fit_quality
+    from survey_proc.estimators import Manifest
+
+    out = str(tmp_path / "m.zarr")
+    grp = zarr.open_group(out, mode="w")
+    grp.create_array("chi2", data=np.array([[1.0, 3.0], [np.nan, 2.0]]))
+    judged = {"input": {"kind": "spectrum"}, "flags": {"POOR_FIT": [{"output": "chi2", "above": 3.0}]}}
+    line = fit_quality(out, Manifest(tmp_path / "manifest.json", judged), 1)
+    assert line == "rebuilt spectra: median chi2 2.00; poor_fit 1"
+    assert fit_quality(out, Manifest(tmp_path / "manifest.json", {"input": {"kind": "spectrum"}}), 0).endswith("2.00")
+    assert fit_quality(out, Manifest(tmp_path / "manifest.json", {"input": {"kind": "image"}}), 0) == ""
 
 
 def test_nan_spaxels_are_flagged_not_fitted(cube_copy, tmp_path):

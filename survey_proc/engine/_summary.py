@@ -7,6 +7,8 @@ became of each cube of a batch.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -18,8 +20,10 @@ from survey_proc.engine._estimate import flag_counts
 from survey_proc.engine._jobs import CubeJob
 from survey_proc.engine._region import RegionResult
 from survey_proc.errors import SurveyProcError
-from survey_proc.estimators import load_manifest, packaged_models
+from survey_proc.estimators import Manifest, packaged_models, read_manifest, resolve_model
 from survey_proc.stores import consolidate, remove_partial_writes, verify_regions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,7 +148,10 @@ def finish_cube(job: CubeJob, workers: int, client=None) -> RunSummary:
         raise SurveyProcError(f"{out}: verification failed after the run:\n  - " + "\n  - ".join(problems[:20]))
     remove_partial_writes(out)
     summary = _summary(job, workers, np.asarray(zarr.open_group(out, mode="r")["flag"][...]))
-    summary.fit_quality = fit_quality(out, job.manifest.input_kind, summary.flag_counts.get("poor_fit", 0))
+    try:  # a line of the summary never fails a run
+        summary.fit_quality = fit_quality(out, job.manifest, summary.flag_counts.get("poor_fit", 0))
+    except Exception as exc:
+        log.warning(f"{out}: no fit-quality line in the summary ({type(exc).__name__}: {exc})")
     if job.binned:
         summary.pixel_maps = write_pixel_maps(job.rc.cube, out, job.names)
     _record(out, summary, bool(job.results))
@@ -178,30 +185,38 @@ def _summary(job: CubeJob, workers: int, flag: np.ndarray) -> RunSummary:
     )
 
 
-def fit_quality(out: str, input_kind: str, poor_fit: int) -> str:
-    """A line on how well the estimates rebuild the spectra: the median reduced chi2 (and with the 2 %
-    model error, ``chi2_floor``) and the ``poor_fit`` count; for a spectral model that rebuilds
-    nothing, which estimators do; "" for other inputs."""
+def fit_quality(out: str, manifest: Manifest, poor_fit: int) -> str:
+    """A line on how well a spectral model's estimates rebuild the spectra: the median reduced chi2 (and
+    with the 2 % model error, ``chi2_floor``) and, where the manifest judges it, the ``poor_fit`` count;
+    for a model that rebuilds nothing, which packaged ones do. "" for other inputs."""
+    if manifest.input_kind != "spectrum":
+        return ""
     grp = zarr.open_group(out, mode="r")
     if "chi2" not in grp:
-        if input_kind != "spectrum":
-            return ""
-        others = ", ".join(f"--model {name}" for name in rebuilding_networks())
-        return f"rebuilt spectra: none from this model (no chi2, no poor_fit); they come with {others} or --method fit"
+        return f"rebuilt spectra: none from this model (no chi2, no poor_fit); they come with {rebuilding_models()}"
     parts = [f"median chi2 {_median(grp['chi2'][...])}"]
     if "chi2_floor" in grp:
         parts.append(f"with the 2 % model error {_median(grp['chi2_floor'][...])}")
-    return f"rebuilt spectra: {', '.join(parts)}; poor_fit {poor_fit}"
+    judged = any(flag == "POOR_FIT" for flag, _ in manifest.flag_rules)
+    return f"rebuilt spectra: {', '.join(parts)}" + (f"; poor_fit {poor_fit}" if judged else "")
 
 
-def rebuilding_networks() -> list[str]:
-    """The packaged networks whose modules rebuild their spectra (a ``chi2`` output)."""
-    names = []
+@functools.cache
+def rebuilding_models() -> str:
+    """The packaged spectral bundles whose rebuilt spectra a ``POOR_FIT`` rule judges, by the rest-frame
+    range they need: ``--model muse-mix-recon, muse-recon (rest 4750-7100 A); ...``. Manifests are read
+    without their checksums: a modified bundle elsewhere must not fail this run."""
+    groups: dict[str, list[str]] = {}
     for name in packaged_models():
-        manifest = load_manifest(name)
-        if manifest.estimator == "torchscript" and "chi2" in manifest.output_names:
-            names.append(name)
-    return names
+        try:
+            manifest = read_manifest(resolve_model(name))
+            wave = manifest.raw["input"]["wave"]
+            span = f"{manifest.raw['input'].get('frame', 'rest')} {wave['start']:.0f}-{wave['stop']:.0f} A"
+        except (SurveyProcError, KeyError, TypeError, ValueError):
+            continue
+        if manifest.input_kind == "spectrum" and any(flag == "POOR_FIT" for flag, _ in manifest.flag_rules):
+            groups.setdefault(span, []).append(name)
+    return "; ".join(f"--model {', '.join(names)} ({span})" for span, names in groups.items()) or "none packaged"
 
 
 def _median(values: np.ndarray) -> str:
