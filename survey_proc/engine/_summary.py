@@ -197,8 +197,7 @@ def fit_quality(out: str, manifest: Manifest, poor_fit: int) -> str:
     parts = [f"median chi2 {_median(grp['chi2'][...])}"]
     if "chi2_floor" in grp:
         parts.append(f"with the 2 % model error {_median(grp['chi2_floor'][...])}")
-    judged = any(flag == "POOR_FIT" for flag, _ in manifest.flag_rules)
-    return f"rebuilt spectra: {', '.join(parts)}" + (f"; poor_fit {poor_fit}" if judged else "")
+    return f"rebuilt spectra: {', '.join(parts)}" + (f"; poor_fit {poor_fit}" if _judges_fit(manifest) else "")
 
 
 @functools.cache
@@ -214,9 +213,14 @@ def rebuilding_models() -> str:
             span = f"{manifest.raw['input'].get('frame', 'rest')} {wave['start']:.0f}-{wave['stop']:.0f} A"
         except (SurveyProcError, KeyError, TypeError, ValueError):
             continue
-        if manifest.input_kind == "spectrum" and any(flag == "POOR_FIT" for flag, _ in manifest.flag_rules):
+        if manifest.input_kind == "spectrum" and _judges_fit(manifest):
             groups.setdefault(span, []).append(name)
     return "; ".join(f"--model {', '.join(names)} ({span})" for span, names in groups.items()) or "none packaged"
+
+
+def _judges_fit(manifest: Manifest) -> bool:
+    """Whether the manifest has a ``POOR_FIT`` rule (on its rebuilt spectra's chi2)."""
+    return any(flag == "POOR_FIT" for flag, _ in manifest.flag_rules)
 
 
 def _median(values: np.ndarray) -> str:

@@ -182,15 +182,13 @@ class Reconstructor(nn.Module):
         super().__init__()
         nlog = templates.shape[1]
         self.register_buffer("templates", templates.float())  # (ntemp, nlog)
-        self.register_buffer("dust_curve", dust_curve.float())  # (nlog,) A(lambda)/A_V
-        self.register_buffer("index", index.long())  # (nmodel,) left neighbour on the log grid
-        self.register_buffer("frac", frac.float())  # (nmodel,) interpolation weight
         self.velscale = float(velscale)
         self.sigma_max = self.SIGMA_MAX
         pad = 2 * int(math.ceil(6.0 * self.SIGMA_MAX / self.velscale))
         self.nfft = int(next_fast_len(nlog + pad, real=True))
         self.register_buffer("omega", (2.0 * math.pi * torch.fft.rfftfreq(self.nfft)).float())
-        self.register_buffer("position", index.double().add(frac.double()).float())  # model pixels on the log grid
+        # the model's pixels on the log grid: ``index`` the left neighbour, ``frac`` the step beyond it
+        self.register_buffer("position", index.double().add(frac.double()).float())
         # how far the read positions may shift and stay on the templates
         self.shift_max = float(min(float(self.position.min()), nlog - 1.001 - float(self.position.max())))
         if self.shift_max <= 0:
@@ -198,7 +196,8 @@ class Reconstructor(nn.Module):
                 f"the model grid reaches {-self.shift_max:.1f} pixels beyond the templates' ln(lambda) grid: "
                 "build them with a velocity margin (Synthesiser max_velocity)"
             )
-        self.register_buffer("dust_ln", (-0.4 * math.log(10.0) * dust_curve.double()).float())  # ln(flux) per mag
+        # ``dust_curve`` A(lambda)/A_V on the log grid, as ln(flux) per magnitude of A_V
+        self.register_buffer("dust_ln", (-0.4 * math.log(10.0) * dust_curve.double()).float())
 
     @classmethod
     def from_synthesiser(cls, synth, model_wave: np.ndarray) -> Reconstructor:
@@ -232,13 +231,22 @@ class Reconstructor(nn.Module):
         return model * torch.exp(av[:, None] * (k + (self.dust_ln[i + 1] - k) * fr))
 
 
-def reduced_chi2(x: torch.Tensor, model: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_weights(x: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Inverse variances (n, L) of input channels (flux, error, mask): 0 where masked, errors floored."""
+    return (1.0 - x[:, 2]) / torch.clamp(x[:, 1], min=floor) ** 2
+
+
+def reduced_chi2(
+    x: torch.Tensor, model: torch.Tensor, floor: float = 1e-3, w: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduced chi^2 of ``model`` against input channels (flux, error, mask), with the best scale.
 
-    Returns (chi2 (n,), scaled model (n, L)). Masked pixels do not count; errors are floored.
+    Returns (chi2 (n,), scaled model (n, L)). Masked pixels do not count; errors are floored
+    (``w``: :func:`pixel_weights` of ``x``, where the caller has them already).
     """
-    flux, err, mask = x[:, 0], x[:, 1], x[:, 2]
-    w = (1.0 - mask) / torch.clamp(err, min=floor) ** 2
+    flux, mask = x[:, 0], x[:, 2]
+    if w is None:
+        w = pixel_weights(x, floor)
     scale = (w * flux * model).sum(dim=1) / torch.clamp((w * model * model).sum(dim=1), min=1e-12)
     fitted = model * scale[:, None]
     chi2 = (w * (flux - fitted) ** 2).sum(dim=1) / torch.clamp((1.0 - mask).sum(dim=1), min=1.0)
@@ -353,12 +361,11 @@ class ExportedModel(nn.Module):
             av = value[:, self.i_av].clamp(min=0.0) if self.i_av >= 0 else zeros
             sigma = value[:, self.i_sigma].clamp(min=1.0) if self.i_sigma >= 0 else zeros + 100.0
             velocity = value[:, self.i_velocity] if self.i_velocity >= 0 else zeros
-            chi2, fitted = reduced_chi2(x, recon(weights, av, velocity, sigma))
+            w8 = pixel_weights(x)
+            chi2, fitted = reduced_chi2(x, recon(weights, av, velocity, sigma), w=w8)
             out["chi2"] = chi2
-            good = 1.0 - x[:, 2]
-            w8 = good / torch.clamp(x[:, 1], min=1e-3) ** 2  # as reduced_chi2 weighs the pixels
             floored = floored_chi2(x[:, 0], w8, fitted, self.model_floor, double=False)
-            out["chi2_floor"] = floored / torch.clamp(good.sum(dim=1), min=1.0)
+            out["chi2_floor"] = floored / torch.clamp((1.0 - x[:, 2]).sum(dim=1), min=1.0)
             # (n, nmetal, nage) -> (n, nage, nmetal), the maps' (age, metal) order
             out["weights"] = weights.reshape(-1, self.n_metal, self.n_age).transpose(1, 2)
         return out
