@@ -102,3 +102,15 @@ def test_reduced_chi2_is_one_for_pure_noise_and_scale_free():
     chi2, fitted = reduced_chi2(x, torch.tensor(model, dtype=torch.float32))
     assert float(chi2.mean()) == pytest.approx(1.0, abs=0.05)
     np.testing.assert_allclose(fitted.numpy()[:, 0] / model[:, 0], 3.0, rtol=1e-3)
+
+
+def test_fft_length_is_long_enough_and_of_a_fast_form():
+    from survey_proc.training._arch import fft_length
+
+    for n in (100, 4962 + 480, 5625, 7000, 8100, 8192, 8193, 12345):
+        m = fft_length(n)
+        odd = m
+        while odd % 2 == 0:
+            odd //= 2
+        assert n <= m <= 2 ** int(np.ceil(np.log2(n))) and odd in (1, 3, 5, 9, 15), (n, m)
+    assert fft_length(5442) == 6144  # not scipy's 5-smooth 5625 = 5^4 x 3^2, which MKL does 2x slower
