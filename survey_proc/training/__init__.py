@@ -43,6 +43,7 @@ from survey_proc.training._inputs import (
 from survey_proc.training._phot_evaluate import evaluate_photometric, format_photometric
 from survey_proc.training._phot_trainer import PhotometricTrainer, PhotTrainConfig
 from survey_proc.training._photometric import train_photometric
+from survey_proc.training._reexport import reexport_bundle, rewrap
 from survey_proc.training._sed import SEDTrainer
 from survey_proc.training._store import StoredSet, write_trainset
 from survey_proc.training._train import SpectrumTrainer, TrainConfig, initial_weights, train
@@ -94,6 +95,8 @@ __all__ = [
     "observe_noisy",
     "predict_noisy",
     "reduced_chi2",
+    "reexport_bundle",
+    "rewrap",
     "sdss_observed_input",
     "synthesise",
     "synthesise_galaxies",
