@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from survey_proc.errors import ModelError
 from survey_proc.estimators import load_estimator, load_manifest, resolve_model
 from survey_proc.training import reexport_bundle, rewrap
 
@@ -86,7 +87,7 @@ def test_reexport_refuses_a_modified_bundle(tmp_path):
     bundle = BUNDLE
     (src / "manifest.json").write_text((bundle / "manifest.json").read_text())
     (src / "model.pt").write_bytes((bundle / "model.pt").read_bytes() + b"x")
-    with pytest.raises(ValueError, match="SHA-256"):
+    with pytest.raises(ModelError, match="SHA-256"):
         reexport_bundle(src, tmp_path / "out", "test")
 
 

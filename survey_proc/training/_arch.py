@@ -155,14 +155,13 @@ def fft_length(n: int) -> int:
     these: one thread, 256 spectra, a real FFT of 5625 = 5^4 x 3^2 points took 29 us per spectrum each
     way, of 6144 = 2^11 x 3 points 12-14 us.
     """
-    n = max(int(n), 1)
-    best = 1 << max(4, int(math.ceil(math.log2(max(n, 1)))))
-    for odd in (3, 5, 9, 15):
-        a = max(4, int(math.ceil(math.log2(n / odd))))
+    lengths = []
+    for odd in (1, 3, 5, 9, 15):
+        a = 4
         while odd << a < n:
             a += 1
-        best = min(best, odd << a)
-    return best
+        lengths.append(odd << a)
+    return min(lengths)
 
 
 class Reconstructor(nn.Module):

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from survey_proc import __version__
-from survey_proc.estimators import MANIFEST_NAME
+from survey_proc.errors import ModelError
+from survey_proc.estimators import MANIFEST_NAME, load_manifest
 from survey_proc.fetch import sha256_of
 from survey_proc.training._arch import ExportedModel, Reconstructor
 from survey_proc.training._bundle import MODEL_FILE
@@ -110,19 +111,18 @@ def _indent(text: str) -> int:
     return (len(second) - len(second.lstrip(" "))) or 2
 
 
-def reexport_bundle(src: Path, dst: Path, why: str) -> dict[str, Any]:
-    """Write ``dst/model.pt`` and ``dst/manifest.json``: the bundle in ``src`` re-exported (see the
-    module's docstring); the manifest is ``src``'s with the new file's SHA-256, the software that
-    wrote it and a ``reexported`` record (the old SHA-256, when, ``why``). Returns the new manifest."""
-    src, dst = Path(src), Path(dst)
-    text = (src / MANIFEST_NAME).read_text()
+def reexport_bundle(src: str | Path, dst: Path, why: str) -> dict[str, Any]:
+    """Write ``dst/model.pt`` and ``dst/manifest.json``: the bundle ``src`` (a folder, or a packaged
+    model's name), verified as a run verifies it, re-exported (see the module's docstring); the
+    manifest is ``src``'s with the new file's SHA-256, the software that wrote it and a ``reexported``
+    record (the old SHA-256 and software, when, ``why``). Returns the new manifest."""
+    dst = Path(dst)
+    source = load_manifest(src)  # refuses a model file that does not match its SHA-256 (or none recorded)
+    if source.estimator != "torchscript" or source.file is None:
+        raise ModelError(f"{src}: only TorchScript bundles can be re-exported, not {source.estimator!r}")
+    text = source.path.read_text()
     manifest = json.loads(text)
-    old_file = src / manifest.get("file", MODEL_FILE)
-    if manifest.get("estimator") != "torchscript":
-        raise ValueError(f"{src}: only TorchScript bundles can be re-exported, not {manifest.get('estimator')!r}")
-    if sha256_of(old_file) != manifest.get("sha256"):
-        raise ValueError(f"{old_file} does not match its manifest's SHA-256: re-export from an intact bundle")
-    wrapped = rewrap(torch.jit.load(str(old_file), map_location="cpu"))
+    wrapped = rewrap(torch.jit.load(str(source.file), map_location="cpu"))
     dst.mkdir(parents=True, exist_ok=True)
     new_file = dst / MODEL_FILE
     torch.jit.script(wrapped).save(str(new_file))
