@@ -90,6 +90,38 @@ def test_reconstructor_shifts_redward_and_clamps_sigma(ssp_lib):
     np.testing.assert_allclose(rebuilt(0.0, 5000.0), rebuilt(0.0, Reconstructor.SIGMA_MAX), rtol=1e-5)
 
 
+def test_the_widest_dispersion_at_the_largest_shift_does_not_wrap_around():
+    """The FFT is padded by 6 SIGMA_MAX on one side only: on a grid whose FFT has no room beyond that
+    padding, the rebuild at that dispersion and the largest shift either way equals a direct
+    (non-circular) convolution of the zero-padded mixture."""
+    velscale, margin = 25.0, 70
+    pad = int(np.ceil(6 * Reconstructor.SIGMA_MAX / velscale))
+    nlog = 5120 - pad  # fft_length(nlog + pad) is nlog + pad itself
+    rng = np.random.default_rng(4)
+    grid = np.arange(nlog)
+    templates = 1.0 + 0.3 * np.sin(grid[None, :] / rng.uniform(5, 50, (4, 1))) + rng.uniform(0, 0.2, (4, nlog))
+    index = np.arange(margin, nlog - margin - 1)
+    recon = Reconstructor(
+        torch.tensor(templates), torch.zeros(nlog), velscale, torch.tensor(index), torch.full((index.size,), 0.25)
+    )
+    assert recon.nfft == nlog + pad
+    w = rng.dirichlet(np.ones(4))[None, :]
+    mix = (w @ templates)[0]
+    s = Reconstructor.SIGMA_MAX / velscale
+    t = np.arange(-int(8 * s), int(8 * s) + 1)
+    kernel = np.exp(-0.5 * (t / s) ** 2)
+    conv = np.convolve(mix, kernel / kernel.sum(), mode="same")  # zeros beyond the templates
+    for shift in (-recon.shift_max, recon.shift_max):
+        got = recon(
+            torch.tensor(w, dtype=torch.float32),
+            torch.zeros(1),
+            torch.tensor([shift * velscale], dtype=torch.float32),
+            torch.tensor([5000.0]),  # clamped to SIGMA_MAX
+        )[0].numpy()
+        expected = np.interp(index + 0.25 - shift, grid, conv)
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
 def test_reduced_chi2_is_one_for_pure_noise_and_scale_free():
     rng = np.random.default_rng(1)
     model = 1.0 + 0.2 * np.sin(np.linspace(0, 20, 2000))[None, :].repeat(50, 0)
@@ -107,10 +139,11 @@ def test_reduced_chi2_is_one_for_pure_noise_and_scale_free():
 def test_fft_length_is_long_enough_and_of_a_fast_form():
     from survey_proc.training._arch import fft_length
 
-    for n in (100, 4962 + 480, 5625, 7000, 8100, 8192, 8193, 12345):
+    for n in (100, 4962 + 144, 4962 + 480, 5625, 7000, 8100, 8192, 8193, 12345):
         m = fft_length(n)
         odd = m
         while odd % 2 == 0:
             odd //= 2
         assert n <= m <= 2 ** int(np.ceil(np.log2(n))) and odd in (1, 3, 5, 9, 15), (n, m)
     assert fft_length(5442) == 6144  # not scipy's 5-smooth 5625 = 5^4 x 3^2, which MKL does 2x slower
+    assert fft_length(4962 + 144) == 5120  # 4750-7100 A with 6 x 600 km/s of padding

@@ -164,6 +164,11 @@ def fft_length(n: int) -> int:
     return min(lengths)
 
 
+#: the floor of the Gaussian's ln(transform) in the rebuild: exp(-80) ~ 2e-35 is zero to float32 sums,
+#: and a CPU's vector exp takes a slow path (~10x dearer per element) for arguments that underflow
+EXP_FLOOR = -80.0
+
+
 class Reconstructor(nn.Module):
     """Rebuilds spectra on the model grid from light fractions, A_V, velocity and sigma.
 
@@ -185,8 +190,10 @@ class Reconstructor(nn.Module):
     templates' margin; a NaN velocity reads as 0.
     """
 
-    #: km/s: the widest LOSVD rebuilt (the FFT is padded for it, so nothing wraps around)
-    SIGMA_MAX = 1000.0
+    #: km/s: the widest LOSVD rebuilt (the FFT is padded by its 6 sigma, so nothing wraps around: a
+    #: circular convolution of zero-padded data wraps only where the kernel reaches beyond the padding);
+    #: twice the networks' training range, and 5120 rather than 6144 points on 4750-7100 A
+    SIGMA_MAX = 600.0
 
     def __init__(
         self,
@@ -201,7 +208,8 @@ class Reconstructor(nn.Module):
         self.nlog = int(nlog)
         self.velscale = float(velscale)
         self.sigma_max = self.SIGMA_MAX
-        pad = 2 * int(math.ceil(6.0 * self.SIGMA_MAX / self.velscale))
+        self.exp_floor = EXP_FLOOR
+        pad = int(math.ceil(6.0 * self.SIGMA_MAX / self.velscale))
         self.nfft = fft_length(nlog + pad)
         self.nfreq = self.nfft // 2 + 1
         # the templates' transforms, (ntemp, nfreq * 2) as (real, imaginary) pairs, made in float64
@@ -240,7 +248,7 @@ class Reconstructor(nn.Module):
         self, weights: torch.Tensor, av: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor
     ) -> torch.Tensor:
         sig = sigma.clamp(max=self.sigma_max) / self.velscale
-        gauss = torch.exp(self.half_omega2[None, :] * (sig * sig)[:, None])
+        gauss = torch.exp((self.half_omega2[None, :] * (sig * sig)[:, None]).clamp(min=self.exp_floor))
         ft = (weights @ self.spectra).view(-1, self.nfreq, 2) * gauss[:, :, None]
         conv = torch.fft.irfft(torch.view_as_complex(ft), n=self.nfft, dim=1)
         mu = (torch.nan_to_num(velocity) / self.velscale).clamp(min=-self.shift_max, max=self.shift_max)[:, None]
@@ -248,10 +256,9 @@ class Reconstructor(nn.Module):
         left = pos.floor()
         fr = pos - left
         i = left.long()
-        lo = conv.gather(1, i)
-        model = lo + (conv.gather(1, i + 1) - lo) * fr
-        k = self.dust_ln[i]  # the curve at the same rest-frame positions
-        return model * torch.exp(av[:, None] * (k + (self.dust_ln[i + 1] - k) * fr))
+        model = torch.lerp(conv.gather(1, i), conv[:, 1:].gather(1, i), fr)
+        dust = self.dust_ln.expand(conv.shape[0], -1)  # the curve at the same rest-frame positions
+        return model * torch.exp(av[:, None] * torch.lerp(dust.gather(1, i), dust[:, 1:].gather(1, i), fr))
 
 
 def pixel_weights(x: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
