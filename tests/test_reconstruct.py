@@ -122,6 +122,43 @@ def test_the_widest_dispersion_at_the_largest_shift_does_not_wrap_around():
         np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+def test_the_fft_leaves_room_for_six_sigma_max():
+    """On a grid where one pixel less of padding would give a shorter FFT (4608 points), the FFT
+    still leaves 6 SIGMA_MAX of zeros beyond the templates (the condition the test above relies on)."""
+    velscale = 25.0
+    pad = int(np.ceil(6 * Reconstructor.SIGMA_MAX / velscale))
+    for nlog in (4609 - pad, 4962):  # the edge case; the MUSE rest 4750-7100 A grid
+        index = np.arange(70, nlog - 71)
+        recon = Reconstructor(
+            torch.ones(2, nlog), torch.zeros(nlog), velscale, torch.tensor(index), torch.zeros(index.size)
+        )
+        assert recon.nfft - recon.nlog >= pad, (nlog, recon.nfft)
+
+
+def test_the_rebuild_has_the_gradients_training_uses():
+    """Autograd through the rebuild (weights, A_V, velocity, sigma: the training loss's path) against
+    finite differences, in float64 on a small grid, away from the clamps and pixel boundaries."""
+    rng = np.random.default_rng(6)
+    nlog, velscale = 400, 60.0
+    grid = np.arange(nlog)
+    templates = 1.0 + 0.3 * np.sin(grid[None, :] / rng.uniform(3, 30, (3, 1)))
+    index = np.arange(40, nlog - 41, 2)
+    recon = Reconstructor(
+        torch.tensor(templates),
+        torch.linspace(1.5, 0.5, nlog),
+        velscale,
+        torch.tensor(index),
+        torch.full((index.size,), 0.3),
+    ).double()
+    inputs = (
+        torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64, requires_grad=True),
+        torch.tensor([0.7], dtype=torch.float64, requires_grad=True),
+        torch.tensor([100.0], dtype=torch.float64, requires_grad=True),  # 1.67 pixels: fr = 0.63
+        torch.tensor([150.0], dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(recon, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
 def test_reduced_chi2_is_one_for_pure_noise_and_scale_free():
     rng = np.random.default_rng(1)
     model = 1.0 + 0.2 * np.sin(np.linspace(0, 20, 2000))[None, :].repeat(50, 0)

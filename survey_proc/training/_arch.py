@@ -165,7 +165,7 @@ def fft_length(n: int) -> int:
 
 
 #: the floor of the Gaussian's ln(transform) in the rebuild: exp(-80) ~ 2e-35 is zero to float32 sums,
-#: and a CPU's vector exp takes a slow path (~10x dearer per element) for arguments that underflow
+#: and a CPU's vector exp takes a slow path (~13x dearer per element) for arguments that underflow
 EXP_FLOOR = -80.0
 
 
@@ -295,7 +295,7 @@ class ExportedModel(nn.Module):
     the correction.
     """
 
-    #: spectra rebuilt at a time: a (256, 6144) FFT stays in a CPU's cache, one of 1024 rows does not
+    #: spectra rebuilt at a time: a (256, 5120) FFT stays in a CPU's cache, one of 1024 rows does not
     #: (per spectrum 1.6x dearer, one thread); on a GPU the loop is not measured
     REBUILD_CHUNK = 256
 
