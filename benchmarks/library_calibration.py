@@ -67,7 +67,14 @@ from benchmarks.library_calibration_fit import (
     pooled,
 )
 from survey_proc import __version__
-from survey_proc.estimators import PACKAGED, PACKAGED_SUMS, ErrorSystematics, compute_packaged_sums, read_manifest
+from survey_proc.estimators import (
+    PACKAGED,
+    PACKAGED_SUMS,
+    ErrorSystematics,
+    compute_packaged_sums,
+    read_manifest,
+    write_manifest_like,
+)
 from survey_proc.ssp import library_names, load_ssp_library
 from survey_proc.stores import open_maps
 from survey_proc.synth import MockConfig, open_truth, write_mock
@@ -177,19 +184,8 @@ def uncalibrated_bundle(model: str, dest: Path) -> Path:
     """A copy of a packaged bundle in ``dest`` with its library calibration undone (its manifest path)."""
     src = read_manifest(PACKAGED / model)
     shutil.copytree(src.path.parent, dest)
-    write_manifest(dest / "manifest.json", uncalibrated(src.raw))
+    write_manifest_like(dest / "manifest.json", uncalibrated(src.raw))
     return dest / "manifest.json"
-
-
-def write_manifest(path: Path, raw: dict) -> None:
-    """``raw`` as JSON in ``path``, in the file's own layout (indent, final newline) if it exists."""
-    indent, end = 2, ""
-    if path.exists():
-        lines = path.read_text().splitlines(keepends=True)
-        if len(lines) > 1:
-            indent = len(lines[1]) - len(lines[1].lstrip(" "))
-        end = "\n" if lines and lines[-1].endswith("\n") else ""
-    path.write_text(json.dumps(raw, indent=indent) + end)
 
 
 def run_model(cube: Path, manifest: Path, out: Path):
@@ -316,7 +312,7 @@ def apply(results: list[dict], opts: Options) -> None:
     for res in results:
         path = PACKAGED / res["model"] / "manifest.json"
         if opts.library_only:
-            write_manifest(path, with_library_terms(json.loads(path.read_text()), res, opts))
+            write_manifest_like(path, with_library_terms(json.loads(path.read_text()), res, opts))
             continue
         shipped = json.loads(path.read_text())
         raw = uncalibrated(shipped)  # as exported: a second calibration replaces the first
@@ -363,7 +359,7 @@ def apply(results: list[dict], opts: Options) -> None:
             )
         raw[RECORD_KEY] = record
         raw = kept_library_terms(raw, shipped, res["model"])
-        write_manifest(path, raw)
+        write_manifest_like(path, raw)
         log.info(
             "%s: error_systematics %s, ood threshold %.4f",
             res["model"],

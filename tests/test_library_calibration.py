@@ -98,7 +98,7 @@ def test_apply_writes_the_values_and_uncalibrated_undoes_them(tmp_path, monkeypa
     assert record["mocks"]["seeds"] == [5]
     assert (root / "SHA256SUMS").read_text() == "sums\n"
     assert json.dumps(lc.uncalibrated(manifest.raw), indent=indent) + end == original  # undone
-    lc.write_manifest(root / "default" / "manifest.json", lc.uncalibrated(manifest.raw))
+    lc.write_manifest_like(root / "default" / "manifest.json", lc.uncalibrated(manifest.raw))
     assert (root / "default" / "manifest.json").read_text() == original
 
 

@@ -7,7 +7,15 @@ engine, a pPXF worker) does not import torch.
 
 import importlib
 
-from survey_proc.estimators._base import BUNDLE_FORMAT, MANIFEST_NAME, Estimator, Manifest, OutputSpec, read_manifest
+from survey_proc.estimators._base import (
+    BUNDLE_FORMAT,
+    MANIFEST_NAME,
+    Estimator,
+    Manifest,
+    OutputSpec,
+    read_manifest,
+    write_manifest_like,
+)
 from survey_proc.estimators._load import (
     IMPLEMENTATIONS,
     PACKAGED,
@@ -70,4 +78,5 @@ __all__ = [
     "read_manifest",
     "resolve_model",
     "verify_bundle",
+    "write_manifest_like",
 ]

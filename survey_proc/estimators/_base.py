@@ -181,6 +181,20 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest(path=path, raw=raw)
 
 
+def write_manifest_like(path: Path, raw: dict[str, Any], like: Path | None = None) -> None:
+    """``raw`` as JSON in ``path``, in the layout (indent, final newline) of the manifest ``like``
+    (default: ``path`` itself) where that exists, else indent 2 and no final newline: an edited or
+    re-exported manifest's diff shows only what changed."""
+    layout = Path(like or path)
+    indent, end = 2, ""
+    if layout.exists():
+        lines = layout.read_text().splitlines(keepends=True)
+        if len(lines) > 1:
+            indent = len(lines[1]) - len(lines[1].lstrip(" "))
+        end = "\n" if lines and lines[-1].endswith("\n") else ""
+    Path(path).write_text(json.dumps(raw, indent=indent) + end)
+
+
 class Estimator:
     """What the engine calls on an estimator: ``predict``, and the hooks below with their defaults.
 

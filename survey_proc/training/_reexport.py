@@ -22,7 +22,7 @@ from torch import nn
 
 from survey_proc import __version__
 from survey_proc.errors import ModelError
-from survey_proc.estimators import MANIFEST_NAME, load_manifest
+from survey_proc.estimators import MANIFEST_NAME, load_manifest, write_manifest_like
 from survey_proc.fetch import sha256_of
 from survey_proc.training._arch import ExportedModel, Reconstructor
 from survey_proc.training._bundle import MODEL_FILE
@@ -104,13 +104,6 @@ def rewrap(module: nn.Module) -> ExportedModel:
     return wrapped
 
 
-def _indent(text: str) -> int:
-    """The indentation of a JSON text's first nested line (kept, so that the manifest's diff is small)."""
-    lines = text.splitlines()
-    second = lines[1] if len(lines) > 1 else ""
-    return (len(second) - len(second.lstrip(" "))) or 2
-
-
 def reexport_bundle(src: str | Path, dst: Path, why: str) -> dict[str, Any]:
     """Write ``dst/model.pt`` and ``dst/manifest.json``: the bundle ``src`` (a folder, or a packaged
     model's name), verified as a run verifies it, re-exported (see the module's docstring); the
@@ -120,8 +113,7 @@ def reexport_bundle(src: str | Path, dst: Path, why: str) -> dict[str, Any]:
     source = load_manifest(src)  # refuses a model file that does not match its SHA-256 (or none recorded)
     if source.estimator != "torchscript" or source.file is None:
         raise ModelError(f"{src}: only TorchScript bundles can be re-exported, not {source.estimator!r}")
-    text = source.path.read_text()
-    manifest = json.loads(text)
+    manifest = json.loads(source.path.read_text())
     wrapped = rewrap(torch.jit.load(str(source.file), map_location="cpu"))
     dst.mkdir(parents=True, exist_ok=True)
     new_file = dst / MODEL_FILE
@@ -139,6 +131,6 @@ def reexport_bundle(src: str | Path, dst: Path, why: str) -> dict[str, Any]:
         "software": f"survey-proc {__version__}, torch {torch.__version__}",
         "reexported": [*manifest.get("reexported", []), record],
     }
-    (dst / MANIFEST_NAME).write_text(json.dumps(manifest, indent=_indent(text), default=str) + "\n")
+    write_manifest_like(dst / MANIFEST_NAME, manifest, like=source.path)
     log.info("re-exported %s -> %s (sha256 %s)", src, dst, manifest["sha256"][:12])
     return manifest
