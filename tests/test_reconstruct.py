@@ -86,7 +86,7 @@ def test_reconstructor_shifts_redward_and_clamps_sigma(ssp_lib):
     near = (spec.wave > 6520) & (spec.wave < 6620)
     line = spec.wave[near][np.argmin(rebuilt(200.0, 60.0)[near])]
     assert line == pytest.approx(6562.8 * (1 + 200.0 / 299792.458), abs=1.3)
-    # sigma beyond SIGMA_MAX is rebuilt at SIGMA_MAX, not wrapped around the FFT
+    # sigma beyond SIGMA_MAX is rebuilt at SIGMA_MAX (that nothing wraps around: the tests below)
     np.testing.assert_allclose(rebuilt(0.0, 5000.0), rebuilt(0.0, Reconstructor.SIGMA_MAX), rtol=1e-5)
 
 

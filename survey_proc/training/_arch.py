@@ -295,8 +295,9 @@ class ExportedModel(nn.Module):
     the correction.
     """
 
-    #: spectra rebuilt at a time: a (256, 5120) FFT stays in a CPU's cache, one of 1024 rows does not
-    #: (per spectrum 1.6x dearer, one thread); on a GPU the loop is not measured
+    #: spectra rebuilt at a time: with the workers' heap settings (``cluster.tune_heap``), one thread,
+    #: 5120-point FFTs, the whole module costs ~5 % more per spectrum in chunks of 1024 than of 256
+    #: (the 1.6x first measured at 6144 points was without them); on a GPU the loop is not measured
     REBUILD_CHUNK = 256
 
     def __init__(
