@@ -52,6 +52,7 @@ from survey_proc.training._dataset import (
     make_inputs,
     synthesise,
 )
+from survey_proc.training._distill import Teacher, distillation_loss
 from survey_proc.training._evaluate import evaluate
 from survey_proc.training._fit import FitState, Trainer, gaussian_nll
 from survey_proc.training._inputs import input_preset
@@ -96,12 +97,21 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     init_from: str | None = None  #: start from the weights of this bundle (name or path) where shapes match
+    distill_from: str | None = None  #: also learn this bundle's outputs (name or path; training._distill)
+    distill_loss: float = 0.0  #: weight of the difference from ``distill_from``'s outputs
     min_snr: float = 5.0
     ood_quantile: float = 0.995
     chunk: int = 8192
     edge_correction: bool = True  #: de-shrink log_age and [M/H] at the grid edges (training._edges)
     n_calib: int = 40000  #: calibration spectra (own seeds) the edge tables are fitted on
     edge_min_snr: float = 20.0  #: S/N per Angstrom below which the edge correction fades out
+
+    def __post_init__(self) -> None:
+        if (self.distill_from is None) != (self.distill_loss == 0):
+            raise ValueError(
+                "distill_from (a bundle) and distill_loss (> 0) go together: "
+                f"got distill_from={self.distill_from!r}, distill_loss={self.distill_loss!r}"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
@@ -118,8 +128,9 @@ class TrainConfig:
         """Hash of what the training loop depends on (calibration after training is left out, so a
         finished run re-exports with new calibration options instead of training again)."""
         identity = {k: v for k, v in asdict(self).items() if k not in _AFTER_TRAINING}
-        if identity.get("init_from") is None:  # runs from before the option keep their digest
-            identity.pop("init_from", None)
+        for option, unset in (("init_from", None), ("distill_from", None), ("distill_loss", 0.0)):
+            if identity.get(option) == unset:  # runs from before the option keep their digest
+                identity.pop(option, None)
         identity["trainset"] = self.trainset.identity()
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -228,6 +239,7 @@ class SpectrumTrainer(Trainer):
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike) -> None:
         super().__init__(cfg, out_dir)
         self.recon: Reconstructor | None = None
+        self.teacher: Teacher | None = None
         self.edge_tables: dict = {}
 
     @property
@@ -293,6 +305,11 @@ class SpectrumTrainer(Trainer):
         if cfg.init_from:  # a checkpoint of this run, if any, overwrites them when the loop resumes
             loaded = initial_weights(net, cfg.init_from)
             log.info(f"initial weights from {cfg.init_from}: {len(loaded)} tensors ({', '.join(loaded[:4])}, ...)")
+        if cfg.distill_from:
+            labels = list(cfg.trainset.labels)
+            grid = (s.lib.metal.size, s.lib.log_age.size) if cfg.predicts_weights else (0, 0)
+            self.teacher = Teacher(cfg.distill_from, s.spec, labels, s.label_mean, s.label_std, self.device, grid)
+            log.info(f"distilling from {cfg.distill_from} (weight {cfg.distill_loss})")
         return net
 
     # ------------------------------------------------------------------------------------- objective
@@ -305,7 +322,8 @@ class SpectrumTrainer(Trainer):
 
     def loss(self, net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
         """Gaussian NLL of the labels (bfloat16 autocast on CUDA), plus the weighted cross-entropy of
-        the light-fraction grid and the log(1 + chi^2) of the rebuilt spectrum where configured."""
+        the light-fraction grid, the log(1 + chi^2) of the rebuilt spectrum and the difference from a
+        teacher's outputs (``distill_from``) where configured."""
         cfg = self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             mean, log_var, _, weights = net(xb)
@@ -315,6 +333,8 @@ class SpectrumTrainer(Trainer):
             loss = loss + cfg.weight_loss * grid_cross_entropy(weights, wb)
         if cfg.recon_loss > 0 and self.recon is not None:
             loss = loss + cfg.recon_loss * self._rebuilt_chi2(xb, mean, weights)
+        if self.teacher is not None:
+            loss = loss + cfg.distill_loss * distillation_loss(mean, weights, self.teacher(xb))
         return loss
 
     def _rebuilt_chi2(self, xb: torch.Tensor, mean: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
