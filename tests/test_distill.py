@@ -84,8 +84,9 @@ def test_a_teacher_reading_another_input_other_labels_or_grid_is_refused():
 
 def test_the_shipped_bundles_recorded_configs_give_their_digests():
     """The options are left out of a run's identity while unset, so the bundles trained before they existed
-    still give their recorded digests (a finished run resumes instead of training again)."""
-    for name in ("muse-mix-recon", "muse-recon", "muse-av3"):
+    still give their recorded digests (a finished run resumes instead of training again), as does the one
+    trained with a teacher."""
+    for name in ("muse-mix-recon", "muse-recon", "muse-av3", "muse-mix-recon-k5-distil"):
         training = json.loads(load_manifest(name).file.with_name("manifest.json").read_text())["training"]
         assert TrainConfig.from_dict(dict(training["config"])).digest() == training["config_digest"], name
 

@@ -164,7 +164,14 @@ def test_the_evaluation_libraries_are_refused(tmp_path):
 
 
 def test_the_shipped_manifests_carry_their_calibration():
-    for model in (*fit.Options().models, "muse-av3", "muse-recon", "muse-mix", "muse-mix-recon"):
+    for model in (
+        *fit.Options().models,
+        "muse-av3",
+        "muse-recon",
+        "muse-mix",
+        "muse-mix-recon",
+        "muse-mix-recon-k5-distil",
+    ):
         manifest = read_manifest(lc.PACKAGED / model)
         record = manifest.raw[lc.RECORD_KEY]
         assert set(record["libraries"]).isdisjoint(record["never_used"]) and "miuscat" in record["never_used"]

@@ -134,6 +134,7 @@ SCORED = [
     "muse-recon",
     "muse-mix",
     "muse-mix-recon",
+    "muse-mix-recon-k5-distil",
     "sdss-cnn",
     "fit",
     "fit-7100",

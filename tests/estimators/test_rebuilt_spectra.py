@@ -14,7 +14,7 @@ from survey_proc.estimators import load_manifest
 from survey_proc.stores import Flag
 
 
-@pytest.mark.parametrize("model", ["muse-recon", "muse-mix-recon"])
+@pytest.mark.parametrize("model", ["muse-recon", "muse-mix-recon", "muse-mix-recon-k5-distil"])
 def test_a_rebuilding_network_rebuilds_its_spectra_and_flags_one_that_does_not_match(cube_copy, tmp_path, model):
     root = zarr.open_group(str(cube_copy), mode="r+")
     wave = root["wave"][:]
