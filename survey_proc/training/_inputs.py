@@ -48,8 +48,9 @@ SDSS_SKY_MASKS_VACUUM = ((5572.0, 5586.0), (5885.0, 5904.0), (6295.0, 6310.0), (
 
 
 def muse_rest_4750_7100_input() -> InputSpec:
-    """MUSE rest frame 4750-7100 A at 1.25 A (1881 pixels): the input of ``muse-7100`` (the fallback
-    for cubes beyond z = 0.062, which the 4750-8800 A input cannot cover) and of the GalProTE-style model."""
+    """MUSE rest frame 4750-7100 A at 1.25 A (1881 pixels): the input of ``muse-7100``, of the rebuilding
+    networks (``muse-mix-recon-k5-distil`` is the fallback for cubes beyond z = 0.062, which the
+    4750-8800 A input cannot cover) and of the GalProTE-style model."""
     return InputSpec(
         wave_start=4750.0,
         wave_stop=7100.0,
