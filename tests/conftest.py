@@ -64,6 +64,26 @@ def write_small_mock(path: Path, seed: int, n: int = 12, chunk: int = 8, **kw) -
     return path
 
 
+def toy_train_config(trainset: dict | None = None, **overrides):
+    """A spectral training run at toy size (a few seconds on one thread): ``trainset`` options and
+    :class:`~survey_proc.training.TrainConfig` fields override the toy's."""
+    from survey_proc.training import TrainConfig, TrainsetConfig
+
+    options = dict(
+        name="toy",
+        n_val=256,
+        n_test=100,
+        epochs=2,
+        chunk=512,
+        test_snr=(30.0,),
+        arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"},
+        threads=1,
+        n_calib=1500,
+    )
+    sampled = TrainsetConfig(**{"n": 1024, "batch": 512, "seed": 3, **(trainset or {})})
+    return TrainConfig(trainset=sampled, **{**options, **overrides})
+
+
 def is_chunk_key(path: Path, root: Path) -> bool:
     """A finished Zarr chunk file under ``root`` (``c/0/1``), not the temporary file of a write in
     progress or cut short by a kill (``0.<uuid>.partial``)."""

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import toy_train_config
 
 from survey_proc.estimators import load_manifest
 from survey_proc.training import (
@@ -102,18 +103,14 @@ def test_a_toy_network_trains_with_a_teacher_and_records_it(tmp_path, caplog, mo
         return term
 
     monkeypatch.setattr(trainer, "distillation_loss", counted)
-    cfg = TrainConfig(
+    cfg = toy_train_config(
+        {"n": 512, "seed": 4, "labels": tuple(LABELS), "av_range": (0.0, 3.0)},
         name="toy-distil",
-        trainset=TrainsetConfig(n=512, batch=512, seed=4, labels=tuple(LABELS), av_range=(0.0, 3.0)),
         n_val=128,
         n_test=50,
         epochs=1,
-        chunk=512,
-        test_snr=(30.0,),
-        arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"},
         weight_loss=0.3,
         reconstruct=True,
-        threads=1,
         edge_correction=False,
         distill_from=TEACHER,
         distill_loss=1.0,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import toy_train_config
 
 from survey_proc.training import (
     TrainConfig,
@@ -39,19 +40,7 @@ def test_training_set_labels_cover_the_grid(ssp_lib):
 @pytest.fixture(scope="module")
 def toy_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
-    cfg = TrainConfig(
-        name="toy",
-        trainset=TrainsetConfig(n=1024, batch=512, seed=3),
-        n_val=256,
-        n_test=100,
-        epochs=2,
-        chunk=512,
-        test_snr=(30.0,),
-        arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"},
-        threads=1,
-        n_calib=1500,
-    )
-    return train(cfg, out), out
+    return train(toy_train_config(), out), out
 
 
 def test_train_export_and_run(toy_bundle, tmp_path, mock16):
@@ -101,19 +90,7 @@ def test_a_finished_run_resumes_to_the_same_bundle(toy_bundle):
     x = np.random.default_rng(0).normal(1, 0.1, (4, 3, 1881)).astype(np.float32)
     x[:, 2] = 0
     before = load_estimator(bundle).predict(x)
-    cfg = TrainConfig(
-        name="toy",
-        trainset=TrainsetConfig(n=1024, batch=512, seed=3),
-        n_val=256,
-        n_test=100,
-        epochs=2,
-        chunk=512,
-        test_snr=(30.0,),
-        arch_kwargs={"widths": (8, 8, 8, 8, 8), "activation": "relu"},
-        threads=1,
-        n_calib=1500,
-    )
-    again = train(cfg, run_dir)  # the checkpoint says 2 of 2 epochs: nothing more to train
+    again = train(toy_train_config(), run_dir)  # the checkpoint says 2 of 2 epochs: nothing more to train
     assert load_checkpoint(run_dir / "checkpoint.pt")["state"]["epoch"] == 2
     after = load_estimator(again).predict(x)
     for key in ("log_age", "log_age_err", "ood_score"):
