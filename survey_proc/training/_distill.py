@@ -58,7 +58,6 @@ class Teacher:
                 f"this model's {tuple(grid_shape)}"
             )
         self.net = module.net.eval()
-        self.source = source
         # teacher standardised -> physical -> student standardised: one scale and one offset per label
         t_mean, t_std = module.label_mean.to(device), module.label_std.to(device)
         s_mean = torch.as_tensor(label_mean, dtype=torch.float32, device=device)
@@ -89,9 +88,9 @@ _INPUT_FIELDS = (
 
 def _check_input(source: str, theirs: InputSpec, ours: InputSpec) -> None:
     """A clear error where the teacher reads another input than the student."""
-    differ = [f for f in _INPUT_FIELDS if getattr(theirs, f, None) != getattr(ours, f, None)]
-    if differ:
-        said = ", ".join(f"{f} {getattr(theirs, f, None)!r} (this model: {getattr(ours, f, None)!r})" for f in differ)
+    pairs = {f: (getattr(theirs, f, None), getattr(ours, f, None)) for f in _INPUT_FIELDS}
+    said = ", ".join(f"{f} {a!r} (this model: {b!r})" for f, (a, b) in pairs.items() if a != b)
+    if said:
         raise ValueError(f"distill_from {source}: its input differs from this model's: {said}")
 
 
