@@ -20,9 +20,9 @@ from pathlib import Path
 import xarray as xr
 
 from benchmarks._records import record, write_record
+from survey_proc.analysis import accuracy_vs_truth
 from survey_proc.engine import RunConfig, run
 from survey_proc.estimators import load_manifest, packaged_models
-from survey_proc.stores import robust_sigma
 from survey_proc.synth import MockConfig, write_mock
 
 log = logging.getLogger("benchmarks.acceptance_mock")
@@ -45,12 +45,10 @@ def muse_networks() -> list[str]:
 
 def score(maps: xr.Dataset, truth: xr.Dataset) -> dict:
     """Unflagged share and, per property the maps and the truth both hold, the robust scatter of the
-    unflagged spaxels' estimates about the truth."""
-    good = maps.flag.values == 0
-    out = {"spaxels": int(good.size), "unflagged": float(good.mean())}
-    for name in PROPERTIES:
-        if name in maps and name in truth:
-            out[name] = robust_sigma((maps[name].values - truth[name].values)[good])
+    unflagged spaxels' estimates about the truth (:func:`survey_proc.analysis.accuracy_vs_truth`)."""
+    acc = accuracy_vs_truth(maps, truth, PROPERTIES)
+    out = {"spaxels": acc.spaxels, "unflagged": acc.used / acc.spaxels}
+    out |= {name: p.robust_sigma for name, p in acc.properties.items()}
     scatter_ok = all(out[name] <= bound for name, bound in BOUNDS.items())
     out["meets_issue_2"] = bool(scatter_ok and out["unflagged"] >= MIN_UNFLAGGED)
     return out
